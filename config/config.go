@@ -1,0 +1,224 @@
+// Package config reads LiteLLM's proxy config.yaml (plus herd's own cluster_settings),
+// resolves os.environ/ references, applies defaults and validates it into an immutable Config.
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config is one loaded and validated config file. Treat it as immutable once Load returns:
+// a config change builds a new Config and swaps it in.
+type Config struct {
+	// File is the path the config was read from ("" for the built-in demo).
+	File string `yaml:"-"`
+
+	ModelList            []Deployment      `yaml:"model_list"`
+	RouterSettings       RouterSettings    `yaml:"router_settings"`
+	LiteLLMSettings      LiteLLMSettings   `yaml:"litellm_settings"`
+	GeneralSettings      GeneralSettings   `yaml:"general_settings"`
+	EnvironmentVariables map[string]string `yaml:"environment_variables"`
+	ClusterSettings      ClusterSettings   `yaml:"cluster_settings"`
+}
+
+// Deployment is one entry of model_list: a single upstream deployment serving a model group.
+type Deployment struct {
+	ModelName     string        `yaml:"model_name"`     // the group name clients send as "model"
+	LiteLLMParams LiteLLMParams `yaml:"litellm_params"` // how to reach the upstream
+	ModelInfo     ModelInfo     `yaml:"model_info"`     // metadata; model_info.id fixes the deployment ID
+	RPM           *int64        `yaml:"rpm"`            // requests per minute; wins over litellm_params.rpm
+	TPM           *int64        `yaml:"tpm"`            // tokens per minute; wins over litellm_params.tpm
+
+	// Resolved by Load; never read from YAML.
+
+	// ID is stable across nodes and restarts for the same config: model_info.id when set,
+	// else a hash of the deployment's identity (group, model, api_base, api_version; never secrets).
+	ID string `yaml:"-"`
+	// Provider is the wire format: "openai" (also hosted_vllm and other OpenAI-compatible
+	// prefixes), "azure", or "mock" (also any deployment with mock_response set).
+	Provider string `yaml:"-"`
+	// UpstreamModel is litellm_params.model without its provider prefix: the model name sent
+	// upstream (openai) or the Azure deployment name (azure).
+	UpstreamModel string `yaml:"-"`
+	// APIBase is the effective base URL without a trailing slash (openai default
+	// https://api.openai.com/v1 when unset; "" for mock).
+	APIBase string `yaml:"-"`
+	// APIVersion is the effective Azure api-version (DefaultAzureAPIVersion when unset).
+	APIVersion string `yaml:"-"`
+	// Limits are the effective rpm/tpm (lookup order: deployment, litellm_params, model_info); 0 = unlimited.
+	Limits Limits `yaml:"-"`
+	// Timeout bounds a whole non-streaming call: litellm_params.timeout, else
+	// router_settings.timeout, else litellm_settings.request_timeout, else DefaultTimeout.
+	Timeout time.Duration `yaml:"-"`
+	// StreamTimeout bounds the wait for a stream's headers and each gap between its events:
+	// litellm_params.stream_timeout, else router_settings.stream_timeout, else Timeout.
+	StreamTimeout time.Duration `yaml:"-"`
+}
+
+// Limits are a deployment's quotas per sliding 60-second window. Zero means unlimited.
+type Limits struct {
+	RPM int64
+	TPM int64
+}
+
+// LiteLLMParams are the keys of a deployment's litellm_params that herd uses.
+type LiteLLMParams struct {
+	Model               string            `yaml:"model"`                 // "<provider>/<name>", e.g. azure/gpt-35 or openai/gpt-4o; a bare name means openai
+	APIBase             string            `yaml:"api_base"`              // upstream base URL
+	APIKey              Secret            `yaml:"api_key"`               // upstream credential; never logged or shown
+	APIVersion          string            `yaml:"api_version"`           // Azure api-version query parameter
+	RPM                 *int64            `yaml:"rpm"`                   // requests per minute
+	TPM                 *int64            `yaml:"tpm"`                   // tokens per minute
+	Timeout             *Seconds          `yaml:"timeout"`               // seconds for a non-streaming call
+	StreamTimeout       *Seconds          `yaml:"stream_timeout"`        // seconds to first byte / between stream events
+	MaxRetries          *int              `yaml:"max_retries"`           // accepted for compatibility; herd retries across deployments (router_settings.num_retries)
+	Weight              *float64          `yaml:"weight"`                // simple-shuffle weight
+	Order               *int              `yaml:"order"`                 // lower order is tried first
+	MaxParallelRequests *int              `yaml:"max_parallel_requests"` // in-flight cap for this deployment
+	MockResponse        *string           `yaml:"mock_response"`         // answer locally with this text; no upstream call
+	Organization        string            `yaml:"organization"`          // OpenAI-Organization header
+	ExtraHeaders        map[string]string `yaml:"extra_headers"`         // sent upstream with every request
+}
+
+// ModelInfo is free-form metadata shown by /model/info; herd reads the typed keys.
+type ModelInfo struct {
+	ID             string         `yaml:"id"`               // fixes the deployment ID
+	Mode           string         `yaml:"mode"`             // chat, completion, embedding
+	BaseModel      string         `yaml:"base_model"`       // the underlying model, for cost and context lookups
+	MaxInputTokens *int           `yaml:"max_input_tokens"` // context size used by pre-call checks
+	RPM            *int64         `yaml:"rpm"`              // last in the rpm lookup order
+	TPM            *int64         `yaml:"tpm"`              // last in the tpm lookup order
+	Extra          map[string]any `yaml:",inline"`          // any other key, kept and shown as given
+}
+
+// RouterSettings configure how a model group is spread over its deployments.
+type RouterSettings struct {
+	RoutingStrategy        string                `yaml:"routing_strategy"`         // default simple-shuffle; see RoutingStrategies
+	RoutingStrategyArgs    RoutingStrategyArgs   `yaml:"routing_strategy_args"`    // strategy tuning
+	ModelGroupAlias        map[string]Alias      `yaml:"model_group_alias"`        // alias -> group, as a string or {model, hidden}
+	NumRetries             *int                  `yaml:"num_retries"`              // retries on another deployment; default 0
+	Timeout                *Seconds              `yaml:"timeout"`                  // default per-call timeout
+	StreamTimeout          *Seconds              `yaml:"stream_timeout"`           // default stream timeout
+	RetryAfter             *Seconds              `yaml:"retry_after"`              // minimum wait before a retry
+	AllowedFails           *int                  `yaml:"allowed_fails"`            // failures before a cooldown
+	CooldownTime           *Seconds              `yaml:"cooldown_time"`            // default 5 s
+	DisableCooldowns       bool                  `yaml:"disable_cooldowns"`        // never cool a deployment down
+	Fallbacks              []map[string][]string `yaml:"fallbacks"`                // [{group: [fallback groups]}], "*" is the default
+	ContextWindowFallbacks []map[string][]string `yaml:"context_window_fallbacks"` // fallbacks on context-window errors
+	DefaultFallbacks       []string              `yaml:"default_fallbacks"`        // fallbacks for any group
+	MaxFallbacks           *int                  `yaml:"max_fallbacks"`            // default 5
+	EnablePreCallChecks    bool                  `yaml:"enable_pre_call_checks"`   // skip deployments whose context is too small
+	RedisHost              string                `yaml:"redis_host"`               // shared usage in Redis when set
+	RedisPort              string                `yaml:"redis_port"`               // Redis port (number or os.environ/)
+	RedisPassword          Secret                `yaml:"redis_password"`           // Redis password; never logged
+	RedisURL               Secret                `yaml:"redis_url"`                // redis:// or rediss:// URL (may hold a password)
+	RedisDB                *int                  `yaml:"redis_db"`                 // Redis logical database
+	DefaultMaxTokens       *int64                `yaml:"default_max_tokens"`       // herd: tpm reservation when a request names no max_tokens
+}
+
+// RoutingStrategyArgs tune latency-based routing.
+type RoutingStrategyArgs struct {
+	LowestLatencyBuffer float64  `yaml:"lowest_latency_buffer"` // pick randomly among deployments within this fraction of the fastest
+	TTL                 *Seconds `yaml:"ttl"`                   // how long a latency sample counts
+}
+
+// Alias is one model_group_alias value.
+type Alias struct {
+	Model  string // the group the alias routes to
+	Hidden bool   // route, but do not list in /v1/models
+}
+
+// LiteLLMSettings are the litellm_settings keys herd uses.
+type LiteLLMSettings struct {
+	RequestTimeout *Seconds     `yaml:"request_timeout"` // default per-call timeout, after router_settings.timeout
+	NumRetries     *int         `yaml:"num_retries"`     // used when router_settings.num_retries is unset
+	DropParams     bool         `yaml:"drop_params"`     // accepted; herd passes bodies through
+	SetVerbose     bool         `yaml:"set_verbose"`     // debug logging
+	JSONLogs       bool         `yaml:"json_logs"`       // log as JSON
+	Cache          bool         `yaml:"cache"`           // accepted; herd does not cache responses
+	CacheParams    *CacheParams `yaml:"cache_params"`    // a Redis named here is used for shared usage when router_settings names none
+}
+
+// CacheParams is litellm_settings.cache_params.
+type CacheParams struct {
+	Type     string   `yaml:"type"`
+	Host     string   `yaml:"host"`
+	Port     string   `yaml:"port"`
+	Password Secret   `yaml:"password"`
+	URL      Secret   `yaml:"url"`
+	DB       *int     `yaml:"db"`
+	TTL      *Seconds `yaml:"ttl"`
+}
+
+// GeneralSettings are the general_settings keys herd uses.
+type GeneralSettings struct {
+	MasterKey         Secret   `yaml:"master_key"`           // when set (or LITELLM_MASTER_KEY), every LLM and admin route needs it
+	MaxRequestSizeMB  *float64 `yaml:"max_request_size_mb"`  // request bodies above this get 413; default DefaultMaxRequestSizeMB
+	MaxResponseSizeMB *float64 `yaml:"max_response_size_mb"` // upstream bodies above this get 502; default DefaultMaxResponseSizeMB
+}
+
+// ClusterSettings are herd's own: how a node finds and talks to its peers.
+type ClusterSettings struct {
+	NodeName        string   `yaml:"node_name"`        // default: hostname
+	GossipAddr      string   `yaml:"gossip_addr"`      // bind HOST:PORT for gossip; default 0.0.0.0:7946
+	AdvertiseAddr   string   `yaml:"advertise_addr"`   // address peers use to reach this node
+	Join            []string `yaml:"join"`             // seed list, HOST:PORT
+	GossipKey       Secret   `yaml:"gossip_key"`       // base64 AES key (16, 24 or 32 bytes)
+	ClusterLabel    string   `yaml:"cluster_label"`    // keeps two clusters on one network apart
+	RaftAddr        string   `yaml:"raft_addr"`        // bind HOST:PORT for raft; default gossip port + 1
+	DataDir         string   `yaml:"data_dir"`         // raft log, stable store and snapshots
+	BootstrapExpect int      `yaml:"bootstrap_expect"` // voters that bootstrap the raft cluster
+}
+
+// Defaults applied by Load.
+const (
+	DefaultRoutingStrategy   = "simple-shuffle"
+	DefaultTimeout           = 600 * time.Second // LiteLLM's default request timeout
+	DefaultCooldownTime      = 5 * time.Second
+	DefaultMaxFallbacks      = 5
+	DefaultAzureAPIVersion   = "2024-10-21"
+	DefaultOpenAIAPIBase     = "https://api.openai.com/v1"
+	DefaultMaxRequestSizeMB  = 32.0
+	DefaultMaxResponseSizeMB = 64.0
+	DefaultMaxTokensEstimate = 256 // tpm reserved for a request that names no max_tokens
+)
+
+// RoutingStrategies are the valid router_settings.routing_strategy values.
+var RoutingStrategies = []string{
+	"simple-shuffle",
+	"least-busy",
+	"usage-based-routing",
+	"usage-based-routing-v2",
+	"latency-based-routing",
+}
+
+// Seconds is a duration written in YAML as seconds (LiteLLM's convention: 30, 0.5),
+// or as a Go duration string ("30s", "1m").
+type Seconds time.Duration
+
+// Duration returns s as a time.Duration.
+func (s Seconds) Duration() time.Duration { return time.Duration(s) }
+
+// Secret is a credential. It formats as "[redacted]" in logs, errors and JSON so it cannot leak
+// by accident; Reveal returns the value for the one place that sends it upstream.
+type Secret string
+
+// Reveal returns the secret's value.
+func (s Secret) Reveal() string { return string(s) }
+
+// String redacts the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// LogValue redacts the secret in slog output.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalJSON redacts the secret in JSON output.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+
+// GoString redacts the secret in %#v output.
+func (s Secret) GoString() string { return s.String() }
