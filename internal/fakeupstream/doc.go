@@ -1,0 +1,49 @@
+// Package fakeupstream is a fake OpenAI / Azure OpenAI upstream for herd's tests, benchmarks
+// and chaos runs: deterministic answers, exact usage, and faults injected per deployment.
+//
+// # Endpoints
+//
+// OpenAI: POST /v1/chat/completions, /v1/completions, /v1/embeddings (also without /v1) and
+// GET /v1/models (or /models), which lists the deployments seen so far. Azure: POST
+// /openai/deployments/{deployment}/chat/completions|completions|embeddings, which needs an
+// api-version query parameter. Anything else is a 404 with an OpenAI-shaped error body:
+//
+//	{"error":{"message":"...","type":"...","param":null,"code":"<status>"}}
+//
+// # Deployment key
+//
+// Counters, faults and LastRequest are keyed by deployment: the body's "model" for OpenAI paths,
+// the {deployment} path segment for Azure paths. Requests whose deployment cannot be read (bad
+// JSON, no model) are counted under ""; unknown paths, wrong methods and GET /v1/models are not
+// counted.
+//
+// # Answers and usage
+//
+// Chat and completions answer with the content "Hello from <deployment>." (repeated,
+// space-separated, until it has at least StreamChunks runes). Usage is exact and the same whether
+// the request streams or not:
+//
+//	N                 = bytes of the request's text, after JSON unescaping:
+//	                    chat: every message's string content, or the "text" of each content part;
+//	                    completions: "prompt"; embeddings: "input" (strings summed, 4 bytes per token ID)
+//	prompt_tokens     = max(1, N/4)        (integer division)
+//	completion_tokens = StreamChunks       (default 5; chat and completions)
+//	total_tokens      = prompt_tokens + completion_tokens   (embeddings: prompt_tokens)
+//
+// For example, chat with messages "You are terse." and "Say hi" has N = 14+6 = 20, so the usage is
+// 5 prompt + 5 completion = 10 total tokens. Embeddings return one 8-float vector per input, derived
+// from a hash of the input (base64 when encoding_format is "base64").
+//
+// A stream ("stream": true) sends a role chunk (chat only), StreamChunks content chunks that
+// concatenate to the non-streamed content, a chunk with finish_reason "stop", and then, when
+// stream_options.include_usage is true, a chunk with "choices":[] and the usage (every earlier chunk
+// then carries "usage":null), and finally "data: [DONE]". ChunkDelay is waited before each content
+// chunk and before the finish chunk.
+//
+// # Order of handling
+//
+// route → read body → count → Fault.Hang → validation (api-version, API key, JSON, model) →
+// wait Latency + Jitter + Fault.Delay → Fault.Status or FailRate → answer (Fault.StreamCut,
+// Fault.NoUsage). Validation errors are answered at once, without the latency: a real upstream
+// rejects a bad key before it reaches a model.
+package fakeupstream

@@ -1,0 +1,77 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/labstack/echo/v4"
+)
+
+// apiError is an error a client sees, always in OpenAI's shape:
+// {"error":{"message","type","param","code"}} with the matching HTTP status.
+type apiError struct {
+	Status  int
+	Message string
+	Type    string
+	Param   string // "" marshals as null
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+func (e *apiError) MarshalJSON() ([]byte, error) {
+	var param any
+	if e.Param != "" {
+		param = e.Param
+	}
+	return json.Marshal(map[string]any{"error": map[string]any{
+		"message": e.Message,
+		"type":    e.Type,
+		"param":   param,
+		"code":    strconv.Itoa(e.Status),
+	}})
+}
+
+func badRequest(msg, param string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Message: msg, Type: "invalid_request_error", Param: param}
+}
+
+// writeError sends e as the response. Only for responses whose headers are not yet written.
+func writeError(w http.ResponseWriter, e *apiError) {
+	body, _ := e.MarshalJSON()
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// errorHandler is echo's HTTPErrorHandler: every error, including echo's own 404/405 and
+// recovered panics, becomes an OpenAI-shaped JSON error; never an HTML page.
+func errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		ae = &apiError{Status: http.StatusInternalServerError, Message: "Internal server error.", Type: "internal_server_error"}
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			ae.Status = he.Code
+			switch he.Code {
+			case http.StatusNotFound:
+				ae.Message, ae.Type = "Not found: "+c.Request().Method+" "+c.Request().URL.Path, "not_found_error"
+			case http.StatusMethodNotAllowed:
+				ae.Message, ae.Type = "Method not allowed: "+c.Request().Method+" "+c.Request().URL.Path, "invalid_request_error"
+			case http.StatusRequestEntityTooLarge:
+				ae.Message, ae.Type = "Request body is too large.", "invalid_request_error"
+			default:
+				if he.Code < 500 {
+					ae.Message, ae.Type = http.StatusText(he.Code), "invalid_request_error"
+				}
+			}
+		}
+	}
+	writeError(c.Response(), ae)
+}

@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/herd-proxy/herd/proxy/provider"
+)
+
+func (s *Server) models(c echo.Context) error {
+	return c.JSONBlob(http.StatusOK, s.snap.Load().models)
+}
+
+func (s *Server) modelInfo(c echo.Context) error {
+	return c.JSONBlob(http.StatusOK, s.snap.Load().modelInfo)
+}
+
+func liveliness(c echo.Context) error {
+	return c.JSON(http.StatusOK, "I'm alive!")
+}
+
+// readiness tells a load balancer whether to send traffic here. It makes no upstream calls.
+func (s *Server) readiness(c echo.Context) error {
+	snap := s.snap.Load()
+	status, code := "healthy", http.StatusOK
+	if s.draining.Load() {
+		status, code = "draining", http.StatusServiceUnavailable
+	}
+	return c.JSON(code, map[string]any{
+		"status":         status,
+		"node":           s.node[0],
+		"state_backend":  s.backend,
+		"herd_version":   s.version,
+		"model_groups":   len(snap.table.GroupNames()),
+		"deployments":    snap.table.Len(),
+		"db":             "Not connected", // LiteLLM's field: herd needs no database
+		"litellm_compat": true,
+	})
+}
+
+// health records each deployment's recent outcomes from real traffic, so /health can answer
+// without making paid upstream calls.
+type health struct {
+	lastOK     atomic.Int64 // unix nanos of the last success
+	lastFail   atomic.Int64 // unix nanos of the last failure
+	failStatus atomic.Int64 // status of the last failure (502 unreachable, 504 timeout, or upstream's)
+	failures   atomic.Int64 // consecutive failures
+}
+
+func (s *Server) healthOf(id string) *health {
+	h, _ := s.healths.LoadOrStore(id, new(health))
+	return h.(*health)
+}
+
+func (h *health) record(status int, now time.Time) {
+	// 4xx other than auth and rate limiting are the client's fault, not the deployment's.
+	failed := status >= 500 || status == http.StatusUnauthorized || status == http.StatusTooManyRequests ||
+		status == http.StatusRequestTimeout || status == http.StatusNotFound
+	if failed {
+		h.lastFail.Store(now.UnixNano())
+		h.failStatus.Store(int64(status))
+		h.failures.Add(1)
+		return
+	}
+	h.lastOK.Store(now.UnixNano())
+	h.failures.Store(0)
+}
+
+// health answers LiteLLM's /health shape from passive observations: a deployment is unhealthy
+// when its latest upstream call failed. It never calls an upstream.
+func (s *Server) health(c echo.Context) error {
+	snap := s.snap.Load()
+	healthy, unhealthy := []map[string]any{}, []map[string]any{}
+	for i := range snap.deps {
+		d := &snap.deps[i]
+		e := map[string]any{"model": d.cfg.LiteLLMParams.Model, "model_name": d.cfg.ModelName, "model_id": d.cfg.ID}
+		if d.baseHdr != nil {
+			e["api_base"] = d.baseHdr[0]
+		}
+		if f := d.health.failures.Load(); f > 0 {
+			e["error"] = http.StatusText(int(d.health.failStatus.Load()))
+			e["status"] = d.health.failStatus.Load()
+			e["consecutive_failures"] = f
+			e["last_failure"] = time.Unix(0, d.health.lastFail.Load()).UTC().Format(time.RFC3339)
+			unhealthy = append(unhealthy, e)
+			continue
+		}
+		if t := d.health.lastOK.Load(); t > 0 {
+			e["last_success"] = time.Unix(0, t).UTC().Format(time.RFC3339)
+		}
+		healthy = append(healthy, e)
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"healthy_endpoints":   healthy,
+		"unhealthy_endpoints": unhealthy,
+		"healthy_count":       len(healthy),
+		"unhealthy_count":     len(unhealthy),
+	})
+}
+
+// statusOf maps an upstream call failure to the status the client gets.
+func statusOf(err error) int {
+	if provider.KindOf(err) == provider.Timeout {
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusBadGateway
+}

@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are herd's Prometheus series. Labels carry model group names and deployment IDs,
+// never api_base, keys or client-chosen strings (an unknown model is counted with an empty group).
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	overhead *prometheus.HistogramVec
+	inFlight *prometheus.GaugeVec
+	tokens   *prometheus.CounterVec
+
+	mu   sync.Mutex
+	deps map[string]*depMetrics // by deployment ID; survives config changes
+}
+
+// depMetrics are one deployment's series, resolved once so the hot path does no label lookups.
+type depMetrics struct {
+	group, id        string
+	parent           *metrics
+	duration         prometheus.Observer
+	overhead         prometheus.Observer
+	inFlight         prometheus.Gauge
+	promptTokens     prometheus.Counter
+	completionTokens prometheus.Counter
+	byStatus         sync.Map // int -> prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_requests_total",
+			Help: "LLM requests answered, by model group, deployment ID and HTTP status.",
+		}, []string{"model_group", "deployment", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "herd_request_duration_seconds",
+			Help:    "End-to-end request duration as the client sees it (streams: until the last event).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"model_group"}),
+		overhead: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "herd_overhead_duration_seconds",
+			Help:    "Time herd itself added to a request: everything but waiting for the upstream.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+		}, []string{"model_group"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "herd_in_flight_requests",
+			Help: "Requests being served (streams until their last event), by model group.",
+		}, []string{"model_group"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_tokens_total",
+			Help: "Tokens used, as reported by the upstream (or estimated when it reports none), by type.",
+		}, []string{"model_group", "deployment", "type"}),
+		deps: make(map[string]*depMetrics),
+	}
+	reg.MustRegister(m.requests, m.duration, m.overhead, m.inFlight, m.tokens)
+	return m
+}
+
+// deployment returns the series for deployment id in group.
+func (m *metrics) deployment(group, id string) *depMetrics {
+	key := group + "\x00" + id
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d, ok := m.deps[key]; ok {
+		return d
+	}
+	d := &depMetrics{
+		group:            group,
+		id:               id,
+		parent:           m,
+		duration:         m.duration.WithLabelValues(group),
+		overhead:         m.overhead.WithLabelValues(group),
+		inFlight:         m.inFlight.WithLabelValues(group),
+		promptTokens:     m.tokens.WithLabelValues(group, id, "prompt"),
+		completionTokens: m.tokens.WithLabelValues(group, id, "completion"),
+	}
+	m.deps[key] = d
+	return d
+}
+
+// count adds one request with status to d's series.
+func (d *depMetrics) count(status int) {
+	if c, ok := d.byStatus.Load(status); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c := d.parent.requests.WithLabelValues(d.group, d.id, strconv.Itoa(status))
+	d.byStatus.Store(status, c)
+	c.Inc()
+}
+
+// countUnrouted adds a request that failed before a deployment was chosen.
+func (m *metrics) countUnrouted(group string, status int) {
+	m.requests.WithLabelValues(group, "", strconv.Itoa(status)).Inc()
+}

@@ -1,0 +1,188 @@
+package provider
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/herd-proxy/herd/config"
+)
+
+// Pool holds one pooled transport per upstream host, shared by every deployment on that host.
+type Pool struct {
+	mu         sync.Mutex
+	transports map[string]*http.Transport
+}
+
+// NewPool returns an empty pool.
+func NewPool() *Pool { return &Pool{transports: make(map[string]*http.Transport)} }
+
+// transport returns the transport for u's scheme and host, creating it on first use.
+func (p *Pool) transport(u *url.URL) *http.Transport {
+	key := u.Scheme + "://" + u.Host
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t, ok := p.transports[key]; ok {
+		return t
+	}
+	t := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          0, // no global cap: the per-host cap below is what matters
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// Bodies are passed through and parsed for usage; gzip would cost CPU both ways.
+		DisableCompression: true,
+	}
+	p.transports[key] = t
+	return t
+}
+
+// CloseIdle closes idle upstream connections (on shutdown).
+func (p *Pool) CloseIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, t := range p.transports {
+		t.CloseIdleConnections()
+	}
+}
+
+// httpUpstream is an OpenAI-compatible or Azure deployment reached over HTTP.
+type httpUpstream struct {
+	client        *http.Client
+	urls          [numEndpoints]*url.URL
+	header        http.Header // shared, never modified after construction
+	timeout       time.Duration
+	streamTimeout time.Duration
+	streamUsage   bool
+}
+
+func newHTTP(d *config.Deployment, pool *Pool, urlFor func(*config.Deployment, Endpoint) string, h http.Header) (*httpUpstream, error) {
+	u := &httpUpstream{
+		header:        h,
+		timeout:       d.Timeout,
+		streamTimeout: d.StreamTimeout,
+		// Azure added stream_options in 2024-09-01-preview; asking an older version fails the call.
+		streamUsage: d.Provider != "azure" || d.APIVersion >= "2024-09-01",
+	}
+	for e := Endpoint(0); e < numEndpoints; e++ {
+		parsed, err := url.Parse(urlFor(d, e))
+		if err != nil {
+			return nil, err
+		}
+		u.urls[e] = parsed
+	}
+	u.client = &http.Client{
+		Transport: pool.transport(u.urls[0]),
+		// Redirects from an LLM API are not expected; pass them to the client as they are.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return u, nil
+}
+
+func (u *httpUpstream) StreamUsage() bool { return u.streamUsage }
+
+// errStreamIdle is the cancel cause when a stream stays silent longer than stream_timeout.
+var errStreamIdle = errors.New("stream_timeout passed with no data from upstream")
+
+func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) {
+	var (
+		cancel context.CancelCauseFunc
+		timer  *time.Timer
+	)
+	if c.Stream {
+		// stream_timeout bounds the wait for headers and each silence between events.
+		ctx, cancel = context.WithCancelCause(ctx)
+		timer = time.AfterFunc(u.streamTimeout, func() { cancel(errStreamIdle) })
+	} else {
+		var cancelTimeout context.CancelFunc
+		ctx, cancelTimeout = context.WithTimeoutCause(ctx, u.timeout, context.DeadlineExceeded)
+		cancel = func(error) { cancelTimeout() }
+	}
+	req := &http.Request{
+		Method:        http.MethodPost,
+		URL:           u.urls[c.Endpoint],
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        u.header,
+		Body:          io.NopCloser(bytes.NewReader(c.Body)),
+		ContentLength: int64(len(c.Body)),
+		GetBody: func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(c.Body)), nil
+		},
+		Host: u.urls[c.Endpoint].Host,
+	}
+	resp, err := u.client.Do(req.WithContext(ctx))
+	if err != nil {
+		if timer != nil {
+			timer.Stop()
+		}
+		err = classify(ctx, err) // before cancel, which would make every failure look canceled
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = &timedBody{rc: resp.Body, ctx: ctx, cancel: cancel, timer: timer, idle: u.streamTimeout}
+	if timer != nil {
+		timer.Reset(u.streamTimeout)
+	}
+	return resp, nil
+}
+
+// classify turns a transport error into an *Error, telling timeouts from a departed client.
+func classify(ctx context.Context, err error) error {
+	cause := context.Cause(ctx)
+	switch {
+	case errors.Is(cause, errStreamIdle), errors.Is(cause, context.DeadlineExceeded):
+		return &Error{Kind: Timeout, Err: cause}
+	case errors.Is(cause, context.Canceled):
+		return &Error{Kind: Canceled, Err: err}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &Error{Kind: Timeout, Err: err}
+	}
+	return &Error{Kind: Unreachable, Err: err}
+}
+
+// timedBody keeps the call's context alive while the body is read, re-arms the stream idle
+// timer on every read, types read failures, and releases the context on Close.
+type timedBody struct {
+	rc     io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	timer  *time.Timer // nil for non-streaming calls
+	idle   time.Duration
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if b.timer != nil && n > 0 {
+		b.timer.Reset(b.idle)
+	}
+	if err != nil && err != io.EOF {
+		return n, classify(b.ctx, err)
+	}
+	return n, err
+}
+
+func (b *timedBody) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	err := b.rc.Close()
+	b.cancel(nil)
+	return err
+}

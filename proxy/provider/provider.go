@@ -1,0 +1,150 @@
+// Package provider speaks each upstream's wire format (openai and OpenAI-compatible, azure, mock):
+// it builds upstream requests, reads usage from JSON and SSE, and types upstream failures.
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/herd-proxy/herd/config"
+)
+
+// Endpoint is an OpenAI operation herd proxies.
+type Endpoint uint8
+
+// The endpoints herd serves.
+const (
+	ChatCompletions Endpoint = iota
+	Completions
+	Embeddings
+	numEndpoints
+)
+
+// Path is the endpoint's path below an OpenAI base URL.
+func (e Endpoint) Path() string {
+	switch e {
+	case ChatCompletions:
+		return "/chat/completions"
+	case Completions:
+		return "/completions"
+	case Embeddings:
+		return "/embeddings"
+	}
+	return ""
+}
+
+// Streams reports whether the endpoint can answer with an SSE stream.
+func (e Endpoint) Streams() bool { return e != Embeddings }
+
+// Call is one upstream call.
+type Call struct {
+	Endpoint Endpoint
+	Body     []byte // the request body as sent upstream; must not change until the response is read
+	Stream   bool   // the client asked for an SSE stream
+}
+
+// Upstream sends calls to one deployment.
+type Upstream interface {
+	// Do sends c upstream. A response, whatever its status, comes back with a nil error; its
+	// Body must be closed. Failures to get a response are *Error. The body enforces the
+	// deployment's timeouts while it is read.
+	Do(ctx context.Context, c *Call) (*http.Response, error)
+	// StreamUsage reports whether the upstream understands stream_options.include_usage.
+	StreamUsage() bool
+}
+
+// New returns the upstream for deployment d; HTTP upstreams share pooled transports from pool.
+func New(d *config.Deployment, pool *Pool) (Upstream, error) {
+	switch d.Provider {
+	case "mock":
+		return newMock(d), nil
+	case "openai":
+		return newHTTP(d, pool, openAIURL, openAIHeader(d))
+	case "azure":
+		return newHTTP(d, pool, azureURL, azureHeader(d))
+	}
+	return nil, fmt.Errorf("deployment %s: unsupported provider %q", d.ID, d.Provider)
+}
+
+func openAIURL(d *config.Deployment, e Endpoint) string { return d.APIBase + e.Path() }
+
+// azureURL builds {api_base}/openai/deployments/{deployment}/{op}?api-version=V. An api_base
+// that already ends in /openai (as some Azure SDK examples write it) is accepted too.
+func azureURL(d *config.Deployment, e Endpoint) string {
+	base := strings.TrimSuffix(d.APIBase, "/openai")
+	return base + "/openai/deployments/" + d.UpstreamModel + e.Path() + "?api-version=" + d.APIVersion
+}
+
+func openAIHeader(d *config.Deployment) http.Header {
+	h := baseHeader(d)
+	if k := d.LiteLLMParams.APIKey.Reveal(); k != "" {
+		h.Set("Authorization", "Bearer "+k)
+	}
+	if o := d.LiteLLMParams.Organization; o != "" {
+		h.Set("OpenAI-Organization", o)
+	}
+	return h
+}
+
+func azureHeader(d *config.Deployment) http.Header {
+	h := baseHeader(d)
+	if k := d.LiteLLMParams.APIKey.Reveal(); k != "" {
+		h.Set("api-key", k)
+	}
+	return h
+}
+
+func baseHeader(d *config.Deployment) http.Header {
+	h := http.Header{}
+	for k, v := range d.LiteLLMParams.ExtraHeaders {
+		h.Set(k, v)
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Accept", "application/json, text/event-stream")
+	h.Set("User-Agent", "herd")
+	return h
+}
+
+// ErrorKind classifies why an upstream call got no response.
+type ErrorKind uint8
+
+// Error kinds.
+const (
+	Unreachable ErrorKind = iota + 1 // no connection, or it broke before a response: 502
+	Timeout                          // the deployment's timeout passed: 504
+	Canceled                         // the client went away; nobody is left to answer
+)
+
+func (k ErrorKind) String() string {
+	switch k {
+	case Unreachable:
+		return "unreachable"
+	case Timeout:
+		return "timeout"
+	case Canceled:
+		return "canceled"
+	}
+	return "unknown"
+}
+
+// Error is an upstream call that produced no (complete) response.
+type Error struct {
+	Kind ErrorKind
+	Err  error
+}
+
+func (e *Error) Error() string { return "upstream " + e.Kind.String() + ": " + e.Err.Error() }
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf returns err's ErrorKind, or 0 when err is not an *Error.
+func KindOf(err error) ErrorKind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return 0
+}

@@ -1,0 +1,150 @@
+// Package proxy is herd's HTTP face: OpenAI-compatible handlers on echo, auth, streaming,
+// OpenAI-shaped errors, LiteLLM's headers, health and model listing.
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/proxy/provider"
+	"github.com/herd-proxy/herd/state"
+)
+
+// Admitter is what the proxy needs from a shared-state backend: reserve capacity on a
+// deployment before the upstream call, then settle it to real usage or release it.
+type Admitter interface {
+	Admit(deployment string, r state.Reservation) (state.Ticket, error)
+	Settle(t state.Ticket, u state.Usage)
+	Release(t state.Ticket)
+}
+
+// Options configure a Server.
+type Options struct {
+	Config   *config.Config       // the config to serve; required
+	State    Admitter             // shared-state backend; required
+	Backend  string               // the backend's name for readiness ("local", "gossip", "redis")
+	Node     string               // this node's name, sent as x-herd-node
+	Version  string               // herd's version, shown by readiness
+	Logger   *slog.Logger         // nil = slog.Default()
+	Registry *prometheus.Registry // where metrics are registered and served from; nil = a new one
+}
+
+// Server serves the OpenAI-compatible API for the current config.
+type Server struct {
+	echo     *echo.Echo
+	snap     atomic.Pointer[snapshot]
+	state    Admitter
+	pool     *provider.Pool
+	metrics  *metrics
+	key      keyChecker
+	maxBody  int64
+	maxResp  int64
+	node     []string // x-herd-node value
+	backend  string
+	version  string
+	log      *slog.Logger
+	draining atomic.Bool
+	healths  sync.Map // deployment ID -> *health; survives config changes
+}
+
+// New builds a server for opts.Config.
+func New(opts Options) (*Server, error) {
+	if opts.Config == nil || opts.State == nil {
+		return nil, fmt.Errorf("proxy: Config and State are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+		opts.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	gs := opts.Config.GeneralSettings
+	s := &Server{
+		state:   opts.State,
+		pool:    provider.NewPool(),
+		metrics: newMetrics(opts.Registry),
+		key:     newKeyChecker(gs.MasterKey.Reveal()),
+		maxBody: megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
+		maxResp: megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
+		node:    []string{opts.Node},
+		backend: opts.Backend,
+		version: opts.Version,
+		log:     opts.Logger,
+	}
+	if err := s.Apply(opts.Config); err != nil {
+		return nil, err
+	}
+	s.echo = s.routes(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+	return s, nil
+}
+
+func megabytes(v *float64, def float64) int64 {
+	if v != nil {
+		def = *v
+	}
+	return int64(def * (1 << 20))
+}
+
+// Apply swaps in cfg's deployments, routing and router settings. In-flight requests finish on
+// the snapshot they started with; counters and health are keyed by deployment ID and carry over.
+func (s *Server) Apply(cfg *config.Config) error {
+	snap, err := s.newSnapshot(cfg)
+	if err != nil {
+		return err
+	}
+	s.snap.Store(snap)
+	return nil
+}
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// Drain marks the server as shutting down: readiness turns 503 so load balancers stop sending.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Close releases idle upstream connections.
+func (s *Server) Close() { s.pool.CloseIdle() }
+
+func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		DisablePrintStack: true,
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			s.log.Error("panic serving request", "path", c.Request().URL.Path, "err", err, "stack", string(stack))
+			return err
+		},
+	}))
+
+	auth := s.requireKey
+	for _, ep := range []provider.Endpoint{provider.ChatCompletions, provider.Completions, provider.Embeddings} {
+		h := s.llm(ep)
+		p := ep.Path()
+		e.POST(p, h, auth)
+		e.POST("/v1"+p, h, auth)
+		e.POST("/engines/:model"+p, h, auth)
+		e.POST("/openai/deployments/:model"+p, h, auth)
+	}
+	e.GET("/models", s.models, auth)
+	e.GET("/v1/models", s.models, auth)
+	e.GET("/model/info", s.modelInfo, auth)
+	e.GET("/v1/model/info", s.modelInfo, auth)
+	e.GET("/health", s.health, auth)
+	e.GET("/health/liveliness", liveliness)
+	e.GET("/health/liveness", liveliness)
+	e.GET("/health/readiness", s.readiness)
+	e.GET("/metrics", echo.WrapHandler(metricsHandler))
+	return e
+}
