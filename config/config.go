@@ -19,6 +19,11 @@ type Config struct {
 	GeneralSettings      GeneralSettings   `yaml:"general_settings"`
 	EnvironmentVariables map[string]string `yaml:"environment_variables"`
 	ClusterSettings      ClusterSettings   `yaml:"cluster_settings"`
+
+	// Warnings are the problems Load logged but did not stop on (unknown keys, fallbacks to
+	// unknown groups, ...), each as "file:line: key: message", in file order. Kept so the admin
+	// API and tests can show them; never holds a secret value.
+	Warnings []string `yaml:"-" json:"-"`
 }
 
 // Deployment is one entry of model_list: a single upstream deployment serving a model group.

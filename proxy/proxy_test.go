@@ -33,7 +33,10 @@ func testLogger(t *testing.T) *slog.Logger {
 
 type tWriter struct{ t *testing.T }
 
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 // harness is herd serving yaml over a real socket, with its state backend at hand.
 type harness struct {
@@ -677,4 +680,3 @@ model_list:
 		t.Errorf("embeddings: status %d, %d vectors: %s", resp.StatusCode, n, body)
 	}
 }
-

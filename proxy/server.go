@@ -120,31 +120,35 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler
-	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+
+	// Handlers are wrapped once here rather than with e.Use or route middleware, which echo
+	// re-applies (allocating) on every request.
+	guard := middleware.RecoverWithConfig(middleware.RecoverConfig{
 		DisablePrintStack: true,
 		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 			s.log.Error("panic serving request", "path", c.Request().URL.Path, "err", err, "stack", string(stack))
 			return err
 		},
-	}))
+	})
+	open := func(h echo.HandlerFunc) echo.HandlerFunc { return guard(h) }
+	authed := func(h echo.HandlerFunc) echo.HandlerFunc { return guard(s.requireKey(h)) }
 
-	auth := s.requireKey
 	for _, ep := range []provider.Endpoint{provider.ChatCompletions, provider.Completions, provider.Embeddings} {
-		h := s.llm(ep)
+		h := authed(s.llm(ep))
 		p := ep.Path()
-		e.POST(p, h, auth)
-		e.POST("/v1"+p, h, auth)
-		e.POST("/engines/:model"+p, h, auth)
-		e.POST("/openai/deployments/:model"+p, h, auth)
+		e.POST(p, h)
+		e.POST("/v1"+p, h)
+		e.POST("/engines/:model"+p, h)
+		e.POST("/openai/deployments/:model"+p, h)
 	}
-	e.GET("/models", s.models, auth)
-	e.GET("/v1/models", s.models, auth)
-	e.GET("/model/info", s.modelInfo, auth)
-	e.GET("/v1/model/info", s.modelInfo, auth)
-	e.GET("/health", s.health, auth)
-	e.GET("/health/liveliness", liveliness)
-	e.GET("/health/liveness", liveliness)
-	e.GET("/health/readiness", s.readiness)
-	e.GET("/metrics", echo.WrapHandler(metricsHandler))
+	e.GET("/models", authed(s.models))
+	e.GET("/v1/models", authed(s.models))
+	e.GET("/model/info", authed(s.modelInfo))
+	e.GET("/v1/model/info", authed(s.modelInfo))
+	e.GET("/health", authed(s.health))
+	e.GET("/health/liveliness", open(liveliness))
+	e.GET("/health/liveness", open(liveliness))
+	e.GET("/health/readiness", open(s.readiness))
+	e.GET("/metrics", open(echo.WrapHandler(metricsHandler)))
 	return e
 }

@@ -1,6 +1,8 @@
 package provider
 
 import (
+	"unsafe"
+
 	"github.com/tidwall/gjson"
 
 	"github.com/herd-proxy/herd/state"
@@ -9,7 +11,8 @@ import (
 // ParseUsage reads the "usage" object of an OpenAI-shaped JSON body or stream chunk.
 // ok is false when the body carries no usage object (absent or null).
 func ParseUsage(body []byte) (u state.Usage, ok bool) {
-	r := gjson.GetBytes(body, "usage")
+	// Viewing body as a string avoids GetBytes' copy; r does not outlive this call.
+	r := gjson.Get(unsafe.String(unsafe.SliceData(body), len(body)), "usage")
 	if !r.IsObject() {
 		return state.Usage{}, false
 	}

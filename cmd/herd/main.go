@@ -1,0 +1,200 @@
+// Command herd is an LLM load-balancing proxy: it reads LiteLLM's proxy config.yaml and serves
+// the OpenAI API, spreading each model group over its deployments.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/proxy"
+	"github.com/herd-proxy/herd/state/local"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "herd:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// options are herd's command-line settings.
+type options struct {
+	configPath   string
+	host         string
+	port         int
+	drainTimeout time.Duration
+	showVersion  bool
+}
+
+const usage = `herd: an LLM load-balancing proxy that reads LiteLLM's config.yaml and speaks the OpenAI API.
+
+Usage:
+  herd [--config FILE] [--host 0.0.0.0] [--port 4000]
+
+With no --config (and no HERD_CONFIG), herd serves a built-in demo config: the model group
+demo-model on two mock deployments, so you can try it with no upstream.
+
+Flags:
+`
+
+// parseFlags reads args, with env (HERD_CONFIG, PORT, HOST, HERD_DRAIN_TIMEOUT) as defaults.
+func parseFlags(args []string, getenv func(string) string, out io.Writer) (options, error) {
+	o := options{host: "0.0.0.0", port: 4000, drainTimeout: 30 * time.Second, configPath: getenv("HERD_CONFIG")}
+	if h := getenv("HOST"); h != "" {
+		o.host = h
+	}
+	if p := getenv("PORT"); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || n > 65535 {
+			return o, fmt.Errorf("PORT=%q: not a port number", p)
+		}
+		o.port = n
+	}
+	if d := getenv("HERD_DRAIN_TIMEOUT"); d != "" {
+		v, err := time.ParseDuration(d)
+		if err != nil {
+			return o, fmt.Errorf("HERD_DRAIN_TIMEOUT=%q: %v", d, err)
+		}
+		o.drainTimeout = v
+	}
+	fs := flag.NewFlagSet("herd", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprint(out, usage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.configPath, "config", o.configPath, "LiteLLM proxy config.yaml (env HERD_CONFIG); none = built-in demo")
+	fs.StringVar(&o.host, "host", o.host, "address to listen on (env HOST)")
+	fs.IntVar(&o.port, "port", o.port, "port to listen on (env PORT)")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", o.drainTimeout, "on SIGTERM, how long in-flight requests and streams may finish (env HERD_DRAIN_TIMEOUT)")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	return o, nil
+}
+
+// run is herd's whole life: parse flags, load config, serve until ctx ends, then drain.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	if o.showVersion {
+		fmt.Fprintln(stdout, "herd", version)
+		return nil
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+
+	var cfg *config.Config
+	if o.configPath == "" {
+		cfg = config.Demo()
+	} else if cfg, err = config.Load(o.configPath, log); err != nil {
+		return err
+	}
+	log = newLogger(cfg, stderr)
+
+	node := cfg.ClusterSettings.NodeName
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			node = "herd"
+		}
+	}
+	srv, err := proxy.New(proxy.Options{
+		Config:  cfg,
+		State:   local.New(nil),
+		Backend: "local",
+		Node:    node,
+		Version: version,
+		Logger:  log,
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.configPath, err)
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(o.host, strconv.Itoa(o.port)))
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	if o.configPath == "" {
+		// Plain text, not a log record, so the curl can be copied and pasted as it is.
+		fmt.Fprintln(stderr, "herd: no --config given, serving the built-in demo (model group demo-model on two mock deployments). Try: "+
+			demoCurl(ln.Addr(), cfg.GeneralSettings.MasterKey != ""))
+	}
+
+	log.Info("herd listening", "addr", ln.Addr().String(), "node", node, "version", version,
+		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", "local")
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+
+	// Stop accepting, let in-flight requests and streams finish, then cut what is left.
+	srv.Drain()
+	log.Info("shutting down: draining in-flight requests", "drain_timeout", o.drainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+	defer cancel()
+	if err := hs.Shutdown(dctx); err != nil {
+		log.Warn("drain timeout passed: closing remaining connections", "err", err)
+		_ = hs.Close()
+	}
+	log.Info("herd stopped")
+	return nil
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{}
+	if cfg.LiteLLMSettings.SetVerbose {
+		opts.Level = slog.LevelDebug
+	}
+	if cfg.LiteLLMSettings.JSONLogs {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func demoCurl(addr net.Addr, needKey bool) string {
+	port := "4000"
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(ta.Port)
+	}
+	auth := ""
+	if needKey {
+		auth = ` -H "Authorization: Bearer $LITELLM_MASTER_KEY"`
+	}
+	return `curl -s http://localhost:` + port + `/v1/chat/completions -H 'Content-Type: application/json'` + auth +
+		` -d '{"model":"demo-model","messages":[{"role":"user","content":"Hello"}]}'`
+}

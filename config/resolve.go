@@ -1,0 +1,520 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// providerSpec says how a litellm_params.model prefix is served and where LiteLLM looks for
+// what the deployment leaves out.
+type providerSpec struct {
+	provider    string   // Deployment.Provider
+	baseEnv     []string // api_base fallbacks, in LiteLLM's order
+	keyEnv      []string // api_key fallbacks
+	versionEnv  string   // api_version fallback
+	needsBase   bool     // no usable default endpoint
+	defaultBase string
+}
+
+var openAISpec = providerSpec{
+	provider:    "openai",
+	baseEnv:     []string{"OPENAI_BASE_URL", "OPENAI_API_BASE"},
+	keyEnv:      []string{"OPENAI_API_KEY"},
+	defaultBase: DefaultOpenAIAPIBase,
+}
+
+// providers maps a model prefix ("" for a bare model name) to its spec.
+var providers = map[string]providerSpec{
+	"":                       openAISpec,
+	"openai":                 openAISpec,
+	"text-completion-openai": openAISpec,
+	"hosted_vllm": {provider: "openai", baseEnv: []string{"HOSTED_VLLM_API_BASE"},
+		keyEnv: []string{"HOSTED_VLLM_API_KEY"}, needsBase: true},
+	"openai_like": {provider: "openai", needsBase: true},
+	"azure": {provider: "azure", baseEnv: []string{"AZURE_API_BASE"},
+		keyEnv: []string{"AZURE_API_KEY"}, versionEnv: "AZURE_API_VERSION", needsBase: true},
+	"mock": {provider: "mock"},
+}
+
+// supportedPrefixes is listed in the unknown-provider error.
+const supportedPrefixes = "azure/, openai/, hosted_vllm/, openai_like/, text-completion-openai/, mock/, or a bare OpenAI model name"
+
+// resolve validates the decoded config, applies defaults and computes every deployment's
+// resolved fields. It runs even after decode errors so one pass reports everything; paths
+// already reported are skipped.
+func (d *decoder) resolve(cfg *Config) {
+	d.routerSettings(&cfg.RouterSettings, &cfg.LiteLLMSettings)
+	d.litellmSettings(&cfg.LiteLLMSettings)
+	d.generalSettings(&cfg.GeneralSettings)
+	d.clusterSettings(&cfg.ClusterSettings)
+	for i := range cfg.ModelList {
+		d.deployment(i, &cfg.ModelList[i], &cfg.RouterSettings)
+	}
+	d.assignIDs(cfg.ModelList)
+	d.checkGroups(cfg)
+	if len(cfg.ModelList) == 0 {
+		d.warn("model_list", "model_list is empty", "is empty; add models at runtime with /model/new")
+	}
+}
+
+func nonNegative[T int | int64 | float64](d *decoder, path string, v *T) {
+	if v != nil && *v < 0 {
+		d.fail(path, "%s (got %s)", reasonNegative, d.shown(path, *v))
+	}
+}
+
+func positive[T int | int64 | float64](d *decoder, path string, v *T) {
+	if v != nil && *v <= 0 {
+		d.fail(path, "must be greater than 0 (got %s)", d.shown(path, *v))
+	}
+}
+
+// positiveSeconds rejects zero; negatives were rejected while decoding.
+func positiveSeconds(d *decoder, path string, v *Seconds) {
+	if v != nil && *v <= 0 {
+		d.fail(path, "must be greater than 0 (got %s)", d.shown(path, v.seconds()))
+	}
+}
+
+func firstSet[T any](vs ...*T) *T {
+	for _, v := range vs {
+		if v != nil {
+			return v
+		}
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// isPlaceholder spots values copied verbatim from documentation, such as <your-azure-api-key>.
+func isPlaceholder(s string) bool {
+	i := strings.IndexByte(s, '<')
+	return i >= 0 && strings.IndexByte(s[i:], '>') > 1
+}
+
+// placeholder rejects a documentation placeholder; secret values are never shown.
+func (d *decoder) placeholder(path, value string, secret bool) bool {
+	if !isPlaceholder(value) {
+		return false
+	}
+	if secret {
+		d.fail(path, "is a placeholder from the docs, not a real value")
+	} else {
+		d.fail(path, "is a placeholder from the docs, not a real value (got %s)", d.shown(path, value))
+	}
+	return true
+}
+
+func (d *decoder) port(path, value string) {
+	if value == "" || d.placeholder(path, value, false) {
+		return
+	}
+	if p, err := strconv.Atoi(strings.TrimSpace(value)); err != nil || p < 1 || p > 65535 {
+		d.fail(path, "must be a port number from 1 to 65535 (got %s)", d.shown(path, value))
+	}
+}
+
+func (d *decoder) redisURL(path string, s Secret) {
+	if s == "" || d.placeholder(path, s.Reveal(), true) {
+		return
+	}
+	// The URL may carry a password, so the value is never shown.
+	u, err := url.Parse(s.Reveal())
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+		d.fail(path, "must be a redis://, rediss:// or unix:// URL")
+	}
+}
+
+func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
+	const p = "router_settings"
+	switch {
+	case rs.RoutingStrategy == "":
+		rs.RoutingStrategy = DefaultRoutingStrategy
+	case !slices.Contains(RoutingStrategies, rs.RoutingStrategy):
+		hint := ""
+		if s := suggest(rs.RoutingStrategy, RoutingStrategies); s != "" {
+			hint = fmt.Sprintf("; did you mean %q?", s)
+		}
+		d.fail(p+".routing_strategy", "must be one of %s (got %s)%s",
+			strings.Join(RoutingStrategies, ", "), d.shown(p+".routing_strategy", rs.RoutingStrategy), hint)
+	}
+	nonNegative(d, p+".routing_strategy_args.lowest_latency_buffer", &rs.RoutingStrategyArgs.LowestLatencyBuffer)
+	positiveSeconds(d, p+".routing_strategy_args.ttl", rs.RoutingStrategyArgs.TTL)
+	nonNegative(d, p+".num_retries", rs.NumRetries)
+	nonNegative(d, p+".allowed_fails", rs.AllowedFails)
+	nonNegative(d, p+".max_fallbacks", rs.MaxFallbacks)
+	nonNegative(d, p+".redis_db", rs.RedisDB)
+	nonNegative(d, p+".default_max_tokens", rs.DefaultMaxTokens)
+	positiveSeconds(d, p+".timeout", rs.Timeout)
+	positiveSeconds(d, p+".stream_timeout", rs.StreamTimeout)
+	d.placeholder(p+".redis_host", rs.RedisHost, false)
+	d.port(p+".redis_port", rs.RedisPort)
+	d.placeholder(p+".redis_password", rs.RedisPassword.Reveal(), true)
+	d.redisURL(p+".redis_url", rs.RedisURL)
+
+	// Defaults. The pointer fields are non-nil after Load, so callers need no fallbacks of their
+	// own; router_settings wins over litellm_settings, as in LiteLLM.
+	if rs.NumRetries == nil {
+		rs.NumRetries = ptr(0)
+		if ls.NumRetries != nil && *ls.NumRetries >= 0 {
+			rs.NumRetries = ptr(*ls.NumRetries)
+		}
+	}
+	if rs.Timeout == nil {
+		rs.Timeout = ptr(Seconds(DefaultTimeout))
+		if ls.RequestTimeout != nil && *ls.RequestTimeout > 0 {
+			rs.Timeout = ptr(*ls.RequestTimeout)
+		}
+	}
+	if rs.CooldownTime == nil {
+		rs.CooldownTime = ptr(Seconds(DefaultCooldownTime))
+	}
+	if rs.MaxFallbacks == nil {
+		rs.MaxFallbacks = ptr(DefaultMaxFallbacks)
+	}
+	if rs.DefaultMaxTokens == nil {
+		rs.DefaultMaxTokens = ptr(int64(DefaultMaxTokensEstimate))
+	}
+}
+
+func (d *decoder) litellmSettings(ls *LiteLLMSettings) {
+	const p = "litellm_settings"
+	positiveSeconds(d, p+".request_timeout", ls.RequestTimeout)
+	nonNegative(d, p+".num_retries", ls.NumRetries)
+	if c := ls.CacheParams; c != nil {
+		const cp = p + ".cache_params"
+		d.placeholder(cp+".host", c.Host, false)
+		d.port(cp+".port", c.Port)
+		d.placeholder(cp+".password", c.Password.Reveal(), true)
+		d.placeholder(cp+".url", c.URL.Reveal(), true)
+		nonNegative(d, cp+".db", c.DB)
+		positiveSeconds(d, cp+".ttl", c.TTL)
+	}
+}
+
+func (d *decoder) generalSettings(gs *GeneralSettings) {
+	const p = "general_settings"
+	if gs.MasterKey == "" {
+		if v, ok := d.env.Lookup("LITELLM_MASTER_KEY"); ok {
+			gs.MasterKey = Secret(v)
+		}
+	}
+	d.placeholder(p+".master_key", gs.MasterKey.Reveal(), true)
+	positive(d, p+".max_request_size_mb", gs.MaxRequestSizeMB)
+	positive(d, p+".max_response_size_mb", gs.MaxResponseSizeMB)
+	if gs.MaxRequestSizeMB == nil {
+		gs.MaxRequestSizeMB = ptr(DefaultMaxRequestSizeMB)
+	}
+	if gs.MaxResponseSizeMB == nil {
+		gs.MaxResponseSizeMB = ptr(DefaultMaxResponseSizeMB)
+	}
+}
+
+func (d *decoder) clusterSettings(cs *ClusterSettings) {
+	const p = "cluster_settings"
+	for _, a := range []struct {
+		key, value string
+	}{{"gossip_addr", cs.GossipAddr}, {"raft_addr", cs.RaftAddr}, {"advertise_addr", cs.AdvertiseAddr}} {
+		if a.value == "" {
+			continue
+		}
+		path := p + "." + a.key
+		_, port, err := net.SplitHostPort(a.value)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+			d.fail(path, "must be HOST:PORT (got %s)", d.shown(path, a.value))
+		}
+	}
+	for i, j := range cs.Join {
+		if strings.TrimSpace(j) == "" {
+			d.fail(fmt.Sprintf("%s.join[%d]", p, i), "must not be empty")
+		}
+	}
+	if k := cs.GossipKey.Reveal(); k != "" {
+		// The key is secret: say what is wrong, never what it is.
+		b, err := base64.StdEncoding.DecodeString(k)
+		if err != nil || (len(b) != 16 && len(b) != 24 && len(b) != 32) {
+			d.fail(p+".gossip_key", "must be a base64-encoded 16, 24 or 32-byte key")
+		}
+	}
+	nonNegative(d, p+".bootstrap_expect", &cs.BootstrapExpect)
+}
+
+// deployment validates one model_list entry and fills its resolved fields.
+func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
+	p := "model_list[" + strconv.Itoa(i) + "]"
+	lp := p + ".litellm_params"
+	params := &dep.LiteLLMParams
+	if dep.ModelName == "" {
+		d.fail(p+".model_name", "required: the model group name clients send as \"model\"")
+	} else {
+		d.placeholder(p+".model_name", dep.ModelName, false)
+	}
+
+	nonNegative(d, p+".rpm", dep.RPM)
+	nonNegative(d, p+".tpm", dep.TPM)
+	nonNegative(d, lp+".rpm", params.RPM)
+	nonNegative(d, lp+".tpm", params.TPM)
+	nonNegative(d, lp+".weight", params.Weight)
+	nonNegative(d, lp+".max_parallel_requests", params.MaxParallelRequests)
+	nonNegative(d, lp+".max_retries", params.MaxRetries)
+	nonNegative(d, p+".model_info.rpm", dep.ModelInfo.RPM)
+	nonNegative(d, p+".model_info.tpm", dep.ModelInfo.TPM)
+	nonNegative(d, p+".model_info.max_input_tokens", dep.ModelInfo.MaxInputTokens)
+	positiveSeconds(d, lp+".timeout", params.Timeout)
+	positiveSeconds(d, lp+".stream_timeout", params.StreamTimeout)
+
+	// LiteLLM's lookup order: the deployment itself, then litellm_params, then model_info.
+	if v := firstSet(dep.RPM, params.RPM, dep.ModelInfo.RPM); v != nil && *v > 0 {
+		dep.Limits.RPM = *v
+	}
+	if v := firstSet(dep.TPM, params.TPM, dep.ModelInfo.TPM); v != nil && *v > 0 {
+		dep.Limits.TPM = *v
+	}
+	dep.Timeout = DefaultTimeout
+	if t := firstSet(params.Timeout, rs.Timeout); t != nil && *t > 0 {
+		dep.Timeout = t.Duration()
+	}
+	dep.StreamTimeout = dep.Timeout
+	if t := firstSet(params.StreamTimeout, rs.StreamTimeout); t != nil && *t > 0 {
+		dep.StreamTimeout = t.Duration()
+	}
+
+	spec, ok := d.provider(lp, dep)
+	if !ok {
+		return
+	}
+	if dep.Provider == "mock" {
+		// A mock answers locally: no endpoint, no key, no environment fallbacks.
+		if params.APIBase != "" {
+			d.apiBase(lp+".api_base", params.APIBase, "")
+		}
+		dep.APIVersion = params.APIVersion
+		return
+	}
+	d.endpoint(lp, dep, spec)
+}
+
+// provider sets Provider and UpstreamModel from litellm_params.model.
+func (d *decoder) provider(lp string, dep *Deployment) (providerSpec, bool) {
+	params := &dep.LiteLLMParams
+	path := lp + ".model"
+	if params.Model == "" {
+		d.fail(path, `required: "<provider>/<model>", e.g. azure/my-deployment or openai/gpt-4o`)
+		return providerSpec{}, false
+	}
+	prefix, rest, found := strings.Cut(params.Model, "/")
+	if !found {
+		prefix, rest = "", params.Model
+	}
+	spec, known := providers[prefix]
+	switch {
+	case params.MockResponse != nil:
+		// LiteLLM answers mock_response without calling the provider, whatever it is.
+		dep.Provider = "mock"
+	case !known:
+		shown := strconv.Quote(truncate(prefix))
+		if n := d.valAt[path]; n != nil && d.fromEnv[n] != "" {
+			shown = d.shown(path, "")
+		}
+		d.fail(path, "unsupported provider %s (supported: %s)", shown, supportedPrefixes)
+		return providerSpec{}, false
+	default:
+		dep.Provider = spec.provider
+	}
+	dep.UpstreamModel = rest
+	if rest == "" {
+		d.fail(path, "names no model after the provider prefix %q", prefix+"/")
+		return providerSpec{}, false
+	}
+	// A placeholder model is reported, but the endpoint is still checked: a file copied from
+	// the docs should show all its placeholders at once.
+	d.placeholder(path, params.Model, false)
+	return spec, true
+}
+
+// endpoint resolves api_base, api_key and api_version, falling back to the environment
+// variables LiteLLM reads for the provider.
+func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec) {
+	params := &dep.LiteLLMParams
+	base, baseEnv := params.APIBase, ""
+	for _, name := range spec.baseEnv {
+		if base != "" {
+			break
+		}
+		if v, ok := d.env.Lookup(name); ok && v != "" {
+			base, baseEnv = v, name
+		}
+	}
+	switch {
+	case base != "":
+		dep.APIBase = d.apiBase(lp+".api_base", base, baseEnv)
+	case spec.needsBase:
+		hint := ""
+		if len(spec.baseEnv) > 0 {
+			hint = " (or set " + strings.Join(spec.baseEnv, " or ") + ")"
+		}
+		prefix, _, _ := strings.Cut(params.Model, "/")
+		d.fail(lp+".api_base", "required for %s/ deployments%s", prefix, hint)
+	default:
+		dep.APIBase = spec.defaultBase
+	}
+
+	for _, name := range spec.keyEnv {
+		if params.APIKey != "" {
+			break
+		}
+		if v, ok := d.env.Lookup(name); ok {
+			params.APIKey = Secret(v)
+		}
+	}
+	d.placeholder(lp+".api_key", params.APIKey.Reveal(), true)
+	if dep.Provider == "azure" && params.APIKey == "" {
+		d.warn(lp+".api_key", "azure deployment has no api_key",
+			"no api_key and AZURE_API_KEY is not set; Azure will refuse the calls")
+	}
+
+	dep.APIVersion = params.APIVersion
+	if dep.APIVersion == "" && spec.versionEnv != "" {
+		dep.APIVersion, _ = d.env.Lookup(spec.versionEnv)
+	}
+	if dep.APIVersion == "" && dep.Provider == "azure" {
+		dep.APIVersion = DefaultAzureAPIVersion
+	}
+	d.placeholder(lp+".api_version", dep.APIVersion, false)
+}
+
+// apiBase validates an endpoint URL and returns it without trailing slashes. envName is the
+// fallback variable it came from, if any; such values are not shown in errors.
+func (d *decoder) apiBase(path, raw, envName string) string {
+	shown := d.shown(path, raw)
+	if envName != "" {
+		shown = "the value of " + envName
+	} else if strings.Contains(raw, "@") {
+		shown = "a URL with credentials, not shown"
+	}
+	if isPlaceholder(raw) {
+		d.fail(path, "is a placeholder from the docs, not a real value (got %s)", shown)
+		return ""
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		d.fail(path, "must be an http(s) URL with a host, e.g. https://example.openai.azure.com (got %s)", shown)
+		return ""
+	case u.RawQuery != "" || u.Fragment != "":
+		d.fail(path, "must not have a query or fragment; set api_version separately (got %s)", shown)
+		return ""
+	}
+	return strings.TrimRight(raw, "/")
+}
+
+// deploymentID hashes what identifies a deployment: its group, model, endpoint and API
+// version. Secrets are left out so rotating a key keeps the ID (and its counters) and the ID
+// reveals nothing about the key. The "v1" leaves room to change the recipe deliberately.
+func deploymentID(modelName, model, apiBase, apiVersion string) string {
+	h := sha256.Sum256([]byte(strings.Join([]string{"herd-deployment-v1", modelName, model, apiBase, apiVersion}, "\x00")))
+	return hex.EncodeToString(h[:8])
+}
+
+// assignIDs gives every deployment its ID: model_info.id when set (duplicates are errors), else
+// the identity hash; exact duplicate identities get "-2", "-3", ... by occurrence.
+func (d *decoder) assignIDs(list []Deployment) {
+	owner := map[string]int{}
+	for i := range list {
+		id := list[i].ModelInfo.ID
+		if id == "" {
+			continue
+		}
+		path := "model_list[" + strconv.Itoa(i) + "].model_info.id"
+		if j, dup := owner[id]; dup {
+			d.fail(path, "duplicate id %s (also model_list[%d], line %d)", d.shown(path, id), j,
+				d.lineOf("model_list["+strconv.Itoa(j)+"].model_info.id"))
+			continue
+		}
+		owner[id] = i
+		list[i].ID = id
+	}
+	for i := range list {
+		dep := &list[i]
+		if dep.ModelInfo.ID != "" {
+			continue
+		}
+		base := deploymentID(dep.ModelName, dep.LiteLLMParams.Model, dep.APIBase, dep.APIVersion)
+		id := base
+		for n := 2; ; n++ {
+			if _, taken := owner[id]; !taken {
+				break
+			}
+			id = base + "-" + strconv.Itoa(n)
+		}
+		owner[id] = i
+		dep.ID = id
+	}
+}
+
+// checkGroups validates aliases and fallbacks against the model groups model_list serves.
+func (d *decoder) checkGroups(cfg *Config) {
+	groups := map[string]bool{}
+	for _, dep := range cfg.ModelList {
+		if dep.ModelName != "" {
+			groups[dep.ModelName] = true
+		}
+	}
+	const ap = "router_settings.model_group_alias"
+	aliases := cfg.RouterSettings.ModelGroupAlias
+	for _, name := range sortedKeys(aliases) {
+		a, path := aliases[name], keyPath(ap, name)
+		switch {
+		case a.Model == "":
+			d.fail(path, "names no model group")
+		case groups[name]:
+			d.fail(path, "shadows the model group %q that model_list serves; rename the alias", name)
+		case !groups[a.Model]:
+			d.fail(path, "points at model group %s, which no model_list entry serves", d.shown(path, a.Model))
+		}
+	}
+	known := func(g string) bool { _, alias := aliases[g]; return groups[g] || alias }
+	check := func(block string, rules []map[string][]string) {
+		for i, rule := range rules {
+			rp := "router_settings." + block + "[" + strconv.Itoa(i) + "]"
+			for _, from := range sortedKeys(rule) {
+				fp := keyPath(rp, from)
+				if from != "*" && !known(from) {
+					d.warn(fp, "fallback for unknown model group",
+						fmt.Sprintf("fallback rule for unknown model group %q", from), "group", from)
+				}
+				for j, to := range rule[from] {
+					if !known(to) {
+						d.warn(fp+"["+strconv.Itoa(j)+"]", "fallback to unknown model group",
+							fmt.Sprintf("fallback to unknown model group %q", to), "group", to)
+					}
+				}
+			}
+		}
+	}
+	check("fallbacks", cfg.RouterSettings.Fallbacks)
+	check("context_window_fallbacks", cfg.RouterSettings.ContextWindowFallbacks)
+	for i, to := range cfg.RouterSettings.DefaultFallbacks {
+		if !known(to) {
+			d.warn("router_settings.default_fallbacks["+strconv.Itoa(i)+"]", "fallback to unknown model group",
+				fmt.Sprintf("fallback to unknown model group %q", to), "group", to)
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

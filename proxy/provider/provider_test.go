@@ -1,0 +1,140 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/state"
+)
+
+func TestURLs(t *testing.T) {
+	az := &config.Deployment{Provider: "azure", UpstreamModel: "gpt35", APIBase: "https://x.openai.azure.com", APIVersion: "2024-10-21"}
+	if got, want := azureURL(az, ChatCompletions), "https://x.openai.azure.com/openai/deployments/gpt35/chat/completions?api-version=2024-10-21"; got != want {
+		t.Errorf("azure = %s, want %s", got, want)
+	}
+	az.APIBase = "https://x.openai.azure.com/openai"
+	if got, want := azureURL(az, Embeddings), "https://x.openai.azure.com/openai/deployments/gpt35/embeddings?api-version=2024-10-21"; got != want {
+		t.Errorf("azure with /openai base = %s, want %s", got, want)
+	}
+	oa := &config.Deployment{Provider: "openai", UpstreamModel: "gpt-4o", APIBase: "http://vllm:8000/v1"}
+	if got, want := openAIURL(oa, Completions), "http://vllm:8000/v1/completions"; got != want {
+		t.Errorf("openai = %s, want %s", got, want)
+	}
+}
+
+func TestStreamUsageByAPIVersion(t *testing.T) {
+	pool := NewPool()
+	for v, want := range map[string]bool{"2024-10-21": true, "2024-09-01-preview": true, "2024-06-01": false, "2023-05-15": false} {
+		up, err := New(&config.Deployment{ID: "a", Provider: "azure", UpstreamModel: "d", APIBase: "https://x", APIVersion: v, Timeout: time.Second, StreamTimeout: time.Second}, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if up.StreamUsage() != want {
+			t.Errorf("api-version %s: StreamUsage = %v, want %v", v, up.StreamUsage(), want)
+		}
+	}
+}
+
+func TestParseUsage(t *testing.T) {
+	tests := []struct {
+		body string
+		want state.Usage
+		ok   bool
+	}{
+		{`{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`, state.Usage{PromptTokens: 10, CompletionTokens: 5}, true},
+		{`{"object":"list","usage":{"prompt_tokens":8,"total_tokens":8}}`, state.Usage{PromptTokens: 8}, true},
+		{`{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":40}}`, state.Usage{PromptTokens: 10, CompletionTokens: 30}, true},
+		{`{"usage":null}`, state.Usage{}, false},
+		{`{"choices":[]}`, state.Usage{}, false},
+		{`not json`, state.Usage{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := ParseUsage([]byte(tt.body))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("ParseUsage(%s) = %+v, %v; want %+v, %v", tt.body, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestEstimatePromptTokens(t *testing.T) {
+	chat := `{"messages":[{"role":"system","content":"12345678"},{"role":"user","content":[{"type":"text","text":"abcd"}]}]}`
+	if got := EstimatePromptTokens([]byte(chat)); got != 3+2*3 {
+		t.Errorf("chat estimate = %d, want 9 (12 bytes / 4 + 3 per message)", got)
+	}
+	if got := EstimatePromptTokens([]byte(`{"input":["abcd","efgh"]}`)); got != 2+2*3 {
+		t.Errorf("embeddings estimate = %d, want 8", got)
+	}
+	if got := EstimatePromptTokens([]byte(`{"prompt":"abcdefgh"}`)); got != 2+3 {
+		t.Errorf("completion estimate = %d, want 5", got)
+	}
+}
+
+func httpDeployment(base string, timeout, streamTimeout time.Duration) *config.Deployment {
+	return &config.Deployment{ID: "d", Provider: "openai", UpstreamModel: "m", APIBase: base, Timeout: timeout, StreamTimeout: streamTimeout}
+}
+
+func TestTimeouts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers; skipped with -short")
+	}
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Reading the body lets net/http watch the connection and cancel r's context when the
+		// client leaves.
+		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/chat/completions" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: {}\n\n")
+			w.(http.Flusher).Flush()
+		}
+		select { // then go silent
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer func() { close(release); srv.Close() }()
+	up, err := New(httpDeployment(srv.URL, 100*time.Millisecond, 100*time.Millisecond), NewPool())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("non-stream deadline", func(t *testing.T) {
+		_, err := up.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`)})
+		if KindOf(err) != Timeout {
+			t.Fatalf("err = %v, want a Timeout", err)
+		}
+	})
+	t.Run("stream idle after first event", func(t *testing.T) {
+		resp, err := up.Do(context.Background(), &Call{Endpoint: ChatCompletions, Body: []byte(`{}`), Stream: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		_, err = io.ReadAll(resp.Body)
+		if KindOf(err) != Timeout {
+			t.Fatalf("read err = %v, want a Timeout", err)
+		}
+	})
+	t.Run("client gone is Canceled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, err := up.Do(ctx, &Call{Endpoint: Completions, Body: []byte(`{}`)})
+		if KindOf(err) != Canceled {
+			t.Fatalf("err = %v, want Canceled", err)
+		}
+	})
+	t.Run("refused is Unreachable", func(t *testing.T) {
+		dead, _ := New(httpDeployment("http://127.0.0.1:1", time.Second, time.Second), NewPool())
+		_, err := dead.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`)})
+		var pe *Error
+		if !errors.As(err, &pe) || pe.Kind != Unreachable {
+			t.Fatalf("err = %v, want Unreachable", err)
+		}
+	})
+}
