@@ -115,6 +115,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log = newLogger(cfg, stderr)
+	warnNotYetBuilt(log, cfg)
 
 	node := cfg.ClusterSettings.NodeName
 	if node == "" {
@@ -173,6 +174,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("herd stopped")
 	return nil
+}
+
+// warnNotYetBuilt says which settings this build of herd reads but does not act on yet, so a
+// LiteLLM user moving over is never misled by silence.
+func warnNotYetBuilt(log *slog.Logger, cfg *config.Config) {
+	rs := cfg.RouterSettings
+	if s := rs.RoutingStrategy; s != "" && s != config.DefaultRoutingStrategy {
+		log.Warn("routing_strategy is not implemented yet: using simple-shuffle", "key", "router_settings.routing_strategy", "value", s)
+	}
+	if rs.RedisHost != "" || rs.RedisURL != "" {
+		log.Warn("Redis mode is not implemented yet: usage is counted in this process only", "key", "router_settings.redis_host")
+	}
+	for _, d := range cfg.ModelList {
+		if d.Limits.RPM > 0 || d.Limits.TPM > 0 {
+			log.Warn("rpm/tpm limits are recorded but not enforced yet", "key", "model_list[].rpm/tpm")
+			break
+		}
+	}
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
