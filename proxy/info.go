@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-
-	"github.com/herd-proxy/herd/proxy/provider"
 )
 
 func (s *Server) models(c echo.Context) error {
@@ -30,14 +28,13 @@ func (s *Server) readiness(c echo.Context) error {
 		status, code = "draining", http.StatusServiceUnavailable
 	}
 	return c.JSON(code, map[string]any{
-		"status":         status,
-		"node":           s.node[0],
-		"state_backend":  s.backend,
-		"herd_version":   s.version,
-		"model_groups":   len(snap.table.GroupNames()),
-		"deployments":    snap.table.Len(),
-		"db":             "Not connected", // LiteLLM's field: herd needs no database
-		"litellm_compat": true,
+		"status":        status,
+		"node":          s.node[0],
+		"state_backend": s.backend,
+		"herd_version":  s.version,
+		"model_groups":  len(snap.table.GroupNames()),
+		"deployments":   snap.table.Len(),
+		"db":            "Not connected", // LiteLLM's field: herd needs no database
 	})
 }
 
@@ -99,12 +96,4 @@ func (s *Server) health(c echo.Context) error {
 		"healthy_count":       len(healthy),
 		"unhealthy_count":     len(unhealthy),
 	})
-}
-
-// statusOf maps an upstream call failure to the status the client gets.
-func statusOf(err error) int {
-	if provider.KindOf(err) == provider.Timeout {
-		return http.StatusGatewayTimeout
-	}
-	return http.StatusBadGateway
 }

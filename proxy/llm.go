@@ -177,16 +177,9 @@ func (x *exchange) reserveTokens() int64 {
 	}
 	n := x.req.maxTokens
 	if n == 0 {
-		n = x.s.defaultMaxTokens()
+		n = x.s.defaultMaxTokens
 	}
 	return provider.EstimatePromptTokens(x.body) + n
-}
-
-func (s *Server) defaultMaxTokens() int64 {
-	if v := s.snap.Load().cfg.RouterSettings.DefaultMaxTokens; v != nil {
-		return *v
-	}
-	return 256
 }
 
 func (x *exchange) noCapacity(nc *state.NoCapacityError) *apiError {
@@ -222,6 +215,14 @@ func (x *exchange) upstreamFailed(err error, reached bool) *apiError {
 		return &apiError{Status: status, Message: msg + " timed out.", Type: "timeout"}
 	}
 	return &apiError{Status: status, Message: msg + " is unreachable: " + err.Error(), Type: "api_connection_error"}
+}
+
+// statusOf maps an upstream call failure to the status the client gets.
+func statusOf(err error) int {
+	if provider.KindOf(err) == provider.Timeout {
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusBadGateway
 }
 
 // statusClientClosed is nginx's convention for a client that left before the answer.

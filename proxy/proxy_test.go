@@ -16,6 +16,7 @@ import (
 
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/internal/fakeupstream"
+	"github.com/herd-proxy/herd/state"
 	"github.com/herd-proxy/herd/state/local"
 )
 
@@ -678,5 +679,29 @@ model_list:
 	resp, body = post(t, h.URL+"/v1/embeddings", `{"model":"demo","input":["a","b","c"]}`)
 	if n := len(gjson.Get(body, "data").Array()); resp.StatusCode != 200 || n != 3 {
 		t.Errorf("embeddings: status %d, %d vectors: %s", resp.StatusCode, n, body)
+	}
+}
+
+// panickyState stands in for a backend with a bug.
+type panickyState struct{ *local.Backend }
+
+func (panickyState) Admit(string, state.Reservation) (state.Ticket, error) { panic("bug in backend") }
+
+func TestPanicBecomesJSONError(t *testing.T) {
+	needsServers(t)
+	cfg, err := config.Parse("t.yaml", []byte("model_list:\n  - {model_name: m, litellm_params: {model: mock/m}}\n"), config.MapEnv(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Options{Config: cfg, State: panickyState{local.New(nil)}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	resp, body := post(t, ts.URL+"/v1/chat/completions", `{"model":"m","messages":[]}`)
+	wantError(t, resp, body, 500, "Internal server error")
+	if strings.Contains(body, "bug in backend") {
+		t.Error("panic value leaked to the client")
 	}
 }

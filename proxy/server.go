@@ -41,20 +41,22 @@ type Options struct {
 
 // Server serves the OpenAI-compatible API for the current config.
 type Server struct {
-	echo     *echo.Echo
-	snap     atomic.Pointer[snapshot]
-	state    Admitter
-	pool     *provider.Pool
-	metrics  *metrics
-	key      keyChecker
-	maxBody  int64
-	maxResp  int64
-	node     []string // x-herd-node value
-	backend  string
-	version  string
-	log      *slog.Logger
-	draining atomic.Bool
-	healths  sync.Map // deployment ID -> *health; survives config changes
+	echo    *echo.Echo
+	snap    atomic.Pointer[snapshot]
+	state   Admitter
+	pool    *provider.Pool
+	metrics *metrics
+	key     keyChecker
+	maxBody int64
+	maxResp int64
+	// defaultMaxTokens is the tpm reserved for a request that names no max_tokens.
+	defaultMaxTokens int64
+	node             []string // x-herd-node value
+	backend          string
+	version          string
+	log              *slog.Logger
+	draining         atomic.Bool
+	healths          sync.Map // deployment ID -> *health; survives config changes
 }
 
 // New builds a server for opts.Config.
@@ -71,16 +73,20 @@ func New(opts Options) (*Server, error) {
 	}
 	gs := opts.Config.GeneralSettings
 	s := &Server{
-		state:   opts.State,
-		pool:    provider.NewPool(),
-		metrics: newMetrics(opts.Registry),
-		key:     newKeyChecker(gs.MasterKey.Reveal()),
-		maxBody: megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
-		maxResp: megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
-		node:    []string{opts.Node},
-		backend: opts.Backend,
-		version: opts.Version,
-		log:     opts.Logger,
+		state:            opts.State,
+		pool:             provider.NewPool(),
+		metrics:          newMetrics(opts.Registry),
+		key:              newKeyChecker(gs.MasterKey.Reveal()),
+		maxBody:          megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
+		maxResp:          megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
+		defaultMaxTokens: config.DefaultMaxTokensEstimate,
+		node:             []string{opts.Node},
+		backend:          opts.Backend,
+		version:          opts.Version,
+		log:              opts.Logger,
+	}
+	if v := opts.Config.RouterSettings.DefaultMaxTokens; v != nil {
+		s.defaultMaxTokens = *v
 	}
 	if err := s.Apply(opts.Config); err != nil {
 		return nil, err
