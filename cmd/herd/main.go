@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -42,6 +43,7 @@ type options struct {
 	host         string
 	port         int
 	drainTimeout time.Duration
+	pprofAddr    string
 	showVersion  bool
 }
 
@@ -86,12 +88,20 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.StringVar(&o.host, "host", o.host, "address to listen on (env HOST)")
 	fs.IntVar(&o.port, "port", o.port, "port to listen on (env PORT)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", o.drainTimeout, "on SIGTERM, how long in-flight requests and streams may finish (env HERD_DRAIN_TIMEOUT)")
+	fs.StringVar(&o.pprofAddr, "pprof-addr", getenv("HERD_PPROF_ADDR"), "serve Go's net/http/pprof on this loopback HOST:PORT (env HERD_PPROF_ADDR); off when empty")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	if o.pprofAddr != "" {
+		// Profiles expose internals and cost CPU: never on a routable address.
+		host, _, err := net.SplitHostPort(o.pprofAddr)
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return o, fmt.Errorf("--pprof-addr %q: must be a loopback HOST:PORT such as 127.0.0.1:6060", o.pprofAddr)
+		}
 	}
 	return o, nil
 }
@@ -135,6 +145,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
 	defer srv.Close()
+
+	if o.pprofAddr != "" {
+		stopPprof, err := servePprof(o.pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(o.host, strconv.Itoa(o.port)))
 	if err != nil {
@@ -192,6 +210,24 @@ func warnNotYetBuilt(log *slog.Logger, cfg *config.Config) {
 			break
 		}
 	}
+}
+
+// servePprof serves net/http/pprof on its own listener, apart from the API.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.Info("pprof listening", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {

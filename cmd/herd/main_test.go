@@ -42,6 +42,8 @@ func TestParseFlags(t *testing.T) {
 		{nil, map[string]string{"HERD_DRAIN_TIMEOUT": "soon"}, "HERD_DRAIN_TIMEOUT"},
 		{[]string{"--port", "x"}, nil, "invalid value"},
 		{[]string{"serve"}, nil, `unexpected argument "serve"`},
+		{[]string{"--pprof-addr", "0.0.0.0:6060"}, nil, "must be a loopback"},
+		{[]string{"--pprof-addr", "6060"}, nil, "must be a loopback"},
 	} {
 		if _, err := parseFlags(bad.args, env(bad.env), io.Discard); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("parseFlags(%v, %v) = %v, want error containing %q", bad.args, bad.env, err, bad.want)
@@ -124,7 +126,10 @@ func TestDemo(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, log, done := started(t, ctx, []string{"--host", "127.0.0.1", "--port", "0"})
+	addr, log, done := started(t, ctx, []string{"--host", "127.0.0.1", "--port", "0", "--pprof-addr", "127.0.0.1:0"})
+	if !strings.Contains(log.String(), `msg="pprof listening" addr=127.0.0.1:`) {
+		t.Errorf("pprof did not start:\n%s", log)
+	}
 	if !strings.Contains(log.String(), "curl -s http://localhost:") {
 		t.Errorf("no curl to try in the demo log:\n%s", log)
 	}

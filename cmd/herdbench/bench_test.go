@@ -1,0 +1,92 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"slices"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+func TestHerdConfig(t *testing.T) {
+	var cfg struct {
+		ModelList []struct {
+			ModelName     string            `yaml:"model_name"`
+			LiteLLMParams map[string]string `yaml:"litellm_params"`
+		} `yaml:"model_list"`
+	}
+	if err := yaml.Unmarshal([]byte(herdConfig("127.0.0.1:43121")), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.ModelList) != 1 {
+		t.Fatalf("model_list = %+v", cfg.ModelList)
+	}
+	d := cfg.ModelList[0]
+	want := map[string]string{"model": "openai/bench-upstream", "api_base": "http://127.0.0.1:43121/v1", "api_key": "sk-bench"}
+	if d.ModelName != "bench" || !maps(d.LiteLLMParams, want) {
+		t.Errorf("deployment = %+v, want model_name bench and %v", d, want)
+	}
+}
+
+func maps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestParseBenchFlags(t *testing.T) {
+	o, err := parseBenchFlags([]string{"--rates", "1000, 3000", "--rounds", "2", "--targets", "herd,direct", "--warmup", "0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.rates, []int{1000, 3000}) || o.rounds != 2 || o.warmup != 0 || o.duration != 10*time.Second {
+		t.Errorf("options = %+v", o)
+	}
+	if !slices.Equal(o.targets, []string{"direct", "herd"}) {
+		t.Errorf("targets = %v, want canonical order", o.targets)
+	}
+	if got := o.attacks(); got != 8 {
+		t.Errorf("attacks = %d", got)
+	}
+	if got, want := o.budget(), 8*(10*time.Second+requestTimeout)+time.Minute; got != want {
+		t.Errorf("budget = %v, want %v", got, want)
+	}
+
+	for _, bad := range [][]string{
+		{"--rates", "1000,x"}, {"--rates", "0"}, {"--rounds", "0"}, {"--duration", "10ms"},
+		{"--targets", "nginx"}, {"--warmup", "-1s"}, {"stray"},
+	} {
+		var uerr usageError
+		if _, err := parseBenchFlags(bad, io.Discard); !errors.As(err, &uerr) {
+			t.Errorf("%v: err = %v, want a usage error", bad, err)
+		}
+	}
+	if _, err := parseBenchFlags([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+}
+
+func TestShellJoin(t *testing.T) {
+	got := shellJoin([]string{"--rates", "1000,3000", "--json", "/tmp/a b.json", "it's", ""})
+	want := `--rates 1000,3000 --json '/tmp/a b.json' 'it'\''s' ''`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestWorkersFor(t *testing.T) {
+	for rate, want := range map[int]uint64{100: 10, 1000: 20, 3000: 60, 1_000_000: 1000} {
+		if got := workersFor(rate); got != want {
+			t.Errorf("workersFor(%d) = %d, want %d", rate, got, want)
+		}
+	}
+}
