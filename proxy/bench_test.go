@@ -1,15 +1,19 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/internal/fakeupstream"
+	"github.com/herd-proxy/herd/routing"
+	"github.com/herd-proxy/herd/state"
 	"github.com/herd-proxy/herd/state/local"
 )
 
@@ -21,7 +25,7 @@ func benchServer(b *testing.B, yaml string) *Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := New(Options{Config: cfg, State: local.New(nil), Node: "bench", Logger: slog.New(slog.DiscardHandler)})
+	srv, err := New(Options{Config: cfg, State: local.New(local.Options{}), Node: "bench", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -85,5 +89,40 @@ func BenchmarkParseRewrite(b *testing.B) {
 			b.Fatal(err)
 		}
 		dst = rewrite(dst[:0], body, &r, `"upstream"`, false)
+	}
+}
+
+// benchRouteAdmit measures one routing decision plus admission and settle on the local
+// backend, for a group of n deployments with rpm and tpm limits, as the request path does it.
+func benchRouteAdmit(b *testing.B, n int, strategy string) {
+	yaml := "model_list:\n"
+	for i := 0; i < n; i++ {
+		yaml += fmt.Sprintf("  - {model_name: g, litellm_params: {model: mock/d%d, rpm: 1000000000, tpm: 1000000000000}}\n", i)
+	}
+	yaml += "router_settings: {routing_strategy: " + strategy + "}\n"
+	srv := benchServer(b, yaml)
+	snap := srv.snap.Load()
+	g, _ := snap.table.Resolve("g")
+	r := &routing.Request{Reservation: state.Reservation{Requests: 1, Tokens: 300}}
+	b.ReportAllocs()
+	for b.Loop() {
+		i, ok := snap.table.Pick(g, snap.counters, time.Now(), r)
+		if !ok {
+			b.Fatal("no pick")
+		}
+		c := snap.deps[i].counter
+		t, err := c.Admit(snap.table.Limits(i), r.Reservation)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Settle(t, state.Usage{PromptTokens: 100, CompletionTokens: 150})
+	}
+}
+
+func BenchmarkRouteAdmit(b *testing.B) {
+	for _, n := range []int{2, 100} {
+		for _, s := range []string{"simple-shuffle", "least-busy", "usage-based-routing-v2", "latency-based-routing"} {
+			b.Run(fmt.Sprintf("%s/%d", s, n), func(b *testing.B) { benchRouteAdmit(b, n, s) })
+		}
 	}
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"io"
-	"math"
 	"net/http"
 	"strconv"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/herd-proxy/herd/proxy/provider"
+	"github.com/herd-proxy/herd/routing"
 	"github.com/herd-proxy/herd/state"
 )
 
@@ -23,6 +23,8 @@ const (
 	hdrModelBase   = "X-Litellm-Model-Api-Base"
 	hdrOverhead    = "X-Litellm-Overhead-Duration-Ms"
 	hdrNode        = "X-Herd-Node"
+	hdrRetries     = "X-Litellm-Attempted-Retries"
+	hdrFallbacks   = "X-Litellm-Attempted-Fallbacks"
 	hdrContentType = "Content-Type"
 )
 
@@ -68,24 +70,36 @@ func readAll(r io.Reader, buf []byte, max int64) ([]byte, error) {
 
 var errTooLarge = errors.New("body too large")
 
-// exchange is one LLM request on its way through herd.
+// exchange is one LLM request on its way through herd, across its retries and fallbacks.
 type exchange struct {
-	s       *Server
-	c       echo.Context
-	ep      provider.Endpoint
-	start   time.Time
-	body    []byte // the client's body, untouched
-	req     request
+	s     *Server
+	c     echo.Context
+	ep    provider.Endpoint
+	start time.Time
+	body  []byte // the client's body, untouched
+	req   request
+	snap  *snapshot
+	model string // the model as the client named it
+
+	// The current attempt.
+	group   *routing.Group
 	dep     *deployment
 	ticket  state.Ticket
 	upStart time.Time
+
+	reserve      state.Reservation // computed once: every deployment reserves the same
+	reserveReady bool
+	retries      int // retries made in the current group
+	fallbacks    int // fallback groups tried
+	triedBuf     [8]int
+	out          *[]byte // the upstream body buffer, reused across attempts
 }
 
 // llm returns the handler for an OpenAI endpoint: read the few fields herd needs, route,
 // admit, call the upstream, pass its answer back, settle usage.
 func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		x := exchange{s: s, c: c, ep: ep, start: time.Now()}
+		x := &exchange{s: s, c: c, ep: ep, start: time.Now()}
 		r := c.Request()
 		snap := s.snap.Load()
 
@@ -113,12 +127,15 @@ func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
 		if model == "" {
 			return s.reject(badRequest("'model' is required: name a model group. Call /v1/models to view available models.", "model"))
 		}
-		dec, err := snap.table.Route(model)
+		g, err := snap.table.Resolve(model)
 		if err != nil {
 			return s.reject(badRequest(err.Error(), "model"))
 		}
-		x.dep = &snap.deps[dec.Deployment]
-		return x.serve()
+		x.snap, x.model = snap, model
+		ob := getBuf()
+		defer putBuf(ob)
+		x.out = ob
+		return x.serve(g)
 	}
 }
 
@@ -136,85 +153,39 @@ func (s *Server) reject(e *apiError) error {
 	return e
 }
 
-func (x *exchange) serve() error {
-	s, dep, m := x.s, x.dep, x.dep.metrics
-	m.inFlight.Inc()
-	defer m.inFlight.Dec()
-
-	var err error
-	x.ticket, err = s.state.Admit(dep.cfg.ID, state.Reservation{Requests: 1, Tokens: x.reserveTokens()})
-	if err != nil {
-		var nc *state.NoCapacityError
-		if errors.As(err, &nc) {
-			return x.finish(x.noCapacity(nc))
-		}
-		return x.finish(&apiError{Status: http.StatusServiceUnavailable, Message: "Usage could not be recorded: " + err.Error(), Type: "service_unavailable"})
-	}
-
-	ob := getBuf()
-	defer putBuf(ob)
-	addUsage := x.req.stream && !x.req.includeUsage && dep.up.StreamUsage()
-	*ob = rewrite(*ob, x.body, &x.req, dep.modelJSON, addUsage)
-	call := provider.Call{Endpoint: x.ep, Body: *ob, Stream: x.req.stream}
-
-	x.upStart = time.Now()
-	resp, err := dep.up.Do(x.c.Request().Context(), &call)
-	if err != nil {
-		return x.finish(x.upstreamFailed(err, false))
-	}
-	defer resp.Body.Close()
-	if x.req.stream && resp.StatusCode == http.StatusOK && isEventStream(resp.Header) {
-		return x.relayStream(resp, addUsage)
-	}
-	return x.relayBody(resp)
-}
-
-// reserveTokens is the tpm reserved before the call: the prompt estimate plus max_tokens (or
-// the configured default). It is only computed for deployments that have a tpm limit.
-func (x *exchange) reserveTokens() int64 {
-	if x.dep.cfg.Limits.TPM == 0 {
-		return 0
-	}
-	n := x.req.maxTokens
-	if n == 0 {
-		n = x.s.defaultMaxTokens
-	}
-	return provider.EstimatePromptTokens(x.body) + n
-}
-
-func (x *exchange) noCapacity(nc *state.NoCapacityError) *apiError {
-	secs := int64(math.Ceil(nc.RetryAfter.Seconds()))
-	if secs < 1 {
-		secs = 1
-	}
-	x.c.Response().Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-	return &apiError{
-		Status:  http.StatusTooManyRequests,
-		Message: "No deployments available for selected model, Try again in " + strconv.FormatInt(secs, 10) + " seconds. Passed model=" + x.dep.cfg.ModelName,
-		Type:    "rate_limit_error",
-	}
-}
-
-// upstreamFailed handles a call that got no complete response. The reservation is kept when
-// the request reached, or may have reached, the upstream (a response began, or a timeout), and
-// released when it never did.
-func (x *exchange) upstreamFailed(err error, reached bool) *apiError {
+// callFailed handles a call that got no complete response. The reservation is kept when the
+// request reached, or may have reached, the upstream (a response began, or a timeout), and
+// released when it never did. A departed client ends the exchange (nil failure); anything else
+// is a failure to retry elsewhere.
+func (x *exchange) callFailed(err error, reached bool) *failure {
 	kind := provider.KindOf(err)
 	if reached || kind == provider.Timeout {
-		x.s.state.Settle(x.ticket, state.Usage{PromptTokens: x.ticket.Reserved.Tokens})
+		x.dep.counter.Settle(x.ticket, state.Usage{PromptTokens: x.ticket.Reserved.Tokens})
 	} else {
-		x.s.state.Release(x.ticket)
+		x.dep.counter.Release(x.ticket)
 	}
 	if kind == provider.Canceled {
-		return &apiError{Status: statusClientClosed, Message: "Client closed the request.", Type: "client_closed"}
+		_ = x.finish(&apiError{Status: statusClientClosed, Message: "Client closed the request.", Type: "client_closed"})
+		return nil
 	}
 	status := statusOf(err)
-	x.dep.health.record(status, time.Now())
 	msg := "Upstream deployment " + x.dep.cfg.ID + " of model group " + x.dep.cfg.ModelName
+	e := &apiError{Status: status, Message: msg + " is unreachable: " + err.Error(), Type: "api_connection_error"}
 	if status == http.StatusGatewayTimeout {
-		return &apiError{Status: status, Message: msg + " timed out.", Type: "timeout"}
+		e = &apiError{Status: status, Message: msg + " timed out.", Type: "timeout"}
 	}
-	return &apiError{Status: status, Message: msg + " is unreachable: " + err.Error(), Type: "api_connection_error"}
+	return x.failed(&failure{status: status, apiErr: e})
+}
+
+// failed records f against the current deployment's health and cooldown, and returns it.
+func (x *exchange) failed(f *failure) *failure {
+	now := time.Now()
+	x.dep.health.record(f.status, now)
+	x.dep.metrics.upstreamFailure(f.status)
+	if routing.Cools(f.status) {
+		x.dep.cooldown.Fail(now, x.snap.cooldown, f.status, f.retryAfter)
+	}
+	return f
 }
 
 // statusOf maps an upstream call failure to the status the client gets.
@@ -239,20 +210,34 @@ func (x *exchange) finish(e *apiError) error {
 	return nil
 }
 
-// setHeaders adds LiteLLM's routing headers and herd's node header.
+// setHeaders adds LiteLLM's routing, retry and rate-limit headers and herd's node header.
 func (x *exchange) setHeaders(overhead time.Duration) {
 	h := x.c.Response().Header()
-	h[hdrModelID] = x.dep.idHdr
-	h[hdrModelGroup] = x.dep.groupHdr
-	if x.dep.baseHdr != nil {
-		h[hdrModelBase] = x.dep.baseHdr
+	if x.dep != nil {
+		h[hdrModelID] = x.dep.idHdr
+		if x.dep.baseHdr != nil {
+			h[hdrModelBase] = x.dep.baseHdr
+		}
 	}
+	if x.group != nil {
+		x.snap.groupHeaders(h, x.group)
+	}
+	h[hdrRetries] = smallInt(x.retries)
+	h[hdrFallbacks] = smallInt(x.fallbacks)
 	h[hdrNode] = x.s.node
 	h[hdrOverhead] = []string{strconv.FormatFloat(float64(overhead.Microseconds())/1000, 'f', 3, 64)}
 }
 
 // record updates metrics for a finished request.
 func (x *exchange) record(status int, u state.Usage, overhead time.Duration) {
+	if x.dep == nil {
+		name := ""
+		if x.group != nil {
+			name = x.group.Name
+		}
+		x.s.metrics.countUnrouted(name, status)
+		return
+	}
 	m := x.dep.metrics
 	m.count(status)
 	m.duration.Observe(time.Since(x.start).Seconds())
@@ -265,9 +250,10 @@ func (x *exchange) record(status int, u state.Usage, overhead time.Duration) {
 	}
 }
 
-// relayBody passes a complete (non-streaming) upstream answer back: success bodies byte for
-// byte; error statuses with their body when it is JSON, wrapped in OpenAI's shape when not.
-func (x *exchange) relayBody(resp *http.Response) error {
+// relayBody handles a complete (non-streaming) upstream answer: a success is passed back byte
+// for byte; an error the deployment is to blame for (429, 5xx, ...) or a context-window error
+// comes back as a failure to retry elsewhere; any other error is passed to the client.
+func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	rb := getBuf()
 	defer putBuf(rb)
 	data, err := readAll(resp.Body, *rb, x.s.maxResp)
@@ -275,37 +261,35 @@ func (x *exchange) relayBody(resp *http.Response) error {
 	upstream := time.Since(x.upStart)
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
-			x.s.state.Settle(x.ticket, state.Usage{PromptTokens: x.ticket.Reserved.Tokens})
-			return x.finish(&apiError{Status: http.StatusBadGateway, Message: "Upstream response is larger than general_settings.max_response_size_mb.", Type: "api_error"})
+			err = errResponseTooLarge
 		}
-		return x.finish(x.upstreamFailed(err, true))
+		return x.callFailed(err, true), nil
 	}
 	status := resp.StatusCode
-	var usage state.Usage
-	if status < 300 {
-		var ok bool
-		if usage, ok = provider.ParseUsage(data); !ok {
-			usage = state.Usage{PromptTokens: provider.EstimatePromptTokens(x.body), CompletionTokens: provider.EstimateTokens(len(data))}
+	if status >= 400 {
+		x.dep.counter.Settle(x.ticket, state.Usage{})
+		f := &failure{status: status, body: append([]byte(nil), data...), contentType: resp.Header.Get(hdrContentType),
+			retryAfterHdr: resp.Header.Get("Retry-After")}
+		f.retryAfter = parseRetryAfter(f.retryAfterHdr)
+		f.contextWindow = status == http.StatusBadRequest && isContextWindowError(data)
+		if routing.Cools(status) || f.contextWindow {
+			return x.failed(f), nil
 		}
+		x.dep.health.record(status, time.Now())
+		return nil, x.fail(f)
 	}
-	x.s.state.Settle(x.ticket, usage)
-	x.dep.health.record(status, time.Now())
+	usage, ok := provider.ParseUsage(data)
+	if !ok {
+		usage = state.Usage{PromptTokens: provider.EstimatePromptTokens(x.body), CompletionTokens: provider.EstimateTokens(len(data))}
+	}
+	x.succeeded(usage, upstream, 0)
 
 	w := x.c.Response()
 	h := w.Header()
-	if status >= 400 && !gjson.ValidBytes(data) {
-		if ra := resp.Header.Get("Retry-After"); ra != "" {
-			h.Set("Retry-After", ra)
-		}
-		return x.finish(&apiError{Status: status, Message: "Upstream returned " + strconv.Itoa(status) + ": " + snippet(data), Type: "api_error"})
-	}
 	if ct := resp.Header[hdrContentType]; len(ct) > 0 {
 		h[hdrContentType] = ct
 	} else {
 		h[hdrContentType] = jsonHdr
-	}
-	if ra := resp.Header.Get("Retry-After"); ra != "" {
-		h.Set("Retry-After", ra)
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(data))}
 	overhead := time.Since(x.start) - upstream
@@ -313,6 +297,44 @@ func (x *exchange) relayBody(resp *http.Response) error {
 	w.WriteHeader(status)
 	_, _ = w.Write(data)
 	x.record(status, usage, overhead)
+	return nil, nil
+}
+
+// errResponseTooLarge is an upstream body over max_response_size_mb.
+var errResponseTooLarge = errors.New("upstream response is larger than general_settings.max_response_size_mb")
+
+// succeeded settles a successful call and credits the deployment.
+func (x *exchange) succeeded(u state.Usage, latency, ttft time.Duration) {
+	x.dep.counter.Settle(x.ticket, u)
+	x.dep.counter.ObserveLatency(latency, ttft)
+	x.dep.cooldown.Succeed()
+	x.dep.health.record(http.StatusOK, time.Now())
+}
+
+// fail answers the client with f: herd's own error, or the upstream's error passed through
+// (JSON bodies as they are, anything else wrapped in OpenAI's shape).
+func (x *exchange) fail(f *failure) error {
+	if f.apiErr != nil {
+		return x.finish(f.apiErr)
+	}
+	w := x.c.Response()
+	h := w.Header()
+	if f.retryAfterHdr != "" {
+		h.Set("Retry-After", f.retryAfterHdr)
+	}
+	if !gjson.ValidBytes(f.body) {
+		return x.finish(&apiError{Status: f.status, Message: "Upstream returned " + strconv.Itoa(f.status) + ": " + snippet(f.body), Type: "api_error"})
+	}
+	h[hdrContentType] = jsonHdr
+	if f.contentType != "" {
+		h.Set(hdrContentType, f.contentType)
+	}
+	h["Content-Length"] = []string{strconv.Itoa(len(f.body))}
+	overhead := time.Since(x.start)
+	x.setHeaders(overhead)
+	w.WriteHeader(f.status)
+	_, _ = w.Write(f.body)
+	x.record(f.status, state.Usage{}, overhead)
 	return nil
 }
 

@@ -15,6 +15,7 @@ type metrics struct {
 	overhead *prometheus.HistogramVec
 	inFlight *prometheus.GaugeVec
 	tokens   *prometheus.CounterVec
+	failures *prometheus.CounterVec
 
 	mu   sync.Mutex
 	deps map[string]*depMetrics // by deployment ID; survives config changes
@@ -56,9 +57,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "herd_tokens_total",
 			Help: "Tokens used, as reported by the upstream (or estimated when it reports none), by type.",
 		}, []string{"model_group", "deployment", "type"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_upstream_failures_total",
+			Help: "Upstream calls that failed (and were retried elsewhere when possible), by deployment and status (502 unreachable, 504 timeout, or the upstream's).",
+		}, []string{"model_group", "deployment", "status"}),
 		deps: make(map[string]*depMetrics),
 	}
-	reg.MustRegister(m.requests, m.duration, m.overhead, m.inFlight, m.tokens)
+	reg.MustRegister(m.requests, m.duration, m.overhead, m.inFlight, m.tokens, m.failures)
 	return m
 }
 
@@ -93,6 +98,11 @@ func (d *depMetrics) count(status int) {
 	c := d.parent.requests.WithLabelValues(d.group, d.id, strconv.Itoa(status))
 	d.byStatus.Store(status, c)
 	c.Inc()
+}
+
+// upstreamFailure counts a failed upstream call (a rare path: no caching).
+func (d *depMetrics) upstreamFailure(status int) {
+	d.parent.failures.WithLabelValues(d.group, d.id, strconv.Itoa(status)).Inc()
 }
 
 // countUnrouted adds a request that failed before a deployment was chosen.

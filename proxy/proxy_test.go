@@ -54,7 +54,7 @@ func startHerd(t *testing.T, yaml, upstream string, env map[string]string) *harn
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	st := local.New(nil)
+	st := local.New(local.Options{})
 	srv, err := New(Options{Config: cfg, State: st, Backend: "local", Node: "node-1", Version: "test", Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +64,13 @@ func startHerd(t *testing.T, yaml, upstream string, env map[string]string) *harn
 	t.Cleanup(srv.Close)
 	return &harness{URL: ts.URL, state: st, srv: srv}
 }
+
+// load returns deployment i's usage in the current window.
+func (h *harness) load(i int) state.Load {
+	return h.state.Counter(h.srv.snap.Load().deps[i].cfg.ID).Load()
+}
+
+func (h *harness) tokens(i int) int64 { return h.load(i).Tokens }
 
 func post(t *testing.T, url, body string, hdr ...string) (*http.Response, string) {
 	t.Helper()
@@ -277,7 +284,7 @@ model_list:
 			if clientAsks {
 				body = `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"count to four please"}]}`
 			}
-			_, tokensBefore := h.state.Used(h.srv.snap.Load().deps[0].cfg.ID)
+			tokensBefore := h.tokens(0)
 			resp, out := post(t, h.URL+"/chat/completions", body)
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 				t.Fatalf("status %d type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), out)
@@ -300,7 +307,7 @@ model_list:
 			if !gjson.GetBytes(req.Body, "stream_options.include_usage").Bool() {
 				t.Errorf("upstream was not asked for usage: %s", req.Body)
 			}
-			_, tokensAfter := h.state.Used(h.srv.snap.Load().deps[0].cfg.ID)
+			tokensAfter := h.tokens(0)
 			want := nonStreamUsage(t, h.URL, strings.Replace(body, `"stream":true`, `"stream":false`, 1))
 			if got := tokensAfter - tokensBefore; got != want {
 				t.Errorf("stream counted %d tokens, want %d (the upstream's usage)", got, want)
@@ -331,8 +338,7 @@ model_list:
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, out)
 	}
-	_, tokens := h.state.Used(h.srv.snap.Load().deps[0].cfg.ID)
-	if tokens <= 0 {
+	if tokens := h.tokens(0); tokens <= 0 {
 		t.Fatalf("tokens = %d, want an estimate > 0", tokens)
 	}
 }
@@ -411,8 +417,7 @@ model_list:
 			cancel()
 			<-done
 			poll(t, "upstream call to be cancelled", func() bool { return up.Cancelled("up") == 1 })
-			id := h.srv.snap.Load().deps[0].cfg.ID
-			poll(t, "reservation to end", func() bool { return h.state.InFlight(id) == 0 })
+			poll(t, "reservation to end", func() bool { return h.load(0).InFlight == 0 })
 		})
 	}
 }
@@ -677,10 +682,18 @@ model_list:
 	}
 }
 
-// panickyState stands in for a backend with a bug.
-type panickyState struct{ *local.Backend }
+// panickyState stands in for a backend with a bug: admission panics.
+type panickyState struct{}
 
-func (panickyState) Admit(string, state.Reservation) (state.Ticket, error) { panic("bug in backend") }
+func (panickyState) Counter(string) state.Counter { return panickyCounter{} }
+
+type panickyCounter struct{ state.Counter }
+
+func (panickyCounter) LoadAt(time.Time) state.Load { return state.Load{} }
+
+func (panickyCounter) Admit(state.Limits, state.Reservation) (state.Ticket, error) {
+	panic("bug in backend")
+}
 
 func TestPanicBecomesJSONError(t *testing.T) {
 	needsServers(t)
@@ -688,7 +701,7 @@ func TestPanicBecomesJSONError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Config: cfg, State: panickyState{local.New(nil)}, Logger: testLogger(t)})
+	srv, err := New(Options{Config: cfg, State: panickyState{}, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

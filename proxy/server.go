@@ -17,21 +17,14 @@ import (
 
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy/provider"
+	"github.com/herd-proxy/herd/routing"
 	"github.com/herd-proxy/herd/state"
 )
-
-// Admitter is what the proxy needs from a shared-state backend: reserve capacity on a
-// deployment before the upstream call, then settle it to real usage or release it.
-type Admitter interface {
-	Admit(deployment string, r state.Reservation) (state.Ticket, error)
-	Settle(t state.Ticket, u state.Usage)
-	Release(t state.Ticket)
-}
 
 // Options configure a Server.
 type Options struct {
 	Config   *config.Config       // the config to serve; required
-	State    Admitter             // shared-state backend; required
+	State    state.Backend        // shared-state backend; required
 	Backend  string               // the backend's name for readiness ("local", "gossip", "redis")
 	Node     string               // this node's name, sent as x-herd-node
 	Version  string               // herd's version, shown by readiness
@@ -41,14 +34,15 @@ type Options struct {
 
 // Server serves the OpenAI-compatible API for the current config.
 type Server struct {
-	echo    *echo.Echo
-	snap    atomic.Pointer[snapshot]
-	state   Admitter
-	pool    *provider.Pool
-	metrics *metrics
-	key     keyChecker
-	maxBody int64
-	maxResp int64
+	echo      *echo.Echo
+	snap      atomic.Pointer[snapshot]
+	state     state.Backend
+	cooldowns *routing.Cooldowns // keyed by deployment ID; survives config changes
+	pool      *provider.Pool
+	metrics   *metrics
+	key       keyChecker
+	maxBody   int64
+	maxResp   int64
 	// defaultMaxTokens is the tpm reserved for a request that names no max_tokens.
 	defaultMaxTokens int64
 	node             []string // x-herd-node value
@@ -73,6 +67,7 @@ func New(opts Options) (*Server, error) {
 	}
 	gs := opts.Config.GeneralSettings
 	s := &Server{
+		cooldowns:        routing.NewCooldowns(),
 		state:            opts.State,
 		pool:             provider.NewPool(),
 		metrics:          newMetrics(opts.Registry),

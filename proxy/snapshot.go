@@ -3,12 +3,15 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy/provider"
 	"github.com/herd-proxy/herd/routing"
+	"github.com/herd-proxy/herd/state"
 )
 
 // snapshot is everything the request path needs from one config, built once and never
@@ -19,25 +22,101 @@ type snapshot struct {
 	deps      []deployment // aligned with the table's deployment indexes
 	models    []byte       // GET /v1/models body
 	modelInfo []byte       // GET /model/info body
+
+	numRetries   int                    // router_settings.num_retries
+	retryAfter   time.Duration          // router_settings.retry_after: pause before a retry
+	maxFallbacks int                    // router_settings.max_fallbacks
+	cooldown     routing.CooldownPolicy // allowed_fails, cooldown_time, disable_cooldowns
+	groups       map[*routing.Group]groupInfo
+	counters     routing.Counters // deps[i].counter, contiguous for routing
 }
+
+// groupInfo is a group's response header values, shared read-only: its name, and its summed
+// limits for x-ratelimit-limit-* (0 when some member is unlimited).
+type groupInfo struct {
+	nameHdr        []string
+	rpm, tpm       int64
+	rpmHdr, tpmHdr []string
+}
+
+// groupHeaders sets x-litellm-model-group and x-ratelimit-{limit,remaining}-{requests,tokens} for g: limits summed
+// over its deployments, remaining = what is left of them in the current window.
+func (s *snapshot) groupHeaders(h http.Header, g *routing.Group) {
+	gl := s.groups[g]
+	h[hdrModelGroup] = gl.nameHdr
+	if gl.rpm == 0 && gl.tpm == 0 {
+		return
+	}
+	var usedReq, usedTok int64
+	now := time.Now()
+	for _, m := range g.Members {
+		l := s.deps[m].counter.LoadAt(now)
+		usedReq += l.Requests
+		usedTok += l.Tokens
+	}
+	if gl.rpm > 0 {
+		h[hdrLimitRequests] = gl.rpmHdr
+		h[hdrRemainingRequests] = []string{strconv.FormatInt(max(gl.rpm-usedReq, 0), 10)}
+	}
+	if gl.tpm > 0 {
+		h[hdrLimitTokens] = gl.tpmHdr
+		h[hdrRemainingTokens] = []string{strconv.FormatInt(max(gl.tpm-usedTok, 0), 10)}
+	}
+}
+
+const (
+	hdrLimitRequests     = "X-Ratelimit-Limit-Requests"
+	hdrRemainingRequests = "X-Ratelimit-Remaining-Requests"
+	hdrLimitTokens       = "X-Ratelimit-Limit-Tokens"
+	hdrRemainingTokens   = "X-Ratelimit-Remaining-Tokens"
+)
 
 // deployment is one deployment's request-path view.
 type deployment struct {
 	cfg       *config.Deployment
 	up        provider.Upstream
-	modelJSON string // the upstream model name as a JSON string, spliced into bodies
+	counter   state.Counter     // usage, from the state backend, keyed by deployment ID
+	cooldown  *routing.Cooldown // failures and cooldown, keyed by deployment ID
+	modelJSON string            // the upstream model name as a JSON string, spliced into bodies
 	metrics   *depMetrics
 	health    *health
 	// Response header values, shared read-only by every response.
-	idHdr, groupHdr, baseHdr []string
+	idHdr, baseHdr []string
 }
 
 func (s *Server) newSnapshot(cfg *config.Config) (*snapshot, error) {
-	table, err := routing.NewTable(cfg)
+	table, err := routing.NewTable(cfg, s.cooldowns)
 	if err != nil {
 		return nil, err
 	}
-	snap := &snapshot{cfg: cfg, table: table, deps: make([]deployment, table.Len())}
+	rs := cfg.RouterSettings
+	snap := &snapshot{
+		cfg: cfg, table: table, deps: make([]deployment, table.Len()),
+		maxFallbacks: config.DefaultMaxFallbacks,
+		cooldown:     routing.CooldownPolicy{AllowedFails: routing.DefaultAllowedFails, Time: config.DefaultCooldownTime, Disabled: rs.DisableCooldowns},
+		groups:       make(map[*routing.Group]groupInfo),
+	}
+	if rs.NumRetries != nil {
+		snap.numRetries = *rs.NumRetries
+	}
+	if rs.RetryAfter != nil {
+		snap.retryAfter = rs.RetryAfter.Duration()
+	}
+	if rs.MaxFallbacks != nil {
+		snap.maxFallbacks = *rs.MaxFallbacks
+	}
+	if rs.AllowedFails != nil {
+		snap.cooldown.AllowedFails = *rs.AllowedFails
+	}
+	if rs.CooldownTime != nil {
+		snap.cooldown.Time = rs.CooldownTime.Duration()
+	}
+	for _, name := range table.GroupNames() {
+		g := table.Group(name)
+		rpm, tpm := table.GroupLimits(g)
+		snap.groups[g] = groupInfo{nameHdr: []string{name}, rpm: rpm, tpm: tpm,
+			rpmHdr: []string{strconv.FormatInt(rpm, 10)}, tpmHdr: []string{strconv.FormatInt(tpm, 10)}}
+	}
 	for i := range snap.deps {
 		d := table.Deployment(i)
 		up, err := provider.New(d, s.pool)
@@ -48,16 +127,18 @@ func (s *Server) newSnapshot(cfg *config.Config) (*snapshot, error) {
 		dep := deployment{
 			cfg:       d,
 			up:        up,
+			counter:   s.state.Counter(d.ID),
+			cooldown:  table.Cooldown(i),
 			modelJSON: string(model),
 			metrics:   s.metrics.deployment(d.ModelName, d.ID),
 			health:    s.healthOf(d.ID),
 			idHdr:     []string{d.ID},
-			groupHdr:  []string{d.ModelName},
 		}
 		if b := publicBase(d.APIBase); b != "" {
 			dep.baseHdr = []string{b}
 		}
 		snap.deps[i] = dep
+		snap.counters = append(snap.counters, dep.counter)
 	}
 	if snap.models, err = modelsBody(table); err != nil {
 		return nil, err

@@ -55,9 +55,7 @@ model_list:
 				if resp.StatusCode != 200 {
 					t.Fatalf("status %d: %s", resp.StatusCode, out)
 				}
-				id := h.srv.snap.Load().deps[0].cfg.ID
-				_, tokens := h.state.Used(id)
-				got := out + "\n--- usage counted: " + jsonInt(tokens) + "\n"
+				got := out + "\n--- usage counted: " + jsonInt(h.tokens(0)) + "\n"
 				golden := strings.TrimSuffix(file, ".sse") + "." + variant + ".golden"
 				if *update {
 					if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {

@@ -32,7 +32,6 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	x.setHeaders(overhead)
 	w.WriteHeader(http.StatusOK)
 	w.Flush()
-	headersAt := time.Now()
 
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(resp.Body)
@@ -46,6 +45,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 		long         []byte // a line longer than the reader's buffer, assembled
 		status       = http.StatusOK
 		contentPath  = "choices.0.delta.content"
+		ttft         time.Duration
 	)
 	if x.ep == provider.Completions {
 		contentPath = "choices.0.text"
@@ -74,6 +74,9 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 			case skipping:
 				forward = false
 			case data != nil:
+				if ttft == 0 {
+					ttft = time.Since(x.upStart)
+				}
 				if bytes.Contains(data, usageKey) {
 					if u, ok := provider.ParseUsage(data); ok {
 						usage, gotUsage = u, true
@@ -107,9 +110,13 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	if !gotUsage {
 		usage = state.Usage{PromptTokens: provider.EstimatePromptTokens(x.body), CompletionTokens: provider.EstimateTokens(contentBytes)}
 	}
-	x.s.state.Settle(x.ticket, usage)
-	if status != statusClientClosed {
-		x.dep.health.record(status, headersAt)
+	if status == http.StatusOK {
+		x.succeeded(usage, time.Since(x.upStart), ttft)
+	} else {
+		x.dep.counter.Settle(x.ticket, usage)
+		if status != statusClientClosed {
+			x.failed(&failure{status: status})
+		}
 	}
 	x.record(status, usage, overhead)
 	return nil

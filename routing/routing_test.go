@@ -5,8 +5,10 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/state"
 )
 
 func table(t *testing.T, yaml string) *Table {
@@ -15,11 +17,58 @@ func table(t *testing.T, yaml string) *Table {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, err := NewTable(cfg)
+	tb, err := NewTable(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return tb
+}
+
+// fakeUsage is a settable load by deployment index.
+type fakeUsage map[int]state.Load
+
+// fakeCounter reads its load from a fakeUsage; routing uses only LoadAt and RetryAfter.
+type fakeCounter struct {
+	state.Counter
+	u   fakeUsage
+	dep int
+}
+
+func (c fakeCounter) LoadAt(time.Time) state.Load { return c.u[c.dep] }
+
+func (c fakeCounter) RetryAfter(lim state.Limits, r state.Reservation) time.Duration {
+	if c.u[c.dep].Fits(lim, r) {
+		return 0
+	}
+	return time.Duration(c.dep+1) * 10 * time.Second // distinct per deployment, so tests can tell which counted
+}
+
+// counters turns u into Counters for a table of n deployments.
+func (u fakeUsage) counters(n int) Counters {
+	cs := make(Counters, n)
+	for i := range cs {
+		cs[i] = fakeCounter{u: u, dep: i}
+	}
+	return cs
+}
+
+var t0 = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+
+// pick routes one request for model with usage u at t0 and returns the deployment ID.
+func pick(t *testing.T, tb *Table, model string, u fakeUsage, r *Request) (string, bool) {
+	t.Helper()
+	g, err := tb.Resolve(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r == nil {
+		r = &Request{Reservation: state.Reservation{Requests: 1}}
+	}
+	i, ok := tb.Pick(g, u.counters(tb.Len()), t0, r)
+	if !ok {
+		return "", false
+	}
+	return tb.Deployment(i).ID, true
 }
 
 // shares routes n requests for model and returns each deployment ID's share of them.
@@ -27,11 +76,11 @@ func shares(t *testing.T, tb *Table, model string, n int) map[string]float64 {
 	t.Helper()
 	out := map[string]float64{}
 	for i := 0; i < n; i++ {
-		d, err := tb.Route(model)
-		if err != nil {
-			t.Fatal(err)
+		id, ok := pick(t, tb, model, fakeUsage{}, nil)
+		if !ok {
+			t.Fatal("no pick")
 		}
-		out[tb.Deployment(d.Deployment).ID] += 1 / float64(n)
+		out[id] += 1 / float64(n)
 	}
 	return out
 }
@@ -101,15 +150,15 @@ router_settings:
     internal: {model: gpt-4o, hidden: true}
 `)
 	for _, m := range []string{"gpt-4o", "gpt-4", "internal"} {
-		d, err := tb.Route(m)
-		if err != nil || d.Group.Name != "gpt-4o" {
-			t.Errorf("Route(%s) = %v, %v; want group gpt-4o", m, d.Group, err)
+		g, err := tb.Resolve(m)
+		if err != nil || g.Name != "gpt-4o" {
+			t.Errorf("Resolve(%s) = %v, %v; want group gpt-4o", m, g, err)
 		}
 	}
 	if got := strings.Join(tb.Listed(), ","); got != "embed,gpt-4,gpt-4o" {
 		t.Errorf("Listed = %s, want hidden alias left out", got)
 	}
-	_, err := tb.Route("gpt-5")
+	_, err := tb.Resolve("gpt-5")
 	var um *UnknownModelError
 	if !errors.As(err, &um) || um.Model != "gpt-5" || !strings.Contains(err.Error(), "Available model groups: embed, gpt-4o") {
 		t.Errorf("Route(gpt-5) err = %v", err)
@@ -117,7 +166,7 @@ router_settings:
 }
 
 func TestUnknownStrategy(t *testing.T) {
-	_, err := NewStrategy("round-robin")
+	_, err := NewStrategy("round-robin", config.RoutingStrategyArgs{})
 	if err == nil || !strings.Contains(err.Error(), "simple-shuffle, least-busy") {
 		t.Errorf("err = %v, want the valid strategies listed", err)
 	}
@@ -132,11 +181,14 @@ model_list:
 	if err != nil {
 		b.Fatal(err)
 	}
-	tb, _ := NewTable(cfg)
+	tb, _ := NewTable(cfg, nil)
+	g, _ := tb.Resolve("g")
+	u := fakeUsage{}.counters(tb.Len())
+	r := &Request{Reservation: state.Reservation{Requests: 1}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := tb.Route("g"); err != nil {
-			b.Fatal(err)
+		if _, ok := tb.Pick(g, u, t0, r); !ok {
+			b.Fatal("no pick")
 		}
 	}
 }

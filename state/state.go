@@ -1,5 +1,6 @@
 // Package state is the shared-state contract: how usage is reserved before an upstream call and
-// settled after it. Backends (local, crdt, redis) implement it; it does no I/O itself.
+// settled after it, over sliding 60-second windows. Backends (local, crdt, redis) implement it;
+// the package itself does no I/O.
 package state
 
 import (
@@ -7,6 +8,29 @@ import (
 	"fmt"
 	"time"
 )
+
+// Window geometry every backend shares. Counts are kept per BucketWidth bucket; a reservation
+// counts against its deployment for Window plus at most one bucket (see state/local), which is
+// what makes "never more than the limit in ANY 60-second interval" hold, not just in intervals
+// aligned to bucket edges.
+const (
+	Window      = 60 * time.Second
+	BucketWidth = time.Second
+)
+
+// DefaultLatencyTTL is how long a latency sample counts (LiteLLM's default ttl), and
+// DefaultParallelWait the RetryAfter when only max_parallel_requests refuses.
+const (
+	DefaultLatencyTTL   = time.Hour
+	DefaultParallelWait = time.Second
+)
+
+// Limits are a deployment's quotas. Zero means unlimited.
+type Limits struct {
+	RPM         int64 // requests per sliding Window
+	TPM         int64 // tokens per sliding Window
+	MaxParallel int64 // calls in flight at once (streams count until their last event)
+}
 
 // Reservation is what one request asks of a deployment before its upstream call.
 type Reservation struct {
@@ -23,11 +47,59 @@ type Usage struct {
 // Total is the number of tokens counted against tpm.
 func (u Usage) Total() int64 { return u.PromptTokens + u.CompletionTokens }
 
+// Load is a deployment's current use, as routing reads it.
+type Load struct {
+	Requests int64         // requests counted in the current window
+	Tokens   int64         // tokens counted in the current window (reservations, then settled usage)
+	InFlight int64         // admitted calls not yet settled or released
+	Latency  time.Duration // mean of recent call latencies; 0 when there are none
+	TTFT     time.Duration // mean of recent streams' time to first token; 0 when there are none
+}
+
+// Fits reports whether r fits under lim on top of l: the check Admit makes atomically.
+func (l Load) Fits(lim Limits, r Reservation) bool {
+	return (lim.RPM == 0 || l.Requests+r.Requests <= lim.RPM) &&
+		(lim.TPM == 0 || l.Tokens+r.Tokens <= lim.TPM) &&
+		(lim.MaxParallel == 0 || l.InFlight+1 <= lim.MaxParallel)
+}
+
 // Ticket is a granted reservation. It must be settled or released exactly once.
 type Ticket struct {
-	Deployment string      // deployment ID
-	Reserved   Reservation // what was reserved
-	At         time.Time   // when it was reserved; settles land in the same window bucket
+	Reserved Reservation
+	Bucket   int64 // the window bucket the reservation was counted in; settles correct that bucket
+}
+
+// Backend holds every deployment's usage.
+type Backend interface {
+	// Counter returns deployment id's usage. The same id always yields the same Counter for the
+	// backend's life, so callers may cache it, and a config change never resets counts.
+	Counter(id string) Counter
+}
+
+// Counter is one deployment's usage. All methods are safe for concurrent use.
+type Counter interface {
+	// Admit atomically checks r against lim and reserves it: two concurrent calls can never
+	// both take the last slot. When r does not fit it returns a *NoCapacityError.
+	Admit(lim Limits, r Reservation) (Ticket, error)
+	// Settle ends an admitted call that reached the upstream: the reserved tokens are replaced
+	// by u.Total() (the request stays counted) and the call leaves InFlight.
+	Settle(t Ticket, u Usage)
+	// Release ends an admitted call that never reached the upstream: its requests and tokens
+	// are given back and it leaves InFlight.
+	Release(t Ticket)
+	// Load returns the current window's counts, in-flight calls and recent latencies.
+	Load() Load
+	// LoadAt is Load as of now, a reading of the backend's clock the caller already holds:
+	// routing reads the clock once per decision instead of once per deployment (a clock read
+	// costs as much as the rest of Load on some machines).
+	LoadAt(now time.Time) Load
+	// RetryAfter returns how long until r could fit under lim, from the window's contents
+	// (0 when it fits now). A reservation larger than a limit itself never fits: Window. When
+	// only MaxParallel refuses, in-flight calls end at unknown times: DefaultParallelWait.
+	RetryAfter(lim Limits, r Reservation) time.Duration
+	// ObserveLatency records a finished call's latency, and for streams the time to first
+	// token (ttft 0 for non-streaming calls).
+	ObserveLatency(latency, ttft time.Duration)
 }
 
 // ErrNoCapacity is returned (wrapped in *NoCapacityError) when a deployment has no room.
@@ -35,12 +107,11 @@ var ErrNoCapacity = errors.New("no capacity")
 
 // NoCapacityError says a deployment's limits refused a reservation, and when it can next succeed.
 type NoCapacityError struct {
-	Deployment string
 	RetryAfter time.Duration
 }
 
 func (e *NoCapacityError) Error() string {
-	return fmt.Sprintf("deployment %s has no capacity for %s: %v", e.Deployment, e.RetryAfter, ErrNoCapacity)
+	return fmt.Sprintf("limit reached, room again in %s: %v", e.RetryAfter, ErrNoCapacity)
 }
 
 // Unwrap lets errors.Is(err, ErrNoCapacity) match.

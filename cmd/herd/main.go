@@ -135,7 +135,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv, err := proxy.New(proxy.Options{
 		Config:  cfg,
-		State:   local.New(nil),
+		State:   local.New(local.Options{LatencyTTL: latencyTTL(cfg)}),
 		Backend: "local",
 		Node:    node,
 		Version: version,
@@ -194,21 +194,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
+// latencyTTL is how long latency samples count for latency-based routing
+// (routing_strategy_args.ttl; 0 lets the backend use LiteLLM's default of an hour).
+func latencyTTL(cfg *config.Config) time.Duration {
+	if ttl := cfg.RouterSettings.RoutingStrategyArgs.TTL; ttl != nil {
+		return ttl.Duration()
+	}
+	return 0
+}
+
 // warnNotYetBuilt says which settings this build of herd reads but does not act on yet, so a
 // LiteLLM user moving over is never misled by silence.
 func warnNotYetBuilt(log *slog.Logger, cfg *config.Config) {
 	rs := cfg.RouterSettings
-	if s := rs.RoutingStrategy; s != "" && s != config.DefaultRoutingStrategy {
-		log.Warn("routing_strategy is not implemented yet: using simple-shuffle", "key", "router_settings.routing_strategy", "value", s)
-	}
 	if rs.RedisHost != "" || rs.RedisURL != "" {
 		log.Warn("Redis mode is not implemented yet: usage is counted in this process only", "key", "router_settings.redis_host")
-	}
-	for _, d := range cfg.ModelList {
-		if d.Limits.RPM > 0 || d.Limits.TPM > 0 {
-			log.Warn("rpm/tpm limits are recorded but not enforced yet", "key", "model_list[].rpm/tpm")
-			break
-		}
 	}
 }
 

@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/herd-proxy/herd/proxy/provider"
+	"github.com/herd-proxy/herd/routing"
+	"github.com/herd-proxy/herd/state"
+)
+
+// failure is an attempt that did not answer the client and may be retried elsewhere: herd's own
+// error (unreachable, timeout) or the upstream's error answer, kept to pass on if it is the last.
+type failure struct {
+	status        int
+	apiErr        *apiError // herd's own error; nil when the upstream answered
+	body          []byte    // the upstream's error body
+	contentType   string
+	retryAfterHdr string
+	retryAfter    time.Duration // the upstream's Retry-After, parsed
+	contextWindow bool          // a 400 saying the prompt is too long for the model
+}
+
+// serve routes the request: deployments of the group, with num_retries retries on another
+// deployment, then fallback groups (context_window_fallbacks for context-window errors), until
+// one answers. With no capacity anywhere the client gets LiteLLM's 429 and a Retry-After.
+func (x *exchange) serve(first *routing.Group) error {
+	t := x.snap.table
+	var (
+		last    *failure
+		wait    = time.Duration(-1) // the soonest any tried group has room again
+		g       = first
+		list    = t.Fallbacks(first.Name, false)
+		next    int
+		ctxMode bool
+	)
+	for {
+		done, f, w, err := x.tryGroup(g)
+		if done {
+			return err
+		}
+		if f != nil {
+			last = f
+		}
+		if w > 0 && (wait < 0 || w < wait) {
+			wait = w
+		}
+		if f != nil && f.contextWindow && !ctxMode {
+			ctxMode, list, next = true, t.Fallbacks(first.Name, true), 0
+		}
+		for g = nil; g == nil && next < len(list) && x.fallbacks < x.snap.maxFallbacks; next++ {
+			g = t.Group(list[next]) // an unknown name was warned about at load; skip it
+		}
+		if g == nil {
+			break
+		}
+		x.fallbacks++
+	}
+	if last != nil {
+		return x.fail(last)
+	}
+	return x.finish(x.noCapacity(wait))
+}
+
+// tryGroup tries g's deployments: a pick, then up to num_retries retries preferring deployments
+// not yet tried. done means the client has been answered. Otherwise it returns the last failure
+// (nil when no call was made) and, when the group ran out of capacity, how long until it has room.
+func (x *exchange) tryGroup(g *routing.Group) (done bool, last *failure, wait time.Duration, err error) {
+	t, snap := x.snap.table, x.snap
+	r := routing.Request{Reservation: x.reservation(g), Stream: x.req.stream, Tried: x.triedBuf[:0]}
+	x.group, x.retries = g, 0
+	for picks := 0; picks <= 2*len(g.Members)+snap.numRetries; picks++ {
+		now := time.Now()
+		i, ok := t.Pick(g, snap.counters, now, &r)
+		if !ok {
+			return false, last, t.RetryAfter(g, snap.counters, now, r.Reservation), nil
+		}
+		d := &snap.deps[i]
+		ticket, err := d.counter.Admit(t.Limits(i), r.Reservation)
+		if err != nil {
+			r.Tried = append(r.Tried, i) // a concurrent request took the last slot: pick again
+			continue
+		}
+		if last != nil && snap.retryAfter > 0 {
+			if !x.pause(snap.retryAfter) {
+				d.counter.Release(ticket)
+				x.dep = d
+				return true, nil, 0, x.finish(&apiError{Status: statusClientClosed, Message: "Client closed the request.", Type: "client_closed"})
+			}
+		}
+		x.dep, x.ticket = d, ticket
+		f, err := x.attempt()
+		if f == nil {
+			return true, nil, 0, err
+		}
+		last = f
+		r.Tried = append(r.Tried, i)
+		if f.contextWindow || x.retries >= snap.numRetries {
+			return false, last, -1, nil
+		}
+		x.retries++
+	}
+	return false, last, -1, nil
+}
+
+// pause waits d before a retry (router_settings.retry_after); false if the client left.
+func (x *exchange) pause(d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-x.c.Request().Context().Done():
+		return false
+	}
+}
+
+// attempt makes one upstream call on x.dep. A nil failure means the client has been answered.
+func (x *exchange) attempt() (*failure, error) {
+	dep := x.dep
+	addUsage := x.req.stream && !x.req.includeUsage && dep.up.StreamUsage()
+	*x.out = rewrite((*x.out)[:0], x.body, &x.req, dep.modelJSON, addUsage)
+	call := provider.Call{Endpoint: x.ep, Body: *x.out, Stream: x.req.stream}
+
+	dep.metrics.inFlight.Inc()
+	defer dep.metrics.inFlight.Dec()
+	x.upStart = time.Now()
+	resp, err := dep.up.Do(x.c.Request().Context(), &call)
+	if err != nil {
+		return x.callFailed(err, false), nil
+	}
+	defer resp.Body.Close()
+	if x.req.stream && resp.StatusCode == http.StatusOK && isEventStream(resp.Header) {
+		return nil, x.relayStream(resp, addUsage)
+	}
+	return x.relayBody(resp)
+}
+
+// reservation is what every deployment of g reserves for this request: one request, and for
+// a group with tpm limits the estimated prompt tokens plus max_tokens (or the configured default).
+func (x *exchange) reservation(g *routing.Group) state.Reservation {
+	if !g.TPMLimited {
+		return state.Reservation{Requests: 1}
+	}
+	if !x.reserveReady {
+		n := x.req.maxTokens
+		if n == 0 {
+			n = x.s.defaultMaxTokens
+		}
+		x.reserve = state.Reservation{Requests: 1, Tokens: provider.EstimatePromptTokens(x.body) + n}
+		x.reserveReady = true
+	}
+	return x.reserve
+}
+
+// noCapacity is LiteLLM's 429 when no deployment of the group has room, with a Retry-After
+// (LiteLLM omits it) of the soonest moment one will.
+func (x *exchange) noCapacity(wait time.Duration) *apiError {
+	secs := int64((wait + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	n := strconv.FormatInt(secs, 10)
+	x.c.Response().Header().Set("Retry-After", n)
+	return &apiError{
+		Status:  http.StatusTooManyRequests,
+		Message: "No deployments available for selected model, Try again in " + n + " seconds. Passed model=" + x.model,
+		Type:    "rate_limit_error",
+	}
+}
+
+// parseRetryAfter reads a Retry-After header in seconds (the HTTP-date form is rare from LLM APIs).
+func parseRetryAfter(v string) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
+		return time.Duration(n * float64(time.Second))
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return time.Until(t)
+	}
+	return 0
+}
+
+// isContextWindowError recognises OpenAI's and Azure's "prompt too long" 400.
+func isContextWindowError(body []byte) bool {
+	return bytes.Contains(body, []byte("context_length_exceeded")) ||
+		bytes.Contains(body, []byte("maximum context length"))
+}
+
+// smallInts are header values for retry and fallback counts, shared read-only.
+var smallInts = func() [][]string {
+	v := make([][]string, 16)
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
+func smallInt(n int) []string {
+	if n < len(smallInts) {
+		return smallInts[n]
+	}
+	return []string{strconv.Itoa(n)}
+}
