@@ -18,10 +18,10 @@ vet:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && false)
 
 bench:           # in-process hot-path benchmarks with allocations
-	go test -run '^$$' -bench . -benchmem ./proxy/ ./routing/
+	go test -run '^$$' -bench . -benchmem ./proxy/ ./routing/ ./state/local/
 
 bench-proxy:     # fixed-rate load: upstream direct vs httputil.ReverseProxy vs herd
-	scripts/bench-proxy.sh --rates 1000,3000 --duration 10s --rounds 2
+	scripts/bench-proxy.sh --rates 1000,3000 --duration 10s --rounds 3 --limits
 
 fuzz:
 	go test ./config -run '^$$' -fuzz FuzzParse -fuzztime 30s

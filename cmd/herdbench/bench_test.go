@@ -8,39 +8,27 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"github.com/herd-proxy/herd/config"
 )
 
+// TestHerdConfig loads the generated config with herd's own loader, with and without limits.
 func TestHerdConfig(t *testing.T) {
-	var cfg struct {
-		ModelList []struct {
-			ModelName     string            `yaml:"model_name"`
-			LiteLLMParams map[string]string `yaml:"litellm_params"`
-		} `yaml:"model_list"`
-	}
-	if err := yaml.Unmarshal([]byte(herdConfig("127.0.0.1:43121")), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if len(cfg.ModelList) != 1 {
-		t.Fatalf("model_list = %+v", cfg.ModelList)
-	}
-	d := cfg.ModelList[0]
-	want := map[string]string{"model": "openai/bench-upstream", "api_base": "http://127.0.0.1:43121/v1", "api_key": "sk-bench"}
-	if d.ModelName != "bench" || !maps(d.LiteLLMParams, want) {
-		t.Errorf("deployment = %+v, want model_name bench and %v", d, want)
-	}
-}
-
-func maps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
+	for _, limits := range []bool{false, true} {
+		cfg, err := config.Parse("bench.yaml", []byte(herdConfig("127.0.0.1:43121", limits)), config.MapEnv(nil), nil)
+		if err != nil {
+			t.Fatalf("limits=%v: %v", limits, err)
+		}
+		if len(cfg.ModelList) != 1 {
+			t.Fatalf("model_list = %+v", cfg.ModelList)
+		}
+		d := cfg.ModelList[0]
+		if d.ModelName != "bench" || d.UpstreamModel != "bench-upstream" || d.APIBase != "http://127.0.0.1:43121/v1" || d.LiteLLMParams.APIKey.Reveal() != "sk-bench" {
+			t.Errorf("deployment = %+v", d)
+		}
+		if got := d.Limits.RPM > 0 && d.Limits.TPM > 0; got != limits {
+			t.Errorf("limits=%v but deployment limits are %+v", limits, d.Limits)
 		}
 	}
-	return true
 }
 
 func TestParseBenchFlags(t *testing.T) {
