@@ -20,17 +20,21 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message }
 
+// MarshalJSON writes the error in OpenAI's field order.
 func (e *apiError) MarshalJSON() ([]byte, error) {
-	var param any
-	if e.Param != "" {
-		param = e.Param
+	type body struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    string  `json:"code"`
 	}
-	return json.Marshal(map[string]any{"error": map[string]any{
-		"message": e.Message,
-		"type":    e.Type,
-		"param":   param,
-		"code":    strconv.Itoa(e.Status),
-	}})
+	b := body{Message: e.Message, Type: e.Type, Code: strconv.Itoa(e.Status)}
+	if e.Param != "" {
+		b.Param = &e.Param
+	}
+	return json.Marshal(struct {
+		Error body `json:"error"`
+	}{b})
 }
 
 func badRequest(msg, param string) *apiError {
