@@ -1,0 +1,81 @@
+package crdt
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/herd-proxy/herd/state"
+)
+
+var sink state.Load
+
+// benchBackend is a node that already merged 9 peers' counts for the deployment, so the
+// request path works against a realistic merged view.
+func benchBackend(b *testing.B) (*Backend, state.Counter) {
+	be := New(Options{Node: "bench"})
+	b.Cleanup(be.Close)
+	for i := range 9 {
+		peer := New(Options{Node: fmt.Sprint("peer", i), FlushEvery: -1})
+		for range 50 {
+			tk, _ := peer.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 100})
+			peer.Counter("d").Settle(tk, state.Usage{PromptTokens: 80})
+		}
+		be.MergeRemoteState(peer.LocalState())
+	}
+	return be, be.Counter("d")
+}
+
+func BenchmarkAdmitSettle(b *testing.B) {
+	_, c := benchBackend(b)
+	lim := state.Limits{RPM: 1 << 40, TPM: 1 << 40, MaxParallel: 1 << 20}
+	r := state.Reservation{Requests: 1, Tokens: 100}
+	b.ReportAllocs()
+	for b.Loop() {
+		tk, err := c.Admit(lim, r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Settle(tk, state.Usage{PromptTokens: 40, CompletionTokens: 50})
+	}
+}
+
+func BenchmarkAdmitSettleParallel(b *testing.B) {
+	_, c := benchBackend(b)
+	lim := state.Limits{RPM: 1 << 40, TPM: 1 << 40, MaxParallel: 1 << 20}
+	r := state.Reservation{Requests: 1, Tokens: 100}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			tk, _ := c.Admit(lim, r)
+			c.Settle(tk, state.Usage{PromptTokens: 40, CompletionTokens: 50})
+		}
+	})
+}
+
+func BenchmarkLoadAt(b *testing.B) {
+	_, c := benchBackend(b)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		sink = c.LoadAt(now)
+	}
+}
+
+// BenchmarkFlush is one batch of deltas for 100 deployments, each changed since the last.
+func BenchmarkFlush(b *testing.B) {
+	be := New(Options{Node: "bench", FlushEvery: -1})
+	be.SetNetwork(captureNet(func([]byte) {}))
+	cs := make([]state.Counter, 100)
+	for i := range cs {
+		cs[i] = be.Counter(fmt.Sprint("deployment-", i))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, c := range cs {
+			tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 10})
+			c.Settle(tk, state.Usage{PromptTokens: 5})
+		}
+		be.Flush()
+	}
+}

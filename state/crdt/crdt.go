@@ -1,0 +1,274 @@
+// Package crdt is the cluster state backend: every node admits against its in-memory merged view
+// of the whole cluster's usage, and spreads its own counts to the other nodes as CRDT deltas.
+//
+// # Data model
+//
+// Per deployment and per 1-second bucket of the 61-bucket window (see state/local), each node
+// incarnation owns one cell of four counters: requests as a PN pair (admissions add to P,
+// releases to N) and tokens as a PN pair (reservations and settles above the estimate add to P,
+// settles below it and releases to N). Only the owner ever writes its cell, and each counter
+// only grows, so merge is the per-key maximum of each counter and a bucket's value is the sum
+// over incarnations of P-N. In-flight calls go up and down, so each incarnation's in-flight
+// count is a single value with a version: the higher version wins. Admission checks and reserves
+// under the counter's mutex against own counts plus every peer's last known counts: no network
+// on the request path.
+//
+// # Restarts
+//
+// Every New starts a fresh incarnation (node name plus a start-time epoch), which is the key of
+// its cells. A restarted node therefore never overwrites what its previous incarnation counted:
+// peers keep that old incarnation's cells, the new process learns them back at its first
+// push-pull, and they leave the window with their buckets like any others. Learning our own old
+// counts back under the old key would instead require a round trip before the first admission,
+// and a lost race would reset the count; a fresh key makes the order irrelevant. cmd should
+// still join (push-pull) before serving, or the new node admits against a view without peers.
+//
+// # Transport
+//
+// Each node sends only its own changed cells, batched every FlushEvery (5 ms), straight to every
+// member as best-effort packets (Network.SendToAll), each under maxMessage (1200) bytes so it
+// fits one UDP datagram. At herd's scale (3-50 nodes) this is at most 49 small packets per node per flush,
+// and a delta reaches every peer in one hop (about FlushEvery plus one network delay). Gossip
+// piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of 200 ms, and
+// the admission overshoot grows with that delay. A lost packet is repaired by memberlist's
+// periodic full-state push-pull (LocalState / MergeRemoteState), which also seeds a joining node.
+//
+// # Overshoot
+//
+// The cluster is eventually consistent: a node admits against peers' counts as of their last
+// delta. The excess over a limit is bounded by the admissions the rest of the cluster makes
+// during one propagation delay: aggregate request rate x (FlushEvery + network delay), e.g.
+// 1000 req/s x 6 ms = 6 requests over an rpm limit, more while packets are lost (until the next
+// push-pull) or the cluster is partitioned (each side admits up to the limit on its own).
+//
+// # Clocks
+//
+// Bucket numbers are Unix seconds, so nodes must agree on time to within about a second (NTP).
+// A cell from a peer up to maxAhead buckets ahead moves this node's window forward; a cell
+// further ahead is ignored until this node's clock catches up, and the next push-pull brings it.
+package crdt
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-proxy/herd/state"
+)
+
+// Options configures a Backend. Only Node is required.
+type Options struct {
+	Node       string           // this node's name, unique in the cluster; part of every cell's key
+	Now        func() time.Time // clock every counter reads; nil means time.Now
+	Network    Network          // where deltas go; nil means not connected yet (see SetNetwork)
+	FlushEvery time.Duration    // delta batching interval; 0 means 5ms, negative means no background loop (tests call Flush)
+	LatencyTTL time.Duration    // latency samples older than this are ignored; 0 means 1h, as state/local
+}
+
+const (
+	defaultFlushEvery = 5 * time.Millisecond
+	defaultLatencyTTL = state.DefaultLatencyTTL
+	// inFlightRefresh is how often (in buckets) a node re-announces its in-flight count of a
+	// deployment it has used, so that a lost update heals and peers can expire the count of a
+	// node that died with calls in flight: a remote count not refreshed for a window is dropped.
+	inFlightRefresh = 10
+)
+
+// Backend is the CRDT state backend. It implements state.Backend.
+type Backend struct {
+	now  func() time.Time
+	ttl  int64
+	self incKey
+
+	net atomic.Pointer[netBox]
+
+	mu       sync.RWMutex
+	counters map[string]*counter
+
+	flushMu sync.Mutex // serialises Flush; guards its scratch space below
+	enc     encoder
+	cells   []cell
+	visit   []*counter
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// netBox lets an interface value live in an atomic.Pointer.
+type netBox struct{ n Network }
+
+var (
+	_ state.Backend = (*Backend)(nil)
+	_ state.Counter = (*counter)(nil)
+)
+
+// lastEpoch makes epochs strictly increasing within one process, so two Backends with the same
+// node name (a restart in a test) never share an incarnation even on a coarse clock.
+var lastEpoch atomic.Uint64
+
+// newEpoch returns an incarnation epoch from the real clock (not Options.Now: a fake clock
+// reads the same time in every incarnation).
+func newEpoch() uint64 {
+	e := uint64(time.Now().UnixNano())
+	for {
+		last := lastEpoch.Load()
+		if e <= last {
+			e = last + 1
+		}
+		if lastEpoch.CompareAndSwap(last, e) {
+			return e
+		}
+	}
+}
+
+// New returns an empty backend with a fresh incarnation and starts its flush loop.
+func New(opts Options) *Backend {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.LatencyTTL <= 0 {
+		opts.LatencyTTL = defaultLatencyTTL
+	}
+	if opts.FlushEvery == 0 {
+		opts.FlushEvery = defaultFlushEvery
+	}
+	b := &Backend{
+		now:      opts.Now,
+		ttl:      int64(opts.LatencyTTL),
+		self:     incKey{node: opts.Node, epoch: newEpoch()},
+		counters: make(map[string]*counter),
+		enc:      encoder{limit: maxMessage},
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	b.SetNetwork(opts.Network)
+	if opts.FlushEvery > 0 {
+		go b.loop(opts.FlushEvery)
+	} else {
+		close(b.done)
+	}
+	return b
+}
+
+// SetNetwork connects the backend to the cluster (nil disconnects). cmd calls it once both exist.
+func (b *Backend) SetNetwork(n Network) {
+	if n == nil {
+		b.net.Store(nil)
+		return
+	}
+	b.net.Store(&netBox{n: n})
+}
+
+func (b *Backend) loop(every time.Duration) {
+	defer close(b.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			b.Flush()
+		}
+	}
+}
+
+// Close stops the flush loop after sending what is pending. The backend stays usable.
+func (b *Backend) Close() {
+	b.closeOnce.Do(func() { close(b.stop) })
+	<-b.done
+	b.Flush()
+}
+
+// Counter returns deployment id's usage, creating it on first use. The same id always yields
+// the same Counter, so a config change never resets counts.
+func (b *Backend) Counter(id string) state.Counter { return b.counter(id) }
+
+func (b *Backend) counter(id string) *counter {
+	b.mu.RLock()
+	c := b.counters[id]
+	b.mu.RUnlock()
+	if c != nil {
+		return c
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c = b.counters[id]; c == nil {
+		c = newCounter(b, id)
+		b.counters[id] = c
+	}
+	return c
+}
+
+// all appends every counter to cs, so callers can visit them outside b.mu.
+func (b *Backend) all(cs []*counter) []*counter {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, c := range b.counters {
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// Flush sends this node's changed cells and in-flight counts to every member now, split into
+// packets under maxMessage bytes. Without a network it only forgets what changed: a node that
+// connects later is seeded by push-pull.
+func (b *Backend) Flush() {
+	b.flushMu.Lock()
+	defer b.flushMu.Unlock()
+	now := bucketOf(b.now().UnixNano())
+	b.enc.reset()
+	b.visit = b.all(b.visit[:0])
+	for _, c := range b.visit {
+		b.cells = c.takeDelta(now, b.cells[:0], &b.enc)
+	}
+	clear(b.visit)
+	box := b.net.Load()
+	if box == nil {
+		return
+	}
+	for _, msg := range b.enc.messages() {
+		box.n.SendToAll(msg)
+	}
+}
+
+// LocalState returns every cell this node knows, its own and its peers', and its own in-flight
+// counts, as one message for a full-state push-pull (memberlist's LocalState; the caller may
+// keep it). It is not size-limited: push-pull runs over TCP.
+func (b *Backend) LocalState() []byte {
+	now := bucketOf(b.now().UnixNano())
+	enc := encoder{}
+	var cells []cell
+	for _, c := range b.all(nil) {
+		cells = c.encodeAll(now, cells[:0], &enc)
+	}
+	msgs := enc.messages()
+	if len(msgs) == 0 {
+		return []byte{wireVersion}
+	}
+	return msgs[0]
+}
+
+// MergeRemoteState merges a peer's LocalState. Garbage is ignored as a whole.
+func (b *Backend) MergeRemoteState(buf []byte) { _ = b.merge(buf) }
+
+// HandleMessage merges a peer's delta packet. Garbage is ignored as a whole.
+func (b *Backend) HandleMessage(msg []byte) { _ = b.merge(msg) }
+
+// merge validates buf completely before applying any of it, so a corrupt packet changes nothing.
+func (b *Backend) merge(buf []byte) error {
+	if err := decode(buf, nil); err != nil {
+		return err
+	}
+	now := bucketOf(b.now().UnixNano())
+	return decode(buf, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
+		b.counter(id).merge(now, k, ifVer, inFlight, cells)
+	})
+}
+
+// Snapshot returns deployment id's merged cluster-wide counts as of now, for /cluster/status.
+func (b *Backend) Snapshot(id string) (requests, tokens, inFlight int64) {
+	l := b.counter(id).Load()
+	return l.Requests, l.Tokens, l.InFlight
+}

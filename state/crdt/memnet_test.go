@@ -1,0 +1,153 @@
+package crdt
+
+import (
+	"slices"
+	"sync"
+)
+
+// memNet is an in-memory cluster network for tests: nodes by name, messages delivered at once
+// (sync) or queued until Deliver, with partitions and drops. Deterministic: no goroutines.
+type memNet struct {
+	mu       sync.Mutex
+	nodes    map[string]*Backend
+	order    []string
+	side     map[string]int // partition side; nodes on different sides cannot talk
+	queue    bool           // queue messages until Deliver instead of delivering at once
+	pending  []packet
+	dropAll  bool // drop every message (lost packets)
+	sent     int
+	maxSize  int
+	dropped  int
+	echoFull bool // after delivering, push the receiver's full state back to the sender
+}
+
+type packet struct {
+	from, to string
+	msg      []byte
+}
+
+func newMemNet() *memNet {
+	return &memNet{nodes: map[string]*Backend{}, side: map[string]int{}}
+}
+
+// endpoint is one node's view of the network.
+type endpoint struct {
+	n    *memNet
+	name string
+}
+
+var _ Network = endpoint{}
+
+func (e endpoint) SendToAll(msg []byte) {
+	e.n.send(e.name, msg)
+}
+
+// add registers (or replaces, for a restart) node name's backend.
+func (n *memNet) add(name string, b *Backend) {
+	n.mu.Lock()
+	if _, ok := n.nodes[name]; !ok {
+		n.order = append(n.order, name)
+	}
+	n.nodes[name] = b
+	n.mu.Unlock()
+	b.SetNetwork(endpoint{n: n, name: name})
+}
+
+// remove takes node name off the network, as a crash would.
+func (n *memNet) remove(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.nodes, name)
+	n.order = slices.DeleteFunc(n.order, func(s string) bool { return s == name })
+}
+
+func (n *memNet) partition(sides map[string]int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.side = sides
+}
+
+func (n *memNet) heal() { n.partition(map[string]int{}) }
+
+func (n *memNet) reachable(a, b string) bool { return n.side[a] == n.side[b] }
+
+func (n *memNet) send(from string, msg []byte) {
+	n.mu.Lock()
+	n.sent++
+	n.maxSize = max(n.maxSize, len(msg))
+	var out []packet
+	for _, to := range n.order {
+		if to == from {
+			continue
+		}
+		if n.dropAll || !n.reachable(from, to) {
+			n.dropped++
+			continue
+		}
+		out = append(out, packet{from: from, to: to, msg: slices.Clone(msg)}) // SendToAll may not keep msg
+	}
+	if n.queue {
+		n.pending = append(n.pending, out...)
+		out = nil
+	}
+	n.mu.Unlock()
+	n.deliver(out)
+}
+
+func (n *memNet) deliver(ps []packet) {
+	for _, p := range ps {
+		n.mu.Lock()
+		to, from := n.nodes[p.to], n.nodes[p.from]
+		echo := n.echoFull
+		n.mu.Unlock()
+		if to == nil {
+			continue
+		}
+		to.HandleMessage(p.msg)
+		if echo && from != nil {
+			from.MergeRemoteState(to.LocalState())
+		}
+	}
+}
+
+// Deliver delivers every queued message.
+func (n *memNet) Deliver() {
+	n.mu.Lock()
+	ps := n.pending
+	n.pending = nil
+	n.mu.Unlock()
+	n.deliver(ps)
+}
+
+// pushPull runs a full-state exchange between every pair of reachable nodes, as memberlist's
+// periodic push-pull does.
+func (n *memNet) pushPull() {
+	n.mu.Lock()
+	names := slices.Clone(n.order)
+	n.mu.Unlock()
+	for i, a := range names {
+		for _, b := range names[i+1:] {
+			n.mu.Lock()
+			na, nb, ok := n.nodes[a], n.nodes[b], n.reachable(a, b)
+			n.mu.Unlock()
+			if ok {
+				sa, sb := na.LocalState(), nb.LocalState()
+				nb.MergeRemoteState(sa)
+				na.MergeRemoteState(sb)
+			}
+		}
+	}
+}
+
+// flushAll flushes every node's pending deltas.
+func (n *memNet) flushAll() {
+	n.mu.Lock()
+	bs := make([]*Backend, 0, len(n.order))
+	for _, name := range n.order {
+		bs = append(bs, n.nodes[name])
+	}
+	n.mu.Unlock()
+	for _, b := range bs {
+		b.Flush()
+	}
+}
