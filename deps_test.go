@@ -7,11 +7,13 @@ import (
 )
 
 // TestImportDirection keeps the layout's dependency rules (docs/architecture.md): routing is
-// pure, proxy never reaches cluster or storage libraries, and nothing imports cmd/.
+// pure, state reaches the network only through interfaces it defines (cluster implements them),
+// proxy never reaches cluster or storage libraries, and nothing imports cmd/.
 func TestImportDirection(t *testing.T) {
 	forbidden := map[string][]string{
 		"github.com/herd-proxy/herd/routing": {"net/http", "github.com/labstack/echo", "github.com/herd-proxy/herd/cluster", "github.com/herd-proxy/herd/proxy"},
-		"github.com/herd-proxy/herd/state":   {"net/http", "github.com/labstack/echo", "github.com/herd-proxy/herd/proxy"},
+		"github.com/herd-proxy/herd/state":   {"net/http", "github.com/labstack/echo", "github.com/herd-proxy/herd/proxy", "github.com/herd-proxy/herd/cluster", "github.com/hashicorp/memberlist"},
+		"github.com/herd-proxy/herd/cluster": {"github.com/herd-proxy/herd/proxy", "github.com/herd-proxy/herd/routing", "github.com/labstack/echo"},
 		"github.com/herd-proxy/herd/config":  {"net/http", "github.com/herd-proxy/herd/proxy", "github.com/herd-proxy/herd/routing", "github.com/herd-proxy/herd/state"},
 		"github.com/herd-proxy/herd/proxy":   {"github.com/hashicorp/memberlist", "github.com/hashicorp/raft", "github.com/redis/go-redis"},
 	}

@@ -1,0 +1,325 @@
+// Package cluster keeps the set of herd nodes (gossip membership over hashicorp/memberlist)
+// and carries the shared-state backend's messages and full-state exchanges between them.
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// StateSync is what the cluster carries for the shared-state backend (state/crdt).
+type StateSync interface {
+	HandleMessage(msg []byte)    // a peer's message arrived
+	LocalState() []byte          // full state for push-pull
+	MergeRemoteState(buf []byte) // a peer's full state from push-pull
+}
+
+// Member statuses.
+const (
+	StatusAlive   = "alive"
+	StatusSuspect = "suspect" // reserved: memberlist v0.7 reports no suspect event, see Members
+	StatusDead    = "dead"
+	StatusLeft    = "left"
+)
+
+// Member is one node as this node sees it.
+type Member struct {
+	Name, Addr string
+	Status     string // StatusAlive, StatusDead or StatusLeft
+}
+
+const (
+	forgetLeftAfter = 10 * time.Minute
+	forgetDeadAfter = 24 * time.Hour // dead members are retried (reconnect) until then
+)
+
+type memberState struct {
+	Member
+	ip    net.IP
+	port  uint16
+	since time.Time // last status change
+}
+
+// Node is this process's membership in the cluster.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	ml   *memberlist.Memberlist
+	tr   *countingTransport
+	sync StateSync
+	addr string // advertised HOST:PORT
+
+	mu       sync.Mutex
+	members  map[string]*memberState
+	onChange func(alive []Member)
+
+	changed chan struct{} // cap 1: coalesces membership changes for the callback
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	leaving      atomic.Bool
+	joinAttempts atomic.Uint64 // seed joins tried, for tests
+	stopOnce     sync.Once
+	lifeMu       sync.Mutex // serialises Leave and Shutdown
+	shutdown     bool
+}
+
+// New starts gossip and joins the seeds. Seeds that cannot be reached now (or names that do
+// not resolve yet) are retried in the background, so a node can start before its peers. The
+// first join attempt is synchronous and bounded by memberlist's TCP timeout.
+func New(cfg Config, sync StateSync) (*Node, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	mc := cfg.memberlistConfig()
+	var (
+		inner memberlist.Transport
+		err   error
+	)
+	if cfg.Transport != nil {
+		inner = cfg.Transport.memberlistTransport()
+	} else {
+		inner, err = newNetTransport(mc)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: listen on %s: %w", cfg.BindAddr, err)
+		}
+	}
+	n := &Node{
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.NodeName),
+		tr:      newCountingTransport(inner),
+		sync:    sync,
+		members: map[string]*memberState{},
+		changed: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+	}
+	mc.Transport = n.tr
+	mc.Delegate = &delegate{n: n}
+	mc.Events = &eventDelegate{n: n}
+	n.ml, err = memberlist.Create(mc)
+	if err != nil {
+		_ = n.tr.Shutdown()
+		return nil, fmt.Errorf("cluster: start gossip: %w", err)
+	}
+	// Read once, before any peer can change our own entry.
+	local := n.ml.LocalNode()
+	n.addr = net.JoinHostPort(local.Addr.String(), fmt.Sprint(local.Port))
+	n.log.Info("gossip started", "addr", n.addr, "encrypted", len(cfg.GossipKey) > 0, "label", cfg.Label)
+
+	n.wg.Add(2)
+	go n.notifyLoop()
+	pending := n.joinSeeds()
+	go n.maintain(pending)
+	return n, nil
+}
+
+// newNetTransport binds real UDP and TCP sockets; with port 0 it retries a few times because
+// the free TCP port may be taken for UDP.
+func newNetTransport(mc *memberlist.Config) (memberlist.Transport, error) {
+	tries := 1
+	if mc.BindPort == 0 {
+		tries = 10
+	}
+	var err error
+	for range tries {
+		var nt *memberlist.NetTransport
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{mc.BindAddr},
+			BindPort:  mc.BindPort,
+			Logger:    mc.Logger,
+		})
+		if err == nil {
+			if mc.BindPort == 0 && mc.AdvertiseAddr == "" {
+				mc.AdvertisePort = nt.GetAutoBindPort()
+			}
+			return nt, nil
+		}
+	}
+	return nil, err
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.cfg.NodeName }
+
+// Addr is the HOST:PORT peers use to reach this node; with BindAddr port 0 it holds the port
+// actually bound.
+func (n *Node) Addr() string { return n.addr }
+
+// Members returns every node known, including this one and nodes that died or left recently,
+// sorted by name. A suspected node still shows as alive until it is declared dead, because
+// memberlist v0.7 has no suspect notification and reading its node state would race.
+func (n *Node) Members() []Member {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.snapshotLocked(false)
+}
+
+func (n *Node) snapshotLocked(aliveOnly bool) []Member {
+	out := make([]Member, 0, len(n.members))
+	for _, m := range n.members {
+		if !aliveOnly || m.Status == StatusAlive {
+			out = append(out, m.Member)
+		}
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// NumAlive counts alive (and suspected) members, this node included.
+func (n *Node) NumAlive() int { return n.ml.NumMembers() }
+
+// BytesSent counts gossip bytes written to the network (packets and streams, after
+// encryption).
+func (n *Node) BytesSent() uint64 { return n.tr.sent.Load() }
+
+// BytesReceived counts gossip bytes read from the network.
+func (n *Node) BytesReceived() uint64 { return n.tr.received.Load() }
+
+// OnMembersChanged sets the one callback that receives the alive members (this node
+// included, sorted by name) after every change. It is called once right away, never
+// concurrently with itself, and coalesces bursts: only the latest snapshot is delivered.
+func (n *Node) OnMembersChanged(fn func(alive []Member)) {
+	n.mu.Lock()
+	n.onChange = fn
+	n.mu.Unlock()
+	n.signalChange()
+}
+
+func (n *Node) signalChange() {
+	select {
+	case n.changed <- struct{}{}:
+	default:
+	}
+}
+
+// notifyLoop calls the callback outside memberlist's locks (event delegates run under them).
+func (n *Node) notifyLoop() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.changed:
+		}
+		n.mu.Lock()
+		fn := n.onChange
+		alive := n.snapshotLocked(true)
+		n.mu.Unlock()
+		if fn != nil {
+			fn(alive)
+		}
+	}
+}
+
+// SendToAll sends msg as one best-effort packet to every other alive member. It does not
+// block on slow peers and does not keep msg. It implements state/crdt.Network.
+func (n *Node) SendToAll(msg []byte) {
+	n.mu.Lock()
+	targets := make([]memberlist.Node, 0, len(n.members))
+	for _, m := range n.members {
+		if m.Status == StatusAlive && m.Name != n.cfg.NodeName {
+			targets = append(targets, memberlist.Node{Name: m.Name, Addr: m.ip, Port: m.port})
+		}
+	}
+	n.mu.Unlock()
+	for i := range targets {
+		if err := n.ml.SendBestEffort(&targets[i], msg); err != nil {
+			n.log.Debug("gossip send failed", "to", targets[i].Name, "err", err)
+		}
+	}
+}
+
+// Leave tells the cluster this node is going away (peers see it as "left", not "dead"), waits
+// up to timeout for that to be gossiped, then shuts down. Call it on SIGTERM.
+func (n *Node) Leave(timeout time.Duration) error {
+	n.lifeMu.Lock()
+	defer n.lifeMu.Unlock()
+	if n.shutdown {
+		return nil
+	}
+	n.stopBackground() // no seed retries while leaving
+	// First gossip that we are leaving (node metadata), then the dead message itself.
+	start := time.Now()
+	n.leaving.Store(true)
+	err := errors.Join(
+		n.ml.UpdateNode(timeout/2),
+		n.ml.Leave(max(timeout-time.Since(start), time.Millisecond)),
+	)
+	if err != nil {
+		n.log.Warn("leave not confirmed", "err", err)
+	} else {
+		n.log.Info("left the cluster")
+	}
+	return errors.Join(err, n.shutdownLocked())
+}
+
+// Shutdown stops gossip without telling peers; they will declare this node dead.
+func (n *Node) Shutdown() error {
+	n.lifeMu.Lock()
+	defer n.lifeMu.Unlock()
+	if n.shutdown {
+		return nil
+	}
+	return n.shutdownLocked()
+}
+
+func (n *Node) shutdownLocked() error {
+	n.shutdown = true
+	n.stopBackground()
+	return n.ml.Shutdown()
+}
+
+func (n *Node) stopBackground() {
+	n.stopOnce.Do(func() { close(n.stop) })
+	n.wg.Wait()
+}
+
+// setMember records a status change from memberlist's event delegate. It runs under
+// memberlist's node lock, so it only copies and signals.
+func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
+	n.mu.Lock()
+	m := n.members[name]
+	if m == nil {
+		m = &memberState{}
+		n.members[name] = m
+	}
+	m.Name = name
+	m.ip = slices.Clone(ip)
+	m.port = port
+	m.Addr = net.JoinHostPort(ip.String(), fmt.Sprint(port))
+	changed := m.Status != status
+	if changed {
+		m.since = time.Now()
+	}
+	m.Status = status
+	addr := m.Addr
+	n.mu.Unlock()
+	if changed && name != n.cfg.NodeName {
+		switch status {
+		case StatusAlive:
+			n.log.Info("member alive", "member", name, "addr", addr)
+		case StatusLeft:
+			n.log.Info("member left", "member", name)
+		default:
+			n.log.Warn("member failed", "member", name, "addr", addr)
+		}
+	}
+	n.signalChange()
+}
+
+func (n *Node) handleMessage(msg []byte) {
+	if n.sync != nil {
+		n.sync.HandleMessage(bytes.Clone(msg))
+	}
+}

@@ -1,0 +1,146 @@
+package cluster
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// resolveSeeds expands the seed list into IP:PORT addresses. A name is looked up every time,
+// so a Kubernetes headless service's current pods are joined; a name that fails to resolve is
+// logged and skipped (retried by the caller).
+func (n *Node) resolveSeeds(ctx context.Context) (addrs []string, failed bool) {
+	seen := map[string]bool{}
+	for _, s := range n.cfg.Join {
+		host, port, err := splitHostPort(s)
+		if err != nil {
+			continue // rejected by Validate
+		}
+		ips := []string{host}
+		if net.ParseIP(host) == nil {
+			ips, err = n.cfg.LookupHost(ctx, host)
+			if err != nil {
+				n.log.Warn("cannot resolve seed", "seed", s, "err", err)
+				failed = true
+				continue
+			}
+		}
+		for _, ip := range ips {
+			a := net.JoinHostPort(ip, strconv.Itoa(port))
+			if !seen[a] {
+				seen[a] = true
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	return addrs, failed
+}
+
+// joinSeeds contacts every seed that is neither this node nor an alive member, all at once so
+// unreachable seeds do not add up their timeouts. It reports whether another attempt is
+// needed (a seed failed, or a name did not resolve).
+func (n *Node) joinSeeds() (retry bool) {
+	if len(n.cfg.Join) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addrs, retry := n.resolveSeeds(ctx)
+
+	n.mu.Lock()
+	known := map[string]bool{n.addr: true}
+	for _, m := range n.members {
+		if m.Status == StatusAlive {
+			known[m.Addr] = true
+		}
+	}
+	n.mu.Unlock()
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, a := range addrs {
+		if known[a] {
+			continue
+		}
+		wg.Go(func() {
+			n.joinAttempts.Add(1)
+			if _, err := n.ml.Join([]string{a}); err != nil {
+				n.log.Debug("seed not reachable, will retry", "seed", a, "err", err)
+				mu.Lock()
+				retry = true
+				mu.Unlock()
+				return
+			}
+			n.log.Info("joined seed", "seed", a)
+		})
+	}
+	wg.Wait()
+	return retry
+}
+
+// maintain retries seeds with bounded backoff until all are members, keeps re-resolving
+// them afterwards at the slowest pace (pods come and go), tries to reach one dead member per
+// round so a healed partition merges again (memberlist alone never contacts dead nodes), and
+// forgets long-gone members.
+func (n *Node) maintain(retry bool) {
+	defer n.wg.Done()
+	base := n.cfg.RetryJoinEvery
+	maxWait := 30 * base
+	wait := base
+	if !retry {
+		wait = maxWait
+	}
+	seedTimer := time.NewTimer(wait)
+	defer seedTimer.Stop()
+	reconnect := time.NewTicker(5 * base)
+	defer reconnect.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-seedTimer.C:
+			if n.joinSeeds() {
+				wait = min(2*wait, maxWait)
+			} else {
+				wait = maxWait
+			}
+			seedTimer.Reset(wait)
+		case <-reconnect.C:
+			n.reconnectOne()
+			n.forgetOld()
+		}
+	}
+}
+
+func (n *Node) reconnectOne() {
+	n.mu.Lock()
+	var dead []string
+	for _, m := range n.members {
+		if m.Status == StatusDead {
+			dead = append(dead, m.Addr)
+		}
+	}
+	n.mu.Unlock()
+	if len(dead) == 0 {
+		return
+	}
+	a := dead[rand.IntN(len(dead))]
+	if _, err := n.ml.Join([]string{a}); err == nil {
+		n.log.Info("reconnected to failed member", "addr", a)
+	}
+}
+
+func (n *Node) forgetOld() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := time.Now()
+	for name, m := range n.members {
+		if (m.Status == StatusLeft && now.Sub(m.since) > forgetLeftAfter) ||
+			(m.Status == StatusDead && now.Sub(m.since) > forgetDeadAfter) {
+			delete(n.members, name)
+		}
+	}
+}

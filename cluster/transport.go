@@ -1,0 +1,163 @@
+package cluster
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Transport carries gossip between nodes. A nil Transport in Config means real UDP/TCP
+// sockets; tests pass Network.Node. The method is unexported so memberlist's types stay
+// inside this package.
+type Transport interface {
+	memberlistTransport() memberlist.Transport
+}
+
+// countingTransport counts the bytes every packet and stream carries, in both directions,
+// for the metrics getters. It forwards the inbound channels through goroutines so it can
+// count without the inner transport's help.
+type countingTransport struct {
+	inner     memberlist.NodeAwareTransport
+	sent      atomic.Uint64
+	received  atomic.Uint64
+	packetCh  chan *memberlist.Packet
+	streamCh  chan net.Conn
+	done      chan struct{} // closed when memberlist shuts us down
+	innerDone chan struct{} // closed once inner has shut down; until then keep draining it
+	once      sync.Once
+	wg        sync.WaitGroup
+}
+
+var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
+
+func newCountingTransport(inner memberlist.Transport) *countingTransport {
+	na, ok := inner.(memberlist.NodeAwareTransport)
+	if !ok {
+		na = nodeAwareShim{inner}
+	}
+	t := &countingTransport{
+		inner:     na,
+		packetCh:  make(chan *memberlist.Packet),
+		streamCh:  make(chan net.Conn),
+		done:      make(chan struct{}),
+		innerDone: make(chan struct{}),
+	}
+	t.wg.Add(2)
+	go t.forwardPackets()
+	go t.forwardStreams()
+	return t
+}
+
+func (t *countingTransport) forwardPackets() {
+	defer t.wg.Done()
+	in := t.inner.PacketCh()
+	for {
+		select {
+		case p := <-in:
+			t.received.Add(uint64(len(p.Buf)))
+			select {
+			case t.packetCh <- p:
+			case <-t.done: // memberlist stopped reading: drop
+			}
+		case <-t.innerDone:
+			return
+		}
+	}
+}
+
+func (t *countingTransport) forwardStreams() {
+	defer t.wg.Done()
+	in := t.inner.StreamCh()
+	for {
+		select {
+		case c := <-in:
+			select {
+			case t.streamCh <- t.wrap(c):
+			case <-t.done:
+				_ = c.Close()
+			}
+		case <-t.innerDone:
+			return
+		}
+	}
+}
+
+func (t *countingTransport) wrap(c net.Conn) net.Conn { return &countingConn{Conn: c, t: t} }
+
+func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
+	return t.inner.FinalAdvertiseAddr(ip, port)
+}
+
+func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	t.sent.Add(uint64(len(b)))
+	return t.inner.WriteTo(b, addr)
+}
+
+func (t *countingTransport) WriteToAddress(b []byte, addr memberlist.Address) (time.Time, error) {
+	t.sent.Add(uint64(len(b)))
+	return t.inner.WriteToAddress(b, addr)
+}
+
+func (t *countingTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
+func (t *countingTransport) StreamCh() <-chan net.Conn           { return t.streamCh }
+
+func (t *countingTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	c, err := t.inner.DialTimeout(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return t.wrap(c), nil
+}
+
+func (t *countingTransport) DialAddressTimeout(addr memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	c, err := t.inner.DialAddressTimeout(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return t.wrap(c), nil
+}
+
+// Shutdown keeps draining the inner transport while it stops: memberlist's NetTransport
+// waits for its listeners, which may be blocked handing us a packet.
+func (t *countingTransport) Shutdown() error {
+	var err error
+	t.once.Do(func() {
+		close(t.done)
+		err = t.inner.Shutdown()
+		close(t.innerDone)
+		t.wg.Wait()
+	})
+	return err
+}
+
+type countingConn struct {
+	net.Conn
+	t *countingTransport
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.t.received.Add(uint64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.t.sent.Add(uint64(n))
+	return n, err
+}
+
+// nodeAwareShim lets a plain Transport sit under countingTransport, as memberlist's own shim
+// does.
+type nodeAwareShim struct{ memberlist.Transport }
+
+func (s nodeAwareShim) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	return s.WriteTo(b, a.Addr)
+}
+
+func (s nodeAwareShim) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	return s.DialTimeout(a.Addr, timeout)
+}
