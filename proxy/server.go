@@ -30,6 +30,7 @@ type Options struct {
 	Version  string               // herd's version, shown by readiness
 	Logger   *slog.Logger         // nil = slog.Default()
 	Registry *prometheus.Registry // where metrics are registered and served from; nil = a new one
+	Members  Membership           // the cluster this node belongs to, for /cluster/status; nil = alone
 }
 
 // Server serves the OpenAI-compatible API for the current config.
@@ -49,6 +50,7 @@ type Server struct {
 	backend          string
 	version          string
 	log              *slog.Logger
+	members          Membership
 	draining         atomic.Bool
 	healths          sync.Map // deployment ID -> *health; survives config changes
 }
@@ -77,6 +79,7 @@ func New(opts Options) (*Server, error) {
 		defaultMaxTokens: config.DefaultMaxTokensEstimate,
 		node:             []string{opts.Node},
 		backend:          opts.Backend,
+		members:          opts.Members,
 		version:          opts.Version,
 		log:              opts.Logger,
 	}
@@ -147,6 +150,7 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	e.GET("/model/info", authed(s.modelInfo))
 	e.GET("/v1/model/info", authed(s.modelInfo))
 	e.GET("/health", authed(s.health))
+	e.GET("/cluster/status", authed(s.clusterStatus))
 	e.GET("/health/liveliness", open(liveliness))
 	e.GET("/health/liveness", open(liveliness))
 	e.GET("/health/readiness", open(s.readiness))

@@ -15,12 +15,17 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy"
-	"github.com/herd-proxy/herd/state/local"
+	"github.com/herd-proxy/herd/state/crdt"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -45,6 +50,7 @@ type options struct {
 	drainTimeout time.Duration
 	pprofAddr    string
 	showVersion  bool
+	cluster      clusterFlags
 }
 
 const usage = `herd: an LLM load-balancing proxy that reads LiteLLM's config.yaml and speaks the OpenAI API.
@@ -88,6 +94,10 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.StringVar(&o.host, "host", o.host, "address to listen on (env HOST)")
 	fs.IntVar(&o.port, "port", o.port, "port to listen on (env PORT)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", o.drainTimeout, "on SIGTERM, how long in-flight requests and streams may finish (env HERD_DRAIN_TIMEOUT)")
+	fs.StringVar(&o.cluster.nodeName, "node-name", "", "this node's name in the cluster, sent as x-herd-node (default: cluster_settings.node_name, else the hostname)")
+	fs.StringVar(&o.cluster.gossipAddr, "gossip-addr", "", "HOST:PORT to bind gossip (UDP+TCP) to (default: cluster_settings.gossip_addr, else 0.0.0.0:7946)")
+	fs.StringVar(&o.cluster.advertiseAddr, "advertise-addr", "", "HOST:PORT peers use to reach this node (default: cluster_settings.advertise_addr, else derived)")
+	fs.StringVar(&o.cluster.join, "join", "", "seeds HOST:PORT[,HOST:PORT...]; a DNS name joins every address it resolves to (env HERD_JOIN; default cluster_settings.join)")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", getenv("HERD_PPROF_ADDR"), "serve Go's net/http/pprof on this loopback HOST:PORT (env HERD_PPROF_ADDR); off when empty")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -127,24 +137,40 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log = newLogger(cfg, stderr)
 	warnNotYetBuilt(log, cfg)
 
-	node := cfg.ClusterSettings.NodeName
-	if node == "" {
-		if node, err = os.Hostname(); err != nil {
-			node = "herd"
-		}
+	// Usage is shared with the cluster: every node counts into gossip-merged counters, and
+	// membership carries them. A node with no seeds is a cluster of one that others may join.
+	ccfg, err := clusterConfig(o.cluster, cfg, getenv, log)
+	if err != nil {
+		return err
 	}
+	usage := crdt.New(crdt.Options{Node: ccfg.NodeName, LatencyTTL: latencyTTL(cfg)})
+	defer usage.Close()
+	peers, err := cluster.New(ccfg, usage) // joins reachable seeds (and learns their counts) before serving
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	defer peers.Shutdown()
+	usage.SetNetwork(peers)
+	log.Info("cluster started", "node", ccfg.NodeName, "gossip_addr", peers.Addr(), "seeds", strings.Join(ccfg.Join, ","), "members", peers.NumAlive())
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerClusterMetrics(reg, peers)
 	srv, err := proxy.New(proxy.Options{
-		Config:  cfg,
-		State:   local.New(local.Options{LatencyTTL: latencyTTL(cfg)}),
-		Backend: "local",
-		Node:    node,
-		Version: version,
-		Logger:  log,
+		Config:   cfg,
+		State:    usage,
+		Backend:  "gossip",
+		Node:     ccfg.NodeName,
+		Version:  version,
+		Logger:   log,
+		Registry: reg,
+		Members:  membership{peers},
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
 	defer srv.Close()
+	node := ccfg.NodeName
 
 	if o.pprofAddr != "" {
 		stopPprof, err := servePprof(o.pprofAddr, log)
@@ -172,7 +198,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	log.Info("herd listening", "addr", ln.Addr().String(), "node", node, "version", version,
-		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", "local")
+		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", "gossip")
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	select {
@@ -189,6 +215,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := hs.Shutdown(dctx); err != nil {
 		log.Warn("drain timeout passed: closing remaining connections", "err", err)
 		_ = hs.Close()
+	}
+	// Send the last requests' counts, then leave: peers keep them until they age out.
+	usage.Close()
+	if err := peers.Leave(5 * time.Second); err != nil {
+		log.Warn("leaving the cluster", "err", err)
 	}
 	log.Info("herd stopped")
 	return nil

@@ -126,7 +126,7 @@ func TestDemo(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, log, done := started(t, ctx, []string{"--host", "127.0.0.1", "--port", "0", "--pprof-addr", "127.0.0.1:0"})
+	addr, log, done := started(t, ctx, []string{"--host", "127.0.0.1", "--port", "0", "--pprof-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0"})
 	if !strings.Contains(log.String(), `msg="pprof listening" addr=127.0.0.1:`) {
 		t.Errorf("pprof did not start:\n%s", log)
 	}
@@ -163,7 +163,7 @@ func TestGracefulShutdownFinishesStreams(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, _, done := started(t, ctx, []string{"--config", path, "--host", "127.0.0.1", "--port", "0", "--drain-timeout", "20s"})
+	addr, _, done := started(t, ctx, []string{"--config", path, "--host", "127.0.0.1", "--port", "0", "--drain-timeout", "20s", "--gossip-addr", "127.0.0.1:0"})
 
 	resp, err := http.Post("http://"+addr+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))

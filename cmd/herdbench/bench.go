@@ -218,7 +218,7 @@ func startEnv(ctx context.Context, o benchOptions, fuPath, herdPath, tmpDir stri
 			// herd has no lifetime flag: it is stopped at the end, when ctx (bounded by the
 			// budget) ends, or by the kernel if herdbench dies (see childProcAttr).
 			env.herd, err = startChild(ctx, "herd", herdPath,
-				[]string{"--config", cfg, "--host", "127.0.0.1", "--port", "0"},
+				[]string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", "bench"},
 				herdReady, readyTimeout)
 			if err != nil {
 				return nil, err

@@ -1,0 +1,59 @@
+package proxy
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+)
+
+// Membership is what /cluster/status shows about the cluster this node belongs to.
+type Membership interface {
+	Members() []Member
+}
+
+// Member is one cluster member as /cluster/status shows it.
+type Member struct {
+	Name   string `json:"name"`
+	Addr   string `json:"addr"`
+	Status string `json:"status"` // alive, suspect, dead or left
+}
+
+// deploymentStatus is one deployment's cluster-wide usage in /cluster/status.
+type deploymentStatus struct {
+	ID          string `json:"id"`
+	ModelName   string `json:"model_name"`
+	RPMUsed     int64  `json:"rpm_used"`
+	RPMLimit    int64  `json:"rpm_limit"` // 0 = unlimited
+	TPMUsed     int64  `json:"tpm_used"`
+	TPMLimit    int64  `json:"tpm_limit"` // 0 = unlimited
+	InFlight    int64  `json:"in_flight"`
+	CooledUntil string `json:"cooled_until,omitempty"`
+}
+
+// clusterStatus answers GET /cluster/status: this node, the members it sees, the state backend,
+// and every deployment's usage as this node's merged view has it.
+func (s *Server) clusterStatus(c echo.Context) error {
+	snap := s.snap.Load()
+	members := []Member{}
+	if s.members != nil {
+		members = s.members.Members()
+	}
+	deps := make([]deploymentStatus, 0, len(snap.deps))
+	for i := range snap.deps {
+		d := &snap.deps[i]
+		l, lim := d.counter.Load(), snap.table.Limits(i)
+		ds := deploymentStatus{ID: d.cfg.ID, ModelName: d.cfg.ModelName, RPMUsed: l.Requests, RPMLimit: lim.RPM,
+			TPMUsed: l.Tokens, TPMLimit: lim.TPM, InFlight: l.InFlight}
+		if u := d.cooldown.Until(); !u.IsZero() && u.After(time.Now()) {
+			ds.CooledUntil = u.UTC().Format("2006-01-02T15:04:05.000Z07:00")
+		}
+		deps = append(deps, ds)
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"node":        s.node[0],
+		"backend":     s.backend,
+		"members":     members,
+		"deployments": deps,
+	})
+}
