@@ -170,7 +170,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
 	defer srv.Close()
-	node := ccfg.NodeName
 
 	if o.pprofAddr != "" {
 		stopPprof, err := servePprof(o.pprofAddr, log)
@@ -197,7 +196,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			demoCurl(ln.Addr(), cfg.GeneralSettings.MasterKey != ""))
 	}
 
-	log.Info("herd listening", "addr", ln.Addr().String(), "node", node, "version", version,
+	log.Info("herd listening", "addr", ln.Addr().String(), "node", ccfg.NodeName, "version", version,
 		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", "gossip")
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
