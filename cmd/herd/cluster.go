@@ -76,6 +76,18 @@ func (m membership) Members() []proxy.Member {
 	return out
 }
 
+// newPropagationHistogram measures how long usage deltas take from a peer's flush to this node
+// (the delay that bounds how far the cluster can overshoot a limit).
+func newPropagationHistogram(reg prometheus.Registerer) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "herd_cluster_propagation_delay_seconds",
+		Help:    "Time from a peer flushing usage deltas to this node receiving them (needs peer clocks in sync).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1},
+	})
+	reg.MustRegister(h)
+	return h
+}
+
 // registerClusterMetrics exports membership and gossip traffic.
 func registerClusterMetrics(reg prometheus.Registerer, n *cluster.Node) {
 	reg.MustRegister(

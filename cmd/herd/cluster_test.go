@@ -129,6 +129,24 @@ func TestTwoNodesShareLimits(t *testing.T) {
 	if admitted != 10 {
 		t.Errorf("admitted %d of 14 across two nodes with rpm 10, want 10", admitted)
 	}
+	// Both nodes measured how long the other's deltas took to arrive.
+	for _, addr := range []string{addrA, addrB} {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		m := regexp.MustCompile(`herd_cluster_propagation_delay_seconds_count (\d+)`).FindSubmatch(body)
+		if m == nil || string(m[1]) == "0" {
+			t.Errorf("%s: no propagation delays observed", addr)
+		}
+		for _, name := range []string{"herd_cluster_members 2", "herd_gossip_sent_bytes_total", "herd_gossip_received_bytes_total"} {
+			if !strings.Contains(string(body), name) {
+				t.Errorf("%s: /metrics lacks %s", addr, name)
+			}
+		}
+	}
 
 	cancelB()
 	if err := <-doneB; err != nil {

@@ -143,7 +143,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	usage := crdt.New(crdt.Options{Node: ccfg.NodeName, LatencyTTL: latencyTTL(cfg)})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	delay := newPropagationHistogram(reg)
+	usage := crdt.New(crdt.Options{Node: ccfg.NodeName, LatencyTTL: latencyTTL(cfg),
+		OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
 	defer usage.Close()
 	peers, err := cluster.New(ccfg, usage) // joins reachable seeds (and learns their counts) before serving
 	if err != nil {
@@ -153,8 +157,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	usage.SetNetwork(peers)
 	log.Info("cluster started", "node", ccfg.NodeName, "gossip_addr", peers.Addr(), "seeds", strings.Join(ccfg.Join, ","), "members", peers.NumAlive())
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerClusterMetrics(reg, peers)
 	srv, err := proxy.New(proxy.Options{
 		Config:   cfg,

@@ -156,6 +156,7 @@ func (c *counter) addOwn(x, requests, tokens int64) {
 	c.reqSum += requests
 	c.tokSum += tokens
 	c.dirty |= 1 << uint(i)
+	c.b.changed()
 }
 
 func (c *counter) setOwnInFlight(n int64) {
@@ -163,6 +164,7 @@ func (c *counter) setOwnInFlight(n int64) {
 	c.own.inFlight = n
 	c.own.ifVer++
 	c.ifDue = true
+	c.b.changed()
 }
 
 func (c *counter) load() state.Load {

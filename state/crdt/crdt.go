@@ -25,10 +25,14 @@
 //
 // # Transport
 //
-// Each node sends only its own changed cells, batched every FlushEvery (5 ms), straight to every
-// member as best-effort packets (Network.SendToAll), each under maxMessage (1200) bytes so it
-// fits one UDP datagram. At herd's scale (3-50 nodes) this is at most 49 small packets per node per flush,
-// and a delta reaches every peer in one hop (about FlushEvery plus one network delay). Gossip
+// Each node sends only its own changed cells, batched, straight to every member as best-effort
+// packets (Network.SendToAll), each under maxMessage (1200) bytes so it fits one UDP datagram.
+// Flushes follow changes, not a clock: the first change after a flush arms a timer, and the
+// flush runs FlushEvery (5 ms) later with every change made meanwhile, so a delta waits at most
+// FlushEvery and an idle node does not wake for it. Only the in-flight re-announcement and
+// garbage collection run periodically, once per bucket (1 s, see housekeepEvery). At herd's
+// scale (3-50 nodes) this is at most 49 small packets per node per flush, and a delta reaches
+// every peer in one hop (about FlushEvery plus one network delay). Gossip
 // piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of 200 ms, and
 // the admission overshoot grows with that delay. A lost packet is repaired by memberlist's
 // periodic full-state push-pull (LocalState / MergeRemoteState), which also seeds a joining node.
@@ -61,8 +65,16 @@ type Options struct {
 	Node       string           // this node's name, unique in the cluster; part of every cell's key
 	Now        func() time.Time // clock every counter reads; nil means time.Now
 	Network    Network          // where deltas go; nil means not connected yet (see SetNetwork)
-	FlushEvery time.Duration    // delta batching interval; 0 means 5ms, negative means no background loop (tests call Flush)
+	FlushEvery time.Duration    // delay from a change to its flush; 0 means 5ms, negative means no background loop (tests call Flush)
 	LatencyTTL time.Duration    // latency samples older than this are ignored; 0 means 1h, as state/local
+
+	// OnDelay, if not nil, is called for every delta message received (HandleMessage) with the
+	// time from the sender's flush to its receipt, by the two nodes' clocks (0 if the sender's
+	// clock is ahead). Full-state push-pull is not a delta and is not reported. It runs on the
+	// receiving goroutine and must not block.
+	OnDelay func(d time.Duration)
+
+	housekeepEvery time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
 }
 
 const (
@@ -72,13 +84,17 @@ const (
 	// deployment it has used, so that a lost update heals and peers can expire the count of a
 	// node that died with calls in flight: a remote count not refreshed for a window is dropped.
 	inFlightRefresh = 10
+	// housekeepEvery is how often the background loop flushes even without changes, so that
+	// in-flight counts are re-announced (inFlightRefresh) and dead incarnations collected.
+	housekeepEvery = state.BucketWidth
 )
 
 // Backend is the CRDT state backend. It implements state.Backend.
 type Backend struct {
-	now  func() time.Time
-	ttl  int64
-	self incKey
+	now     func() time.Time
+	ttl     int64
+	self    incKey
+	onDelay func(time.Duration)
 
 	net atomic.Pointer[netBox]
 
@@ -89,6 +105,12 @@ type Backend struct {
 	enc     encoder
 	cells   []cell
 	visit   []*counter
+
+	// armed is set by the first change after a flush, which then wakes the loop (nil without a
+	// loop) to start the flush timer; the loop clears it just before that flush.
+	armed atomic.Bool
+	wake  chan struct{}
+	loops atomic.Int64 // background flushes run, for tests
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -137,6 +159,7 @@ func New(opts Options) *Backend {
 		now:      opts.Now,
 		ttl:      int64(opts.LatencyTTL),
 		self:     incKey{node: opts.Node, epoch: newEpoch()},
+		onDelay:  opts.OnDelay,
 		counters: make(map[string]*counter),
 		enc:      encoder{limit: maxMessage},
 		stop:     make(chan struct{}),
@@ -144,7 +167,11 @@ func New(opts Options) *Backend {
 	}
 	b.SetNetwork(opts.Network)
 	if opts.FlushEvery > 0 {
-		go b.loop(opts.FlushEvery)
+		if opts.housekeepEvery <= 0 {
+			opts.housekeepEvery = housekeepEvery
+		}
+		b.wake = make(chan struct{}, 1)
+		go b.loop(opts.FlushEvery, opts.housekeepEvery)
 	} else {
 		close(b.done)
 	}
@@ -160,15 +187,41 @@ func (b *Backend) SetNetwork(n Network) {
 	b.net.Store(&netBox{n: n})
 }
 
-func (b *Backend) loop(every time.Duration) {
+// changed is called (under a counter's mutex) on every change of this node's counts: the first
+// one after a flush wakes the loop to schedule the next flush. It does not block or allocate.
+func (b *Backend) changed() {
+	if b.wake == nil || b.armed.Load() || !b.armed.CompareAndSwap(false, true) {
+		return
+	}
+	select {
+	case b.wake <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+}
+
+// loop flushes every FlushEvery after the first change since the last flush, and every
+// housekeep regardless. An idle backend sleeps until housekeep.
+func (b *Backend) loop(every, housekeep time.Duration) {
 	defer close(b.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
+	flush := time.NewTimer(every)
+	flush.Stop()
+	defer flush.Stop()
+	tick := time.NewTicker(housekeep)
+	defer tick.Stop()
 	for {
 		select {
 		case <-b.stop:
 			return
-		case <-t.C:
+		case <-b.wake:
+			flush.Reset(every)
+		case <-flush.C:
+			// Cleared before the flush takes the changes: a change made from here on
+			// either is in this flush or arms the next one.
+			b.armed.Store(false)
+			b.loops.Add(1)
+			b.Flush()
+		case <-tick.C:
+			b.loops.Add(1)
 			b.Flush()
 		}
 	}
@@ -217,8 +270,9 @@ func (b *Backend) all(cs []*counter) []*counter {
 func (b *Backend) Flush() {
 	b.flushMu.Lock()
 	defer b.flushMu.Unlock()
-	now := bucketOf(b.now().UnixNano())
-	b.enc.reset()
+	ns := b.now().UnixNano()
+	now := bucketOf(ns)
+	b.enc.reset(true, ns)
 	b.visit = b.all(b.visit[:0])
 	for _, c := range b.visit {
 		b.cells = c.takeDelta(now, b.cells[:0], &b.enc)
@@ -251,20 +305,28 @@ func (b *Backend) LocalState() []byte {
 }
 
 // MergeRemoteState merges a peer's LocalState. Garbage is ignored as a whole.
-func (b *Backend) MergeRemoteState(buf []byte) { _ = b.merge(buf) }
+func (b *Backend) MergeRemoteState(buf []byte) { _ = b.merge(buf, false) }
 
-// HandleMessage merges a peer's delta packet. Garbage is ignored as a whole.
-func (b *Backend) HandleMessage(msg []byte) { _ = b.merge(msg) }
+// HandleMessage merges a peer's delta packet and reports its delay to Options.OnDelay. Garbage
+// is ignored as a whole.
+func (b *Backend) HandleMessage(msg []byte) { _ = b.merge(msg, true) }
 
 // merge validates buf completely before applying any of it, so a corrupt packet changes nothing.
-func (b *Backend) merge(buf []byte) error {
+func (b *Backend) merge(buf []byte, delta bool) error {
 	if err := decode(buf, nil); err != nil {
 		return err
 	}
-	now := bucketOf(b.now().UnixNano())
-	return decode(buf, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
+	ns := b.now().UnixNano()
+	now := bucketOf(ns)
+	err := decode(buf, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
 		b.counter(id).merge(now, k, ifVer, inFlight, cells)
 	})
+	if delta && b.onDelay != nil {
+		if sent, ok := sentAt(buf); ok {
+			b.onDelay(time.Duration(max(ns-sent, 0)))
+		}
+	}
+	return err
 }
 
 // Snapshot returns deployment id's merged cluster-wide counts as of now, for /cluster/status.

@@ -8,7 +8,7 @@ import (
 
 // Wire format, version 1. Integers are encoding/binary varints: uv = Uvarint, sv = Varint.
 //
-//	message = version:byte item*
+//	message = version:byte [0x03 sent:sv] item*
 //	item    = 0x01 node:str epoch:uv                      defines the next incarnation index (0, 1, ...)
 //	        | 0x02 inc:uv id:str ifVer:uv [inFlight:uv]   one deployment's counts of incarnation inc;
 //	               n:byte cell*n                          inFlight is present only when ifVer > 0
@@ -18,10 +18,16 @@ import (
 // Deltas and full states share it; a delta holds only the sender's own incarnation. An encoder
 // with a limit splits records (at cell boundaries) so every message stays under it, repeating
 // the incarnation definition in each message: every message decodes on its own.
+//
+// A delta starts with its send time (item 0x03, the sender's Unix nanoseconds at Flush), from
+// which the receiver measures the propagation delay (Options.OnDelay); it may appear only there.
+// Full states never carry it. Decoders older than item 0x03 reject a stamped delta as a whole,
+// as any unknown item, and learn its counts at the next push-pull; they still merge full states.
 const (
 	wireVersion = 1
 	tagInc      = 1
 	tagDep      = 2
+	tagSent     = 3
 	// maxMessage keeps a delta packet, once framed, within memberlist's 1400-byte UDPBufferSize:
 	// 200 bytes are left for memberlist's message type, cluster label and AES-GCM overhead
 	// (29 bytes) and cluster/'s mux byte.
@@ -33,13 +39,20 @@ var errBadMessage = errors.New("crdt: malformed message")
 
 // encoder builds messages, reusing their buffers from one Flush to the next.
 type encoder struct {
-	limit int // 0 means unlimited
-	bufs  [][]byte
-	n     int // messages in use
-	incs  map[incKey]uint64
+	limit   int // 0 means unlimited
+	bufs    [][]byte
+	n       int // messages in use
+	incs    map[incKey]uint64
+	stamped bool  // every message starts with a tagSent item for sent
+	sent    int64 // Unix nanoseconds
+	start   int   // length of a message holding only its header
 }
 
-func (e *encoder) reset() { e.n = 0 }
+// reset starts a new batch of messages, stamped with sent if stamped.
+func (e *encoder) reset(stamped bool, sent int64) {
+	e.n = 0
+	e.stamped, e.sent = stamped, sent
+}
 
 // messages returns the encoded messages; they stay valid until the next reset.
 func (e *encoder) messages() [][]byte { return e.bufs[:e.n] }
@@ -48,7 +61,13 @@ func (e *encoder) newMessage() {
 	if e.n == len(e.bufs) {
 		e.bufs = append(e.bufs, make([]byte, 0, max(e.limit, 512)))
 	}
-	e.bufs[e.n] = append(e.bufs[e.n][:0], wireVersion)
+	buf := append(e.bufs[e.n][:0], wireVersion)
+	if e.stamped {
+		buf = append(buf, tagSent)
+		buf = binary.AppendVarint(buf, e.sent)
+	}
+	e.start = len(buf)
+	e.bufs[e.n] = buf
 	e.n++
 	if e.incs == nil {
 		e.incs = make(map[incKey]uint64)
@@ -66,7 +85,7 @@ func (e *encoder) record(k incKey, id string, ifVer uint64, inFlight int64, cell
 	}
 	for {
 		buf := e.bufs[e.n-1]
-		mark := len(buf) // > 1: the message already holds other items
+		mark := len(buf) // > e.start: the message already holds other items
 		_, known := e.incs[k]
 		buf = e.header(buf, k, id, ifVer, inFlight)
 		countAt := len(buf)
@@ -76,13 +95,13 @@ func (e *encoder) record(k incKey, id string, ifVer uint64, inFlight int64, cell
 			next := appendCell(buf, cells, written)
 			// A record alone in its message takes at least one cell even if oversized, so
 			// every iteration makes progress.
-			if e.over(next) && (written > 0 || mark > 1) {
+			if e.over(next) && (written > 0 || mark > e.start) {
 				break
 			}
 			buf = next
 			written++
 		}
-		if mark > 1 && written == 0 && (len(cells) > 0 || e.over(buf)) {
+		if mark > e.start && written == 0 && (len(cells) > 0 || e.over(buf)) {
 			// Nothing of this record fits after what the message holds: redo it in a new one.
 			if !known {
 				delete(e.incs, k)
@@ -210,6 +229,15 @@ func (d *decoder) byte() byte {
 	return c
 }
 
+// sentAt returns the send time of a stamped message, which decode has accepted.
+func sentAt(buf []byte) (int64, bool) {
+	if len(buf) < 2 || buf[1] != tagSent {
+		return 0, false
+	}
+	v, n := binary.Varint(buf[2:])
+	return v, n > 0
+}
+
 // maxBucket bounds bucket numbers (Unix seconds) far beyond any real clock, so that bucket
 // arithmetic cannot overflow.
 const maxBucket = 1 << 40
@@ -223,8 +251,13 @@ func decode(buf []byte, apply func(k incKey, id string, ifVer uint64, inFlight i
 	d := decoder{buf: buf[1:]}
 	var incs []incKey
 	var cells [ringSize]cell
-	for len(d.buf) > 0 && d.err == nil {
+	for first := true; len(d.buf) > 0 && d.err == nil; first = false {
 		switch d.byte() {
+		case tagSent:
+			if !first {
+				return errBadMessage
+			}
+			d.varint()
 		case tagInc:
 			node := d.bytes()
 			epoch := d.uvarint()

@@ -1,0 +1,157 @@
+package crdt
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/statetest"
+)
+
+// countNet counts the messages sent; safe for the flush loop's goroutine.
+type countNet struct{ sent atomic.Int64 }
+
+func (n *countNet) SendToAll([]byte) { n.sent.Add(1) }
+
+// waitFor polls cond until it holds or a generous deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// An idle backend runs no flush at all; the first change is flushed FlushEvery later, once,
+// with every change made meanwhile; then the backend is idle again.
+func TestFlushOnChange(t *testing.T) {
+	const every = 20 * time.Millisecond
+	n := &countNet{}
+	b := New(Options{Node: "a", Network: n, FlushEvery: every, housekeepEvery: time.Hour})
+	t.Cleanup(b.Close)
+	c := b.Counter("d")
+
+	// An idle period of many FlushEvery: a ticker would have flushed every time.
+	<-time.After(10 * every)
+	if got := b.loops.Load(); got != 0 {
+		t.Fatalf("idle backend flushed %d times, want 0", got)
+	}
+
+	start := time.Now()
+	for range 5 {
+		tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 10})
+		c.Settle(tk, state.Usage{PromptTokens: 5})
+	}
+	waitFor(t, "the delta", func() bool { return n.sent.Load() > 0 })
+	t.Logf("first change flushed after %v (FlushEvery %v)", time.Since(start), every)
+	waitFor(t, "the flush to finish", func() bool { return b.loops.Load() > 0 })
+	if got := n.sent.Load(); got != 1 {
+		t.Fatalf("%d messages for one batch, want 1", got)
+	}
+
+	<-time.After(10 * every)
+	if got := b.loops.Load(); got != 1 {
+		t.Fatalf("%d flushes for one batch of changes, want 1", got)
+	}
+
+	// The next change arms the timer again.
+	tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1})
+	c.Release(tk)
+	waitFor(t, "the second delta", func() bool { return n.sent.Load() == 2 })
+}
+
+// The housekeeping flush still re-announces in-flight counts without any change.
+func TestHousekeepingFlush(t *testing.T) {
+	n := &countNet{}
+	b := New(Options{Node: "a", Network: n, FlushEvery: time.Hour, housekeepEvery: time.Millisecond})
+	t.Cleanup(b.Close)
+	b.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	waitFor(t, "a housekeeping flush", func() bool { return n.sent.Load() > 0 })
+}
+
+// Close stops the loop and then flushes what is pending.
+func TestCloseFlushesPending(t *testing.T) {
+	n := &countNet{}
+	b := New(Options{Node: "a", Network: n, FlushEvery: time.Hour, housekeepEvery: time.Hour})
+	b.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	b.Close()
+	if got := n.sent.Load(); got != 1 {
+		t.Fatalf("%d messages after Close, want 1", got)
+	}
+}
+
+func TestOnDelay(t *testing.T) {
+	clock := statetest.NewClock(t0)
+	var delays []time.Duration
+	n := newMemNet()
+	n.queue = true
+	a := New(Options{Node: "a", Now: clock.Now, FlushEvery: -1})
+	b := New(Options{Node: "b", Now: clock.Now, FlushEvery: -1, OnDelay: func(d time.Duration) { delays = append(delays, d) }})
+	n.add("a", a)
+	n.add("b", b)
+
+	a.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 3})
+	a.Flush() // at T
+	clock.Advance(7 * time.Millisecond)
+	n.Deliver() // handled at T+7ms
+	if len(delays) != 1 || delays[0] != 7*time.Millisecond {
+		t.Fatalf("delays %v, want [7ms]", delays)
+	}
+	if r, tk, f := b.Snapshot("d"); r != 1 || tk != 3 || f != 1 {
+		t.Fatalf("b sees %d, %d, %d", r, tk, f)
+	}
+
+	// Push-pull is not a delta.
+	n.pushPull()
+	if len(delays) != 1 {
+		t.Fatalf("push-pull reported delays %v", delays[1:])
+	}
+
+	// A sender clock ahead of ours reads as no delay.
+	a.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	var msg []byte
+	a.SetNetwork(captureNet(func(m []byte) { msg = append([]byte(nil), m...) }))
+	clock.Advance(time.Second)
+	a.Flush()
+	clock.Advance(-time.Second)
+	b.HandleMessage(msg)
+	if len(delays) != 2 || delays[1] != 0 {
+		t.Fatalf("delays %v, want [7ms 0]", delays)
+	}
+
+	// An unstamped delta (an older sender) still merges, without a delay.
+	enc := encoder{limit: maxMessage}
+	enc.reset(false, 0)
+	enc.record(incKey{node: "old", epoch: 1}, "d", 0, 0, []cell{{bucket: bucketOf(clock.Now().UnixNano()), reqP: 4}})
+	b.HandleMessage(enc.messages()[0])
+	if len(delays) != 2 {
+		t.Fatalf("unstamped delta reported delays %v", delays[2:])
+	}
+	if r, _, _ := b.Snapshot("d"); r != 6 {
+		t.Fatalf("b sees %d requests, want 6", r)
+	}
+}
+
+// The send time is only valid first, and once.
+func TestStampPlacement(t *testing.T) {
+	rec := []byte{tagInc, 1, 'x', 1, tagDep, 0, 1, 'd', 0, 0}
+	stamp := []byte{tagSent, 2}
+	ok := append(append([]byte{wireVersion}, stamp...), rec...)
+	if err := decode(ok, nil); err != nil {
+		t.Fatalf("stamped message: %v", err)
+	}
+	for _, bad := range [][]byte{
+		append(append([]byte{wireVersion}, rec...), stamp...),
+		append(append(append([]byte{wireVersion}, stamp...), stamp...), rec...),
+		{wireVersion, tagSent},
+		{wireVersion, tagSent, 0x80},
+	} {
+		if decode(bad, nil) == nil {
+			t.Errorf("accepted % x", bad)
+		}
+	}
+}
