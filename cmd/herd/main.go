@@ -155,6 +155,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer peers.Shutdown()
 	usage.SetNetwork(peers)
+	peers.OnMembersChanged(func(alive []cluster.Member) { usage.SetPeers(len(alive) - 1) })
 	log.Info("cluster started", "node", ccfg.NodeName, "gossip_addr", peers.Addr(), "seeds", strings.Join(ccfg.Join, ","), "members", peers.NumAlive())
 
 	registerClusterMetrics(reg, peers)

@@ -109,6 +109,10 @@ type Backend struct {
 	// armed is set by the first change after a flush, which then wakes the loop (nil without a
 	// loop) to start the flush timer; the loop clears it just before that flush.
 	armed atomic.Bool
+	// peers is how many other members are alive, as membership last said (SetPeers); -1 until
+	// told, which means send. With none there is nobody to send deltas to, so changes arm no
+	// flush: a node that joins later gets everything by push-pull.
+	peers atomic.Int64
 	wake  chan struct{}
 	loops atomic.Int64 // background flushes run, for tests
 
@@ -166,6 +170,7 @@ func New(opts Options) *Backend {
 		done:     make(chan struct{}),
 	}
 	b.SetNetwork(opts.Network)
+	b.peers.Store(-1)
 	if opts.FlushEvery > 0 {
 		if opts.housekeepEvery <= 0 {
 			opts.housekeepEvery = housekeepEvery
@@ -190,7 +195,7 @@ func (b *Backend) SetNetwork(n Network) {
 // changed is called (under a counter's mutex) on every change of this node's counts: the first
 // one after a flush wakes the loop to schedule the next flush. It does not block or allocate.
 func (b *Backend) changed() {
-	if b.wake == nil || b.armed.Load() || !b.armed.CompareAndSwap(false, true) {
+	if b.wake == nil || b.armed.Load() || b.peers.Load() == 0 || !b.armed.CompareAndSwap(false, true) {
 		return
 	}
 	select {
@@ -224,6 +229,16 @@ func (b *Backend) loop(every, housekeep time.Duration) {
 			b.loops.Add(1)
 			b.Flush()
 		}
+	}
+}
+
+// SetPeers tells the backend how many other cluster members are alive (membership's callback
+// calls it on every change). While there are none, changes are not flushed: on a single node
+// the flush timer's wake-ups would cost CPU on every request for nothing.
+func (b *Backend) SetPeers(n int) {
+	was := b.peers.Swap(int64(n))
+	if was == 0 && n > 0 {
+		b.changed() // send what accumulated while alone (push-pull has it too)
 	}
 }
 

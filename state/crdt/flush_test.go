@@ -155,3 +155,24 @@ func TestStampPlacement(t *testing.T) {
 		}
 	}
 }
+
+// A node that membership says is alone arms no flush however much it changes; once a peer
+// appears, what accumulated is sent.
+func TestAloneArmsNoFlush(t *testing.T) {
+	const every = 20 * time.Millisecond
+	n := &countNet{}
+	b := New(Options{Node: "a", Network: n, FlushEvery: every, housekeepEvery: time.Hour})
+	t.Cleanup(b.Close)
+	b.SetPeers(0)
+	c := b.Counter("d")
+	for range 50 {
+		tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1})
+		c.Settle(tk, state.Usage{})
+	}
+	<-time.After(10 * every) // observing that nothing happens: there is no event to wait for
+	if got := b.loops.Load(); got != 0 {
+		t.Fatalf("a node alone flushed %d times, want 0", got)
+	}
+	b.SetPeers(1)
+	waitFor(t, "the accumulated delta", func() bool { return n.sent.Load() > 0 })
+}
