@@ -58,6 +58,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/window"
 )
 
 // Options configures a Backend. Only Node is required.
@@ -286,7 +287,7 @@ func (b *Backend) Flush() {
 	b.flushMu.Lock()
 	defer b.flushMu.Unlock()
 	ns := b.now().UnixNano()
-	now := bucketOf(ns)
+	now := window.BucketOf(ns)
 	b.enc.reset(true, ns)
 	b.visit = b.all(b.visit[:0])
 	for _, c := range b.visit {
@@ -306,7 +307,7 @@ func (b *Backend) Flush() {
 // counts, as one message for a full-state push-pull (memberlist's LocalState; the caller may
 // keep it). It is not size-limited: push-pull runs over TCP.
 func (b *Backend) LocalState() []byte {
-	now := bucketOf(b.now().UnixNano())
+	now := window.BucketOf(b.now().UnixNano())
 	enc := encoder{}
 	var cells []cell
 	for _, c := range b.all(nil) {
@@ -332,7 +333,7 @@ func (b *Backend) merge(buf []byte, delta bool) error {
 		return err
 	}
 	ns := b.now().UnixNano()
-	now := bucketOf(ns)
+	now := window.BucketOf(ns)
 	err := decode(buf, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
 		b.counter(id).merge(now, k, ifVer, inFlight, cells)
 	})

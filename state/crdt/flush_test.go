@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/window"
 	"github.com/herd-proxy/herd/state/statetest"
 )
 
@@ -126,7 +127,7 @@ func TestOnDelay(t *testing.T) {
 	// An unstamped delta (an older sender) still merges, without a delay.
 	enc := encoder{limit: maxMessage}
 	enc.reset(false, 0)
-	enc.record(incKey{node: "old", epoch: 1}, "d", 0, 0, []cell{{bucket: bucketOf(clock.Now().UnixNano()), reqP: 4}})
+	enc.record(incKey{node: "old", epoch: 1}, "d", 0, 0, []cell{{bucket: window.BucketOf(clock.Now().UnixNano()), reqP: 4}})
 	b.HandleMessage(enc.messages()[0])
 	if len(delays) != 2 {
 		t.Fatalf("unstamped delta reported delays %v", delays[2:])

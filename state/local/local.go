@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/window"
 )
 
 // Options configures a Backend. The zero value is ready to use.
@@ -15,14 +16,7 @@ type Options struct {
 	LatencyTTL time.Duration    // latency samples older than this are ignored; 0 means 1h (LiteLLM's default ttl)
 }
 
-const (
-	defaultLatencyTTL = time.Hour
-	// latencySamples is how many recent latencies (and, separately, TTFTs) a counter averages.
-	latencySamples = 10
-	// parallelRetry is RetryAfter when only MaxParallel refuses: in-flight calls end at times
-	// the window cannot know, so this is a polling hint, not a promise.
-	parallelRetry = time.Second
-)
+const defaultLatencyTTL = state.DefaultLatencyTTL
 
 // Backend keeps every deployment's usage in memory. Memory is fixed per deployment ID: the
 // window and latency rings do not grow with uptime or traffic.
@@ -63,7 +57,7 @@ func (b *Backend) Counter(id string) state.Counter {
 	defer b.mu.Unlock()
 	if c = b.counters[id]; c == nil {
 		c = &counter{now: b.now, ttl: b.ttl}
-		c.w.head = bucketOf(b.now().UnixNano())
+		c.w.Reset(window.BucketOf(b.now().UnixNano()))
 		b.counters[id] = c
 	}
 	return c
@@ -78,21 +72,22 @@ type counter struct {
 
 	mu       sync.Mutex
 	inFlight int64
-	w        window
-	latency  samples
-	ttft     samples
+	w        window.Ring
+	latency  window.Samples
+	ttft     window.Samples
 }
 
 // tick reads the clock and advances the window to it. The clock is read under c.mu so that the
 // times this counter sees are ordered like the operations themselves.
 func (c *counter) tick() int64 {
 	now := c.now().UnixNano()
-	c.w.advance(bucketOf(now))
+	c.w.Advance(window.BucketOf(now))
 	return now
 }
 
 func (c *counter) load() state.Load {
-	return state.Load{Requests: c.w.reqSum, Tokens: c.w.tokSum, InFlight: c.inFlight}
+	req, tok := c.w.Sums()
+	return state.Load{Requests: req, Tokens: tok, InFlight: c.inFlight}
 }
 
 // Admit checks r against lim and, if it fits, reserves it in the newest bucket.
@@ -105,9 +100,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	}
 	// The newest bucket, not now's: after a clock step back the reservation must not land in a
 	// bucket that leaves the window sooner than the head's.
-	c.w.add(c.w.head, r.Requests, r.Tokens)
+	c.w.Add(c.w.Head(), r.Requests, r.Tokens)
 	c.inFlight++
-	return state.Ticket{Reserved: r, Bucket: c.w.head}, nil
+	return state.Ticket{Reserved: r, Bucket: c.w.Head()}, nil
 }
 
 // Settle replaces t's reserved tokens with the real usage, in the bucket they were reserved in.
@@ -119,7 +114,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.w.add(t.Bucket, 0, u.Total()-t.Reserved.Tokens)
+	c.w.Add(t.Bucket, 0, u.Total()-t.Reserved.Tokens)
 	c.end()
 }
 
@@ -127,7 +122,7 @@ func (c *counter) Settle(t state.Ticket, u state.Usage) {
 func (c *counter) Release(t state.Ticket) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.w.add(t.Bucket, -t.Reserved.Requests, -t.Reserved.Tokens)
+	c.w.Add(t.Bucket, -t.Reserved.Requests, -t.Reserved.Tokens)
 	c.end()
 }
 
@@ -148,10 +143,10 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := t.UnixNano()
-	c.w.advance(bucketOf(now))
+	c.w.Advance(window.BucketOf(now))
 	l := c.load()
-	l.Latency = c.latency.mean(now, c.ttl)
-	l.TTFT = c.ttft.mean(now, c.ttl)
+	l.Latency = c.latency.Mean(now, c.ttl)
+	l.TTFT = c.ttft.Mean(now, c.ttl)
 	return l
 }
 
@@ -162,40 +157,9 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	return c.retryAfter(c.tick(), lim, r)
 }
 
-// retryAfter is RetryAfter on a window already advanced to now: the longest of the waits for
-// rpm and tpm, each until the oldest buckets holding the excess have left the window; one
-// second when only MaxParallel refuses; state.Window when r exceeds a limit by itself.
+// retryAfter is RetryAfter on a window already advanced to now.
 func (c *counter) retryAfter(now int64, lim state.Limits, r state.Reservation) time.Duration {
-	if c.load().Fits(lim, r) {
-		return 0
-	}
-	if (lim.RPM > 0 && r.Requests > lim.RPM) || (lim.TPM > 0 && r.Tokens > lim.TPM) {
-		return state.Window
-	}
-	var wait int64
-	if lim.RPM > 0 {
-		if excess := c.w.reqSum + r.Requests - lim.RPM; excess > 0 {
-			d, ok := c.w.wait(now, &c.w.req, excess)
-			if !ok { // only when r exceeds the limit by itself, handled above
-				return state.Window
-			}
-			wait = max(wait, d)
-		}
-	}
-	if lim.TPM > 0 {
-		if excess := c.w.tokSum + r.Tokens - lim.TPM; excess > 0 {
-			d, ok := c.w.wait(now, &c.w.tok, excess)
-			if !ok {
-				return state.Window
-			}
-			wait = max(wait, d)
-		}
-	}
-	if lim.MaxParallel > 0 && c.inFlight >= lim.MaxParallel {
-		wait = max(wait, int64(parallelRetry))
-	}
-	// Fits said no, so some wait is due; never tell a caller to retry at once.
-	return time.Duration(max(wait, 1))
+	return c.w.RetryAfter(now, c.inFlight, lim, r)
 }
 
 // ObserveLatency records a finished call's latency, and a stream's time to first token.
@@ -203,38 +167,8 @@ func (c *counter) ObserveLatency(latency, ttft time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now().UnixNano()
-	c.latency.add(now, max(latency, 0))
+	c.latency.Add(now, max(latency, 0))
 	if ttft > 0 {
-		c.ttft.add(now, ttft)
+		c.ttft.Add(now, ttft)
 	}
-}
-
-// samples is a ring of the last latencySamples durations with the time each was observed.
-type samples struct {
-	at   [latencySamples]int64 // Unix nanoseconds
-	d    [latencySamples]time.Duration
-	n    int // samples held, at most latencySamples
-	next int // slot the next sample overwrites
-}
-
-func (s *samples) add(at int64, d time.Duration) {
-	s.at[s.next], s.d[s.next] = at, d
-	s.next = (s.next + 1) % latencySamples
-	s.n = min(s.n+1, latencySamples)
-}
-
-// mean averages the samples younger than ttl at now; 0 when there are none.
-func (s *samples) mean(now, ttl int64) time.Duration {
-	var sum time.Duration
-	var k int
-	for i := range s.n {
-		if now-s.at[i] < ttl {
-			sum += s.d[i]
-			k++
-		}
-	}
-	if k == 0 {
-		return 0
-	}
-	return sum / time.Duration(k)
 }
