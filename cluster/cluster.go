@@ -27,7 +27,7 @@ type StateSync interface {
 // Member statuses.
 const (
 	StatusAlive   = "alive"
-	StatusSuspect = "suspect" // reserved: memberlist v0.7 reports no suspect event, see Members
+	StatusSuspect = "suspect" // alive to memberlist, but silent for a few heartbeats (heartbeat.go)
 	StatusDead    = "dead"
 	StatusLeft    = "left"
 )
@@ -35,7 +35,7 @@ const (
 // Member is one node as this node sees it.
 type Member struct {
 	Name, Addr string
-	Status     string // StatusAlive, StatusDead or StatusLeft
+	Status     string // StatusAlive, StatusSuspect, StatusDead or StatusLeft
 }
 
 const (
@@ -48,6 +48,7 @@ type memberState struct {
 	ip    net.IP
 	port  uint16
 	since time.Time // last status change
+	heard time.Time // last heartbeat from it
 }
 
 // Node is this process's membership in the cluster.
@@ -117,8 +118,9 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 	n.addr = net.JoinHostPort(local.Addr.String(), fmt.Sprint(local.Port))
 	n.log.Info("gossip started", "addr", n.addr, "encrypted", len(cfg.GossipKey) > 0, "label", cfg.Label)
 
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.notifyLoop()
+	go n.heartbeat()
 	pending := n.joinSeeds()
 	go n.maintain(pending)
 	return n, nil
@@ -157,12 +159,16 @@ func (n *Node) Name() string { return n.cfg.NodeName }
 func (n *Node) Addr() string { return n.addr }
 
 // Members returns every node known, including this one and nodes that died or left recently,
-// sorted by name. A suspected node still shows as alive until it is declared dead, because
-// memberlist v0.7 has no suspect notification and reading its node state would race.
+// sorted by name. An alive member not heard from lately shows as suspect (see heartbeat.go).
 func (n *Node) Members() []Member {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.snapshotLocked(false)
+	out := n.snapshotLocked(false)
+	now := time.Now()
+	for i := range out {
+		out[i].Status = n.statusLocked(n.members[out[i].Name], now)
+	}
+	return out
 }
 
 func (n *Node) snapshotLocked(aliveOnly bool) []Member {
@@ -319,6 +325,9 @@ func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
 }
 
 func (n *Node) handleMessage(msg []byte) {
+	if n.handleHeartbeat(msg) {
+		return
+	}
 	if n.sync != nil {
 		n.sync.HandleMessage(bytes.Clone(msg))
 	}
