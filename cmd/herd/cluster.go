@@ -81,8 +81,8 @@ func (m membership) Members() []proxy.Member {
 func newPropagationHistogram(reg prometheus.Registerer) prometheus.Histogram {
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "herd_cluster_propagation_delay_seconds",
-		Help:    "Time from a peer flushing usage deltas to this node receiving them (needs peer clocks in sync).",
-		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1},
+		Help:    "Time from a usage change on a peer (the oldest in a delta, so batching is included) to this node merging it; needs peer clocks in sync.",
+		Buckets: []float64{.0005, .001, .002, .003, .004, .005, .006, .008, .01, .015, .02, .03, .05, .1, .25, .5, 1},
 	})
 	reg.MustRegister(h)
 	return h

@@ -177,3 +177,35 @@ func TestAloneArmsNoFlush(t *testing.T) {
 	b.SetPeers(1)
 	waitFor(t, "the accumulated delta", func() bool { return n.sent.Load() > 0 })
 }
+
+// The delay a receiver reports starts at the change that armed the flush, not at the flush:
+// the batching wait is part of how stale a peer's view is.
+func TestOnDelayIncludesBatchingWait(t *testing.T) {
+	clock := statetest.NewClock(t0)
+	var msg []byte
+	a := New(Options{Node: "a", Now: clock.Now, FlushEvery: time.Hour, housekeepEvery: time.Hour,
+		Network: captureNet(func(m []byte) { msg = append([]byte(nil), m...) })})
+	t.Cleanup(a.Close)
+	var delays []time.Duration
+	b := New(Options{Node: "b", Now: clock.Now, FlushEvery: -1, OnDelay: func(d time.Duration) { delays = append(delays, d) }})
+
+	a.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1}) // arms the flush at T
+	clock.Advance(4 * time.Millisecond)
+	a.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1}) // joins the same batch
+	a.Flush()                                                            // at T+4ms
+	clock.Advance(2 * time.Millisecond)
+	b.HandleMessage(msg) // at T+6ms
+	if len(delays) != 1 || delays[0] != 6*time.Millisecond {
+		t.Fatalf("delays %v, want [6ms]", delays)
+	}
+
+	// A flush the loop did not arm (the first flush never cleared armed) carries its own time.
+	a.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	a.Flush()
+	a.Flush()
+	clock.Advance(time.Millisecond)
+	b.HandleMessage(msg)
+	if len(delays) != 2 || delays[1] != time.Millisecond {
+		t.Fatalf("delays %v, want [6ms 1ms]", delays)
+	}
+}
