@@ -45,6 +45,8 @@ const usage = `herdbench: benchmarks for herd.
 Usage:
   herdbench proxy [--rates 1000,3000] [--duration 10s] [--rounds 1] [--json FILE] ...
       herd's added latency vs a bare httputil.ReverseProxy vs direct, at fixed rates.
+  herdbench cluster [--nodes 3,5] [--demands 1,3,10] [--patterns steady,bursty] [--limit 600] [--duration 75s]
+      how closely N herd processes joined on loopback keep one rpm limit together.
   herdbench reverseproxy --listen 127.0.0.1:0 --target http://HOST:PORT
       a bare httputil.ReverseProxy with herd's upstream transport settings.
 
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "proxy":
 		return runProxyBench(ctx, args[1:], stdout, stderr)
+	case "cluster":
+		return runClusterBench(ctx, args[1:], stdout, stderr)
 	case "reverseproxy":
 		return runReverseProxy(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":

@@ -1,0 +1,661 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/herd-proxy/herd/internal/fakeupstream"
+)
+
+// `herdbench cluster` measures how well N herd processes joined on loopback keep ONE limit
+// together: the fake upstream (in this process, so it timestamps every arrival on the same
+// clock as the load) counts what really got through.
+
+// clusterOptions are the flags of `herdbench cluster`.
+type clusterOptions struct {
+	herd      string
+	nodes     []int
+	demands   []int // aggregate demand per minute, as multiples of the limit
+	patterns  []string
+	limit     int64 // rpm of the one deployment
+	duration  time.Duration
+	burstGap  time.Duration
+	upLatency time.Duration
+	jsonPath  string
+}
+
+const (
+	patternSteady = "steady"
+	patternBursty = "bursty"
+)
+
+func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) {
+	o := clusterOptions{}
+	fs := flag.NewFlagSet("herdbench cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.herd, "herd", "", "herd binary (default: next to herdbench, else $PATH)")
+	nodes := fs.String("nodes", "3,5", "cluster sizes to measure")
+	demands := fs.String("demands", "1,3,10", "aggregate demand per minute, as multiples of the limit")
+	patterns := fs.String("patterns", "steady,bursty", "steady: requests evenly spaced; bursty: all of a period's requests at once")
+	fs.Int64Var(&o.limit, "limit", 600, "rpm of the one deployment")
+	fs.DurationVar(&o.duration, "duration", 75*time.Second, "load per measurement; over 60s so the window slides and refills once")
+	fs.DurationVar(&o.burstGap, "burst-every", 15*time.Second, "bursty: time between bursts")
+	fs.DurationVar(&o.upLatency, "upstream-latency", 2*time.Millisecond, "fake upstream latency")
+	fs.StringVar(&o.jsonPath, "json", "", "also write the raw numbers to this file")
+	if err := fs.Parse(args); err != nil {
+		return o, usageError{err.Error()}
+	}
+	var err error
+	if o.nodes, err = parseRates(*nodes); err != nil {
+		return o, usageError{"--nodes: " + err.Error()}
+	}
+	if o.demands, err = parseRates(*demands); err != nil {
+		return o, usageError{"--demands: " + err.Error()}
+	}
+	for _, p := range strings.Split(*patterns, ",") {
+		if p != patternSteady && p != patternBursty {
+			return o, usageError{fmt.Sprintf("--patterns: %q is neither steady nor bursty", p)}
+		}
+		o.patterns = append(o.patterns, p)
+	}
+	if o.limit < 1 || o.duration < time.Second || o.burstGap < time.Second {
+		return o, usageError{"--limit must be positive, --duration and --burst-every at least 1s"}
+	}
+	return o, nil
+}
+
+// clusterRun is one measurement.
+type clusterRun struct {
+	Nodes   int    `json:"nodes"`
+	Pattern string `json:"pattern"`
+	Demand  int    `json:"demand_x_limit"`
+	Limit   int64  `json:"limit_rpm"`
+
+	Offered      int     `json:"offered"`
+	Admitted     int     `json:"admitted"` // what the upstream saw
+	Refused      int     `json:"refused_429"`
+	Errors       int     `json:"errors"`
+	MaxIn60s     int     `json:"max_in_any_60s"`
+	Overshoot    int     `json:"overshoot"` // MaxIn60s - Limit, not below 0
+	OvershootPct float64 `json:"overshoot_pct"`
+	// Utilisation is admitted in the first 60 s / limit, when demand exceeds the limit;
+	// AdmittedPct is admitted / offered.
+	Utilisation float64 `json:"utilisation_pct"`
+	AdmittedPct float64 `json:"admitted_pct"`
+	// PeakRate is the offered rate when the limit was crossed: the steady rate, or a burst's
+	// requests over the time it took to send them.
+	PeakRate float64 `json:"peak_rate_per_s"`
+	PropP50  float64 `json:"propagation_p50_ms"`
+	PropP99  float64 `json:"propagation_p99_ms"`
+	Deltas   uint64  `json:"deltas_received"`
+	// Bound is PeakRate x propagation p99: what the design says overshoot may reach.
+	Bound float64 `json:"bound_requests"`
+}
+
+// clusterEnv is N herd processes joined through the first, in front of one fake upstream.
+type clusterEnv struct {
+	nodes    []*child
+	upstream *arrivals
+	server   *http.Server
+	client   *http.Client
+}
+
+// arrivals wraps the fake upstream and timestamps every request per model.
+type arrivals struct {
+	h  http.Handler
+	mu sync.Mutex
+	at map[string][]time.Time
+}
+
+func (a *arrivals) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	body, _ := io.ReadAll(r.Body)
+	model := modelOf(body)
+	a.mu.Lock()
+	a.at[model] = append(a.at[model], now)
+	a.mu.Unlock()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	a.h.ServeHTTP(w, r)
+}
+
+var modelRE = regexp.MustCompile(`"model"\s*:\s*"([^"]*)"`)
+
+func modelOf(body []byte) string {
+	if m := modelRE.FindSubmatch(body); m != nil {
+		return string(m[1])
+	}
+	return ""
+}
+
+func (a *arrivals) times(model string) []time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.at[model])
+}
+
+// clusterConfig has one single-deployment group per measurement, so the runs on one cluster
+// never share a counter.
+func clusterConfig(upstreamAddr string, groups []string, limit int64) string {
+	var b strings.Builder
+	b.WriteString("# Generated by herdbench cluster.\nmodel_list:\n")
+	for _, g := range groups {
+		fmt.Fprintf(&b, "  - model_name: %s\n    litellm_params:\n      model: openai/%s\n      api_base: %s\n      api_key: sk-bench\n      rpm: %d\n",
+			g, g, strconv.Quote("http://"+upstreamAddr+"/v1"), limit)
+	}
+	return b.String()
+}
+
+var gossipAddrRE = regexp.MustCompile(`msg="cluster started" .*gossip_addr=(\S+)`)
+
+func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, groups []string) (_ *clusterEnv, err error) {
+	env := &clusterEnv{upstream: &arrivals{h: fakeupstream.New(fakeupstream.Options{Latency: o.upLatency}), at: map[string][]time.Time{}}}
+	defer func() {
+		if err != nil {
+			env.stop()
+		}
+	}()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	env.server = &http.Server{Handler: env.upstream, ReadHeaderTimeout: 10 * time.Second}
+	go env.server.Serve(ln)
+	env.client = newLoadClient()
+
+	cfg := filepath.Join(tmpDir, fmt.Sprintf("cluster-%d.yaml", n))
+	if err := os.WriteFile(cfg, []byte(clusterConfig(ln.Addr().String(), groups, o.limit)), 0o600); err != nil {
+		return nil, err
+	}
+	var seed string
+	for i := range n {
+		args := []string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", fmt.Sprintf("n%d", i)}
+		if seed != "" {
+			args = append(args, "--join", seed)
+		}
+		c, err := startChild(ctx, fmt.Sprintf("herd-n%d", i), herdPath, args, herdReady, readyTimeout)
+		if err != nil {
+			return nil, err
+		}
+		env.nodes = append(env.nodes, c)
+		if i == 0 {
+			m := gossipAddrRE.FindStringSubmatch(c.log.Tail())
+			if m == nil {
+				return nil, fmt.Errorf("herd-n0 logged no gossip address; its output:\n%s", c.log.Tail())
+			}
+			seed = m[1]
+		}
+	}
+	return env, env.waitJoined(ctx, n)
+}
+
+// waitJoined polls every node's /cluster/status until each sees n alive members.
+func (env *clusterEnv) waitJoined(ctx context.Context, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var last error
+		for _, c := range env.nodes {
+			alive, err := env.alive(ctx, c)
+			if err == nil && alive != n {
+				err = fmt.Errorf("%s sees %d alive members, want %d", c.name, alive, n)
+			}
+			if err != nil {
+				last = err
+				break
+			}
+		}
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster did not form: %v", last)
+		case <-time.After(100 * time.Millisecond): // poll interval
+		}
+	}
+}
+
+func (env *clusterEnv) alive(ctx context.Context, c *child) (int, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.addr+"/cluster/status", nil)
+	resp, err := env.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Members []struct{ Status string } `json:"members"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return 0, err
+	}
+	alive := 0
+	for _, m := range st.Members {
+		if m.Status == "alive" {
+			alive++
+		}
+	}
+	return alive, nil
+}
+
+func (env *clusterEnv) stop() {
+	for _, c := range env.nodes {
+		_ = c.stop()
+	}
+	if env.server != nil {
+		_ = env.server.Close()
+	}
+}
+
+// propagation sums every node's herd_cluster_propagation_delay_seconds histogram.
+func (env *clusterEnv) propagation(ctx context.Context) (promHist, error) {
+	var sum promHist
+	for _, c := range env.nodes {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.addr+"/metrics", nil)
+		resp, err := env.client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		h, err := parsePromHist(resp.Body, "herd_cluster_propagation_delay_seconds")
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", c.name, err)
+		}
+		sum = sum.add(h)
+	}
+	return sum, nil
+}
+
+// promHist is a Prometheus histogram's cumulative buckets, by upper bound (+Inf last).
+type promHist []promBucket
+
+type promBucket struct {
+	le    float64
+	count uint64
+}
+
+func parsePromHist(r io.Reader, name string) (promHist, error) {
+	var h promHist
+	prefix := name + `_bucket{le="`
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			return nil, fmt.Errorf("bad bucket line %q", sc.Text())
+		}
+		b := promBucket{le: math.Inf(1)}
+		if le != "+Inf" {
+			v, err := strconv.ParseFloat(le, 64)
+			if err != nil {
+				return nil, fmt.Errorf("bad bucket bound %q", le)
+			}
+			b.le = v
+		}
+		c, err := strconv.ParseFloat(count, 64)
+		if err != nil {
+			return nil, fmt.Errorf("bad bucket count %q", count)
+		}
+		b.count = uint64(c)
+		h = append(h, b)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(h) == 0 {
+		return nil, fmt.Errorf("no %s histogram", name)
+	}
+	return h, nil
+}
+
+// add sums two histograms with the same buckets (an empty one takes the other's).
+func (h promHist) add(o promHist) promHist {
+	if len(h) == 0 {
+		return slices.Clone(o)
+	}
+	out := slices.Clone(h)
+	for i := range out {
+		if i < len(o) && o[i].le == out[i].le {
+			out[i].count += o[i].count
+		}
+	}
+	return out
+}
+
+// sub is h - o, bucket by bucket: what was observed between two scrapes.
+func (h promHist) sub(o promHist) promHist {
+	out := slices.Clone(h)
+	for i := range out {
+		if i < len(o) && o[i].le == out[i].le {
+			out[i].count -= min(o[i].count, out[i].count)
+		}
+	}
+	return out
+}
+
+func (h promHist) total() uint64 {
+	if len(h) == 0 {
+		return 0
+	}
+	return h[len(h)-1].count
+}
+
+// quantile interpolates linearly within the bucket that holds q, as PromQL's
+// histogram_quantile does; in the +Inf bucket it answers the last finite bound.
+func (h promHist) quantile(q float64) float64 {
+	n := h.total()
+	if n == 0 {
+		return 0
+	}
+	rank := q * float64(n)
+	lower, below := 0.0, uint64(0)
+	for _, b := range h {
+		if float64(b.count) >= rank {
+			if math.IsInf(b.le, 1) {
+				return lower
+			}
+			in := b.count - below
+			if in == 0 {
+				return b.le
+			}
+			return lower + (b.le-lower)*(rank-float64(below))/float64(in)
+		}
+		lower, below = b.le, b.count
+	}
+	return lower
+}
+
+// maxInWindow is the largest number of times in any half-open interval [t, t+w).
+func maxInWindow(ts []time.Time, w time.Duration) int {
+	ts = slices.Clone(ts)
+	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
+	best, j := 0, 0
+	for i := range ts {
+		for ts[i].Sub(ts[j]) >= w {
+			j++
+		}
+		best = max(best, i-j+1)
+	}
+	return best
+}
+
+// schedule is when each request of one measurement is sent, relative to its start.
+func schedule(pattern string, perMinute int, d, burstGap time.Duration) []time.Duration {
+	var at []time.Duration
+	switch pattern {
+	case patternSteady:
+		gap := time.Minute / time.Duration(perMinute)
+		for t := time.Duration(0); t < d; t += gap {
+			at = append(at, t)
+		}
+	case patternBursty:
+		perBurst := int(int64(perMinute) * int64(burstGap) / int64(time.Minute))
+		for t := time.Duration(0); t < d; t += burstGap {
+			for range max(perBurst, 1) {
+				at = append(at, t)
+			}
+		}
+	}
+	return at
+}
+
+type outcome struct {
+	sent   time.Time
+	status int // 0: transport error
+}
+
+// load sends the scheduled requests for model, round-robin over the nodes, each in its own
+// goroutine so a slow answer never delays the schedule.
+func (env *clusterEnv) load(ctx context.Context, model string, at []time.Duration) []outcome {
+	out := make([]outcome, len(at))
+	body := chatBody(model)
+	var wg sync.WaitGroup
+	start := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for i, d := range at {
+		if wait := time.Until(start.Add(d)); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				wg.Wait()
+				return out[:i]
+			}
+		}
+		node := env.nodes[i%len(env.nodes)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i].sent = time.Now()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+node.addr+"/v1/chat/completions", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := env.client.Do(req)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			out[i].status = resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// peakRate is the offered rate around the moment the limit is crossed: for bursts, the first
+// burst's requests over the time it took to send them.
+func peakRate(pattern string, perMinute int, out []outcome, burstGap time.Duration) float64 {
+	if pattern == patternSteady {
+		return float64(perMinute) / 60
+	}
+	perBurst := int(int64(perMinute) * int64(burstGap) / int64(time.Minute))
+	if perBurst < 2 || len(out) < perBurst {
+		return 0
+	}
+	first, last := out[0].sent, out[0].sent
+	for _, o := range out[:perBurst] {
+		if o.sent.Before(first) {
+			first = o.sent
+		}
+		if o.sent.After(last) {
+			last = o.sent
+		}
+	}
+	span := last.Sub(first).Seconds()
+	if span <= 0 {
+		return 0
+	}
+	return float64(perBurst) / span
+}
+
+func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, pattern string, demand int, model string) (clusterRun, error) {
+	r := clusterRun{Nodes: n, Pattern: pattern, Demand: demand, Limit: o.limit}
+	before, err := env.propagation(ctx)
+	if err != nil {
+		return r, err
+	}
+	perMinute := demand * int(o.limit)
+	at := schedule(pattern, perMinute, o.duration, o.burstGap)
+	start := time.Now()
+	out := env.load(ctx, model, at)
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	after, err := env.propagation(ctx)
+	if err != nil {
+		return r, err
+	}
+	prop := after.sub(before)
+
+	r.Offered = len(out)
+	for _, x := range out {
+		switch {
+		case x.status == http.StatusTooManyRequests:
+			r.Refused++
+		case x.status == 0 || x.status >= 300:
+			r.Errors++
+		}
+	}
+	arr := env.upstream.times(model)
+	r.Admitted = len(arr)
+	r.MaxIn60s = maxInWindow(arr, time.Minute)
+	r.Overshoot = max(r.MaxIn60s-int(o.limit), 0)
+	r.OvershootPct = 100 * float64(r.Overshoot) / float64(o.limit)
+	firstMinute := 0
+	for _, t := range arr {
+		if t.Sub(start) < time.Minute {
+			firstMinute++
+		}
+	}
+	if perMinute > int(o.limit) {
+		r.Utilisation = 100 * float64(firstMinute) / float64(o.limit)
+	}
+	if r.Offered > 0 {
+		r.AdmittedPct = 100 * float64(r.Admitted) / float64(r.Offered)
+	}
+	r.PeakRate = peakRate(pattern, perMinute, out, o.burstGap)
+	r.Deltas = prop.total()
+	r.PropP50 = 1000 * prop.quantile(0.5)
+	r.PropP99 = 1000 * prop.quantile(0.99)
+	r.Bound = r.PeakRate * r.PropP99 / 1000
+	return r, nil
+}
+
+func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseClusterFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	herdPath, err := findBinary(o.herd, "herd")
+	if err != nil {
+		return err
+	}
+	perCluster := len(o.patterns) * len(o.demands)
+	budget := time.Duration(len(o.nodes)) * (time.Duration(perCluster)*(o.duration+30*time.Second) + time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	machine := readMachineInfo(herdPath, time.Now())
+	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmpDir)
+	fmt.Fprintf(stderr, "herdbench: %d measurements of %s each; every child is stopped within %s\n",
+		len(o.nodes)*perCluster, o.duration, budget)
+
+	var runs []clusterRun
+	for _, n := range o.nodes {
+		var groups []string
+		for _, p := range o.patterns {
+			for _, d := range o.demands {
+				groups = append(groups, fmt.Sprintf("%s-%dx", p, d))
+			}
+		}
+		env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups)
+		if err != nil {
+			return err
+		}
+		for _, p := range o.patterns {
+			for _, d := range o.demands {
+				r, err := env.measure(ctx, o, n, p, d, fmt.Sprintf("%s-%dx", p, d))
+				if err != nil {
+					env.stop()
+					return err
+				}
+				fmt.Fprintf(stderr, "herdbench: %d nodes %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
+					n, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
+				runs = append(runs, r)
+			}
+		}
+		env.stop()
+	}
+
+	cmd := "herdbench cluster " + shellJoin(args)
+	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
+		cmd = c
+	}
+	writeClusterMarkdown(stdout, cmd, machine, o, runs)
+	if o.jsonPath != "" {
+		b, err := json.MarshalIndent(struct {
+			Command string       `json:"command"`
+			Machine machineInfo  `json:"machine"`
+			Runs    []clusterRun `json:"runs"`
+		}{cmd, machine, runs}, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if failed := clusterChecks(runs); len(failed) > 0 {
+		return errors.New("targets missed: " + strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// clusterChecks are the issue's targets for steady demand: overshoot <= 1% of the limit (at
+// least 1 request), utilisation >= 98% when demand exceeds the limit, propagation p99 <= 50 ms.
+func clusterChecks(runs []clusterRun) []string {
+	var failed []string
+	for _, r := range runs {
+		if r.Pattern != patternSteady {
+			continue
+		}
+		name := fmt.Sprintf("%d nodes %s %dx", r.Nodes, r.Pattern, r.Demand)
+		if slack := max(float64(r.Limit)/100, 1); float64(r.Overshoot) > slack {
+			failed = append(failed, fmt.Sprintf("%s: overshoot %d > %.0f", name, r.Overshoot, slack))
+		}
+		if r.Demand > 1 && r.Utilisation < 98 {
+			failed = append(failed, fmt.Sprintf("%s: utilisation %.1f%% < 98%%", name, r.Utilisation))
+		}
+		if r.PropP99 > 50 {
+			failed = append(failed, fmt.Sprintf("%s: propagation p99 %.1f ms > 50 ms", name, r.PropP99))
+		}
+	}
+	return failed
+}
+
+func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []clusterRun) {
+	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
+	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One deployment, rpm %d; %s of load per row, round-robin over the nodes; fake upstream latency %s; bursts every %s.\n\n",
+		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date, o.limit, o.duration, o.upLatency, o.burstGap)
+	fmt.Fprintln(w, "| nodes | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range runs {
+		util := "n/a (demand = limit; " + fmt.Sprintf("%.1f%% admitted", r.AdmittedPct) + ")"
+		if r.Demand > 1 {
+			util = fmt.Sprintf("%.1f%%", r.Utilisation)
+		}
+		fmt.Fprintf(w, "| %d | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %.2f / %.2f ms | %.0f/s | %.1f |\n",
+			r.Nodes, r.Pattern, r.Demand, r.Offered, r.Admitted, r.MaxIn60s, r.Overshoot, r.OvershootPct, util,
+			r.PropP50, r.PropP99, r.PeakRate, r.Bound)
+	}
+	if failed := clusterChecks(runs); len(failed) > 0 {
+		fmt.Fprintf(w, "\nTargets missed: %s\n", strings.Join(failed, "; "))
+	} else {
+		fmt.Fprintln(w, "\nSteady-demand targets (overshoot ≤ 1% of the limit, utilisation ≥ 98%, propagation p99 ≤ 50 ms): all met.")
+	}
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMaxInWindow(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(secs ...float64) []time.Time {
+		var ts []time.Time
+		for _, s := range secs {
+			ts = append(ts, t0.Add(time.Duration(s*float64(time.Second))))
+		}
+		return ts
+	}
+	tests := []struct {
+		ts   []time.Time
+		want int
+	}{
+		{nil, 0},
+		{at(0), 1},
+		{at(0, 59.999), 2},
+		{at(0, 60), 1}, // half-open: 60 s later is a new window
+		{at(30, 0, 61, 59, 90), 3},
+		{at(0, 0, 0, 70, 70), 3},
+	}
+	for _, tt := range tests {
+		if got := maxInWindow(tt.ts, time.Minute); got != tt.want {
+			t.Errorf("maxInWindow(%v) = %d, want %d", tt.ts, got, tt.want)
+		}
+	}
+}
+
+func TestPromHistQuantile(t *testing.T) {
+	const metrics = `# HELP x_seconds x
+# TYPE x_seconds histogram
+x_seconds_bucket{le="0.001"} 10
+x_seconds_bucket{le="0.002"} 90
+x_seconds_bucket{le="0.005"} 100
+x_seconds_bucket{le="+Inf"} 100
+x_seconds_sum 0.2
+x_seconds_count 100
+other_bucket{le="1"} 5
+`
+	h, err := parsePromHist(strings.NewReader(metrics), "x_seconds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.total() != 100 {
+		t.Fatalf("total %d", h.total())
+	}
+	for _, tt := range []struct{ q, want float64 }{
+		{0.05, 0.0005}, // half-way through the first bucket
+		{0.5, 0.0015},  // 50th of 80 in (1ms, 2ms]
+		{0.95, 0.0035}, // 5th of 10 in (2ms, 5ms]
+	} {
+		if got := h.quantile(tt.q); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("quantile(%v) = %v, want %v", tt.q, got, tt.want)
+		}
+	}
+	before := promHist{{0.001, 5}, {0.002, 5}, {0.005, 5}, {math.Inf(1), 5}}
+	d := h.sub(before)
+	if d.total() != 95 || d[0].count != 5 {
+		t.Errorf("sub = %v", d)
+	}
+	if s := d.add(before); s.total() != 100 {
+		t.Errorf("add = %v", s)
+	}
+	if _, err := parsePromHist(strings.NewReader("nothing here\n"), "x_seconds"); err == nil {
+		t.Error("no histogram: no error")
+	}
+	if got := (promHist{}).quantile(0.5); got != 0 {
+		t.Errorf("empty quantile %v", got)
+	}
+}
+
+func TestSchedule(t *testing.T) {
+	steady := schedule(patternSteady, 600, 2*time.Second, 15*time.Second)
+	if len(steady) != 20 || steady[1] != 100*time.Millisecond {
+		t.Errorf("steady: %d requests, second at %v", len(steady), steady[1])
+	}
+	bursty := schedule(patternBursty, 600, 31*time.Second, 15*time.Second)
+	if len(bursty) != 3*150 || bursty[149] != 0 || bursty[150] != 15*time.Second || bursty[449] != 30*time.Second {
+		t.Errorf("bursty: %d requests", len(bursty))
+	}
+}
+
+func TestClusterChecks(t *testing.T) {
+	ok := clusterRun{Nodes: 3, Pattern: patternSteady, Demand: 10, Limit: 600, Overshoot: 6, Utilisation: 98, PropP99: 50}
+	if f := clusterChecks([]clusterRun{ok}); len(f) != 0 {
+		t.Errorf("within targets, failed: %v", f)
+	}
+	bad := ok
+	bad.Overshoot, bad.Utilisation, bad.PropP99 = 7, 97.9, 51
+	if f := clusterChecks([]clusterRun{bad}); len(f) != 3 {
+		t.Errorf("three misses, got %v", f)
+	}
+	small := clusterRun{Pattern: patternSteady, Demand: 1, Limit: 20, Overshoot: 1}
+	if f := clusterChecks([]clusterRun{small}); len(f) != 0 {
+		t.Errorf("one request of slack for a small limit, failed: %v", f)
+	}
+	bursty := bad
+	bursty.Pattern = patternBursty
+	if f := clusterChecks([]clusterRun{bursty}); len(f) != 0 {
+		t.Errorf("bursty rows are reported, not checked: %v", f)
+	}
+}
