@@ -23,6 +23,9 @@ model_list:
       id: demo-b
 `
 
+// DemoSource is the demo config's YAML, for Split.
+func DemoSource() []byte { return []byte(demoYAML) }
+
 // Demo returns the built-in demo config. It goes through Parse like any file, so it is held to
 // the same validation; it reads no environment. A fresh Config is returned on every call.
 func Demo() *Config {

@@ -20,6 +20,16 @@ import (
 // set with os.Setenv first, then os.environ/NAME references are resolved. Problems that do not
 // stop startup are logged to logger (nil discards them) and kept in Config.Warnings.
 func Load(path string, logger *slog.Logger) (*Config, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data, OSEnv{}, logger)
+}
+
+// ReadFile reads a config file's bytes (for Parse and Split), failing with an *Error that
+// names the file.
+func ReadFile(path string) ([]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		reason := err.Error()
@@ -29,7 +39,7 @@ func Load(path string, logger *slog.Logger) (*Config, error) {
 		}
 		return nil, &Error{File: path, Reason: "cannot read config file: " + reason, Err: err}
 	}
-	return Parse(path, data, OSEnv{}, logger)
+	return data, nil
 }
 
 // Parse is Load for a file already in memory, with an injected environment (nil means empty).
