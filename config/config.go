@@ -118,6 +118,9 @@ type RouterSettings struct {
 	RedisPassword          Secret                `yaml:"redis_password"`           // Redis password; never logged
 	RedisURL               Secret                `yaml:"redis_url"`                // redis:// or rediss:// URL (may hold a password)
 	RedisDB                *int                  `yaml:"redis_db"`                 // Redis logical database
+	RedisSentinelMaster    string                `yaml:"redis_sentinel_master"`    // herd: Sentinel master name; redis_host then lists the sentinels
+	RedisCluster           bool                  `yaml:"redis_cluster"`            // herd: Redis Cluster even with one seed in redis_host (several imply it)
+	RedisFairShareNodes    *int                  `yaml:"redis_fair_share_nodes"`   // herd: while Redis is down each node admits limit/N; N is at least this (default: gossip members)
 	DefaultMaxTokens       *int64                `yaml:"default_max_tokens"`       // herd: tpm reservation when a request names no max_tokens
 }
 

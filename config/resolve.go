@@ -152,6 +152,9 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 	nonNegative(d, p+".allowed_fails", rs.AllowedFails)
 	nonNegative(d, p+".max_fallbacks", rs.MaxFallbacks)
 	nonNegative(d, p+".redis_db", rs.RedisDB)
+	if n := rs.RedisFairShareNodes; n != nil && *n < 1 {
+		d.fail(p+".redis_fair_share_nodes", "must be at least 1 (got %d)", *n)
+	}
 	nonNegative(d, p+".default_max_tokens", rs.DefaultMaxTokens)
 	positiveSeconds(d, p+".timeout", rs.Timeout)
 	positiveSeconds(d, p+".stream_timeout", rs.StreamTimeout)

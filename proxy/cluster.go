@@ -19,6 +19,14 @@ type Member struct {
 	Status string `json:"status"` // alive, suspect, dead or left
 }
 
+// ConsensusStatus is what /cluster/status shows about the raft group that orders config changes.
+type ConsensusStatus struct {
+	Leader        string   // the leader's node name; "" when there is none
+	Term          uint64   // raft term
+	Voters        []string // voting members' names
+	ConfigVersion uint64   // the config version this node has applied; 0 = still its file's
+}
+
 // deploymentStatus is one deployment's cluster-wide usage in /cluster/status.
 type deploymentStatus struct {
 	ID          string `json:"id"`
@@ -50,10 +58,18 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		}
 		deps = append(deps, ds)
 	}
-	return c.JSON(http.StatusOK, map[string]any{
+	out := map[string]any{
 		"node":        s.node[0],
 		"backend":     s.backend,
 		"members":     members,
 		"deployments": deps,
-	})
+	}
+	if s.consensus != nil {
+		cs := s.consensus()
+		if cs.Voters == nil {
+			cs.Voters = []string{}
+		}
+		out["leader"], out["term"], out["voters"], out["config_version"] = cs.Leader, cs.Term, cs.Voters, cs.ConfigVersion
+	}
+	return c.JSON(http.StatusOK, out)
 }

@@ -27,14 +27,21 @@ func (s *Server) readiness(c echo.Context) error {
 	if s.draining.Load() {
 		status, code = "draining", http.StatusServiceUnavailable
 	}
+	mode := s.backend
+	if s.backendMode != nil {
+		// A degraded backend (Redis unreachable, counting locally at a fair share) still
+		// serves: readiness reports it but stays 200, or every node would leave the pool at once.
+		mode = s.backendMode()
+	}
 	return c.JSON(code, map[string]any{
-		"status":        status,
-		"node":          s.node[0],
-		"state_backend": s.backend,
-		"herd_version":  s.version,
-		"model_groups":  len(snap.table.GroupNames()),
-		"deployments":   snap.table.Len(),
-		"db":            "Not connected", // LiteLLM's field: herd needs no database
+		"status":             status,
+		"node":               s.node[0],
+		"state_backend":      s.backend,
+		"state_backend_mode": mode,
+		"herd_version":       s.version,
+		"model_groups":       len(snap.table.GroupNames()),
+		"deployments":        snap.table.Len(),
+		"db":                 "Not connected", // LiteLLM's field: herd needs no database
 	})
 }
 

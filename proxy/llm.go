@@ -82,10 +82,13 @@ type exchange struct {
 	model string // the model as the client named it
 
 	// The current attempt.
-	group   *routing.Group
-	dep     *deployment
-	ticket  state.Ticket
-	upStart time.Time
+	group  *routing.Group
+	dep    *deployment
+	ticket state.Ticket
+	// unsettled is the ticket's reserved tokens minus the real usage while the settle is
+	// still to come (the answer is written first); the rate-limit headers account for it.
+	unsettled int64
+	upStart   time.Time
 
 	reserve      state.Reservation // computed once: every deployment reserves the same
 	reserveReady bool
@@ -220,7 +223,7 @@ func (x *exchange) setHeaders(overhead time.Duration) {
 		}
 	}
 	if x.group != nil {
-		x.snap.groupHeaders(h, x.group)
+		x.snap.groupHeaders(h, x.group, x.unsettled)
 	}
 	h[hdrRetries] = smallInt(x.retries)
 	h[hdrFallbacks] = smallInt(x.fallbacks)
@@ -282,10 +285,9 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	if !ok {
 		usage = state.Usage{PromptTokens: provider.EstimatePromptTokens(x.body), CompletionTokens: provider.EstimateTokens(len(data))}
 	}
-	x.succeeded(usage, upstream, 0)
-
 	w := x.c.Response()
 	h := w.Header()
+	x.unsettled = x.ticket.Reserved.Tokens - usage.Total()
 	if ct := resp.Header[hdrContentType]; len(ct) > 0 {
 		h[hdrContentType] = ct
 	} else {
@@ -296,6 +298,10 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	x.setHeaders(overhead)
 	w.WriteHeader(status)
 	_, _ = w.Write(data)
+	// The answer goes out before the usage is settled: with a remote state backend (Redis) a
+	// settle is a round trip the client need not wait for.
+	w.Flush()
+	x.succeeded(usage, upstream, 0)
 	x.record(status, usage, overhead)
 	return nil, nil
 }

@@ -23,14 +23,20 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	Config   *config.Config       // the config to serve; required
-	State    state.Backend        // shared-state backend; required
-	Backend  string               // the backend's name for readiness ("local", "gossip", "redis")
-	Node     string               // this node's name, sent as x-herd-node
-	Version  string               // herd's version, shown by readiness
-	Logger   *slog.Logger         // nil = slog.Default()
-	Registry *prometheus.Registry // where metrics are registered and served from; nil = a new one
-	Members  Membership           // the cluster this node belongs to, for /cluster/status; nil = alone
+	Config  *config.Config // the config to serve; required
+	State   state.Backend  // shared-state backend; required
+	Backend string         // the backend's name for readiness ("local", "gossip", "redis")
+	// BackendMode reports the backend's current mode for readiness (state/redis: "redis" or
+	// "degraded"); nil = always Backend.
+	BackendMode func() string
+	Node        string               // this node's name, sent as x-herd-node
+	Version     string               // herd's version, shown by readiness
+	Logger      *slog.Logger         // nil = slog.Default()
+	Registry    *prometheus.Registry // where metrics are registered and served from; nil = a new one
+	Members     Membership           // the cluster this node belongs to, for /cluster/status; nil = alone
+	Admin       ConfigAdmin          // runtime config changes (/model/new, ...); nil = not available
+	// Consensus reports the config consensus for /cluster/status; nil = none.
+	Consensus func() ConsensusStatus
 }
 
 // Server serves the OpenAI-compatible API for the current config.
@@ -48,9 +54,12 @@ type Server struct {
 	defaultMaxTokens int64
 	node             []string // x-herd-node value
 	backend          string
+	backendMode      func() string
 	version          string
 	log              *slog.Logger
 	members          Membership
+	configAdmin      ConfigAdmin
+	consensus        func() ConsensusStatus
 	draining         atomic.Bool
 	healths          sync.Map // deployment ID -> *health; survives config changes
 }
@@ -79,7 +88,10 @@ func New(opts Options) (*Server, error) {
 		defaultMaxTokens: config.DefaultMaxTokensEstimate,
 		node:             []string{opts.Node},
 		backend:          opts.Backend,
+		backendMode:      opts.BackendMode,
 		members:          opts.Members,
+		configAdmin:      opts.Admin,
+		consensus:        opts.Consensus,
 		version:          opts.Version,
 		log:              opts.Logger,
 	}
@@ -151,6 +163,10 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	e.GET("/v1/model/info", authed(s.modelInfo))
 	e.GET("/health", authed(s.health))
 	e.GET("/cluster/status", authed(s.clusterStatus))
+	e.POST("/model/new", authed(s.admin(s.modelNew)))
+	e.POST("/model/update", authed(s.admin(s.modelUpdate)))
+	e.POST("/model/delete", authed(s.admin(s.modelDelete)))
+	e.POST("/config/update", authed(s.admin(s.configUpdate)))
 	e.GET("/health/liveliness", open(liveliness))
 	e.GET("/health/liveness", open(liveliness))
 	e.GET("/health/readiness", open(s.readiness))

@@ -41,13 +41,15 @@ type groupInfo struct {
 
 // groupHeaders sets x-litellm-model-group and x-ratelimit-{limit,remaining}-{requests,tokens} for g: limits summed
 // over its deployments, remaining = what is left of them in the current window.
-func (s *snapshot) groupHeaders(h http.Header, g *routing.Group) {
+// unsettled is what a settle still to come will give back (reserved minus real tokens), so the
+// headers already show the request's real usage.
+func (s *snapshot) groupHeaders(h http.Header, g *routing.Group, unsettled int64) {
 	gl := s.groups[g]
 	h[hdrModelGroup] = gl.nameHdr
 	if gl.rpm == 0 && gl.tpm == 0 {
 		return
 	}
-	var usedReq, usedTok int64
+	var usedReq, usedTok int64 = 0, -unsettled
 	now := time.Now()
 	for _, m := range g.Members {
 		l := s.deps[m].counter.LoadAt(now)

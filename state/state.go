@@ -67,6 +67,10 @@ func (l Load) Fits(lim Limits, r Reservation) bool {
 type Ticket struct {
 	Reserved Reservation
 	Bucket   int64 // the window bucket the reservation was counted in; settles correct that bucket
+	// ID is the issuing backend's name for the reservation, for backends that must find it again
+	// at settle time (state/redis: its in-flight lease; 0 for a ticket its local fallback issued
+	// while Redis was unreachable). Backends that need none leave it 0.
+	ID uint64
 }
 
 // Backend holds every deployment's usage.

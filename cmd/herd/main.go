@@ -25,7 +25,9 @@ import (
 	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy"
+	"github.com/herd-proxy/herd/state"
 	"github.com/herd-proxy/herd/state/crdt"
+	"github.com/herd-proxy/herd/state/redis"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -135,7 +137,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log = newLogger(cfg, stderr)
-	warnNotYetBuilt(log, cfg)
 
 	// Usage is shared with the cluster: every node counts into gossip-merged counters, and
 	// membership carries them. A node with no seeds is a cluster of one that others may join.
@@ -145,29 +146,68 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	delay := newPropagationHistogram(reg)
-	usage := crdt.New(crdt.Options{Node: ccfg.NodeName, LatencyTTL: latencyTTL(cfg),
-		OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
-	defer usage.Close()
-	peers, err := cluster.New(ccfg, usage) // joins reachable seeds (and learns their counts) before serving
+
+	// Where usage is shared: Redis when the config names one (LiteLLM's documented switch),
+	// else gossip-merged counters carried by membership.
+	var (
+		usage   state.Backend
+		backend string
+		mode    func() string
+		sync    cluster.StateSync
+		joined  func(peers *cluster.Node)
+		flush   func() // sends the last counts before leaving
+	)
+	ropts, from, useRedis, err := redisSettings(cfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.configPath, err)
+	}
+	if useRedis {
+		configured := ropts.FairShareNodes
+		ropts.Logger, ropts.LatencyTTL = log, latencyTTL(cfg)
+		ropts.SetDefaults()
+		redis.RouteClientLogs(log)
+		rb, err := redis.New(ropts)
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", o.configPath, from, err)
+		}
+		defer rb.Close()
+		usage, backend, mode, flush = rb, "redis", rb.Mode, func() {}
+		joined = func(peers *cluster.Node) {
+			peers.OnMembersChanged(func(alive []cluster.Member) { rb.SetNodes(fairShareNodes(len(alive), configured)) })
+		}
+		registerRedisMetrics(reg, rb)
+		// ropts logs without its password.
+		log.Info("state backend: redis", "from", from, "redis", ropts, "mode", rb.Mode())
+	} else {
+		delay := newPropagationHistogram(reg)
+		cb := crdt.New(crdt.Options{Node: ccfg.NodeName, LatencyTTL: latencyTTL(cfg),
+			OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
+		defer cb.Close()
+		usage, backend, sync, flush = cb, "gossip", cb, cb.Close
+		joined = func(peers *cluster.Node) {
+			cb.SetNetwork(peers)
+			peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })
+		}
+	}
+	peers, err := cluster.New(ccfg, sync) // joins reachable seeds (and learns their counts) before serving
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	defer peers.Shutdown()
-	usage.SetNetwork(peers)
-	peers.OnMembersChanged(func(alive []cluster.Member) { usage.SetPeers(len(alive) - 1) })
+	joined(peers)
 	log.Info("cluster started", "node", ccfg.NodeName, "gossip_addr", peers.Addr(), "seeds", strings.Join(ccfg.Join, ","), "members", peers.NumAlive())
 
 	registerClusterMetrics(reg, peers)
 	srv, err := proxy.New(proxy.Options{
-		Config:   cfg,
-		State:    usage,
-		Backend:  "gossip",
-		Node:     ccfg.NodeName,
-		Version:  version,
-		Logger:   log,
-		Registry: reg,
-		Members:  membership{peers},
+		Config:      cfg,
+		State:       usage,
+		Backend:     backend,
+		BackendMode: mode,
+		Node:        ccfg.NodeName,
+		Version:     version,
+		Logger:      log,
+		Registry:    reg,
+		Members:     membership{peers},
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
@@ -200,7 +240,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	log.Info("herd listening", "addr", ln.Addr().String(), "node", ccfg.NodeName, "version", version,
-		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", "gossip")
+		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", backend)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	select {
@@ -219,7 +259,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		_ = hs.Close()
 	}
 	// Send the last requests' counts, then leave: peers keep them until they age out.
-	usage.Close()
+	flush()
 	if err := peers.Leave(5 * time.Second); err != nil {
 		log.Warn("leaving the cluster", "err", err)
 	}
@@ -234,15 +274,6 @@ func latencyTTL(cfg *config.Config) time.Duration {
 		return ttl.Duration()
 	}
 	return 0
-}
-
-// warnNotYetBuilt says which settings this build of herd reads but does not act on yet, so a
-// LiteLLM user moving over is never misled by silence.
-func warnNotYetBuilt(log *slog.Logger, cfg *config.Config) {
-	rs := cfg.RouterSettings
-	if rs.RedisHost != "" || rs.RedisURL != "" {
-		log.Warn("Redis mode is not implemented yet: usage is counted in this process only", "key", "router_settings.redis_host")
-	}
 }
 
 // servePprof serves net/http/pprof on its own listener, apart from the API.

@@ -40,8 +40,14 @@ type herdProcess struct {
 // kills it if the test process dies; the test stops it with SIGTERM at cleanup.
 func startProcess(t *testing.T, name string, args ...string) *herdProcess {
 	t.Helper()
+	return startProcessEnv(t, name, nil, args...)
+}
+
+// startProcessEnv is startProcess with extra NAME=value environment variables.
+func startProcessEnv(t *testing.T, name string, env []string, args ...string) *herdProcess {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "HERD_TEST_RUN_AS_HERD=1")
+	cmd.Env = append(append(os.Environ(), "HERD_TEST_RUN_AS_HERD=1"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // TestHerdConfig loads the generated config with herd's own loader, with and without limits.
 func TestHerdConfig(t *testing.T) {
 	for _, limits := range []bool{false, true} {
-		cfg, err := config.Parse("bench.yaml", []byte(herdConfig("127.0.0.1:43121", limits)), config.MapEnv(nil), nil)
+		cfg, err := config.Parse("bench.yaml", []byte(herdConfig("127.0.0.1:43121", limits, "")), config.MapEnv(nil), nil)
 		if err != nil {
 			t.Fatalf("limits=%v: %v", limits, err)
 		}

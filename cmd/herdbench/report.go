@@ -12,9 +12,10 @@ import (
 
 // The targets herd is held to (issue: proxy core).
 const (
-	p50RatioLimit = 1.15      // herd's added p50 ≤ 1.15 × the reverse proxy's
-	p99RatioLimit = 1.5       // herd's added p99 ≤ 1.5 × the reverse proxy's
-	rssLimitKB    = 64 * 1024 // herd's peak RSS < 64 MiB
+	p50RatioLimit        = 1.15      // herd's added p50 ≤ 1.15 × the reverse proxy's
+	p99RatioLimit        = 1.5       // herd's added p99 ≤ 1.5 × the reverse proxy's
+	redisAddedP50LimitUS = 150.0     // Redis mode adds ≤ 150 µs p50 over the local backend
+	rssLimitKB           = 64 * 1024 // herd's peak RSS < 64 MiB
 )
 
 // disturbedCorePct is the CPU use by processes outside the benchmark (in % of one CPU) from
@@ -264,14 +265,26 @@ func evaluate(r *report) []check {
 				ratioCheck(rate, "p50", h, p, p50RatioLimit, getP50),
 				ratioCheck(rate, "p99", h, p, p99RatioLimit, getP99))
 		}
-		if h != nil && h.Sent > 0 {
-			c := check{What: fmt.Sprintf("herd 100%% success at %d req/s", rate),
+		for _, target := range []string{targetHerd, targetHerdRedis} {
+			h := r.cell(rate, target)
+			if h == nil || h.Sent == 0 {
+				continue
+			}
+			c := check{What: fmt.Sprintf("%s 100%% success at %d req/s", target, rate),
 				Detail: fmt.Sprintf("%d of %d requests answered 2xx (%s)", h.OK, h.Sent, fmtSuccess(h.OK, h.Sent))}
 			c.Verdict = verdict(h.OK == h.Sent)
 			if h.AchievedRate < 0.99*float64(rate) {
 				c.Detail += fmt.Sprintf("; only %.1f req/s were sent, below the %d asked: the load generator fell behind", h.AchievedRate, rate)
 			}
 			checks = append(checks, c)
+		}
+		if h, hr := r.cell(rate, targetHerd), r.cell(rate, targetHerdRedis); h != nil && hr != nil && h.Added != nil && hr.Added != nil {
+			d := hr.Added.P50 - h.Added.P50
+			checks = append(checks, check{
+				Verdict: verdict(d <= redisAddedP50LimitUS),
+				What:    fmt.Sprintf("Redis mode adds <= %.0f µs p50 over the local backend at %d req/s", redisAddedP50LimitUS, rate),
+				Detail:  fmt.Sprintf("herd-redis added p50 %s vs herd %s: %s", fmtAddedUS(hr.Added.P50), fmtAddedUS(h.Added.P50), fmtAddedUS(d)),
+			})
 		}
 	}
 	var peak int64
@@ -446,6 +459,10 @@ func writeMarkdown(out io.Writer, r *report) error {
 				fmtRatio(rr.P99), fmtAddedUS(h.Added.P99), fmtAddedUS(p.Added.P99))
 			fmt.Fprintf(w, "herd − reverseproxy: p50 %s, p90 %s, p99 %s.\n",
 				fmtAddedUS(h.Added.P50-p.Added.P50), fmtAddedUS(h.Added.P90-p.Added.P90), fmtAddedUS(h.Added.P99-p.Added.P99))
+		}
+		if hr := r.cell(rate, targetHerdRedis); h != nil && hr != nil && h.Added != nil && hr.Added != nil {
+			fmt.Fprintf(w, "herd-redis − herd (Redis mode's cost): p50 %s, p90 %s, p99 %s.\n",
+				fmtAddedUS(hr.Added.P50-h.Added.P50), fmtAddedUS(hr.Added.P90-h.Added.P90), fmtAddedUS(hr.Added.P99-h.Added.P99))
 		}
 		if h != nil && h.SelfOverhead != nil {
 			fmt.Fprintf(w, "herd's own X-Litellm-Overhead-Duration-Ms (handler time minus upstream time): p50 %s, p99 %s.\n",

@@ -1,0 +1,283 @@
+// Package redistest runs a real redis-server for tests: on a free loopback port, with a random
+// password, no persistence, stopped when the test ends. Tests that use it are skipped with -short.
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Binary is the server the package starts; CI installs it with apt.
+const Binary = "redis-server"
+
+const (
+	startTimeout = 10 * time.Second // how long a start may take before the test fails
+	stopTimeout  = 5 * time.Second  // how long a SIGTERM may take before SIGKILL
+	bindAttempts = 5                // ports tried when another process takes ours between probe and bind
+)
+
+// Option changes how Start runs the server.
+type Option func(*config)
+
+type config struct {
+	args []string
+}
+
+// Args passes extra redis-server arguments, e.g. Args("--maxmemory", "1mb").
+func Args(args ...string) Option {
+	return func(c *config) { c.args = append(c.args, args...) }
+}
+
+// Server is one redis-server process (or, after Stop or Kill, the place one ran).
+type Server struct {
+	t        testing.TB
+	bin      string
+	dir      string
+	password string
+	args     []string
+
+	mu   sync.Mutex
+	port int
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	out  *syncBuffer
+}
+
+// Start launches redis-server on a free 127.0.0.1 port and waits until it answers PING. The
+// server stops when the test ends. Under -short the test is skipped; without redis-server on
+// PATH it fails, so CI cannot pass by silently skipping the Redis tests.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("redistest: starts redis-server; skipped in -short mode")
+	}
+	bin, err := exec.LookPath(Binary)
+	if err != nil {
+		t.Fatalf("redistest: %s not found on PATH: install redis-server (apt-get install -y redis-server), or run with -short: %v", Binary, err)
+	}
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), password: randomHex(16), args: c.args}
+	t.Cleanup(s.Kill)
+	var lastErr error
+	for range bindAttempts {
+		port, err := freePort()
+		if err != nil {
+			t.Fatalf("redistest: %v", err)
+		}
+		s.mu.Lock()
+		s.port = port
+		lastErr = s.startLocked()
+		s.mu.Unlock()
+		if lastErr == nil {
+			return s
+		}
+		if !errors.Is(lastErr, errBind) {
+			break
+		}
+	}
+	t.Fatalf("redistest: %v", lastErr)
+	return nil
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+}
+
+// Password is the server's requirepass.
+func (s *Server) Password() string { return s.password }
+
+// Stop ends the server with SIGTERM and waits for it to exit (SIGKILL if it takes too long).
+func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
+
+// Kill ends the server with SIGKILL, as a crash would, and waits for it to exit.
+func (s *Server) Kill() { s.signal(syscall.SIGKILL) }
+
+// Restart starts the server again on the same port, with the same password and an empty
+// dataset (nothing is persisted), after stopping it if it still runs.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// The port was ours a moment ago, but another process may take it; a test that needs the
+	// same address cannot move, so a few tries with the same port is all that helps.
+	var err error
+	for range bindAttempts {
+		if err = s.startLocked(); err == nil || !errors.Is(err, errBind) {
+			break
+		}
+	}
+	if err != nil {
+		s.t.Fatalf("redistest: restart: %v", err)
+	}
+}
+
+// Pause freezes the server with SIGSTOP: connections stay open and calls hang, as with a Redis
+// stuck on a slow command or a full disk. Resume ends it.
+func (s *Server) Pause() { s.send(syscall.SIGSTOP) }
+
+// Resume continues a paused server.
+func (s *Server) Resume() { s.send(syscall.SIGCONT) }
+
+func (s *Server) send(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
+}
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(sig)
+	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused server handles no signal but SIGKILL until continued
+	select {
+	case <-s.done:
+	case <-time.After(stopTimeout):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	s.cmd, s.done = nil, nil
+}
+
+var errBind = errors.New("port already in use")
+
+// startLocked starts the process on s.port and waits for PING. Called with s.mu held.
+func (s *Server) startLocked() error {
+	args := []string{
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--requirepass", s.password,
+		"--save", "",
+		"--appendonly", "no",
+		"--dir", s.dir,
+		"--daemonize", "no",
+		"--logfile", "",
+	}
+	args = append(args, s.args...)
+	cmd := exec.Command(s.bin, args...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	setDeathSignal(cmd)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case <-done:
+			log := out.String()
+			if strings.Contains(log, "Address already in use") {
+				return fmt.Errorf("port %d: %w", s.port, errBind)
+			}
+			return fmt.Errorf("redis-server exited at start:\n%s", log)
+		default:
+		}
+		err := ping(addr, s.password)
+		if err == nil {
+			s.cmd, s.done, s.out = cmd, done, out
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-done
+			return fmt.Errorf("redis-server on %s did not answer PING within %v: %w\n%s", addr, startTimeout, err, out.String())
+		}
+		// Poll: wait for the process to exit or a short tick, whichever comes first.
+		select {
+		case <-done:
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// ping authenticates and sends PING over raw RESP, so the package needs no client library.
+func ping(addr, password string) error { return pingWithin(addr, password, time.Second) }
+
+func pingWithin(addr, password string, d time.Duration) error {
+	conn, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(d))
+	req := fmt.Sprintf("*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n", len(password), password)
+	if _, err := conn.Write([]byte(req)); err != nil {
+		return err
+	}
+	r := bufio.NewReader(conn)
+	for _, want := range []string{"+OK", "+PONG"} {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if got := strings.TrimRight(line, "\r\n"); got != want {
+			return fmt.Errorf("got %q, want %q", got, want)
+		}
+	}
+	return nil
+}
+
+// freePort asks the kernel for a free port. Another process may take it before redis-server
+// binds it; Start retries with a new one when that happens.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
+}
+
+// syncBuffer collects the server's output for error messages; the process writes while the
+// test may read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}

@@ -1,0 +1,540 @@
+// Package redis is the Redis state backend: every node admits against one shared window per
+// deployment, checked and reserved by one Lua script, and against a local fair share when Redis fails.
+//
+// # Keys
+//
+// Each deployment has two keys under one hash tag, so every script touches one Redis Cluster slot:
+//
+//	<prefix>{<id>}:w  string: the 61-bucket window ring (see lua/window.lua), TTL Window+2s
+//	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (wall-clock ms), TTL 2*LeaseTTL
+//
+// Both TTLs are renewed by every write, so a deployment nobody uses leaves nothing behind.
+//
+// # One round trip per call
+//
+// Admit runs lua/admit.lua: advance the window to the caller's bucket, drop expired leases,
+// check rpm, tpm and max_parallel, reserve — one EVALSHA. Settle and Release run lua/end.lua. Time
+// is the caller's Options.Now, passed as an argument (never Redis TIME), so tests move a fake
+// clock and nodes agree on buckets as well as NTP keeps their clocks. Every reply carries the
+// whole window (1 KB), which herd caches.
+//
+// # In-flight calls and crashed nodes
+//
+// max_parallel counts the members of the :f ZSET, one per admitted call, each scored by a lease
+// expiry. The node that admitted a call renews its lease every LeaseTTL/3 until the call ends;
+// any script drops expired members first. A node that crashes mid-call, or whose settle never
+// reached Redis, stops renewing, and its slots come back within LeaseTTL (10 s by default). A
+// per-node count would be cheaper but cannot tell a retried settle from a second one; a member
+// per ticket makes every script idempotent (a retry after a lost reply changes nothing), so
+// go-redis may retry safely. Leases use the wall clock, not Options.Now: they measure whether a
+// process is alive, and a test's frozen or jumping clock must not expire a live call.
+// LeaseTTL must therefore exceed the clock skew between nodes.
+//
+// # Load without a round trip
+//
+// Routing reads Load for every deployment on every request, so Load never calls Redis. Each
+// counter caches the window and in-flight count from the latest reply — every Admit, Settle
+// and Release returns them — and a background loop refreshes, in one pipeline every
+// RefreshEvery (250 ms), the counters read or written in the last minute. Between replies the
+// cached ring ages locally exactly as Redis would age it, so LoadAt(now) drops buckets as time
+// moves. Staleness: another node's admissions show up here at the latest one refresh later
+// (RefreshEvery plus a round trip); this node's own show up at once. Replies are ordered by the
+// window's (head, version), so a slow reply never overwrites a newer one. Admission itself
+// never uses the cache.
+//
+// # When Redis fails
+//
+// Every call has a deadline (Timeout, 50 ms). BreakerFailures consecutive failures open a
+// circuit breaker: the backend's Mode becomes "degraded" and every Admit is decided at once,
+// with no network, by an in-process state/local backend at a fair share of each limit (limit
+// / nodes, rounded down, at least 1; SetNodes gives the node count). The background loop
+// probes Redis every BreakerCooldown and closes the breaker on the first success. New never
+// fails because Redis is down: it starts degraded. A ticket remembers who issued it: degraded
+// tickets end locally; Redis tickets end in Redis, best effort (a failure is counted, logged at
+// debug, and the lease reclaims the slot). Counts made in degraded mode are not copied to Redis
+// when it returns.
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/local"
+)
+
+// Modes Mode reports.
+const (
+	ModeRedis    = "redis"    // admissions are decided in Redis, shared by every node
+	ModeDegraded = "degraded" // Redis is unreachable: admissions are decided locally at a fair share
+)
+
+// Defaults SetDefaults applies.
+const (
+	DefaultKeyPrefix       = "herd:"
+	DefaultTimeout         = 50 * time.Millisecond
+	DefaultBreakerFailures = 3
+	DefaultBreakerCooldown = time.Second
+	DefaultRefreshEvery    = 250 * time.Millisecond
+	DefaultLeaseTTL        = 10 * time.Second
+	DefaultAddr            = "localhost:6379"
+)
+
+const (
+	// windowTTL outlives the window by the extra bucket and a margin for clock skew: a key
+	// nobody has written for that long holds only buckets that have left.
+	windowTTL = state.Window + 2*state.BucketWidth
+	// activeFor is how long after its last use a counter stays in the background refresh.
+	activeFor = time.Minute
+)
+
+// Options configures a Backend. Only a way to reach Redis is needed (Client, or Addrs); every
+// other field has a default.
+type Options struct {
+	// Client is an existing client; nil means build one from the connection fields below. The
+	// backend does not close a client it was given. Give it ContextTimeoutEnabled (or short
+	// read/write timeouts), or a hanging Redis holds calls for longer than Timeout.
+	Client goredis.UniversalClient
+
+	Addrs       []string    // server host:port, sentinels (with MasterName) or cluster seeds; default localhost:6379
+	Username    string      // ACL user; empty means the default user
+	Password    string      // AUTH password; never logged
+	DB          int         // database number (not in cluster mode); default 0
+	TLS         *tls.Config // non-nil dials with TLS (rediss://)
+	MasterName  string      // sentinel master name: Addrs are sentinels
+	ClusterMode bool        // Redis Cluster even with a single seed address (more than one address implies it)
+
+	KeyPrefix       string           // prefix of every key, without braces; default "herd:"
+	Now             func() time.Time // clock for windows; nil means time.Now
+	LatencyTTL      time.Duration    // latency samples older than this are ignored; default 1h, as state/local
+	Timeout         time.Duration    // deadline of each Redis call; default 50ms
+	BreakerFailures int              // consecutive failed calls that open the breaker; default 3
+	BreakerCooldown time.Duration    // probe interval while the breaker is open; default 1s
+	RefreshEvery    time.Duration    // background refresh of cached windows; default 250ms
+	LeaseTTL        time.Duration    // in-flight slot of a node that stops renewing it is freed after this; default 10s
+	FairShareNodes  int              // node count for the fair share until SetNodes is called; default 1
+	Logger          *slog.Logger     // mode changes (warn/info) and dropped settles (debug); default slog.Default()
+}
+
+// LogValue lets Options be logged without the password (or the TLS and client internals).
+func (o Options) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Any("addrs", o.Addrs),
+		slog.String("master_name", o.MasterName),
+		slog.Bool("cluster", o.ClusterMode),
+		slog.Bool("tls", o.TLS != nil),
+		slog.String("key_prefix", o.KeyPrefix),
+		slog.Duration("timeout", o.Timeout),
+	)
+}
+
+// SetDefaults fills every zero field with its default.
+func (o *Options) SetDefaults() {
+	if o.Client == nil && len(o.Addrs) == 0 {
+		o.Addrs = []string{DefaultAddr}
+	}
+	if o.KeyPrefix == "" {
+		o.KeyPrefix = DefaultKeyPrefix
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.LatencyTTL == 0 {
+		o.LatencyTTL = state.DefaultLatencyTTL
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.BreakerFailures == 0 {
+		o.BreakerFailures = DefaultBreakerFailures
+	}
+	if o.BreakerCooldown == 0 {
+		o.BreakerCooldown = DefaultBreakerCooldown
+	}
+	if o.RefreshEvery == 0 {
+		o.RefreshEvery = DefaultRefreshEvery
+	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.FairShareNodes == 0 {
+		o.FairShareNodes = 1
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Validate reports the first field that cannot work. Call it after SetDefaults.
+func (o *Options) Validate() error {
+	switch {
+	case strings.ContainsAny(o.KeyPrefix, "{}"):
+		return fmt.Errorf("key prefix %q: must not contain braces: the deployment id is the hash tag", o.KeyPrefix)
+	case o.LatencyTTL < 0:
+		return fmt.Errorf("latency TTL %v: must not be negative", o.LatencyTTL)
+	case o.Timeout < 0:
+		return fmt.Errorf("timeout %v: must not be negative", o.Timeout)
+	case o.BreakerFailures < 0:
+		return fmt.Errorf("breaker failures %d: must not be negative", o.BreakerFailures)
+	case o.BreakerCooldown < 0:
+		return fmt.Errorf("breaker cooldown %v: must not be negative", o.BreakerCooldown)
+	case o.RefreshEvery < 0:
+		return fmt.Errorf("refresh interval %v: must not be negative", o.RefreshEvery)
+	case o.LeaseTTL < 3*time.Millisecond:
+		return fmt.Errorf("lease TTL %v: must be at least 3ms", o.LeaseTTL)
+	case o.FairShareNodes < 0:
+		return fmt.Errorf("fair-share nodes %d: must not be negative", o.FairShareNodes)
+	}
+	return nil
+}
+
+// Backend is the Redis state backend. It implements state.Backend.
+type Backend struct {
+	client     goredis.UniversalClient
+	ownsClient bool
+	prefix     string
+	now        func() time.Time
+	latencyTTL int64
+	timeout    time.Duration
+	leaseTTL   time.Duration
+	refresh    time.Duration
+	cooldown   time.Duration
+	maxFails   int64
+	log        *slog.Logger
+	node       string // this process's prefix of every ticket id
+
+	local *local.Backend // decides admissions while degraded
+	nodes atomic.Int64   // cluster size for the fair share
+
+	seq   atomic.Uint64 // last ticket id issued
+	ticks atomic.Int64  // background loop wake-ups so far: a clock for "recently used" that costs no time.Now
+	tick  time.Duration // the loop's period
+
+	// Breaker. open is read by every call; fails counts consecutive failures.
+	open     atomic.Bool
+	fails    atomic.Int64
+	onChange atomic.Pointer[func(string)]
+
+	stats struct {
+		errors, timeouts, localAdmits, droppedEnds, refreshes atomic.Int64
+	}
+
+	mu       sync.RWMutex
+	counters map[string]*counter
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+var _ state.Backend = (*Backend)(nil)
+
+// New returns a backend and starts its refresh loop. It fails only on invalid options: when
+// Redis does not answer (within Timeout) it starts degraded and keeps probing.
+func New(opts Options) (*Backend, error) {
+	opts.SetDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("state/redis: %w", err)
+	}
+	b := &Backend{
+		client:     opts.Client,
+		prefix:     opts.KeyPrefix,
+		now:        opts.Now,
+		latencyTTL: int64(opts.LatencyTTL),
+		timeout:    opts.Timeout,
+		leaseTTL:   opts.LeaseTTL,
+		refresh:    opts.RefreshEvery,
+		cooldown:   opts.BreakerCooldown,
+		maxFails:   int64(max(opts.BreakerFailures, 1)),
+		log:        opts.Logger,
+		node:       newNodeID(),
+		local:      local.New(local.Options{Now: opts.Now, LatencyTTL: opts.LatencyTTL}),
+		counters:   make(map[string]*counter),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	b.nodes.Store(int64(max(opts.FairShareNodes, 1)))
+	b.tick = min(b.refresh, b.cooldown, b.leaseTTL/3)
+	if b.client == nil {
+		b.client = goredis.NewUniversalClient(&goredis.UniversalOptions{
+			Addrs:         opts.Addrs,
+			Username:      opts.Username,
+			Password:      opts.Password,
+			DB:            opts.DB,
+			TLSConfig:     opts.TLS,
+			MasterName:    opts.MasterName,
+			IsClusterMode: opts.ClusterMode,
+			// Every call carries its own deadline; the socket timeouts are a backstop.
+			ContextTimeoutEnabled: true,
+			DialTimeout:           max(opts.Timeout, time.Second),
+			ReadTimeout:           max(opts.Timeout, 10*time.Millisecond),
+			WriteTimeout:          max(opts.Timeout, 10*time.Millisecond),
+			PoolTimeout:           max(opts.Timeout, 10*time.Millisecond),
+		})
+		b.ownsClient = true
+	}
+	if err := b.ping(); err != nil {
+		b.open.Store(true)
+		b.log.Warn("redis state backend: Redis unreachable at start; admitting locally at a fair share of each limit",
+			"addrs", opts.Addrs, "nodes", b.nodes.Load(), "err", err)
+	}
+	go b.loop()
+	return b, nil
+}
+
+// newNodeID names this process in ticket ids: random, so a restarted node never renews or
+// ends the tickets of its previous life.
+func newNodeID() string {
+	var r [8]byte
+	_, _ = rand.Read(r[:]) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(r[:])
+}
+
+// Counter returns deployment id's usage, creating it on first use. The same id always yields
+// the same Counter, so a config change never resets counts.
+func (b *Backend) Counter(id string) state.Counter { return b.counter(id) }
+
+func (b *Backend) counter(id string) *counter {
+	b.mu.RLock()
+	c := b.counters[id]
+	b.mu.RUnlock()
+	if c != nil {
+		return c
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c = b.counters[id]; c == nil {
+		c = newCounter(b, id)
+		b.counters[id] = c
+	}
+	return c
+}
+
+// SetNodes tells the backend how many herd nodes share the limits (membership's callback calls
+// it on every change): while degraded, each node admits limit/n. n < 1 counts as 1.
+func (b *Backend) SetNodes(n int) { b.nodes.Store(int64(max(n, 1))) }
+
+// Mode is ModeRedis or ModeDegraded.
+func (b *Backend) Mode() string {
+	if b.open.Load() {
+		return ModeDegraded
+	}
+	return ModeRedis
+}
+
+// OnModeChange sets f to be called with the new mode on every change (nil removes it). f runs
+// on the goroutine that saw the change, possibly a request's, so it must not block.
+func (b *Backend) OnModeChange(f func(mode string)) {
+	if f == nil {
+		b.onChange.Store(nil)
+		return
+	}
+	b.onChange.Store(&f)
+}
+
+// Stats are the backend's counts since New, for metrics.
+type Stats struct {
+	Errors      int64 // Redis calls that failed, timeouts included
+	Timeouts    int64 // Redis calls that hit their deadline
+	LocalAdmits int64 // Admit calls decided locally: degraded, or after a failed Redis call
+	DroppedEnds int64 // settles and releases of Redis tickets that did not reach Redis (the lease frees the slot)
+	Refreshes   int64 // background refresh round trips
+}
+
+// Stats returns the counts so far.
+func (b *Backend) Stats() Stats {
+	return Stats{
+		Errors:      b.stats.errors.Load(),
+		Timeouts:    b.stats.timeouts.Load(),
+		LocalAdmits: b.stats.localAdmits.Load(),
+		DroppedEnds: b.stats.droppedEnds.Load(),
+		Refreshes:   b.stats.refreshes.Load(),
+	}
+}
+
+// Close stops the background loop and closes the client if New created it. Calls already
+// made stay valid; later Redis calls fail and fall back locally.
+func (b *Backend) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		close(b.stop)
+		<-b.done
+		if b.ownsClient {
+			if cerr := b.client.Close(); cerr != nil {
+				err = fmt.Errorf("state/redis: close client: %w", cerr)
+			}
+		}
+	})
+	return err
+}
+
+// ctx returns a context with the per-call deadline. Calls have no caller context (the
+// state.Counter methods take none): the deadline is what keeps a hanging Redis out of herd.
+func (b *Backend) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), b.timeout)
+}
+
+func (b *Backend) ping() error {
+	ctx, cancel := b.ctx()
+	defer cancel()
+	return b.client.Ping(ctx).Err()
+}
+
+// succeeded records a call that worked: the run of failures is over.
+func (b *Backend) succeeded() {
+	if b.fails.Load() != 0 {
+		b.fails.Store(0)
+	}
+}
+
+// failed records a failed call and opens the breaker after maxFails in a row.
+func (b *Backend) failed(err error) {
+	b.stats.errors.Add(1)
+	if isTimeout(err) {
+		b.stats.timeouts.Add(1)
+	}
+	if b.fails.Add(1) >= b.maxFails && b.open.CompareAndSwap(false, true) {
+		b.log.Warn("redis state backend degraded: Redis unreachable; admitting locally at a fair share of each limit",
+			"failures", b.fails.Load(), "nodes", b.nodes.Load(), "err", err)
+		b.notify(ModeDegraded)
+	}
+}
+
+// probe runs while the breaker is open: one PING, and the breaker closes if it answers.
+func (b *Backend) probe() {
+	if err := b.ping(); err != nil {
+		b.stats.errors.Add(1)
+		if isTimeout(err) {
+			b.stats.timeouts.Add(1)
+		}
+		return
+	}
+	b.fails.Store(0)
+	if b.open.CompareAndSwap(true, false) {
+		b.log.Info("redis state backend: Redis reachable again; admissions shared through Redis")
+		b.notify(ModeRedis)
+	}
+}
+
+func (b *Backend) notify(mode string) {
+	if f := b.onChange.Load(); f != nil {
+		(*f)(mode)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// loop refreshes cached windows and renews leases while Redis answers, and probes it while
+// the breaker is open. It wakes at the shortest of the three intervals.
+func (b *Backend) loop() {
+	defer close(b.done)
+	tick := time.NewTicker(b.tick)
+	defer tick.Stop()
+	var lastProbe, lastRefresh, lastRenew time.Time
+	for {
+		select {
+		case <-b.stop:
+			return
+		case now := <-tick.C:
+			b.ticks.Add(1)
+			if b.open.Load() {
+				if now.Sub(lastProbe) < b.cooldown {
+					continue
+				}
+				lastProbe = now
+				b.probe()
+				if b.open.Load() {
+					continue
+				}
+			}
+			renew := now.Sub(lastRenew) >= b.leaseTTL/3
+			if !renew && now.Sub(lastRefresh) < b.refresh {
+				continue
+			}
+			lastRefresh = now
+			if b.refreshAll(renew) && renew {
+				lastRenew = now
+			}
+		}
+	}
+}
+
+// refreshAll reads, in one pipeline, the window and in-flight count of every counter used in
+// the last activeFor, and with renew also extends the leases of this node's calls in flight.
+// It reports whether the round trip worked.
+func (b *Backend) refreshAll(renew bool) bool {
+	wall := time.Now()
+	since := b.ticks.Load() - int64(activeFor/b.tick)
+	b.mu.RLock()
+	active := make([]*counter, 0, len(b.counters))
+	for _, c := range b.counters {
+		if c.activeSince(since) {
+			active = append(active, c)
+		}
+	}
+	b.mu.RUnlock()
+	if len(active) == 0 {
+		return true
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	pipe := b.client.Pipeline()
+	reads := make([]readCmds, len(active))
+	for i, c := range active {
+		if renew {
+			c.renew(ctx, pipe, wall)
+		}
+		reads[i] = c.queueRead(ctx, pipe, wall)
+	}
+	cmds, _ := pipe.Exec(ctx)
+	b.stats.refreshes.Add(1)
+	if err := pipelineErr(cmds); err != nil {
+		b.failed(err)
+		return false
+	}
+	b.succeeded()
+	for i, c := range active {
+		if inFlight, blob, err := reads[i].result(); err == nil {
+			c.apply(inFlight, blob)
+		}
+	}
+	return true
+}
+
+// pipelineErr is the first real failure among cmds: a GET of a missing key answers redis.Nil,
+// which Exec reports as an error but is only "no window yet".
+func pipelineErr(cmds []goredis.Cmder) error {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, goredis.Nil) {
+			return err
+		}
+	}
+	return nil
+}
+
+// RouteClientLogs sends go-redis's own log lines (dial failures and the like, one per failed
+// connection attempt) to logger at debug level instead of stderr: while Redis is down the
+// backend's single mode-change warning is the useful signal. go-redis has one process-wide
+// logger, so this affects every client.
+func RouteClientLogs(logger *slog.Logger) { goredis.SetLogger(clientLog{logger}) }
+
+type clientLog struct{ l *slog.Logger }
+
+func (c clientLog) Printf(ctx context.Context, format string, v ...any) {
+	c.l.DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
+}
