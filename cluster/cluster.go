@@ -1,5 +1,6 @@
-// Package cluster keeps the set of herd nodes (gossip membership over hashicorp/memberlist)
-// and carries the shared-state backend's messages and full-state exchanges between them.
+// Package cluster keeps the set of herd nodes (gossip membership over hashicorp/memberlist),
+// carries the shared-state backend's messages between them, and orders config changes through
+// raft (hashicorp/raft): ConfigStore is the replicated runtime config.
 package cluster
 
 import (
@@ -73,6 +74,8 @@ type Node struct {
 	stopOnce     sync.Once
 	lifeMu       sync.Mutex // serialises Leave and Shutdown
 	shutdown     bool
+
+	raftGossip gossipRaft // raft addresses in gossip metadata (raft_gossip.go)
 }
 
 // New starts gossip and joins the seeds. Seeds that cannot be reached now (or names that do

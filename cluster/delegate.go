@@ -17,12 +17,10 @@ var (
 )
 
 // NodeMeta marks a node that is leaving, so peers can tell its dead message means "left":
-// memberlist v0.7 never fills Node.State in its event callbacks.
+// memberlist v0.7 never fills Node.State in its event callbacks. Once raft runs, the raft
+// address and bootstrap state follow the flag byte (raft_gossip.go).
 func (d *delegate) NodeMeta(limit int) []byte {
-	if d.n.leaving.Load() {
-		return []byte{metaLeaving}
-	}
-	return nil
+	return d.n.raftGossip.encode(d.n.leaving.Load(), limit)
 }
 
 func (d *delegate) NotifyMsg(msg []byte) { d.n.handleMessage(msg) }
@@ -46,10 +44,12 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool) {
 // memberlist calls these under its node lock with a pointer into its state: copy, never keep.
 
 func (e *eventDelegate) NotifyJoin(m *memberlist.Node) {
+	e.n.raftGossip.observe(m.Name, m.Meta, StatusAlive)
 	e.n.setMember(m.Name, m.Addr, m.Port, StatusAlive)
 }
 
 func (e *eventDelegate) NotifyUpdate(m *memberlist.Node) {
+	e.n.raftGossip.observe(m.Name, m.Meta, StatusAlive)
 	e.n.setMember(m.Name, m.Addr, m.Port, StatusAlive)
 }
 
@@ -58,5 +58,6 @@ func (e *eventDelegate) NotifyLeave(m *memberlist.Node) {
 	if len(m.Meta) > 0 && m.Meta[0] == metaLeaving {
 		status = StatusLeft
 	}
+	e.n.raftGossip.observe(m.Name, m.Meta, status)
 	e.n.setMember(m.Name, m.Addr, m.Port, status)
 }

@@ -21,6 +21,11 @@ type Network struct {
 	blocked  map[[2]string]bool // unordered pairs of addresses that cannot talk
 	dropRate float64            // probability that a packet (not a stream) is lost
 	delay    time.Duration      // one-way latency for packets and stream dials
+
+	// raft ports (streamnet_mem.go): listeners by address, and open streams so a partition
+	// can cut them
+	streams     map[string]*memStreamListener
+	streamConns map[*memStreamConn]struct{}
 }
 
 // NewNetwork returns an empty, fully connected network without loss or delay.
@@ -61,7 +66,7 @@ func (n *Network) Node(addr string) Transport {
 }
 
 // Partition cuts every node in groupA off from every node in groupB (addresses as given to
-// Node). Partitions accumulate until Heal.
+// Node), their raft streams included. Partitions accumulate until Heal.
 func (n *Network) Partition(groupA, groupB []string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -70,6 +75,7 @@ func (n *Network) Partition(groupA, groupB []string) {
 			n.blocked[pairKey(a, b)] = true
 		}
 	}
+	n.cutStreamsLocked()
 }
 
 // Heal removes every partition.

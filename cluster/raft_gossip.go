@@ -1,0 +1,180 @@
+package cluster
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Node metadata layout: one flag byte, then (when raft runs) this node's raftMeta as JSON.
+// The flag is metaLeaving once Leave has begun, so NotifyLeave can still tell left from dead.
+const metaRaft = 'R'
+
+// raftMeta is what a node publishes about its raft server through gossip; the bootstrap and
+// the leader's membership checks read it.
+type raftMeta struct {
+	Addr     string `json:"a"`           // raft port, HOST:PORT
+	HasState bool   `json:"s,omitempty"` // the node has raft state: it must never bootstrap
+	Expect   int    `json:"e,omitempty"` // its bootstrap_expect
+	Boot     string `json:"b,omitempty"` // hash of the configuration it bootstrapped, "" if it did not (this run)
+}
+
+// raftPeer is one gossip member as the raft layer sees it.
+type raftPeer struct {
+	meta   *raftMeta // nil: the node runs no raft
+	status string    // StatusAlive, StatusDead or StatusLeft
+	since  time.Time // last status change
+}
+
+// gossipRaft links gossip and raft: it holds the metadata this node publishes and what
+// every peer published, and signals the raft loop on each change. The zero value is ready.
+type gossipRaft struct {
+	mu     sync.Mutex
+	local  *raftMeta
+	peers  map[string]*raftPeer
+	notify chan struct{} // cap 1
+}
+
+func (g *gossipRaft) changes() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.notifyLocked()
+}
+
+func (g *gossipRaft) notifyLocked() chan struct{} {
+	if g.notify == nil {
+		g.notify = make(chan struct{}, 1)
+	}
+	return g.notify
+}
+
+func (g *gossipRaft) signalLocked() {
+	select {
+	case g.notifyLocked() <- struct{}{}:
+	default:
+	}
+}
+
+// setLocal replaces what this node publishes; the caller then asks memberlist to gossip it.
+func (g *gossipRaft) setLocal(m *raftMeta) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if m != nil {
+		c := *m
+		m = &c
+	}
+	g.local = m
+}
+
+func (g *gossipRaft) localMeta() *raftMeta {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.local == nil {
+		return nil
+	}
+	c := *g.local
+	return &c
+}
+
+// encode builds this node's metadata. Without raft it is what it always was: nothing, or
+// just the leaving flag.
+func (g *gossipRaft) encode(leaving bool, limit int) []byte {
+	flag := byte(metaRaft)
+	if leaving {
+		flag = metaLeaving
+	}
+	g.mu.Lock()
+	local := g.local
+	g.mu.Unlock()
+	if local == nil {
+		if leaving {
+			return []byte{metaLeaving}
+		}
+		return nil
+	}
+	body, err := json.Marshal(local)
+	if err != nil || 1+len(body) > limit {
+		return []byte{flag} // cannot happen with sane addresses; peers then see no raft
+	}
+	return append([]byte{flag}, body...)
+}
+
+func decodeRaftMeta(meta []byte) *raftMeta {
+	if len(meta) < 2 || (meta[0] != metaRaft && meta[0] != metaLeaving) {
+		return nil
+	}
+	var m raftMeta
+	if err := json.Unmarshal(meta[1:], &m); err != nil || m.Addr == "" {
+		return nil
+	}
+	return &m
+}
+
+// observe records a memberlist event. It runs under memberlist's node lock: meta is only
+// read here, never kept.
+func (g *gossipRaft) observe(name string, meta []byte, status string) {
+	m := decodeRaftMeta(meta)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.peers == nil {
+		g.peers = map[string]*raftPeer{}
+	}
+	p := g.peers[name]
+	if p == nil {
+		p = &raftPeer{}
+		g.peers[name] = p
+	}
+	if p.status != status {
+		p.status = status
+		p.since = time.Now()
+	}
+	if m != nil || status == StatusAlive {
+		p.meta = m // a dead node's last metadata stays known
+	}
+	g.signalLocked()
+}
+
+// snapshot copies every peer, forgetting those gone for longer than gossip remembers them.
+func (g *gossipRaft) snapshot() map[string]raftPeer {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]raftPeer, len(g.peers))
+	for name, p := range g.peers {
+		if p.status != StatusAlive && time.Since(p.since) > forgetDeadAfter {
+			delete(g.peers, name)
+			continue
+		}
+		c := *p
+		if p.meta != nil {
+			m := *p.meta
+			c.meta = &m
+		}
+		out[name] = c
+	}
+	return out
+}
+
+// addrOf is the raft address name currently publishes, "" if unknown.
+func (g *gossipRaft) addrOf(name string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p := g.peers[name]; p != nil && p.meta != nil {
+		return p.meta.Addr
+	}
+	return ""
+}
+
+// gossipAddrs lets raft's transport dial a server at the address it gossips now, so a node
+// that restarts on another IP stays reachable before the leader updates the configuration.
+type gossipAddrs struct{ g *gossipRaft }
+
+var _ raft.ServerAddressProvider = gossipAddrs{}
+
+func (p gossipAddrs) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a := p.g.addrOf(string(id)); a != "" {
+		return raft.ServerAddress(a), nil
+	}
+	return "", errNoGossipAddr
+}
