@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,6 +54,7 @@ type options struct {
 	pprofAddr    string
 	showVersion  bool
 	cluster      clusterFlags
+	raft         raftFlags
 }
 
 const usage = `herd: an LLM load-balancing proxy that reads LiteLLM's config.yaml and speaks the OpenAI API.
@@ -69,6 +71,7 @@ Flags:
 // parseFlags reads args, with env (HERD_CONFIG, PORT, HOST, HERD_DRAIN_TIMEOUT) as defaults.
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (options, error) {
 	o := options{host: "0.0.0.0", port: 4000, drainTimeout: 30 * time.Second, configPath: getenv("HERD_CONFIG")}
+	o.raft.bootstrapExpect = -1
 	if h := getenv("HOST"); h != "" {
 		o.host = h
 	}
@@ -100,6 +103,9 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.StringVar(&o.cluster.gossipAddr, "gossip-addr", "", "HOST:PORT to bind gossip (UDP+TCP) to (default: cluster_settings.gossip_addr, else 0.0.0.0:7946)")
 	fs.StringVar(&o.cluster.advertiseAddr, "advertise-addr", "", "HOST:PORT peers use to reach this node (default: cluster_settings.advertise_addr, else derived)")
 	fs.StringVar(&o.cluster.join, "join", "", "seeds HOST:PORT[,HOST:PORT...]; a DNS name joins every address it resolves to (env HERD_JOIN; default cluster_settings.join)")
+	fs.StringVar(&o.raft.raftAddr, "raft-addr", "", "HOST:PORT to bind raft (TCP; config changes) to (default: cluster_settings.raft_addr, else the gossip host and port + 1)")
+	fs.StringVar(&o.raft.dataDir, "data-dir", "", "directory for the raft log and snapshots (default: cluster_settings.data_dir; none = config changes are kept in memory only)")
+	fs.IntVar(&o.raft.bootstrapExpect, "bootstrap-expect", -1, "how many nodes bootstrap raft together once gossip shows them all (default: cluster_settings.bootstrap_expect; 0 = a node without seeds starts alone)")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", getenv("HERD_PPROF_ADDR"), "serve Go's net/http/pprof on this loopback HOST:PORT (env HERD_PPROF_ADDR); off when empty")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -130,11 +136,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	var cfg *config.Config
+	var (
+		cfg *config.Config
+		src []byte // the file as written: its model_list and router_settings seed the cluster's config
+	)
 	if o.configPath == "" {
-		cfg = config.Demo()
-	} else if cfg, err = config.Load(o.configPath, log); err != nil {
-		return err
+		cfg, src = config.Demo(), config.DemoSource()
+	} else {
+		if src, err = config.ReadFile(o.configPath); err != nil {
+			return err
+		}
+		if cfg, err = config.Parse(o.configPath, src, config.OSEnv{}, log); err != nil {
+			return err
+		}
+	}
+	static, fileDyn, err := config.Split(src)
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
 	log = newLogger(cfg, stderr)
 
@@ -198,6 +216,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("cluster started", "node", ccfg.NodeName, "gossip_addr", peers.Addr(), "seeds", strings.Join(ccfg.Join, ","), "members", peers.NumAlive())
 
 	registerClusterMetrics(reg, peers)
+	// Config changes are ordered by raft; the file seeds the cluster's first config.
+	store := cluster.NewConfigStore(static, fileDyn, config.OSEnv{}, log)
+	var consensus atomic.Pointer[cluster.Raft]
 	srv, err := proxy.New(proxy.Options{
 		Config:      cfg,
 		State:       usage,
@@ -208,11 +229,31 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Logger:      log,
 		Registry:    reg,
 		Members:     membership{peers},
+		Admin:       configAdmin{store},
+		Consensus:   consensusStatus(&consensus, store),
 	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
 	defer srv.Close()
+	store.OnChange(func(c *config.Config, version uint64) {
+		if err := srv.Apply(c); err != nil {
+			log.Error("cluster config not applied", "config_version", version, "err", err)
+			return
+		}
+		log.Info("cluster config applied", "config_version", version, "deployments", len(c.ModelList))
+	})
+	rc := raftConfig(o.raft, cfg.ClusterSettings, log)
+	if rc.DataDir == "" {
+		log.Warn("no --data-dir: config changes are kept in memory and lost if every node restarts", "key", "cluster_settings.data_dir")
+	}
+	raftNode, err := peers.StartRaft(rc, store.FSM())
+	if err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	consensus.Store(raftNode)
+	store.Attach(raftNode)
+	defer raftNode.Shutdown()
 
 	if o.pprofAddr != "" {
 		stopPprof, err := servePprof(o.pprofAddr, log)
@@ -258,7 +299,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Warn("drain timeout passed: closing remaining connections", "err", err)
 		_ = hs.Close()
 	}
-	// Send the last requests' counts, then leave: peers keep them until they age out.
+	// Hand raft leadership over, send the last requests' counts, then leave: peers keep the
+	// counts until they age out.
+	if err := raftNode.Shutdown(); err != nil {
+		log.Warn("stopping raft", "err", err)
+	}
 	flush()
 	if err := peers.Leave(5 * time.Second); err != nil {
 		log.Warn("leaving the cluster", "err", err)

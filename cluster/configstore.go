@@ -1,0 +1,340 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/herd-proxy/herd/config"
+)
+
+// ErrConfigConflict: the runtime config kept changing under a write; it was not applied.
+var ErrConfigConflict = errors.New("cluster: the config changed concurrently, try again")
+
+// configChangeTries bounds how often a write is re-based on a newer version after a conflict.
+const configChangeTries = 5
+
+// ConfigStore is the runtime config every node agrees on: the model_list and router_settings
+// part (config.Dynamic), replicated through raft, combined with this node's own file for the
+// rest. Writes are validated here before they reach raft, so a bad change is refused on the
+// node that received it and the log only ever holds configs that built.
+//
+// Each command carries the whole new Dynamic and the version it was computed from; the state
+// machine applies it only on top of that version (compare-and-set), so concurrent writes on
+// different nodes never silently overwrite each other and Apply stays trivially deterministic.
+type ConfigStore struct {
+	static config.Static
+	file   config.Dynamic // the config file's part, proposed once to seed an empty cluster
+	env    config.Env
+	log    *slog.Logger
+
+	mu        sync.Mutex
+	raft      *Raft
+	cur       config.Dynamic
+	applied   uint64        // last raft index applied
+	changed   chan struct{} // closed and replaced after every apply
+	onChange  func(cfg *config.Config, version uint64)
+	fileNoted bool // "the file is not applied" logged
+}
+
+// configFSM is ConfigStore's raft state machine, kept off its public surface.
+type configFSM ConfigStore
+
+// configCommand is one replicated write.
+type configCommand struct {
+	Expect uint64         `json:"expect"` // the version Next was computed from
+	Next   config.Dynamic `json:"next"`
+}
+
+// configResult answers a configCommand.
+type configResult struct {
+	Version  uint64 `json:"version"`  // the version after the command (the current one on conflict)
+	Conflict bool   `json:"conflict"` // Expect was not the current version; nothing changed
+}
+
+// NewConfigStore holds static and file (config.Split of this node's file) until raft delivers
+// the cluster's version; env resolves os.environ/ references in every version built here.
+func NewConfigStore(static config.Static, file config.Dynamic, env config.Env, logger *slog.Logger) *ConfigStore {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &ConfigStore{static: static, file: file, env: env, log: logger, changed: make(chan struct{})}
+}
+
+// FSM is what StartRaft needs.
+func (s *ConfigStore) FSM() FSM { return (*configFSM)(s) }
+
+// Attach connects the store to raft, which must drive s.FSM(). The leader seeds an empty
+// cluster with its file's config.
+func (s *ConfigStore) Attach(r *Raft) {
+	s.mu.Lock()
+	s.raft = r
+	s.mu.Unlock()
+	r.OnLeader(func(isLeader bool) {
+		if isLeader {
+			go s.seed()
+		}
+	})
+}
+
+// OnChange sets the callback that receives every version this node applies and builds, in
+// order. It runs on raft's apply goroutine: swap the config in and return.
+func (s *ConfigStore) OnChange(fn func(cfg *config.Config, version uint64)) {
+	s.mu.Lock()
+	s.onChange = fn
+	s.mu.Unlock()
+}
+
+// Version is the version this node has applied (0: none yet; it serves its file).
+func (s *ConfigStore) Version() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.Version
+}
+
+// seed proposes the file's config when the cluster has none yet. A conflict means another
+// leader already seeded: nothing to do.
+func (s *ConfigStore) seed() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.waitApplied(ctx, s.raft.Status().LastIndex); err != nil {
+		return
+	}
+	if s.Version() != 0 {
+		return
+	}
+	res, _, err := s.propose(ctx, configCommand{Expect: 0, Next: s.file})
+	switch {
+	case err != nil:
+		s.log.Warn("seeding the cluster config from the file failed; the next leader retries", "err", err)
+	case !res.Conflict:
+		s.log.Info("cluster config seeded from the config file", "version", res.Version, "deployments", len(s.file.ModelList))
+	}
+}
+
+// AddModel adds a deployment (LiteLLM's /model/new body: model_name, litellm_params,
+// model_info) and returns its ID and the new version.
+func (s *ConfigStore) AddModel(ctx context.Context, entry map[string]any) (string, uint64, error) {
+	var id string
+	v, err := s.change(ctx, func(d config.Dynamic, cur *config.Config) (config.Dynamic, error) {
+		return d.AddModel(entry), nil
+	}, func(cur, next *config.Config) (err error) {
+		id, err = config.AddedID(cur, next)
+		return err
+	})
+	return id, v, err
+}
+
+// UpdateModel merges patch into the deployment with id (LiteLLM's /model/update).
+func (s *ConfigStore) UpdateModel(ctx context.Context, id string, patch map[string]any) (uint64, error) {
+	return s.change(ctx, func(d config.Dynamic, cfg *config.Config) (config.Dynamic, error) {
+		i, err := config.IndexOf(cfg, id)
+		if err != nil {
+			return d, err
+		}
+		return d.UpdateModel(i, id, patch), nil
+	}, nil)
+}
+
+// DeleteModel removes the deployment with id.
+func (s *ConfigStore) DeleteModel(ctx context.Context, id string) (uint64, error) {
+	return s.change(ctx, func(d config.Dynamic, cfg *config.Config) (config.Dynamic, error) {
+		i, err := config.IndexOf(cfg, id)
+		if err != nil {
+			return d, err
+		}
+		return d.DeleteModel(i), nil
+	}, nil)
+}
+
+// UpdateRouterSettings merges patch into router_settings.
+func (s *ConfigStore) UpdateRouterSettings(ctx context.Context, patch map[string]any) (uint64, error) {
+	return s.change(ctx, func(d config.Dynamic, _ *config.Config) (config.Dynamic, error) {
+		return d.UpdateRouterSettings(patch), nil
+	}, nil)
+}
+
+// current is the Dynamic writes start from and its build: the applied version, or the file's
+// before any version arrived.
+func (s *ConfigStore) current() config.Dynamic {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur.Version == 0 {
+		return s.file
+	}
+	return s.cur
+}
+
+// change validates edit's result (built, then check when not nil) and commits it, re-basing on
+// the newer version when another write got in first. It returns after this node has applied
+// the change, so a read on this node right after sees it.
+func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *config.Config) (config.Dynamic, error),
+	check func(cur, next *config.Config) error) (uint64, error) {
+	s.mu.Lock()
+	r := s.raft
+	s.mu.Unlock()
+	if r == nil {
+		return 0, fmt.Errorf("%w: raft is not running", ErrNoLeader)
+	}
+	for range configChangeTries {
+		cur := s.current()
+		curCfg, err := config.Build("config version "+fmt.Sprint(cur.Version), s.static, cur, s.env, nil)
+		if err != nil {
+			return 0, fmt.Errorf("the current config (version %d) does not build on this node: %w", cur.Version, err)
+		}
+		next, err := edit(cur, curCfg)
+		if err != nil {
+			return 0, err
+		}
+		nextCfg, err := config.Build("change", s.static, next, s.env, nil)
+		if err != nil {
+			return 0, err
+		}
+		if check != nil {
+			if err := check(curCfg, nextCfg); err != nil {
+				return 0, err
+			}
+		}
+		res, index, err := s.propose(ctx, configCommand{Expect: cur.Version, Next: next})
+		if err != nil {
+			return 0, err
+		}
+		if !res.Conflict {
+			return res.Version, s.waitApplied(ctx, index)
+		}
+		// Someone else's change is committed; catch up with it and edit that.
+		if err := s.waitVersion(ctx, res.Version); err != nil {
+			return 0, err
+		}
+	}
+	return 0, ErrConfigConflict
+}
+
+func (s *ConfigStore) propose(ctx context.Context, c configCommand) (configResult, uint64, error) {
+	cmd, err := json.Marshal(c)
+	if err != nil {
+		return configResult{}, 0, err
+	}
+	out, index, err := s.raft.Apply(ctx, cmd)
+	if err != nil {
+		return configResult{}, 0, err
+	}
+	var res configResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return configResult{}, 0, fmt.Errorf("cluster: config result: %w", err)
+	}
+	return res, index, nil
+}
+
+// waitApplied returns once this node has applied raft index (raft's own count covers indexes
+// a snapshot restore skipped).
+func (s *ConfigStore) waitApplied(ctx context.Context, index uint64) error {
+	return s.waitFor(ctx, func() bool { return s.applied >= index }, func() bool { return s.raft.Status().LastApplied >= index })
+}
+
+// waitVersion returns once this node has applied config version v.
+func (s *ConfigStore) waitVersion(ctx context.Context, v uint64) error {
+	return s.waitFor(ctx, func() bool { return s.cur.Version >= v }, nil)
+}
+
+// waitFor waits for done (called under s.mu) or unlocked (called without it, may be nil).
+func (s *ConfigStore) waitFor(ctx context.Context, done, unlocked func() bool) error {
+	for {
+		s.mu.Lock()
+		ok, ch := done(), s.changed
+		s.mu.Unlock()
+		if ok || (unlocked != nil && unlocked()) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: waiting for this node to apply the change: %w", ctx.Err())
+		}
+	}
+}
+
+// Apply applies one committed command (raft's FSM goroutine). It never fails on a well-formed
+// command: a conflict is an answer, not an error, so every node takes the same path.
+func (f *configFSM) Apply(index uint64, cmd []byte) ([]byte, error) {
+	s := (*ConfigStore)(f)
+	var c configCommand
+	if err := json.Unmarshal(cmd, &c); err != nil {
+		return nil, fmt.Errorf("cluster: bad config command: %w", err)
+	}
+	s.mu.Lock()
+	res := configResult{Version: s.cur.Version}
+	if c.Expect != s.cur.Version {
+		res.Conflict = true
+		s.markAppliedLocked(index)
+		s.mu.Unlock()
+		return json.Marshal(res)
+	}
+	next := c.Next
+	next.Version = c.Expect + 1
+	res.Version = next.Version
+	s.mu.Unlock()
+	s.install(index, next)
+	return json.Marshal(res)
+}
+
+// install builds d on this node and hands it to OnChange. A version that does not build here
+// (an os.environ/ variable this node lacks) is kept as the state, since every node must hold
+// the same one, but not served: this node goes on serving its last good config.
+func (s *ConfigStore) install(index uint64, d config.Dynamic) {
+	cfg, err := config.Build(fmt.Sprintf("config version %d", d.Version), s.static, d, s.env, s.log)
+	s.mu.Lock()
+	s.cur = d
+	fn := s.onChange
+	noteFile := !s.fileNoted && !d.SameContent(s.file)
+	s.fileNoted = true
+	s.markAppliedLocked(index)
+	s.mu.Unlock()
+
+	if noteFile {
+		s.log.Warn("this node's config file differs from the cluster's config; the cluster's is used (change it with the admin API)",
+			"version", d.Version)
+	}
+	if err != nil {
+		s.log.Error("cluster config version cannot be applied on this node; serving the previous one",
+			"version", d.Version, "err", err)
+		return
+	}
+	if fn != nil {
+		fn(cfg, d.Version)
+	}
+}
+
+func (s *ConfigStore) markAppliedLocked(index uint64) {
+	if index > s.applied {
+		s.applied = index
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Snapshot is the current Dynamic as JSON.
+func (f *configFSM) Snapshot() ([]byte, error) {
+	s := (*ConfigStore)(f)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return json.Marshal(s.cur)
+}
+
+// Restore replaces the state with a snapshot's and serves it.
+func (f *configFSM) Restore(data []byte) error {
+	s := (*ConfigStore)(f)
+	var d config.Dynamic
+	if err := json.Unmarshal(data, &d); err != nil {
+		return fmt.Errorf("cluster: config snapshot: %w", err)
+	}
+	s.mu.Lock()
+	applied := s.applied
+	s.mu.Unlock()
+	s.install(applied, d)
+	return nil
+}

@@ -1,0 +1,184 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herd-proxy/herd/config"
+)
+
+const storeFile = `model_list:
+  - model_name: m
+    litellm_params:
+      model: openai/first
+      api_key: os.environ/KEY
+router_settings:
+  num_retries: 1
+`
+
+type storeNode struct {
+	i     int
+	node  *Node
+	raft  *Raft
+	store *ConfigStore
+}
+
+// startStores starts n gossip+raft nodes on c's in-memory network, each replicating its own
+// ConfigStore seeded from storeFile.
+func startStores(t *testing.T, c *testCluster, n int) []*storeNode {
+	t.Helper()
+	static, dyn, err := config.Split([]byte(storeFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*storeNode
+	for i := range n {
+		var seeds []string
+		if i > 0 {
+			seeds = []string{memAddrOf(0)}
+		}
+		node := c.start(i, nil, seed(seeds...))
+		store := NewConfigStore(static, dyn, config.MapEnv{"KEY": "sk-node"}, c.log)
+		r, err := node.StartRaft(RaftConfig{BootstrapExpect: n, Network: c.net, FastTimers: true, ApplyTimeout: time.Second}, store.FSM())
+		if err != nil {
+			t.Fatal(err)
+		}
+		store.Attach(r)
+		t.Cleanup(func() { _ = r.Shutdown() })
+		out = append(out, &storeNode{i: i, node: node, raft: r, store: store})
+	}
+	return out
+}
+
+// sameConfig waits until every node has applied version v with the same content.
+func sameConfig(t *testing.T, nodes []*storeNode, v uint64) []byte {
+	t.Helper()
+	var first []byte
+	waitFor(t, converge, func() error {
+		for i, n := range nodes {
+			if got := n.store.Version(); got != v {
+				return fmt.Errorf("node%d at version %d, want %d", n.i, got, v)
+			}
+			snap, err := n.store.FSM().Snapshot()
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				first = snap
+			} else if string(snap) != string(first) {
+				return fmt.Errorf("node%d holds %s, node%d %s", n.i, snap, nodes[0].i, first)
+			}
+		}
+		return nil
+	})
+	return first
+}
+
+func storeLeader(t *testing.T, nodes []*storeNode) *storeNode {
+	t.Helper()
+	var leader *storeNode
+	waitFor(t, converge, func() error {
+		leader = nil
+		for _, n := range nodes {
+			if n.raft.IsLeader() {
+				leader = n
+			}
+		}
+		if leader == nil {
+			return errors.New("no leader")
+		}
+		for _, n := range nodes {
+			if st := n.raft.Status(); st.Leader != leader.node.Name() {
+				return fmt.Errorf("node%d sees leader %q", n.i, st.Leader)
+			}
+		}
+		return nil
+	})
+	return leader
+}
+
+func TestConfigStoreOverRaft(t *testing.T) {
+	c := newTestCluster(t)
+	nodes := startStores(t, c, 3)
+	sameConfig(t, nodes, 1) // the leader seeded the file's config
+	leader := storeLeader(t, nodes)
+	var fol *storeNode
+	for _, n := range nodes {
+		if n != leader {
+			fol = n
+			break
+		}
+	}
+	ctx := context.Background()
+
+	// A write on a follower is forwarded, committed and applied everywhere.
+	id, v, err := fol.store.AddModel(ctx, map[string]any{"model_name": "m2", "litellm_params": map[string]any{"model": "openai/second", "rpm": 5.0}})
+	if err != nil || v != 2 || id == "" {
+		t.Fatalf("AddModel on a follower: %q %d %v", id, v, err)
+	}
+	if got := fol.store.Version(); got != 2 {
+		t.Fatalf("the writer had not applied its own write on return: version %d", got)
+	}
+	sameConfig(t, nodes, 2)
+
+	// A bad change is refused before raft; nothing moves.
+	if _, err := fol.store.UpdateRouterSettings(ctx, map[string]any{"routing_strategy": "fastest"}); err == nil {
+		t.Fatal("invalid routing strategy accepted")
+	} else if ce := (*config.Error)(nil); !errors.As(err, &ce) {
+		t.Fatalf("invalid change: %T %v, want a *config.Error", err, err)
+	}
+	if _, err := fol.store.DeleteModel(ctx, "nope"); !errors.Is(err, config.ErrUnknownDeployment) {
+		t.Fatalf("delete of an unknown id: %v", err)
+	}
+	sameConfig(t, nodes, 2)
+
+	// Concurrent writes on different nodes both land, one re-based on the other.
+	var wg sync.WaitGroup
+	errs := make([]error, len(nodes))
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, errs[i] = n.store.AddModel(ctx, map[string]any{"model_name": fmt.Sprintf("c%d", i), "litellm_params": map[string]any{"model": "openai/c"}})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent AddModel on node%d: %v", i, err)
+		}
+	}
+	sameConfig(t, nodes, 5)
+
+	// The leader is cut off: the majority elects another and takes writes, the minority fails.
+	var majority []*storeNode
+	for _, n := range nodes {
+		if n != leader {
+			majority = append(majority, n)
+		}
+	}
+	c.net.Partition([]string{memAddrOf(leader.i)}, []string{memAddrOf(majority[0].i), memAddrOf(majority[1].i)})
+	newLeader := storeLeader(t, majority)
+	if _, err := newLeader.store.UpdateRouterSettings(ctx, map[string]any{"num_retries": 3.0}); err != nil {
+		t.Fatalf("write on the majority: %v", err)
+	}
+	start := time.Now()
+	_, _, err = leader.store.AddModel(ctx, map[string]any{"model_name": "lost", "litellm_params": map[string]any{"model": "openai/lost"}})
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("write on the minority: %v, want ErrNoQuorum", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the minority's write failed after %v", d)
+	}
+	if got := leader.store.Version(); got != 5 {
+		t.Errorf("the minority applied version %d", got)
+	}
+
+	c.net.Heal()
+	final := sameConfig(t, nodes, 6)
+	t.Logf("after healing every node holds version 6: %s", final)
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/herd-proxy/herd/cluster"
+	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/proxy"
+)
+
+// raftFlags are the command line's raft settings; zero values mean not given.
+type raftFlags struct {
+	raftAddr        string
+	dataDir         string
+	bootstrapExpect int // -1: not given
+}
+
+// raftConfig merges raft settings: flags, then cluster_settings, then defaults (the raft
+// address defaults to the gossip host and port + 1 inside cluster).
+func raftConfig(f raftFlags, cs config.ClusterSettings, log *slog.Logger) cluster.RaftConfig {
+	rc := cluster.RaftConfig{
+		BindAddr:        cs.RaftAddr,
+		DataDir:         cs.DataDir,
+		BootstrapExpect: cs.BootstrapExpect,
+		Logger:          log,
+	}
+	if f.raftAddr != "" {
+		rc.BindAddr = f.raftAddr
+	}
+	if f.dataDir != "" {
+		rc.DataDir = f.dataDir
+	}
+	if f.bootstrapExpect >= 0 {
+		rc.BootstrapExpect = f.bootstrapExpect
+	}
+	return rc
+}
+
+// configAdmin adapts the cluster's config store to the admin API, translating consensus errors
+// into the API's.
+type configAdmin struct{ store *cluster.ConfigStore }
+
+var _ proxy.ConfigAdmin = configAdmin{}
+
+func (a configAdmin) AddModel(ctx context.Context, entry map[string]any) (string, uint64, error) {
+	id, v, err := a.store.AddModel(ctx, entry)
+	return id, v, adminErr(err)
+}
+
+func (a configAdmin) UpdateModel(ctx context.Context, id string, patch map[string]any) (uint64, error) {
+	v, err := a.store.UpdateModel(ctx, id, patch)
+	return v, adminErr(err)
+}
+
+func (a configAdmin) DeleteModel(ctx context.Context, id string) (uint64, error) {
+	v, err := a.store.DeleteModel(ctx, id)
+	return v, adminErr(err)
+}
+
+func (a configAdmin) UpdateRouterSettings(ctx context.Context, patch map[string]any) (uint64, error) {
+	v, err := a.store.UpdateRouterSettings(ctx, patch)
+	return v, adminErr(err)
+}
+
+func adminErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, cluster.ErrNoQuorum), errors.Is(err, cluster.ErrNoLeader), errors.Is(err, cluster.ErrRaftShutdown):
+		return fmt.Errorf("%w: %v", proxy.ErrConfigUnavailable, err)
+	case errors.Is(err, cluster.ErrConfigConflict):
+		return fmt.Errorf("%w: %v", proxy.ErrConfigConflict, err)
+	default:
+		return err
+	}
+}
+
+// consensusStatus reports raft for /cluster/status; r may not be started yet.
+func consensusStatus(r *atomic.Pointer[cluster.Raft], store *cluster.ConfigStore) func() proxy.ConsensusStatus {
+	return func() proxy.ConsensusStatus {
+		cs := proxy.ConsensusStatus{ConfigVersion: store.Version()}
+		if raft := r.Load(); raft != nil {
+			st := raft.Status()
+			cs.Leader, cs.Term, cs.Voters = st.Leader, st.Term, st.Voters
+		}
+		return cs
+	}
+}

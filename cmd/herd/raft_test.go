@@ -1,0 +1,193 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herd-proxy/herd/internal/fakeupstream"
+)
+
+// adminPost sends an admin request with the master key and returns the status and body.
+func adminPost(t *testing.T, addr, path, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer sk-admin")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// modelIDs lists the deployment IDs a node serves (/model/info).
+func modelIDs(t *testing.T, addr string) []string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/model/info", nil)
+	req.Header.Set("Authorization", "Bearer sk-admin")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var info struct {
+		Data []struct {
+			ModelInfo struct{ ID string } `json:"model_info"`
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, d := range info.Data {
+		ids = append(ids, d.ModelInfo.ID)
+	}
+	return ids
+}
+
+// TestThreeProcessesChangeConfigThroughRaft: three herd processes bootstrap raft together; a
+// deployment added on one node is listed by all three within 3 s and routes; with one node
+// killed, the other two still accept a delete.
+func TestThreeProcessesChangeConfigThroughRaft(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes; skipped with -short")
+	}
+	up, base := fakeupstream.Start(t, fakeupstream.Options{})
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	cfg := "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/first\n      api_base: " + base + "/v1\n" +
+		"general_settings:\n  master_key: sk-admin\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--config", path, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--bootstrap-expect", "3"}
+	a := startProcess(t, "a", append(common, "--node-name", "a", "--data-dir", t.TempDir())...)
+	b := startProcess(t, "b", append(common, "--node-name", "b", "--data-dir", t.TempDir(), "--join", a.gossipAddr)...)
+	c := startProcess(t, "c", append(common, "--node-name", "c", "--data-dir", t.TempDir(), "--join", a.gossipAddr)...)
+	nodes := []*herdProcess{a, b, c}
+
+	// Raft forms with three voters and the file's config as version 1.
+	var st map[string]any
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range nodes {
+		for {
+			st = rawClusterStatus(t, n.addr)
+			if voters, _ := st["voters"].([]any); len(voters) == 3 && st["leader"] != "" && st["config_version"] == 1.0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: raft did not form: %v", n.addr, st)
+			}
+			time.Sleep(50 * time.Millisecond) // poll interval
+		}
+	}
+	leader := st["leader"].(string)
+	t.Logf("leader %s, term %v", leader, st["term"])
+
+	// Add on a follower: the write is forwarded to the leader.
+	var follower *herdProcess
+	for i, name := range []string{"a", "b", "c"} {
+		if name != leader {
+			follower = nodes[i]
+			break
+		}
+	}
+	start := time.Now()
+	code, body := adminPost(t, follower.addr, "/model/new",
+		fmt.Sprintf(`{"model_name":"added","litellm_params":{"model":"openai/added","api_base":%q,"api_key":"sk-up"},"model_info":{"id":"added-1"}}`, base+"/v1"))
+	if code != 200 || !strings.Contains(body, `"config_version":2`) {
+		t.Fatalf("/model/new on follower: %d %s", code, body)
+	}
+	for _, n := range nodes {
+		for !strings.Contains(strings.Join(modelIDs(t, n.addr), ","), "added-1") {
+			if time.Since(start) > 3*time.Second {
+				t.Fatalf("%s does not list the new deployment 3 s after it was added", n.addr)
+			}
+			time.Sleep(20 * time.Millisecond) // poll interval
+		}
+	}
+	t.Logf("listed on all three %v after the write began", time.Since(start))
+	for _, n := range nodes {
+		resp, err := http.Post("http://"+n.addr+"/v1/chat/completions", "application/json",
+			strings.NewReader(`{"model":"added","messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 { // the master key guards LLM routes too
+			t.Fatalf("unauthenticated call: %d", resp.StatusCode)
+		}
+		req, _ := http.NewRequest(http.MethodPost, "http://"+n.addr+"/v1/chat/completions",
+			strings.NewReader(`{"model":"added","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-admin")
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: the new deployment does not route: %d", n.addr, resp.StatusCode)
+		}
+	}
+	if got := up.Count("added"); got != 3 {
+		t.Errorf("upstream saw %d calls to the new deployment, want 3", got)
+	}
+
+	// Kill one node (the leader, the harder case): the other two elect a leader and accept a delete.
+	var survivors []*herdProcess
+	for i, name := range []string{"a", "b", "c"} {
+		if name == leader {
+			_ = nodes[i].cmd.Process.Kill()
+		} else {
+			survivors = append(survivors, nodes[i])
+		}
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		code, body = adminPost(t, survivors[0].addr, "/model/delete", `{"id":"added-1"}`)
+		if code == 200 {
+			break
+		}
+		if code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("/model/delete after killing the leader: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond) // retry interval while the survivors elect a leader
+	}
+	if !strings.Contains(body, `"config_version":3`) {
+		t.Errorf("delete reply %s", body)
+	}
+	for _, n := range survivors {
+		for strings.Contains(strings.Join(modelIDs(t, n.addr), ","), "added-1") {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still lists the deleted deployment", n.addr)
+			}
+			time.Sleep(20 * time.Millisecond) // poll interval
+		}
+	}
+}
+
+func rawClusterStatus(t *testing.T, addr string) map[string]any {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/cluster/status", nil)
+	req.Header.Set("Authorization", "Bearer sk-admin")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
