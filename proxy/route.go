@@ -147,7 +147,7 @@ func (x *exchange) reservation(g *routing.Group) state.Reservation {
 	if !x.reserveReady {
 		n := x.req.maxTokens
 		if n == 0 {
-			n = x.s.defaultMaxTokens
+			n = x.snap.defaultMaxTokens
 		}
 		x.reserve = state.Reservation{Requests: 1, Tokens: provider.EstimatePromptTokens(x.body) + n}
 		x.reserveReady = true

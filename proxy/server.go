@@ -41,27 +41,25 @@ type Options struct {
 
 // Server serves the OpenAI-compatible API for the current config.
 type Server struct {
-	echo      *echo.Echo
-	snap      atomic.Pointer[snapshot]
-	state     state.Backend
-	cooldowns *routing.Cooldowns // keyed by deployment ID; survives config changes
-	pool      *provider.Pool
-	metrics   *metrics
-	key       keyChecker
-	maxBody   int64
-	maxResp   int64
-	// defaultMaxTokens is the tpm reserved for a request that names no max_tokens.
-	defaultMaxTokens int64
-	node             []string // x-herd-node value
-	backend          string
-	backendMode      func() string
-	version          string
-	log              *slog.Logger
-	members          Membership
-	configAdmin      ConfigAdmin
-	consensus        func() ConsensusStatus
-	draining         atomic.Bool
-	healths          sync.Map // deployment ID -> *health; survives config changes
+	echo        *echo.Echo
+	snap        atomic.Pointer[snapshot]
+	state       state.Backend
+	cooldowns   *routing.Cooldowns // keyed by deployment ID; survives config changes
+	pool        *provider.Pool
+	metrics     *metrics
+	key         keyChecker
+	maxBody     int64
+	maxResp     int64
+	node        []string // x-herd-node value
+	backend     string
+	backendMode func() string
+	version     string
+	log         *slog.Logger
+	members     Membership
+	configAdmin ConfigAdmin
+	consensus   func() ConsensusStatus
+	draining    atomic.Bool
+	healths     sync.Map // deployment ID -> *health; survives config changes
 }
 
 // New builds a server for opts.Config.
@@ -78,25 +76,21 @@ func New(opts Options) (*Server, error) {
 	}
 	gs := opts.Config.GeneralSettings
 	s := &Server{
-		cooldowns:        routing.NewCooldowns(),
-		state:            opts.State,
-		pool:             provider.NewPool(),
-		metrics:          newMetrics(opts.Registry),
-		key:              newKeyChecker(gs.MasterKey.Reveal()),
-		maxBody:          megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
-		maxResp:          megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
-		defaultMaxTokens: config.DefaultMaxTokensEstimate,
-		node:             []string{opts.Node},
-		backend:          opts.Backend,
-		backendMode:      opts.BackendMode,
-		members:          opts.Members,
-		configAdmin:      opts.Admin,
-		consensus:        opts.Consensus,
-		version:          opts.Version,
-		log:              opts.Logger,
-	}
-	if v := opts.Config.RouterSettings.DefaultMaxTokens; v != nil {
-		s.defaultMaxTokens = *v
+		cooldowns:   routing.NewCooldowns(),
+		state:       opts.State,
+		pool:        provider.NewPool(),
+		metrics:     newMetrics(opts.Registry),
+		key:         newKeyChecker(gs.MasterKey.Reveal()),
+		maxBody:     megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
+		maxResp:     megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
+		node:        []string{opts.Node},
+		backend:     opts.Backend,
+		backendMode: opts.BackendMode,
+		members:     opts.Members,
+		configAdmin: opts.Admin,
+		consensus:   opts.Consensus,
+		version:     opts.Version,
+		log:         opts.Logger,
 	}
 	if err := s.Apply(opts.Config); err != nil {
 		return nil, err

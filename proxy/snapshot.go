@@ -23,12 +23,15 @@ type snapshot struct {
 	models    []byte       // GET /v1/models body
 	modelInfo []byte       // GET /model/info body
 
-	numRetries   int                    // router_settings.num_retries
-	retryAfter   time.Duration          // router_settings.retry_after: pause before a retry
-	maxFallbacks int                    // router_settings.max_fallbacks
-	cooldown     routing.CooldownPolicy // allowed_fails, cooldown_time, disable_cooldowns
-	groups       map[*routing.Group]groupInfo
-	counters     routing.Counters // deps[i].counter, contiguous for routing
+	numRetries   int           // router_settings.num_retries
+	retryAfter   time.Duration // router_settings.retry_after: pause before a retry
+	maxFallbacks int           // router_settings.max_fallbacks
+	// defaultMaxTokens is the tpm reserved for a request that names no max_tokens
+	// (router_settings.default_max_tokens).
+	defaultMaxTokens int64
+	cooldown         routing.CooldownPolicy // allowed_fails, cooldown_time, disable_cooldowns
+	groups           map[*routing.Group]groupInfo
+	counters         routing.Counters // deps[i].counter, contiguous for routing
 }
 
 // groupInfo is a group's response header values, shared read-only: its name, and its summed
@@ -94,9 +97,9 @@ func (s *Server) newSnapshot(cfg *config.Config) (*snapshot, error) {
 	rs := cfg.RouterSettings
 	snap := &snapshot{
 		cfg: cfg, table: table, deps: make([]deployment, table.Len()),
-		maxFallbacks: config.DefaultMaxFallbacks,
-		cooldown:     routing.CooldownPolicy{AllowedFails: routing.DefaultAllowedFails, Time: config.DefaultCooldownTime, Disabled: rs.DisableCooldowns},
-		groups:       make(map[*routing.Group]groupInfo),
+		maxFallbacks: config.DefaultMaxFallbacks, defaultMaxTokens: config.DefaultMaxTokensEstimate,
+		cooldown: routing.CooldownPolicy{AllowedFails: routing.DefaultAllowedFails, Time: config.DefaultCooldownTime, Disabled: rs.DisableCooldowns},
+		groups:   make(map[*routing.Group]groupInfo),
 	}
 	if rs.NumRetries != nil {
 		snap.numRetries = *rs.NumRetries
@@ -106,6 +109,9 @@ func (s *Server) newSnapshot(cfg *config.Config) (*snapshot, error) {
 	}
 	if rs.MaxFallbacks != nil {
 		snap.maxFallbacks = *rs.MaxFallbacks
+	}
+	if rs.DefaultMaxTokens != nil {
+		snap.defaultMaxTokens = *rs.DefaultMaxTokens
 	}
 	if rs.AllowedFails != nil {
 		snap.cooldown.AllowedFails = *rs.AllowedFails
