@@ -1,8 +1,12 @@
 package redis
 
 import (
+	"context"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,10 +20,15 @@ var (
 	benchUse = state.Usage{PromptTokens: 40, CompletionTokens: 50}
 )
 
-// BenchmarkAdmitSettle is one admission and its settle, two round trips to a local
-// redis-server, one after the other.
+// BenchmarkAdmitSettle is one admission and its settle, one after the other, against a local
+// redis-server: one round trip, as each settle rides with the next admission.
 func BenchmarkAdmitSettle(b *testing.B) {
-	c := newBackend(b, redistest.Start(b), Options{}).Counter("d")
+	srv := redistest.Start(b)
+	c := newBackend(b, srv, Options{}).Counter("d")
+	// Warm up: the scripts are loaded and the window exists before the server's counts start.
+	tk, _ := c.Admit(benchLim, benchRes)
+	c.Settle(tk, benchUse)
+	stats := startServerStats(b, srv)
 	b.ReportAllocs()
 	for b.Loop() {
 		tk, err := c.Admit(benchLim, benchRes)
@@ -27,6 +36,72 @@ func BenchmarkAdmitSettle(b *testing.B) {
 			b.Fatalf("Admit: %v (ticket %+v)", err, tk)
 		}
 		c.Settle(tk, benchUse)
+	}
+	stats.report(b)
+}
+
+// serverStats reads Redis's own counts, which a noisy machine does not move: the time the server
+// spends per script call and the bytes it sends and receives per op.
+type serverStats struct {
+	srv *redistest.Server
+	cpu time.Duration // this process's CPU time at the start
+}
+
+func startServerStats(b *testing.B, srv *redistest.Server) serverStats {
+	b.Helper()
+	if err := rawClient(b, srv).ConfigResetStat(context.Background()).Err(); err != nil {
+		b.Fatal(err)
+	}
+	return serverStats{srv, processCPU(b)}
+}
+
+// processCPU is the CPU time (user and system) this process has used so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// report adds client-cpu-µs/op (this process: client, benchmark and the background loop),
+// evalsha-µs/call (Redis's usec_per_call), and net-out-B/op and net-in-B/op (every
+// reply and request, the background refresh included).
+func (s serverStats) report(b *testing.B) {
+	b.Helper()
+	b.ReportMetric(float64(processCPU(b)-s.cpu)/float64(time.Microsecond)/float64(b.N), "client-cpu-µs/op")
+	rc := rawClient(b, s.srv)
+	ctx := context.Background()
+	cmds, err := rc.Info(ctx, "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(cmds) {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:"); ok {
+			for kv := range strings.SplitSeq(strings.TrimSpace(rest), ",") {
+				if v, ok := strings.CutPrefix(kv, "usec_per_call="); ok {
+					f, _ := strconv.ParseFloat(v, 64)
+					b.ReportMetric(f, "evalsha-µs/call")
+				}
+			}
+		}
+	}
+	st, err := rc.Info(ctx, "stats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(st) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseFloat(v, 64)
+		switch k {
+		case "total_net_output_bytes":
+			b.ReportMetric(n/float64(b.N), "net-out-B/op")
+		case "total_net_input_bytes":
+			b.ReportMetric(n/float64(b.N), "net-in-B/op")
+		}
 	}
 }
 

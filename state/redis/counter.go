@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -17,16 +18,25 @@ import (
 // counter is one deployment's usage: Redis keys, the cached window, the local fallback, and
 // this node's latency samples (routing reads its own view of latency; nothing to share).
 type counter struct {
-	b     *Backend
-	keys  []string // window, in-flight ZSET: one hash tag
-	local state.Counter
+	b       *Backend
+	keys    []string // window, in-flight ZSET: one hash tag
+	keyArgs [2]any   // keys, boxed once for the scripts' arguments
+	local   state.Counter
 
 	mu sync.Mutex
-	// The cached window and in-flight count, from the newest reply (by head, then version).
+	// The cached window and in-flight count: the newest reply (by head, then version) plus this
+	// node's ends that Redis has not confirmed yet (ends). A whole window (refresh, refusal,
+	// RetryAfter) replaces the ring; a header (every other reply) corrects its sums, the
+	// difference counted in the head bucket: see the package comment.
 	ring              window.Ring
-	inFlight          int64
+	reported          int64 // calls in flight, as of the newest reply
 	seenHead, seenVer int64
 	seen              bool
+	ends              []endOp // settles and releases not yet confirmed by Redis, oldest first
+	inTransit         int     // ends sent whose replies are not read yet
+	endsSent          uint64  // round trips that carried ends, ever: see applyRead
+	flushTimer        *time.Timer
+	flushArmed        bool                // flushTimer runs: unsent ends wait for an Admit until it fires
 	tickets           map[uint64]struct{} // this node's Redis tickets in flight: their leases are renewed
 	lastUse           int64               // Backend.ticks at the last use; keeps the counter in the background refresh
 	latency           window.Samples
@@ -40,17 +50,22 @@ func newCounter(b *Backend, id string) *counter {
 	c := &counter{
 		b:       b,
 		keys:    []string{tag + ":w", tag + ":f"},
+		keyArgs: [2]any{tag + ":w", tag + ":f"},
 		local:   b.local.Counter(id),
 		tickets: make(map[uint64]struct{}),
 		lastUse: b.ticks.Load(),
 	}
 	c.ring.Reset(window.BucketOf(b.now().UnixNano()))
+	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
+	c.flushTimer.Stop()
 	return c
 }
 
-// member is ticket id's member in the in-flight ZSET: node-qualified, so nodes never collide.
+// member is ticket id's member in the in-flight ZSET, as the scripts get it (ticketMember).
 func (c *counter) member(id uint64) string {
-	return c.b.node + ":" + strconv.FormatUint(id, 36)
+	var m ticketMember
+	m.set(c.b.node, id)
+	return string(m.b[:m.n])
 }
 
 // leaseArgs are the wall-clock now and a lease expiry from now, in Unix milliseconds.
@@ -68,45 +83,51 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	now := b.now().UnixNano()
 	bucket := window.BucketOf(now)
 	id := b.seq.Add(1)
-	wall := time.Now()
-	wallMs, until := c.leaseArgs(wall)
+	wallMs, until := c.leaseArgs(time.Now())
 	ctx, cancel := b.ctx()
-	res, err := admitScript.Run(ctx, b.client, c.keys,
-		bucket, wallMs, until, c.member(id),
-		lim.RPM, lim.TPM, lim.MaxParallel, r.Requests, r.Tokens,
-		windowTTL.Milliseconds(), 2*b.leaseTTL.Milliseconds()).Slice()
-	cancel()
-	var admitted, inFlight int64
-	var blob string
-	if err == nil {
-		err = parseReply(res, &admitted, &inFlight, &blob)
+	defer cancel()
+	// This node's pending ends of the deployment are finished first, in the same script: the
+	// decision counts them, as the caller expects of a Settle that returned, and they cost no
+	// round trip of their own.
+	var opsBuf [maxEndsPerCall]endOp
+	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
+	k := c.admitCall(ctx, id, ops,
+		bucket, wallMs, until, lim.RPM, lim.TPM, lim.MaxParallel, r.Requests, r.Tokens)
+	defer k.release()
+	ks := [1]*call{k}
+	b.runCalls(ctx, ks[:])
+	rep, err := k.reply()
+	var w *snapshot
+	if err == nil && rep.status != 1 {
+		// A refusal carries the whole window: the wait is computed from it.
+		w = new(snapshot)
+		err = w.decode(rep.whole)
 	}
+	c.mu.Lock()
+	c.lastUse = b.ticks.Load()
+	c.confirmEndsLocked(ops, &rep, err)
 	if err != nil {
+		c.mu.Unlock()
 		// The script may have run: its reservation then counts until it ages out, and its
 		// lease, which nobody renews, frees the slot within LeaseTTL.
 		b.failed(err)
 		return c.admitLocal(lim, r)
 	}
-	b.succeeded()
-	var w snapshot
-	if err := w.decode(blob); err != nil {
-		b.failed(err)
-		return c.admitLocal(lim, r)
-	}
-	c.mu.Lock()
-	c.lastUse = b.ticks.Load()
-	c.applyLocked(inFlight, &w)
-	if admitted == 1 {
+	if w != nil {
+		c.applyLocked(rep.inFlight, w)
+	} else {
 		c.tickets[id] = struct{}{}
+		c.applyHeaderLocked(&rep)
 	}
 	c.mu.Unlock()
-	if admitted != 1 {
+	b.succeeded()
+	if w != nil {
 		// From the reply's own window, not the cache: the cache may already hold a newer
 		// reply, and the wait must be the one the refusal was made on.
 		w.ring.Advance(bucket)
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: w.ring.RetryAfter(now, inFlight, lim, r)}
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: w.ring.RetryAfter(now, rep.inFlight, lim, r)}
 	}
-	return state.Ticket{Reserved: r, Bucket: w.ring.Head(), ID: id}, nil
+	return state.Ticket{Reserved: r, Bucket: rep.head, ID: id}, nil
 }
 
 // admitLocal admits against the local backend at this node's fair share of lim, and only while
@@ -180,41 +201,199 @@ func (c *counter) Release(t state.Ticket) {
 	c.end(t, -t.Reserved.Requests, -t.Reserved.Tokens, func() { c.local.Release(t) })
 }
 
-// end settles or releases t where it was issued. A Redis ticket's end is best effort: when it
-// fails, the reservation stays as reserved and the lease frees the in-flight slot.
+// end settles or releases t where it was issued. A Redis ticket's end is counted in the cache at
+// once and sent to Redis without waiting: in this node's next Admit of the deployment, or on its
+// own (flush) when none comes within endDelay. It is best effort: when it fails, the
+// reservation stays as reserved and the lease frees the in-flight slot.
 func (c *counter) end(t state.Ticket, requests, tokens int64, locally func()) {
 	if t.ID == 0 {
 		locally()
 		return
 	}
 	b := c.b
-	wall := time.Now()
 	c.mu.Lock()
 	c.lastUse = b.ticks.Load()
 	delete(c.tickets, t.ID) // renewed no more, whether or not Redis hears of the end
+	if b.open.Load() {
+		c.mu.Unlock()
+		b.stats.droppedEnds.Add(1)
+		return
+	}
+	c.ends = append(c.ends, endOp{id: t.ID, bucket: t.Bucket, requests: requests, tokens: tokens})
+	c.ring.Add(t.Bucket, requests, tokens)
+	if !c.flushArmed { // counted from the oldest unsent end, not reset by later ones
+		c.flushArmed = true
+		c.flushTimer.Reset(endDelay)
+	}
+	c.mu.Unlock()
+}
+
+// endOp is a settle or release on its way to Redis.
+type endOp struct {
+	id               uint64
+	bucket           int64 // the ticket's bucket
+	requests, tokens int64 // the correction to it
+	sent             bool  // in a round trip whose reply is not read yet
+}
+
+// takeEnds marks up to limit unsent ends as sent and appends them to dst, oldest first. When
+// none is left unsent, the flush timer has nothing to wait for: it stops.
+func (c *counter) takeEnds(dst []endOp, limit int) []endOp {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(dst)
+	left := false
+	for i := range c.ends {
+		if e := &c.ends[i]; !e.sent {
+			if len(dst) == limit {
+				left = true
+				break
+			}
+			e.sent = true
+			dst = append(dst, *e)
+		}
+	}
+	if taken := len(dst) - n; taken > 0 {
+		c.inTransit += taken
+		c.endsSent++
+	}
+	if !left && c.flushArmed {
+		c.flushArmed = false
+		c.flushTimer.Stop() // if it fires anyway, flush finds nothing to send
+	}
+	return dst
+}
+
+// flush sends the unsent ends in a round trip of their own: flushTimer runs it when no Admit of
+// the deployment came within endDelay to carry them. While the breaker is open they are dropped
+// (the leases free the slots).
+func (c *counter) flush() {
+	b := c.b
+	c.mu.Lock()
+	c.flushArmed = false
 	c.mu.Unlock()
 	if b.open.Load() {
-		b.stats.droppedEnds.Add(1)
+		c.dropEnds()
+		return
+	}
+	ops := c.takeEnds(nil, maxFlush)
+	if len(ops) == 0 {
 		return
 	}
 	ctx, cancel := b.ctx()
-	res, err := endScript.Run(ctx, b.client, c.keys,
-		t.Bucket, wall.UnixMilli(), c.member(t.ID), requests, tokens, windowTTL.Milliseconds()).Slice()
-	cancel()
-	var inFlight int64
-	var blob string
-	if err == nil {
-		err = parseReply(res, &inFlight, &blob)
-	}
-	if err != nil {
+	defer cancel()
+	bucket := window.BucketOf(b.now().UnixNano())
+	ks := c.endCalls(ctx, ops, bucket, time.Now().UnixMilli())
+	defer releaseCalls(ks)
+	b.runCalls(ctx, ks)
+	if err := ks[0].cmd.Err(); err != nil {
 		b.failed(err)
-		b.stats.droppedEnds.Add(1)
-		b.log.Debug("redis state backend: settle not recorded; the lease frees its slot",
-			"key", c.keys[0], "err", err)
+	} else {
+		b.succeeded()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, k := range ks {
+		chunk := ops[i*maxEndsPerCall : min((i+1)*maxEndsPerCall, len(ops))]
+		rep, err := k.reply()
+		c.confirmEndsLocked(chunk, &rep, err)
+		if err == nil {
+			c.applyReplyLocked(&rep)
+		}
+	}
+	if !c.flushArmed && slices.ContainsFunc(c.ends, func(e endOp) bool { return !e.sent }) {
+		c.flushArmed = true // more than maxFlush were waiting
+		c.flushTimer.Reset(0)
+	}
+}
+
+// endCalls builds the calls of end.lua that finish ops, maxEndsPerCall in each.
+func (c *counter) endCalls(ctx context.Context, ops []endOp, bucket, wallMs int64) []*call {
+	ks := make([]*call, 0, (len(ops)+maxEndsPerCall-1)/maxEndsPerCall)
+	for len(ops) > 0 {
+		n := min(len(ops), maxEndsPerCall)
+		ks = append(ks, c.endCall(ctx, ops[:n], bucket, wallMs))
+		ops = ops[n:]
+	}
+	return ks
+}
+
+// confirmEndsLocked forgets ops, which the call that got rep (or failed with err) carried. The
+// caller applies rep itself, after this: the ring counted ops's corrections while they were on
+// their way, and the reply's sums count them now.
+func (c *counter) confirmEndsLocked(ops []endOp, rep *reply, err error) {
+	if len(ops) == 0 {
 		return
 	}
-	b.succeeded()
-	c.apply(inFlight, blob)
+	c.inTransit -= len(ops)
+	for _, op := range ops {
+		c.forgetEndLocked(op.id)
+	}
+	switch {
+	case err != nil:
+		// Redis may not have counted them (the breaker hears of the failure from the caller).
+		b := c.b
+		b.stats.droppedEnds.Add(int64(len(ops)))
+		b.log.Debug("redis state backend: settles not recorded; the leases free their slots",
+			"key", c.keys[0], "ends", len(ops), "err", err)
+		fallthrough
+	case rep.kind != noWindow && c.olderLocked(rep.head, rep.ver):
+		// Or a newer reply is in the cache: it counted them, and so did the ring on top.
+		for _, op := range ops {
+			c.ring.Add(op.bucket, -op.requests, -op.tokens)
+		}
+	}
+}
+
+// applyReplyLocked folds a header reply, or one that found no window, into the cache.
+func (c *counter) applyReplyLocked(rep *reply) {
+	if rep.kind == noWindow {
+		c.noWindowLocked(rep.inFlight)
+		return
+	}
+	c.applyHeaderLocked(rep)
+}
+
+func (c *counter) forgetEndLocked(id uint64) {
+	for i := range c.ends {
+		if c.ends[i].id == id {
+			c.ends = slices.Delete(c.ends, i, i+1)
+			return
+		}
+	}
+}
+
+// dropEnds forgets the ends not sent yet, while Redis is unreachable.
+func (c *counter) dropEnds() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	c.ends = slices.DeleteFunc(c.ends, func(e endOp) bool {
+		if e.sent {
+			return false
+		}
+		c.ring.Add(e.bucket, -e.requests, -e.tokens)
+		n++
+		return true
+	})
+	c.b.stats.droppedEnds.Add(int64(n))
+}
+
+// endSumsLocked are the corrections of the unconfirmed ends that the cached ring still holds.
+func (c *counter) endSumsLocked() (requests, tokens int64) {
+	for _, e := range c.ends {
+		if c.ring.Holds(e.bucket) {
+			requests += e.requests
+			tokens += e.tokens
+		}
+	}
+	return requests, tokens
+}
+
+// inFlightLocked is the calls in flight: the newest reply's count less this node's calls that
+// ended since.
+func (c *counter) inFlightLocked() int64 {
+	return max(c.reported-int64(len(c.ends)), 0)
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
@@ -239,7 +418,8 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 	c.lastUse = c.b.ticks.Load() // not the clock: routing calls LoadAt for every deployment
 	c.ring.Advance(window.BucketOf(now))
 	req, tok := c.ring.Sums()
-	l := state.Load{Requests: req, Tokens: tok, InFlight: c.inFlight}
+	// A correction counted twice for a moment (see applyHeaderLocked) never reads below zero.
+	l := state.Load{Requests: max(req, 0), Tokens: max(tok, 0), InFlight: c.inFlightLocked()}
 	l.Latency, l.TTFT = c.latencies(now)
 	return l
 }
@@ -258,26 +438,46 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	now := b.now().UnixNano()
 	wall := time.Now()
 	ctx, cancel := b.ctx()
+	defer cancel()
+	// Pending ends go first, as in Admit: the wait counts them.
+	var opsBuf [maxEndsPerCall]endOp
+	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
 	pipe := b.client.Pipeline()
+	var k *call
+	if len(ops) > 0 {
+		k = c.endCall(ctx, ops, window.BucketOf(now), wall.UnixMilli())
+		defer k.release()
+		_ = pipe.Process(ctx, k.cmd)
+	}
 	rc := c.queueRead(ctx, pipe, wall)
 	cmds, _ := pipe.Exec(ctx)
-	cancel()
 	var inFlight int64
 	var blob string
 	err := pipelineErr(cmds)
 	if err == nil {
 		inFlight, blob, err = rc.result()
 	}
-	if err != nil {
-		b.failed(err)
-	} else {
-		b.succeeded()
-		c.apply(inFlight, blob)
+	var w snapshot
+	if err == nil {
+		err = w.decode(blob)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ring.Advance(window.BucketOf(now))
-	return c.ring.RetryAfter(now, c.inFlight, lim, r)
+	if k != nil {
+		rep, kerr := k.reply()
+		c.confirmEndsLocked(ops, &rep, kerr)
+	}
+	if err != nil {
+		b.failed(err)
+		c.ring.Advance(window.BucketOf(now))
+		return c.ring.RetryAfter(now, c.inFlightLocked(), lim, r)
+	}
+	b.succeeded()
+	c.applyLocked(inFlight, &w)
+	// From the window just read, not the cache, which a concurrent reply may have corrected
+	// only in its sums: the wait must be exact, as Admit's.
+	w.ring.Advance(window.BucketOf(now))
+	return w.ring.RetryAfter(now, inFlight, lim, r)
 }
 
 // ObserveLatency records a finished call's latency, and a stream's time to first token.
@@ -291,7 +491,20 @@ func (c *counter) ObserveLatency(latency, ttft time.Duration) {
 	}
 }
 
-// apply decodes a reply's window into the cache, unless the cache holds a newer one.
+// applyRead is apply for the background refresh's read, unless ends of this node were on their
+// way to Redis at any time during the read: the window may or may not count them, and the
+// cache, which counts them until their replies confirm them, would count them twice until then.
+// Their replies bring the cache up to date anyway.
+func (c *counter) applyRead(r readCmds, inFlight int64, blob string) {
+	c.mu.Lock()
+	raced := r.busy || c.inTransit > 0 || c.endsSent != r.endsSent
+	c.mu.Unlock()
+	if !raced {
+		c.apply(inFlight, blob)
+	}
+}
+
+// apply decodes a read window into the cache, unless the cache holds a newer one.
 func (c *counter) apply(inFlight int64, blob string) {
 	var w snapshot
 	if err := w.decode(blob); err != nil {
@@ -306,20 +519,60 @@ func (c *counter) apply(inFlight int64, blob string) {
 // applyLocked replaces the cache with w and inFlight, unless the cache already holds a later
 // state: a reply that raced a newer one must not take the cache back.
 func (c *counter) applyLocked(inFlight int64, w *snapshot) {
-	if w.none { // the key expired: everything it counted had left the window
-		c.ring.Reset(c.ring.Head())
-		c.inFlight = inFlight
+	if w.none {
+		c.noWindowLocked(inFlight)
 		return
 	}
 	head := w.ring.Head()
-	if c.seen && (head < c.seenHead || head == c.seenHead && w.ver < c.seenVer) {
+	if c.olderLocked(head, w.ver) {
 		return
 	}
 	c.seen, c.seenHead, c.seenVer = true, head, w.ver
 	cached := c.ring.Head()
 	c.ring = w.ring
 	c.ring.Advance(cached) // the cache may have aged past the stored head; it never moves back
-	c.inFlight = inFlight
+	for _, e := range c.ends {
+		c.ring.Add(e.bucket, e.requests, e.tokens)
+	}
+	c.reported = inFlight
+}
+
+// noWindowLocked applies a reply that found no window: the key expired, so everything it counted
+// had left the window.
+func (c *counter) noWindowLocked(inFlight int64) {
+	c.ring.Reset(c.ring.Head())
+	c.reported = inFlight
+}
+
+// olderLocked reports whether a window at (head, ver) is older than the cache's.
+func (c *counter) olderLocked(head, ver int64) bool {
+	return c.seen && (head < c.seenHead || head == c.seenHead && ver < c.seenVer)
+}
+
+// applyHeaderLocked folds a reply's header into the cache, unless the cache already holds a later
+// state (which counted this reply's change too). The sums become the reply's plus this node's
+// unconfirmed ends; the difference from the ring's, other nodes' work and buckets that left, is
+// counted in the head bucket, where most of it belongs (new admissions), until the next whole
+// window replaces the ring. The sums, which Load reads, are exact as of the reply, but for one
+// race: a reply from a script that ran after an end whose own reply is not read yet (another
+// goroutine's round trip) counts that end twice, for the moment until confirmEndsLocked takes it
+// out again.
+func (c *counter) applyHeaderLocked(r *reply) {
+	if c.olderLocked(r.head, r.ver) {
+		return
+	}
+	c.seen, c.seenHead, c.seenVer = true, r.head, r.ver
+	c.reported = r.inFlight
+	if r.head < c.ring.Head() {
+		// The cache aged past the reply's head while the reply was on its way (the clock just
+		// crossed a bucket edge): the reply's sums still count buckets the cache has dropped.
+		// The cache keeps its own sums until the next reply.
+		return
+	}
+	c.ring.Advance(r.head)
+	req, tok := c.ring.Sums()
+	endReq, endTok := c.endSumsLocked()
+	c.ring.Add(r.head, r.requests+endReq-req, r.tokens+endTok-tok)
 }
 
 // activeSince reports whether the counter was used at or after loop tick t.
@@ -349,14 +602,21 @@ func (c *counter) renew(ctx context.Context, pipe goredis.Pipeliner, wall time.T
 
 // readCmds are a queued read of one counter's window and live in-flight count.
 type readCmds struct {
-	w *goredis.StringCmd
-	f *goredis.IntCmd
+	w        *goredis.StringCmd
+	f        *goredis.IntCmd
+	busy     bool   // ends were on their way to Redis when the read was queued
+	endsSent uint64 // the counter's endsSent then
 }
 
 func (c *counter) queueRead(ctx context.Context, pipe goredis.Pipeliner, wall time.Time) readCmds {
+	c.mu.Lock()
+	busy, sent := c.inTransit > 0, c.endsSent
+	c.mu.Unlock()
 	return readCmds{
-		w: pipe.Get(ctx, c.keys[0]),
-		f: pipe.ZCount(ctx, c.keys[1], "("+strconv.FormatInt(wall.UnixMilli(), 10), "+inf"),
+		w:        pipe.Get(ctx, c.keys[0]),
+		f:        pipe.ZCount(ctx, c.keys[1], "("+strconv.FormatInt(wall.UnixMilli(), 10), "+inf"),
+		busy:     busy,
+		endsSent: sent,
 	}
 }
 
@@ -371,33 +631,6 @@ func (r readCmds) result() (inFlight int64, blob string, err error) {
 	inFlight, err = r.f.Result()
 	return inFlight, blob, err
 }
-
-// parseReply unpacks a script's reply into integers and strings, in order.
-func parseReply(res []any, into ...any) error {
-	if len(res) != len(into) {
-		return fmt.Errorf("script reply has %d values, want %d", len(res), len(into))
-	}
-	for i, v := range res {
-		var ok bool
-		switch p := into[i].(type) {
-		case *int64:
-			*p, ok = v.(int64)
-		case *string:
-			*p, ok = v.(string)
-		}
-		if !ok {
-			return fmt.Errorf("script reply value %d is %T", i, v)
-		}
-	}
-	return nil
-}
-
-// Window encoding, as lua/window.lua: head, version, request sum, token sum, then requests and
-// tokens per ring slot, each a little-endian int64.
-const (
-	ringFields = 4 + 2*window.RingSize
-	ringBytes  = int(8 * ringFields)
-)
 
 // snapshot is a window as a reply carried it.
 type snapshot struct {
@@ -416,20 +649,16 @@ func (s *snapshot) decode(blob string) error {
 	if len(blob) != ringBytes {
 		return fmt.Errorf("window is %d bytes, want %d", len(blob), ringBytes)
 	}
-	field := func(i int64) int64 {
-		b := blob[8*i : 8*i+8]
-		return int64(uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56)
-	}
-	head := field(0)
+	head := le(blob, 0)
 	s.ring.Reset(head)
-	for x := head - window.RingSize + 1; x <= head; x++ {
-		i := window.Slot(x)
-		s.ring.Add(x, field(4+i), field(4+window.RingSize+i))
+	for x := head - window.RingSize + 1; x < head; x++ {
+		off := headerBytes + 16*int(window.Slot(x))
+		s.ring.Add(x, le(blob, off), le(blob, off+8))
 	}
-	if req, tok := s.ring.Sums(); req != field(2) || tok != field(3) {
-		return fmt.Errorf("window sums %d, %d disagree with its buckets (%d, %d)", field(2), field(3), req, tok)
+	s.ring.Add(head, le(blob, 32), le(blob, 40))
+	if req, tok := s.ring.Sums(); req != le(blob, 16) || tok != le(blob, 24) {
+		return fmt.Errorf("window sums %d, %d disagree with its buckets (%d, %d)", le(blob, 16), le(blob, 24), req, tok)
 	}
-	s.ver, s.none = field(1), false
+	s.ver, s.none = le(blob, 8), false
 	return nil
 }

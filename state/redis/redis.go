@@ -5,42 +5,59 @@
 //
 // Each deployment has two keys under one hash tag, so every script touches one Redis Cluster slot:
 //
-//	<prefix>{<id>}:w  string: the 61-bucket window ring (see lua/window.lua), TTL Window+2s
+//	<prefix>{<id>}:w  string: a 48-byte header and the 61-bucket ring (see lua/window.lua), TTL Window+2s
 //	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (wall-clock ms), TTL 2*LeaseTTL
 //
-// Both TTLs are renewed by every write, so a deployment nobody uses leaves nothing behind.
+// The window's TTL is renewed whenever its head bucket moves (the newest counts leave the window
+// a minute after that), the ZSET's by every admission, so a deployment nobody uses leaves
+// nothing behind.
 //
-// # One round trip per call
+// # One round trip per request
 //
-// Admit runs lua/admit.lua: advance the window to the caller's bucket, drop expired leases,
-// check rpm, tpm and max_parallel, reserve — one EVALSHA. Settle and Release run lua/end.lua. Time
-// is the caller's Options.Now, passed as an argument (never Redis TIME), so tests move a fake
-// clock and nodes agree on buckets as well as NTP keeps their clocks. Every reply carries the
-// whole window (1 KB), which herd caches.
+// Admit runs lua/admit.lua: advance the window to the caller's bucket, check rpm, tpm and
+// max_parallel, reserve — one EVALSHA. The scripts read and write only the window's header,
+// which holds the head bucket's counts too, and the older slots they touch (GETRANGE, SETRANGE),
+// so a call costs the same however full the window is; their integer arguments travel packed in
+// one argument. An admission's reply is 48
+// bytes: the decision, the in-flight count and the window's header (head, version, sums); only a
+// refusal carries the whole window (1 KB), from which the exact RetryAfter is computed. Time is
+// the caller's Options.Now, passed as an argument (never Redis TIME), so tests move a fake clock
+// and nodes agree on buckets as well as NTP keeps their clocks.
+//
+// Settle and Release do not wait for Redis: the cache counts the end at once, and the end rides
+// in the deployment's next Admit from this node, whose script finishes it (frees the in-flight
+// slot, corrects the bucket) before it decides; so that decision counts it, and a request costs
+// one round trip, not two. An end no Admit carried within endDelay (2 ms) is sent on its own by
+// lua/end.lua, up to 16 per call. Other nodes therefore see this node's ends up to endDelay late.
 //
 // # In-flight calls and crashed nodes
 //
-// max_parallel counts the members of the :f ZSET, one per admitted call, each scored by a lease
-// expiry. The node that admitted a call renews its lease every LeaseTTL/3 until the call ends;
-// any script drops expired members first. A node that crashes mid-call, or whose settle never
-// reached Redis, stops renewing, and its slots come back within LeaseTTL (10 s by default). A
-// per-node count would be cheaper but cannot tell a retried settle from a second one; a member
-// per ticket makes every script idempotent (a retry after a lost reply changes nothing), so
-// go-redis may retry safely. Leases use the wall clock, not Options.Now: they measure whether a
-// process is alive, and a test's frozen or jumping clock must not expire a live call.
-// LeaseTTL must therefore exceed the clock skew between nodes.
+// max_parallel counts the members of the :f ZSET whose lease has not run out, one per admitted
+// call, each scored by a lease expiry. The node that admitted a call renews its lease every
+// LeaseTTL/3 until the call ends; expired members are skipped by every count and removed once a
+// bucket. A node that crashes mid-call, or whose settle never reached Redis, stops renewing, and
+// its slots come back within LeaseTTL (10 s by default). A per-node count would be cheaper but
+// cannot tell a retried settle from a second one; a member per ticket makes every script
+// idempotent (a retry after a lost reply changes nothing), so go-redis may retry safely. Leases
+// use the wall clock, not Options.Now: they measure whether a process is alive, and a test's
+// frozen or jumping clock must not expire a live call. LeaseTTL must therefore exceed the clock
+// skew between nodes.
 //
 // # Load without a round trip
 //
 // Routing reads Load for every deployment on every request, so Load never calls Redis. Each
-// counter caches the window and in-flight count from the latest reply — every Admit, Settle
-// and Release returns them — and a background loop refreshes, in one pipeline every
-// RefreshEvery (250 ms), the counters read or written in the last minute. Between replies the
-// cached ring ages locally exactly as Redis would age it, so LoadAt(now) drops buckets as time
-// moves. Staleness: another node's admissions show up here at the latest one refresh later
-// (RefreshEvery plus a round trip); this node's own show up at once. Replies are ordered by the
-// window's (head, version), so a slow reply never overwrites a newer one. Admission itself
-// never uses the cache.
+// counter caches the window and in-flight count. A background loop reads the whole window of
+// the counters read or written in the last minute, in one pipeline every RefreshEvery (250 ms),
+// and the cache takes it as it is. Between reads every reply's header corrects the cache: the
+// sums and in-flight count become the reply's, plus this node's ends Redis has not confirmed,
+// and the difference is counted in the head bucket (most of it is new admissions; the rest,
+// other nodes' settles of older buckets, then leaves the cached window up to a few seconds late,
+// until the next read). Between replies the cached ring ages locally as Redis would age it, so
+// LoadAt(now) drops buckets as time moves. Staleness: another node's admissions and ends show up
+// here with this node's next reply, at the latest one refresh later (RefreshEvery plus a round
+// trip, plus endDelay for ends); this node's own show up at once. Replies are ordered by the
+// window's (head, version), so a slow reply never overwrites a newer one. Admission itself never
+// uses the cache.
 //
 // # When Redis fails
 //
@@ -50,9 +67,9 @@
 // / nodes, rounded down, at least 1; SetNodes gives the node count). The background loop
 // probes Redis every BreakerCooldown and closes the breaker on the first success. New never
 // fails because Redis is down: it starts degraded. A ticket remembers who issued it: degraded
-// tickets end locally; Redis tickets end in Redis, best effort (a failure is counted, logged at
-// debug, and the lease reclaims the slot). Counts made in degraded mode are not copied to Redis
-// when it returns.
+// tickets end locally; Redis tickets end in Redis, best effort (a failure, or an end still
+// waiting when the breaker opens, is counted, logged at debug, and the lease reclaims the slot).
+// Counts made in degraded mode are not copied to Redis when it returns.
 package redis
 
 import (
@@ -64,6 +81,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,6 +116,13 @@ const (
 	windowTTL = state.Window + 2*state.BucketWidth
 	// activeFor is how long after its last use a counter stays in the background refresh.
 	activeFor = time.Minute
+	// endDelay is the longest a settle or release waits for a ride to Redis in an Admit of its
+	// deployment before it is sent on its own: long enough that, at a few hundred requests per
+	// second and more, nearly every settle rides along; short enough that other nodes, which
+	// see a freed in-flight slot or corrected tokens only once Redis has it, barely notice.
+	endDelay = 2 * time.Millisecond
+	// maxFlush bounds the ends of one counter sent in one round trip; the rest go in the next.
+	maxFlush = 1024
 )
 
 // Options configures a Backend. Only a way to reach Redis is needed (Client, or Addrs); every
@@ -215,6 +240,10 @@ type Backend struct {
 	log        *slog.Logger
 	node       string // this process's prefix of every ticket id
 
+	// The scripts' constant arguments after the ticket id, boxed once: window TTL (ms), and for
+	// admit.lua the in-flight ZSET's TTL (ms).
+	admitArgs, endArgs []any
+
 	local *local.Backend // decides admissions while degraded
 	nodes atomic.Int64   // cluster size for the fair share
 
@@ -266,6 +295,9 @@ func New(opts Options) (*Backend, error) {
 		done:       make(chan struct{}),
 	}
 	b.nodes.Store(int64(max(opts.FairShareNodes, 1)))
+	wttl := strconv.FormatInt(windowTTL.Milliseconds(), 10)
+	b.admitArgs = []any{wttl, strconv.FormatInt(2*b.leaseTTL.Milliseconds(), 10)}
+	b.endArgs = []any{wttl}
 	b.tick = min(b.refresh, b.cooldown, b.leaseTTL/3)
 	if b.client == nil {
 		b.client = goredis.NewUniversalClient(&goredis.UniversalOptions{
@@ -371,6 +403,11 @@ func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.stop)
 		<-b.done
+		b.mu.RLock()
+		for _, c := range b.counters {
+			c.flush() // best effort: what does not make it, the leases free
+		}
+		b.mu.RUnlock()
 		if b.ownsClient {
 			if cerr := b.client.Close(); cerr != nil {
 				err = fmt.Errorf("state/redis: close client: %w", cerr)
@@ -510,7 +547,7 @@ func (b *Backend) refreshAll(renew bool) bool {
 	b.succeeded()
 	for i, c := range active {
 		if inFlight, blob, err := reads[i].result(); err == nil {
-			c.apply(inFlight, blob)
+			c.applyRead(reads[i], inFlight, blob)
 		}
 	}
 	return true

@@ -605,3 +605,60 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// A settle costs no round trip of its own when the deployment's next Admit comes within
+// endDelay: it rides along, and that Admit's decision counts it.
+func TestSettleRidesWithNextAdmit(t *testing.T) {
+	srv := redistest.Start(t)
+	var calls atomic.Int64
+	client := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: srv.Password(), ContextTimeoutEnabled: true})
+	client.AddHook(countHook{&calls})
+	t.Cleanup(func() { _ = client.Close() })
+	clock := statetest.NewClock(time.Date(2025, 6, 2, 12, 0, 0, 370_000_000, time.UTC))
+	b := newBackend(t, srv, Options{Client: client, Now: clock.Now, RefreshEvery: time.Hour, Timeout: 5 * time.Second})
+	c := b.Counter("d")
+	lim := state.Limits{TPM: 100, MaxParallel: 1}
+	r := state.Reservation{Requests: 1, Tokens: 100}
+	tk := mustAdmit(t, c, lim, r) // loads the script: counted before the measure starts
+	before := calls.Load()
+	for range 100 {
+		// Only the settle frees the tokens and the in-flight slot the next admission needs.
+		c.Settle(tk, state.Usage{PromptTokens: 0})
+		tk = mustAdmit(t, c, state.Limits{TPM: 100, MaxParallel: 1}, r)
+	}
+	// The flush timer may have sent a settle on its own when this goroutine was descheduled.
+	if n := calls.Load() - before; n > 100+10 {
+		t.Fatalf("100 admissions and settles took %d round trips, want about 100", n)
+	}
+	if l := c.Load(); l.Requests != 101 || l.Tokens != 100 || l.InFlight != 1 {
+		t.Fatalf("load %+v, want 101 requests, 100 tokens, 1 in flight", l)
+	}
+}
+
+// A settle no Admit carries reaches Redis on its own, within endDelay.
+func TestLoneSettleReachesRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := uniquePrefix()
+	b := newBackend(t, srv, Options{KeyPrefix: prefix, RefreshEvery: time.Hour, Timeout: 5 * time.Second})
+	other := newBackend(t, srv, Options{KeyPrefix: prefix, RefreshEvery: time.Hour, Timeout: 5 * time.Second})
+	c := b.Counter("d")
+	tk := mustAdmit(t, c, state.Limits{}, state.Reservation{Requests: 1, Tokens: 100})
+	c.Settle(tk, state.Usage{PromptTokens: 30})
+	if l := c.Load(); l.Tokens != 30 || l.InFlight != 0 {
+		t.Fatalf("load right after the settle %+v, want 30 tokens, none in flight", l)
+	}
+	rc := rawClient(t, srv)
+	waitFor(t, 5*time.Second, "the settle never reached Redis", func() bool {
+		n, err := rc.ZCard(context.Background(), b.counter("d").keys[1]).Result()
+		return err == nil && n == 0
+	})
+	// Another node reads the settled window: one round trip (RetryAfter reads it afresh).
+	oc := other.Counter("d")
+	oc.RetryAfter(state.Limits{}, state.Reservation{})
+	if l := oc.Load(); l.Requests != 1 || l.Tokens != 30 || l.InFlight != 0 {
+		t.Fatalf("the other node's load %+v, want 1 request, 30 tokens, none in flight", l)
+	}
+	if s := b.Stats(); s.DroppedEnds != 0 || s.Errors != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}

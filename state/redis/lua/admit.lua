@@ -1,44 +1,51 @@
-
 -- admit.lua: check a reservation against the limits and, if it fits, count it and lease its
--- in-flight slot, all in one step, so two herd nodes can never both take the last slot.
+-- in-flight slot, all in one step, so two herd nodes can never both take the last slot. Calls of
+-- this node that ended since its last round trip to the deployment are finished first, so the
+-- check counts them and they cost no round trip of their own.
 --
 -- KEYS[1] the window   KEYS[2] the in-flight ZSET: ticket id -> lease expiry (wall-clock ms)
--- ARGV  1 bucket of the caller's clock        2 wall-clock now (ms)   3 the ticket's lease expiry (ms)
---       4 ticket id                           5 rpm   6 tpm   7 max_parallel (0: unlimited)
---       8 requests to reserve                 9 tokens to reserve
---      10 window TTL (ms)                    11 in-flight ZSET TTL (ms)
--- Returns {admitted 0|1, calls in flight, the window as stored}.
-local bucket = tonumber(ARGV[1])
-local ticket = ARGV[4]
-local rpm, tpm, par = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local requests, tokens = tonumber(ARGV[8]), tonumber(ARGV[9])
+-- ARGV 1 little-endian int64s: bucket of the caller's clock, wall-clock now (ms), the ticket's
+--        lease expiry (ms), rpm, tpm, max_parallel (0: unlimited), requests and tokens to
+--        reserve; then for each ended call, as finish() reads them: its bucket, requests, tokens
+--      2 ticket id   3 window TTL (ms)   4 in-flight ZSET TTL (ms)   5... the ended calls' ticket ids
+-- Returns reply(): status 1 (admitted) with the window's header, or 0 (refused) with the whole
+-- window, which the caller needs for the exact RetryAfter.
+local v = ints()
+local bucket, now_ms, lease_until, rpm, tpm, par, requests, tokens = unpack(v, 1, 8)
+local ticket = ARGV[2]
 
-local w = load(KEYS[1])
+local w = open(KEYS[1])
 local changed = false
 if not w then
-  w, changed = empty(bucket), true
+  w, changed = create(KEYS[1], bucket, ARGV[3]), true
+elseif advance(KEYS[1], w, bucket, ARGV[3]) then
+  changed = true
 end
-if advance(w, bucket) then changed = true end
+if changed then
+  -- Leases that ran out belong to nodes that died (or lost a settle). The counts below skip
+  -- them; removing them once a bucket keeps the ZSET small.
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', int(now_ms))
+end
+if finish(w, v, 9, 5) then changed = true end
 
--- Leases that ran out belong to nodes that died (or lost a settle): their slots are free.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-
-local admitted = 0
-if redis.call('ZSCORE', KEYS[2], ticket) then
-  -- The client retried a call that already ran here (its reply was lost): admitted once.
-  admitted = 1
-else
-  local in_flight = redis.call('ZCARD', KEYS[2])
+-- Lease the slot first, then check: the script is atomic, so nobody sees a lease it gives back.
+-- A ticket already leased is a client retry of a call that ran here (its reply was lost):
+-- admitted once.
+local admitted = 1
+local fresh = redis.call('ZADD', KEYS[2], 'NX', int(lease_until), ticket) == 1
+local in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. int(now_ms), '+inf')
+if fresh then
   if (rpm == 0 or w[3] + requests <= rpm) and
      (tpm == 0 or w[4] + tokens <= tpm) and
-     (par == 0 or in_flight + 1 <= par) then
-    add(w, w[1], requests, tokens) -- the head, not the caller's bucket: see state/local Admit
-    redis.call('ZADD', KEYS[2], ARGV[3], ticket)
-    redis.call('PEXPIRE', KEYS[2], ARGV[11])
-    admitted, changed = 1, true
+     (par == 0 or in_flight <= par) then
+    add(KEYS[1], w, w[1], requests, tokens) -- the head, not the caller's bucket: see state/local Admit
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+    changed = true
+  else
+    redis.call('ZREM', KEYS[2], ticket)
+    admitted, in_flight = 0, in_flight - 1
   end
 end
 
-local blob
-if changed then blob = save(KEYS[1], w, ARGV[10]) else blob = pack(w) end
-return {admitted, redis.call('ZCARD', KEYS[2]), blob}
+if changed then save(KEYS[1], w) end
+return reply(KEYS[1], admitted, in_flight, w, admitted == 0)

@@ -1,71 +1,130 @@
 -- window.lua: one deployment's sliding window, the same ring as state/internal/window, kept in
--- ONE string key so a script reads it with one GET and writes it with one SET, and herd gets
--- it back whole to age its cached copy between replies. Every script is this prelude plus its
--- own body (Redis has no includes).
+-- ONE string key. A script reads and writes only what it touches, with GETRANGE and SETRANGE:
+-- the 48-byte header, which also holds the head bucket's counts, so the common call (an
+-- admission, a settle in the same second) touches nothing else; an older bucket's slot; and,
+-- when the head moves, the slots that left. A call costs the same however full the window is.
+-- The background refresh and a refusal read it whole with GET. Every script is this prelude plus
+-- its own body (Redis has no includes).
 --
--- The value is 4 + 2*N little-endian int64s; as a Lua table (1-based):
---   w[1] head: the newest bucket (Unix seconds); never moves back, whichever node's clock lags
---   w[2] version: +1 on every write, so herd can order replies that raced each other
---   w[3] requests in the window   w[4] tokens in the window
---   w[5 + s]     requests counted in ring slot s = bucket % N
---   w[5 + N + s] tokens counted in ring slot s
+-- The value is little-endian int64s, 48 + 16*N bytes:
+--   header, bytes 0-47: head, version, requests in the window, tokens in the window, requests
+--   and tokens counted in the head bucket
+--     head: the newest bucket (Unix seconds); never moves back, whichever node's clock lags
+--     version: +1 on every write, so herd can order replies that raced each other
+--   slot s (= bucket % N), bytes 48+16*s .. 63+16*s: requests, tokens counted in it; the head's
+--   slot is stale (its counts are in the header) until the head moves on
+--
+-- The key's TTL is renewed when the head moves, not on every write: the counts of the newest
+-- bucket leave the window N buckets after the head reached it, so a key whose head has not moved
+-- for the TTL (Window plus two buckets) holds nothing that still counts.
 local N = 61 -- window.RingSize: 60 s plus the bucket a reservation may outlive it by
-local FORMAT = '<' .. string.rep('i8', 4 + 2 * N)
+local HEADER = '<i8i8i8i8i8i8'
+local HEADER_BYTES = 48
+local SLOT = '<i8i8'
 
-local function empty(head)
-  local w = {head, 0, 0, 0}
-  for i = 5, 4 + 2 * N do w[i] = 0 end
-  return w
+local function slot_offset(b)
+  return HEADER_BYTES + 16 * (b % N)
 end
 
--- load returns the window at key, or nil when there is none (never used, or its TTL ran out:
--- then everything it counted had left the window anyway).
-local function load(key)
-  local blob = redis.call('GET', key)
-  if not blob then return nil end
-  local w = {struct.unpack(FORMAT, blob)}
-  w[#w] = nil -- struct.unpack's last result is the read position, not a field
-  return w
+-- int formats a number for a command that wants an integer (Lua would write 1e+08).
+local function int(x)
+  return string.format('%d', x)
 end
 
--- advance makes bucket b the newest, emptying the slots of the buckets that left the window.
--- It reports whether the head moved.
-local function advance(w, b)
+-- open returns the window's header at key as {head, version, requests, tokens, head requests,
+-- head tokens}, or nil when there is none (never used, or its TTL ran out: then everything it
+-- counted had left the window anyway).
+local function open(key)
+  local raw = redis.call('GETRANGE', key, 0, HEADER_BYTES - 1)
+  if #raw < HEADER_BYTES then return nil end
+  local head, ver, requests, tokens, head_requests, head_tokens = struct.unpack(HEADER, raw)
+  return {head, ver, requests, tokens, head_requests, head_tokens}
+end
+
+-- create stores an empty window whose head is bucket b, and returns it.
+local function create(key, b, ttl_ms)
+  redis.call('SET', key, struct.pack(HEADER, b, 0, 0, 0, 0, 0) .. string.rep('\0', 16 * N), 'PX', ttl_ms)
+  return {b, 0, 0, 0, 0, 0}
+end
+
+-- advance makes bucket b the newest, emptying the slots of the buckets that left the window
+-- (one GETRANGE and one SETRANGE per run of adjacent slots: usually one slot, at most two runs)
+-- and renewing the TTL. It reports whether the head moved; the header is the caller's to save.
+local function advance(key, w, b, ttl_ms)
   if b <= w[1] then return false end
   if b - w[1] >= N then
-    for i = 3, 4 + 2 * N do w[i] = 0 end
+    redis.call('SETRANGE', key, HEADER_BYTES, string.rep('\0', 16 * N))
+    w[3], w[4] = 0, 0
   else
-    for x = w[1] + 1, b do
+    -- The old head's counts move from the header to its slot; the buckets after it leave.
+    redis.call('SETRANGE', key, slot_offset(w[1]), struct.pack(SLOT, w[5], w[6]))
+    local x = w[1] + 1
+    while x <= b do
       local s = x % N
-      w[3] = w[3] - w[5 + s]
-      w[4] = w[4] - w[5 + N + s]
-      w[5 + s], w[5 + N + s] = 0, 0
+      local n = math.min(b - x + 1, N - s) -- up to the ring's end
+      local off = HEADER_BYTES + 16 * s
+      local v = {struct.unpack('<' .. string.rep('i8', 2 * n), redis.call('GETRANGE', key, off, off + 16 * n - 1))}
+      for i = 1, 2 * n, 2 do
+        w[3], w[4] = w[3] - v[i], w[4] - v[i + 1]
+      end
+      redis.call('SETRANGE', key, off, string.rep('\0', 16 * n))
+      x = x + n
     end
   end
-  w[1] = b
+  w[1], w[5], w[6] = b, 0, 0
+  redis.call('PEXPIRE', key, ttl_ms)
   return true
 end
 
 -- add counts requests and tokens (negative to give back) in bucket b if the window still holds
 -- it; a correction to a bucket that already left is dropped, as the bucket was.
-local function add(w, b, requests, tokens)
+local function add(key, w, b, requests, tokens)
   if b > w[1] or w[1] - b >= N then return false end
-  local s = b % N
-  w[5 + s] = w[5 + s] + requests
-  w[5 + N + s] = w[5 + N + s] + tokens
-  w[3] = w[3] + requests
-  w[4] = w[4] + tokens
+  if b == w[1] then
+    w[5], w[6] = w[5] + requests, w[6] + tokens -- saved with the header
+  else
+    local off = slot_offset(b)
+    local r, t = struct.unpack(SLOT, redis.call('GETRANGE', key, off, off + 15))
+    redis.call('SETRANGE', key, off, struct.pack(SLOT, r + requests, t + tokens))
+  end
+  w[3], w[4] = w[3] + requests, w[4] + tokens
   return true
 end
 
-local function pack(w)
-  return struct.pack(FORMAT, unpack(w))
+-- save writes w's header back with a new version.
+local function save(key, w)
+  w[2] = w[2] + 1
+  redis.call('SETRANGE', key, 0, struct.pack(HEADER, w[1], w[2], w[3], w[4], w[5], w[6]))
 end
 
--- save writes w back with a new version and the key's TTL, and returns what it wrote.
-local function save(key, w, ttl_ms)
-  w[2] = w[2] + 1
-  local blob = pack(w)
-  redis.call('SET', key, blob, 'PX', ttl_ms)
-  return blob
+-- ints returns ARGV[1], the caller's integer arguments as little-endian int64s, as a table.
+local function ints()
+  local v = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
+  v[#v] = nil -- struct.unpack's last result is the read position, not a field
+  return v
+end
+
+-- finish ends calls of this node that were settled or released: call k (from 0) has member
+-- ARGV[first + k] in the in-flight ZSET, and v[at + 3k], v[at + 3k + 1], v[at + 3k + 2] are its
+-- bucket and the requests and tokens to add there (negative gives back). It frees the in-flight
+-- slot and corrects the bucket. Ending a call twice, or one whose lease already ran out,
+-- changes nothing, so a client retry never corrects twice. It reports whether w changed.
+local function finish(w, v, at, first)
+  local changed = false
+  for k = 0, #ARGV - first do
+    if redis.call('ZREM', KEYS[2], ARGV[first + k]) == 1 and w then
+      local i = at + 3 * k
+      if add(KEYS[1], w, v[i], v[i + 1], v[i + 2]) then changed = true end
+    end
+  end
+  return changed
+end
+
+-- reply is what herd gets back: a status, the calls in flight, then w's head, version and sums
+-- (nothing when there is no window), or the whole window as stored.
+local function reply(key, status, in_flight, w, whole)
+  local r = struct.pack('<i8i8', status, in_flight)
+  if not w then return r end
+  if whole then return r .. redis.call('GET', key) end
+  return r .. struct.pack('<i8i8i8i8', w[1], w[2], w[3], w[4])
 end
