@@ -26,9 +26,6 @@ import (
 	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy"
-	"github.com/herd-proxy/herd/state"
-	"github.com/herd-proxy/herd/state/crdt"
-	"github.com/herd-proxy/herd/state/redis"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -156,63 +153,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log = newLogger(cfg, stderr)
 
-	// Usage is shared with the cluster: every node counts into gossip-merged counters, and
-	// membership carries them. A node with no seeds is a cluster of one that others may join.
+	// Every node is a cluster member: gossip membership (and raft, below) from a seed list. A
+	// node with no seeds is a cluster of one that others may join.
 	ccfg, err := clusterConfig(o.cluster, cfg, getenv, log)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	// Where usage is shared: Redis when the config names one (LiteLLM's documented switch),
-	// else gossip-merged counters carried by membership.
-	var (
-		usage   state.Backend
-		backend string
-		mode    func() string
-		sync    cluster.StateSync
-		joined  func(peers *cluster.Node)
-		flush   func() // sends the last counts before leaving
-	)
-	ropts, from, useRedis, err := redisSettings(cfg)
+	shared, err := newSharedUsage(cfg, ccfg.NodeName, reg, log)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
-	if useRedis {
-		configured := ropts.FairShareNodes
-		ropts.Logger, ropts.LatencyTTL = log, latencyTTL(cfg)
-		ropts.SetDefaults()
-		redis.RouteClientLogs(log)
-		rb, err := redis.New(ropts)
-		if err != nil {
-			return fmt.Errorf("%s: %s: %w", o.configPath, from, err)
-		}
-		defer rb.Close()
-		usage, backend, mode, flush = rb, "redis", rb.Mode, func() {}
-		joined = func(peers *cluster.Node) {
-			peers.OnMembersChanged(func(alive []cluster.Member) { rb.SetNodes(fairShareNodes(len(alive), configured)) })
-		}
-		registerRedisMetrics(reg, rb)
-		// ropts logs without its password.
-		log.Info("state backend: redis", "from", from, "redis", ropts, "mode", rb.Mode())
-	} else {
-		delay := newPropagationHistogram(reg)
-		cb := crdt.New(crdt.Options{Node: ccfg.NodeName, LatencyTTL: latencyTTL(cfg),
-			OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
-		defer cb.Close()
-		usage, backend, sync, flush = cb, "gossip", cb, cb.Close
-		joined = func(peers *cluster.Node) {
-			cb.SetNetwork(peers)
-			peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })
-		}
-	}
-	peers, err := cluster.New(ccfg, sync) // joins reachable seeds (and learns their counts) before serving
+	defer shared.close()
+	peers, err := cluster.New(ccfg, shared.sync) // joins reachable seeds (and learns their counts) before serving
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	defer peers.Shutdown()
-	joined(peers)
+	shared.joined(peers)
 	log.Info("cluster started", "node", ccfg.NodeName, "gossip_addr", peers.Addr(), "seeds", strings.Join(ccfg.Join, ","), "members", peers.NumAlive())
 
 	registerClusterMetrics(reg, peers)
@@ -221,9 +180,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var consensus atomic.Pointer[cluster.Raft]
 	srv, err := proxy.New(proxy.Options{
 		Config:      cfg,
-		State:       usage,
-		Backend:     backend,
-		BackendMode: mode,
+		State:       shared.backend,
+		Backend:     shared.name,
+		BackendMode: shared.mode,
 		Node:        ccfg.NodeName,
 		Version:     version,
 		Logger:      log,
@@ -281,7 +240,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	log.Info("herd listening", "addr", ln.Addr().String(), "node", ccfg.NodeName, "version", version,
-		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", backend)
+		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", shared.name)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	select {
@@ -304,7 +263,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := raftNode.Shutdown(); err != nil {
 		log.Warn("stopping raft", "err", err)
 	}
-	flush()
+	shared.flush()
 	if err := peers.Leave(5 * time.Second); err != nil {
 		log.Warn("leaving the cluster", "err", err)
 	}

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/herd-proxy/herd/cluster"
+	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/crdt"
+	"github.com/herd-proxy/herd/state/redis"
+)
+
+// sharedUsage is the shared-state backend this node counts into, and how it hooks into the cluster.
+type sharedUsage struct {
+	backend state.Backend
+	name    string              // "redis" or "gossip", for readiness and /cluster/status
+	mode    func() string       // the backend's current mode for readiness; nil = name
+	sync    cluster.StateSync   // what gossip carries for it; nil for Redis
+	joined  func(*cluster.Node) // connects it to membership once the node has started
+	flush   func()              // sends the last counts before leaving
+	close   func()
+}
+
+// newSharedUsage picks where usage is shared: Redis when the config names one (LiteLLM's documented
+// switch), else gossip-merged counters carried by membership.
+func newSharedUsage(cfg *config.Config, node string, reg prometheus.Registerer, log *slog.Logger) (*sharedUsage, error) {
+	ropts, from, useRedis, err := redisSettings(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !useRedis {
+		delay := newPropagationHistogram(reg)
+		cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg),
+			OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
+		return &sharedUsage{
+			backend: cb, name: "gossip", sync: cb, flush: cb.Close, close: cb.Close,
+			joined: func(peers *cluster.Node) {
+				cb.SetNetwork(peers)
+				peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })
+			},
+		}, nil
+	}
+	configured := ropts.FairShareNodes
+	ropts.Logger, ropts.LatencyTTL = log, latencyTTL(cfg)
+	ropts.SetDefaults()
+	redis.RouteClientLogs(log)
+	rb, err := redis.New(ropts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", from, err)
+	}
+	registerRedisMetrics(reg, rb)
+	// ropts logs without its password.
+	log.Info("state backend: redis", "from", from, "redis", ropts, "mode", rb.Mode())
+	return &sharedUsage{
+		backend: rb, name: "redis", mode: rb.Mode, flush: func() {}, close: func() { _ = rb.Close() },
+		joined: func(peers *cluster.Node) {
+			peers.OnMembersChanged(func(alive []cluster.Member) { rb.SetNodes(fairShareNodes(len(alive), configured)) })
+		},
+	}, nil
+}
