@@ -192,6 +192,12 @@ func (s *Server) configUpdate(c echo.Context, body map[string]any) error {
 	if !ok {
 		return badRequest("router_settings is required and must be an object.", "router_settings")
 	}
+	for _, k := range sortedKeys(rs) {
+		if strings.HasPrefix(k, "redis_") {
+			// The state backend is chosen at startup; accepting these would change nothing.
+			return badRequest(fmt.Sprintf("router_settings.%s takes effect at startup only: change it in each node's config file.", k), "router_settings."+k)
+		}
+	}
 	version, err := s.configAdmin.UpdateRouterSettings(c.Request().Context(), rs)
 	if err != nil {
 		return adminError(err)

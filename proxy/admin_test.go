@@ -208,6 +208,7 @@ func TestAdminRefusals(t *testing.T) {
 		{"unknown id", "/model/delete", `{"id":"nope"}`, key, 400, "no deployment with that id"},
 		{"update without id", "/model/update", `{"litellm_params":{"rpm":1}}`, key, 400, "model_info.id"},
 		{"other blocks", "/config/update", `{"general_settings":{"master_key":"x"},"router_settings":{}}`, key, 400, "Only router_settings"},
+		{"redis at runtime", "/config/update", `{"router_settings":{"redis_host":"r1"}}`, key, 400, "startup only"},
 		{"bad strategy", "/config/update", `{"router_settings":{"routing_strategy":"fastest"}}`, key, 400, "routing_strategy"},
 	}
 	for _, tt := range tests {
