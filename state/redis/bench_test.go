@@ -20,6 +20,31 @@ var (
 	benchUse = state.Usage{PromptTokens: 40, CompletionTokens: 50}
 )
 
+// benchLimBlocks has no max_parallel: admissions may come from escrow blocks.
+var benchLimBlocks = state.Limits{RPM: 1 << 40, TPM: 1 << 40}
+
+// BenchmarkAdmitSettleBlocks is BenchmarkAdmitSettle without max_parallel: most admissions
+// are taken from escrow blocks, with no round trip.
+func BenchmarkAdmitSettleBlocks(b *testing.B) {
+	srv := redistest.Start(b)
+	bk := newBackend(b, srv, Options{})
+	c := bk.Counter("d")
+	tk, _ := c.Admit(benchLimBlocks, benchRes)
+	c.Settle(tk, benchUse)
+	stats := startServerStats(b, srv)
+	b.ReportAllocs()
+	for b.Loop() {
+		tk, err := c.Admit(benchLimBlocks, benchRes)
+		if err != nil || tk.ID == 0 {
+			b.Fatalf("Admit: %v (ticket %+v)", err, tk)
+		}
+		c.Settle(tk, benchUse)
+	}
+	stats.report(b)
+	s := bk.Stats()
+	b.ReportMetric(float64(s.BlockAdmits)/float64(b.N), "block-admits/op")
+}
+
 // BenchmarkAdmitSettle is one admission and its settle, one after the other, against a local
 // redis-server: one round trip, as each settle rides with the next admission.
 func BenchmarkAdmitSettle(b *testing.B) {
@@ -82,6 +107,10 @@ func (s serverStats) report(b *testing.B) {
 				if v, ok := strings.CutPrefix(kv, "usec_per_call="); ok {
 					f, _ := strconv.ParseFloat(v, 64)
 					b.ReportMetric(f, "evalsha-µs/call")
+				}
+				if v, ok := strings.CutPrefix(kv, "calls="); ok {
+					f, _ := strconv.ParseFloat(v, 64)
+					b.ReportMetric(f/float64(b.N), "evalsha/op")
 				}
 			}
 		}

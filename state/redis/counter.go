@@ -39,8 +39,19 @@ type counter struct {
 	flushArmed        bool                // flushTimer runs: unsent ends wait for an Admit until it fires
 	tickets           map[uint64]struct{} // this node's Redis tickets in flight: their leases are renewed
 	lastUse           int64               // Backend.ticks at the last use; keeps the counter in the background refresh
-	latency           window.Samples
-	ttft              window.Samples
+	adjusts           int                 // adjustments among ends (they free no in-flight slot)
+
+	// Escrow (see block.go): the block admissions are taken from, the calls admitted from
+	// blocks still in flight, the block reservation on its way (nil: none), and what sizes
+	// blocks: admission attempts in the current and previous wall-clock rateSlot, and the mean
+	// token reservation.
+	blk                         *block
+	blkInFlight                 int64
+	fetching                    chan struct{}
+	rateSlot, rateCur, ratePrev int64
+	meanTok                     int64
+	latency                     window.Samples
+	ttft                        window.Samples
 }
 
 var _ state.Counter = (*counter)(nil)
@@ -77,13 +88,60 @@ func (c *counter) leaseArgs(wall time.Time) (now, until int64) {
 // fair share of lim.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
 	b := c.b
+	now := b.now().UnixNano()
+	wall := time.Now()
+	if lim.MaxParallel == 0 {
+		if t, ok := c.takeBlock(lim, r, now, wall.UnixNano()); ok {
+			return t, nil
+		}
+	}
 	if b.open.Load() {
 		return c.admitLocal(lim, r)
 	}
-	now := b.now().UnixNano()
+	// A block is reserved instead of r alone when traffic makes one worth it and no other
+	// block reservation is on its way.
+	var k, tokens int64
+	var fetch chan struct{}
+	if lim.MaxParallel == 0 {
+		c.mu.Lock()
+		if c.fetching == nil {
+			if k, tokens = c.blockSizeLocked(lim, r, now); k > 1 {
+				fetch = make(chan struct{})
+				c.fetching = fetch
+			}
+		}
+		c.mu.Unlock()
+	}
+	if fetch == nil {
+		t, err := c.admitRedis(lim, r, now, wall, r.Requests, r.Tokens)
+		if err != nil && errors.Is(err, state.ErrNoCapacity) && lim.MaxParallel == 0 && c.waitFetch() {
+			// A block reserved meanwhile may hold what Redis refused.
+			if t, ok := c.takeBlock(lim, r, b.now().UnixNano(), 0); ok {
+				return t, nil
+			}
+		}
+		return t, err
+	}
+	t, err := c.admitRedis(lim, r, now, wall, k, tokens)
+	c.fetched(fetch)
+	if err == errBlockRefused {
+		// The block did not fit (other nodes used the room the cache showed): r alone may.
+		return c.admitRedis(lim, r, b.now().UnixNano(), time.Now(), r.Requests, r.Tokens)
+	}
+	return t, err
+}
+
+// errBlockRefused is admitRedis's refusal of a block: the caller tries r alone.
+var errBlockRefused = errors.New("block refused")
+
+// admitRedis admits r in one round trip. With k requests and tokens larger than r's, it
+// reserves a block of them instead, r admitted from it.
+func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, wall time.Time, k, tokens int64) (state.Ticket, error) {
+	b := c.b
+	isBlock := k != r.Requests || tokens != r.Tokens
 	bucket := window.BucketOf(now)
 	id := b.seq.Add(1)
-	wallMs, until := c.leaseArgs(time.Now())
+	wallMs, until := c.leaseArgs(wall)
 	ctx, cancel := b.ctx()
 	defer cancel()
 	// This node's pending ends of the deployment are finished first, in the same script: the
@@ -91,12 +149,12 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	// round trip of their own.
 	var opsBuf [maxEndsPerCall]endOp
 	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
-	k := c.admitCall(ctx, id, ops,
-		bucket, wallMs, until, lim.RPM, lim.TPM, lim.MaxParallel, r.Requests, r.Tokens)
-	defer k.release()
-	ks := [1]*call{k}
+	kc := c.admitCall(ctx, id, ops,
+		bucket, wallMs, until, lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
+	defer kc.release()
+	ks := [1]*call{kc}
 	b.runCalls(ctx, ks[:])
-	rep, err := k.reply()
+	rep, err := kc.reply()
 	var w *snapshot
 	if err == nil && rep.status != 1 {
 		// A refusal carries the whole window: the wait is computed from it.
@@ -113,11 +171,21 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		b.failed(err)
 		return c.admitLocal(lim, r)
 	}
+	var t state.Ticket
 	if w != nil {
 		c.applyLocked(rep.inFlight, w)
 	} else {
 		c.tickets[id] = struct{}{}
 		c.applyHeaderLocked(&rep)
+		t = state.Ticket{Reserved: r, Bucket: rep.head, ID: id}
+		if isBlock {
+			// r is the block's first admission; the rest is the block (given back at once if
+			// the clock left the bucket meanwhile).
+			b.stats.blockReserves.Add(1)
+			c.addBlockLocked(lim, rep.head, id, k-r.Requests, tokens-r.Tokens)
+			c.blkInFlight++
+			t.ID = blockTicket | b.seq.Add(1)
+		}
 	}
 	c.mu.Unlock()
 	b.succeeded()
@@ -125,9 +193,12 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		// From the reply's own window, not the cache: the cache may already hold a newer
 		// reply, and the wait must be the one the refusal was made on.
 		w.ring.Advance(bucket)
+		if isBlock {
+			return state.Ticket{}, errBlockRefused
+		}
 		return state.Ticket{}, &state.NoCapacityError{RetryAfter: w.ring.RetryAfter(now, rep.inFlight, lim, r)}
 	}
-	return state.Ticket{Reserved: r, Bucket: rep.head, ID: id}, nil
+	return t, nil
 }
 
 // admitLocal admits against the local backend at this node's fair share of lim, and only while
@@ -193,11 +264,19 @@ func (b *Backend) fairShare(lim state.Limits) state.Limits {
 
 // Settle replaces t's reserved tokens with the real usage, in the bucket they were reserved in.
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
+	if t.ID&blockTicket != 0 {
+		c.endBlockTicket(t, 0, u.Total()-t.Reserved.Tokens, false)
+		return
+	}
 	c.end(t, 0, u.Total()-t.Reserved.Tokens, func() { c.local.Settle(t, u) })
 }
 
 // Release gives t's reservation back, if its bucket is still in the window.
 func (c *counter) Release(t state.Ticket) {
+	if t.ID&blockTicket != 0 {
+		c.endBlockTicket(t, -t.Reserved.Requests, -t.Reserved.Tokens, true)
+		return
+	}
 	c.end(t, -t.Reserved.Requests, -t.Reserved.Tokens, func() { c.local.Release(t) })
 }
 
@@ -234,6 +313,7 @@ type endOp struct {
 	bucket           int64 // the ticket's bucket
 	requests, tokens int64 // the correction to it
 	sent             bool  // in a round trip whose reply is not read yet
+	adjust           bool  // an adjustment (escrow), not the end of a lease: frees no in-flight slot
 }
 
 // takeEnds marks up to limit unsent ends as sent and appends them to dst, oldest first. When
@@ -357,6 +437,9 @@ func (c *counter) applyReplyLocked(rep *reply) {
 func (c *counter) forgetEndLocked(id uint64) {
 	for i := range c.ends {
 		if c.ends[i].id == id {
+			if c.ends[i].adjust {
+				c.adjusts--
+			}
 			c.ends = slices.Delete(c.ends, i, i+1)
 			return
 		}
@@ -373,6 +456,9 @@ func (c *counter) dropEnds() {
 			return false
 		}
 		c.ring.Add(e.bucket, -e.requests, -e.tokens)
+		if e.adjust {
+			c.adjusts--
+		}
 		n++
 		return true
 	})
@@ -392,8 +478,14 @@ func (c *counter) endSumsLocked() (requests, tokens int64) {
 
 // inFlightLocked is the calls in flight: the newest reply's count less this node's calls that
 // ended since.
+// Calls admitted from blocks hold no lease: they are this node's own count, and the block's
+// leases, which Redis counts, are not calls.
 func (c *counter) inFlightLocked() int64 {
-	return max(c.reported-int64(len(c.ends)), 0)
+	n := c.reported - int64(len(c.ends)-c.adjusts)
+	if c.blk != nil {
+		n -= int64(len(c.blk.ids))
+	}
+	return max(n, 0) + c.blkInFlight
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
@@ -416,8 +508,16 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.lastUse = c.b.ticks.Load() // not the clock: routing calls LoadAt for every deployment
-	c.ring.Advance(window.BucketOf(now))
+	bucket := window.BucketOf(now)
+	if c.blk != nil && bucket > c.blk.bucket {
+		c.retireBlockLocked()
+	}
+	c.ring.Advance(bucket)
 	req, tok := c.ring.Sums()
+	if blk := c.blk; blk != nil && c.ring.Holds(blk.bucket) {
+		// Redis counts whole blocks; the part not admitted yet is no one's use.
+		req, tok = req-blk.reqLeft, tok-blk.tokLeft
+	}
 	// A correction counted twice for a moment (see applyHeaderLocked) never reads below zero.
 	l := state.Load{Requests: max(req, 0), Tokens: max(tok, 0), InFlight: c.inFlightLocked()}
 	l.Latency, l.TTFT = c.latencies(now)

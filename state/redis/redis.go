@@ -6,19 +6,20 @@
 // Each deployment has two keys under one hash tag, so every script touches one Redis Cluster slot:
 //
 //	<prefix>{<id>}:w  string: a 48-byte header and the 61-bucket ring (see lua/window.lua), TTL Window+2s
-//	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (wall-clock ms), TTL 2*LeaseTTL
+//	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (wall-clock ms), TTL 2*LeaseTTL;
+//	                  and "+"-prefixed adjustment ids -> -(expiry) (see Escrow blocks), TTL at least Window+2s
 //
 // The window's TTL is renewed whenever its head bucket moves (the newest counts leave the window
 // a minute after that), the ZSET's by every admission, so a deployment nobody uses leaves
 // nothing behind.
 //
-// # One round trip per request
+// # One round trip per admission
 //
 // Admit runs lua/admit.lua: advance the window to the caller's bucket, check rpm, tpm and
 // max_parallel, reserve — one EVALSHA. The scripts read and write only the window's header,
 // which holds the head bucket's counts too, and the older slots they touch (GETRANGE, SETRANGE),
 // so a call costs the same however full the window is; their integer arguments travel packed in
-// one argument. An admission's reply is 48
+// one argument (most admissions need no call at all: see Escrow blocks). An admission's reply is 48
 // bytes: the decision, the in-flight count and the window's header (head, version, sums); only a
 // refusal carries the whole window (1 KB), from which the exact RetryAfter is computed. Time is
 // the caller's Options.Now, passed as an argument (never Redis TIME), so tests move a fake clock
@@ -29,6 +30,52 @@
 // slot, corrects the bucket) before it decides; so that decision counts it, and a request costs
 // one round trip, not two. An end no Admit carried within endDelay (2 ms) is sent on its own by
 // lua/end.lua, up to 16 per call. Other nodes therefore see this node's ends up to endDelay late.
+//
+// # Escrow blocks: most admissions without a round trip
+//
+// A deployment with no max_parallel limit, under steady traffic and far from its limits, is
+// admitted from a local block of capacity this node reserved in Redis beforehand (block.go). A
+// block is reserved by the same admit.lua call as one admission, for k requests and T tokens at
+// once, with the same atomic check, so it is counted in the window's head bucket b like any
+// admission; the request that reserved it is its first. The node then admits from the block,
+// under the counter's mutex and with no network, while its own clock is still in bucket b (at
+// or before b: a clock behind the head counts its admissions later, never earlier); the tickets
+// carry Bucket b as before. When the clock leaves b (noticed by the next Admit or Load of the
+// deployment, or the background loop), on Close, or when the block is used up, the block ends:
+// the unused requests and tokens go back to b in Redis as the end of the block's lease, sent
+// like the ends of calls (riding in the next admit.lua, typically the next block's, or on their
+// own), so the give-back is idempotent per block.
+//
+// The guarantee is unchanged, not approximated: every admission from a block was reserved in
+// Redis, by the atomic check, before it was made, and it is counted in the bucket its node's
+// clock was in (or a later one), exactly as a synchronous admission. So the 61-bucket sliding
+// window in Redis always counts at least every admission, overshoot is impossible, and clock
+// skew costs what it costs without blocks. What blocks cost is utilisation: a node's unused
+// remainder counts in Redis until the bucket ends (then it comes back), so other nodes may be
+// refused room that was reserved and not used, at most the remainders of one bucket. Blocks are
+// kept small to bound that: k is this node's admissions of the deployment in the last 100 ms of
+// wall time (what it expects in the next 100 ms), scaled down when less than 100 ms of the bucket
+// is left, and never more than (limit - used) / (2 * nodes) of rpm, and likewise of tpm, where
+// used is the cache as of the latest reply and nodes is SetNodes's count; T is k times the mean
+// recent token reservation. When k would be 1 or less (little traffic, small limits, near a
+// limit) admission is synchronous, one round trip each, as without blocks: near the limit every
+// decision is exact in Redis. When a block is three quarters used the next one is reserved in
+// the background, so steady traffic does not wait; a request that does not fit what is left (a
+// large token reservation, another rpm) is admitted synchronously. A synchronous refusal while
+// a block reservation is on its way waits for it and tries the block again, so a block is
+// never left unused while the node refuses.
+//
+// Ends of calls admitted from a block hold no lease of their own. A release in the block's
+// bucket, while the block lasts, puts the room back in the block; every other end (settles'
+// token corrections, later releases) is an adjustment of the ticket's bucket, summed per bucket
+// and sent asynchronously like other ends (within adjustDelay); an adjustment is applied once,
+// remembered by a tombstone member in the in-flight ZSET (see lua/window.lua's finish()).
+// Load and LoadAt report real admissions: Redis's sums include whole blocks, so the cache takes
+// this node's unused remainder off them. What other nodes read includes this node's remainder
+// until the bucket ends, and sees a block's calls in flight as one call (its lease): InFlight
+// is exact only for max_parallel deployments, which never use blocks. While the breaker is open,
+// a block already held is used until its bucket ends (its room was reserved in Redis); its
+// remainder then cannot be given back and counts until it ages out, like the ends Redis missed.
 //
 // # In-flight calls and crashed nodes
 //
@@ -258,6 +305,7 @@ type Backend struct {
 
 	stats struct {
 		errors, timeouts, localAdmits, droppedEnds, refreshes atomic.Int64
+		blockAdmits, blockReserves                            atomic.Int64
 	}
 
 	mu       sync.RWMutex
@@ -266,6 +314,9 @@ type Backend struct {
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+	closed    atomic.Bool
+	fetchMu   sync.Mutex     // orders fetches.Add before Close's Wait
+	fetches   sync.WaitGroup // block reservations running in the background
 }
 
 var _ state.Backend = (*Backend)(nil)
@@ -383,6 +434,9 @@ type Stats struct {
 	LocalAdmits int64 // Admit calls decided locally: degraded, or after a failed Redis call
 	DroppedEnds int64 // settles and releases of Redis tickets that did not reach Redis (the lease frees the slot)
 	Refreshes   int64 // background refresh round trips
+	// BlockAdmits are admissions taken from an escrow block, without a round trip;
+	// BlockReserves the round trips that reserved a block.
+	BlockAdmits, BlockReserves int64
 }
 
 // Stats returns the counts so far.
@@ -393,6 +447,9 @@ func (b *Backend) Stats() Stats {
 		LocalAdmits: b.stats.localAdmits.Load(),
 		DroppedEnds: b.stats.droppedEnds.Load(),
 		Refreshes:   b.stats.refreshes.Load(),
+
+		BlockAdmits:   b.stats.blockAdmits.Load(),
+		BlockReserves: b.stats.blockReserves.Load(),
 	}
 }
 
@@ -403,8 +460,15 @@ func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.stop)
 		<-b.done
+		b.fetchMu.Lock()
+		b.closed.Store(true) // no new background reservations
+		b.fetchMu.Unlock()
+		b.fetches.Wait()
 		b.mu.RLock()
 		for _, c := range b.counters {
+			c.mu.Lock()
+			c.retireBlockLocked() // the unused room goes back
+			c.mu.Unlock()
 			c.flush() // best effort: what does not make it, the leases free
 		}
 		b.mu.RUnlock()
@@ -489,6 +553,7 @@ func (b *Backend) loop() {
 			return
 		case now := <-tick.C:
 			b.ticks.Add(1)
+			b.expireBlocks()
 			if b.open.Load() {
 				if now.Sub(lastProbe) < b.cooldown {
 					continue
@@ -508,6 +573,17 @@ func (b *Backend) loop() {
 				lastRenew = now
 			}
 		}
+	}
+}
+
+// expireBlocks gives back the unused room of blocks whose bucket has ended on this node's
+// clock, for counters no admission has come to since.
+func (b *Backend) expireBlocks() {
+	now := b.now().UnixNano()
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, c := range b.counters {
+		c.expireBlock(now)
 	}
 }
 

@@ -83,9 +83,11 @@ func TestConformance(t *testing.T) {
 		// busy machine would be admitted by the fallback instead (TestBreaker covers that path).
 		b := newBackend(t, srv, Options{Now: clock.Now, Timeout: 5 * time.Second})
 		t.Cleanup(func() {
-			if s := b.Stats(); s.Errors != 0 || s.LocalAdmits != 0 {
+			s := b.Stats()
+			if s.Errors != 0 || s.LocalAdmits != 0 {
 				t.Errorf("Redis calls failed: %+v", s)
 			}
+			t.Logf("admitted from escrow blocks: %d (%d reservations)", s.BlockAdmits, s.BlockReserves)
 		})
 		return b
 	})

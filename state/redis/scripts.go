@@ -84,6 +84,13 @@ func (m *ticketMember) set(node string, id uint64) {
 	m.n = len(strconv.AppendUint(buf, id, 36))
 }
 
+// setAdjust names adjustment id, "+<node>:<id in base 36>": lua/window.lua's finish() applies
+// it once, remembered by a tombstone, instead of ending a lease.
+func (m *ticketMember) setAdjust(node string, id uint64) {
+	buf := append(append(append(m.b[:0], '+'), node...), ':')
+	m.n = len(strconv.AppendUint(buf, id, 36))
+}
+
 func (m *ticketMember) MarshalBinary() ([]byte, error) { return m.b[:m.n], nil }
 
 // admitCall builds a call of admit.lua for ticket id, finishing ops first (at most
@@ -115,7 +122,11 @@ func (c *counter) endCall(ctx context.Context, ops []endOp, bucket, wallMs int64
 func (k *call) finish(ctx context.Context, node string, args []any, ops []endOp, m int) {
 	for _, op := range ops {
 		k.ints.add(op.bucket, op.requests, op.tokens)
-		k.members[m].set(node, op.id)
+		if op.adjust {
+			k.members[m].setAdjust(node, op.id)
+		} else {
+			k.members[m].set(node, op.id)
+		}
 		args = append(args, &k.members[m])
 		m++
 	}

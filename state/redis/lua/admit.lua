@@ -24,9 +24,9 @@ end
 if changed then
   -- Leases that ran out belong to nodes that died (or lost a settle). The counts below skip
   -- them; removing them once a bucket keeps the ZSET small.
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', int(now_ms))
+  sweep(now_ms)
 end
-if finish(w, v, 9, 5) then changed = true end
+if finish(w, v, 9, 5, now_ms, tonumber(ARGV[3])) then changed = true end
 
 -- Lease the slot first, then check: the script is atomic, so nobody sees a lease it gives back.
 -- A ticket already leased is a client retry of a call that ran here (its reply was lost):

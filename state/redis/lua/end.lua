@@ -12,6 +12,6 @@ local v = ints()
 local w = open(KEYS[1])
 local changed = false
 if w then changed = advance(KEYS[1], w, v[1], ARGV[2]) end
-if finish(w, v, 3, 3) then changed = true end
+if finish(w, v, 3, 3, v[2], tonumber(ARGV[2])) then changed = true end
 if changed then save(KEYS[1], w) end
 return reply(KEYS[1], 1, redis.call('ZCOUNT', KEYS[2], '(' .. int(v[2]), '+inf'), w, false)

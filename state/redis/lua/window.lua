@@ -108,16 +108,38 @@ end
 -- ARGV[first + k] in the in-flight ZSET, and v[at + 3k], v[at + 3k + 1], v[at + 3k + 2] are its
 -- bucket and the requests and tokens to add there (negative gives back). It frees the in-flight
 -- slot and corrects the bucket. Ending a call twice, or one whose lease already ran out,
--- changes nothing, so a client retry never corrects twice. It reports whether w changed.
-local function finish(w, v, at, first)
+-- changes nothing, so a client retry never corrects twice. A member starting with '+' is not a
+-- call but an adjustment (escrow blocks: the unused part of a block, corrections of calls
+-- admitted from one): it is applied once, remembered by a tombstone member scored -(now_ms +
+-- ttl_ms), which no in-flight count sees and which is removed once it has expired. It reports
+-- whether w changed.
+local function finish(w, v, at, first, now_ms, ttl_ms)
   local changed = false
+  local tomb = false
   for k = 0, #ARGV - first do
-    if redis.call('ZREM', KEYS[2], ARGV[first + k]) == 1 and w then
+    local m = ARGV[first + k]
+    local fresh
+    if string.byte(m, 1) == 43 then
+      fresh = redis.call('ZADD', KEYS[2], 'NX', int(-(now_ms + ttl_ms)), m) == 1
+      tomb = true
+    else
+      fresh = redis.call('ZREM', KEYS[2], m) == 1
+    end
+    if fresh and w then
       local i = at + 3 * k
       if add(KEYS[1], w, v[i], v[i + 1], v[i + 2]) then changed = true end
     end
   end
+  if tomb and redis.call('PTTL', KEYS[2]) < ttl_ms then
+    redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  end
   return changed
+end
+
+-- sweep removes expired leases and expired tombstones (see finish) from the in-flight ZSET.
+local function sweep(now_ms)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, int(now_ms))
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], int(-now_ms), '(0')
 end
 
 -- reply is what herd gets back: a status, the calls in flight, then w's head, version and sums
