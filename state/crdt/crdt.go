@@ -58,6 +58,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/registry"
 	"github.com/herd-proxy/herd/state/internal/window"
 )
 
@@ -103,8 +104,7 @@ type Backend struct {
 
 	net atomic.Pointer[netBox]
 
-	mu       sync.RWMutex
-	counters map[string]*counter
+	counters registry.Map[counter]
 
 	flushMu sync.Mutex // serialises Flush; guards its scratch space below
 	enc     encoder
@@ -168,14 +168,13 @@ func New(opts Options) *Backend {
 		opts.FlushEvery = defaultFlushEvery
 	}
 	b := &Backend{
-		now:      opts.Now,
-		ttl:      int64(opts.LatencyTTL),
-		self:     incKey{node: opts.Node, epoch: newEpoch()},
-		onDelay:  opts.OnDelay,
-		counters: make(map[string]*counter),
-		enc:      encoder{limit: maxMessage},
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		now:     opts.Now,
+		ttl:     int64(opts.LatencyTTL),
+		self:    incKey{node: opts.Node, epoch: newEpoch()},
+		onDelay: opts.OnDelay,
+		enc:     encoder{limit: maxMessage},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	b.SetNetwork(opts.Network)
 	b.peers.Store(-1)
@@ -263,30 +262,11 @@ func (b *Backend) Close() {
 func (b *Backend) Counter(id string) state.Counter { return b.counter(id) }
 
 func (b *Backend) counter(id string) *counter {
-	b.mu.RLock()
-	c := b.counters[id]
-	b.mu.RUnlock()
-	if c != nil {
-		return c
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if c = b.counters[id]; c == nil {
-		c = newCounter(b, id)
-		b.counters[id] = c
-	}
-	return c
+	return b.counters.Get(id, func() *counter { return newCounter(b, id) })
 }
 
-// all appends every counter to cs, so callers can visit them outside b.mu.
-func (b *Backend) all(cs []*counter) []*counter {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	for _, c := range b.counters {
-		cs = append(cs, c)
-	}
-	return cs
-}
+// all appends every counter to cs, so callers can visit them without holding a lock.
+func (b *Backend) all(cs []*counter) []*counter { return b.counters.Append(cs) }
 
 // Flush sends this node's changed cells and in-flight counts to every member now, split into
 // packets under maxMessage bytes. Without a network it only forgets what changed: a node that

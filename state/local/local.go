@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/registry"
 	"github.com/herd-proxy/herd/state/internal/window"
 )
 
@@ -24,8 +25,7 @@ type Backend struct {
 	now func() time.Time
 	ttl int64 // LatencyTTL in nanoseconds
 
-	mu       sync.RWMutex
-	counters map[string]*counter
+	counters registry.Map[counter]
 }
 
 var (
@@ -41,26 +41,17 @@ func New(opts Options) *Backend {
 	if opts.LatencyTTL <= 0 {
 		opts.LatencyTTL = defaultLatencyTTL
 	}
-	return &Backend{now: opts.Now, ttl: int64(opts.LatencyTTL), counters: make(map[string]*counter)}
+	return &Backend{now: opts.Now, ttl: int64(opts.LatencyTTL)}
 }
 
 // Counter returns deployment id's usage, creating it on first use. The same id always yields
 // the same Counter, so a config change never resets counts.
 func (b *Backend) Counter(id string) state.Counter {
-	b.mu.RLock()
-	c := b.counters[id]
-	b.mu.RUnlock()
-	if c != nil {
-		return c
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if c = b.counters[id]; c == nil {
-		c = &counter{now: b.now, ttl: b.ttl}
+	return b.counters.Get(id, func() *counter {
+		c := &counter{now: b.now, ttl: b.ttl}
 		c.w.Reset(window.BucketOf(b.now().UnixNano()))
-		b.counters[id] = c
-	}
-	return c
+		return c
+	})
 }
 
 // counter is one deployment's usage. One mutex guards everything: every operation is a few

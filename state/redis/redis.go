@@ -137,6 +137,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/registry"
 	"github.com/herd-proxy/herd/state/local"
 )
 
@@ -308,8 +309,7 @@ type Backend struct {
 		blockAdmits, blockReserves                            atomic.Int64
 	}
 
-	mu       sync.RWMutex
-	counters map[string]*counter
+	counters registry.Map[counter]
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -341,7 +341,6 @@ func New(opts Options) (*Backend, error) {
 		log:        opts.Logger,
 		node:       newNodeID(),
 		local:      local.New(local.Options{Now: opts.Now, LatencyTTL: opts.LatencyTTL}),
-		counters:   make(map[string]*counter),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 	}
@@ -390,19 +389,7 @@ func newNodeID() string {
 func (b *Backend) Counter(id string) state.Counter { return b.counter(id) }
 
 func (b *Backend) counter(id string) *counter {
-	b.mu.RLock()
-	c := b.counters[id]
-	b.mu.RUnlock()
-	if c != nil {
-		return c
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if c = b.counters[id]; c == nil {
-		c = newCounter(b, id)
-		b.counters[id] = c
-	}
-	return c
+	return b.counters.Get(id, func() *counter { return newCounter(b, id) })
 }
 
 // SetNodes tells the backend how many herd nodes share the limits (membership's callback calls
@@ -464,14 +451,12 @@ func (b *Backend) Close() error {
 		b.closed.Store(true) // no new background reservations
 		b.fetchMu.Unlock()
 		b.fetches.Wait()
-		b.mu.RLock()
-		for _, c := range b.counters {
+		for _, c := range b.counters.Append(nil) {
 			c.mu.Lock()
 			c.retireBlockLocked() // the unused room goes back
 			c.mu.Unlock()
 			c.flush() // best effort: what does not make it, the leases free
 		}
-		b.mu.RUnlock()
 		if b.ownsClient {
 			if cerr := b.client.Close(); cerr != nil {
 				err = fmt.Errorf("state/redis: close client: %w", cerr)
@@ -580,9 +565,7 @@ func (b *Backend) loop() {
 // clock, for counters no admission has come to since.
 func (b *Backend) expireBlocks() {
 	now := b.now().UnixNano()
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	for _, c := range b.counters {
+	for _, c := range b.counters.Append(nil) {
 		c.expireBlock(now)
 	}
 }
@@ -593,14 +576,15 @@ func (b *Backend) expireBlocks() {
 func (b *Backend) refreshAll(renew bool) bool {
 	wall := time.Now()
 	since := b.ticks.Load() - int64(activeFor/b.tick)
-	b.mu.RLock()
-	active := make([]*counter, 0, len(b.counters))
-	for _, c := range b.counters {
+	active := b.counters.Append(nil)
+	n := 0
+	for _, c := range active {
 		if c.activeSince(since) {
-			active = append(active, c)
+			active[n] = c
+			n++
 		}
 	}
-	b.mu.RUnlock()
+	active = active[:n]
 	if len(active) == 0 {
 		return true
 	}

@@ -1,0 +1,39 @@
+package registry
+
+import (
+	"sync"
+	"testing"
+)
+
+func TestGetCreatesOnceUnderContention(t *testing.T) {
+	var r Map[int]
+	var created sync.Map
+	var wg sync.WaitGroup
+	got := make([]*int, 64)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i] = r.Get("d", func() *int {
+				v := new(int)
+				created.Store(v, true)
+				return v
+			})
+		}()
+	}
+	wg.Wait()
+	n := 0
+	created.Range(func(any, any) bool { n++; return true })
+	if n != 1 {
+		t.Fatalf("created %d values for one id", n)
+	}
+	for _, p := range got {
+		if p != got[0] {
+			t.Fatal("callers got different values for one id")
+		}
+	}
+	r.Get("e", func() *int { return new(int) })
+	if all := r.Append(nil); len(all) != 2 {
+		t.Fatalf("Append: %d values, want 2", len(all))
+	}
+}
