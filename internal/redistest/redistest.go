@@ -53,7 +53,7 @@ type Server struct {
 	port int
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
-	out  *syncBuffer
+	out  *Buffer
 }
 
 // Start launches redis-server on a free 127.0.0.1 port and waits until it answers PING. The
@@ -184,7 +184,7 @@ func (s *Server) startLocked() error {
 	}
 	args = append(args, s.args...)
 	cmd := exec.Command(s.bin, args...)
-	out := &syncBuffer{}
+	out := &Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	setDeathSignal(cmd)
 	if err := cmd.Start(); err != nil {
@@ -269,20 +269,20 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// syncBuffer collects the server's output for error messages; the process writes while the
-// test may read.
-type syncBuffer struct {
+// Buffer is a bytes.Buffer safe for one writer and concurrent readers: it collects the
+// server's output for error messages, and tests use it to capture a backend's logs.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()

@@ -348,7 +348,7 @@ func TestRefreshSeesOtherNodes(t *testing.T) {
 // backend goes back to Redis on its own.
 func TestBreaker(t *testing.T) {
 	srv := redistest.Start(t)
-	var logs syncBuffer
+	var logs redistest.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := newBackend(t, srv, Options{
 		Logger:          logger,
@@ -589,23 +589,6 @@ func TestFairShare(t *testing.T) {
 			t.Fatalf("share of %+v over %d nodes = %+v, want %+v", tc.lim, tc.n, got, tc.want)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // A settle costs no round trip of its own when the deployment's next Admit comes within
