@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -235,4 +236,58 @@ func TestAdminNeedsMasterKeyConfigured(t *testing.T) {
 	h, _, _ := startAdmin(t, strings.Replace(adminConfig, "general_settings:\n  master_key: sk-master\n", "", 1))
 	resp, body := post(t, h.URL+"/model/delete", `{"id":"x"}`)
 	wantError(t, resp, body, http.StatusForbidden, "master key")
+}
+
+// FuzzAdminBodies: whatever a client sends to the admin API, herd answers with a status from
+// the admin set and an OpenAI-shaped error, never a panic or a 500.
+func FuzzAdminBodies(f *testing.F) {
+	for _, s := range []string{
+		`{"model_name":"x","litellm_params":{"model":"openai/x","rpm":5}}`,
+		`{"model_name":"x","litellm_params":{"model":"openai/x","rpm":"os.environ/NOPE"},"model_info":{"id":7}}`,
+		`{"model_info":{"id":"a"},"litellm_params":null}`,
+		`{"id":["a"]}`,
+		`{"router_settings":{"fallbacks":[{"x":["y"]}],"model_group_alias":{"a":{"model":1}}}}`,
+		`{"model_name":"x","litellm_params":{"model":"azure/x","api_base":"not a url","timeout":-1}}`,
+		`[[[[[[[[[[]]]]]]]]]]`, `null`, `"x"`, `{}`,
+	} {
+		f.Add("/model/new", s)
+		f.Add("/config/update", s)
+		f.Add("/model/update", s)
+		f.Add("/model/delete", s)
+	}
+	static, dyn, err := config.Split([]byte(strings.ReplaceAll(adminConfig, "{{UP}}", "http://127.0.0.1:9")))
+	if err != nil {
+		f.Fatal(err)
+	}
+	cfg, err := config.Build("fuzz", static, dyn, config.MapEnv{}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	adm := &fakeAdmin{static: static, dyn: dyn, env: config.MapEnv{}}
+	srv, err := New(Options{Config: cfg, State: local.New(local.Options{}), Admin: adm,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	adm.srv = srv
+	paths := map[string]bool{"/model/new": true, "/config/update": true, "/model/update": true, "/model/delete": true}
+	f.Fuzz(func(t *testing.T, path, body string) {
+		if !paths[path] {
+			return
+		}
+		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer sk-master")
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		switch rec.Code {
+		case 200:
+		case 400, 413:
+			if !gjson.Get(rec.Body.String(), "error.message").Exists() {
+				t.Fatalf("%s %q: %d without an OpenAI-shaped error: %s", path, body, rec.Code, rec.Body)
+			}
+		default:
+			t.Fatalf("%s %q: status %d: %s", path, body, rec.Code, rec.Body)
+		}
+	})
 }
