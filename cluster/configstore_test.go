@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -181,4 +184,64 @@ func TestConfigStoreOverRaft(t *testing.T) {
 	c.net.Heal()
 	final := sameConfig(t, nodes, 6)
 	t.Logf("after healing every node holds version 6: %s", final)
+}
+
+// A node whose file differs from the cluster's config serves the cluster's and says so once;
+// a version that does not build on this node is held but not served.
+func TestConfigStoreFileDiffersAndUnbuildableVersion(t *testing.T) {
+	static, dyn, err := config.Split([]byte(storeFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	store := NewConfigStore(static, dyn, config.MapEnv{"KEY": "k"}, log)
+	var served []uint64
+	store.OnChange(func(_ *config.Config, v uint64) { served = append(served, v) })
+
+	cluster := dyn.AddModel(map[string]any{"model_name": "other", "litellm_params": map[string]any{"model": "openai/other"}})
+	cluster.Version = 4
+	snap, _ := json.Marshal(cluster)
+	if err := store.FSM().Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if store.Version() != 4 || len(served) != 1 || served[0] != 4 {
+		t.Fatalf("after restore: version %d, served %v", store.Version(), served)
+	}
+	if !strings.Contains(logs.String(), "differs from the cluster's config") {
+		t.Errorf("no warning that the file is not applied:\n%s", logs.String())
+	}
+
+	// Version 5 needs an environment variable this node lacks: held, not served.
+	bad := cluster.AddModel(map[string]any{"model_name": "x", "litellm_params": map[string]any{"model": "openai/x", "api_key": "os.environ/ONLY_ELSEWHERE"}})
+	cmd, _ := json.Marshal(configCommand{Expect: 4, Next: bad})
+	if _, err := store.FSM().Apply(9, cmd); err != nil {
+		t.Fatal(err)
+	}
+	if store.Version() != 5 || len(served) != 1 {
+		t.Fatalf("unbuildable version: state %d, served %v", store.Version(), served)
+	}
+	if !strings.Contains(logs.String(), "cannot be applied on this node") {
+		t.Errorf("no error for the unbuildable version:\n%s", logs.String())
+	}
+	if n := strings.Count(logs.String(), "differs from the cluster's config"); n != 1 {
+		t.Errorf("file warning logged %d times", n)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
