@@ -98,5 +98,13 @@ func registerRedisMetrics(reg prometheus.Registerer, b *redis.Backend) {
 			Name: "herd_redis_local_admissions_total",
 			Help: "Admissions decided locally because Redis was unreachable.",
 		}, func() float64 { return float64(b.Stats().LocalAdmits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herd_redis_block_admissions_total",
+			Help: "Admissions taken from escrow blocks reserved in Redis (no round trip).",
+		}, func() float64 { return float64(b.Stats().BlockAdmits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herd_redis_block_reservations_total",
+			Help: "Escrow blocks reserved in Redis.",
+		}, func() float64 { return float64(b.Stats().BlockReserves) }),
 	)
 }

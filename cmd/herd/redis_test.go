@@ -157,6 +157,20 @@ func TestTwoProcessesShareRedis(t *testing.T) {
 		if code, mode := readinessMode(t, n.addr); code != 200 || mode != "degraded" {
 			t.Errorf("%s readiness while Redis is down: %d %q", n.addr, code, mode)
 		}
+		resp, err := http.Get("http://" + n.addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{"herd_state_backend_degraded 1", "herd_redis_errors_total", "herd_redis_local_admissions_total", "herd_redis_block_admissions_total"} {
+			if !strings.Contains(string(metrics), want) {
+				t.Errorf("%s: /metrics lacks %q while Redis is down", n.addr, want)
+			}
+		}
+		if strings.Contains(string(metrics), rs.Password()) {
+			t.Errorf("%s: /metrics shows the Redis password", n.addr)
+		}
 	}
 
 	rs.Restart()
