@@ -72,6 +72,20 @@ func (h *harness) load(i int) state.Load {
 
 func (h *harness) tokens(i int) int64 { return h.load(i).Tokens }
 
+// settled waits until no deployment has a call in flight: a non-streaming answer reaches the
+// client before its usage is settled, so counts read right after it may not include it yet.
+func (h *harness) settled(t *testing.T) {
+	t.Helper()
+	poll(t, "every call settled", func() bool {
+		for i := range h.srv.snap.Load().deps {
+			if h.load(i).InFlight != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func post(t *testing.T, url, body string, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	return do(t, http.MethodPost, url, strings.NewReader(body), append([]string{"Content-Type", "application/json"}, hdr...)...)
@@ -284,6 +298,7 @@ model_list:
 			if clientAsks {
 				body = `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"count to four please"}]}`
 			}
+			h.settled(t) // the previous subtest's non-streaming call
 			tokensBefore := h.tokens(0)
 			resp, out := post(t, h.URL+"/chat/completions", body)
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {

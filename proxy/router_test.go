@@ -86,8 +86,7 @@ model_list:
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	// The answer is written before the usage is settled: wait for the settle.
-	poll(t, "the settle", func() bool { return h.load(0).InFlight+h.load(1).InFlight == 0 })
+	h.settled(t) // the answer is written before its usage is settled
 	used := h.tokens(0) + h.tokens(1)
 	for k, want := range map[string]string{
 		"x-ratelimit-limit-requests":     "40",
