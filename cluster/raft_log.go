@@ -31,7 +31,12 @@ func newHclogAdapter(l *slog.Logger, name string) *hclogAdapter {
 // keptAtInfo are raft's INFO messages (by prefix) about leadership, which stay at INFO.
 var keptAtInfo = []string{"entering leader state", "election won", "removed ourself"}
 
-func (h *hclogAdapter) level(l hclog.Level, msg string) slog.Level {
+func (h *hclogAdapter) level(l hclog.Level, msg string, args []any) slog.Level {
+	if l == hclog.Warn && strings.HasPrefix(msg, "heartbeat timeout reached") && firstElection(args) {
+		// Every new raft group (a lone node on every start without a data dir) begins with
+		// this: nothing is wrong.
+		return slog.LevelInfo
+	}
 	switch l {
 	case hclog.Trace, hclog.Debug:
 		return slog.LevelDebug
@@ -53,7 +58,7 @@ func (h *hclogAdapter) level(l hclog.Level, msg string) slog.Level {
 }
 
 func (h *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
-	lvl := h.level(l, msg)
+	lvl := h.level(l, msg, args)
 	ctx := context.Background()
 	if !h.log.Enabled(ctx, lvl) {
 		return
@@ -71,6 +76,16 @@ func (h *hclogAdapter) Log(l hclog.Level, msg string, args ...any) {
 		}
 	}
 	h.log.Log(ctx, lvl, msg, all...)
+}
+
+// firstElection reports whether raft's "heartbeat timeout reached" says no leader was ever known.
+func firstElection(args []any) bool {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, _ := args[i].(string); k == "last-leader-id" {
+			return fmt.Sprint(args[i+1]) == ""
+		}
+	}
+	return false
 }
 
 func (h *hclogAdapter) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }

@@ -120,11 +120,15 @@ func TestHclogAdapterLevels(t *testing.T) {
 	h.Debug("some detail")
 	h.Named("net").Info("entering leader state", "leader", "node0")
 	h.With("k", "v").Warn("failed to contact", "server-id", "node1")
+	h.Warn("heartbeat timeout reached, starting election", "last-leader-addr", "", "last-leader-id", "")
+	h.Warn("heartbeat timeout reached, starting election", "last-leader-addr", "10.0.0.1:7947", "last-leader-id", "node2")
 	out := buf.String()
 	if strings.Contains(out, "pipelining") || strings.Contains(out, "some detail") {
 		t.Errorf("routine raft logs at INFO:\n%s", out)
 	}
-	for _, want := range []string{`level=INFO msg="entering leader state" component=raft.net`, `level=WARN msg="failed to contact" component=raft k=v`} {
+	for _, want := range []string{`level=INFO msg="entering leader state" component=raft.net`, `level=WARN msg="failed to contact" component=raft k=v`,
+		`level=INFO msg="heartbeat timeout reached, starting election" component=raft last-leader-addr="" last-leader-id=""`, // a new group's first election
+		`level=WARN msg="heartbeat timeout reached, starting election" component=raft last-leader-addr=10.0.0.1:7947 last-leader-id=node2`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
