@@ -107,6 +107,9 @@ type clusterRun struct {
 	Deltas   uint64  `json:"deltas_received"`
 	// Bound is PeakRate x propagation p99: what the design says overshoot may reach.
 	Bound float64 `json:"bound_requests"`
+	// CPUPerRequest is the herd processes' CPU time over the run, summed over nodes, per
+	// request offered (admitted or refused).
+	CPUPerRequest float64 `json:"herd_cpu_us_per_request"`
 }
 
 // clusterEnv is N herd processes joined through the first, in front of one fake upstream.
@@ -261,6 +264,19 @@ func (env *clusterEnv) stop() {
 	if env.server != nil {
 		_ = env.server.Close()
 	}
+}
+
+// cpu is the herd processes' CPU time so far, summed.
+func (env *clusterEnv) cpu() (time.Duration, error) {
+	var sum time.Duration
+	for _, c := range env.nodes {
+		d, err := readProcCPU(c.pid())
+		if err != nil {
+			return 0, err
+		}
+		sum += d
+	}
+	return sum, nil
 }
 
 // propagation sums every node's herd_cluster_propagation_delay_seconds histogram.
@@ -498,9 +514,17 @@ func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, pat
 	}
 	perMinute := demand * int(o.limit)
 	at := schedule(pattern, perMinute, o.duration, o.burstGap)
+	cpuBefore, err := env.cpu()
+	if err != nil {
+		return r, err
+	}
 	start := time.Now()
 	out := env.load(ctx, model, at)
 	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	cpuAfter, err := env.cpu()
+	if err != nil {
 		return r, err
 	}
 	after, err := env.propagation(ctx)
@@ -510,6 +534,9 @@ func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, pat
 	prop := after.sub(before)
 
 	r.Offered = len(out)
+	if r.Offered > 0 {
+		r.CPUPerRequest = float64((cpuAfter - cpuBefore).Microseconds()) / float64(r.Offered)
+	}
 	for _, x := range out {
 		switch {
 		case x.status == http.StatusTooManyRequests:
@@ -642,16 +669,16 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One deployment, rpm %d; %s of load per row, round-robin over the nodes; fake upstream latency %s; bursts every %s.\n\n",
 		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date, o.limit, o.duration, o.upLatency, o.burstGap)
-	fmt.Fprintln(w, "| nodes | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| nodes | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
 		util := "n/a (demand = limit; " + fmt.Sprintf("%.1f%% admitted", r.AdmittedPct) + ")"
 		if r.Demand > 1 {
 			util = fmt.Sprintf("%.1f%%", r.Utilisation)
 		}
-		fmt.Fprintf(w, "| %d | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %.2f / %.2f ms | %.0f/s | %.1f |\n",
+		fmt.Fprintf(w, "| %d | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %.2f / %.2f ms | %.0f/s | %.1f | %.0f µs |\n",
 			r.Nodes, r.Pattern, r.Demand, r.Offered, r.Admitted, r.MaxIn60s, r.Overshoot, r.OvershootPct, util,
-			r.PropP50, r.PropP99, r.PeakRate, r.Bound)
+			r.PropP50, r.PropP99, r.PeakRate, r.Bound, r.CPUPerRequest)
 	}
 	if failed := clusterChecks(runs); len(failed) > 0 {
 		fmt.Fprintf(w, "\nTargets missed: %s\n", strings.Join(failed, "; "))
