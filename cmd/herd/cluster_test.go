@@ -91,10 +91,18 @@ func TestTwoNodesShareLimits(t *testing.T) {
 	defer cancelB()
 	addrB, _, doneB := started(t, ctxB, args("b", "--join", m[1]))
 
+	// b joined through a before it served; a learns of b from the same exchange, a moment later.
+	deadline := time.Now().Add(10 * time.Second)
 	for _, addr := range []string{addrA, addrB} {
-		st := clusterStatus(t, addr)
-		if st.Backend != "gossip" || len(st.Members) != 2 || st.Members[0].Status != "alive" || st.Members[1].Status != "alive" {
-			t.Fatalf("%s: /cluster/status = %+v", addr, st)
+		for {
+			st := clusterStatus(t, addr)
+			if st.Backend == "gossip" && len(st.Members) == 2 && st.Members[0].Status == "alive" && st.Members[1].Status == "alive" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: /cluster/status = %+v", addr, st)
+			}
+			time.Sleep(5 * time.Millisecond) // poll interval
 		}
 	}
 	admitted := 0
@@ -152,7 +160,7 @@ func TestTwoNodesShareLimits(t *testing.T) {
 	if err := <-doneB; err != nil {
 		t.Fatalf("node b: %v", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		st := clusterStatus(t, addrA)
 		if len(st.Members) == 2 && st.Members[1].Name == "b" && st.Members[1].Status == "left" {
