@@ -51,7 +51,7 @@ func (a *fakeAdmin) apply(edit func(config.Dynamic, *config.Config) (config.Dyna
 	}
 	next.Version = a.dyn.Version + 1
 	a.dyn = next
-	return cur, cfg, next.Version, a.srv.Apply(cfg)
+	return cur, cfg, next.Version, a.srv.Apply(cfg, next.Version)
 }
 
 func (a *fakeAdmin) AddModel(_ context.Context, entry map[string]any) (string, uint64, error) {
@@ -183,7 +183,8 @@ func TestAdminModelLifecycle(t *testing.T) {
 	wantError(t, resp, body, 400, "mini")
 
 	_, st := get(t, h.URL+"/cluster/status", key...)
-	if gjson.Get(st, "config_version").Int() != 4 || gjson.Get(st, "leader").String() != "n1" || gjson.Get(st, "term").Int() != 3 || gjson.Get(st, "voters.0").String() != "n1" {
+	// served_config_version names the version the listed deployments come from.
+	if gjson.Get(st, "config_version").Int() != 4 || gjson.Get(st, "served_config_version").Int() != 4 || gjson.Get(st, "leader").String() != "n1" || gjson.Get(st, "term").Int() != 3 || gjson.Get(st, "voters.0").String() != "n1" {
 		t.Fatalf("/cluster/status: %s", st)
 	}
 }

@@ -24,7 +24,7 @@ type ConsensusStatus struct {
 	Leader        string   // the leader's node name; "" when there is none
 	Term          uint64   // raft term
 	Voters        []string // voting members' names
-	ConfigVersion uint64   // the config version this node has applied; 0 = still its file's
+	ConfigVersion uint64   // the config version this node has committed and applied to its state; 0 = still its file's
 }
 
 // deploymentStatus is one deployment's cluster-wide usage in /cluster/status.
@@ -63,6 +63,10 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		"backend":     s.backend,
 		"members":     members,
 		"deployments": deps,
+		// The version the deployments above come from: the same snapshot, so a reader sees a
+		// version and its content together. It trails config_version while a version is being
+		// swapped in, or stays behind when a version cannot be built on this node.
+		"served_config_version": snap.version,
 	}
 	if s.consensus != nil {
 		cs := s.consensus()

@@ -92,7 +92,7 @@ func New(opts Options) (*Server, error) {
 		version:     opts.Version,
 		log:         opts.Logger,
 	}
-	if err := s.Apply(opts.Config); err != nil {
+	if err := s.Apply(opts.Config, 0); err != nil {
 		return nil, err
 	}
 	s.echo = s.routes(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
@@ -106,13 +106,15 @@ func megabytes(v *float64, def float64) int64 {
 	return int64(def * (1 << 20))
 }
 
-// Apply swaps in cfg's deployments, routing and router settings. In-flight requests finish on
-// the snapshot they started with; counters and health are keyed by deployment ID and carry over.
-func (s *Server) Apply(cfg *config.Config) error {
+// Apply swaps in cfg's deployments, routing and router settings; version is the cluster config
+// version cfg was built from (0: the node's own file). In-flight requests finish on the snapshot
+// they started with; counters and health are keyed by deployment ID and carry over.
+func (s *Server) Apply(cfg *config.Config, version uint64) error {
 	snap, err := s.newSnapshot(cfg)
 	if err != nil {
 		return err
 	}
+	snap.version = version
 	s.snap.Store(snap)
 	return nil
 }

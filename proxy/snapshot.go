@@ -18,6 +18,7 @@ import (
 // mutated: a config change builds a new snapshot and swaps it in atomically.
 type snapshot struct {
 	cfg       *config.Config
+	version   uint64 // the cluster config version cfg came from; 0 = this node's file
 	table     *routing.Table
 	deps      []deployment // aligned with the table's deployment indexes
 	models    []byte       // GET /v1/models body

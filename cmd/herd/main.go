@@ -161,7 +161,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	shared, err := newSharedUsage(cfg, ccfg.NodeName, reg, log)
+	now, err := newClock(ctx, getenv, log)
+	if err != nil {
+		return err
+	}
+	shared, err := newSharedUsage(cfg, ccfg.NodeName, now, reg, log)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
@@ -196,7 +200,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	defer srv.Close()
 	store.OnChange(func(c *config.Config, version uint64) {
-		if err := srv.Apply(c); err != nil {
+		if err := srv.Apply(c, version); err != nil {
 			log.Error("cluster config not applied", "config_version", version, "err", err)
 			return
 		}

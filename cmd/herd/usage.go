@@ -27,14 +27,15 @@ type sharedUsage struct {
 
 // newSharedUsage picks where usage is shared: Redis when the config names one (LiteLLM's documented
 // switch), else gossip-merged counters carried by membership.
-func newSharedUsage(cfg *config.Config, node string, reg prometheus.Registerer, log *slog.Logger) (*sharedUsage, error) {
+// now is the clock the counters read (skewed only by the test-only offset file).
+func newSharedUsage(cfg *config.Config, node string, now func() time.Time, reg prometheus.Registerer, log *slog.Logger) (*sharedUsage, error) {
 	ropts, from, useRedis, err := redisSettings(cfg)
 	if err != nil {
 		return nil, err
 	}
 	if !useRedis {
 		delay := newPropagationHistogram(reg)
-		cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg),
+		cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg), Now: now,
 			OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
 		return &sharedUsage{
 			backend: cb, name: "gossip", sync: cb, flush: cb.Close, close: cb.Close,
@@ -45,7 +46,7 @@ func newSharedUsage(cfg *config.Config, node string, reg prometheus.Registerer, 
 		}, nil
 	}
 	configured := ropts.FairShareNodes
-	ropts.Logger, ropts.LatencyTTL = log, latencyTTL(cfg)
+	ropts.Logger, ropts.LatencyTTL, ropts.Now = log, latencyTTL(cfg), now
 	ropts.SetDefaults()
 	redis.RouteClientLogs(log)
 	rb, err := redis.New(ropts)
