@@ -27,6 +27,17 @@ type Options struct {
 	APIKey       string        // if set: "Authorization: Bearer <key>" (OpenAI) or "api-key: <key>" (Azure), else 401
 	FailRate     float64       // fraction of requests answered with FailStatus (random)
 	FailStatus   int           // status used by FailRate (default 500)
+	// OnArrival, if set, is called for every counted request as soon as its body is read: the
+	// chaos suite's ground truth of what reached the upstream. It must be safe for concurrent use.
+	OnArrival func(Arrival)
+}
+
+// Arrival is one request as the upstream received it, for Options.OnArrival.
+type Arrival struct {
+	Time       time.Time
+	Deployment string
+	User       string // the body's "user" field (OpenAI's end-user ID), which callers may use as a request ID
+	Tokens     int64  // the total_tokens a successful answer reports (0 when the request is invalid)
 }
 
 // Fault is injected into the requests of one deployment (or of all, with "*").
@@ -308,6 +319,9 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st := u.state(dep)
 	st.count.Add(1)
+	if u.opts.OnArrival != nil {
+		u.opts.OnArrival(u.arrival(dep, body, parsed, &req, ep))
+	}
 	// net/http gives each request its own header map and leaves it alone after the handler
 	// returns, so keeping a reference is safe; LastRequest clones it.
 	st.last.Store(&lastRequest{method: r.Method, path: r.URL.Path, rawQuery: r.URL.RawQuery, header: r.Header, body: body})
@@ -371,6 +385,22 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		a.writeJSON(w, ep)
 	}
+}
+
+// arrival describes a request for OnArrival, with the usage its answer will carry.
+func (u *Upstream) arrival(dep, body string, parsed bool, req *request, ep endpoint) Arrival {
+	a := Arrival{Time: time.Now(), Deployment: strings.Clone(dep)}
+	if !parsed {
+		return a
+	}
+	a.User = gjson.Get(body, "user").String()
+	if req.hasText {
+		a.Tokens = int64(max(1, req.textBytes/4))
+		if ep != epEmbeddings {
+			a.Tokens += int64(u.opts.StreamChunks)
+		}
+	}
+	return a
 }
 
 // Validation messages, worded as OpenAI and Azure word them.

@@ -752,3 +752,36 @@ func BenchmarkChat(b *testing.B) { benchmarkHandler(b, chatBody) }
 func BenchmarkChatStream(b *testing.B) {
 	benchmarkHandler(b, strings.Replace(chatBody, `{"model"`, `{"stream":true,"stream_options":{"include_usage":true},"model"`, 1))
 }
+
+// TestOnArrival: every counted request is reported once, with its user field and the
+// total_tokens its answer carries — the chaos suite's ground truth.
+func TestOnArrival(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		got []fakeupstream.Arrival
+	)
+	_, base := fakeupstream.Start(t, fakeupstream.Options{OnArrival: func(a fakeupstream.Arrival) {
+		mu.Lock()
+		got = append(got, a)
+		mu.Unlock()
+	}})
+	before := time.Now()
+	resp, body := do(t, "POST", base+"/v1/chat/completions", `{"model":"dep-1","user":"req-7","stream":true,"messages":[{"role":"user","content":"abcdefgh"}]}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	do(t, "POST", base+"/v1/chat/completions", `{"model":"dep-2","messages":`) // bad JSON: counted, no tokens
+	do(t, "GET", base+"/v1/models", "")                                        // not counted
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 {
+		t.Fatalf("arrivals = %+v, want 2", got)
+	}
+	a := got[0]
+	if a.Deployment != "dep-1" || a.User != "req-7" || a.Tokens != 2+5 || a.Time.Before(before) || a.Time.After(time.Now()) {
+		t.Errorf("first arrival = %+v, want dep-1, req-7, 7 tokens", a)
+	}
+	if b := got[1]; b.Deployment != "" || b.User != "" || b.Tokens != 0 {
+		t.Errorf("bad JSON arrival = %+v, want no deployment, user or tokens", b)
+	}
+}
