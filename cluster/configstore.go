@@ -48,6 +48,9 @@ type configFSM ConfigStore
 type configCommand struct {
 	Expect uint64         `json:"expect"` // the version Next was computed from
 	Next   config.Dynamic `json:"next"`
+	// Check asks only whether Expect is the current version, changing nothing: a write refused
+	// against this node's view is refused for real only once that view is known to be current.
+	Check bool `json:"check,omitempty"`
 }
 
 // configResult answers a configCommand.
@@ -186,24 +189,21 @@ func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *con
 		if err != nil {
 			return 0, fmt.Errorf("the current config (version %d) does not build on this node: %w", cur.Version, err)
 		}
-		next, err := edit(cur, curCfg)
+		next, err := s.edited(cur, curCfg, edit, check)
+		cmd := configCommand{Expect: cur.Version, Next: next}
 		if err != nil {
+			// Refuse only against the cluster's current version: this node may lag (just
+			// restarted, or cut off), and "no deployment with that ID" must not be answered
+			// from a stale view. Without a quorum to confirm, the refusal cannot be given.
+			cmd = configCommand{Expect: cur.Version, Check: true}
+		}
+		res, index, perr := s.propose(ctx, cmd)
+		switch {
+		case perr != nil:
+			return 0, perr
+		case !res.Conflict && err != nil:
 			return 0, err
-		}
-		nextCfg, err := config.Build("change", s.static, next, s.env, nil)
-		if err != nil {
-			return 0, err
-		}
-		if check != nil {
-			if err := check(curCfg, nextCfg); err != nil {
-				return 0, err
-			}
-		}
-		res, index, err := s.propose(ctx, configCommand{Expect: cur.Version, Next: next})
-		if err != nil {
-			return 0, err
-		}
-		if !res.Conflict {
+		case !res.Conflict:
 			return res.Version, s.waitApplied(ctx, index)
 		}
 		// Someone else's change is committed; catch up with it and edit that.
@@ -212,6 +212,25 @@ func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *con
 		}
 	}
 	return 0, ErrConfigConflict
+}
+
+// edited applies edit to cur and validates the result: it must build, and pass check.
+func (s *ConfigStore) edited(cur config.Dynamic, curCfg *config.Config, edit func(config.Dynamic, *config.Config) (config.Dynamic, error),
+	check func(cur, next *config.Config) error) (config.Dynamic, error) {
+	next, err := edit(cur, curCfg)
+	if err != nil {
+		return next, err
+	}
+	nextCfg, err := config.Build("change", s.static, next, s.env, nil)
+	if err != nil {
+		return next, err
+	}
+	if check != nil {
+		if err := check(curCfg, nextCfg); err != nil {
+			return next, err
+		}
+	}
+	return next, nil
 }
 
 func (s *ConfigStore) propose(ctx context.Context, c configCommand) (configResult, uint64, error) {
@@ -268,8 +287,8 @@ func (f *configFSM) Apply(index uint64, cmd []byte) ([]byte, error) {
 	}
 	s.mu.Lock()
 	res := configResult{Version: s.cur.Version}
-	if c.Expect != s.cur.Version {
-		res.Conflict = true
+	if c.Expect != s.cur.Version || c.Check {
+		res.Conflict = c.Expect != s.cur.Version
 		s.markAppliedLocked(index)
 		s.mu.Unlock()
 		return json.Marshal(res)
