@@ -1,0 +1,272 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// Nemesis timing: each fault is held for a random 5-20 s, with 5-10 s of quiet around it.
+const (
+	holdMin, holdMax   = 5 * time.Second, 20 * time.Second
+	quietMin, quietMax = 5 * time.Second, 10 * time.Second
+)
+
+// AllNemeses are the fault kinds --nemesis all means (redis only in redis mode).
+var AllNemeses = []string{KindPartition, KindLoss, KindKill, KindPause, KindClock, KindLeader, KindRedis}
+
+// Partition shapes.
+var shapes = []string{"halves", "isolate", "ring", "bridge"}
+
+// nemesis injects faults into a run's nodes and heals them.
+type nemesis struct {
+	kinds     []string
+	nodes     []*node
+	rng       *rand.Rand
+	rec       *recorder
+	cli       *client
+	clockSkew time.Duration
+	redis     *redisServer // nil unless mode redis
+
+	active *Fault // the fault in force, if any
+}
+
+// run injects one fault after another until ctx ends, then heals what is in force.
+func (n *nemesis) run(ctx context.Context) error {
+	if len(n.kinds) == 0 {
+		return nil
+	}
+	for {
+		if !wait(ctx, between(n.rng, quietMin, quietMax)) {
+			return nil
+		}
+		kind := n.kinds[n.rng.IntN(len(n.kinds))]
+		hold := between(n.rng, holdMin, holdMax)
+		f, err := n.start(ctx, kind)
+		if err != nil {
+			return fmt.Errorf("nemesis %s: %w", kind, err)
+		}
+		n.active = f
+		if !wait(ctx, hold) {
+			return nil // heal() runs after the workload, as the final heal
+		}
+		if err := n.heal(context.WithoutCancel(ctx)); err != nil {
+			return err
+		}
+	}
+}
+
+func between(rng *rand.Rand, lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(rng.Int64N(int64(hi-lo)))
+}
+
+// wait waits d unless ctx ends first; it reports whether d passed.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (n *nemesis) names() []string {
+	out := make([]string, len(n.nodes))
+	for i, nd := range n.nodes {
+		out[i] = nd.name
+	}
+	return out
+}
+
+func (n *nemesis) byName(name string) *node {
+	for _, nd := range n.nodes {
+		if nd.name == name {
+			return nd
+		}
+	}
+	return nil
+}
+
+// start chooses and injects one fault of kind, recording it once it is in force.
+func (n *nemesis) start(ctx context.Context, kind string) (*Fault, error) {
+	f := &Fault{Kind: kind}
+	names := n.names()
+	pick := names[n.rng.IntN(len(names))]
+	switch kind {
+	case KindPartition:
+		f.Shape = shapes[n.rng.IntN(len(shapes))]
+		f.Grudge = grudge(f.Shape, names, n.rng)
+		if err := n.partition(ctx, f.Grudge); err != nil {
+			return nil, err
+		}
+	case KindLoss:
+		f.Nodes, f.Loss = names, 0.2+0.3*n.rng.Float64()
+		if err := n.loss(ctx, f.Loss); err != nil {
+			return nil, err
+		}
+	case KindKill, KindLeader:
+		f.Kind, f.Nodes = KindKill, []string{pick}
+		if kind == KindLeader {
+			if leader := n.leader(ctx); leader != "" {
+				f.Nodes, f.Leader = []string{leader}, true
+			}
+		}
+		if err := n.byName(f.Nodes[0]).kill(ctx); err != nil {
+			return nil, err
+		}
+	case KindPause:
+		f.Nodes = []string{pick}
+		if err := n.byName(pick).signal(syscall.SIGSTOP, false); err != nil {
+			return nil, err
+		}
+	case KindClock:
+		f.Nodes = []string{pick}
+		f.Offset = between(n.rng, time.Second, n.clockSkew+1)
+		if n.rng.IntN(2) == 0 {
+			f.Offset = -f.Offset
+		}
+		if err := n.byName(pick).setClock(f.Offset); err != nil {
+			return nil, err
+		}
+	case KindRedis:
+		if err := n.redis.kill(ctx); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("unknown nemesis %q", kind)
+	}
+	n.rec.add(Op{Type: Info, F: FStart, Process: NemesisProcess, Value: Value{Fault: f}})
+	return f, nil
+}
+
+// heal ends the fault in force, if any, and records that.
+func (n *nemesis) heal(ctx context.Context) error {
+	f := n.active
+	if f == nil {
+		return nil
+	}
+	n.active = nil
+	var err error
+	switch f.Kind {
+	case KindPartition, KindLoss:
+		err = n.flush(ctx)
+	case KindKill:
+		err = n.byName(f.Nodes[0]).start()
+	case KindPause:
+		err = n.byName(f.Nodes[0]).signal(syscall.SIGCONT, false)
+	case KindClock:
+		err = n.byName(f.Nodes[0]).setClock(0)
+	case KindRedis:
+		err = n.redis.start(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("healing %s: %w", f.Kind, err)
+	}
+	n.rec.add(Op{Type: Info, F: FStop, Process: NemesisProcess, Value: Value{Fault: f}})
+	return nil
+}
+
+// grudge computes, for a partition shape, which nodes each node cannot exchange packets with.
+func grudge(shape string, names []string, rng *rand.Rand) map[string][]string {
+	nodes := slices.Clone(names)
+	rng.Shuffle(len(nodes), func(i, j int) { nodes[i], nodes[j] = nodes[j], nodes[i] })
+	cut := map[string][]string{}
+	split := func(a, b []string) {
+		for _, x := range a {
+			for _, y := range b {
+				cut[x] = append(cut[x], y)
+				cut[y] = append(cut[y], x)
+			}
+		}
+	}
+	n := len(nodes)
+	switch {
+	case shape == "isolate" || n < 3:
+		split(nodes[:1], nodes[1:])
+	case shape == "halves":
+		split(nodes[:n/2], nodes[n/2:])
+	case shape == "ring" && n >= 4:
+		// Majorities ring: on a ring, each node hears the nodes within distance k, a majority
+		// with itself, and no two nodes hear the same majority.
+		k := (n/2 + 1) / 2
+		for i, x := range nodes {
+			for j, y := range nodes {
+				d := min((i-j+n)%n, (j-i+n)%n)
+				if d > k {
+					cut[x] = append(cut[x], y)
+				}
+			}
+		}
+	default: // bridge (and ring on 3 nodes): two sides that only the first node hears both of
+		rest := nodes[1:]
+		split(rest[:len(rest)/2], rest[len(rest)/2:])
+	}
+	for k := range cut {
+		slices.Sort(cut[k])
+		cut[k] = slices.Compact(cut[k])
+	}
+	return cut
+}
+
+// partition drops every packet between the nodes of each grudge, in both directions, in the
+// nodes' own namespaces (iptables, as Jepsen does).
+func (n *nemesis) partition(ctx context.Context, g map[string][]string) error {
+	for name, others := range g {
+		nd := n.byName(name)
+		for _, o := range others {
+			addr := n.byName(o).addr
+			if err := inNS(ctx, nd.ns, "iptables", "-w", "-A", "INPUT", "-s", addr, "-j", "DROP"); err != nil {
+				return err
+			}
+			if err := inNS(ctx, nd.ns, "iptables", "-w", "-A", "OUTPUT", "-d", addr, "-j", "DROP"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loss drops packets between nodes at random with probability p (each node's input from the
+// others); the controller's traffic is not touched.
+func (n *nemesis) loss(ctx context.Context, p float64) error {
+	for _, nd := range n.nodes {
+		for _, o := range n.nodes {
+			if o == nd {
+				continue
+			}
+			if err := inNS(ctx, nd.ns, "iptables", "-w", "-A", "INPUT", "-s", o.addr, "-m", "statistic",
+				"--mode", "random", "--probability", fmt.Sprintf("%.3f", p), "-j", "DROP"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flush removes every packet filter.
+func (n *nemesis) flush(ctx context.Context) error {
+	var errs []error
+	for _, nd := range n.nodes {
+		errs = append(errs, inNS(ctx, nd.ns, "iptables", "-w", "-F"))
+	}
+	return errors.Join(errs...)
+}
+
+// leader asks the live nodes who leads raft.
+func (n *nemesis) leader(ctx context.Context) string {
+	for _, nd := range n.nodes {
+		if !nd.running() {
+			continue
+		}
+		if cs, err := n.cli.status(ctx, nd.name); err == nil && cs.Leader != "" {
+			return cs.Leader
+		}
+	}
+	return ""
+}

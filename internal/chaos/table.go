@@ -1,0 +1,101 @@
+package chaos
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Table summarises stored runs as the Markdown table docs/CHAOS.md publishes: one row per mode
+// and nemesis set, with how many runs were valid, which checkers failed, the worst overshoot of
+// any deployment, and the share of requests answered (200 or 429) per phase.
+func Table(dirs []string) (string, error) {
+	type row struct {
+		mode, nemesis    string
+		runs, valid      int
+		failed           []string
+		over             int64
+		overPct          float64
+		answered, totals map[string]float64
+	}
+	rows := map[string]*row{}
+	var order []string
+	for _, dir := range dirs {
+		var info RunInfo
+		var res Results
+		if err := readJSON(filepath.Join(dir, RunFile), &info); err != nil {
+			return "", err
+		}
+		if err := readJSON(filepath.Join(dir, ResultsFile), &res); err != nil {
+			return "", err
+		}
+		nem := strings.Join(info.Nemeses, ",")
+		if nem == "" {
+			nem = "none"
+		}
+		key := info.Mode + "\x00" + nem
+		r := rows[key]
+		if r == nil {
+			r = &row{mode: info.Mode, nemesis: nem, answered: map[string]float64{}, totals: map[string]float64{}}
+			rows[key] = r
+			order = append(order, key)
+		}
+		r.runs++
+		if res.Valid == True {
+			r.valid++
+		}
+		for name, c := range res.Checkers {
+			if c.Valid != True && !slices.Contains(r.failed, name) {
+				r.failed = append(r.failed, name)
+			}
+		}
+		for _, d := range res.Deployments {
+			if over := d.MaxIn60s - d.LimitRPM; over > r.over {
+				r.over, r.overPct = over, 100*float64(over)/float64(d.LimitRPM)
+			}
+		}
+		phases, _ := res.Checkers["availability"].Figures["phases"].(map[string]any)
+		for phase, v := range phases {
+			m, _ := v.(map[string]any)
+			total, _ := m["total"].(float64)
+			answered, _ := m["answered"].(float64)
+			r.totals[phase] += total
+			r.answered[phase] += answered
+		}
+	}
+	slices.Sort(order)
+	var b strings.Builder
+	b.WriteString("| mode | nemesis | runs | valid | failing checkers | worst overshoot (any 60 s) | answered: healthy / majority / minority |\n")
+	b.WriteString("|---|---|---|---|---|---|---|\n")
+	for _, k := range order {
+		r := rows[k]
+		failed := "—"
+		if len(r.failed) > 0 {
+			slices.Sort(r.failed)
+			failed = strings.Join(r.failed, ", ")
+		}
+		share := func(p string) string {
+			if r.totals[p] == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%.1f %%", 100*r.answered[p]/r.totals[p])
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %d (%.1f %%) | %s / %s / %s |\n", r.mode, r.nemesis, r.runs, r.valid, failed,
+			r.over, r.overPct, share(PhaseHealthy), share(PhaseMajority), share(PhaseMinority))
+	}
+	return b.String(), nil
+}
+
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
