@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/herd-proxy/herd/internal/chaos"
@@ -147,4 +149,42 @@ func TestPlantedAdmissionBugIsCaught(t *testing.T) {
 		t.Fatalf("the same run of the real herd: exit %d, want %d\n%s", code, exitValid, out)
 	}
 	t.Logf("real herd:\n%s", out)
+}
+
+// TestRunWithoutRootSaysSoAndExits2: the suite needs root for namespaces; a user without it
+// gets one clear line and exit status 2, and nothing is created.
+func TestRunWithoutRootSaysSoAndExits2(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds herd-chaos; skipped under -short")
+	}
+	if os.Geteuid() != 0 {
+		// Not root already: the command itself is the test.
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), []string{"run", "--out", t.TempDir()}, &out, &errb); code != exitUnknown || !strings.Contains(errb.String(), "needs root") {
+			t.Fatalf("exit %d, want %d with 'needs root': %s", code, exitUnknown, errb.String())
+		}
+		return
+	}
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} { // nobody must reach the binary
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "herd-chaos")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/herd-chaos")
+	build.Dir = moduleRoot(t)
+	if msg, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, msg)
+	}
+	cmd := exec.Command(bin, "run", "--herd", bin, "--out", filepath.Join(dir, "run"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitUnknown || !strings.Contains(string(out), "needs root") {
+		t.Fatalf("as nobody: %v, want exit %d saying it needs root:\n%s", err, exitUnknown, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "run")); !os.IsNotExist(err) {
+		t.Errorf("the run directory was created: %v", err)
+	}
 }
