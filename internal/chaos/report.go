@@ -222,6 +222,8 @@ func buildReport(r *Run, res *Results) (*repPage, error) {
 	}
 	arrivals := repArrivalsByDeployment(r)
 	pg.UsageStep = max(0.25, end/repSamples)
+	tl := NewTimeline(r)
+	usage, _ := usageByDeployment(r)
 	pg.Usage = make([]repUsage, len(info.Deployments))
 	for i, d := range info.Deployments {
 		pg.Usage[i].ID = d.ID
@@ -235,15 +237,16 @@ func buildReport(r *Run, res *Results) (*repPage, error) {
 			maxReq, maxTok = a.maxIn60s()
 		}
 		xs, reqs, toks := a.trailing(end, pg.UsageStep)
+		breqs, btoks := repBounds(tl, usage[d.ID], xs)
 		title := fmt.Sprintf("%s: at most %d requests in any 60 s, limit %d rpm", d.ID, maxReq, d.RPM)
-		p, err := repUsagePlot(title, "requests admitted in trailing 60 s", "requests", xs, reqs, d.RPM, dr.Bound, bands, end)
+		p, err := repUsagePlot(title, "requests admitted in trailing 60 s", "requests", xs, reqs, d.RPM, breqs, bands, end)
 		if err != nil {
 			return nil, err
 		}
 		todo = append(todo, job{p, 250, d.ID + " requests", &pg.Usage[i].Requests})
 		if d.TPM > 0 {
 			title := fmt.Sprintf("%s: at most %d tokens in any 60 s, limit %d tpm", d.ID, maxTok, d.TPM)
-			p, err := repUsagePlot(title, "tokens admitted in trailing 60 s", "tokens", xs, toks, d.TPM, dr.TokenBound, bands, end)
+			p, err := repUsagePlot(title, "tokens admitted in trailing 60 s", "tokens", xs, toks, d.TPM, btoks, bands, end)
 			if err != nil {
 				return nil, err
 			}
@@ -312,4 +315,19 @@ func repFigureValue(v any) string {
 		return fmt.Sprint(v)
 	}
 	return string(b)
+}
+
+// repBounds is, at every sample time x, the bound the limits checker allows the trailing
+// window ending at x: it rises where faults allowed more views of the usage.
+func repBounds(tl *Timeline, u *depUsage, xs []float64) (reqs, toks []float64) {
+	if u == nil {
+		return nil, nil
+	}
+	reqs, toks = make([]float64, len(xs)), make([]float64, len(xs))
+	for i, x := range xs {
+		e := int64(x * 1e9)
+		b := limitBound(tl.Mode, u, tl.FaultFactor(e-LimitWindow, e))
+		reqs[i], toks[i] = float64(b.Requests), float64(b.Tokens)
+	}
+	return reqs, toks
 }

@@ -99,7 +99,7 @@ ul.links li{margin:2px 0}
 <figure>{{.Throughput}}<figcaption>Chat requests completed per second, by outcome. Shaded: fault periods.</figcaption></figure>
 
 <h2>Deployments: usage against limits</h2>
-<p class="note">Requests (and tokens) the fake upstream received for each deployment in the trailing 60 s (sampled every {{.UsageStep}} s; the titles give the exact maximum), against its limit (solid red) and the bound the limits checker allowed given the faults (dashed). Shaded: fault periods.</p>
+<p class="note">Requests (and tokens) the fake upstream received for each deployment in the trailing 60 s (sampled every {{.UsageStep}} s; the titles give the exact maximum), against its limit (solid red) and the bound the limits checker allows the trailing 60 s given the faults in it (dashed: it steps up while faults, and their repair time after healing, let the nodes see the usage in several separate views). Shaded: fault periods.</p>
 {{range .Usage}}<figure>{{.Requests}}</figure>{{if .Tokens}}<figure>{{.Tokens}}</figure>{{end}}
 {{else}}<p class="note">The run had no chat deployments.</p>{{end}}
 

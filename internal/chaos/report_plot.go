@@ -381,13 +381,14 @@ func repThroughputPlot(counts map[OpType][]float64, width float64, bands []repSp
 	return p, nil
 }
 
-// repUsagePlot shows a deployment's usage in the trailing 60 s against its limit and, when
-// the checker reported one, the bound it allowed.
-func repUsagePlot(title, ylabel, what string, xs, ys []float64, limit, bound int64, bands []repSpan, end float64) (*plot.Plot, error) {
+// repUsagePlot shows a deployment's usage in the trailing 60 s against its limit and the bound
+// the limits checker allowed each trailing window (bounds, at the same times as xs; none when
+// nil or all 0).
+func repUsagePlot(title, ylabel, what string, xs, ys []float64, limit int64, bounds []float64, bands []repSpan, end float64) (*plot.Plot, error) {
 	p := repNewPlot(title, ylabel, end)
 	p.Add(repBands{bands})
 	xys := make(plotter.XYs, len(xs))
-	top := float64(max(limit, bound, 1))
+	top := float64(max(limit, 1))
 	for i := range xs {
 		xys[i] = plotter.XY{X: xs[i], Y: ys[i]}
 		top = max(top, ys[i])
@@ -415,12 +416,19 @@ func repUsagePlot(title, ylabel, what string, xs, ys []float64, limit, bound int
 			return nil, err
 		}
 	}
-	if bound > 0 {
-		if err := hline(bound, draw.LineStyle{Color: color.Gray{0x30}, Width: vg.Points(1.2),
-			Dashes: []vg.Length{vg.Points(6), vg.Points(4)}},
-			fmt.Sprintf("checker's bound (%d)", bound)); err != nil {
+	if len(bounds) == len(xs) && slices.Max(append([]float64{0}, bounds...)) > 0 {
+		bxys := make(plotter.XYs, len(xs))
+		for i := range xs {
+			bxys[i] = plotter.XY{X: xs[i], Y: bounds[i]}
+			top = max(top, bounds[i])
+		}
+		b, err := plotter.NewLine(bxys)
+		if err != nil {
 			return nil, err
 		}
+		b.LineStyle = draw.LineStyle{Color: color.Gray{0x30}, Width: vg.Points(1.2), Dashes: []vg.Length{vg.Points(6), vg.Points(4)}}
+		p.Add(b)
+		p.Legend.Add("checker's bound for the trailing 60 s", b)
 	}
 	p.Y.Min, p.Y.Max = 0, top*1.4
 	p.Add(repLegendBox{})
