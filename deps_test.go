@@ -34,3 +34,19 @@ func TestImportDirection(t *testing.T) {
 		}
 	}
 }
+
+// TestHerdShipsNoTestCode: the herd binary carries none of the chaos suite, the fake upstream
+// or the test helpers; only their own commands and tests use them.
+func TestHerdShipsNoTestCode(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "./cmd/herd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, b := range []string{"/internal/chaos", "/internal/fakeupstream", "/internal/redistest", "/state/statetest"} {
+			if strings.HasSuffix(dep, "/herd"+b) {
+				t.Errorf("cmd/herd depends on %s", dep)
+			}
+		}
+	}
+}

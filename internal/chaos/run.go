@@ -272,6 +272,11 @@ func (r *runner) setUp(ctx context.Context) error {
 	if err := r.waitFormed(ctx, 90*time.Second); err != nil {
 		return err
 	}
+	if o.Mode == ModeStrict {
+		if log, err := os.ReadFile(r.nodes[0].logPath); err == nil && strings.Contains(string(log), "key=router_settings.cluster_limit_mode") {
+			o.Log.Warn("this herd does not know router_settings.cluster_limit_mode: it runs in fast mode, and is judged against strict mode's bound (exactly the limit)")
+		}
+	}
 	return nil
 }
 

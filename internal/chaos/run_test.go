@@ -1,0 +1,45 @@
+package chaos
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/herd-proxy/herd/config"
+)
+
+// TestNodeConfigLoads: the config every node is started with is one herd accepts, with the
+// deployments and limits run.json records, and the mode's settings.
+func TestNodeConfigLoads(t *testing.T) {
+	for _, mode := range []string{ModeFast, ModeStrict, ModeRedis} {
+		t.Run(mode, func(t *testing.T) {
+			o := Options{Nodes: 3, Time: 60e9, Mode: mode, RPM: 600, Demand: 3}
+			if err := o.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			r := &runner{o: o, key: "sk-chaos-test"}
+			var logs bytes.Buffer
+			cfg, err := config.Parse("config.yaml", r.config(), config.MapEnv{"REDIS_PASSWORD": "pw"}, slog.New(slog.NewTextHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := o.deployments()
+			if len(cfg.ModelList) != len(want) {
+				t.Fatalf("%d deployments, want %d", len(cfg.ModelList), len(want))
+			}
+			for i, d := range cfg.ModelList {
+				if d.ID != want[i].ID || d.ModelName != want[i].Group || d.Limits.RPM != want[i].RPM || d.Limits.TPM != want[i].TPM {
+					t.Errorf("deployment %d = %s/%s rpm %d tpm %d, want %+v", i, d.ID, d.ModelName, d.Limits.RPM, d.Limits.TPM, want[i])
+				}
+			}
+			if cfg.GeneralSettings.MasterKey != "sk-chaos-test" {
+				t.Errorf("master key %q", cfg.GeneralSettings.MasterKey)
+			}
+			if mode == ModeRedis && !strings.Contains(string(r.config()), "os.environ/REDIS_PASSWORD") {
+				t.Error("redis mode does not take its password from the environment")
+			}
+			t.Logf("herd says: %s", logs.String())
+		})
+	}
+}
