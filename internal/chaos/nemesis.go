@@ -46,7 +46,8 @@ func (n *nemesis) run(ctx context.Context) error {
 		}
 		kind := n.kinds[n.rng.IntN(len(n.kinds))]
 		hold := between(n.rng, holdMin, holdMax)
-		f, err := n.start(ctx, kind)
+		// A fault is injected whole even if the run ends meanwhile: the final heal undoes it.
+		f, err := n.start(context.WithoutCancel(ctx), kind)
 		if err != nil {
 			return fmt.Errorf("nemesis %s: %w", kind, err)
 		}

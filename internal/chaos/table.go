@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ func Table(dirs []string) (string, error) {
 	type row struct {
 		mode, nemesis    string
 		runs, valid      int
+		unknown          int // runs that could not tell (or could not be carried out)
 		failed           []string
 		over             int64
 		overPct          float64
@@ -29,7 +31,9 @@ func Table(dirs []string) (string, error) {
 		if err := readJSON(filepath.Join(dir, RunFile), &info); err != nil {
 			return "", err
 		}
-		if err := readJSON(filepath.Join(dir, ResultsFile), &res); err != nil {
+		if err := readJSON(filepath.Join(dir, ResultsFile), &res); errors.Is(err, os.ErrNotExist) {
+			res = Results{Valid: Unknown} // the run could not be carried out or analysed
+		} else if err != nil {
 			return "", err
 		}
 		nem := strings.Join(info.Nemeses, ",")
@@ -44,8 +48,11 @@ func Table(dirs []string) (string, error) {
 			order = append(order, key)
 		}
 		r.runs++
-		if res.Valid == True {
+		switch res.Valid {
+		case True:
 			r.valid++
+		case Unknown:
+			r.unknown++
 		}
 		for name, c := range res.Checkers {
 			if c.Valid != True && !slices.Contains(r.failed, name) {
@@ -83,7 +90,11 @@ func Table(dirs []string) (string, error) {
 			}
 			return fmt.Sprintf("%.1f %%", 100*r.answered[p]/r.totals[p])
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %d (%.1f %%) | %s / %s / %s |\n", r.mode, r.nemesis, r.runs, r.valid, failed,
+		runs := fmt.Sprint(r.runs)
+		if r.unknown > 0 {
+			runs += fmt.Sprintf(" (%d unknown)", r.unknown)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %d (%.1f %%) | %s / %s / %s |\n", r.mode, r.nemesis, runs, r.valid, failed,
 			r.over, r.overPct, share(PhaseHealthy), share(PhaseMajority), share(PhaseMinority))
 	}
 	return b.String(), nil

@@ -41,13 +41,20 @@ func TestTable(t *testing.T) {
 	b := write("b", RunInfo{Mode: ModeFast, Nemeses: []string{KindKill}},
 		Results{Valid: False, Checkers: checkers, Deployments: []DeploymentResult{{ID: "d", LimitRPM: 600, MaxIn60s: 1200}}})
 	c := write("c", RunInfo{Mode: ModeStrict}, Results{Valid: True, Checkers: avail(10, 10)})
-	got, err := Table([]string{a, b, c})
+	d := filepath.Join(dir, "died") // a run that could not be carried out: run.json, no results
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeJSON(filepath.Join(d, RunFile), RunInfo{Mode: ModeStrict}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Table([]string{a, b, c, d})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
 		"| fast | kill | 2 | 1 | limits | 600 (100.0 %) | 75.0 % / — / — |",
-		"| strict | none | 1 | 1 | — | 0 (0.0 %) | 100.0 % / — / — |",
+		"| strict | none | 2 (1 unknown) | 1 | — | 0 (0.0 %) | 100.0 % / — / — |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
