@@ -311,12 +311,19 @@ func repEnd(r *Run) float64 {
 func repCommand(info *RunInfo) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "herd-chaos run --nodes %d --time %s", len(info.Nodes), info.Duration)
-	if len(info.Nemeses) > 0 {
-		fmt.Fprintf(&b, " --nemesis %s", strings.Join(info.Nemeses, ","))
+	nemeses := strings.Join(info.Nemeses, ",")
+	if nemeses == "" {
+		nemeses = "none" // the flag's default is all
 	}
-	fmt.Fprintf(&b, " --mode %s", info.Mode)
+	fmt.Fprintf(&b, " --nemesis %s --mode %s", nemeses, info.Mode)
 	if len(info.Deployments) > 0 {
 		fmt.Fprintf(&b, " --rpm %d", info.Deployments[0].RPM)
+	}
+	if len(info.Deployments) > 1 && info.Deployments[1].TPM > 0 {
+		fmt.Fprintf(&b, " --tpm %d", info.Deployments[1].TPM)
+	}
+	if info.ClockSkew > 0 && slices.Contains(info.Nemeses, KindClock) {
+		fmt.Fprintf(&b, " --clock-skew %s", info.ClockSkew)
 	}
 	fmt.Fprintf(&b, " --demand %s --seed %d", strconv.FormatFloat(info.Demand, 'g', -1, 64), info.Seed)
 	return b.String()

@@ -182,7 +182,7 @@ func TestReportPage(t *testing.T) {
 	}
 	for _, want := range []string{
 		"invalid",
-		"herd-chaos run --nodes 3 --time 2m0s --nemesis partition,kill --mode fast --rpm 600 --demand 1.5 --seed 42",
+		"herd-chaos run --nodes 3 --time 2m0s --nemesis partition,kill --mode fast --rpm 600 --tpm 30000 --demand 1.5 --seed 42",
 		"problem " + hostile, // shown as text, escaped
 		"and 5 more",         // 25 problems, 20 shown
 		"dep-b<i>: at most 210 requests in any 60 s", // the plot's title, escaped by gonum/plot

@@ -15,7 +15,9 @@ type RunInfo struct {
 	Nemeses  []string      `json:"nemeses"`  // the fault kinds scheduled (KindPartition, ...)
 	Duration time.Duration `json:"duration"` // how long the workload ran
 	Demand   float64       `json:"demand"`   // offered load as a multiple of each group's limit
-	Start    int64         `json:"start"`    // unix nanoseconds of history time 0
+	// ClockSkew is the most the clock nemesis skewed a node by, either way.
+	ClockSkew time.Duration `json:"clock_skew,omitempty"`
+	Start     int64         `json:"start"` // unix nanoseconds of history time 0
 	// Deployments are the chat workload's deployments, with the limits they had all run long.
 	Deployments []DeploymentInfo `json:"deployments"`
 	// ManagedPrefix marks the deployments the config workload adds, updates and deletes

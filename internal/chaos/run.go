@@ -246,7 +246,7 @@ func (r *runner) setUp(ctx context.Context) error {
 		nd := newNode(o.Out, r.herd, cfgPath, i+1, names, r.net, env)
 		r.nodes = append(r.nodes, nd)
 	}
-	r.info = RunInfo{Seed: o.Seed, Mode: o.Mode, Nemeses: o.Nemeses, Duration: o.Time, Demand: o.Demand,
+	r.info = RunInfo{Seed: o.Seed, Mode: o.Mode, Nemeses: o.Nemeses, Duration: o.Time, Demand: o.Demand, ClockSkew: o.ClockSkew,
 		Deployments: o.deployments(), ManagedPrefix: managedPrefix, Propagation: propagationAllowance,
 		Repair: repairTime, ConvergeWithin: convergeWithin, HerdVersion: herdVersion(r.herd)}
 	addrs := map[string]string{}

@@ -43,3 +43,21 @@ func TestNodeConfigLoads(t *testing.T) {
 		})
 	}
 }
+
+// TestRepeatCommand: the command the report prints repeats the run, defaults included.
+func TestRepeatCommand(t *testing.T) {
+	deps := (&Options{RPM: 600, TPM: 18000}).deployments()
+	for _, tt := range []struct {
+		info RunInfo
+		want string
+	}{
+		{RunInfo{Nodes: make([]NodeInfo, 3), Duration: 60e9, Mode: ModeFast, Deployments: deps, Demand: 3, Seed: 7},
+			"herd-chaos run --nodes 3 --time 1m0s --nemesis none --mode fast --rpm 600 --tpm 18000 --demand 3 --seed 7"},
+		{RunInfo{Nodes: make([]NodeInfo, 5), Duration: 120e9, Mode: ModeRedis, Nemeses: []string{KindClock}, ClockSkew: 30e9, Deployments: deps, Demand: 2.5, Seed: 1},
+			"herd-chaos run --nodes 5 --time 2m0s --nemesis clock --mode redis --rpm 600 --tpm 18000 --clock-skew 30s --demand 2.5 --seed 1"},
+	} {
+		if got := repCommand(&tt.info); got != tt.want {
+			t.Errorf("repCommand =\n%s\nwant\n%s", got, tt.want)
+		}
+	}
+}

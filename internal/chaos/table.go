@@ -40,6 +40,9 @@ func Table(dirs []string) (string, error) {
 		if nem == "" {
 			nem = "none"
 		}
+		if slices.Contains(info.Nemeses, KindClock) && info.ClockSkew > 0 {
+			nem += fmt.Sprintf(" (clock ±%s)", info.ClockSkew)
+		}
 		key := info.Mode + "\x00" + nem
 		r := rows[key]
 		if r == nil {
