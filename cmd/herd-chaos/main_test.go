@@ -11,12 +11,18 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/herd-proxy/herd/internal/chaos"
 )
 
 func TestUsageAndBadArguments(t *testing.T) {
-	for _, args := range [][]string{nil, {"dance"}, {"run", "--nodes", "0"}, {"run", "--mode", "eventual"}, {"run", "extra"}, {"analyze"}, {"analyze", t.TempDir()}} {
+	used := t.TempDir() // an --out that already holds a run
+	if err := os.WriteFile(filepath.Join(used, "history.jsonl"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{nil, {"dance"}, {"run", "--nodes", "0"}, {"run", "--mode", "eventual"}, {"run", "extra"},
+		{"run", "--nemesis", "clock", "--clock-skew", "0s"}, {"run", "--out", used}, {"analyze"}, {"analyze", t.TempDir()}} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), args, &out, &errb); code != exitUnknown {
 			t.Errorf("herd-chaos %v: exit %d, want %d (could not run)\n%s%s", args, code, exitUnknown, out.String(), errb.String())
@@ -136,6 +142,7 @@ func TestPlantedAdmissionBugIsCaught(t *testing.T) {
 			t.Errorf("%s: at most %d in any 60 s against rpm %d: the loose limit did not show", d.ID, d.MaxIn60s, d.LimitRPM)
 		}
 	}
+	agreeWithUpstreamLog(t, filepath.Join(dir, "loose"), res)
 	t.Logf("loose herd:\n%s", out)
 
 	var again bytes.Buffer
@@ -186,5 +193,38 @@ func TestRunWithoutRootSaysSoAndExits2(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "run")); !os.IsNotExist(err) {
 		t.Errorf("the run directory was created: %v", err)
+	}
+}
+
+// agreeWithUpstreamLog recounts, straight from upstream.jsonl, what results.json says each
+// deployment received: in total, and the most requests and tokens in any 60 s.
+func agreeWithUpstreamLog(t *testing.T, dir string, res chaos.Results) {
+	t.Helper()
+	arrivals, err := chaos.ReadJSONL[chaos.Arrival](filepath.Join(dir, chaos.UpstreamFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range res.Deployments {
+		var ts, toks []int64
+		for _, a := range arrivals {
+			if a.Deployment == d.ID {
+				ts, toks = append(ts, a.T), append(toks, a.Tokens)
+			}
+		}
+		// A busiest 60 s can always be slid to start at an arrival.
+		var most, mostTokens int64
+		for i := range ts {
+			var n, tok int64
+			for j := range ts {
+				if ts[j] >= ts[i] && ts[j] < ts[i]+int64(60*time.Second) {
+					n, tok = n+1, tok+toks[j]
+				}
+			}
+			most, mostTokens = max(most, n), max(mostTokens, tok)
+		}
+		if int64(len(ts)) != d.Admitted || most != d.MaxIn60s || mostTokens != d.MaxTokensIn60s {
+			t.Errorf("%s: upstream.jsonl has %d arrivals, at most %d requests and %d tokens in any 60 s; results.json says %d, %d, %d",
+				d.ID, len(ts), most, mostTokens, d.Admitted, d.MaxIn60s, d.MaxTokensIn60s)
+		}
 	}
 }

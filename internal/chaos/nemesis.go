@@ -47,11 +47,9 @@ func (n *nemesis) run(ctx context.Context) error {
 		kind := n.kinds[n.rng.IntN(len(n.kinds))]
 		hold := between(n.rng, holdMin, holdMax)
 		// A fault is injected whole even if the run ends meanwhile: the final heal undoes it.
-		f, err := n.start(context.WithoutCancel(ctx), kind)
-		if err != nil {
+		if _, err := n.start(context.WithoutCancel(ctx), kind); err != nil {
 			return fmt.Errorf("nemesis %s: %w", kind, err)
 		}
-		n.active = f
 		if !wait(ctx, hold) {
 			return nil // heal() runs after the workload, as the final heal
 		}
@@ -94,82 +92,118 @@ func (n *nemesis) byName(name string) *node {
 	return nil
 }
 
-// start chooses and injects one fault of kind, recording it once it is in force.
+// actionTimeout bounds one nemesis action (a kill and its wait, a restart, the packet filters),
+// so that a stuck process or a held lock cannot hang the run.
+const actionTimeout = 30 * time.Second
+
+// start chooses one fault of kind, records it and injects it. The start op comes first, as
+// Jepsen's invoke: a partition takes many iptables calls, and the fault must not be taken as
+// absent while it is being put in place. It returns nil when there is nothing to inject (every
+// node is down).
 func (n *nemesis) start(ctx context.Context, kind string) (*Fault, error) {
+	f, target := n.choose(ctx, kind)
+	if f == nil {
+		return nil, nil
+	}
+	n.rec.add(Op{Type: Info, F: FStart, Process: NemesisProcess, Value: Value{Fault: f}})
+	n.active = f
+	ctx, cancel := context.WithTimeout(ctx, actionTimeout)
+	defer cancel()
+	var err error
+	switch f.Kind {
+	case KindPartition:
+		err = n.partition(ctx, f.Grudge)
+	case KindLoss:
+		err = n.loss(ctx, f.Loss)
+	case KindKill:
+		if err = target.kill(ctx); err != nil && !target.running() {
+			err = nil // it ended on its own just now: the crash is recorded, and it is down as wanted
+		}
+	case KindPause:
+		err = target.signal(syscall.SIGSTOP, false)
+	case KindClock:
+		err = target.setClock(f.Offset)
+	case KindRedis:
+		err = n.redis.kill(ctx)
+	}
+	return f, err
+}
+
+// choose picks a fault of kind and its target node: kills and pauses only hit a running node.
+func (n *nemesis) choose(ctx context.Context, kind string) (*Fault, *node) {
 	f := &Fault{Kind: kind}
 	names := n.names()
-	pick := names[n.rng.IntN(len(names))]
+	var up []*node
+	for _, nd := range n.nodes {
+		if nd.running() {
+			up = append(up, nd)
+		}
+	}
+	var target *node
+	if len(up) > 0 {
+		target = up[n.rng.IntN(len(up))]
+	}
 	switch kind {
 	case KindPartition:
 		f.Shape = shapes[n.rng.IntN(len(shapes))]
 		f.Grudge = grudge(f.Shape, names, n.rng)
-		if err := n.partition(ctx, f.Grudge); err != nil {
-			return nil, err
-		}
 	case KindLoss:
 		f.Nodes, f.Loss = names, 0.2+0.3*n.rng.Float64()
-		if err := n.loss(ctx, f.Loss); err != nil {
-			return nil, err
+	case KindKill, KindLeader, KindPause, KindClock:
+		if target == nil {
+			return nil, nil
 		}
-	case KindKill, KindLeader:
-		f.Kind, f.Nodes = KindKill, []string{pick}
 		if kind == KindLeader {
-			if leader := n.leader(ctx); leader != "" {
-				f.Nodes, f.Leader = []string{leader}, true
+			kind = KindKill
+			if l := n.byName(n.leader(ctx)); l != nil && l.running() {
+				target, f.Leader = l, true
 			}
 		}
-		if err := n.byName(f.Nodes[0]).kill(ctx); err != nil {
-			return nil, err
+		f.Kind, f.Nodes = kind, []string{target.name}
+		if kind == KindClock {
+			f.Offset = between(n.rng, time.Second, n.clockSkew+1)
+			if n.rng.IntN(2) == 0 {
+				f.Offset = -f.Offset
+			}
 		}
-	case KindPause:
-		f.Nodes = []string{pick}
-		if err := n.byName(pick).signal(syscall.SIGSTOP, false); err != nil {
-			return nil, err
-		}
-	case KindClock:
-		f.Nodes = []string{pick}
-		f.Offset = between(n.rng, time.Second, n.clockSkew+1)
-		if n.rng.IntN(2) == 0 {
-			f.Offset = -f.Offset
-		}
-		if err := n.byName(pick).setClock(f.Offset); err != nil {
-			return nil, err
-		}
-	case KindRedis:
-		if err := n.redis.kill(ctx); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("unknown nemesis %q", kind)
 	}
-	n.rec.add(Op{Type: Info, F: FStart, Process: NemesisProcess, Value: Value{Fault: f}})
-	return f, nil
+	return f, target
 }
 
-// heal ends the fault in force, if any, and records that.
+// heal ends the fault in force, if any, and records that: after it is undone, except for a
+// Redis restart, recorded before (Redis is empty from the moment it answers again).
 func (n *nemesis) heal(ctx context.Context) error {
 	f := n.active
 	if f == nil {
 		return nil
 	}
 	n.active = nil
+	ctx, cancel := context.WithTimeout(ctx, actionTimeout)
+	defer cancel()
+	stop := func() { n.rec.add(Op{Type: Info, F: FStop, Process: NemesisProcess, Value: Value{Fault: f}}) }
 	var err error
 	switch f.Kind {
 	case KindPartition, KindLoss:
 		err = n.flush(ctx)
 	case KindKill:
-		err = n.byName(f.Nodes[0]).start()
+		if nd := n.byName(f.Nodes[0]); !nd.running() {
+			err = nd.start()
+		}
 	case KindPause:
 		err = n.byName(f.Nodes[0]).signal(syscall.SIGCONT, false)
 	case KindClock:
 		err = n.byName(f.Nodes[0]).setClock(0)
 	case KindRedis:
-		err = n.redis.start(ctx)
+		stop()
+		if err := n.redis.start(ctx); err != nil {
+			return fmt.Errorf("healing %s: %w", f.Kind, err)
+		}
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("healing %s: %w", f.Kind, err)
 	}
-	n.rec.add(Op{Type: Info, F: FStop, Process: NemesisProcess, Value: Value{Fault: f}})
+	stop()
 	return nil
 }
 
@@ -265,7 +299,7 @@ func (n *nemesis) leader(ctx context.Context) string {
 		if !nd.running() {
 			continue
 		}
-		if cs, err := n.cli.status(ctx, nd.name); err == nil && cs.Leader != "" {
+		if cs, _, err := n.cli.status(ctx, nd.name); err == nil && cs.Leader != "" {
 			return cs.Leader
 		}
 	}

@@ -126,6 +126,7 @@ func TestOptionsValidate(t *testing.T) {
 		"unknown nemesis":     func(o *Options) { o.Nemeses = []string{"flood"} },
 		"redis without redis": func(o *Options) { o.Nemeses = []string{KindRedis} },
 		"no demand":           func(o *Options) { o.Demand = 0 },
+		"clock without skew":  func(o *Options) { o.Nemeses, o.ClockSkew = []string{KindClock}, 500e6 },
 	} {
 		o := good()
 		edit(&o)

@@ -163,7 +163,8 @@ func removeNamespaces(match func(string) bool) error {
 		}
 		if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
 			for _, f := range strings.Fields(string(out)) {
-				if pid, err := strconv.Atoi(f); err == nil {
+				// Never ourselves: a thread of ours may be inside the namespace (withNS).
+				if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
 					_ = syscall.Kill(pid, syscall.SIGKILL)
 				}
 			}

@@ -90,6 +90,9 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("--nemesis redis needs --mode redis")
 		}
 	}
+	if slices.Contains(o.Nemeses, KindClock) && o.ClockSkew < time.Second {
+		return fmt.Errorf("--clock-skew %s: at least 1s for the clock nemesis", o.ClockSkew)
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -145,6 +148,10 @@ func Execute(ctx context.Context, o Options) (*Results, error) {
 	if err := CleanStale(); err != nil {
 		o.Log.Warn("removing an earlier run's leftovers", "err", err)
 	}
+	// A run directory holds one run: old logs, raft data or clock offsets would be read as this one's.
+	if entries, err := os.ReadDir(o.Out); err == nil && len(entries) > 0 {
+		return nil, fmt.Errorf("--out %s is not empty: give each run a directory of its own", o.Out)
+	}
 	for _, d := range []string{NodesDir, "data", "clock"} {
 		if err := os.MkdirAll(filepath.Join(o.Out, d), 0o755); err != nil {
 			return nil, err
@@ -155,14 +162,21 @@ func Execute(ctx context.Context, o Options) (*Results, error) {
 		return nil, err
 	}
 	r := &runner{o: o, herd: herd}
-	defer r.close()
+	defer func() { _ = r.close() }()
 	if err := r.setUp(ctx); err != nil {
 		return nil, err
 	}
 	if err := r.execute(ctx); err != nil {
 		return nil, err
 	}
-	r.close()
+	if err := r.close(); err != nil {
+		return nil, err
+	}
+	if ctx.Err() != nil {
+		// Cut short: the config never had its time to converge, and the run is not what was
+		// asked for. What was recorded stays for herd-chaos analyze.
+		return nil, fmt.Errorf("interrupted; what was recorded is in %s (herd-chaos analyze checks it)", o.Out)
+	}
 	return Analyze(o.Out)
 }
 
@@ -202,6 +216,7 @@ type runner struct {
 	info  RunInfo
 
 	closeOnce sync.Once
+	closeErr  error
 }
 
 // setUp creates the network, starts the upstream (and redis-server), writes the config and
@@ -287,7 +302,7 @@ func (r *runner) waitFormed(ctx context.Context, within time.Duration) error {
 	for {
 		ready := 0
 		for _, nd := range r.nodes {
-			cs, err := r.cli.status(ctx, nd.name)
+			cs, _, err := r.cli.status(ctx, nd.name)
 			if err != nil {
 				last = nd.name + ": " + err.Error()
 				continue
@@ -349,7 +364,12 @@ func (r *runner) execute(ctx context.Context) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); r.cli.chatLoad(wctx, rng, rate, groups, weights, procsPerNode) }()
 	go func() { defer wg.Done(); r.cli.configLoad(wctx, uint64(o.Seed), configProcs) }()
-	go func() { defer wg.Done(); nemErr = nem.run(wctx) }()
+	go func() {
+		defer wg.Done()
+		if nemErr = nem.run(wctx); nemErr != nil {
+			cancel() // a run whose faults cannot be injected as scheduled is not worth finishing
+		}
+	}()
 	flushDone := make(chan struct{})
 	go r.flushEvery(flushDone)
 	wg.Wait()
@@ -394,8 +414,10 @@ func (r *runner) flushEvery(done <-chan struct{}) {
 	}
 }
 
-// close stops everything the run started and removes its network; safe to call twice.
-func (r *runner) close() {
+// close stops everything the run started and removes its network; safe to call twice. It
+// returns what went wrong writing the history or the upstream log: a run with torn records
+// cannot be judged.
+func (r *runner) close() error {
 	r.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -412,10 +434,10 @@ func (r *runner) close() {
 			_ = r.up.Close()
 		}
 		if r.rec != nil {
-			_ = r.rec.close()
+			r.closeErr = errors.Join(r.closeErr, r.rec.close())
 		}
 		if r.arr != nil {
-			_ = r.arr.close()
+			r.closeErr = errors.Join(r.closeErr, r.arr.close())
 		}
 		if r.net != nil {
 			if err := r.net.Close(); err != nil {
@@ -423,6 +445,7 @@ func (r *runner) close() {
 			}
 		}
 	})
+	return r.closeErr
 }
 
 // config is the nodes' config.yaml: the chat deployments against the fake upstream, a master
@@ -459,6 +482,7 @@ type arrivals struct {
 	f   *os.File
 	w   *bufio.Writer
 	enc *json.Encoder
+	err error // the first write error: the log is then incomplete
 }
 
 func newArrivals(path string) (*arrivals, error) {
@@ -473,13 +497,18 @@ func newArrivals(path string) (*arrivals, error) {
 func (a *arrivals) add(x fakeupstream.Arrival) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	_ = a.enc.Encode(Arrival{T: x.Time.UnixNano(), Deployment: x.Deployment, RequestID: x.User, Tokens: x.Tokens})
+	if err := a.enc.Encode(Arrival{T: x.Time.UnixNano(), Deployment: x.Deployment, RequestID: x.User, Tokens: x.Tokens}); err != nil && a.err == nil {
+		a.err = err
+	}
 }
 
 func (a *arrivals) flush() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.w.Flush()
+	if err := a.w.Flush(); err != nil && a.err == nil {
+		a.err = err
+	}
+	return a.err
 }
 
 func (a *arrivals) close() error {

@@ -41,7 +41,7 @@ func Table(dirs []string) (string, error) {
 			nem = "none"
 		}
 		if slices.Contains(info.Nemeses, KindClock) && info.ClockSkew > 0 {
-			nem += fmt.Sprintf(" (clock ±%s)", info.ClockSkew)
+			nem += fmt.Sprintf(" (±%s)", info.ClockSkew)
 		}
 		key := info.Mode + "\x00" + nem
 		r := rows[key]

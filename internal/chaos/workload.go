@@ -322,31 +322,30 @@ type clusterStatus struct {
 	} `json:"deployments"`
 }
 
-func (c *client) status(ctx context.Context, node string) (*clusterStatus, error) {
+// status reads node's /cluster/status; the HTTP status is returned with any error (0: no answer).
+func (c *client) status(ctx context.Context, node string) (*clusterStatus, int, error) {
 	status, _, body, err := c.do(ctx, node, http.MethodGet, "/cluster/status", nil, readTimeout)
 	if err != nil {
-		return nil, err
+		return nil, status, err
 	}
 	if status != http.StatusOK {
-		return nil, fmt.Errorf("/cluster/status: %d %s", status, firstLine(body))
+		return nil, status, fmt.Errorf("/cluster/status: %d %s", status, firstLine(body))
 	}
 	var cs clusterStatus
 	if err := json.Unmarshal(body, &cs); err != nil {
-		return nil, fmt.Errorf("/cluster/status: %w", err)
+		return nil, status, fmt.Errorf("/cluster/status: %w", err)
 	}
-	return &cs, nil
+	return &cs, status, nil
 }
 
 // read records a read of the config node serves; it returns the ok op (Type OK) or another.
 func (c *client) read(ctx context.Context, p *Process, node string) Op {
 	c.rec.add(Op{Type: Invoke, F: FRead, Process: *p, Node: node})
-	cs, err := c.status(context.WithoutCancel(ctx), node)
-	op := Op{Type: OK, F: FRead, Process: *p, Node: node}
+	cs, status, err := c.status(context.WithoutCancel(ctx), node)
+	op := Op{Type: OK, F: FRead, Process: *p, Node: node, Value: Value{Status: status}}
 	if err != nil {
-		op.Type, op.Error = outcome(0, err), err.Error()
-		if strings.Contains(err.Error(), "/cluster/status: 5") {
-			op.Type = Info
-		}
+		// A read changes nothing: whatever its outcome, a failed one is simply a fail.
+		op.Type, op.Error = Fail, err.Error()
 	} else {
 		op.Value.Version = cs.Served
 		op.Value.Models = map[string]int64{}
