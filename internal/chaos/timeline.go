@@ -53,7 +53,7 @@ type Timeline struct {
 
 	index map[string]int // node name -> bit in the hears graph
 	segs  []mSegment     // fast mode: m(t), piecewise constant
-	cuts  []int64        // redis mode: the times Redis went away or came back
+	cuts  []epochCut     // redis mode: where Redis went away or came back
 }
 
 // mSegment is m on [From, the next segment's From).
@@ -185,7 +185,8 @@ func (tl *Timeline) FaultFactor(s, e int64) int {
 	case "redis":
 		m := 1
 		for _, c := range tl.cuts {
-			if s < c && c < e {
+			// W holds time of the epoch before the cut and of the one after it.
+			if s < c.to && c.from < e {
 				m++
 			}
 		}
@@ -199,21 +200,30 @@ func (tl *Timeline) FaultFactor(s, e int64) int {
 	return m
 }
 
-// redisCuts is every time Redis went away or came back.
-func redisCuts(spans []FaultSpan) []int64 {
-	var cuts []int64
+// redisRecovery is how long after Redis answers again a node may still admit locally: its
+// breaker probes Redis once a second (state/redis), so the outage's epoch and the next one
+// overlap for that long.
+const redisRecovery = int64(2 * time.Second)
+
+// epochCut is where one Redis epoch gives way to the next: both may admit in [from, to].
+type epochCut struct{ from, to int64 }
+
+// redisCuts is every time Redis went away (at once: nothing is admitted through it after) or
+// came back (the nodes return to it within redisRecovery).
+func redisCuts(spans []FaultSpan) []epochCut {
+	var cuts []epochCut
 	for _, f := range spans {
 		if f.Fault.Kind != KindRedis {
 			continue
 		}
 		if !f.Orphan {
-			cuts = append(cuts, f.Start)
+			cuts = append(cuts, epochCut{f.Start, f.Start})
 		}
 		if !f.Open {
-			cuts = append(cuts, f.End)
+			cuts = append(cuts, epochCut{f.End, f.End + redisRecovery})
 		}
 	}
-	slices.Sort(cuts)
+	slices.SortFunc(cuts, func(a, b epochCut) int { return compareInt64(a.from, b.from) })
 	return cuts
 }
 
