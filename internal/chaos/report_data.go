@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // This file turns a run's raw logs into the series the report plots: fault intervals, chat
@@ -44,10 +45,11 @@ func repFaultLabel(f *Fault) string {
 	case KindLoss:
 		return strconv.FormatFloat(f.Loss*100, 'g', 3, 64) + "% loss"
 	case KindClock:
-		if f.Offset >= 0 {
-			return "+" + f.Offset.String()
+		d := f.Offset.Round(time.Millisecond)
+		if d >= 0 {
+			return "+" + d.String()
 		}
-		return f.Offset.String()
+		return d.String()
 	case KindKill:
 		if f.Leader {
 			return "leader"
