@@ -82,6 +82,7 @@ func (s *ConfigStore) Attach(r *Raft) {
 			go s.seed()
 		}
 	})
+	go s.seedWatch()
 }
 
 // OnChange sets the callback that receives every version this node applies and builds, in
@@ -99,24 +100,61 @@ func (s *ConfigStore) Version() uint64 {
 	return s.cur.Version
 }
 
-// seed proposes the file's config when the cluster has none yet. A conflict means another
+// seed proposes the file's config when the cluster has none yet, retrying while this node
+// leads: if it gave up, nobody would seed until the next election. A conflict means another
 // leader already seeded: nothing to do.
 func (s *ConfigStore) seed() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	for s.raft.IsLeader() {
+		err := s.trySeed()
+		if err == nil {
+			return
+		}
+		s.log.Warn("seeding the cluster config from the file failed; retrying while this node leads", "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-s.raft.stop:
+			return
+		}
+	}
+}
+
+// seedWatch is the safety net behind OnLeader: once a second, a leader of a cluster that still
+// has no config seeds it, until some version is applied here. (A chaos run once saw a 3-node
+// cluster that never got version 1; whatever the cause, it must not stay that way.)
+func (s *ConfigStore) seedWatch() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for s.Version() == 0 {
+		select {
+		case <-tick.C:
+		case <-s.raft.stop:
+			return
+		}
+		if s.raft.IsLeader() && s.Version() == 0 {
+			if err := s.trySeed(); err != nil {
+				s.log.Warn("seeding the cluster config from the file failed; retrying", "err", err)
+			}
+		}
+	}
+}
+
+func (s *ConfigStore) trySeed() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.waitApplied(ctx, s.raft.Status().LastIndex); err != nil {
-		return
+		return err
 	}
 	if s.Version() != 0 {
-		return
+		return nil
 	}
 	res, _, err := s.propose(ctx, configCommand{Expect: 0, Next: s.file})
-	switch {
-	case err != nil:
-		s.log.Warn("seeding the cluster config from the file failed; the next leader retries", "err", err)
-	case !res.Conflict:
+	if err != nil {
+		return err
+	}
+	if !res.Conflict {
 		s.log.Info("cluster config seeded from the config file", "version", res.Version, "deployments", len(s.file.ModelList))
 	}
+	return nil
 }
 
 // AddModel adds a deployment (LiteLLM's /model/new body: model_name, litellm_params,
@@ -261,7 +299,17 @@ func (s *ConfigStore) waitVersion(ctx context.Context, v uint64) error {
 }
 
 // waitFor waits for done (called under s.mu) or unlocked (called without it, may be nil).
+// unlocked is polled as well: it can turn true without any FSM apply (raft's own
+// configuration entries advance its applied index but never reach the FSM), and waiting only
+// for the FSM left the first leader waiting for good to seed the config (found by the chaos
+// suite: a cluster that never got config version 1).
 func (s *ConfigStore) waitFor(ctx context.Context, done, unlocked func() bool) error {
+	var poll <-chan time.Time
+	if unlocked != nil {
+		t := time.NewTicker(waitPoll)
+		defer t.Stop()
+		poll = t.C
+	}
 	for {
 		s.mu.Lock()
 		ok, ch := done(), s.changed
@@ -271,11 +319,15 @@ func (s *ConfigStore) waitFor(ctx context.Context, done, unlocked func() bool) e
 		}
 		select {
 		case <-ch:
+		case <-poll:
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: waiting for this node to apply the change: %w", ctx.Err())
 		}
 	}
 }
+
+// waitPoll is how often waitFor re-checks raft's own applied index.
+const waitPoll = 10 * time.Millisecond
 
 // Apply applies one committed command (raft's FSM goroutine). It never fails on a well-formed
 // command: a conflict is an answer, not an error, so every node takes the same path.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -262,4 +263,23 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestWaitForSeesProgressOutsideTheFSM: raft's applied index also moves for its own
+// configuration entries, which never reach the FSM; a wait on it must notice without an FSM
+// apply. (Before, the first leader could wait out its whole timeout and never seed version 1.)
+func TestWaitForSeesProgressOutsideTheFSM(t *testing.T) {
+	static, dyn, err := config.Split([]byte(storeFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewConfigStore(static, dyn, config.MapEnv{"KEY": "sk-node"}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Raft has applied the entry from the second look on; no FSM apply, so s.changed never closes.
+	var looks atomic.Int32
+	appliedByRaft := func() bool { return looks.Add(1) > 1 }
+	if err := s.waitFor(ctx, func() bool { return false }, appliedByRaft); err != nil {
+		t.Fatalf("waitFor did not notice raft's progress: %v", err)
+	}
 }
