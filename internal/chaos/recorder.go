@@ -6,27 +6,71 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/herd-proxy/herd/internal/fakeupstream"
 )
 
-// recorder appends ops to history.jsonl as they happen (a run that dies keeps what it
-// recorded), numbering them and stamping them with the time since the run started.
+// jsonlFile appends JSON lines from many goroutines, buffered and flushed by the runner once a
+// second, so that a run that dies keeps nearly all it recorded. It remembers its first write
+// error: a log with holes cannot be judged.
+type jsonlFile struct {
+	mu  sync.Mutex
+	f   *os.File
+	w   *bufio.Writer
+	enc *json.Encoder
+	err error
+}
+
+// create makes the file at path, empty.
+func (j *jsonlFile) create(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	j.f, j.w = f, bufio.NewWriter(f)
+	j.enc = json.NewEncoder(j.w)
+	return nil
+}
+
+// writeLocked appends v; the caller holds mu.
+func (j *jsonlFile) writeLocked(v any) {
+	if err := j.enc.Encode(v); err != nil && j.err == nil {
+		j.err = err
+	}
+}
+
+// flush writes what is buffered to the file.
+func (j *jsonlFile) flush() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.w.Flush(); err != nil && j.err == nil {
+		j.err = err
+	}
+	return j.err
+}
+
+func (j *jsonlFile) close() error {
+	err := j.flush()
+	if cerr := j.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// recorder is history.jsonl: it numbers ops and stamps them with the time since the run
+// started as they happen.
 type recorder struct {
-	mu    sync.Mutex
+	jsonlFile
 	start time.Time
-	f     *os.File
-	w     *bufio.Writer
-	enc   *json.Encoder
 	next  int
-	err   error
 }
 
 func newRecorder(path string, start time.Time) (*recorder, error) {
-	f, err := os.Create(path)
-	if err != nil {
+	r := &recorder{start: start}
+	if err := r.create(path); err != nil {
 		return nil, err
 	}
-	w := bufio.NewWriter(f)
-	return &recorder{start: start, f: f, w: w, enc: json.NewEncoder(w)}, nil
+	return r, nil
 }
 
 // restart makes t history time 0.
@@ -43,26 +87,23 @@ func (r *recorder) add(op Op) Op {
 	op.Index = r.next
 	r.next++
 	op.Time = int64(time.Since(r.start))
-	if err := r.enc.Encode(&op); err != nil && r.err == nil {
-		r.err = err
-	}
+	r.writeLocked(&op)
 	return op
 }
 
-// flush writes buffered ops to the file.
-func (r *recorder) flush() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := r.w.Flush(); err != nil && r.err == nil {
-		r.err = err
+// arrivals is upstream.jsonl: every request the fake upstream reports.
+type arrivals struct{ jsonlFile }
+
+func newArrivals(path string) (*arrivals, error) {
+	a := &arrivals{}
+	if err := a.create(path); err != nil {
+		return nil, err
 	}
-	return r.err
+	return a, nil
 }
 
-func (r *recorder) close() error {
-	err := r.flush()
-	if cerr := r.f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+func (a *arrivals) add(x fakeupstream.Arrival) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.writeLocked(Arrival{T: x.Time.UnixNano(), Deployment: x.Deployment, RequestID: x.User, Tokens: x.Tokens})
 }

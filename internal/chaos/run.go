@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -474,49 +473,6 @@ func (r *runner) config() []byte {
 	}
 	out, _ := yaml.Marshal(cfg)
 	return append([]byte("# written by herd-chaos for one run\n"), out...)
-}
-
-// arrivals writes upstream.jsonl as the fake upstream reports requests.
-type arrivals struct {
-	mu  sync.Mutex
-	f   *os.File
-	w   *bufio.Writer
-	enc *json.Encoder
-	err error // the first write error: the log is then incomplete
-}
-
-func newArrivals(path string) (*arrivals, error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	w := bufio.NewWriter(f)
-	return &arrivals{f: f, w: w, enc: json.NewEncoder(w)}, nil
-}
-
-func (a *arrivals) add(x fakeupstream.Arrival) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err := a.enc.Encode(Arrival{T: x.Time.UnixNano(), Deployment: x.Deployment, RequestID: x.User, Tokens: x.Tokens}); err != nil && a.err == nil {
-		a.err = err
-	}
-}
-
-func (a *arrivals) flush() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err := a.w.Flush(); err != nil && a.err == nil {
-		a.err = err
-	}
-	return a.err
-}
-
-func (a *arrivals) close() error {
-	err := a.flush()
-	if cerr := a.f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func writeJSON(path string, v any) error {
