@@ -44,11 +44,9 @@ var (
 		Message: "Config changes need a master key: set general_settings.master_key (or LITELLM_MASTER_KEY) and send it."}
 )
 
-// adminBody reads a JSON object body.
+// adminBody reads a JSON object body. Like the LLM routes it ignores Content-Type: curl -d
+// sends application/x-www-form-urlencoded, and the README's examples (and LiteLLM's) use it.
 func adminBody(c echo.Context) (map[string]any, error) {
-	if !strings.HasPrefix(c.Request().Header.Get("Content-Type"), "application/json") && c.Request().Header.Get("Content-Type") != "" {
-		return nil, badRequest("Content-Type must be application/json.", "")
-	}
 	data, err := io.ReadAll(io.LimitReader(c.Request().Body, maxAdminBody+1))
 	if err != nil {
 		return nil, badRequest("Could not read the request body.", "")

@@ -292,3 +292,28 @@ func FuzzAdminBodies(f *testing.F) {
 		}
 	})
 }
+
+// TestAdminTakesCurlBodies: curl -d sends a form Content-Type; the body is JSON all the same,
+// and the README's examples must work as written.
+func TestAdminTakesCurlBodies(t *testing.T) {
+	needsServers(t)
+	h, _, base := startAdmin(t, adminConfig)
+	body := fmt.Sprintf(`{"model_name":"mini","litellm_params":{"model":"openai/gpt-4o-mini","api_base":%q,"rpm":2},"model_info":{"id":"mini-1"}}`, base+"/v1")
+	for _, ct := range []string{"application/x-www-form-urlencoded", ""} {
+		resp, got := do(t, http.MethodPost, h.URL+"/model/update", strings.NewReader(`{"model_info":{"id":"nope"},"litellm_params":{"rpm":3}}`),
+			"Authorization", "Bearer sk-master", "Content-Type", ct)
+		if resp.StatusCode != 400 || !strings.Contains(got, "nope") {
+			t.Fatalf("Content-Type %q: %d %s, want the body read (400 naming the unknown id)", ct, resp.StatusCode, got)
+		}
+	}
+	resp, got := do(t, http.MethodPost, h.URL+"/model/new", strings.NewReader(body),
+		"Authorization", "Bearer sk-master", "Content-Type", "application/x-www-form-urlencoded")
+	if resp.StatusCode != 200 || gjson.Get(got, "id").String() != "mini-1" {
+		t.Fatalf("/model/new with curl's Content-Type: %d %s", resp.StatusCode, got)
+	}
+	resp, got = do(t, http.MethodPost, h.URL+"/model/new", strings.NewReader("model_name=mini"),
+		"Authorization", "Bearer sk-master", "Content-Type", "application/x-www-form-urlencoded")
+	if resp.StatusCode != 400 || !strings.Contains(got, "JSON object") {
+		t.Fatalf("a real form body: %d %s, want a 400 asking for a JSON object", resp.StatusCode, got)
+	}
+}

@@ -207,6 +207,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Info("cluster config applied", "config_version", version, "deployments", len(c.ModelList))
 	})
 	rc := raftConfig(o.raft, cfg.ClusterSettings, log)
+	warnNoBootstrap(rc, ccfg.Join, log)
 	if rc.DataDir == "" {
 		log.Warn("no --data-dir: config changes are kept in memory and lost if every node restarts", "key", "cluster_settings.data_dir")
 	}

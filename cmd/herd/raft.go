@@ -40,6 +40,19 @@ func raftConfig(f raftFlags, cs config.ClusterSettings, log *slog.Logger) cluste
 	return rc
 }
 
+// warnNoBootstrap says, when a node has seeds but no bootstrap_expect, that it will only
+// ever join a raft group some other node bootstrapped: if no node has the setting, no group
+// forms and every config change answers 503.
+func warnNoBootstrap(rc cluster.RaftConfig, join []string, log *slog.Logger) {
+	if rc.BootstrapExpect > 0 || len(join) == 0 {
+		return
+	}
+	log.Warn("seeds given but no bootstrap_expect: this node only joins a raft group another node bootstrapped; "+
+		"if none does, config changes (/model/new, /model/update, /model/delete, /config/update) answer 503. "+
+		"Start the first nodes with --bootstrap-expect N (the number of nodes)",
+		"key", "cluster_settings.bootstrap_expect")
+}
+
 // configAdmin adapts the cluster's config store to the admin API, translating consensus errors
 // into the API's.
 type configAdmin struct{ store *cluster.ConfigStore }

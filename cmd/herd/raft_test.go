@@ -3,9 +3,11 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/internal/fakeupstream"
 )
 
@@ -190,4 +193,25 @@ func rawClusterStatus(t *testing.T, addr string) map[string]any {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestWarnNoBootstrap: seeds without bootstrap_expect are worth a WARN naming the setting;
+// either alone is not.
+func TestWarnNoBootstrap(t *testing.T) {
+	for _, tt := range []struct {
+		expect int
+		join   []string
+		warn   bool
+	}{
+		{0, []string{"10.0.0.5:7946"}, true},
+		{3, []string{"10.0.0.5:7946"}, false},
+		{0, nil, false},
+	} {
+		var logs bytes.Buffer
+		warnNoBootstrap(cluster.RaftConfig{BootstrapExpect: tt.expect}, tt.join, slog.New(slog.NewTextHandler(&logs, nil)))
+		got := strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "cluster_settings.bootstrap_expect")
+		if got != tt.warn {
+			t.Errorf("bootstrap_expect %d, join %v: warned %v, want %v: %s", tt.expect, tt.join, got, tt.warn, logs.String())
+		}
+	}
 }
