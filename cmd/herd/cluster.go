@@ -35,7 +35,7 @@ func clusterConfig(f clusterFlags, cfg *config.Config, getenv func(string) strin
 	}
 	c := cluster.Config{
 		NodeName:      pick(f.nodeName, cs.NodeName),
-		BindAddr:      pick(f.gossipAddr, cs.GossipAddr, "0.0.0.0:7946"),
+		BindAddr:      pick(f.gossipAddr, cs.GossipAddr),
 		AdvertiseAddr: pick(f.advertiseAddr, cs.AdvertiseAddr),
 		Label:         cs.ClusterLabel,
 		Logger:        log,
@@ -55,6 +55,15 @@ func clusterConfig(f clusterFlags, cfg *config.Config, getenv func(string) strin
 		}
 	} else {
 		c.Join = cs.Join
+	}
+	if c.BindAddr == "" {
+		// A node that was given no seeds and no address to be reached at is a cluster of one:
+		// its gossip and raft ports (raft takes gossip's host) stay on loopback, so plain herd
+		// opens nothing but its HTTP port to the network.
+		c.BindAddr = "0.0.0.0:7946"
+		if len(c.Join) == 0 && c.AdvertiseAddr == "" {
+			c.BindAddr = "127.0.0.1:7946"
+		}
 	}
 	key, err := cluster.ParseGossipKey(cs.GossipKey.Reveal())
 	if err != nil {

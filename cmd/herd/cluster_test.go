@@ -38,8 +38,15 @@ cluster_settings:
 		t.Errorf("flags over everything: %+v", c)
 	}
 	empty, _ := config.Parse("e.yaml", []byte("model_list: []\n"), config.MapEnv(nil), nil)
-	if c, _ := clusterConfig(clusterFlags{}, empty, env(nil), nil); c.BindAddr != "0.0.0.0:7946" || c.NodeName == "" {
+	// No seeds, no advertise address: a cluster of one keeps its cluster ports on loopback.
+	if c, _ := clusterConfig(clusterFlags{}, empty, env(nil), nil); c.BindAddr != "127.0.0.1:7946" || c.NodeName == "" {
 		t.Errorf("defaults: %+v", c)
+	}
+	// Seeds (or an advertise address) mean peers must reach it: every interface.
+	for _, f := range []clusterFlags{{join: "10.0.0.5:7946"}, {advertiseAddr: "10.0.0.6:7946"}} {
+		if c, _ := clusterConfig(f, empty, env(nil), nil); c.BindAddr != "0.0.0.0:7946" {
+			t.Errorf("%+v: gossip on %s, want 0.0.0.0:7946", f, c.BindAddr)
+		}
 	}
 }
 

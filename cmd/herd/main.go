@@ -97,7 +97,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.IntVar(&o.port, "port", o.port, "port to listen on (env PORT)")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", o.drainTimeout, "on SIGTERM, how long in-flight requests and streams may finish (env HERD_DRAIN_TIMEOUT)")
 	fs.StringVar(&o.cluster.nodeName, "node-name", "", "this node's name in the cluster, sent as x-herd-node (default: cluster_settings.node_name, else the hostname)")
-	fs.StringVar(&o.cluster.gossipAddr, "gossip-addr", "", "HOST:PORT to bind gossip (UDP+TCP) to (default: cluster_settings.gossip_addr, else 0.0.0.0:7946)")
+	fs.StringVar(&o.cluster.gossipAddr, "gossip-addr", "", "HOST:PORT to bind gossip (UDP+TCP) to (default: cluster_settings.gossip_addr, else 0.0.0.0:7946 with seeds or an advertise address, 127.0.0.1:7946 without)")
 	fs.StringVar(&o.cluster.advertiseAddr, "advertise-addr", "", "HOST:PORT peers use to reach this node (default: cluster_settings.advertise_addr, else derived)")
 	fs.StringVar(&o.cluster.join, "join", "", "seeds HOST:PORT[,HOST:PORT...]; a DNS name joins every address it resolves to (env HERD_JOIN; default cluster_settings.join)")
 	fs.StringVar(&o.raft.raftAddr, "raft-addr", "", "HOST:PORT to bind raft (TCP; config changes) to (default: cluster_settings.raft_addr, else the gossip host and port + 1)")
