@@ -231,6 +231,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	warnOpenHTTP(ln.Addr(), cfg.GeneralSettings.MasterKey != "", log)
 	hs := &http.Server{
 		Handler:           srv,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -312,6 +313,17 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// warnOpenHTTP says so when the API is reachable beyond loopback with no master key: anyone
+// who can reach the port can then spend every upstream's quota.
+func warnOpenHTTP(addr net.Addr, hasKey bool, log *slog.Logger) {
+	ta, ok := addr.(*net.TCPAddr)
+	if hasKey || !ok || ta.IP.IsLoopback() {
+		return
+	}
+	log.Warn("the API listens beyond loopback with no master key: anyone who reaches it can call every deployment; set general_settings.master_key (or LITELLM_MASTER_KEY), or --host 127.0.0.1",
+		"addr", addr.String(), "key", "general_settings.master_key")
 }
 
 func demoCurl(addr net.Addr, needKey bool) string {
