@@ -100,26 +100,16 @@ func (s *ConfigStore) Version() uint64 {
 	return s.cur.Version
 }
 
-// seed proposes the file's config when the cluster has none yet, retrying while this node
-// leads: if it gave up, nobody would seed until the next election. A conflict means another
-// leader already seeded: nothing to do.
+// seed proposes the file's config when the cluster has none yet (a new leader does it at
+// once; seedWatch retries). A conflict means another leader already seeded: nothing to do.
 func (s *ConfigStore) seed() {
-	for s.raft.IsLeader() {
-		err := s.trySeed()
-		if err == nil {
-			return
-		}
-		s.log.Warn("seeding the cluster config from the file failed; retrying while this node leads", "err", err)
-		select {
-		case <-time.After(time.Second):
-		case <-s.raft.stop:
-			return
-		}
+	if err := s.trySeed(); err != nil {
+		s.log.Warn("seeding the cluster config from the file failed; retrying", "err", err)
 	}
 }
 
-// seedWatch is the safety net behind OnLeader: once a second, a leader of a cluster that still
-// has no config seeds it, until some version is applied here. (A chaos run once saw a 3-node
+// seedWatch is the retry behind OnLeader: once a second, a leader of a cluster that still has
+// no config seeds it, until some version is applied here. (A chaos run once saw a 3-node
 // cluster that never got version 1; whatever the cause, it must not stay that way.)
 func (s *ConfigStore) seedWatch() {
 	tick := time.NewTicker(time.Second)
@@ -131,9 +121,7 @@ func (s *ConfigStore) seedWatch() {
 			return
 		}
 		if s.raft.IsLeader() && s.Version() == 0 {
-			if err := s.trySeed(); err != nil {
-				s.log.Warn("seeding the cluster config from the file failed; retrying", "err", err)
-			}
+			s.seed()
 		}
 	}
 }
