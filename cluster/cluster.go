@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,6 +77,9 @@ type Node struct {
 	shutdown     bool
 
 	raftGossip gossipRaft // raft addresses in gossip metadata (raft_gossip.go)
+
+	// The raft port's mutual TLS (peertls), nil for both without a cluster key.
+	tlsServer, tlsClient *tls.Config
 }
 
 // New starts gossip and joins the seeds. Seeds that cannot be reached now (or names that do
@@ -87,12 +91,13 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 		return nil, err
 	}
 	mc := cfg.memberlistConfig()
-	var (
-		inner memberlist.Transport
-		err   error
-	)
-	if cfg.Transport != nil {
-		inner = cfg.Transport.memberlistTransport()
+	tlsServer, tlsClient, err := cfg.peerTLS()
+	if err != nil {
+		return nil, err
+	}
+	var inner memberlist.Transport
+	if cfg.transport != nil {
+		inner = cfg.transport
 	} else {
 		inner, err = newNetTransport(mc)
 		if err != nil {
@@ -107,6 +112,9 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 		members: map[string]*memberState{},
 		changed: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
+
+		tlsServer: tlsServer,
+		tlsClient: tlsClient,
 	}
 	mc.Transport = n.tr
 	mc.Delegate = &delegate{n: n}
@@ -119,7 +127,7 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 	// Read once, before any peer can change our own entry.
 	local := n.ml.LocalNode()
 	n.addr = net.JoinHostPort(local.Addr.String(), fmt.Sprint(local.Port))
-	n.log.Info("gossip started", "addr", n.addr, "encrypted", len(cfg.GossipKey) > 0, "label", cfg.Label)
+	n.log.Info("gossip started", "addr", n.addr, "encrypted", len(cfg.Key) > 0, "raft_port_tls", tlsServer != nil, "label", cfg.Label)
 
 	n.wg.Add(3)
 	go n.notifyLoop()

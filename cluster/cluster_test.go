@@ -158,8 +158,8 @@ func TestGossipKeyAndLabelKeepClustersApart(t *testing.T) {
 		name      string
 		good, bad func(*Config)
 	}{
-		{"key", func(c *Config) { c.GossipKey = key1 }, func(c *Config) { c.GossipKey = key2 }},
-		{"no key", func(c *Config) { c.GossipKey = key1 }, func(c *Config) {}},
+		{"key", func(c *Config) { c.Key = key1 }, func(c *Config) { c.Key = key2 }},
+		{"no key", func(c *Config) { c.Key = key1 }, func(c *Config) {}},
 		{"label", func(c *Config) { c.Label = "prod" }, func(c *Config) { c.Label = "staging" }},
 		{"no label", func(c *Config) { c.Label = "prod" }, func(c *Config) {}},
 	} {
@@ -208,7 +208,7 @@ func TestDNSSeedJoinsEveryAddress(t *testing.T) {
 		addr := ip + ":7946"
 		n, err := New(Config{
 			NodeName: fmt.Sprintf("pod%d", i), BindAddr: addr, Logger: c.log,
-			Transport: c.net.Node(addr), FastTimers: true, RetryJoinEvery: 50 * time.Millisecond,
+			transport: c.net.Node(addr), tune: fastGossip, heartbeat: fastHeartbeat, RetryJoinEvery: 50 * time.Millisecond,
 		}, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -250,8 +250,8 @@ func TestRealSockets(t *testing.T) {
 		s := &fakeSync{}
 		cfg := Config{
 			NodeName: fmt.Sprintf("real%d", i), BindAddr: "127.0.0.1:0", Logger: log,
-			FastTimers: true, RetryJoinEvery: 50 * time.Millisecond,
-			GossipKey: []byte("0123456789abcdef0123456789abcdef"), Label: "test",
+			tune: fastGossip, heartbeat: fastHeartbeat, RetryJoinEvery: 50 * time.Millisecond,
+			Key: []byte("0123456789abcdef0123456789abcdef"), Label: "test",
 		}
 		if i > 0 {
 			cfg.Join = []string{nodes[0].Addr()}

@@ -7,19 +7,19 @@ import (
 	"testing"
 )
 
-func TestParseGossipKey(t *testing.T) {
+func TestParseKey(t *testing.T) {
 	for _, n := range []int{16, 24, 32} {
-		key, err := ParseGossipKey(base64.StdEncoding.EncodeToString(make([]byte, n)))
+		key, err := ParseKey(base64.StdEncoding.EncodeToString(make([]byte, n)))
 		if err != nil || len(key) != n {
 			t.Errorf("%d bytes: %v, len %d", n, err, len(key))
 		}
 	}
-	if key, err := ParseGossipKey(""); key != nil || err != nil {
+	if key, err := ParseKey(""); key != nil || err != nil {
 		t.Errorf("empty: %v %v", key, err)
 	}
 	for _, s := range []string{"not base64!", base64.StdEncoding.EncodeToString(make([]byte, 15))} {
-		if _, err := ParseGossipKey(s); !errors.Is(err, ErrInvalidGossipKey) {
-			t.Errorf("%q: err %v, want ErrInvalidGossipKey", s, err)
+		if _, err := ParseKey(s); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("%q: err %v, want ErrInvalidKey", s, err)
 		}
 	}
 }
@@ -31,7 +31,7 @@ func TestConfigValidate(t *testing.T) {
 		want string
 	}{
 		{"ok", Config{NodeName: "a", Join: []string{"10.0.0.1:7946", "herd.svc", "[::1]:1"}}, ""},
-		{"bad key", Config{NodeName: "a", GossipKey: []byte("short")}, "gossip key"},
+		{"bad key", Config{NodeName: "a", Key: []byte("short")}, "cluster key"},
 		{"bad bind", Config{NodeName: "a", BindAddr: "1.2.3.4:99999"}, "gossip address"},
 		{"advertise name", Config{NodeName: "a", AdvertiseAddr: "host.example:7946"}, "must be an IP"},
 		{"long label", Config{NodeName: "a", Label: strings.Repeat("x", 300)}, "label"},

@@ -47,7 +47,7 @@ func startStores(t *testing.T, c *testCluster, n int) []*storeNode {
 		}
 		node := c.start(i, nil, seed(seeds...))
 		store := NewConfigStore(static, dyn, config.MapEnv{"KEY": "sk-node"}, c.log)
-		r, err := node.StartRaft(RaftConfig{BootstrapExpect: n, Network: c.net, FastTimers: true, ApplyTimeout: time.Second}, store.FSM())
+		r, err := node.StartRaft(RaftConfig{BootstrapExpect: n, streams: c.net.raftStreams, timers: &fastTimers, ApplyTimeout: time.Second}, store.FSM())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -36,7 +36,10 @@ const (
 )
 
 const (
-	maxFrame       = 64 << 20        // larger commands are refused
+	// maxFrame caps a forwarded request or reply, and so a config command: 8 MiB holds a
+	// config of some ten thousand deployments. Larger commands are refused before they are
+	// sent, and a peer sending a larger frame is cut off.
+	maxFrame       = 8 << 20
 	forwardIdle    = 2 * time.Minute // an idle forwarding connection is closed after this
 	minRetryWait   = 5 * time.Millisecond
 	maxRetryWait   = 100 * time.Millisecond
@@ -49,6 +52,9 @@ const (
 // majority it fails with ErrNoQuorum (ErrNoLeader too when no leader was found); an FSM
 // error comes back as ErrRejected.
 func (r *Raft) Apply(ctx context.Context, cmd []byte) (result []byte, index uint64, err error) {
+	if len(cmd) > maxFrame {
+		return nil, 0, fmt.Errorf("cluster: a command of %d bytes is larger than the %d MiB the cluster carries: %w", len(cmd), maxFrame>>20, ErrRejected)
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ApplyTimeout)
 	defer cancel()
 	wait := minRetryWait
@@ -274,7 +280,7 @@ func (r *Raft) serveForward(c net.Conn) {
 		}
 		n := binary.BigEndian.Uint32(hdr[5:])
 		if n > maxFrame {
-			r.log.Warn("forwarded request too large", "bytes", n, "from", c.RemoteAddr())
+			r.mux.reject(RejectFrameTooLarge, c.RemoteAddr(), fmt.Errorf("forwarded request of %d bytes", n))
 			return
 		}
 		payload := make([]byte, n)

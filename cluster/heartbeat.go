@@ -9,21 +9,15 @@ import "time"
 // 49 packets of ~20 bytes a second per node, far below the usage deltas under load. memberlist's
 // failure detector still decides "dead"; a suspect member keeps getting usage deltas.
 const (
-	heartbeatEvery     = time.Second
-	fastHeartbeatEvery = 100 * time.Millisecond // Config.FastTimers
-	suspectAfterBeats  = 3
+	heartbeatEvery    = time.Second
+	suspectAfterBeats = 3
 )
 
 // msgHeartbeat starts a cluster-internal message; the state backend's messages start with
 // their own version byte (state/crdt: 1), and a message with this one never reaches it.
 const msgHeartbeat = 0xFF
 
-func (n *Node) heartbeatInterval() time.Duration {
-	if n.cfg.FastTimers {
-		return fastHeartbeatEvery
-	}
-	return heartbeatEvery
-}
+func (n *Node) heartbeatInterval() time.Duration { return n.cfg.heartbeat }
 
 // heartbeat sends this node's name to every other alive member until the node stops.
 func (n *Node) heartbeat() {

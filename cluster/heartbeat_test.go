@@ -6,7 +6,7 @@ import (
 )
 
 func TestStatusFromHeartbeats(t *testing.T) {
-	n := &Node{cfg: Config{NodeName: "me"}}
+	n := &Node{cfg: Config{NodeName: "me", heartbeat: heartbeatEvery}}
 	now := time.Now()
 	beat := n.heartbeatInterval()
 	tests := []struct {

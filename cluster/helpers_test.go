@@ -99,9 +99,10 @@ func (c *testCluster) start(i int, sync StateSync, mod func(*Config)) *Node {
 		NodeName:       fmt.Sprintf("node%d", i),
 		BindAddr:       memAddrOf(i),
 		Logger:         c.log,
-		Transport:      c.net.Node(memAddrOf(i)),
+		transport:      c.net.Node(memAddrOf(i)),
 		RetryJoinEvery: 50 * time.Millisecond,
-		FastTimers:     true,
+		tune:           fastGossip,
+		heartbeat:      fastHeartbeat,
 	}
 	if mod != nil {
 		mod(&cfg)

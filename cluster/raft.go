@@ -59,10 +59,11 @@ type RaftConfig struct {
 	DeadServerGrace time.Duration // how long gossip must report a server dead before the leader removes it (a node that left goes at once); default 30s
 	ApplyTimeout    time.Duration // bound on one write, forwarding to the leader included; default 5s
 	Logger          *slog.Logger  // default the Node's logger
-	Network         *Network      // tests only: raft streams over this in-memory network, cut by its partitions together with the node's gossip; nil = TCP
-	FastTimers      bool          // tests only: elections, heartbeats and the leader's membership checks in tens of milliseconds
 
-	// tests only: snapshot sooner, to exercise snapshot installation
+	// Only this package's tests set these (testnet_test.go): streams over an in-memory
+	// network, shorter timings, and snapshots sooner to exercise their installation.
+	streams           func(owner string) streamNet // owner: the node's gossip address; nil = TCP
+	timers            *timers                      // nil = productionTimers()
 	snapshotThreshold uint64
 	trailingLogs      uint64
 }
@@ -126,7 +127,7 @@ type RaftStatus struct {
 	LastApplied uint64   // the FSM reflects every log entry up to this index (LastApplied >= LastIndex: caught up with its log)
 }
 
-// timers are the raft and membership-check timings; FastTimers shrinks them for tests.
+// timers are the raft and membership-check timings.
 type timers struct {
 	heartbeat, election, leaderLease, commit time.Duration
 
@@ -136,15 +137,7 @@ type timers struct {
 	rpc          time.Duration // raft transport I/O and peer status calls
 }
 
-func timersFor(fast bool) timers {
-	if fast {
-		return timers{
-			heartbeat: 150 * time.Millisecond, election: 150 * time.Millisecond,
-			leaderLease: 100 * time.Millisecond, commit: 5 * time.Millisecond,
-			reconcile: 50 * time.Millisecond, bootstrapFor: 300 * time.Millisecond,
-			stabilize: 300 * time.Millisecond, rpc: 2 * time.Second,
-		}
-	}
+func productionTimers() timers {
 	d := raft.DefaultConfig()
 	return timers{
 		heartbeat: d.HeartbeatTimeout, election: d.ElectionTimeout,
@@ -208,16 +201,19 @@ func (n *Node) StartRaft(cfg RaftConfig, fsm FSM) (*Raft, error) {
 		node:         n,
 		cfg:          cfg,
 		log:          cfg.Logger,
-		timers:       timersFor(cfg.FastTimers),
+		timers:       productionTimers(),
 		fsm:          &fsmAdapter{fsm: fsm},
 		leaderNote:   make(chan struct{}, 1),
 		metaNote:     make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		missingSince: map[string]time.Time{},
 	}
+	if cfg.timers != nil {
+		r.timers = *cfg.timers
+	}
 	var streams streamNet = tcpStreams{}
-	if cfg.Network != nil {
-		streams = memStreams{net: cfg.Network, owner: n.addr}
+	if cfg.streams != nil {
+		streams = cfg.streams(n.addr)
 	}
 	ln, err := streams.listen(cfg.BindAddr)
 	if err != nil {
@@ -229,7 +225,7 @@ func (n *Node) StartRaft(cfg RaftConfig, fsm FSM) (*Raft, error) {
 		_, port, _ := net.SplitHostPort(ln.Addr().String())
 		r.addr = net.JoinHostPort(gossipHost, port)
 	}
-	r.mux = newMux(ln, streams, r.addr, r.log)
+	r.mux = newMux(ln, streams, r.addr, r.log, n.tlsServer, n.tlsClient, n.cfg.OnReject)
 	if err := r.start(); err != nil {
 		_ = r.mux.close()
 		if r.store != nil {

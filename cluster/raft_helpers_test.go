@@ -91,8 +91,8 @@ func (c *raftCluster) startRaft(i, expect int, dir string, seeds ...string) *raf
 	cfg := RaftConfig{
 		BootstrapExpect: expect,
 		DataDir:         dir,
-		Network:         c.net,
-		FastTimers:      true,
+		streams:         c.net.raftStreams,
+		timers:          &fastTimers,
 		ApplyTimeout:    time.Second,
 	}
 	if c.mod != nil {

@@ -161,7 +161,7 @@ func TestRaftFiveNodesBootstrapOneCluster(t *testing.T) {
 				wg.Go(func() {
 					c.t.Helper()
 					node := c.start(i, nil, seed(all...))
-					r, err := node.StartRaft(RaftConfig{BootstrapExpect: 5, Network: c.net, FastTimers: true, ApplyTimeout: time.Second}, &listFSM{})
+					r, err := node.StartRaft(RaftConfig{BootstrapExpect: 5, streams: c.net.raftStreams, timers: &fastTimers, ApplyTimeout: time.Second}, &listFSM{})
 					if err != nil {
 						t.Errorf("node%d: %v", i, err)
 						return

@@ -21,7 +21,7 @@ func TestRaftRealSockets(t *testing.T) {
 	for i := range 3 {
 		cfg := Config{
 			NodeName: fmt.Sprintf("real%d", i), BindAddr: "127.0.0.1:0", Logger: log,
-			FastTimers: true, RetryJoinEvery: 50 * time.Millisecond,
+			tune: fastGossip, heartbeat: fastHeartbeat, RetryJoinEvery: 50 * time.Millisecond,
 		}
 		if i > 0 {
 			cfg.Join = []string{nodes[0].node.Addr()}
@@ -33,7 +33,7 @@ func TestRaftRealSockets(t *testing.T) {
 		t.Cleanup(func() { _ = n.Shutdown() })
 		fsm := &listFSM{}
 		// The raft address defaults to the gossip host with port 0: a free TCP port.
-		r, err := n.StartRaft(RaftConfig{DataDir: t.TempDir(), BootstrapExpect: 3, FastTimers: true}, fsm)
+		r, err := n.StartRaft(RaftConfig{DataDir: t.TempDir(), BootstrapExpect: 3, timers: &fastTimers}, fsm)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +69,7 @@ func TestRaftConfig(t *testing.T) {
 		bad  string
 	}{
 		{"ok", RaftConfig{BindAddr: ":7947", DataDir: "/x"}, ""},
-		{"in memory on a test network", RaftConfig{BindAddr: ":7947", Network: NewNetwork()}, ""},
+		{"in memory on a test network", RaftConfig{BindAddr: ":7947", streams: NewNetwork().raftStreams}, ""},
 		{"in memory over TCP", RaftConfig{BindAddr: ":7947"}, ""},
 		{"negative expect", RaftConfig{BindAddr: ":7947", DataDir: "/x", BootstrapExpect: -1}, "negative"},
 		{"advertise name", RaftConfig{BindAddr: ":7947", DataDir: "/x", AdvertiseAddr: "herd-0:7947"}, "must be an IP"},

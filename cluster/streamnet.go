@@ -1,12 +1,14 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -19,12 +21,25 @@ const (
 	muxForward byte = 0x46 // 'F': forwarded writes and peer status (forward.go)
 )
 
-// muxHeaderTimeout bounds how long an accepted connection may take to send its first byte.
-const muxHeaderTimeout = 5 * time.Second
+const (
+	// muxHeaderTimeout bounds how long an accepted connection may take to authenticate (the
+	// TLS handshake) and send its protocol byte.
+	muxHeaderTimeout = 5 * time.Second
+	// maxPendingConns bounds the accepted connections still in that phase: a peer needs one
+	// per dial, so this only sheds floods of unauthenticated connections.
+	maxPendingConns = 64
+	// maxInboundConns bounds the accepted connections open at once. Raft pools up to 3
+	// connections per peer and each forwarded write or status call opens one, so a 50-node
+	// cluster needs a few hundred.
+	maxInboundConns = 1024
+	// rejectLogEvery rate-limits the WARN about refused connections.
+	rejectLogEvery = 10 * time.Second
+)
 
 var errMuxClosed = errors.New("cluster: raft port closed")
 
-// streamNet opens the raft port and dials peers: real TCP, or a Network's in-memory streams.
+// streamNet opens the raft port and dials peers: real TCP, or in tests an in-memory network's
+// streams (memnet_test.go).
 type streamNet interface {
 	listen(addr string) (net.Listener, error)
 	dial(addr string, timeout time.Duration) (net.Conn, error)
@@ -46,13 +61,25 @@ func (a strAddr) Network() string { return "tcp" }
 func (a strAddr) String() string  { return string(a) }
 
 // mux accepts connections on the raft port and hands each to raft or to the forwarding
-// server by its first byte. It tracks every connection, both accepted and dialed, so Close
-// ends them all: raft's transport leaves its inbound handlers blocked on reads otherwise.
+// server by its first byte. With a cluster key, every connection must first complete a mutual
+// TLS handshake (peertls): nothing of herd's protocols, not even the protocol byte, is read
+// from a peer that has not proved it holds a cluster key. It tracks every connection, both
+// accepted and dialed, so Close ends them all: raft's transport leaves its inbound handlers
+// blocked on reads otherwise.
 type mux struct {
 	ln        net.Listener
 	streams   streamNet
 	advertise strAddr
 	log       *slog.Logger
+
+	serverTLS, clientTLS *tls.Config         // nil: plain TCP (no cluster key; cmd/herd keeps the port on loopback)
+	onReject             func(reason string) // never nil
+	pending              chan struct{}       // semaphore over connections not yet authenticated
+	inbound              atomic.Int64        // accepted connections open
+
+	rejectMu    sync.Mutex
+	rejectLast  time.Time
+	rejectQuiet int // refusals not logged since rejectLast
 
 	raftCh  chan net.Conn
 	handler func(net.Conn) // forwarded connections; set by serve
@@ -64,12 +91,19 @@ type mux struct {
 	wg     sync.WaitGroup
 }
 
-func newMux(ln net.Listener, streams streamNet, advertise string, log *slog.Logger) *mux {
+func newMux(ln net.Listener, streams streamNet, advertise string, log *slog.Logger, serverTLS, clientTLS *tls.Config, onReject func(string)) *mux {
+	if onReject == nil {
+		onReject = func(string) {}
+	}
 	return &mux{
 		ln:        ln,
 		streams:   streams,
 		advertise: strAddr(advertise),
 		log:       log,
+		serverTLS: serverTLS,
+		clientTLS: clientTLS,
+		onReject:  onReject,
+		pending:   make(chan struct{}, maxPendingConns),
 		raftCh:    make(chan net.Conn),
 		conns:     map[*muxConn]struct{}{},
 		done:      make(chan struct{}),
@@ -105,8 +139,21 @@ func (m *mux) acceptLoop() {
 			continue
 		}
 		backoff = 0
-		tc, ok := m.track(c)
+		if m.inbound.Load() >= maxInboundConns {
+			m.reject(RejectTooManyConns, c.RemoteAddr(), nil)
+			_ = c.Close()
+			continue
+		}
+		select {
+		case m.pending <- struct{}{}:
+		default:
+			m.reject(RejectTooManyConns, c.RemoteAddr(), nil)
+			_ = c.Close()
+			continue
+		}
+		tc, ok := m.track(c, true)
 		if !ok {
+			<-m.pending
 			return
 		}
 		m.wg.Add(1)
@@ -114,16 +161,16 @@ func (m *mux) acceptLoop() {
 	}
 }
 
-func (m *mux) dispatch(c *muxConn) {
+// dispatch authenticates an accepted connection, reads its protocol byte and hands it on.
+func (m *mux) dispatch(tc *muxConn) {
 	defer m.wg.Done()
-	var b [1]byte
-	_ = c.SetReadDeadline(time.Now().Add(muxHeaderTimeout))
-	if _, err := io.ReadFull(c, b[:]); err != nil {
-		_ = c.Close()
+	c, kind, err := m.open(tc)
+	<-m.pending
+	if err != nil {
+		_ = tc.Close()
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
-	switch b[0] {
+	switch kind {
 	case muxRaft:
 		select {
 		case m.raftCh <- c:
@@ -134,35 +181,102 @@ func (m *mux) dispatch(c *muxConn) {
 		m.handler(c)
 		_ = c.Close()
 	default:
-		m.log.Debug("raft port: unknown protocol byte", "byte", b[0], "from", c.RemoteAddr())
-		_ = c.Close()
+		m.reject(RejectUnknownProtocol, tc.RemoteAddr(), fmt.Errorf("protocol byte %#x", kind))
+		_ = tc.Close()
 	}
 }
 
-// dial connects to a peer's raft port and selects kind.
+// open runs the server side of the TLS handshake (with a cluster key) and reads the protocol
+// byte, all within muxHeaderTimeout.
+func (m *mux) open(tc *muxConn) (net.Conn, byte, error) {
+	_ = tc.SetDeadline(time.Now().Add(muxHeaderTimeout))
+	var c net.Conn = tc
+	if m.serverTLS != nil {
+		sc := tls.Server(tc, m.serverTLS)
+		if err := sc.Handshake(); err != nil {
+			m.reject(RejectUnauthenticated, tc.RemoteAddr(), err)
+			return nil, 0, err
+		}
+		c = sc
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		if m.serverTLS != nil && isTLSAlert(err) {
+			m.reject(RejectUnauthenticated, tc.RemoteAddr(), err)
+		}
+		return nil, 0, err
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return c, b[0], nil
+}
+
+// isTLSAlert reports a TLS-level failure (as opposed to a peer that just went away).
+func isTLSAlert(err error) bool {
+	var alert tls.AlertError
+	var rec tls.RecordHeaderError
+	var cv *tls.CertificateVerificationError
+	return errors.As(err, &alert) || errors.As(err, &rec) || errors.As(err, &cv)
+}
+
+// reject counts a refused connection and logs it, at most once per rejectLogEvery.
+func (m *mux) reject(reason string, from net.Addr, err error) {
+	m.onReject(reason)
+	m.rejectMu.Lock()
+	now := time.Now()
+	if now.Sub(m.rejectLast) < rejectLogEvery {
+		m.rejectQuiet++
+		m.rejectMu.Unlock()
+		return
+	}
+	quiet := m.rejectQuiet
+	m.rejectLast, m.rejectQuiet = now, 0
+	m.rejectMu.Unlock()
+	attrs := []any{"reason", reason, "from", from.String(), "earlier_refusals_not_logged", quiet}
+	if err != nil {
+		attrs = append(attrs, "err", err.Error())
+	}
+	m.log.Warn("raft port: refused a connection", attrs...)
+}
+
+// dial connects to a peer's raft port, authenticates (with a cluster key) and selects kind.
 func (m *mux) dial(addr string, kind byte, timeout time.Duration) (net.Conn, error) {
-	c, err := m.streams.dial(addr, timeout)
+	raw, err := m.streams.dial(addr, timeout)
 	if err != nil {
 		return nil, err
 	}
-	tc, ok := m.track(c)
+	tc, ok := m.track(raw, false)
 	if !ok {
 		return nil, errMuxClosed
 	}
-	_ = tc.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := tc.Write([]byte{kind}); err != nil {
+	_ = tc.SetDeadline(time.Now().Add(timeout))
+	var c net.Conn = tc
+	if m.clientTLS != nil {
+		cc := tls.Client(tc, m.clientTLS)
+		if err := cc.Handshake(); err != nil {
+			_ = tc.Close()
+			return nil, fmt.Errorf("cluster: raft port %s: TLS: %w", addr, err)
+		}
+		c = cc
+	}
+	if _, err := c.Write([]byte{kind}); err != nil {
 		_ = tc.Close()
 		return nil, fmt.Errorf("cluster: raft port %s: %w", addr, err)
 	}
-	_ = tc.SetWriteDeadline(time.Time{})
-	return tc, nil
+	_ = tc.SetDeadline(time.Time{})
+	return c, nil
 }
 
-func (m *mux) track(c net.Conn) (*muxConn, bool) {
-	tc := &muxConn{Conn: c, m: m}
+func (m *mux) track(c net.Conn, inbound bool) (*muxConn, bool) {
+	tc := &muxConn{Conn: c, m: m, inbound: inbound}
+	if inbound {
+		m.inbound.Add(1)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
+		if inbound {
+			m.inbound.Add(-1)
+		}
 		_ = c.Close()
 		return nil, false
 	}
@@ -192,8 +306,9 @@ func (m *mux) close() error {
 
 type muxConn struct {
 	net.Conn
-	m    *mux
-	once sync.Once
+	m       *mux
+	inbound bool
+	once    sync.Once
 }
 
 func (c *muxConn) Close() error {
@@ -202,6 +317,9 @@ func (c *muxConn) Close() error {
 		c.m.mu.Lock()
 		delete(c.m.conns, c)
 		c.m.mu.Unlock()
+		if c.inbound {
+			c.m.inbound.Add(-1)
+		}
 		err = c.Conn.Close()
 	})
 	return err

@@ -9,13 +9,6 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// Transport carries gossip between nodes. A nil Transport in Config means real UDP/TCP
-// sockets; tests pass Network.Node. The method is unexported so memberlist's types stay
-// inside this package.
-type Transport interface {
-	memberlistTransport() memberlist.Transport
-}
-
 // countingTransport counts the bytes every packet and stream carries, in both directions,
 // for the metrics getters. It forwards the inbound channels through goroutines so it can
 // count without the inner transport's help.

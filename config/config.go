@@ -171,7 +171,13 @@ type ClusterSettings struct {
 	GossipAddr      string   `yaml:"gossip_addr"`      // bind HOST:PORT for gossip; default 0.0.0.0:7946
 	AdvertiseAddr   string   `yaml:"advertise_addr"`   // address peers use to reach this node
 	Join            []string `yaml:"join"`             // seed list, HOST:PORT
-	GossipKey       Secret   `yaml:"gossip_key"`       // base64 AES key (16, 24 or 32 bytes)
+	ClusterKey      Secret   `yaml:"cluster_key"`      // base64 key of 16, 24 or 32 bytes: encrypts gossip and authenticates the raft port; required beyond loopback; default none
+	GossipKey       Secret   `yaml:"gossip_key"`       // the same as cluster_key (its older name); set one of them
+	AcceptKeys      []Secret `yaml:"accept_keys"`      // more keys accepted from peers while keys rotate (docs/SECURITY.md); default none
+	Insecure        bool     `yaml:"insecure"`         // run cluster ports beyond loopback without a key (logged as a WARN at every start); default false
+	TLSCAFile       string   `yaml:"tls_ca_file"`      // with tls_cert_file and tls_key_file: the raft port uses your PKI instead of certificates derived from cluster_key
+	TLSCertFile     string   `yaml:"tls_cert_file"`    // PEM certificate this node presents on the raft port
+	TLSKeyFile      string   `yaml:"tls_key_file"`     // PEM private key of tls_cert_file
 	ClusterLabel    string   `yaml:"cluster_label"`    // keeps two clusters on one network apart
 	RaftAddr        string   `yaml:"raft_addr"`        // bind HOST:PORT for raft; default gossip port + 1
 	DataDir         string   `yaml:"data_dir"`         // raft log, stable store and snapshots

@@ -366,7 +366,7 @@ general_settings:
 		"secrets.yaml:18: router_settings.redis_password: is a placeholder from the docs, not a real value",
 		"secrets.yaml:19: router_settings.redis_url: must be a redis://, rediss:// or unix:// URL",
 		"secrets.yaml:21: router_settings.model_group_alias.z: points at model group the value of os.environ/ALIAS_TARGET, which no model_list entry serves",
-		"secrets.yaml:23: cluster_settings.gossip_key: must be a base64-encoded 16, 24 or 32-byte key",
+		"secrets.yaml:23: cluster_settings.gossip_key: must be a base64-encoded 16, 24 or 32-byte key (make one with: herd keygen)",
 		"secrets.yaml:25: general_settings.master_key: is a placeholder from the docs, not a real value",
 	} {
 		if !strings.Contains(text, want+"\n") && !strings.HasSuffix(text, want) {

@@ -240,12 +240,48 @@ func (d *decoder) clusterSettings(cs *ClusterSettings) {
 			d.fail(fmt.Sprintf("%s.join[%d]", p, i), "must not be empty")
 		}
 	}
-	if k := cs.GossipKey.Reveal(); k != "" {
-		// The key is secret: say what is wrong, never what it is.
-		b, err := base64.StdEncoding.DecodeString(k)
+	// Keys are secret: say what is wrong, never what they are.
+	checkKey := func(path, k string) {
+		b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(k))
 		if err != nil || (len(b) != 16 && len(b) != 24 && len(b) != 32) {
-			d.fail(p+".gossip_key", "must be a base64-encoded 16, 24 or 32-byte key")
+			d.fail(path, "must be a base64-encoded 16, 24 or 32-byte key (make one with: herd keygen)")
 		}
+	}
+	ck, gk := cs.ClusterKey.Reveal(), cs.GossipKey.Reveal()
+	if ck != "" {
+		checkKey(p+".cluster_key", ck)
+	}
+	if gk != "" {
+		checkKey(p+".gossip_key", gk)
+	}
+	switch {
+	case ck != "" && gk != "" && ck != gk:
+		d.fail(p+".gossip_key", "is another name for cluster_key and holds a different key: set one of them")
+	case ck == "":
+		cs.ClusterKey = cs.GossipKey
+	}
+	for i, k := range cs.AcceptKeys {
+		checkKey(fmt.Sprintf("%s.accept_keys[%d]", p, i), k.Reveal())
+	}
+	if len(cs.AcceptKeys) > 0 && cs.ClusterKey == "" {
+		d.fail(p+".accept_keys", "needs cluster_key, the key this node sends with")
+	}
+	files := []struct{ key, value string }{{"tls_ca_file", cs.TLSCAFile}, {"tls_cert_file", cs.TLSCertFile}, {"tls_key_file", cs.TLSKeyFile}}
+	set := 0
+	for _, f := range files {
+		if f.value != "" {
+			set++
+		}
+	}
+	if set > 0 && set < len(files) {
+		for _, f := range files {
+			if f.value == "" {
+				d.fail(p+"."+f.key, "required with the other tls_* files: set tls_ca_file, tls_cert_file and tls_key_file together")
+			}
+		}
+	}
+	if set > 0 && cs.ClusterKey == "" {
+		d.fail(p+".cluster_key", "required with tls_* files: the key encrypts gossip, the files secure the raft port")
 	}
 	nonNegative(d, p+".bootstrap_expect", &cs.BootstrapExpect)
 }

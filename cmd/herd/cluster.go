@@ -1,8 +1,12 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 
@@ -19,6 +23,7 @@ type clusterFlags struct {
 	gossipAddr    string
 	advertiseAddr string
 	join          string // comma-separated seeds
+	insecure      bool   // --cluster-insecure
 }
 
 // clusterConfig merges cluster settings: flags, then environment (HERD_JOIN), then the config
@@ -65,12 +70,69 @@ func clusterConfig(f clusterFlags, cfg *config.Config, getenv func(string) strin
 			c.BindAddr = "127.0.0.1:7946"
 		}
 	}
-	key, err := cluster.ParseGossipKey(cs.GossipKey.Reveal())
+	// config resolved gossip_key into cluster_key; HERD_CLUSTER_KEY suits container platforms
+	// that hand secrets over as environment variables.
+	key, err := cluster.ParseKey(pick(cs.ClusterKey.Reveal(), getenv("HERD_CLUSTER_KEY")))
 	if err != nil {
-		return c, fmt.Errorf("cluster_settings.gossip_key: %w", err)
+		return c, fmt.Errorf("cluster_settings.cluster_key: %w", err)
 	}
-	c.GossipKey = key
+	c.Key = key
+	for i, s := range cs.AcceptKeys {
+		k, err := cluster.ParseKey(s.Reveal())
+		if err != nil {
+			return c, fmt.Errorf("cluster_settings.accept_keys[%d]: %w", i, err)
+		}
+		c.AcceptKeys = append(c.AcceptKeys, k)
+	}
+	c.TLSFiles = cluster.TLSFiles{CAFile: cs.TLSCAFile, CertFile: cs.TLSCertFile, KeyFile: cs.TLSKeyFile}
 	return c, nil
+}
+
+// checkExposure refuses cluster ports beyond loopback without a cluster key: anyone who can
+// reach them could otherwise read and change every node's config, upstream keys included.
+// cluster_settings.insecure (or --cluster-insecure) opts out, loudly at every start.
+func checkExposure(c cluster.Config, raftAddr string, insecure bool, log *slog.Logger) error {
+	var open string
+	addrs := append([]string{c.BindAddr, c.AdvertiseAddr, raftAddr}, c.Join...)
+	for _, a := range addrs {
+		if a != "" && !loopbackAddr(a) {
+			open = a
+			break
+		}
+	}
+	switch {
+	case open == "" || len(c.Key) > 0:
+		return nil
+	case insecure:
+		log.Warn("cluster ports are open beyond loopback WITHOUT a cluster key: anyone who can reach them can read and change this cluster's config and counts",
+			"addr", open, "key", "cluster_settings.insecure")
+		return nil
+	}
+	return fmt.Errorf("cluster_settings.cluster_key is required to use the cluster address %s beyond loopback: give every node the same key (make one with `herd keygen`; os.environ/NAME and HERD_CLUSTER_KEY work), or set cluster_settings.insecure: true (or --cluster-insecure) to run the cluster unauthenticated", open)
+}
+
+// loopbackAddr reports whether HOST[:PORT] names only this machine: a loopback IP or
+// "localhost". Unspecified addresses (0.0.0.0, ::) and other names are not.
+func loopbackAddr(a string) bool {
+	host, _, err := net.SplitHostPort(a)
+	if err != nil {
+		host = strings.Trim(a, "[]")
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// keygen prints a fresh cluster key.
+func keygen(out io.Writer) error {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(out, base64.StdEncoding.EncodeToString(k))
+	return err
 }
 
 // membership adapts a cluster node to what /cluster/status shows.

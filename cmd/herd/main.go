@@ -58,6 +58,7 @@ const usage = `herd: an LLM load-balancing proxy that reads LiteLLM's config.yam
 
 Usage:
   herd [--config FILE] [--host 0.0.0.0] [--port 4000]
+  herd keygen          print a new cluster key (cluster_settings.cluster_key)
 
 With no --config (and no HERD_CONFIG), herd serves a built-in demo config: the model group
 demo-model on two mock deployments, so you can try it with no upstream.
@@ -100,6 +101,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.StringVar(&o.cluster.gossipAddr, "gossip-addr", "", "HOST:PORT to bind gossip (UDP+TCP) to (default: cluster_settings.gossip_addr, else 0.0.0.0:7946 with seeds or an advertise address, 127.0.0.1:7946 without)")
 	fs.StringVar(&o.cluster.advertiseAddr, "advertise-addr", "", "HOST:PORT peers use to reach this node (default: cluster_settings.advertise_addr, else derived)")
 	fs.StringVar(&o.cluster.join, "join", "", "seeds HOST:PORT[,HOST:PORT...]; a DNS name joins every address it resolves to (env HERD_JOIN; default cluster_settings.join)")
+	fs.BoolVar(&o.cluster.insecure, "cluster-insecure", false, "allow cluster addresses beyond loopback without a cluster key (default: cluster_settings.insecure); logged as a WARN")
 	fs.StringVar(&o.raft.raftAddr, "raft-addr", "", "HOST:PORT to bind raft (TCP; config changes) to (default: cluster_settings.raft_addr, else the gossip host and port + 1)")
 	fs.StringVar(&o.raft.dataDir, "data-dir", "", "directory for the raft log and snapshots (default: cluster_settings.data_dir; none = config changes are kept in memory only)")
 	fs.IntVar(&o.raft.bootstrapExpect, "bootstrap-expect", -1, "how many nodes bootstrap raft together once gossip shows them all (default: cluster_settings.bootstrap_expect; 0 = a node without seeds starts alone)")
@@ -123,6 +125,9 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 
 // run is herd's whole life: parse flags, load config, serve until ctx ends, then drain.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 1 && args[0] == "keygen" {
+		return keygen(stdout)
+	}
 	o, err := parseFlags(args, getenv, stderr)
 	if err != nil {
 		return err
@@ -157,6 +162,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// node with no seeds is a cluster of one that others may join.
 	ccfg, err := clusterConfig(o.cluster, cfg, getenv, log)
 	if err != nil {
+		return err
+	}
+	rc := raftConfig(o.raft, cfg.ClusterSettings, log)
+	if err := checkExposure(ccfg, rc.BindAddr, o.cluster.insecure || cfg.ClusterSettings.Insecure, log); err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
@@ -206,7 +215,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		log.Info("cluster config applied", "config_version", version, "deployments", len(c.ModelList))
 	})
-	rc := raftConfig(o.raft, cfg.ClusterSettings, log)
 	warnNoBootstrap(rc, ccfg.Join, log)
 	if rc.DataDir == "" {
 		log.Warn("no --data-dir: config changes are kept in memory and lost if every node restarts", "key", "cluster_settings.data_dir")

@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -204,7 +205,8 @@ func (o *Options) herdBinary(ctx context.Context) (string, error) {
 type runner struct {
 	o     Options
 	herd  string
-	key   string
+	key   string // the nodes' master key
+	ckey  string // the cluster key: gossip and the raft port are encrypted and authenticated, as a user must run them
 	net   *Net
 	nodes []*node
 	redis *redisServer
@@ -231,6 +233,9 @@ func (r *runner) setUp(ctx context.Context) error {
 		return err
 	}
 	r.key = "sk-chaos-" + randomHex(12)
+	ck := make([]byte, 32)
+	_, _ = rand.Read(ck)
+	r.ckey = base64.StdEncoding.EncodeToString(ck)
 	r.arr, err = newArrivals(filepath.Join(o.Out, UpstreamFile))
 	if err != nil {
 		return err
@@ -448,7 +453,7 @@ func (r *runner) close() error {
 }
 
 // config is the nodes' config.yaml: the chat deployments against the fake upstream, a master
-// key, and the mode's router settings.
+// key, a cluster key, and the mode's router settings.
 func (r *runner) config() []byte {
 	up := fmt.Sprintf("http://%s:%d/v1", ctlHost, upstreamPort)
 	var models []map[string]any
@@ -470,6 +475,7 @@ func (r *runner) config() []byte {
 		"model_list":       models,
 		"router_settings":  rs,
 		"general_settings": map[string]any{"master_key": r.key},
+		"cluster_settings": map[string]any{"cluster_key": r.ckey},
 	}
 	out, _ := yaml.Marshal(cfg)
 	return append([]byte("# written by herd-chaos for one run\n"), out...)

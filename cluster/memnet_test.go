@@ -36,7 +36,7 @@ func NewNetwork() *Network {
 // Node attaches a transport at addr ("IP:PORT", e.g. "127.0.0.1:7946") and returns it for
 // Config.Transport. Attaching an address whose previous transport was shut down models a
 // restart; attaching over a live one replaces it.
-func (n *Network) Node(addr string) Transport {
+func (n *Network) Node(addr string) memberlist.Transport {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		panic(fmt.Sprintf("cluster: memnet address %q: %v", addr, err))
@@ -141,10 +141,7 @@ type memTransport struct {
 
 var (
 	_ memberlist.Transport = (*memTransport)(nil)
-	_ Transport            = (*memTransport)(nil)
 )
-
-func (t *memTransport) memberlistTransport() memberlist.Transport { return t }
 
 func (t *memTransport) isShutdown() bool {
 	select {
