@@ -253,20 +253,42 @@ func (r *Raft) call(ctx context.Context, addr string, op byte, payload []byte) (
 	if err := w.Flush(); err != nil {
 		return 0, 0, nil, false, err
 	}
+	code, index, body, err = readReply(bufio.NewReader(c))
+	return code, index, body, true, err
+}
+
+// errFrameTooLarge is a frame whose length field exceeds maxFrame.
+var errFrameTooLarge = errors.New("cluster: forwarded frame too large")
+
+// readRequest reads one forwarded request. It never allocates more than maxFrame.
+func readRequest(br *bufio.Reader) (op byte, timeout time.Duration, payload []byte, err error) {
+	var hdr [9]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return 0, 0, nil, err
+	}
+	payload, err = readBody(br, binary.BigEndian.Uint32(hdr[5:]))
+	return hdr[0], time.Duration(binary.BigEndian.Uint32(hdr[1:])) * time.Millisecond, payload, err
+}
+
+// readReply reads one reply to a forwarded request. It never allocates more than maxFrame.
+func readReply(br *bufio.Reader) (code byte, index uint64, body []byte, err error) {
 	var rh [13]byte
-	br := bufio.NewReader(c)
 	if _, err := io.ReadFull(br, rh[:]); err != nil {
-		return 0, 0, nil, true, err
+		return 0, 0, nil, err
 	}
-	n := binary.BigEndian.Uint32(rh[9:])
+	body, err = readBody(br, binary.BigEndian.Uint32(rh[9:]))
+	return rh[0], binary.BigEndian.Uint64(rh[1:]), body, err
+}
+
+func readBody(br *bufio.Reader, n uint32) ([]byte, error) {
 	if n > maxFrame {
-		return 0, 0, nil, true, fmt.Errorf("cluster: reply of %d bytes is too large", n)
+		return nil, fmt.Errorf("%w: %d bytes", errFrameTooLarge, n)
 	}
-	body = make([]byte, n)
-	if _, err := io.ReadFull(br, body); err != nil {
-		return 0, 0, nil, true, err
+	b := make([]byte, n)
+	if _, err := io.ReadFull(br, b); err != nil {
+		return nil, err
 	}
-	return rh[0], binary.BigEndian.Uint64(rh[1:]), body, true, nil
+	return b, nil
 }
 
 // serveForward answers requests on one forwarding connection until it closes or idles.
@@ -274,21 +296,14 @@ func (r *Raft) serveForward(c net.Conn) {
 	br := bufio.NewReader(c)
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(forwardIdle))
-		var hdr [9]byte
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		op, timeout, payload, err := readRequest(br)
+		if errors.Is(err, errFrameTooLarge) {
+			r.mux.reject(RejectFrameTooLarge, c.RemoteAddr(), err)
+		}
+		if err != nil {
 			return
 		}
-		n := binary.BigEndian.Uint32(hdr[5:])
-		if n > maxFrame {
-			r.mux.reject(RejectFrameTooLarge, c.RemoteAddr(), fmt.Errorf("forwarded request of %d bytes", n))
-			return
-		}
-		payload := make([]byte, n)
-		if _, err := io.ReadFull(br, payload); err != nil {
-			return
-		}
-		timeout := time.Duration(binary.BigEndian.Uint32(hdr[1:])) * time.Millisecond
-		code, index, body := r.handleForward(hdr[0], min(timeout, r.cfg.ApplyTimeout), payload)
+		code, index, body := r.handleForward(op, min(timeout, r.cfg.ApplyTimeout), payload)
 		var rh [13]byte
 		rh[0] = code
 		binary.BigEndian.PutUint64(rh[1:], index)

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"encoding/json"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -101,16 +103,28 @@ func (g *gossipRaft) encode(leaving bool, limit int) []byte {
 	return append([]byte{flag}, body...)
 }
 
+// decodeRaftMeta reads a peer's metadata; anything malformed or out of range means "no raft".
+// memberlist caps metadata at 512 bytes.
 func decodeRaftMeta(meta []byte) *raftMeta {
 	if len(meta) < 2 || (meta[0] != metaRaft && meta[0] != metaLeaving) {
 		return nil
 	}
 	var m raftMeta
-	if err := json.Unmarshal(meta[1:], &m); err != nil || m.Addr == "" {
+	if err := json.Unmarshal(meta[1:], &m); err != nil {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(m.Addr)
+	if err != nil || net.ParseIP(host) == nil || m.Expect < 0 || m.Expect > maxBootstrapExpect || len(m.Boot) > 16 {
+		return nil
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
 		return nil
 	}
 	return &m
 }
+
+// maxBootstrapExpect bounds a peer's bootstrap_expect as gossiped: far above any real cluster.
+const maxBootstrapExpect = 1000
 
 // observe records a memberlist event. It runs under memberlist's node lock: meta is only
 // read here, never kept.
