@@ -188,6 +188,7 @@ type ClusterSettings struct {
 	RaftAddr        string   `yaml:"raft_addr"`        // bind HOST:PORT for raft; default gossip port + 1
 	DataDir         string   `yaml:"data_dir"`         // raft log, stable store and snapshots
 	BootstrapExpect int      `yaml:"bootstrap_expect"` // voters that bootstrap the raft cluster
+	AdminEnvAllow   []string `yaml:"admin_env_allow"`  // globs of os.environ/ names the admin API may use besides the file's own (see AdminEnv); default none
 }
 
 // Defaults applied by Load.

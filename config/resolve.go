@@ -281,6 +281,11 @@ func (d *decoder) clusterSettings(cs *ClusterSettings) {
 		}
 	}
 	nonNegative(d, p+".bootstrap_expect", &cs.BootstrapExpect)
+	for i, g := range cs.AdminEnvAllow {
+		if reason := validGlob(g); reason != "" {
+			d.fail(fmt.Sprintf("%s.admin_env_allow[%d]", p, i), "%s", reason)
+		}
+	}
 }
 
 // deployment validates one model_list entry and fills its resolved fields.
