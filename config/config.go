@@ -121,6 +121,11 @@ type RouterSettings struct {
 	RedisSentinelMaster    string                `yaml:"redis_sentinel_master"`    // herd: Sentinel master name; redis_host then lists the sentinels
 	RedisCluster           bool                  `yaml:"redis_cluster"`            // herd: Redis Cluster even with one seed in redis_host (several imply it)
 	RedisFairShareNodes    *int                  `yaml:"redis_fair_share_nodes"`   // herd: while Redis is down each node admits limit/N; N is at least this (default: gossip members)
+	RedisSSL               bool                  `yaml:"redis_ssl"`                // TLS to Redis, server verified; default false (a rediss:// redis_url implies true)
+	RedisSSLCertReqs       string                `yaml:"redis_ssl_cert_reqs"`      // required (default): verify chain and host; optional: chain only; none: no check (WARN)
+	RedisSSLCACerts        string                `yaml:"redis_ssl_ca_certs"`       // PEM file of the CA(s) that sign Redis's certificate; default the system roots
+	RedisSSLCertfile       string                `yaml:"redis_ssl_certfile"`       // PEM client certificate for a Redis that requires one; default none
+	RedisSSLKeyfile        string                `yaml:"redis_ssl_keyfile"`        // PEM key of redis_ssl_certfile; default: read from redis_ssl_certfile
 	DefaultMaxTokens       *int64                `yaml:"default_max_tokens"`       // herd: tpm reservation when a request names no max_tokens
 }
 
@@ -156,6 +161,13 @@ type CacheParams struct {
 	URL      Secret   `yaml:"url"`
 	DB       *int     `yaml:"db"`
 	TTL      *Seconds `yaml:"ttl"`
+
+	// TLS, as redis-py's keyword arguments (LiteLLM passes cache_params through to it).
+	SSL         bool   `yaml:"ssl"`           // TLS to Redis, server verified; default false (a rediss:// url implies true)
+	SSLCertReqs string `yaml:"ssl_cert_reqs"` // required (default): verify chain and host; optional: chain only; none: no check (WARN)
+	SSLCACerts  string `yaml:"ssl_ca_certs"`  // PEM file of the CA(s) that sign Redis's certificate; default the system roots
+	SSLCertfile string `yaml:"ssl_certfile"`  // PEM client certificate for a Redis that requires one; default none
+	SSLKeyfile  string `yaml:"ssl_keyfile"`   // PEM key of ssl_certfile; default: read from ssl_certfile
 }
 
 // GeneralSettings are the general_settings keys herd uses.
@@ -182,6 +194,7 @@ type ClusterSettings struct {
 	RaftAddr        string   `yaml:"raft_addr"`        // bind HOST:PORT for raft; default gossip port + 1
 	DataDir         string   `yaml:"data_dir"`         // raft log, stable store and snapshots
 	BootstrapExpect int      `yaml:"bootstrap_expect"` // voters that bootstrap the raft cluster
+	AdminEnvAllow   []string `yaml:"admin_env_allow"`  // globs of os.environ/ names the admin API may use besides the file's own (see AdminEnv); default none
 }
 
 // Defaults applied by Load.

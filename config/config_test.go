@@ -790,3 +790,63 @@ func TestSyntaxErrorLines(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisTLSKeys(t *testing.T) {
+	const model = "model_list: [{model_name: m, litellm_params: {model: openai/m}}]\n"
+	cfg, _ := mustParse(t, model+`
+router_settings:
+  redis_host: r1
+  redis_ssl: true
+  redis_ssl_cert_reqs: CERT_NONE
+litellm_settings:
+  cache_params:
+    type: redis
+    url: rediss://c1:6380
+    ssl_cert_reqs: " Optional"
+    ssl_ca_certs: /etc/ca.pem
+`, MapEnv{})
+	if got := cfg.RouterSettings.RedisSSLCertReqs; got != "none" {
+		t.Errorf("redis_ssl_cert_reqs CERT_NONE = %q, want none", got)
+	}
+	if got := cfg.LiteLLMSettings.CacheParams.SSLCertReqs; got != "optional" {
+		t.Errorf("cache_params.ssl_cert_reqs = %q, want optional", got)
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("warnings: %q", cfg.Warnings)
+	}
+
+	// TLS keys without TLS do nothing, and say so.
+	cfg, _ = mustParse(t, model+`
+router_settings:
+  redis_host: r1
+  redis_ssl_ca_certs: /etc/ca.pem
+litellm_settings:
+  cache_params: {type: redis, host: c1, ssl: false, ssl_certfile: /c.pem}
+`, MapEnv{})
+	want := []string{
+		"test.yaml:5: router_settings.redis_ssl_ca_certs: has no effect without router_settings.redis_ssl: true or a rediss:// URL",
+		"test.yaml:7: litellm_settings.cache_params.ssl_certfile: has no effect without litellm_settings.cache_params.ssl: true or a rediss:// URL",
+	}
+	if !slices.Equal(cfg.Warnings, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(cfg.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+
+	_, err := Parse("test.yaml", []byte(`
+router_settings:
+  redis_host: r1
+  redis_ssl: true
+  redis_ssl_cert_reqs: maybe
+  redis_ssl_keyfile: /k.pem
+`), MapEnv{}, nil)
+	if err == nil {
+		t.Fatal("bad TLS keys accepted")
+	}
+	for _, w := range []string{
+		`test.yaml:5: router_settings.redis_ssl_cert_reqs: must be required, optional or none (got "maybe")`,
+		"test.yaml:6: router_settings.redis_ssl_keyfile: is the key of router_settings.redis_ssl_certfile, which is not set",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+}

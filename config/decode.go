@@ -201,6 +201,13 @@ func (d *decoder) resolveEnv(path string, n *yaml.Node) bool {
 		d.errorAt(n, path, "%s names no environment variable", envPrefix)
 		return false
 	}
+	if a, ok := d.env.(*AdminEnv); ok && runtimeKey(path) {
+		if reason := a.refusal(name); reason != "" {
+			d.envFailed[n] = true
+			d.errorAt(n, path, "%s", reason)
+			return false
+		}
+	}
 	v, ok := d.env.Lookup(name)
 	if !ok {
 		d.envFailed[n] = true

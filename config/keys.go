@@ -39,7 +39,7 @@ var litellmOnly = map[reflect.Type][]string{
 		"set_verbose", "debug_level", "provider_budget_config", "router_general_settings",
 		"alerting_config", "assistants_config", "default_max_parallel_requests",
 		"default_priority", "enable_tag_filtering", "tag_filtering_match_any",
-		"ignore_invalid_deployments", "cache_kwargs", "redis_ssl", "model_group_affinity",
+		"ignore_invalid_deployments", "cache_kwargs", "model_group_affinity",
 		"deployment_affinity_ttl_seconds",
 	},
 	reflect.TypeFor[LiteLLMSettings](): {
@@ -61,7 +61,7 @@ var litellmOnly = map[reflect.Type][]string{
 		"s3_api_version", "s3_endpoint_url", "s3_aws_access_key_id", "s3_aws_secret_access_key",
 		"similarity_threshold", "redis_semantic_cache_embedding_model", "qdrant_collection_name",
 		"qdrant_api_base", "qdrant_api_key", "qdrant_quantization_config",
-		"default_in_memory_ttl", "default_in_redis_ttl", "ssl", "max_connections", "disk_cache_dir",
+		"default_in_memory_ttl", "default_in_redis_ttl", "max_connections", "disk_cache_dir",
 	},
 	reflect.TypeFor[GeneralSettings](): {
 		"database_url", "store_model_in_db", "store_prompts_in_spend_logs", "alerting",

@@ -162,6 +162,7 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 	d.port(p+".redis_port", rs.RedisPort)
 	d.placeholder(p+".redis_password", rs.RedisPassword.Reveal(), true)
 	d.redisURL(p+".redis_url", rs.RedisURL)
+	d.redisTLS(p+".redis_ssl", p+".redis_", rs.RedisSSL, rs.RedisURL, &rs.RedisSSLCertReqs, rs.RedisSSLCACerts, rs.RedisSSLCertfile, rs.RedisSSLKeyfile)
 
 	// Defaults. The pointer fields are non-nil after Load, so callers need no fallbacks of their
 	// own; router_settings wins over litellm_settings, as in LiteLLM.
@@ -200,6 +201,38 @@ func (d *decoder) litellmSettings(ls *LiteLLMSettings) {
 		d.placeholder(cp+".url", c.URL.Reveal(), true)
 		nonNegative(d, cp+".db", c.DB)
 		positiveSeconds(d, cp+".ttl", c.TTL)
+		d.redisTLS(cp+".ssl", cp+".", c.SSL, c.URL, &c.SSLCertReqs, c.SSLCACerts, c.SSLCertfile, c.SSLKeyfile)
+	}
+}
+
+// SSLCertReqs are the values of redis_ssl_cert_reqs and cache_params.ssl_cert_reqs, as redis-py
+// takes them (ssl.CERT_REQUIRED's spelling works too): the server's certificate chain and host
+// name are checked (required), only its chain (optional), or nothing (none).
+var SSLCertReqs = []string{"required", "optional", "none"}
+
+// redisTLS validates one block's Redis TLS keys and normalises ssl_cert_reqs to one of
+// SSLCertReqs. sslKey is the switch's path; p prefixes the other keys ("router_settings.redis_"
+// or "litellm_settings.cache_params.").
+func (d *decoder) redisTLS(sslKey, p string, on bool, url Secret, reqs *string, ca, cert, key string) {
+	if *reqs != "" {
+		v := strings.ToLower(strings.TrimSpace(*reqs))
+		v = strings.TrimPrefix(strings.TrimPrefix(v, "ssl."), "cert_")
+		if slices.Contains(SSLCertReqs, v) {
+			*reqs = v
+		} else {
+			d.fail(p+"ssl_cert_reqs", "must be required, optional or none (got %s)", d.shown(p+"ssl_cert_reqs", *reqs))
+		}
+	}
+	if key != "" && cert == "" {
+		d.fail(p+"ssl_keyfile", "is the key of %sssl_certfile, which is not set", p)
+	}
+	if on || strings.HasPrefix(strings.ToLower(url.Reveal()), "rediss://") {
+		return
+	}
+	for _, k := range []struct{ name, value string }{{"ssl_cert_reqs", *reqs}, {"ssl_ca_certs", ca}, {"ssl_certfile", cert}, {"ssl_keyfile", key}} {
+		if k.value != "" {
+			d.warn(p+k.name, "Redis TLS setting without TLS", "has no effect without "+sslKey+": true or a rediss:// URL")
+		}
 	}
 }
 
@@ -284,6 +317,11 @@ func (d *decoder) clusterSettings(cs *ClusterSettings) {
 		d.fail(p+".cluster_key", "required with tls_* files: the key encrypts gossip, the files secure the raft port")
 	}
 	nonNegative(d, p+".bootstrap_expect", &cs.BootstrapExpect)
+	for i, g := range cs.AdminEnvAllow {
+		if reason := validGlob(g); reason != "" {
+			d.fail(fmt.Sprintf("%s.admin_env_allow[%d]", p, i), "%s", reason)
+		}
+	}
 }
 
 // deployment validates one model_list entry and fills its resolved fields.

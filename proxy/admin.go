@@ -97,6 +97,20 @@ func adminError(err error) error {
 	}
 }
 
+// checkEnvRefs refuses a body with an os.environ/ reference this node does not allow in the
+// admin API (config.AdminEnv), before anything is proposed to raft: the log then holds nothing
+// that names such a variable. prefix is where the body's keys sit in a config ("" for a
+// model_list entry).
+func (s *Server) checkEnvRefs(prefix string, body map[string]any) error {
+	if s.adminEnv == nil {
+		return nil
+	}
+	if err := s.adminEnv.CheckRefs(prefix, body); err != nil {
+		return adminError(err)
+	}
+	return nil
+}
+
 // joinedMessage puts several joined config errors on one line.
 func joinedMessage(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
@@ -115,6 +129,9 @@ func (s *Server) modelNew(c echo.Context, body map[string]any) error {
 	}
 	if _, ok := body["litellm_params"].(map[string]any); !ok {
 		return badRequest("litellm_params is required and must be an object.", "litellm_params")
+	}
+	if err := s.checkEnvRefs("", body); err != nil {
+		return err
 	}
 	id, version, err := s.configAdmin.AddModel(c.Request().Context(), body)
 	if err != nil {
@@ -149,6 +166,9 @@ func (s *Server) modelUpdate(c echo.Context, body map[string]any) error {
 	}
 	if !ok {
 		return badRequest("model_info.id (or id) is required.", "model_info.id")
+	}
+	if err := s.checkEnvRefs("", patch); err != nil {
+		return err
 	}
 	version, err := s.configAdmin.UpdateModel(c.Request().Context(), id, patch)
 	if err != nil {
@@ -195,6 +215,9 @@ func (s *Server) configUpdate(c echo.Context, body map[string]any) error {
 			// The state backend is chosen at startup; accepting these would change nothing.
 			return badRequest(fmt.Sprintf("router_settings.%s takes effect at startup only: change it in each node's config file.", k), "router_settings."+k)
 		}
+	}
+	if err := s.checkEnvRefs("router_settings", rs); err != nil {
+		return err
 	}
 	version, err := s.configAdmin.UpdateRouterSettings(c.Request().Context(), rs)
 	if err != nil {

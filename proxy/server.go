@@ -35,6 +35,9 @@ type Options struct {
 	Registry    *prometheus.Registry // where metrics are registered and served from; nil = a new one
 	Members     Membership           // the cluster this node belongs to, for /cluster/status; nil = alone
 	Admin       ConfigAdmin          // runtime config changes (/model/new, ...); nil = not available
+	// AdminEnv decides which os.environ/ names admin bodies may use, checked before Admin is
+	// called; nil = Admin alone decides.
+	AdminEnv *config.AdminEnv
 	// Consensus reports the config consensus for /cluster/status; nil = none.
 	Consensus func() ConsensusStatus
 }
@@ -57,6 +60,7 @@ type Server struct {
 	log         *slog.Logger
 	members     Membership
 	configAdmin ConfigAdmin
+	adminEnv    *config.AdminEnv
 	consensus   func() ConsensusStatus
 	draining    atomic.Bool
 	healths     sync.Map // deployment ID -> *health; survives config changes
@@ -88,6 +92,7 @@ func New(opts Options) (*Server, error) {
 		backendMode: opts.BackendMode,
 		members:     opts.Members,
 		configAdmin: opts.Admin,
+		adminEnv:    opts.AdminEnv,
 		consensus:   opts.Consensus,
 		version:     opts.Version,
 		log:         opts.Logger,

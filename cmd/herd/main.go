@@ -189,7 +189,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	registerClusterMetrics(reg, peers)
 	// Config changes are ordered by raft; the file seeds the cluster's first config.
-	store := cluster.NewConfigStore(static, fileDyn, config.OSEnv{}, log)
+	// Runtime changes resolve only the os.environ/ names the file uses or admin_env_allow allows,
+	// both where the admin API takes them and wherever raft applies them.
+	adminEnv := config.NewAdminEnv(config.OSEnv{}, static, fileDyn, cfg.ClusterSettings.AdminEnvAllow)
+	store := cluster.NewConfigStore(static, fileDyn, adminEnv, log)
 	var consensus atomic.Pointer[cluster.Raft]
 	srv, err := proxy.New(proxy.Options{
 		Config:      cfg,
@@ -202,6 +205,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Registry:    reg,
 		Members:     membership{peers},
 		Admin:       configAdmin{store},
+		AdminEnv:    adminEnv,
 		Consensus:   consensusStatus(&consensus, store),
 	})
 	if err != nil {

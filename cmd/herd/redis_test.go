@@ -23,7 +23,7 @@ func TestRedisSettings(t *testing.T) {
 	parse := func(yaml string) *config.Config {
 		t.Helper()
 		cfg, err := config.Parse("t.yaml", []byte("model_list: [{model_name: m, litellm_params: {model: openai/m}}]\n"+yaml),
-			config.MapEnv{"REDIS_PASSWORD": "pw-from-env"}, nil)
+			config.MapEnv{"REDIS_PASSWORD": "pw-from-env", "REDIS_SSL": "True"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,9 +45,15 @@ func TestRedisSettings(t *testing.T) {
 		{"cache params", "litellm_settings:\n  cache: true\n  cache_params:\n    type: redis\n    host: c1\n    port: 6381\n    password: cpw\n    db: 1\n",
 			"litellm_settings.cache_params", []string{"c1:6381"}, "cpw", 1, false, true},
 		{"cache params not redis", "litellm_settings:\n  cache_params:\n    type: local\n", "", nil, "", 0, false, false},
+		{"redis_ssl", "router_settings:\n  redis_host: r1\n  redis_ssl: true\n", "router_settings.redis_host", []string{"r1:6379"}, "", 0, true, true},
+		{"cache params ssl from env", "litellm_settings:\n  cache_params:\n    type: redis\n    host: c1\n    ssl: os.environ/REDIS_SSL\n",
+			"litellm_settings.cache_params", []string{"c1:6379"}, "", 0, true, true},
+		{"router db wins over cache db", "router_settings:\n  redis_db: 4\nlitellm_settings:\n  cache_params:\n    type: redis\n    url: redis://c1:7000/2\n    db: 3\n",
+			"litellm_settings.cache_params", []string{"c1:7000"}, "", 4, false, true},
 	}
 	for _, tt := range tests {
-		opts, from, ok, err := redisSettings(parse(tt.yaml))
+		src, ok, err := redisSettings(parse(tt.yaml))
+		opts, from := src.opts, src.from
 		if err != nil {
 			t.Errorf("%s: %v", tt.name, err)
 			continue

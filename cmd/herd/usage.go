@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -29,10 +28,11 @@ type sharedUsage struct {
 // switch), else gossip-merged counters carried by membership.
 // now is the clock the counters read (skewed only by the test-only offset file).
 func newSharedUsage(cfg *config.Config, node string, now func() time.Time, reg prometheus.Registerer, log *slog.Logger) (*sharedUsage, error) {
-	ropts, from, useRedis, err := redisSettings(cfg)
+	src, useRedis, err := redisSettings(cfg)
 	if err != nil {
 		return nil, err
 	}
+	ropts, from := src.opts, src.from
 	if !useRedis {
 		delay := newPropagationHistogram(reg)
 		cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg), Now: now,
@@ -49,9 +49,13 @@ func newSharedUsage(cfg *config.Config, node string, now func() time.Time, reg p
 	ropts.Logger, ropts.LatencyTTL, ropts.Now = log, latencyTTL(cfg), now
 	ropts.SetDefaults()
 	redis.RouteClientLogs(log)
+	if src.verify == "none" {
+		log.Warn("TLS to Redis without certificate verification: anyone on the network path can read and change usage counts and the Redis password",
+			"key", src.keys+"ssl_cert_reqs")
+	}
 	rb, err := redis.New(ropts)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", from, err)
+		return nil, src.startError(err)
 	}
 	registerRedisMetrics(reg, rb)
 	// ropts logs without its password.

@@ -1,11 +1,13 @@
 // Package redistest runs a real redis-server for tests: on a free loopback port, with a random
-// password, no persistence, stopped when the test ends. Tests that use it are skipped with -short.
+// password, no persistence, stopped when the test ends, optionally TLS only with certificates
+// made for the test (TLS). Tests that use it are skipped with -short.
 package redistest
 
 import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,7 +35,9 @@ const (
 type Option func(*config)
 
 type config struct {
-	args []string
+	args       []string
+	tls        bool // TLS only (TLS, TLSClientAuth)
+	clientAuth bool // clients must present a certificate
 }
 
 // Args passes extra redis-server arguments, e.g. Args("--maxmemory", "1mb").
@@ -48,6 +52,9 @@ type Server struct {
 	dir      string
 	password string
 	args     []string
+
+	tls, clientAuth bool
+	certs           certs // PEM files, with TLS
 
 	mu   sync.Mutex
 	port int
@@ -77,7 +84,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(&c)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), password: randomHex(16), args: c.args}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), password: randomHex(16), args: c.args, tls: c.tls, clientAuth: c.clientAuth}
+	if s.tls {
+		if s.certs, err = makeCerts(s.dir); err != nil {
+			t.Fatalf("redistest: TLS certificates: %v", err)
+		}
+	}
 	t.Cleanup(s.Kill)
 	var lastErr error
 	for range bindAttempts {
@@ -172,8 +184,15 @@ var errBind = errors.New("port already in use")
 
 // startLocked starts the process on s.port and waits for PING. Called with s.mu held.
 func (s *Server) startLocked() error {
-	args := []string{
-		"--port", strconv.Itoa(s.port),
+	port := []string{"--port", strconv.Itoa(s.port)}
+	if s.tls {
+		port = s.tlsArgs(strconv.Itoa(s.port))
+	}
+	clientTLS, err := s.clientTLS()
+	if err != nil {
+		return fmt.Errorf("TLS client config: %w", err)
+	}
+	args := append(port,
 		"--bind", "127.0.0.1",
 		"--requirepass", s.password,
 		"--save", "",
@@ -181,7 +200,7 @@ func (s *Server) startLocked() error {
 		"--dir", s.dir,
 		"--daemonize", "no",
 		"--logfile", "",
-	}
+	)
 	args = append(args, s.args...)
 	cmd := exec.Command(s.bin, args...)
 	out := &Buffer{}
@@ -207,7 +226,7 @@ func (s *Server) startLocked() error {
 			return fmt.Errorf("redis-server exited at start:\n%s", log)
 		default:
 		}
-		err := ping(addr, s.password)
+		err := pingVia(addr, s.password, time.Second, clientTLS)
 		if err == nil {
 			s.cmd, s.done, s.out = cmd, done, out
 			return nil
@@ -228,8 +247,17 @@ func (s *Server) startLocked() error {
 // ping authenticates and sends PING over raw RESP, so the package needs no client library.
 func ping(addr, password string) error { return pingWithin(addr, password, time.Second) }
 
-func pingWithin(addr, password string, d time.Duration) error {
-	conn, err := net.DialTimeout("tcp", addr, d)
+func pingWithin(addr, password string, d time.Duration) error { return pingVia(addr, password, d, nil) }
+
+// pingVia is ping over TLS when tlsCfg is not nil.
+func pingVia(addr, password string, d time.Duration, tlsCfg *tls.Config) error {
+	var conn net.Conn
+	var err error
+	if tlsCfg != nil {
+		conn, err = tls.DialWithDialer(&net.Dialer{Timeout: d}, "tcp", addr, tlsCfg)
+	} else {
+		conn, err = net.DialTimeout("tcp", addr, d)
+	}
 	if err != nil {
 		return err
 	}

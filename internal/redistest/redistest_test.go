@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"crypto/tls"
 	"testing"
 	"time"
 )
@@ -46,5 +47,43 @@ func TestTwoServers(t *testing.T) {
 	a, b := Start(t), Start(t)
 	if a.Addr() == b.Addr() {
 		t.Fatalf("both on %s", a.Addr())
+	}
+}
+
+// A TLS server answers only TLS clients that trust its CA, and with TLSClientAuth only those
+// with the client certificate; Restart keeps it TLS.
+func TestTLS(t *testing.T) {
+	s := Start(t, TLS())
+	addr := s.Addr()
+	trusted, err := s.clientTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pingVia(addr, s.Password(), time.Second, trusted); err != nil {
+		t.Fatalf("TLS PING with the CA: %v", err)
+	}
+	if err := pingVia(addr, s.Password(), time.Second, &tls.Config{MinVersion: tls.VersionTLS12}); err == nil {
+		t.Fatal("TLS PING without the CA was verified")
+	}
+	if err := pingWithin(addr, s.Password(), 200*time.Millisecond); err == nil {
+		t.Fatal("plain PING answered by a TLS-only server")
+	}
+	s.Restart()
+	if err := pingVia(addr, s.Password(), time.Second, trusted); err != nil {
+		t.Fatalf("TLS PING after Restart: %v", err)
+	}
+
+	m := Start(t, TLSClientAuth())
+	withCert, err := m.clientTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pingVia(m.Addr(), m.Password(), time.Second, withCert); err != nil {
+		t.Fatalf("TLS PING with a client certificate: %v", err)
+	}
+	noCert := withCert.Clone()
+	noCert.Certificates = nil
+	if err := pingVia(m.Addr(), m.Password(), time.Second, noCert); err == nil {
+		t.Fatal("TLS PING without a client certificate answered")
 	}
 }

@@ -123,6 +123,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -135,6 +136,7 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/herd-proxy/herd/state"
 	"github.com/herd-proxy/herd/state/internal/registry"
@@ -321,8 +323,58 @@ type Backend struct {
 
 var _ state.Backend = (*Backend)(nil)
 
-// New returns a backend and starts its refresh loop. It fails only on invalid options: when
-// Redis does not answer (within Timeout) it starts degraded and keeps probing.
+// ErrTLS: the first call to Redis failed in the TLS handshake (certificate not verified,
+// certificate required, not a TLS port). New returns it rather than start degraded.
+var ErrTLS = errors.New("TLS handshake with Redis failed")
+
+// isTLSError reports whether err is a TLS handshake failure that retrying cannot cure.
+func isTLSError(err error) bool {
+	var (
+		verr   *tls.CertificateVerificationError
+		rec    tls.RecordHeaderError
+		op     *net.OpError // crypto/tls reports the server's alerts as Op "remote error"
+		unauth x509.UnknownAuthorityError
+		host   x509.HostnameError
+		inval  x509.CertificateInvalidError
+	)
+	return errors.As(err, &verr) || errors.As(err, &rec) || (errors.As(err, &op) && op.Op == "remote error") ||
+		errors.As(err, &unauth) || errors.As(err, &host) || errors.As(err, &inval)
+}
+
+// checkTLS shakes hands with addr and sends one PING, to tell a TLS setting that cannot work
+// (isTLSError) from a Redis that is down: New's first call has too short a deadline, and
+// go-redis's retries within it, to say which. In TLS 1.3 a server refuses a missing client
+// certificate only after the handshake, hence the PING. It returns nil unless TLS failed.
+func checkTLS(addr string, cfg *tls.Config, timeout time.Duration) error {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return nil // down, not misconfigured: New starts degraded
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	cfg = cfg.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	tc := tls.Client(conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		if isTLSError(err) {
+			return err
+		}
+		return nil
+	}
+	// The write may fail first (the server closed after its alert); the read reports the alert.
+	_, _ = tc.Write([]byte("PING\r\n"))
+	var b [1]byte
+	if _, err := tc.Read(b[:]); err != nil && isTLSError(err) { // +PONG or -NOAUTH: TLS works
+		return err
+	}
+	return nil
+}
+
+// New returns a backend and starts its refresh loop. It fails on invalid options and when the
+// first call fails in the TLS handshake (ErrTLS): when Redis does not answer (within Timeout)
+// it starts degraded and keeps probing.
 func New(opts Options) (*Backend, error) {
 	opts.SetDefaults()
 	if err := opts.Validate(); err != nil {
@@ -350,6 +402,11 @@ func New(opts Options) (*Backend, error) {
 	b.endArgs = []any{wttl}
 	b.tick = min(b.refresh, b.cooldown, b.leaseTTL/3)
 	if b.client == nil {
+		if opts.TLS != nil && len(opts.Addrs) > 0 {
+			if err := checkTLS(opts.Addrs[0], opts.TLS, max(opts.Timeout, time.Second)); err != nil {
+				return nil, fmt.Errorf("state/redis: %s: %w: %w", opts.Addrs[0], ErrTLS, err)
+			}
+		}
 		b.client = goredis.NewUniversalClient(&goredis.UniversalOptions{
 			Addrs:         opts.Addrs,
 			Username:      opts.Username,
@@ -364,10 +421,25 @@ func New(opts Options) (*Backend, error) {
 			ReadTimeout:           max(opts.Timeout, 10*time.Millisecond),
 			WriteTimeout:          max(opts.Timeout, 10*time.Millisecond),
 			PoolTimeout:           max(opts.Timeout, 10*time.Millisecond),
+			// RESP2, as redis-py speaks: herd uses nothing of RESP3's (push notifications,
+			// client-side caching), and go-redis's RESP3 push handling mistakes TLS 1.3's
+			// post-handshake records for a pending push and waits up to 50 ms on a new TLS
+			// connection, a whole call's deadline. Maintenance notifications (a Redis
+			// Enterprise feature) need RESP3; they are off.
+			Protocol:                 2,
+			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 		})
 		b.ownsClient = true
 	}
 	if err := b.ping(); err != nil {
+		if isTLSError(err) {
+			// A certificate Redis or herd refuses is a setting to fix, not an outage to
+			// ride out: counting locally would hide it until every limit is wrong.
+			if b.ownsClient {
+				_ = b.client.Close()
+			}
+			return nil, fmt.Errorf("state/redis: %w: %w", ErrTLS, err)
+		}
 		b.open.Store(true)
 		b.log.Warn("redis state backend: Redis unreachable at start; admitting locally at a fair share of each limit",
 			"addrs", opts.Addrs, "nodes", b.nodes.Load(), "err", err)
