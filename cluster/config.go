@@ -56,6 +56,11 @@ const (
 	RejectUnknownProtocol = "unknown_protocol"     // an authenticated connection chose no protocol the port speaks
 )
 
+// RejectReasons lists the reasons this package gives OnReject, so a metric can show each at 0.
+func RejectReasons() []string {
+	return []string{RejectUnauthenticated, RejectTooManyConns, RejectFrameTooLarge, RejectUnknownProtocol}
+}
+
 // ErrInvalidKey reports a cluster key that is not 16, 24 or 32 bytes of base64.
 var ErrInvalidKey = errors.New("cluster key must be 16, 24 or 32 bytes of base64")
 

@@ -76,7 +76,9 @@ type Ticket struct {
 // Backend holds every deployment's usage.
 type Backend interface {
 	// Counter returns deployment id's usage. The same id always yields the same Counter for the
-	// backend's life, so callers may cache it, and a config change never resets counts.
+	// backend's life, so callers may cache it, and a config change never resets counts. (The
+	// gossip backend forgets the counter of an ID the config dropped once it holds nothing:
+	// take counters again on every config change, as the proxy does.)
 	Counter(id string) Counter
 }
 

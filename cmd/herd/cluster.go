@@ -6,15 +6,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy"
+	"github.com/herd-proxy/herd/state/crdt"
 )
 
 // clusterFlags are the command line's cluster settings; "" means not given.
@@ -175,4 +180,61 @@ func registerClusterMetrics(reg prometheus.Registerer, n *cluster.Node) {
 			Help: "Bytes this node received from peers.",
 		}, func() float64 { return float64(n.BytesReceived()) }),
 	)
+}
+
+// rejectLogEvery is how often at most a node logs that it dropped peers' messages.
+const rejectLogEvery = time.Minute
+
+// rejectLog counts peers' messages dropped because they failed a check, by reason, and says so
+// at WARN: at once for the first, then at most once per rejectLogEvery with what was dropped
+// since, so that a flood of forged packets does not become a flood of log lines.
+type rejectLog struct {
+	counts *prometheus.CounterVec
+	log    *slog.Logger
+	now    func() time.Time
+
+	mu     sync.Mutex
+	last   time.Time      // when the last line was logged; zero before the first
+	since  map[string]int // reasons dropped since then, not yet logged
+	sinceT time.Time      // first of those
+}
+
+// newRejectCounter registers herd_cluster_rejected_messages_total and returns the function
+// every cluster receiver reports a dropped message to (state/crdt's Options.OnReject; the
+// transport's reasons go through the same function). It must not block, and does not.
+func newRejectCounter(reg prometheus.Registerer, log *slog.Logger, now func() time.Time) func(reason string) {
+	r := &rejectLog{
+		counts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_cluster_rejected_messages_total",
+			Help: "Messages from cluster peers dropped, in whole or in part, because they failed a check, by reason.",
+		}, []string{"reason"}),
+		log: log, now: now, since: map[string]int{},
+	}
+	for _, reason := range append(crdt.RejectReasons(), cluster.RejectReasons()...) {
+		r.counts.WithLabelValues(reason) // shown at 0 until the first
+	}
+	reg.MustRegister(r.counts)
+	return r.reject
+}
+
+func (r *rejectLog) reject(reason string) {
+	r.counts.WithLabelValues(reason).Inc()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if len(r.since) == 0 {
+		r.sinceT = now
+	}
+	r.since[reason]++
+	if !r.last.IsZero() && now.Sub(r.last) < rejectLogEvery {
+		return
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(r.since)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, r.since[k]))
+	}
+	r.log.Warn("dropped cluster messages or connections that failed checks: unauthenticated means no or another cluster key; the usage-state reasons mean a peer with a different herd version, a clock off by a minute, or forged traffic from a key holder",
+		"dropped", strings.Join(parts, ","), "since", r.sinceT.Format(time.RFC3339), "metric", "herd_cluster_rejected_messages_total")
+	r.last = now
+	clear(r.since)
 }

@@ -156,6 +156,16 @@ func TestTwoNodesShareLimits(t *testing.T) {
 		if m == nil || string(m[1]) == "0" {
 			t.Errorf("%s: no propagation delays observed", addr)
 		}
+		// Honest peers reject nothing of each other's.
+		rej := regexp.MustCompile(`herd_cluster_rejected_messages_total\{reason="(\w+)"\} (\S+)`).FindAllSubmatch(body, -1)
+		if len(rej) == 0 {
+			t.Errorf("%s: /metrics lacks herd_cluster_rejected_messages_total", addr)
+		}
+		for _, m := range rej {
+			if string(m[2]) != "0" {
+				t.Errorf("%s: %s", addr, m[0])
+			}
+		}
 		for _, name := range []string{"herd_cluster_members 2", "herd_gossip_sent_bytes_total", "herd_gossip_received_bytes_total"} {
 			if !strings.Contains(string(body), name) {
 				t.Errorf("%s: /metrics lacks %s", addr, name)

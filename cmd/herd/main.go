@@ -174,7 +174,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	shared, err := newSharedUsage(cfg, ccfg.NodeName, now, reg, log)
+	rejected := newRejectCounter(reg, log, time.Now)
+	ccfg.OnReject = rejected
+	shared, err := newSharedUsage(cfg, ccfg.NodeName, now, reg, log, rejected)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
@@ -217,6 +219,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			log.Error("cluster config not applied", "config_version", version, "err", err)
 			return
 		}
+		shared.applied(c) // after Apply took the new deployments' counters
 		log.Info("cluster config applied", "config_version", version, "deployments", len(c.ModelList))
 	})
 	warnNoBootstrap(rc, ccfg.Join, log)

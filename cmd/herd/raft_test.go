@@ -145,6 +145,17 @@ func TestThreeProcessesChangeConfigThroughRaft(t *testing.T) {
 	if got := up.Count("added"); got != 3 {
 		t.Errorf("upstream saw %d calls to the new deployment, want 3", got)
 	}
+	// Every node keeps its peers' counts for the added deployment, which its config file lacks:
+	// the applied config told the gossip backend its deployments.
+	deadline = time.Now().Add(5 * time.Second)
+	for _, n := range nodes {
+		for usedOf(t, n.addr, "added-1") != 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s counts %d calls to the new deployment cluster-wide, want 3", n.addr, usedOf(t, n.addr, "added-1"))
+			}
+			time.Sleep(20 * time.Millisecond) // poll interval
+		}
+	}
 
 	// Kill one node (the leader, the harder case): the other two elect a leader and accept a delete.
 	var survivors []*herdProcess
@@ -177,6 +188,19 @@ func TestThreeProcessesChangeConfigThroughRaft(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // poll interval
 		}
 	}
+}
+
+// usedOf returns the requests a node counts for deployment id cluster-wide (/cluster/status).
+func usedOf(t *testing.T, addr, id string) int64 {
+	t.Helper()
+	deps, _ := rawClusterStatus(t, addr)["deployments"].([]any)
+	for _, d := range deps {
+		if d, _ := d.(map[string]any); d["id"] == id {
+			used, _ := d["rpm_used"].(float64)
+			return int64(used)
+		}
+	}
+	return -1
 }
 
 func rawClusterStatus(t *testing.T, addr string) map[string]any {

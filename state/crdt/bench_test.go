@@ -79,3 +79,18 @@ func BenchmarkFlush(b *testing.B) {
 		be.Flush()
 	}
 }
+
+// BenchmarkHandleMessage is a receiver merging a peer's typical delta: one deployment, the
+// current bucket and one call in flight.
+func BenchmarkHandleMessage(b *testing.B) {
+	peer := New(Options{Node: "peer", FlushEvery: -1})
+	var msg []byte
+	peer.SetNetwork(captureNet(func(m []byte) { msg = append(msg[:0], m...) }))
+	peer.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 100})
+	peer.Flush()
+	be, _ := benchBackend(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		be.HandleMessage(msg)
+	}
+}

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/herd-proxy/herd/state"
@@ -60,6 +61,11 @@ type counter struct {
 	ifAt  int64                // bucket of the last in-flight announcement
 
 	latency, ttft window.Samples
+
+	// used is the deployment set's generation when this node last handed the counter out
+	// (Backend.Counter); 0 if only peers' counts made it. See Backend.wanted. Last, so the
+	// request path's fields keep their cache lines.
+	used atomic.Uint64
 }
 
 func newCounter(b *Backend, id string) *counter {
@@ -139,7 +145,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.addOwn(t.Bucket, 0, u.Total()-t.Reserved.Tokens)
+	// Usage below 0 (an upstream's word) would give back more than was reserved, a cell
+	// peers reject: count it as 0.
+	c.addOwn(t.Bucket, 0, max(u.Total(), 0)-t.Reserved.Tokens)
 	c.end()
 }
 
@@ -276,17 +284,22 @@ func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
 	return cells
 }
 
-// merge takes the per-counter maximum of a peer's view of incarnation k.
-func (c *counter) merge(now int64, k incKey, ifVer uint64, inFlight int64, cells []cell) {
+// merge takes the per-counter maximum of a peer's view of incarnation k, which is not this
+// node's own and whose record passed checkRecord. It refuses a new incarnation when the counter
+// already holds maxIncs peers' (a fuse behind Backend.incs, which may lag a bucket).
+func (c *counter) merge(now int64, k incKey, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.w.Advance(now)
+	inc := c.incs[k]
+	if inc == nil && len(c.incs) > maxIncs {
+		return false
+	}
 	for i := range cells {
 		if x := cells[i].bucket; x > c.w.Head() && x-c.w.Head() <= maxAhead {
 			c.w.Advance(x)
 		}
 	}
-	inc := c.incs[k]
 	if inc == nil {
 		inc = &incState{key: k, newest: c.w.Head() - ringSize}
 		c.incs[k] = inc
@@ -303,12 +316,22 @@ func (c *counter) merge(now int64, k incKey, ifVer uint64, inFlight int64, cells
 		dr, dt := cl.requests()-r0, cl.tokens()-t0
 		c.w.Add(in.bucket, dr, dt)
 	}
-	// Our own in-flight count is ours alone: an echo of it is always stale.
-	if inc != c.own && ifVer > inc.ifVer {
+	if ifVer > inc.ifVer {
 		c.ifSum += inFlight - inc.inFlight
 		inc.inFlight, inc.ifVer, inc.ifSeen = inFlight, ifVer, c.w.Head()
 	}
-	if inc != c.own && inc.ifVer == 0 && !c.w.Holds(inc.newest) {
+	if inc.ifVer == 0 && !c.w.Holds(inc.newest) {
 		delete(c.incs, k) // nothing in the window: do not keep it
 	}
+	return true
+}
+
+// idle reports, as of bucket now, whether the counter holds nothing: no cell in the window,
+// no call in flight, nothing of its own waiting to be flushed. Such a counter, once its
+// deployment is no longer configured, can go without losing a count.
+func (c *counter) idle(now int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.housekeep(now)
+	return len(c.incs) == 1 && c.own.inFlight == 0 && !c.w.Holds(c.own.newest) && c.dirty == 0 && !c.ifDue
 }

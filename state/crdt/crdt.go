@@ -45,6 +45,16 @@
 // 1000 req/s x 2 ms = 2 requests over an rpm limit, more while packets are lost (until the next
 // push-pull) or the cluster is partitioned (each side admits up to the limit on its own).
 //
+// # Trust
+//
+// Peers' messages are checked, not trusted (check.go): a record whose cells release more than
+// they reserved or exceed what one node counts in a second is dropped, and so are counts for
+// deployments the current config does not have (SetDeployments) and incarnations beyond
+// defaultMaxNodes names and maxIncsPerNode restarts each. Every drop is reported to
+// Options.OnReject. Memory is therefore bounded by the config, not by what peers send: at most
+// configured deployments x 1024 peer incarnations x ~2.5 KB (a window of cells), and in an
+// honest cluster configured deployments x nodes x ~2.5 KB.
+//
 // # Clocks
 //
 // Bucket numbers are Unix seconds, so nodes must agree on time to within about a second (NTP).
@@ -77,7 +87,18 @@ type Options struct {
 	// receiving goroutine and must not block.
 	OnDelay func(d time.Duration)
 
-	housekeepEvery time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
+	// Deployments are the deployment IDs of this node's config at start (cmd passes its config
+	// file's); SetDeployments replaces them. Peers' counts for any other ID are dropped. nil
+	// means none known yet: any ID is kept, for at most defaultMaxCounters deployments.
+	Deployments []string
+
+	// OnReject, if not nil, is called once per reason (RejectReasons) for every peer message
+	// dropped in whole or in part because it failed a check (see check.go). It runs on the
+	// receiving goroutine and must not block.
+	OnReject func(reason string)
+
+	maxNodes, maxCounters int           // tests only: the caps; 0 means defaultMaxNodes, defaultMaxCounters
+	housekeepEvery        time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
 }
 
 const (
@@ -102,6 +123,14 @@ type Backend struct {
 	self    incKey
 	onDelay func(time.Duration)
 
+	onReject    func(string)
+	maxNodes    int
+	maxCounters int
+	// deps is the configured deployment set; never nil (ids nil until one is known).
+	deps atomic.Pointer[deploymentSet]
+	// incs caps the peer incarnations merged across every deployment.
+	incs *incTable
+
 	net atomic.Pointer[netBox]
 
 	counters registry.Map[counter]
@@ -110,6 +139,7 @@ type Backend struct {
 	enc     encoder
 	cells   []cell
 	visit   []*counter
+	gcAt    int64 // bucket of the last collection of incarnations and counters
 
 	// armed is set by the first change after a flush, which then wakes the loop (nil without a
 	// loop) to start the flush timer; the loop clears it just before that flush.
@@ -167,14 +197,28 @@ func New(opts Options) *Backend {
 	if opts.FlushEvery == 0 {
 		opts.FlushEvery = defaultFlushEvery
 	}
+	if opts.maxNodes <= 0 {
+		opts.maxNodes = defaultMaxNodes
+	}
+	if opts.maxCounters <= 0 {
+		opts.maxCounters = defaultMaxCounters
+	}
 	b := &Backend{
-		now:     opts.Now,
-		ttl:     int64(opts.LatencyTTL),
-		self:    incKey{node: opts.Node, epoch: newEpoch()},
-		onDelay: opts.OnDelay,
-		enc:     encoder{limit: maxMessage},
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		now:         opts.Now,
+		ttl:         int64(opts.LatencyTTL),
+		self:        incKey{node: opts.Node, epoch: newEpoch()},
+		onDelay:     opts.OnDelay,
+		onReject:    opts.OnReject,
+		maxNodes:    opts.maxNodes,
+		maxCounters: opts.maxCounters,
+		incs:        newIncTable(opts.maxNodes),
+		enc:         encoder{limit: maxMessage},
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	b.deps.Store(&deploymentSet{gen: 1})
+	if opts.Deployments != nil {
+		b.SetDeployments(opts.Deployments)
 	}
 	b.SetNetwork(opts.Network)
 	b.peers.Store(-1)
@@ -257,9 +301,60 @@ func (b *Backend) Close() {
 	b.Flush()
 }
 
-// Counter returns deployment id's usage, creating it on first use. The same id always yields
-// the same Counter, so a config change never resets counts.
-func (b *Backend) Counter(id string) state.Counter { return b.counter(id) }
+// Counter returns deployment id's usage, creating it on first use. The same id yields the same
+// Counter as long as the id stays configured (or its counts are in the window), so a config
+// change never resets counts; see SetDeployments for when a removed ID's counter goes.
+func (b *Backend) Counter(id string) state.Counter {
+	for {
+		c := b.counter(id)
+		// Marked in use under the current set, then confirmed still registered: a collection
+		// either saw the mark or removed c before the check, and then we take the new one.
+		c.used.Store(b.deps.Load().gen)
+		if b.counters.Lookup(id) == c {
+			return c
+		}
+	}
+}
+
+// SetDeployments tells the backend the deployment IDs of the config now applied (cmd calls it
+// after every config change). Peers' counts for other IDs are dropped from then on; the
+// counter of an ID no longer configured is collected once it holds nothing (about a window
+// after its last use), so an ID removed and added back within a window keeps its counts.
+//
+// Nodes apply a config change at slightly different moments: counts a peer sends for an ID
+// this node does not have yet are dropped (unknown_deployment), and the next push-pull, which
+// carries the peer's whole window, repairs them. Call it after the proxy has taken the
+// config's counters (Counter), so none of them is collected in between.
+func (b *Backend) SetDeployments(ids []string) {
+	set := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		set[id] = struct{}{}
+	}
+	for {
+		old := b.deps.Load()
+		if b.deps.CompareAndSwap(old, &deploymentSet{ids: set, gen: old.gen + 1}) {
+			return
+		}
+	}
+}
+
+// wanted reports whether c must stay registered although it may hold nothing: its ID is
+// configured, or this node handed it out (Counter) since the set last changed.
+func (b *Backend) wanted(c *counter) bool {
+	d := b.deps.Load()
+	return c.used.Load() == d.gen || (d.ids != nil && d.has(c.id))
+}
+
+// collect forgets peer incarnations not heard of for a window and the counters of
+// deployments no longer wanted that hold nothing. Flush calls it once per bucket.
+func (b *Backend) collect(now int64, cs []*counter) {
+	b.incs.expire(now)
+	for _, c := range cs {
+		if !b.wanted(c) {
+			b.counters.DeleteIf(c.id, c, func(c *counter) bool { return !b.wanted(c) && c.idle(now) })
+		}
+	}
+}
 
 func (b *Backend) counter(id string) *counter {
 	return b.counters.Get(id, func() *counter { return newCounter(b, id) })
@@ -285,6 +380,10 @@ func (b *Backend) Flush() {
 	for _, c := range b.visit {
 		b.cells = c.takeDelta(now, b.cells[:0], &b.enc)
 	}
+	if now != b.gcAt {
+		b.gcAt = now
+		b.collect(now, b.visit)
+	}
 	clear(b.visit)
 	box := b.net.Load()
 	if box == nil {
@@ -297,13 +396,17 @@ func (b *Backend) Flush() {
 
 // LocalState returns every cell this node knows, its own and its peers', and its own in-flight
 // counts, as one message for a full-state push-pull (memberlist's LocalState; the caller may
-// keep it). It is not size-limited: push-pull runs over TCP.
+// keep it). It is not size-limited: push-pull runs over TCP. Deployments no longer configured
+// are left out: peers that still have them hold their own counts.
 func (b *Backend) LocalState() []byte {
 	now := window.BucketOf(b.now().UnixNano())
+	deps := b.deps.Load()
 	enc := encoder{}
 	var cells []cell
 	for _, c := range b.all(nil) {
-		cells = c.encodeAll(now, cells[:0], &enc)
+		if deps.accepts(c.id) {
+			cells = c.encodeAll(now, cells[:0], &enc)
+		}
 	}
 	msgs := enc.messages()
 	if len(msgs) == 0 {
@@ -312,29 +415,88 @@ func (b *Backend) LocalState() []byte {
 	return msgs[0]
 }
 
-// MergeRemoteState merges a peer's LocalState. Garbage is ignored as a whole.
-func (b *Backend) MergeRemoteState(buf []byte) { _ = b.merge(buf, false) }
+// MergeRemoteState merges a peer's LocalState. Garbage is ignored as a whole, records that fail
+// a check one by one (see check.go).
+func (b *Backend) MergeRemoteState(buf []byte) { b.merge(buf, false) }
 
 // HandleMessage merges a peer's delta packet and reports its delay to Options.OnDelay. Garbage
-// is ignored as a whole.
-func (b *Backend) HandleMessage(msg []byte) { _ = b.merge(msg, true) }
+// is ignored as a whole, records that fail a check one by one (see check.go).
+func (b *Backend) HandleMessage(msg []byte) { b.merge(msg, true) }
 
-// merge validates buf completely before applying any of it, so a corrupt packet changes nothing.
-func (b *Backend) merge(buf []byte, delta bool) error {
-	if err := decode(buf, nil); err != nil {
-		return err
+// merge validates buf's structure completely before applying any of it, so a corrupt packet
+// changes nothing, then merges each record that passes its checks.
+func (b *Backend) merge(buf []byte, delta bool) {
+	limit, maxIncs := maxState, maxMessageIncs
+	if delta {
+		limit, maxIncs = maxDelta, 1 // a delta carries its sender's incarnation only
+	}
+	if len(buf) > limit {
+		b.reject(1 << reasonTooLarge)
+		return
+	}
+	if err := decode(buf, maxIncs, nil); err != nil {
+		b.reject(1 << reasonMalformed)
+		return
 	}
 	ns := b.now().UnixNano()
 	now := window.BucketOf(ns)
-	err := decode(buf, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
-		b.counter(id).merge(now, k, ifVer, inFlight, cells)
+	deps := b.deps.Load()
+	var bad reasons
+	_ = decode(buf, maxIncs, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
+		if r, ok := b.mergeRecord(now, deps, k, id, ifVer, inFlight, cells); !ok {
+			bad.add(r)
+		}
 	})
 	if delta && b.onDelay != nil {
 		if sent, ok := sentAt(buf); ok {
 			b.onDelay(time.Duration(max(ns-sent, 0)))
 		}
 	}
-	return err
+	b.reject(bad)
+}
+
+// mergeRecord checks one record and merges it, or returns why not. The checks that need no
+// state come first, so a record that fails them costs no lookup and takes no table slot.
+func (b *Backend) mergeRecord(now int64, deps *deploymentSet, k incKey, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
+	if k == b.self {
+		// Our own cells and in-flight count are ours alone: a peer's copy is at best an echo.
+		return 0, true
+	}
+	if r, ok := checkRecord(now, inFlight, cells); !ok {
+		return r, false
+	}
+	if !deps.accepts(id) {
+		return reasonUnknownDeployment, false
+	}
+	if deps.ids == nil && b.counters.Lookup(id) == nil && b.counters.Len() >= b.maxCounters {
+		return reasonTooManyDeployments, false
+	}
+	if !b.incs.admit(k, now) {
+		return reasonTooManyNodes, false
+	}
+	for {
+		c := b.counter(id)
+		if !c.merge(now, k, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
+			return reasonTooManyNodes, false
+		}
+		// A collection may have removed c (holding nothing) since the lookup: merge again
+		// into its successor, which is idempotent if it did not.
+		if b.counters.Lookup(id) == c {
+			return 0, true
+		}
+	}
+}
+
+// reject reports each reason in rs to Options.OnReject.
+func (b *Backend) reject(rs reasons) {
+	if rs == 0 || b.onReject == nil {
+		return
+	}
+	for r := range numReasons {
+		if rs&(1<<r) != 0 {
+			b.onReject(reasonNames[r])
+		}
+	}
 }
 
 // Snapshot returns deployment id's merged cluster-wide counts as of now, for /cluster/status.

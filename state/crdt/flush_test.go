@@ -142,7 +142,7 @@ func TestStampPlacement(t *testing.T) {
 	rec := []byte{tagInc, 1, 'x', 1, tagDep, 0, 1, 'd', 0, 0}
 	stamp := []byte{tagSent, 2}
 	ok := append(append([]byte{wireVersion}, stamp...), rec...)
-	if err := decode(ok, nil); err != nil {
+	if err := decode(ok, 1, nil); err != nil {
 		t.Fatalf("stamped message: %v", err)
 	}
 	for _, bad := range [][]byte{
@@ -151,7 +151,7 @@ func TestStampPlacement(t *testing.T) {
 		{wireVersion, tagSent},
 		{wireVersion, tagSent, 0x80},
 	} {
-		if decode(bad, nil) == nil {
+		if decode(bad, 1, nil) == nil {
 			t.Errorf("accepted % x", bad)
 		}
 	}

@@ -242,9 +242,13 @@ func sentAt(buf []byte) (int64, bool) {
 // arithmetic cannot overflow.
 const maxBucket = 1 << 40
 
-// decode parses buf and, when apply is not nil, calls it for every record. With apply nil it
-// only validates: merge calls it that way first so that garbage changes nothing.
-func decode(buf []byte, apply func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell)) error {
+// maxMessageIncs bounds the incarnations one full state may define, and so the decoder's memory.
+const maxMessageIncs = 1 << 16
+
+// decode parses buf, which may define at most maxIncs incarnations, and, when apply is not
+// nil, calls it for every record. With apply nil it only validates: merge calls it that way
+// first so that garbage changes nothing.
+func decode(buf []byte, maxIncs int, apply func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell)) error {
 	if len(buf) == 0 || buf[0] != wireVersion {
 		return errBadMessage
 	}
@@ -264,7 +268,7 @@ func decode(buf []byte, apply func(k incKey, id string, ifVer uint64, inFlight i
 			if d.err != nil {
 				break
 			}
-			if len(incs) >= 1<<16 {
+			if len(incs) >= maxIncs {
 				return errBadMessage
 			}
 			if apply != nil {

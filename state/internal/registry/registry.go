@@ -40,3 +40,30 @@ func (r *Map[T]) Append(dst []*T) []*T {
 	}
 	return dst
 }
+
+// Lookup returns id's value, or nil if there is none; it never creates one.
+func (r *Map[T]) Lookup(id string) *T {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.m[id]
+}
+
+// Len returns how many IDs have a value.
+func (r *Map[T]) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.m)
+}
+
+// DeleteIf forgets id's value if it is v and del(v) holds. del runs under the write lock, so
+// no Get can hand v out meanwhile; a caller that got v earlier must check with Lookup that v
+// is still id's value after marking it in use.
+func (r *Map[T]) DeleteIf(id string, v *T, del func(*T) bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m[id] != v || !del(v) {
+		return false
+	}
+	delete(r.m, id)
+	return true
+}

@@ -37,3 +37,23 @@ func TestGetCreatesOnceUnderContention(t *testing.T) {
 		t.Fatalf("Append: %d values, want 2", len(all))
 	}
 }
+
+func TestLookupAndDeleteIf(t *testing.T) {
+	var r Map[int]
+	if r.Lookup("d") != nil || r.Len() != 0 {
+		t.Fatal("empty map holds a value")
+	}
+	v := r.Get("d", func() *int { return new(int) })
+	if r.Lookup("d") != v || r.Len() != 1 {
+		t.Fatal("Lookup does not find what Get created")
+	}
+	if r.DeleteIf("d", new(int), func(*int) bool { return true }) {
+		t.Fatal("deleted another value")
+	}
+	if r.DeleteIf("d", v, func(*int) bool { return false }) || r.Lookup("d") != v {
+		t.Fatal("deleted although del refused")
+	}
+	if !r.DeleteIf("d", v, func(*int) bool { return true }) || r.Lookup("d") != nil || r.Len() != 0 {
+		t.Fatal("not deleted")
+	}
+}
