@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,6 +35,16 @@ type herdProcess struct {
 	cmd        *exec.Cmd
 	addr       string // HTTP
 	gossipAddr string
+
+	mu    sync.Mutex
+	lines []string // its log so far
+}
+
+// logged reports whether a log line so far contains s.
+func (p *herdProcess) logged(s string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.ContainsFunc(p.lines, func(l string) bool { return strings.Contains(l, s) })
 }
 
 // startProcess starts herd with args as a child process and waits until it serves. The kernel
@@ -77,6 +88,9 @@ func startProcessEnv(t *testing.T, name string, env []string, args ...string) *h
 		for sc.Scan() {
 			line := sc.Text()
 			t.Logf("%s: %s", name, line)
+			p.mu.Lock()
+			p.lines = append(p.lines, line)
+			p.mu.Unlock()
 			if m := gossip.FindStringSubmatch(line); m != nil {
 				p.gossipAddr = m[1]
 			}

@@ -431,7 +431,13 @@ func New(opts Options) (*Backend, error) {
 		})
 		b.ownsClient = true
 	}
-	if err := b.ping(); err != nil {
+	// The first call dials (TCP, TLS, AUTH): off the request path, so it gets half a second,
+	// not a call's deadline, which a TLS handshake on a busy host can exceed. With Redis down
+	// go-redis retries the dial until then, so that is also how long a start can wait.
+	ctx, cancel := context.WithTimeout(context.Background(), max(opts.Timeout, 500*time.Millisecond))
+	err := b.client.Ping(ctx).Err()
+	cancel()
+	if err != nil {
 		if isTLSError(err) {
 			// A certificate Redis or herd refuses is a setting to fix, not an outage to
 			// ride out: counting locally would hide it until every limit is wrong.
