@@ -3,7 +3,9 @@
 package config
 
 import (
+	"crypto/x509"
 	"log/slog"
+	"net/netip"
 	"time"
 )
 
@@ -108,6 +110,7 @@ type RouterSettings struct {
 	AllowedFails           *int                  `yaml:"allowed_fails"`            // failures before a cooldown
 	CooldownTime           *Seconds              `yaml:"cooldown_time"`            // default 5 s
 	DisableCooldowns       bool                  `yaml:"disable_cooldowns"`        // never cool a deployment down
+	MaxCooldownTime        *Seconds              `yaml:"max_cooldown_time"`        // herd: longest cooldown an upstream's Retry-After can ask for; default 5 min
 	Fallbacks              []map[string][]string `yaml:"fallbacks"`                // [{group: [fallback groups]}], "*" is the default
 	ContextWindowFallbacks []map[string][]string `yaml:"context_window_fallbacks"` // fallbacks on context-window errors
 	DefaultFallbacks       []string              `yaml:"default_fallbacks"`        // fallbacks for any group
@@ -150,6 +153,14 @@ type LiteLLMSettings struct {
 	JSONLogs       bool         `yaml:"json_logs"`       // log as JSON
 	Cache          bool         `yaml:"cache"`           // accepted; herd does not cache responses
 	CacheParams    *CacheParams `yaml:"cache_params"`    // a Redis named here is used for shared usage when router_settings names none
+	SSLVerify      string       `yaml:"ssl_verify"`      // upstream TLS: true (default: system roots), false (not verified; WARN) or a PEM CA bundle path
+
+	// Resolved by Load from ssl_verify; never read from YAML.
+
+	// SkipTLSVerify is ssl_verify: false: upstream certificates are not checked.
+	SkipTLSVerify bool `yaml:"-"`
+	// UpstreamRootCAs are the CA bundle's certificates when ssl_verify names a file; nil = system roots.
+	UpstreamRootCAs *x509.CertPool `yaml:"-" json:"-"`
 }
 
 // CacheParams is litellm_settings.cache_params.
@@ -175,6 +186,24 @@ type GeneralSettings struct {
 	MasterKey         Secret   `yaml:"master_key"`           // when set (or LITELLM_MASTER_KEY), every LLM and admin route needs it
 	MaxRequestSizeMB  *float64 `yaml:"max_request_size_mb"`  // request bodies above this get 413; default DefaultMaxRequestSizeMB
 	MaxResponseSizeMB *float64 `yaml:"max_response_size_mb"` // upstream bodies above this get 502; default DefaultMaxResponseSizeMB
+	// Client addresses (IPs or CIDRs) that may reach any route, probes included; others get 403. Default: any.
+	AllowedIPs []string `yaml:"allowed_ips"`
+	// LiteLLM's per-key cap; herd has one key (the master key), so it caps LLM requests in flight
+	// on this node, like global_max_parallel_requests (the smaller wins).
+	MaxParallelRequests *int `yaml:"max_parallel_requests"`
+	// LLM requests in flight on this node (body being read, waiting, streaming); beyond it 503 +
+	// Retry-After. Default DefaultMaxParallelRequests.
+	GlobalMaxParallelRequests *int `yaml:"global_max_parallel_requests"`
+	// herd: how long a client may take to send a request body; then 408. Default DefaultRequestBodyTimeout.
+	RequestBodyTimeout *Seconds `yaml:"request_body_timeout"`
+
+	// Resolved by Load; never read from YAML.
+
+	// AllowedNets is allowed_ips parsed (an IP is a /32 or /128); nil = any address.
+	AllowedNets []netip.Prefix `yaml:"-"`
+	// ParallelRequestLimit is the node-wide cap on LLM requests in flight: the smaller of
+	// max_parallel_requests and global_max_parallel_requests, else DefaultMaxParallelRequests.
+	ParallelRequestLimit int `yaml:"-"`
 }
 
 // ClusterSettings are herd's own: how a node finds and talks to its peers.
@@ -208,6 +237,15 @@ const (
 	DefaultMaxRequestSizeMB  = 32.0
 	DefaultMaxResponseSizeMB = 64.0
 	DefaultMaxTokensEstimate = 256 // tpm reserved for a request that names no max_tokens
+	// DefaultMaxCooldownTime caps how long an upstream's Retry-After cools a deployment down.
+	DefaultMaxCooldownTime = 5 * time.Minute
+	// DefaultMaxParallelRequests is the node-wide cap on LLM requests in flight when the config
+	// sets none: generous (far above what a node needs for 1000 req/s of typical LLM latency),
+	// there to bound memory and file descriptors, not to shape traffic.
+	DefaultMaxParallelRequests = 4096
+	// DefaultRequestBodyTimeout bounds the time a client takes to send its request body (a
+	// 32 MB body at 1 MB/s fits); it stops slow-body (slowloris) clients from holding slots.
+	DefaultRequestBodyTimeout = 60 * time.Second
 )
 
 // RoutingStrategies are the valid router_settings.routing_strategy values.

@@ -264,12 +264,16 @@ zzz_totally_unknown: 1
 `, MapEnv{})
 	wantWarnings := []string{
 		`test.yaml:6: model_list[0].litellm_params.rmp: unknown config key ignored; did you mean "rpm"?`,
+		`test.yaml:7: model_list[0].litellm_params.temperature: LiteLLM setting not used by herd`,
 		`test.yaml:8: model_list[0].litellm_params.headers: LiteLLM setting not supported by herd; herd sends litellm_params.extra_headers`,
 		`test.yaml:12: model_list[1].litellm_params.api_bsae: unknown config key ignored; did you mean "api_base"?`,
 		`test.yaml:13: model_list[1].litellm_params.TPM: unknown config key ignored; did you mean "tpm"?`,
 		`test.yaml:15: router_settings.routng_strategy: unknown config key ignored; did you mean "routing_strategy"?`,
 		`test.yaml:17: router_settings.model_group_alias.c.hiden: unknown config key ignored; did you mean "hidden"?`,
 		`test.yaml:18: router_settings.redis-host: unknown config key ignored; did you mean "redis_host"?`,
+		`test.yaml:20: litellm_settings.success_callback: LiteLLM setting not used by herd`,
+		`test.yaml:22: general_settings.database_url: LiteLLM setting not used by herd`,
+		`test.yaml:23: general_settings.store_model_in_db: LiteLLM setting not used by herd`,
 		`test.yaml:24: zzz_totally_unknown: unknown config key ignored`,
 	}
 	if !slices.Equal(cfg.Warnings, wantWarnings) {
@@ -279,13 +283,19 @@ zzz_totally_unknown: 1
 	for _, want := range []string{
 		`WARN unknown config key ignored file=test.yaml line=6 key=model_list[0].litellm_params.rmp did_you_mean=rpm`,
 		`WARN unknown config key ignored file=test.yaml line=24 key=zzz_totally_unknown`,
-		`INFO LiteLLM setting not used by herd file=test.yaml line=7 key=model_list[0].litellm_params.temperature`,
-		`INFO LiteLLM setting not used by herd file=test.yaml line=20 key=litellm_settings.success_callback`,
-		`INFO LiteLLM setting not used by herd file=test.yaml line=22 key=general_settings.database_url`,
-		`INFO LiteLLM setting not used by herd file=test.yaml line=23 key=general_settings.store_model_in_db`,
+		// Accepted but ignored is a warning, one per key, never Info (issue 11).
+		`WARN LiteLLM setting not used by herd file=test.yaml line=7 key=model_list[0].litellm_params.temperature`,
+		`WARN LiteLLM setting not used by herd file=test.yaml line=20 key=litellm_settings.success_callback`,
+		`WARN LiteLLM setting not used by herd file=test.yaml line=22 key=general_settings.database_url`,
+		`WARN LiteLLM setting not used by herd file=test.yaml line=23 key=general_settings.store_model_in_db`,
 	} {
 		if !slices.Contains(lines, want) {
 			t.Errorf("missing log line %q in:\n%s", want, strings.Join(lines, "\n"))
+		}
+	}
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "WARN ") {
+			t.Errorf("a key herd does not use was logged below WARN: %q", l)
 		}
 	}
 	// The typo'd keys had no effect.

@@ -385,7 +385,7 @@ func (d *decoder) unknownKey(t reflect.Type, si *structInfo, p pair) {
 		return
 	}
 	if isLiteLLMOnly(t, key) {
-		d.notes = append(d.notes, notice{level: slog.LevelInfo, msg: "LiteLLM setting not used by herd",
+		d.notes = append(d.notes, notice{level: slog.LevelWarn, msg: "LiteLLM setting not used by herd",
 			line: p.key.Line, key: p.path, text: "LiteLLM setting not used by herd"})
 		return
 	}

@@ -7,8 +7,8 @@ import (
 )
 
 // litellmOnly lists, per config block, keys that are real LiteLLM settings herd does not use.
-// They are logged at Info, not warned about: a LiteLLM config must load without noise, yet a
-// user should be able to find out that a setting has no effect here.
+// Each one present is a warning naming it, never an Info line: a setting herd accepts but
+// ignores must not look as if it took effect. (The config still loads.)
 var litellmOnly = map[reflect.Type][]string{
 	reflect.TypeFor[Config](): {
 		"guardrails", "mcp_servers", "files_settings", "assistant_settings", "finetune_settings",
@@ -50,7 +50,7 @@ var litellmOnly = map[reflect.Type][]string{
 		"max_end_user_budget", "key_generation_settings", "disable_end_user_cost_tracking",
 		"enable_json_schema_validation", "callback_settings", "langfuse_default_tags",
 		"default_internal_user_params", "force_ipv4", "content_policy_fallbacks", "mcp_aliases",
-		"return_response_headers", "default_redis_batch_cache_expiry", "ssl_verify",
+		"return_response_headers", "default_redis_batch_cache_expiry",
 		"guardrails", "public_model_groups", "check_provider_endpoint", "disable_token_counter",
 		"enable_caching_on_provider_specific_optional_params", "max_internal_user_budget",
 		"internal_user_budget_duration", "disable_add_prefix_to_prompt", "log_raw_request_response",
@@ -73,9 +73,8 @@ var litellmOnly = map[reflect.Type][]string{
 		"proxy_budget_rescheduler_min_time", "proxy_budget_rescheduler_max_time",
 		"allowed_routes", "admin_only_routes", "public_routes", "custom_auth",
 		"custom_key_generate", "background_health_checks", "health_check_interval",
-		"health_check_details", "enforce_user_param", "allowed_ips", "infer_model_from_keys",
-		"ui_access_mode", "max_parallel_requests", "global_max_parallel_requests",
-		"pass_through_endpoints", "enable_oauth2_auth", "use_redis_transaction_buffer",
+		"health_check_details", "enforce_user_param", "infer_model_from_keys",
+		"ui_access_mode", "pass_through_endpoints", "enable_oauth2_auth", "use_redis_transaction_buffer",
 		"disable_prisma_schema_update", "key_management_system", "key_management_settings",
 		"user_header_name", "forward_client_headers_to_llm_api",
 		"maximum_spend_logs_retention_period", "service_account_settings", "otel",
@@ -85,8 +84,8 @@ var litellmOnly = map[reflect.Type][]string{
 	},
 }
 
-// litellmUnsupported lists LiteLLM settings whose absence changes what a request does, so
-// ignoring them is a warning with a hint, not an Info line.
+// litellmUnsupported lists LiteLLM settings herd reads differently or elsewhere: a warning
+// with a hint saying what to do instead.
 var litellmUnsupported = map[reflect.Type]map[string]string{
 	reflect.TypeFor[Config](): {
 		"include":         "herd does not read included files; copy their model_list into this file",

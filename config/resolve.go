@@ -2,11 +2,17 @@ package config
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
+	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -158,6 +164,7 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 	nonNegative(d, p+".default_max_tokens", rs.DefaultMaxTokens)
 	positiveSeconds(d, p+".timeout", rs.Timeout)
 	positiveSeconds(d, p+".stream_timeout", rs.StreamTimeout)
+	positiveSeconds(d, p+".max_cooldown_time", rs.MaxCooldownTime)
 	d.placeholder(p+".redis_host", rs.RedisHost, false)
 	d.port(p+".redis_port", rs.RedisPort)
 	d.placeholder(p+".redis_password", rs.RedisPassword.Reveal(), true)
@@ -181,6 +188,9 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 	if rs.CooldownTime == nil {
 		rs.CooldownTime = ptr(Seconds(DefaultCooldownTime))
 	}
+	if rs.MaxCooldownTime == nil {
+		rs.MaxCooldownTime = ptr(Seconds(DefaultMaxCooldownTime))
+	}
 	if rs.MaxFallbacks == nil {
 		rs.MaxFallbacks = ptr(DefaultMaxFallbacks)
 	}
@@ -202,6 +212,14 @@ func (d *decoder) litellmSettings(ls *LiteLLMSettings) {
 		nonNegative(d, cp+".db", c.DB)
 		positiveSeconds(d, cp+".ttl", c.TTL)
 		d.redisTLS(cp+".ssl", cp+".", c.SSL, c.URL, &c.SSLCertReqs, c.SSLCACerts, c.SSLCertfile, c.SSLKeyfile)
+	}
+	d.sslVerify(p+".ssl_verify", ls)
+	if ls.DropParams {
+		d.warn(p+".drop_params", "LiteLLM setting not supported by herd",
+			"has no effect: herd passes request bodies to the upstream unchanged")
+	}
+	if ls.Cache {
+		d.warn(p+".cache", "LiteLLM setting not supported by herd", "has no effect: herd does not cache responses")
 	}
 }
 
@@ -236,6 +254,43 @@ func (d *decoder) redisTLS(sslKey, p string, on bool, url Secret, reqs *string, 
 	}
 }
 
+// sslVerify reads litellm_settings.ssl_verify as LiteLLM does: a boolean, or the path of a CA
+// bundle (PEM) that upstream certificates must chain to. The bundle is read now, so a bad path
+// stops startup rather than failing every upstream call.
+func (d *decoder) sslVerify(path string, ls *LiteLLMSettings) {
+	v := strings.TrimSpace(ls.SSLVerify)
+	if v == "" {
+		return
+	}
+	if b, err := strconv.ParseBool(v); err == nil {
+		if !b {
+			ls.SkipTLSVerify = true
+			d.warn(path, "upstream TLS certificates are not verified: anyone on the path to an upstream can read its API key and answers",
+				"is false: upstream TLS certificates are not verified; set it to a CA bundle path instead")
+		}
+		return
+	}
+	if d.placeholder(path, v, false) {
+		return
+	}
+	pem, err := readCABundle(v)
+	if err != nil {
+		reason := err.Error()
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			reason = pe.Err.Error()
+		}
+		d.fail(path, "must be true, false or the path of a PEM CA bundle: cannot read %s: %s", d.shown(path, v), reason)
+		return
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		d.fail(path, "%s holds no PEM certificates (want a CA bundle such as /etc/ssl/certs/ca-certificates.crt)", d.shown(path, v))
+		return
+	}
+	ls.UpstreamRootCAs = pool
+}
+
 func (d *decoder) generalSettings(gs *GeneralSettings) {
 	const p = "general_settings"
 	if gs.MasterKey == "" {
@@ -252,6 +307,95 @@ func (d *decoder) generalSettings(gs *GeneralSettings) {
 	if gs.MaxResponseSizeMB == nil {
 		gs.MaxResponseSizeMB = ptr(DefaultMaxResponseSizeMB)
 	}
+	positive(d, p+".max_parallel_requests", gs.MaxParallelRequests)
+	positive(d, p+".global_max_parallel_requests", gs.GlobalMaxParallelRequests)
+	gs.ParallelRequestLimit = DefaultMaxParallelRequests
+	if v := gs.GlobalMaxParallelRequests; v != nil && *v > 0 {
+		gs.ParallelRequestLimit = *v
+	}
+	if v := gs.MaxParallelRequests; v != nil && *v > 0 && (gs.GlobalMaxParallelRequests == nil || *v < gs.ParallelRequestLimit) {
+		gs.ParallelRequestLimit = *v
+	}
+	positiveSeconds(d, p+".request_body_timeout", gs.RequestBodyTimeout)
+	if gs.RequestBodyTimeout == nil {
+		gs.RequestBodyTimeout = ptr(Seconds(DefaultRequestBodyTimeout))
+	}
+	d.allowedIPs(p+".allowed_ips", gs)
+}
+
+// maxCABundle bounds a CA bundle read (a full system bundle is about 200 KB).
+const maxCABundle = 16 << 20
+
+// readCABundle reads a regular file of at most maxCABundle bytes, so a path such as /dev/zero
+// or a FIFO fails instead of hanging startup.
+func readCABundle(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	if st.Size() > maxCABundle {
+		return nil, fmt.Errorf("larger than %d MB", maxCABundle>>20)
+	}
+	return io.ReadAll(io.LimitReader(f, maxCABundle))
+}
+
+// allowedIPs parses general_settings.allowed_ips: IP addresses (LiteLLM's form) or CIDRs.
+func (d *decoder) allowedIPs(path string, gs *GeneralSettings) {
+	if gs.AllowedIPs == nil {
+		return
+	}
+	if len(gs.AllowedIPs) == 0 {
+		d.fail(path, "is empty, which would refuse every client; remove it to allow any address")
+		return
+	}
+	nets := make([]netip.Prefix, 0, len(gs.AllowedIPs))
+	for i, s := range gs.AllowedIPs {
+		ip := path + "[" + strconv.Itoa(i) + "]"
+		if d.bad[ip] {
+			continue
+		}
+		pfx, ok := parseAllowedIP(strings.TrimSpace(s))
+		if !ok {
+			d.fail(ip, "must be an IP address or a CIDR such as 10.0.0.0/8 or fd00::/8 (got %s)", d.shown(ip, s))
+			continue
+		}
+		nets = append(nets, pfx)
+	}
+	gs.AllowedNets = nets
+}
+
+// parseAllowedIP reads "10.1.2.3" as 10.1.2.3/32 and "10.0.0.0/8" as is; IPv4-mapped IPv6 is
+// stored as IPv4 and zones are dropped, as client addresses are compared the same way.
+func parseAllowedIP(s string) (netip.Prefix, bool) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, false
+		}
+		a := p.Addr()
+		bits := p.Bits()
+		if a.Is4In6() {
+			if bits < 96 {
+				return netip.Prefix{}, false
+			}
+			a, bits = a.Unmap(), bits-96
+		}
+		return netip.PrefixFrom(a, bits).Masked(), true
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	a = a.WithZone("").Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), true
 }
 
 func (d *decoder) clusterSettings(cs *ClusterSettings) {
@@ -342,6 +486,10 @@ func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
 	nonNegative(d, lp+".weight", params.Weight)
 	nonNegative(d, lp+".max_parallel_requests", params.MaxParallelRequests)
 	nonNegative(d, lp+".max_retries", params.MaxRetries)
+	if params.MaxRetries != nil && *params.MaxRetries > 0 {
+		d.warn(lp+".max_retries", "LiteLLM setting not supported by herd",
+			"has no effect: herd does not retry one deployment, it retries across deployments (router_settings.num_retries)")
+	}
 	nonNegative(d, p+".model_info.rpm", dep.ModelInfo.RPM)
 	nonNegative(d, p+".model_info.tpm", dep.ModelInfo.TPM)
 	nonNegative(d, p+".model_info.max_input_tokens", dep.ModelInfo.MaxInputTokens)

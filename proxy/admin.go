@@ -46,10 +46,10 @@ var (
 
 // adminBody reads a JSON object body. Like the LLM routes it ignores Content-Type: curl -d
 // sends application/x-www-form-urlencoded, and the README's examples (and LiteLLM's) use it.
-func adminBody(c echo.Context) (map[string]any, error) {
+func (s *Server) adminBody(c echo.Context) (map[string]any, error) {
 	data, err := io.ReadAll(io.LimitReader(c.Request().Body, maxAdminBody+1))
 	if err != nil {
-		return nil, badRequest("Could not read the request body.", "")
+		return nil, s.bodyReadError(err)
 	}
 	if len(data) > maxAdminBody {
 		return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Message: "Request body is too large."}
@@ -71,7 +71,7 @@ func (s *Server) admin(h func(c echo.Context, body map[string]any) error) echo.H
 		if !s.key.set {
 			return errAdminNeedsKey
 		}
-		body, err := adminBody(c)
+		body, err := s.adminBody(c)
 		if err != nil {
 			return err
 		}

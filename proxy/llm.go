@@ -117,7 +117,7 @@ func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
 		case errors.Is(err, errTooLarge):
 			return s.reject(x.tooLarge())
 		case err != nil:
-			return s.reject(badRequest("Could not read the request body: "+err.Error(), ""))
+			return s.reject(s.bodyReadError(err))
 		}
 		x.body = body
 		if x.req, err = parseRequest(body); err != nil {

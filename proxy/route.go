@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -172,11 +173,16 @@ func (x *exchange) noCapacity(wait time.Duration) *apiError {
 }
 
 // parseRetryAfter reads a Retry-After header in seconds (the HTTP-date form is rare from LLM APIs).
+// A value too large for a Duration saturates rather than wrapping negative; the cooldown
+// caps it (router_settings.max_cooldown_time).
 func parseRetryAfter(v string) time.Duration {
 	if v == "" {
 		return 0
 	}
 	if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
+		if n >= float64(math.MaxInt64)/float64(time.Second) {
+			return math.MaxInt64
+		}
 		return time.Duration(n * float64(time.Second))
 	}
 	if t, err := http.ParseTime(v); err == nil {

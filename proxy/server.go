@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
@@ -64,6 +66,13 @@ type Server struct {
 	consensus   func() ConsensusStatus
 	draining    atomic.Bool
 	healths     sync.Map // deployment ID -> *health; survives config changes
+
+	// Node-wide bounds, from general_settings at startup (see guard.go).
+	allowedNets []netip.Prefix // allowed_ips; nil = any client
+	bodyTimeout time.Duration  // request_body_timeout; 0 = none
+	maxInFlight int64          // the parallel cap on LLM requests
+	errShed     *apiError      // the 503 beyond it, built once
+	inFlight    inFlight
 }
 
 // New builds a server for opts.Config.
@@ -82,7 +91,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		cooldowns:   routing.NewCooldowns(),
 		state:       opts.State,
-		pool:        provider.NewPool(),
+		pool:        provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)),
 		metrics:     newMetrics(opts.Registry),
 		key:         newKeyChecker(gs.MasterKey.Reveal()),
 		maxBody:     megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
@@ -96,6 +105,15 @@ func New(opts Options) (*Server, error) {
 		consensus:   opts.Consensus,
 		version:     opts.Version,
 		log:         opts.Logger,
+		allowedNets: gs.AllowedNets,
+		maxInFlight: int64(gs.ParallelRequestLimit),
+	}
+	if s.maxInFlight <= 0 {
+		s.maxInFlight = config.DefaultMaxParallelRequests
+	}
+	s.errShed = shedError(s.maxInFlight)
+	if gs.RequestBodyTimeout != nil {
+		s.bodyTimeout = gs.RequestBodyTimeout.Duration()
 	}
 	if err := s.Apply(opts.Config, 0); err != nil {
 		return nil, err
@@ -124,8 +142,20 @@ func (s *Server) Apply(cfg *config.Config, version uint64) error {
 	return nil
 }
 
-// ServeHTTP serves the API.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+// ServeHTTP serves the API. allowed_ips applies to every route, the health probes included, as
+// in LiteLLM: a probe comes from an address too (the kubelet's node), which must be allowed.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.allowedNets != nil {
+		if addr, ok := s.clientAllowed(r); !ok {
+			s.forbid(w, addr)
+			return
+		}
+	}
+	if s.bodyTimeout > 0 && r.Body != nil && r.Body != http.NoBody {
+		s.limitBodyTime(w)
+	}
+	s.echo.ServeHTTP(w, r)
+}
 
 // Drain marks the server as shutting down: readiness turns 503 so load balancers stop sending.
 func (s *Server) Drain() { s.draining.Store(true) }
@@ -151,7 +181,7 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	authed := func(h echo.HandlerFunc) echo.HandlerFunc { return guard(s.requireKey(h)) }
 
 	for _, ep := range []provider.Endpoint{provider.ChatCompletions, provider.Completions, provider.Embeddings} {
-		h := authed(s.llm(ep))
+		h := authed(s.limit(s.llm(ep)))
 		p := ep.Path()
 		e.POST(p, h)
 		e.POST("/v1"+p, h)

@@ -30,7 +30,7 @@ type snapshot struct {
 	// defaultMaxTokens is the tpm reserved for a request that names no max_tokens
 	// (router_settings.default_max_tokens).
 	defaultMaxTokens int64
-	cooldown         routing.CooldownPolicy // allowed_fails, cooldown_time, disable_cooldowns
+	cooldown         routing.CooldownPolicy // allowed_fails, cooldown_time, disable_cooldowns, max_cooldown_time
 	groups           map[*routing.Group]groupInfo
 	counters         routing.Counters // deps[i].counter, contiguous for routing
 }
@@ -119,6 +119,10 @@ func (s *Server) newSnapshot(cfg *config.Config) (*snapshot, error) {
 	}
 	if rs.CooldownTime != nil {
 		snap.cooldown.Time = rs.CooldownTime.Duration()
+	}
+	snap.cooldown.MaxRetryAfter = config.DefaultMaxCooldownTime
+	if rs.MaxCooldownTime != nil {
+		snap.cooldown.MaxRetryAfter = rs.MaxCooldownTime.Duration()
 	}
 	for _, name := range table.GroupNames() {
 		g := table.Group(name)

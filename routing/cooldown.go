@@ -33,6 +33,10 @@ type CooldownPolicy struct {
 	AllowedFails int           // failures within a minute before a cooldown (LiteLLM's allowed_fails)
 	Time         time.Duration // how long a cooldown lasts (cooldown_time)
 	Disabled     bool          // disable_cooldowns
+	// MaxRetryAfter caps the cooldown an upstream's Retry-After can ask for (herd's
+	// max_cooldown_time); 0 = no cap. An upstream, or anyone on the path to it, must not be
+	// able to switch a deployment off for days with one header.
+	MaxRetryAfter time.Duration
 }
 
 // statusTooManyRequests is HTTP 429; routing stays free of net/http (see deps_test.go).
@@ -83,7 +87,7 @@ func Cools(status int) bool {
 // afterwards. A 429 cools down at once: the upstream has said it is out of capacity, and every
 // further call would only collect another 429. Other failures cool down once more than
 // AllowedFails happen within a minute. The cooldown lasts p.Time, or retryAfter (the upstream's
-// Retry-After) when longer; a failure during a cooldown extends it.
+// Retry-After, at most p.MaxRetryAfter) when longer; a failure during a cooldown extends it.
 func (c *Cooldown) Fail(now time.Time, p CooldownPolicy, status int, retryAfter time.Duration) bool {
 	if p.Disabled {
 		return false
@@ -97,6 +101,9 @@ func (c *Cooldown) Fail(now time.Time, p CooldownPolicy, status int, retryAfter 
 	c.hasFails.Store(true)
 	if status != statusTooManyRequests && c.fails <= p.AllowedFails && !c.Active(now) {
 		return false
+	}
+	if p.MaxRetryAfter > 0 && retryAfter > p.MaxRetryAfter {
+		retryAfter = p.MaxRetryAfter
 	}
 	d := p.Time
 	if retryAfter > d {

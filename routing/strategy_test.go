@@ -2,6 +2,7 @@ package routing
 
 import (
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -147,6 +148,22 @@ func TestCooldowns(t *testing.T) {
 	a.Fail(t0.Add(3*time.Second), p, 503, 30*time.Second)
 	if !a.Active(t0.Add(32 * time.Second)) {
 		t.Errorf("Retry-After 30s did not extend the cooldown; until %v", a.Until())
+	}
+	// An absurd Retry-After cools down for at most MaxRetryAfter; cooldown_time itself is not capped.
+	capped := CooldownPolicy{AllowedFails: 1, Time: 5 * time.Second, MaxRetryAfter: time.Minute}
+	for _, ra := range []time.Duration{999999 * time.Second, time.Duration(math.MaxInt64)} {
+		d := NewCooldowns().For("x")
+		if !d.Fail(t0, capped, 429, ra) {
+			t.Fatal("429 did not cool down")
+		}
+		if end := d.Until(); !end.Equal(t0.Add(time.Minute)) {
+			t.Errorf("Retry-After %v: cooldown until %v, want %v (the cap)", ra, end, t0.Add(time.Minute))
+		}
+	}
+	long := NewCooldowns().For("y")
+	long.Fail(t0, CooldownPolicy{Time: 10 * time.Minute, MaxRetryAfter: time.Minute}, 429, 0)
+	if !long.Until().Equal(t0.Add(10 * time.Minute)) {
+		t.Errorf("cooldown_time 10m was capped: until %v", long.Until())
 	}
 	// A 429 cools down at once.
 	b := tb.Cooldown(1)

@@ -3,6 +3,7 @@ package provider
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -18,10 +19,14 @@ import (
 type Pool struct {
 	mu         sync.Mutex
 	transports map[string]*http.Transport
+	tls        *tls.Config // nil = Go's defaults
 }
 
-// NewPool returns an empty pool.
-func NewPool() *Pool { return &Pool{transports: make(map[string]*http.Transport)} }
+// NewPool returns an empty pool whose transports use tlsConfig for https upstreams (nil: Go's
+// defaults, verified against the system roots).
+func NewPool(tlsConfig *tls.Config) *Pool {
+	return &Pool{transports: make(map[string]*http.Transport), tls: tlsConfig}
+}
 
 // transport returns the transport for u's scheme and host, creating it on first use.
 func (p *Pool) transport(u *url.URL) *http.Transport {
@@ -45,6 +50,9 @@ func (p *Pool) transport(u *url.URL) *http.Transport {
 		ExpectContinueTimeout: time.Second,
 		// Bodies are passed through and parsed for usage; gzip would cost CPU both ways.
 		DisableCompression: true,
+	}
+	if p.tls != nil {
+		t.TLSClientConfig = p.tls.Clone() // each transport sets its own ALPN protocols on it
 	}
 	p.transports[key] = t
 	return t

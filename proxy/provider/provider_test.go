@@ -29,7 +29,7 @@ func TestURLs(t *testing.T) {
 }
 
 func TestStreamUsageByAPIVersion(t *testing.T) {
-	pool := NewPool()
+	pool := NewPool(nil)
 	for v, want := range map[string]bool{"2024-10-21": true, "2024-09-01-preview": true, "2024-06-01": false, "2023-05-15": false} {
 		up, err := New(&config.Deployment{ID: "a", Provider: "azure", UpstreamModel: "d", APIBase: "https://x", APIVersion: v, Timeout: time.Second, StreamTimeout: time.Second}, pool)
 		if err != nil {
@@ -99,7 +99,7 @@ func TestTimeouts(t *testing.T) {
 		}
 	}))
 	defer func() { close(release); srv.Close() }()
-	up, err := New(httpDeployment(srv.URL, 100*time.Millisecond, 100*time.Millisecond), NewPool())
+	up, err := New(httpDeployment(srv.URL, 100*time.Millisecond, 100*time.Millisecond), NewPool(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestTimeouts(t *testing.T) {
 		}
 	})
 	t.Run("refused is Unreachable", func(t *testing.T) {
-		dead, _ := New(httpDeployment("http://127.0.0.1:1", time.Second, time.Second), NewPool())
+		dead, _ := New(httpDeployment("http://127.0.0.1:1", time.Second, time.Second), NewPool(nil))
 		_, err := dead.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`)})
 		var pe *Error
 		if !errors.As(err, &pe) || pe.Kind != Unreachable {
