@@ -46,6 +46,8 @@ type clusterOptions struct {
 	rate   int
 	rounds int
 	warmup time.Duration
+	// profileDir, when set, gets a CPU profile of every node over every measured load.
+	profileDir string
 }
 
 const (
@@ -73,6 +75,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	fs.IntVar(&o.rate, "rate", 1000, "--keys: requests per second across the cluster")
 	fs.IntVar(&o.rounds, "rounds", 3, "--keys: measure each cluster this many times, alternating which goes first")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "--keys: discarded load before each measurement")
+	fs.StringVar(&o.profileDir, "profile-dir", "", "--keys: start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -87,7 +90,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	if *keys != "" {
 		return parseKeysFlags(o, *keys, *nodes, set)
 	}
-	for _, name := range []string{"rate", "rounds", "warmup"} {
+	for _, name := range []string{"rate", "rounds", "warmup", "profile-dir"} {
 		if set[name] {
 			return o, usageError{fmt.Sprintf("--%s only applies with --keys", name)}
 		}
@@ -145,6 +148,7 @@ type clusterRun struct {
 // clusterEnv is N herd processes joined through the first, in front of one fake upstream.
 type clusterEnv struct {
 	nodes    []*child
+	pprof    []string // each node's pprof address, when started with one
 	upstream *arrivals
 	server   *http.Server
 	client   *http.Client
@@ -212,6 +216,8 @@ type clusterSpec struct {
 	// raft: start every node with --bootstrap-expect n, as a production cluster runs, and
 	// wait until each sees all n nodes as raft voters, not only as gossip members.
 	raft bool
+	// pprof starts every node with --pprof-addr on a free loopback port.
+	pprof bool
 }
 
 func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, groups []string, spec clusterSpec) (_ *clusterEnv, err error) {
@@ -246,6 +252,9 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 		if spec.raft {
 			args = append(args, "--bootstrap-expect", strconv.Itoa(n))
 		}
+		if spec.pprof {
+			args = append(args, "--pprof-addr", "127.0.0.1:0")
+		}
 		c, err := startChild(ctx, fmt.Sprintf("%sn%d", prefix, i), herdPath, args, herdReady, readyTimeout)
 		if err != nil {
 			return nil, err
@@ -254,6 +263,13 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 		// The line is logged before "herd listening", so it is in the tail now.
 		if err := checkChannels(c.name, c.log.Tail(), spec.key != ""); err != nil {
 			return nil, err
+		}
+		if spec.pprof {
+			m := pprofAddrRE.FindStringSubmatch(c.log.Tail())
+			if m == nil {
+				return nil, fmt.Errorf("%s logged no pprof address; its output:\n%s", c.name, c.log.Tail())
+			}
+			env.pprof = append(env.pprof, m[1])
 		}
 		if i == 0 {
 			m := gossipAddrRE.FindStringSubmatch(c.log.Tail())
@@ -269,6 +285,8 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 	}
 	return env, env.waitJoined(ctx, n, voters)
 }
+
+var pprofAddrRE = regexp.MustCompile(`msg="pprof listening" addr=(\S+)`)
 
 var gossipStartedRE = regexp.MustCompile(`msg="gossip started" .*encrypted=(\w+) raft_port_tls=(\w+)`)
 

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -138,6 +141,11 @@ func runKeysBench(ctx context.Context, o clusterOptions, args []string, stdout, 
 		return err
 	}
 	defer os.RemoveAll(tmpDir)
+	if o.profileDir != "" {
+		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stderr, "herdbench: %d measurements of %s (after %s of warm-up) at %d req/s; every child is stopped within %s\n",
 		measurements, o.duration, o.warmup, o.rate, budget)
 
@@ -194,7 +202,7 @@ func measureKeys(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir 
 		}
 	}()
 	for _, k := range o.keys {
-		spec := clusterSpec{name: k, tpm: keysTPM, raft: true}
+		spec := clusterSpec{name: k, tpm: keysTPM, raft: true, pprof: o.profileDir != ""}
 		if k == keysOn {
 			key, err := newClusterKey(ctx, herdPath)
 			if err != nil {
@@ -215,7 +223,11 @@ func measureKeys(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir 
 	var runs []keysRun
 	for round := 1; round <= o.rounds; round++ {
 		for pos, k := range keysOrder(o.keys, round) {
-			r, err := envs[k].measureLoad(ctx, o, rec)
+			profile := ""
+			if o.profileDir != "" {
+				profile = filepath.Join(o.profileDir, fmt.Sprintf("%dnodes-keys-%s-round%d", n, k, round))
+			}
+			r, err := envs[k].measureLoad(ctx, o, rec, profile)
 			if err != nil {
 				return runs, fmt.Errorf("%d nodes, keys %s, round %d: %w", n, k, round, err)
 			}
@@ -231,8 +243,9 @@ func measureKeys(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir 
 
 // measureLoad sends o.warmup of discarded load, then o.duration of measured load, at o.rate
 // round-robin over the nodes, and reads every node's CPU time right before and right after
-// the measured load, so start-up and warm-up are not counted.
-func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *recorder) (keysRun, error) {
+// the measured load, so start-up and warm-up are not counted. With a profile path prefix, it
+// also saves each node's CPU profile of the measured load as PREFIX-nI.pprof.
+func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *recorder, profile string) (keysRun, error) {
 	var r keysRun
 	body := chatBody(keysModel)
 	var targets []vegeta.Target
@@ -253,6 +266,17 @@ func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *r
 	if err != nil {
 		return r, err
 	}
+	var profiles sync.WaitGroup
+	profErrs := make([]error, len(env.pprof))
+	if profile != "" {
+		for i, addr := range env.pprof {
+			profiles.Add(1)
+			go func() {
+				defer profiles.Done()
+				profErrs[i] = saveProfile(ctx, env.client, addr, o.duration, fmt.Sprintf("%s-n%d.pprof", profile, i))
+			}()
+		}
+	}
 	rec.reset("")
 	r.Result = attackWith(ctx, env.client, vegeta.NewStaticTargeter(targets...), o.rate, o.duration, rec)
 	if err := ctx.Err(); err != nil {
@@ -260,6 +284,10 @@ func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *r
 	}
 	after, err := takeCPUSnapshot(procs)
 	if err != nil {
+		return r, err
+	}
+	profiles.Wait()
+	if err := errors.Join(profErrs...); err != nil {
 		return r, err
 	}
 	propAfter, err := env.propagation(ctx)
@@ -292,6 +320,28 @@ func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *r
 		return r, errors.New("no usage deltas were merged during the load: the nodes are not sharing counts, so this is not a cluster benchmark")
 	}
 	return r, nil
+}
+
+// saveProfile fetches a CPU profile of d from a node's pprof address into path.
+func saveProfile(ctx context.Context, client *http.Client, addr string, d time.Duration, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Round(time.Second).Seconds()))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	// The load client's timeout is shorter than a profile.
+	resp, err := (&http.Client{Transport: client.Transport}).Do(req)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile %s: status %d", addr, resp.StatusCode)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", addr, err)
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 // herdCPU turns each node's CPU time over a measurement into µs per request: summed, and per
@@ -449,8 +499,12 @@ func fmtNodeCPU(each []float64) string {
 
 func writeKeysMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []keysRun, sums []keysSummary, checks []check) {
 	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
+	rev := m.HerdRevision
+	if rev == "" {
+		rev = "unknown (the binary carries no VCS stamp)"
+	}
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date)
+		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
 	fmt.Fprintf(w, "Per node count, two clusters run side by side on loopback: keys off (no cluster key) and keys on (cluster_settings.cluster_key: gossip encrypted, mutual TLS on the raft port; checked in every node's log, and every node saw all members alive and all of them raft voters). One deployment, rpm %d and tpm %d, so every request is admitted, reserved and settled, and its usage gossiped. Each measurement: %s of warm-up (discarded), then %d req/s for %s, round-robin over the nodes; fake upstream latency %s. The clusters take turns, the order alternating by round. Herd CPU is user+system time from /proc/PID/stat of every node, read right before and right after the measured load.\n\n",
 		o.limit, keysTPM, o.warmup, o.rate, o.duration, o.upLatency)
 	fmt.Fprintln(w, "| nodes | round | keys | sent | success | achieved | p50 | p99 | herd CPU per request | per node | herd CPU, % of a core | herdbench CPU per request | machine busy | deltas merged | propagation p99 |")

@@ -45,6 +45,7 @@ func TestParseKeysFlags(t *testing.T) {
 		{"--keys", "off,on", "--warmup", "-1s"},
 		{"--rate", "1000"}, // --keys flags are refused without --keys
 		{"--rounds", "3"},
+		{"--profile-dir", "/tmp/p"},
 		{"stray"},
 	} {
 		var uerr usageError
