@@ -151,23 +151,34 @@ func (r *recorder) result() attackResult {
 }
 
 // attack sends POSTs to t at a constant rate for d, and folds the results into rec.
-//
-// vegeta's Attacker cannot be reused once an attack is over (its stop channel stays closed),
-// so each attack gets a new Attacker around the target's long-lived http.Client: the
-// connections, which are what matters, are reused.
 func attack(ctx context.Context, t *loadTarget, rate int, d time.Duration, rec *recorder) attackResult {
 	rec.reset(t.overheadHeader)
+	targeter := vegeta.NewStaticTargeter(postTarget(t.url, t.body))
+	return attackWith(ctx, t.client, targeter, rate, d, rec)
+}
+
+// postTarget is a chat completion POST to url.
+func postTarget(url string, body []byte) vegeta.Target {
+	return vegeta.Target{
+		Method: http.MethodPost,
+		URL:    url,
+		Body:   body,
+		Header: http.Header{"Content-Type": []string{"application/json"}},
+	}
+}
+
+// attackWith sends targeter's requests through client at a constant rate for d, and folds
+// the results into rec (which the caller has reset).
+//
+// vegeta's Attacker cannot be reused once an attack is over (its stop channel stays closed),
+// so each attack gets a new Attacker around the caller's long-lived http.Client: the
+// connections, which are what matters, are reused.
+func attackWith(ctx context.Context, client *http.Client, targeter vegeta.Targeter, rate int, d time.Duration, rec *recorder) attackResult {
 	atk := vegeta.NewAttacker(
-		vegeta.Client(t.client),
+		vegeta.Client(client),
 		vegeta.Workers(workersFor(rate)),
 		vegeta.MaxBody(0), // drain response bodies without keeping them
 	)
-	targeter := vegeta.NewStaticTargeter(vegeta.Target{
-		Method: http.MethodPost,
-		URL:    t.url,
-		Body:   t.body,
-		Header: http.Header{"Content-Type": []string{"application/json"}},
-	})
 	stop := context.AfterFunc(ctx, func() { atk.Stop() })
 	defer stop()
 	for res := range atk.Attack(targeter, vegeta.ConstantPacer{Freq: rate, Per: time.Second}, d, "") {

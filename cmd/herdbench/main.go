@@ -2,6 +2,8 @@
 //
 //	herdbench proxy [flags]         herd's added latency vs a bare httputil.ReverseProxy vs
 //	                                going direct to a fake upstream, at fixed request rates
+//	herdbench cluster [flags]       N herd processes on loopback: how closely they keep one limit,
+//	                                or (--keys off,on) what the cluster key costs per request
 //	herdbench reverseproxy [flags]  the bare reverse proxy used as the baseline (proxy starts it)
 //
 // scripts/bench-proxy.sh builds everything and runs `herdbench proxy`; docs/BENCHMARKS.md has
@@ -47,6 +49,8 @@ Usage:
       herd's added latency vs a bare httputil.ReverseProxy vs direct, at fixed rates.
   herdbench cluster [--nodes 3,5] [--demands 1,3,10] [--patterns steady,bursty] [--limit 600] [--duration 75s]
       how closely N herd processes joined on loopback keep one rpm limit together.
+  herdbench cluster --keys off,on [--rate 1000] [--nodes 3] [--duration 20s] [--rounds 3]
+      herd CPU per request on clusters without and with a cluster key, measured in turn.
   herdbench reverseproxy --listen 127.0.0.1:0 --target http://HOST:PORT
       a bare httputil.ReverseProxy with herd's upstream transport settings.
 
