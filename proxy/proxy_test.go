@@ -99,6 +99,12 @@ func get(t *testing.T, url string, hdr ...string) (*http.Response, string) {
 // do sends one request with header name/value pairs and returns the response and its body.
 func do(t *testing.T, method, url string, body io.Reader, hdr ...string) (*http.Response, string) {
 	t.Helper()
+	return doWith(t, http.DefaultClient, method, url, body, hdr...)
+}
+
+// doWith is do with client c.
+func doWith(t *testing.T, c *http.Client, method, url string, body io.Reader, hdr ...string) (*http.Response, string) {
+	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +112,7 @@ func do(t *testing.T, method, url string, body io.Reader, hdr ...string) (*http.
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

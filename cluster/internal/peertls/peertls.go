@@ -78,19 +78,23 @@ func fromKeys(c Config) (*tls.Config, *tls.Config, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	server := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{leaf},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-	}
 	client := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{leaf},
 		RootCAs:      pool,
 		ServerName:   ServerName,
 	}
-	return server, client, nil
+	return serverConfig(leaf, pool), client, nil
+}
+
+// serverConfig presents cert and requires a client certificate that chains to pool.
+func serverConfig(cert tls.Certificate, pool *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+	}
 }
 
 // deriveCA returns the CA certificate and key that cluster key k stands for. Ed25519
@@ -184,12 +188,6 @@ func fromFiles(c Config) (*tls.Config, *tls.Config, error) {
 			return err
 		}
 	}
-	server := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-	}
 	client := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
@@ -198,5 +196,5 @@ func fromFiles(c Config) (*tls.Config, *tls.Config, error) {
 		InsecureSkipVerify: true,
 		VerifyConnection:   verify(x509.ExtKeyUsageServerAuth),
 	}
-	return server, client, nil
+	return serverConfig(cert, pool), client, nil
 }
