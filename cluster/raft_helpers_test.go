@@ -75,8 +75,9 @@ func (rn *raftNode) name() string { return rn.node.Name() }
 
 type raftCluster struct {
 	*testCluster
-	nodes map[int]*raftNode
-	mod   func(*RaftConfig) // applied to every node's config
+	nodes     map[int]*raftNode
+	mod       func(*RaftConfig) // applied to every node's config
+	gossipMod func(*Config)     // applied to the gossip config of nodes started from now on
 }
 
 func newRaftCluster(t *testing.T, mod func(*RaftConfig)) *raftCluster {
@@ -87,7 +88,12 @@ func newRaftCluster(t *testing.T, mod func(*RaftConfig)) *raftCluster {
 // dir is the data dir ("" = in memory).
 func (c *raftCluster) startRaft(i, expect int, dir string, seeds ...string) *raftNode {
 	c.t.Helper()
-	node := c.start(i, nil, seed(seeds...))
+	node := c.start(i, nil, func(cfg *Config) {
+		cfg.Join = seeds
+		if c.gossipMod != nil {
+			c.gossipMod(cfg)
+		}
+	})
 	cfg := RaftConfig{
 		BootstrapExpect: expect,
 		DataDir:         dir,

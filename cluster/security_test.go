@@ -278,3 +278,42 @@ func memberlistNode(t *testing.T, n *Node) memberlist.Node {
 	p, _ := strconv.Atoi(port)
 	return memberlist.Node{Name: n.Name(), Addr: net.ParseIP(host), Port: uint16(p)}
 }
+
+// TestKeyRotationKeepsGossipAndRaftTalking runs a cluster in each phase of the rotation that
+// docs/SECURITY.md describes (install the new key everywhere, send with it everywhere, drop the
+// old one), with nodes on both sides of the phase. Gossip and raft, forwarded writes included,
+// keep working throughout.
+func TestKeyRotationKeepsGossipAndRaftTalking(t *testing.T) {
+	old, nw := testKey, otherKey
+	sends := func(key []byte, accept ...[]byte) func(*Config) {
+		return func(cfg *Config) { cfg.Key, cfg.AcceptKeys = key, accept }
+	}
+	for _, phase := range []struct {
+		name  string
+		nodes []func(*Config)
+	}{
+		{"installing", []func(*Config){sends(old), sends(old, nw), sends(old, nw)}},
+		{"switching", []func(*Config){sends(old, nw), sends(nw, old), sends(nw, old)}},
+		{"dropping", []func(*Config){sends(nw, old), sends(nw), sends(nw)}},
+	} {
+		t.Run(phase.name, func(t *testing.T) {
+			c := newRaftCluster(t, nil)
+			var nodes []*raftNode
+			var want []string
+			for i, keys := range phase.nodes {
+				c.gossipMod = keys
+				var seeds []string
+				if i > 0 {
+					seeds = []string{memAddrOf(0)}
+				}
+				nodes = append(nodes, c.startRaft(i, len(phase.nodes), "", seeds...))
+			}
+			waitLeader(t, nodes, len(nodes))
+			for _, rn := range nodes {
+				mustApply(t, rn, "from "+rn.name())
+				want = append(want, "from "+rn.name())
+			}
+			waitSameState(t, nodes, want)
+		})
+	}
+}
