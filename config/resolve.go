@@ -16,6 +16,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // providerSpec says how a litellm_params.model prefix is served and where LiteLLM looks for
@@ -475,9 +478,10 @@ func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
 	params := &dep.LiteLLMParams
 	if dep.ModelName == "" {
 		d.fail(p+".model_name", "required: the model group name clients send as \"model\"")
-	} else {
-		d.placeholder(p+".model_name", dep.ModelName, false)
+	} else if !d.placeholder(p+".model_name", dep.ModelName, false) {
+		d.printable(p+".model_name", dep.ModelName)
 	}
+	d.headers(lp, params)
 
 	nonNegative(d, p+".rpm", dep.RPM)
 	nonNegative(d, p+".tpm", dep.TPM)
@@ -559,9 +563,14 @@ func (d *decoder) provider(lp string, dep *Deployment) (providerSpec, bool) {
 		d.fail(path, "names no model after the provider prefix %q", prefix+"/")
 		return providerSpec{}, false
 	}
-	// A placeholder model is reported, but the endpoint is still checked: a file copied from
-	// the docs should show all its placeholders at once.
-	d.placeholder(path, params.Model, false)
+	// A bad model is reported, but the endpoint is still checked: a file copied from the docs
+	// should show all its placeholders at once.
+	switch {
+	case d.placeholder(path, params.Model, false), !d.printable(path, params.Model):
+	case dep.Provider == "azure" && !isURLToken(rest):
+		// The Azure deployment name is a segment of the upstream URL's path.
+		d.fail(path, "the Azure deployment name after azure/ may hold only letters, digits, '-', '_' and '.' (got %s)", d.shown(path, params.Model))
+	}
 	return spec, true
 }
 
@@ -592,15 +601,18 @@ func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec) {
 		dep.APIBase = spec.defaultBase
 	}
 
+	keyEnv := ""
 	for _, name := range spec.keyEnv {
 		if params.APIKey != "" {
 			break
 		}
 		if v, ok := d.env.Lookup(name); ok {
-			params.APIKey = Secret(v)
+			params.APIKey, keyEnv = Secret(v), name
 		}
 	}
-	d.placeholder(lp+".api_key", params.APIKey.Reveal(), true)
+	if !d.placeholder(lp+".api_key", params.APIKey.Reveal(), true) {
+		d.apiKeyHeader(lp+".api_key", params.APIKey, keyEnv)
+	}
 	if dep.Provider == "azure" && params.APIKey == "" {
 		d.warn(lp+".api_key", "azure deployment has no api_key",
 			"no api_key and AZURE_API_KEY is not set; Azure will refuse the calls")
@@ -613,7 +625,66 @@ func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec) {
 	if dep.APIVersion == "" && dep.Provider == "azure" {
 		dep.APIVersion = DefaultAzureAPIVersion
 	}
-	d.placeholder(lp+".api_version", dep.APIVersion, false)
+	if !d.placeholder(lp+".api_version", dep.APIVersion, false) && dep.Provider == "azure" && !isURLToken(dep.APIVersion) {
+		// It is the api-version query parameter of every Azure call.
+		d.fail(lp+".api_version", "may hold only letters, digits, '-', '_' and '.', e.g. 2024-10-21 (got %s)", d.shown(lp+".api_version", dep.APIVersion))
+	}
+}
+
+// isURLToken reports whether s can sit in a URL path segment or query value as it is: letters,
+// digits, '-', '_' and '.', and not "." or "..", which would walk the path.
+func isURLToken(s string) bool {
+	if s == "" || s == "." || s == ".." {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// printable refuses control characters (CR, LF, NUL, ...): names end up in logs, metrics
+// labels and upstream requests.
+func (d *decoder) printable(path, value string) bool {
+	if strings.IndexFunc(value, unicode.IsControl) < 0 {
+		return true
+	}
+	d.fail(path, "must not contain control characters such as CR, LF or NUL (got %s)", d.shown(path, value))
+	return false
+}
+
+// headers checks what herd sends upstream as HTTP headers: extra_headers (names must be
+// tokens, values must not hold CR, LF, NUL or other control characters) and the values of
+// organization and api_key. A bad value would split or corrupt the upstream request, or fail
+// every call at send time; values are never shown, as headers often carry credentials.
+func (d *decoder) headers(lp string, params *LiteLLMParams) {
+	for _, name := range sortedKeys(params.ExtraHeaders) {
+		path := keyPath(lp+".extra_headers", name)
+		switch {
+		case !httpguts.ValidHeaderFieldName(name):
+			d.fail(path, "%s is not a valid HTTP header name (letters, digits and !#$%%&'*+-.^_`|~ only)", strconv.Quote(truncate(name)))
+		case !httpguts.ValidHeaderFieldValue(params.ExtraHeaders[name]):
+			d.fail(path, "is not a valid HTTP header value: it holds CR, LF, NUL or another control character (value not shown)")
+		}
+	}
+	if !httpguts.ValidHeaderFieldValue(params.Organization) {
+		d.fail(lp+".organization", "is not a valid HTTP header value: it holds CR, LF, NUL or another control character (value not shown)")
+	}
+}
+
+// apiKeyHeader checks that the api_key (keyEnv: the variable it fell back to, if any) can be
+// sent as a header value. The key is never shown.
+func (d *decoder) apiKeyHeader(path string, key Secret, keyEnv string) {
+	if httpguts.ValidHeaderFieldValue(key.Reveal()) {
+		return
+	}
+	from := ""
+	if keyEnv != "" {
+		from = " (from " + keyEnv + ")"
+	}
+	d.fail(path, "cannot be sent as an HTTP header%s: it holds CR, LF (a trailing newline?), NUL or another control character", from)
 }
 
 // apiBase validates an endpoint URL and returns it without trailing slashes. envName is the
