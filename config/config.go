@@ -196,6 +196,10 @@ type GeneralSettings struct {
 	GlobalMaxParallelRequests *int `yaml:"global_max_parallel_requests"`
 	// herd: how long a client may take to send a request body; then 408. Default DefaultRequestBodyTimeout.
 	RequestBodyTimeout *Seconds `yaml:"request_body_timeout"`
+	// herd: deployments from the admin API may not reach loopback or private addresses either
+	// (link-local and cloud metadata ones are always refused to them; hosts this file names are
+	// exempt; see UpstreamPolicy). Default false.
+	AdminAPIBaseDenyPrivate bool `yaml:"admin_api_base_deny_private"`
 
 	// Resolved by Load; never read from YAML.
 

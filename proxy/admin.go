@@ -111,6 +111,22 @@ func (s *Server) checkEnvRefs(prefix string, body map[string]any) error {
 	return nil
 }
 
+// checkAPIBase refuses a literal litellm_params.api_base the upstream policy does not allow
+// (config.UpstreamPolicy: link-local and metadata addresses, private ones if configured)
+// before anything is proposed to raft. Names, and os.environ/ references, are checked again
+// by the upstream transport each time it connects.
+func (s *Server) checkAPIBase(body map[string]any) error {
+	params, _ := body["litellm_params"].(map[string]any)
+	raw, ok := params["api_base"].(string)
+	if !ok || strings.HasPrefix(raw, "os.environ/") {
+		return nil
+	}
+	if err := s.upstream.CheckAPIBase("litellm_params.api_base", raw); err != nil {
+		return adminError(err)
+	}
+	return nil
+}
+
 // joinedMessage puts several joined config errors on one line.
 func joinedMessage(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
@@ -131,6 +147,9 @@ func (s *Server) modelNew(c echo.Context, body map[string]any) error {
 		return badRequest("litellm_params is required and must be an object.", "litellm_params")
 	}
 	if err := s.checkEnvRefs("", body); err != nil {
+		return err
+	}
+	if err := s.checkAPIBase(body); err != nil {
 		return err
 	}
 	id, version, err := s.configAdmin.AddModel(c.Request().Context(), body)
@@ -168,6 +187,9 @@ func (s *Server) modelUpdate(c echo.Context, body map[string]any) error {
 		return badRequest("model_info.id (or id) is required.", "model_info.id")
 	}
 	if err := s.checkEnvRefs("", patch); err != nil {
+		return err
+	}
+	if err := s.checkAPIBase(patch); err != nil {
 		return err
 	}
 	version, err := s.configAdmin.UpdateModel(c.Request().Context(), id, patch)

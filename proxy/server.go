@@ -42,6 +42,9 @@ type Options struct {
 	AdminEnv *config.AdminEnv
 	// Consensus reports the config consensus for /cluster/status; nil = none.
 	Consensus func() ConsensusStatus
+	// Upstream decides which addresses deployments may reach (the admin API's api_base check
+	// and every upstream connection); nil = built from Config with no fallback variables.
+	Upstream *config.UpstreamPolicy
 }
 
 // Server serves the OpenAI-compatible API for the current config.
@@ -63,6 +66,7 @@ type Server struct {
 	members     Membership
 	configAdmin ConfigAdmin
 	adminEnv    *config.AdminEnv
+	upstream    *config.UpstreamPolicy
 	consensus   func() ConsensusStatus
 	draining    atomic.Bool
 	healths     sync.Map // deployment ID -> *health; survives config changes
@@ -88,10 +92,13 @@ func New(opts Options) (*Server, error) {
 		opts.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	gs := opts.Config.GeneralSettings
+	if opts.Upstream == nil {
+		opts.Upstream = config.NewUpstreamPolicy(opts.Config, config.MapEnv{})
+	}
 	s := &Server{
 		cooldowns:   routing.NewCooldowns(),
 		state:       opts.State,
-		pool:        provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)),
+		pool:        provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)).WithDialGuard(opts.Upstream),
 		metrics:     newMetrics(opts.Registry),
 		key:         newKeyChecker(gs.MasterKey.Reveal()),
 		maxBody:     megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
@@ -102,6 +109,7 @@ func New(opts Options) (*Server, error) {
 		members:     opts.Members,
 		configAdmin: opts.Admin,
 		adminEnv:    opts.AdminEnv,
+		upstream:    opts.Upstream,
 		consensus:   opts.Consensus,
 		version:     opts.Version,
 		log:         opts.Logger,

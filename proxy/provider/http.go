@@ -20,6 +20,7 @@ type Pool struct {
 	mu         sync.Mutex
 	transports map[string]*http.Transport
 	tls        *tls.Config // nil = Go's defaults
+	guard      DialGuard   // nil = connect anywhere (see WithDialGuard)
 }
 
 // NewPool returns an empty pool whose transports use tlsConfig for https upstreams (nil: Go's
@@ -36,12 +37,13 @@ func (p *Pool) transport(u *url.URL) *http.Transport {
 	if t, ok := p.transports[key]; ok {
 		return t
 	}
+	dialer := &net.Dialer{
+		Timeout:   10 * time.Second,
+		KeepAlive: 30 * time.Second,
+	}
 	t := &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          0, // no global cap: the per-host cap below is what matters
 		MaxIdleConnsPerHost:   1024,
@@ -54,6 +56,7 @@ func (p *Pool) transport(u *url.URL) *http.Transport {
 	if p.tls != nil {
 		t.TLSClientConfig = p.tls.Clone() // each transport sets its own ALPN protocols on it
 	}
+	guardTransport(t, u, p.guard, dialer)
 	p.transports[key] = t
 	return t
 }
