@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"regexp"
 	"slices"
+	"strconv"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -106,16 +108,95 @@ func Build(name string, static Static, d Dynamic, env Env, logger *slog.Logger) 
 	if d.RouterSettings != nil {
 		root[keyRouterSettings] = d.RouterSettings
 	}
-	data, err := yaml.Marshal(root)
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if env == nil {
+		env = MapEnv{}
+	}
+	// The nodes are made directly rather than by printing YAML and parsing it back, which took
+	// two thirds of the time: every write and every node's apply builds the whole config.
+	nodes := 0
+	node, err := toNode(map[string]any(root), &nodes)
 	if err != nil {
 		return nil, &Error{Reason: "cannot encode the runtime config: " + err.Error(), Err: err}
 	}
-	cfg, err := Parse(name, data, env, logger)
+	cfg, err := parseRoot(name, node, nodes, env, logger)
 	if err != nil {
 		return nil, withoutLines(err)
 	}
 	cfg.File = name
 	return cfg, nil
+}
+
+// toNode makes the YAML node that parsing yaml.Marshal(v) would give, for the values a Dynamic
+// and a Static hold (JSON's, and YAML's int), counting the nodes in *n. Mapping keys are
+// sorted (by bytes; yaml.Marshal's order differs only for keys mixing letters with '_' or
+// digits), and each node's Line is its place in that order, so several errors come out in
+// document order as they would from a file. Anything else goes through yaml's own encoder.
+func toNode(v any, n *int) (*yaml.Node, error) {
+	line := *n + 1
+	node, err := makeNode(v, n)
+	if node != nil && node.Line == 0 {
+		node.Line = line
+	}
+	return node, err
+}
+
+func makeNode(v any, n *int) (*yaml.Node, error) {
+	*n++
+	switch x := v.(type) {
+	case nil:
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Value: "null"}, nil
+	case string:
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: x}, nil
+	case bool:
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: strconv.FormatBool(x)}, nil
+	case int:
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(x)}, nil
+	case int64:
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.FormatInt(x, 10)}, nil
+	case float64:
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			break
+		}
+		// yaml.Marshal writes strconv's shortest form; the parser reads it back as an int when
+		// it is one ("600"), else as a float ("0.5", "1e+20").
+		s := strconv.FormatFloat(x, 'g', -1, 64)
+		tag := "!!float"
+		if _, err := strconv.ParseInt(s, 10, 64); err == nil {
+			tag = "!!int"
+		}
+		return &yaml.Node{Kind: yaml.ScalarNode, Tag: tag, Value: s}, nil
+	case []any:
+		out := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq", Content: make([]*yaml.Node, 0, len(x))}
+		for _, e := range x {
+			c, err := toNode(e, n)
+			if err != nil {
+				return nil, err
+			}
+			out.Content = append(out.Content, c)
+		}
+		return out, nil
+	case map[string]any:
+		out := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: make([]*yaml.Node, 0, 2*len(x))}
+		for _, k := range slices.Sorted(maps.Keys(x)) {
+			*n++
+			key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: k, Line: *n}
+			c, err := toNode(x[k], n)
+			if err != nil {
+				return nil, err
+			}
+			out.Content = append(out.Content, key, c)
+		}
+		return out, nil
+	}
+	var out yaml.Node
+	if err := out.Encode(v); err != nil {
+		return nil, err
+	}
+	*n += 16 // a bound for the budget; such values are rare (YAML-only types in the file)
+	return &out, nil
 }
 
 // lineRef is a reason's pointer to another line, as in "(also model_list[2], line 19)".
@@ -198,6 +279,21 @@ func (d Dynamic) UpdateModel(i int, id string, patch map[string]any) Dynamic {
 		}
 	}
 	out.ModelList[i] = cur
+	return out
+}
+
+// SetModel returns d with the deployment at index i replaced by entry (what UpdateModel made
+// of it, as the replicated log carries it).
+func (d Dynamic) SetModel(i int, entry map[string]any) Dynamic {
+	out := d.clone()
+	out.ModelList[i] = entry
+	return out
+}
+
+// SetRouterSettings returns d with router_settings replaced by rs.
+func (d Dynamic) SetRouterSettings(rs map[string]any) Dynamic {
+	out := d.clone()
+	out.RouterSettings = rs
 	return out
 }
 

@@ -56,7 +56,13 @@ func Parse(file string, data []byte, env Env, logger *slog.Logger) (*Config, err
 	if perr != nil {
 		return nil, perr
 	}
-	d := newDecoder(file, env, len(data))
+	return parseRoot(file, root, len(data), env, logger)
+}
+
+// parseRoot is Parse from the document's root node (nil: empty); size is the document's size
+// in bytes (or a bound on its nodes), which sets the decoder's budget.
+func parseRoot(file string, root *yaml.Node, size int, env Env, logger *slog.Logger) (*Config, error) {
+	d := newDecoder(file, env, size)
 	cfg := &Config{File: file}
 	if root != nil && !isNull(root) {
 		if root.Kind != yaml.MappingNode {
