@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,9 +24,14 @@ const configChangeTries = 5
 // rest. Writes are validated here before they reach raft, so a bad change is refused on the
 // node that received it and the log only ever holds configs that built.
 //
-// Each command carries the whole new Dynamic and the version it was computed from; the state
-// machine applies it only on top of that version (compare-and-set), so concurrent writes on
-// different nodes never silently overwrite each other and Apply stays trivially deterministic.
+// Each command carries the change (one configOp: a deployment added, replaced or deleted, or
+// the new router_settings) and the version it was computed from; the state machine applies it
+// only on top of that version (compare-and-set), so concurrent writes on different nodes never
+// silently overwrite each other, and an index into model_list means the same deployment on
+// every node. A log entry is the size of the change, not of the config: 1,000 additions cost
+// 1,000 deployments, not 1,000 configs. The first write (version 0, from the file) and writes
+// while a server does not yet understand operations (a rolling upgrade) carry the whole
+// Dynamic, as every entry did before; both forms replay.
 type ConfigStore struct {
 	static config.Static
 	file   config.Dynamic // the config file's part, proposed once to seed an empty cluster
@@ -35,22 +41,89 @@ type ConfigStore struct {
 	mu        sync.Mutex
 	raft      *Raft
 	cur       config.Dynamic
-	applied   uint64        // last raft index applied
-	changed   chan struct{} // closed and replaced after every apply
-	onChange  func(cfg *config.Config, version uint64)
+	curCfg    *config.Config // cur built on this node; nil when it does not build (or no version yet)
+	served    uint64         // the last version OnChange took (0: the file's config)
+	serveErr  string         // why cur.Version is not served, "" when it is (or is being swapped in)
+	applied   uint64         // last raft index applied
+	changed   chan struct{}  // closed and replaced after every apply
+	onChange  func(cfg *config.Config, version uint64) error
 	fileNoted bool // "the file is not applied" logged
 }
 
 // configFSM is ConfigStore's raft state machine, kept off its public surface.
 type configFSM ConfigStore
 
-// configCommand is one replicated write.
+// configCommand is one replicated write: Op, or the whole Next.
 type configCommand struct {
-	Expect uint64         `json:"expect"` // the version Next was computed from
-	Next   config.Dynamic `json:"next"`
+	Expect uint64 `json:"expect"` // the version the change was computed from
+	// Next is the whole new config: the seed, writes during a rolling upgrade, and every write
+	// in logs from before operations existed.
+	Next *config.Dynamic `json:"next,omitempty"`
+	// Op is the change alone. Commands with one are encoded behind cmdOp, so a herd that
+	// predates them fails to decode them rather than taking them for an empty config.
+	Op *configOp `json:"op,omitempty"`
 	// Check asks only whether Expect is the current version, changing nothing: a write refused
 	// against this node's view is refused for real only once that view is known to be current.
 	Check bool `json:"check,omitempty"`
+}
+
+// configOp is one change to a Dynamic, computed by the writer against version Expect.
+type configOp struct {
+	Kind           string         `json:"kind"`                      // one of the op* constants
+	Index          int            `json:"index,omitempty"`           // opSetModel, opDeleteModel: the deployment's model_list index at Expect
+	Entry          map[string]any `json:"entry,omitempty"`           // opAddModel, opSetModel: the deployment as it is to be
+	RouterSettings map[string]any `json:"router_settings,omitempty"` // opRouterSettings: the whole new router_settings
+}
+
+// The configOp kinds.
+const (
+	opAddModel       = "add_model"
+	opSetModel       = "set_model"
+	opDeleteModel    = "delete_model"
+	opRouterSettings = "router_settings"
+)
+
+// cmdOp starts an encoded command carrying an Op; a command without one is plain JSON, as
+// every command was before.
+const cmdOp = 'o'
+
+// apply returns d with o applied. Every node applies o to the same d (the one at Expect), so
+// the result is the same everywhere; an index out of range is an error on every node alike.
+func (o *configOp) apply(d config.Dynamic) (config.Dynamic, error) {
+	inRange := o.Index >= 0 && o.Index < len(d.ModelList)
+	switch {
+	case o.Kind == opAddModel && o.Entry != nil:
+		return d.AddModel(o.Entry), nil
+	case o.Kind == opSetModel && o.Entry != nil && inRange:
+		return d.SetModel(o.Index, o.Entry), nil
+	case o.Kind == opDeleteModel && inRange:
+		return d.DeleteModel(o.Index), nil
+	case o.Kind == opRouterSettings:
+		return d.SetRouterSettings(o.RouterSettings), nil
+	}
+	return d, fmt.Errorf("cluster: config operation %q (index %d) does not apply to a config with %d deployments", o.Kind, o.Index, len(d.ModelList))
+}
+
+func encodeCommand(c configCommand) ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil || c.Op == nil {
+		return b, err
+	}
+	return append([]byte{cmdOp}, b...), nil
+}
+
+func decodeCommand(b []byte) (configCommand, error) {
+	var c configCommand
+	if len(b) > 0 && b[0] == cmdOp {
+		b = b[1:]
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("cluster: bad config command: %w", err)
+	}
+	if !c.Check && c.Op == nil && c.Next == nil {
+		return c, errors.New("cluster: bad config command: no change")
+	}
+	return c, nil
 }
 
 // configResult answers a configCommand.
@@ -86,8 +159,9 @@ func (s *ConfigStore) Attach(r *Raft) {
 }
 
 // OnChange sets the callback that receives every version this node applies and builds, in
-// order. It runs on raft's apply goroutine: swap the config in and return.
-func (s *ConfigStore) OnChange(fn func(cfg *config.Config, version uint64)) {
+// order. It runs on raft's apply goroutine: swap the config in and return. An error means the
+// version is not served; Status reports it.
+func (s *ConfigStore) OnChange(fn func(cfg *config.Config, version uint64) error) {
 	s.mu.Lock()
 	s.onChange = fn
 	s.mu.Unlock()
@@ -98,6 +172,23 @@ func (s *ConfigStore) Version() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cur.Version
+}
+
+// ConfigStatus is what this node holds and serves of the cluster's config.
+type ConfigStatus struct {
+	Committed uint64 // the newest version this node has applied to its state (0: none yet)
+	Served    uint64 // the newest version OnChange took (0: the file's config)
+	// Error says why Committed is not served: the build error (no secret values: a variable is
+	// named, never shown) or OnChange's. "" when it is served, or is being swapped in.
+	Error string
+}
+
+// Status reports the committed and the served version, and why they differ if they do for a
+// reason other than a swap in progress.
+func (s *ConfigStore) Status() ConfigStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ConfigStatus{Committed: s.cur.Version, Served: s.served, Error: s.serveErr}
 }
 
 // seed proposes the file's config when the cluster has none yet (a new leader does it at
@@ -135,7 +226,7 @@ func (s *ConfigStore) trySeed() error {
 	if s.Version() != 0 {
 		return nil
 	}
-	res, _, err := s.propose(ctx, configCommand{Expect: 0, Next: s.file})
+	res, _, err := s.propose(ctx, configCommand{Expect: 0, Next: &s.file})
 	if err != nil {
 		return err
 	}
@@ -149,8 +240,8 @@ func (s *ConfigStore) trySeed() error {
 // model_info) and returns its ID and the new version.
 func (s *ConfigStore) AddModel(ctx context.Context, entry map[string]any) (string, uint64, error) {
 	var id string
-	v, err := s.change(ctx, func(d config.Dynamic, cur *config.Config) (config.Dynamic, error) {
-		return d.AddModel(entry), nil
+	v, err := s.change(ctx, func(config.Dynamic, *config.Config) (configOp, error) {
+		return configOp{Kind: opAddModel, Entry: entry}, nil
 	}, func(cur, next *config.Config) (err error) {
 		id, err = config.AddedID(cur, next)
 		return err
@@ -160,48 +251,48 @@ func (s *ConfigStore) AddModel(ctx context.Context, entry map[string]any) (strin
 
 // UpdateModel merges patch into the deployment with id (LiteLLM's /model/update).
 func (s *ConfigStore) UpdateModel(ctx context.Context, id string, patch map[string]any) (uint64, error) {
-	return s.change(ctx, func(d config.Dynamic, cfg *config.Config) (config.Dynamic, error) {
+	return s.change(ctx, func(d config.Dynamic, cfg *config.Config) (configOp, error) {
 		i, err := config.IndexOf(cfg, id)
 		if err != nil {
-			return d, err
+			return configOp{}, err
 		}
-		return d.UpdateModel(i, id, patch), nil
+		return configOp{Kind: opSetModel, Index: i, Entry: d.UpdateModel(i, id, patch).ModelList[i]}, nil
 	}, nil)
 }
 
 // DeleteModel removes the deployment with id.
 func (s *ConfigStore) DeleteModel(ctx context.Context, id string) (uint64, error) {
-	return s.change(ctx, func(d config.Dynamic, cfg *config.Config) (config.Dynamic, error) {
+	return s.change(ctx, func(_ config.Dynamic, cfg *config.Config) (configOp, error) {
 		i, err := config.IndexOf(cfg, id)
 		if err != nil {
-			return d, err
+			return configOp{}, err
 		}
-		return d.DeleteModel(i), nil
+		return configOp{Kind: opDeleteModel, Index: i}, nil
 	}, nil)
 }
 
 // UpdateRouterSettings merges patch into router_settings.
 func (s *ConfigStore) UpdateRouterSettings(ctx context.Context, patch map[string]any) (uint64, error) {
-	return s.change(ctx, func(d config.Dynamic, _ *config.Config) (config.Dynamic, error) {
-		return d.UpdateRouterSettings(patch), nil
+	return s.change(ctx, func(d config.Dynamic, _ *config.Config) (configOp, error) {
+		return configOp{Kind: opRouterSettings, RouterSettings: d.UpdateRouterSettings(patch).RouterSettings}, nil
 	}, nil)
 }
 
-// current is the Dynamic writes start from and its build: the applied version, or the file's
-// before any version arrived.
-func (s *ConfigStore) current() config.Dynamic {
+// current is the Dynamic writes start from and its build if install made one: the applied
+// version, or the file's before any version arrived.
+func (s *ConfigStore) current() (config.Dynamic, *config.Config) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur.Version == 0 {
-		return s.file
+		return s.file, nil
 	}
-	return s.cur
+	return s.cur, s.curCfg
 }
 
 // change validates edit's result (built, then check when not nil) and commits it, re-basing on
 // the newer version when another write got in first. It returns after this node has applied
 // the change, so a read on this node right after sees it.
-func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *config.Config) (config.Dynamic, error),
+func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *config.Config) (configOp, error),
 	check func(cur, next *config.Config) error) (uint64, error) {
 	s.mu.Lock()
 	r := s.raft
@@ -210,13 +301,21 @@ func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *con
 		return 0, fmt.Errorf("%w: raft is not running", ErrNoLeader)
 	}
 	for range configChangeTries {
-		cur := s.current()
-		curCfg, err := config.Build("config version "+fmt.Sprint(cur.Version), s.static, cur, s.env, nil)
-		if err != nil {
-			return 0, fmt.Errorf("the current config (version %d) does not build on this node: %w", cur.Version, err)
+		cur, curCfg := s.current()
+		if curCfg == nil {
+			var err error
+			curCfg, err = config.Build("config version "+fmt.Sprint(cur.Version), s.static, cur, s.env, nil)
+			if err != nil {
+				return 0, fmt.Errorf("the current config (version %d) does not build on this node: %w", cur.Version, err)
+			}
 		}
-		next, err := s.edited(cur, curCfg, edit, check)
-		cmd := configCommand{Expect: cur.Version, Next: next}
+		op, next, err := s.edited(cur, curCfg, edit, check)
+		cmd := configCommand{Expect: cur.Version, Op: &op}
+		if cur.Version == 0 || !r.serversSpeak(protoConfigOps) {
+			// Version 0 is the file's config here but an empty state in the log; a server that
+			// predates operations could not apply one.
+			cmd = configCommand{Expect: cur.Version, Next: &next}
+		}
 		if err != nil {
 			// Refuse only against the cluster's current version: this node may lag (just
 			// restarted, or cut off), and "no deployment with that ID" must not be answered
@@ -240,27 +339,32 @@ func (s *ConfigStore) change(ctx context.Context, edit func(config.Dynamic, *con
 	return 0, ErrConfigConflict
 }
 
-// edited applies edit to cur and validates the result: it must build, and pass check.
-func (s *ConfigStore) edited(cur config.Dynamic, curCfg *config.Config, edit func(config.Dynamic, *config.Config) (config.Dynamic, error),
-	check func(cur, next *config.Config) error) (config.Dynamic, error) {
-	next, err := edit(cur, curCfg)
+// edited computes edit's operation on cur and validates the result, exactly what every node
+// will compute from it: it must build, and pass check.
+func (s *ConfigStore) edited(cur config.Dynamic, curCfg *config.Config, edit func(config.Dynamic, *config.Config) (configOp, error),
+	check func(cur, next *config.Config) error) (configOp, config.Dynamic, error) {
+	op, err := edit(cur, curCfg)
 	if err != nil {
-		return next, err
+		return op, cur, err
+	}
+	next, err := op.apply(cur)
+	if err != nil {
+		return op, cur, err
 	}
 	nextCfg, err := config.Build("change", s.static, next, s.env, nil)
 	if err != nil {
-		return next, err
+		return op, next, err
 	}
 	if check != nil {
 		if err := check(curCfg, nextCfg); err != nil {
-			return next, err
+			return op, next, err
 		}
 	}
-	return next, nil
+	return op, next, nil
 }
 
 func (s *ConfigStore) propose(ctx context.Context, c configCommand) (configResult, uint64, error) {
-	cmd, err := json.Marshal(c)
+	cmd, err := encodeCommand(c)
 	if err != nil {
 		return configResult{}, 0, err
 	}
@@ -321,9 +425,9 @@ const waitPoll = 10 * time.Millisecond
 // command: a conflict is an answer, not an error, so every node takes the same path.
 func (f *configFSM) Apply(index uint64, cmd []byte) ([]byte, error) {
 	s := (*ConfigStore)(f)
-	var c configCommand
-	if err := json.Unmarshal(cmd, &c); err != nil {
-		return nil, fmt.Errorf("cluster: bad config command: %w", err)
+	c, err := decodeCommand(cmd)
+	if err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	res := configResult{Version: s.cur.Version}
@@ -333,7 +437,16 @@ func (f *configFSM) Apply(index uint64, cmd []byte) ([]byte, error) {
 		s.mu.Unlock()
 		return json.Marshal(res)
 	}
-	next := c.Next
+	var next config.Dynamic
+	if c.Op != nil {
+		next, err = c.Op.apply(s.cur)
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+	} else {
+		next = *c.Next
+	}
 	next.Version = c.Expect + 1
 	res.Version = next.Version
 	s.mu.Unlock()
@@ -344,10 +457,16 @@ func (f *configFSM) Apply(index uint64, cmd []byte) ([]byte, error) {
 // install builds d on this node and hands it to OnChange. A version that does not build here
 // (an os.environ/ variable this node lacks) is kept as the state, since every node must hold
 // the same one, but not served: this node goes on serving its last good config.
+//
+// Status then says why, and the state's build (curCfg) is nil, so a write on this node builds
+// its base itself and fails with the reason.
 func (s *ConfigStore) install(index uint64, d config.Dynamic) {
 	cfg, err := config.Build(fmt.Sprintf("config version %d", d.Version), s.static, d, s.env, s.log)
 	s.mu.Lock()
-	s.cur = d
+	s.cur, s.curCfg, s.serveErr = d, cfg, ""
+	if err != nil {
+		s.serveErr = unservable(err)
+	}
 	fn := s.onChange
 	noteFile := !s.fileNoted && !d.SameContent(s.file)
 	s.fileNoted = true
@@ -363,9 +482,33 @@ func (s *ConfigStore) install(index uint64, d config.Dynamic) {
 			"version", d.Version, "err", err)
 		return
 	}
-	if fn != nil {
-		fn(cfg, d.Version)
+	if fn == nil {
+		return
 	}
+	if err := fn(cfg, d.Version); err != nil {
+		s.mu.Lock()
+		if s.cur.Version == d.Version {
+			s.serveErr = unservable(err)
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Lock()
+	s.served = d.Version
+	s.mu.Unlock()
+}
+
+// maxServeErr bounds the reason Status gives (a version can fail in many places at once).
+const maxServeErr = 1000
+
+// unservable is err on one line, bounded. Config errors never hold secret values: they name
+// a variable instead of showing it.
+func unservable(err error) string {
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	if len(msg) > maxServeErr {
+		msg = strings.ToValidUTF8(msg[:maxServeErr], "") + "…"
+	}
+	return msg
 }
 
 func (s *ConfigStore) markAppliedLocked(index uint64) {

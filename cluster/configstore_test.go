@@ -216,7 +216,7 @@ func TestConfigStoreFileDiffersAndUnbuildableVersion(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	store := NewConfigStore(static, dyn, config.MapEnv{"KEY": "k"}, log)
 	var served []uint64
-	store.OnChange(func(_ *config.Config, v uint64) { served = append(served, v) })
+	store.OnChange(func(_ *config.Config, v uint64) error { served = append(served, v); return nil })
 
 	cluster := dyn.AddModel(map[string]any{"model_name": "other", "litellm_params": map[string]any{"model": "openai/other"}})
 	cluster.Version = 4
@@ -233,7 +233,7 @@ func TestConfigStoreFileDiffersAndUnbuildableVersion(t *testing.T) {
 
 	// Version 5 needs an environment variable this node lacks: held, not served.
 	bad := cluster.AddModel(map[string]any{"model_name": "x", "litellm_params": map[string]any{"model": "openai/x", "api_key": "os.environ/ONLY_ELSEWHERE"}})
-	cmd, _ := json.Marshal(configCommand{Expect: 4, Next: bad})
+	cmd, _ := json.Marshal(configCommand{Expect: 4, Next: &bad})
 	if _, err := store.FSM().Apply(9, cmd); err != nil {
 		t.Fatal(err)
 	}

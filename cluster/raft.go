@@ -254,7 +254,8 @@ func (r *Raft) start() error {
 		}
 		// raft-wal v0.4.0's Close leaves its metadata DB (and its file lock) open, so we own it.
 		meta := &metadb.BoltMetaDB{}
-		w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithMetaStore(meta), wal.WithLogger(hlog.Named("wal")))
+		w, err := wal.Open(filepath.Join(dir, "wal"), wal.WithMetaStore(meta), wal.WithLogger(hlog.Named("wal")),
+			wal.WithSegmentSize(walSegmentSize))
 		if err != nil {
 			_ = meta.Close()
 			return fmt.Errorf("cluster: open raft log: %w", err)
@@ -303,7 +304,7 @@ func (r *Raft) start() error {
 	}
 	r.mux.serve(r.serveForward)
 
-	r.node.raftGossip.setLocal(&raftMeta{Addr: r.addr, HasState: hasState, Expect: r.cfg.BootstrapExpect})
+	r.node.raftGossip.setLocal(&raftMeta{Addr: r.addr, HasState: hasState, Expect: r.cfg.BootstrapExpect, Proto: raftProto})
 	r.bootstrapDone = hasState
 	if !hasState && r.cfg.BootstrapExpect <= 1 {
 		r.bootstrapDone = true
@@ -322,6 +323,13 @@ func (r *Raft) start() error {
 	r.publishMeta()
 	return nil
 }
+
+// walSegmentSize is the size raft-wal preallocates for each log segment file. Its default,
+// 64 MiB, is sized for Consul's write rates; herd's log holds config changes of a few hundred
+// bytes each (one deployment, see configOp), so that much disk per node would sit unused.
+// A larger entry still fits: the segment then grows past it. Existing segments keep the size
+// they were made with.
+const walSegmentSize = 4 << 20
 
 type walStore struct {
 	w    *wal.WAL
@@ -506,6 +514,29 @@ func (r *Raft) Status() RaftStatus {
 	slices.Sort(st.Voters)
 	slices.Sort(st.NonVoters)
 	return st
+}
+
+// serversSpeak reports whether every server in the raft configuration (voters and the rest:
+// all apply the log) publishes command format proto or newer through gossip. A server this
+// node has no gossip record of counts as not speaking it.
+func (r *Raft) serversSpeak(proto int) bool {
+	f := r.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	peers := r.node.raftGossip.snapshot()
+	for _, srv := range f.Configuration().Servers {
+		var m *raftMeta
+		if string(srv.ID) == r.node.Name() {
+			m = r.node.raftGossip.localMeta()
+		} else if p, ok := peers[string(srv.ID)]; ok {
+			m = p.meta
+		}
+		if m == nil || m.Proto < proto {
+			return false
+		}
+	}
+	return true
 }
 
 // maxAppliedScan bounds the log entries lastApplied reads.

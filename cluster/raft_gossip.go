@@ -21,7 +21,18 @@ type raftMeta struct {
 	HasState bool   `json:"s,omitempty"` // the node has raft state: it must never bootstrap
 	Expect   int    `json:"e,omitempty"` // its bootstrap_expect
 	Boot     string `json:"b,omitempty"` // hash of the configuration it bootstrapped, "" if it did not (this run)
+	Proto    int    `json:"p,omitempty"` // the command formats its FSM applies (raftProto); 0: a herd from before they were numbered
 }
+
+// raftProto is what this build's FSM applies: protoConfigOps. Writers use a newer format only
+// once every server publishes it (serversSpeak), so a rolling upgrade never hands a server an
+// entry it cannot apply.
+const raftProto = protoConfigOps
+
+// Command formats, in the order they appeared.
+const (
+	protoConfigOps = 1 // config changes as single operations (configOp), not whole configs
+)
 
 // raftPeer is one gossip member as the raft layer sees it.
 type raftPeer struct {
