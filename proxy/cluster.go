@@ -25,6 +25,9 @@ type ConsensusStatus struct {
 	Term          uint64   // raft term
 	Voters        []string // voting members' names
 	ConfigVersion uint64   // the config version this node has committed and applied to its state; 0 = still its file's
+	// ConfigError says why this node does not serve ConfigVersion (it does not build here, e.g.
+	// "os.environ/FOO is not set"); "" when it does, or is swapping it in. Never a secret value.
+	ConfigError string
 }
 
 // deploymentStatus is one deployment's cluster-wide usage in /cluster/status.
@@ -64,8 +67,9 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		"members":     members,
 		"deployments": deps,
 		// The version the deployments above come from: the same snapshot, so a reader sees a
-		// version and its content together. It trails config_version while a version is being
-		// swapped in, or stays behind when a version cannot be built on this node.
+		// version and its content together. It trails config_version (the committed version)
+		// while a version is being swapped in, or stays behind when a version cannot be built
+		// on this node; config_error then says why.
 		"served_config_version": snap.version,
 	}
 	if s.consensus != nil {
@@ -74,6 +78,8 @@ func (s *Server) clusterStatus(c echo.Context) error {
 			cs.Voters = []string{}
 		}
 		out["leader"], out["term"], out["voters"], out["config_version"] = cs.Leader, cs.Term, cs.Voters, cs.ConfigVersion
+		// Why served_config_version stays behind config_version, when it does for a reason.
+		out["config_error"] = cs.ConfigError
 	}
 	return c.JSON(http.StatusOK, out)
 }

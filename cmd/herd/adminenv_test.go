@@ -77,10 +77,11 @@ func TestAdminEnvOnApply(t *testing.T) {
 		mu     sync.Mutex
 		served []uint64
 	)
-	store.OnChange(func(_ *config.Config, v uint64) {
+	store.OnChange(func(_ *config.Config, v uint64) error {
 		mu.Lock()
 		served = append(served, v)
 		mu.Unlock()
+		return nil
 	})
 	apply := func(index, expect uint64, next config.Dynamic) {
 		t.Helper()

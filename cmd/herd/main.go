@@ -195,6 +195,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// both where the admin API takes them and wherever raft applies them.
 	adminEnv := config.NewAdminEnv(config.OSEnv{}, static, fileDyn, cfg.ClusterSettings.AdminEnvAllow)
 	store := cluster.NewConfigStore(static, fileDyn, adminEnv, log)
+	registerConfigMetrics(reg, store)
 	var consensus atomic.Pointer[cluster.Raft]
 	srv, err := proxy.New(proxy.Options{
 		Config:      cfg,
@@ -217,13 +218,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
 	defer srv.Close()
-	store.OnChange(func(c *config.Config, version uint64) {
+	store.OnChange(func(c *config.Config, version uint64) error {
 		if err := srv.Apply(c, version); err != nil {
 			log.Error("cluster config not applied", "config_version", version, "err", err)
-			return
+			return err
 		}
 		shared.applied(c) // after Apply took the new deployments' counters
 		log.Info("cluster config applied", "config_version", version, "deployments", len(c.ModelList))
+		return nil
 	})
 	warnNoBootstrap(rc, ccfg.Join, log)
 	if rc.DataDir == "" {

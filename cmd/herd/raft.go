@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
 	"github.com/herd-proxy/herd/proxy"
@@ -92,10 +94,36 @@ func adminErr(err error) error {
 	}
 }
 
+// registerConfigMetrics exports the committed and the served config version, and whether this
+// node holds a committed version it cannot serve.
+func registerConfigMetrics(reg prometheus.Registerer, store *cluster.ConfigStore) {
+	version := func(kind string, v func(cluster.ConfigStatus) uint64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "herd_config_version",
+			Help:        "Cluster config version on this node: committed (applied to the replicated state) and served (what requests are routed with); served stays behind when a version cannot be built here.",
+			ConstLabels: prometheus.Labels{"kind": kind},
+		}, func() float64 { return float64(v(store.Status())) })
+	}
+	reg.MustRegister(
+		version("committed", func(st cluster.ConfigStatus) uint64 { return st.Committed }),
+		version("served", func(st cluster.ConfigStatus) uint64 { return st.Served }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herd_config_unservable",
+			Help: "1 while this node holds a committed config version it cannot serve (see config_error in /cluster/status), else 0.",
+		}, func() float64 {
+			if store.Status().Error != "" {
+				return 1
+			}
+			return 0
+		}),
+	)
+}
+
 // consensusStatus reports raft for /cluster/status; r may not be started yet.
 func consensusStatus(r *atomic.Pointer[cluster.Raft], store *cluster.ConfigStore) func() proxy.ConsensusStatus {
 	return func() proxy.ConsensusStatus {
-		cs := proxy.ConsensusStatus{ConfigVersion: store.Version()}
+		st := store.Status()
+		cs := proxy.ConsensusStatus{ConfigVersion: st.Committed, ConfigError: st.Error}
 		if raft := r.Load(); raft != nil {
 			st := raft.Status()
 			cs.Leader, cs.Term, cs.Voters = st.Leader, st.Term, st.Voters
