@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"strings"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -314,7 +315,8 @@ func (s *scan) valueEnd(i int) *apiError {
 // letter case; and notes which field its value is for the estimate.
 func (s *scan) topKey(key string) *apiError {
 	if !s.keys.add(key) {
-		return badRequest("The request body has the key '"+key+"' more than once: the JSON is ambiguous, and herd and the upstream could read different values.", key)
+		k := shortKey(key)
+		return badRequest("The request body has the key '"+k+"' more than once: the JSON is ambiguous, and herd and the upstream could read different values.", k)
 	}
 	s.key = key
 	switch key {
@@ -331,6 +333,18 @@ func (s *scan) topKey(key string) *apiError {
 		}
 	}
 	return nil
+}
+
+// shortKey is key as an error names it: at most 64 bytes (a key can be as long as the body).
+func shortKey(key string) string {
+	if len(key) <= 64 {
+		return key
+	}
+	cut := 64
+	for cut > 0 && !utf8.RuneStart(key[cut]) {
+		cut--
+	}
+	return key[:cut] + "..."
 }
 
 // readKeys are the top-level keys herd reads.

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"encoding/json"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 )
@@ -244,5 +246,31 @@ func TestPromptEstimate(t *testing.T) {
 				t.Errorf("estimate %d, want %d", r.promptTokens, tt.want)
 			}
 		})
+	}
+}
+
+func TestSaturatingArithmetic(t *testing.T) {
+	for _, tc := range []struct{ a, b, sum int64 }{
+		{1, 2, 3}, {math.MaxInt64, 1, math.MaxInt64}, {math.MaxInt64, math.MaxInt64, math.MaxInt64},
+		{math.MinInt64, -1, math.MinInt64}, {math.MaxInt64, -5, math.MaxInt64 - 5}, {-5, math.MaxInt64, math.MaxInt64 - 5},
+		{math.MinInt64, math.MaxInt64, -1},
+	} {
+		if got := satAdd(tc.a, tc.b); got != tc.sum {
+			t.Errorf("satAdd(%d, %d) = %d, want %d", tc.a, tc.b, got, tc.sum)
+		}
+	}
+	if got := satMul(10_000_000, 128); got != 1_280_000_000 {
+		t.Errorf("satMul = %d", got)
+	}
+	if got := satMul(math.MaxInt64/2, 3); got != math.MaxInt64 {
+		t.Errorf("satMul overflow = %d", got)
+	}
+}
+
+func TestDuplicateLongKeyIsShortened(t *testing.T) {
+	k := strings.Repeat("é", 1000)
+	_, err := parseRequest([]byte(`{"` + k + `":1,"` + k + `":2}`))
+	if err == nil || len(err.Param) > 70 || !strings.HasSuffix(err.Param, "...") || !utf8.ValidString(err.Param) {
+		t.Fatalf("err = %v", err)
 	}
 }

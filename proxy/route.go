@@ -158,14 +158,19 @@ func (x *exchange) reservation(g *routing.Group) state.Reservation {
 	return x.reserve
 }
 
-// satAdd and satMul are a+b and a*b for non-negative a and b, stopping at math.MaxInt64.
+// satAdd is a+b, stopping at math.MaxInt64 or math.MinInt64 instead of wrapping.
 func satAdd(a, b int64) int64 {
-	if a > math.MaxInt64-b {
-		return math.MaxInt64
+	s := a + b
+	if (a >= 0) == (b >= 0) && (s >= 0) != (a >= 0) { // same signs in, the other out: wrapped
+		if a >= 0 {
+			return math.MaxInt64
+		}
+		return math.MinInt64
 	}
-	return a + b
+	return s
 }
 
+// satMul is a*b for non-negative a and b, stopping at math.MaxInt64.
 func satMul(a, b int64) int64 {
 	if a != 0 && b > math.MaxInt64/a {
 		return math.MaxInt64
