@@ -60,7 +60,7 @@ type scan struct {
 
 	depth int                   // containers open around the current position
 	objs  [maxDepth / 64]uint64 // bit d set when the container at depth d+1 is an object
-	top   bool                  // the body is an object and r is set: depth 1 holds members
+	top   bool                  // the body is an object and parse is set: depth 1 holds members
 
 	// The top-level member being read.
 	key      string // its key, unescaped (a view into body when it has no escapes)
