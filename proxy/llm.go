@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/tidwall/gjson"
 
 	"github.com/herd-proxy/herd/proxy/provider"
 	"github.com/herd-proxy/herd/routing"
@@ -120,8 +119,9 @@ func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
 			return s.reject(s.bodyReadError(err))
 		}
 		x.body = body
-		if x.req, err = parseRequest(body); err != nil {
-			return s.reject(badRequest(err.Error(), ""))
+		var bad *apiError
+		if x.req, bad = parseRequest(body); bad != nil {
+			return s.reject(bad)
 		}
 		model := x.req.model
 		if p := c.Param("model"); p != "" {
@@ -283,7 +283,7 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	}
 	usage, ok := provider.ParseUsage(data)
 	if !ok {
-		usage = state.Usage{PromptTokens: provider.EstimatePromptTokens(x.body), CompletionTokens: provider.EstimateTokens(len(data))}
+		usage = state.Usage{PromptTokens: x.req.promptTokens, CompletionTokens: provider.EstimateTokens(len(data))}
 	}
 	w := x.c.Response()
 	h := w.Header()
@@ -328,7 +328,7 @@ func (x *exchange) fail(f *failure) error {
 	if f.retryAfterHdr != "" {
 		h.Set("Retry-After", f.retryAfterHdr)
 	}
-	if !gjson.ValidBytes(f.body) {
+	if validJSON(f.body) != nil {
 		return x.finish(&apiError{Status: f.status, Message: "Upstream returned " + strconv.Itoa(f.status) + ": " + snippet(f.body), Type: "api_error"})
 	}
 	h[hdrContentType] = jsonHdr

@@ -140,7 +140,9 @@ func (x *exchange) attempt() (*failure, error) {
 }
 
 // reservation is what every deployment of g reserves for this request: one request, and for
-// a group with tpm limits the estimated prompt tokens plus max_tokens (or the configured default).
+// a group with tpm limits the estimated prompt tokens plus max_tokens (or the configured
+// default) for each of the n (or best_of) completions asked for. The parser bounds every term;
+// the arithmetic saturates anyway, so no configured default can wrap it.
 func (x *exchange) reservation(g *routing.Group) state.Reservation {
 	if !g.TPMLimited {
 		return state.Reservation{Requests: 1}
@@ -150,10 +152,30 @@ func (x *exchange) reservation(g *routing.Group) state.Reservation {
 		if n == 0 {
 			n = x.snap.defaultMaxTokens
 		}
-		x.reserve = state.Reservation{Requests: 1, Tokens: provider.EstimatePromptTokens(x.body) + n}
+		x.reserve = state.Reservation{Requests: 1, Tokens: satAdd(x.req.promptTokens, satMul(n, x.req.choices))}
 		x.reserveReady = true
 	}
 	return x.reserve
+}
+
+// satAdd is a+b, stopping at math.MaxInt64 or math.MinInt64 instead of wrapping.
+func satAdd(a, b int64) int64 {
+	s := a + b
+	if (a >= 0) == (b >= 0) && (s >= 0) != (a >= 0) { // same signs in, the other out: wrapped
+		if a >= 0 {
+			return math.MaxInt64
+		}
+		return math.MinInt64
+	}
+	return s
+}
+
+// satMul is a*b for non-negative a and b, stopping at math.MaxInt64.
+func satMul(a, b int64) int64 {
+	if a != 0 && b > math.MaxInt64/a {
+		return math.MaxInt64
+	}
+	return a * b
 }
 
 // noCapacity is LiteLLM's 429 when no deployment of the group has room, with a Retry-After

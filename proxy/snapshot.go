@@ -53,13 +53,14 @@ func (s *snapshot) groupHeaders(h http.Header, g *routing.Group, unsettled int64
 	if gl.rpm == 0 && gl.tpm == 0 {
 		return
 	}
-	var usedReq, usedTok int64 = 0, -unsettled
+	var usedReq, usedTok int64
 	now := time.Now()
 	for _, m := range g.Members {
 		l := s.deps[m].counter.LoadAt(now)
-		usedReq += l.Requests
-		usedTok += l.Tokens
+		usedReq = satAdd(usedReq, l.Requests)
+		usedTok = satAdd(usedTok, l.Tokens) // an upstream's usage can fill a window to ~2^63
 	}
+	usedTok = satAdd(usedTok, -unsettled) // unsettled >= -MaxInt64: a reservation less a usage
 	if gl.rpm > 0 {
 		h[hdrLimitRequests] = gl.rpmHdr
 		h[hdrRemainingRequests] = []string{strconv.FormatInt(max(gl.rpm-usedReq, 0), 10)}

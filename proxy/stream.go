@@ -108,7 +108,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	}
 	w.Flush()
 	if !gotUsage {
-		usage = state.Usage{PromptTokens: provider.EstimatePromptTokens(x.body), CompletionTokens: provider.EstimateTokens(contentBytes)}
+		usage = state.Usage{PromptTokens: x.req.promptTokens, CompletionTokens: provider.EstimateTokens(contentBytes)}
 	}
 	if status == http.StatusOK {
 		x.succeeded(usage, time.Since(x.upStart), ttft)

@@ -6,6 +6,7 @@ package state
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -44,8 +45,15 @@ type Usage struct {
 	CompletionTokens int64
 }
 
-// Total is the number of tokens counted against tpm.
-func (u Usage) Total() int64 { return u.PromptTokens + u.CompletionTokens }
+// Total is the number of tokens counted against tpm. Usage is an upstream's word: a negative
+// count counts as 0, and a sum beyond int64 as math.MaxInt64 (backends clamp it further).
+func (u Usage) Total() int64 {
+	p, c := max(u.PromptTokens, 0), max(u.CompletionTokens, 0)
+	if p > math.MaxInt64-c {
+		return math.MaxInt64
+	}
+	return p + c
+}
 
 // Load is a deployment's current use, as routing reads it.
 type Load struct {
@@ -56,11 +64,18 @@ type Load struct {
 	TTFT     time.Duration // mean of recent streams' time to first token; 0 when there are none
 }
 
-// Fits reports whether r fits under lim on top of l: the check Admit makes atomically.
+// Fits reports whether r fits under lim on top of l: the check Admit makes atomically. It never
+// adds (a sum could wrap past int64 and fit), and a negative reservation counts as 0.
 func (l Load) Fits(lim Limits, r Reservation) bool {
-	return (lim.RPM == 0 || l.Requests+r.Requests <= lim.RPM) &&
-		(lim.TPM == 0 || l.Tokens+r.Tokens <= lim.TPM) &&
-		(lim.MaxParallel == 0 || l.InFlight+1 <= lim.MaxParallel)
+	return (lim.RPM == 0 || fits(l.Requests, r.Requests, lim.RPM)) &&
+		(lim.TPM == 0 || fits(l.Tokens, r.Tokens, lim.TPM)) &&
+		(lim.MaxParallel == 0 || fits(l.InFlight, 1, lim.MaxParallel))
+}
+
+// fits reports whether used+n <= limit, for a positive limit, without computing the sum.
+func fits(used, n, limit int64) bool {
+	n = max(n, 0)
+	return n <= limit && used <= limit-n
 }
 
 // Ticket is a granted reservation. It must be settled or released exactly once.

@@ -94,25 +94,31 @@ func (c *counter) cellAt(inc *incState, x int64) *cell {
 	return cl
 }
 
-// addOwn counts a change of this node's requests and tokens in bucket x, if still held.
+// addOwn counts a change of this node's requests and tokens in bucket x, if still held. The
+// cell stays one peers accept (check.go): P within its bound, N within P, whatever the change,
+// so a huge usage from an upstream cannot hide this node's counts from its peers, and a
+// ticket ended twice cannot give back what others reserved. The merged window follows what
+// the cell really changed by.
 func (c *counter) addOwn(x, requests, tokens int64) {
 	if !c.w.Holds(x) {
 		return
 	}
 	cl := c.cellAt(c.own, x)
-	if requests >= 0 {
-		cl.reqP += requests
-	} else {
-		cl.reqN -= requests
-	}
-	if tokens >= 0 {
-		cl.tokP += tokens
-	} else {
-		cl.tokN -= tokens
-	}
-	c.w.Add(x, requests, tokens)
+	r0, t0 := cl.requests(), cl.tokens()
+	cl.reqP, cl.reqN = ownAdd(cl.reqP, cl.reqN, requests, maxCellRequests)
+	cl.tokP, cl.tokN = ownAdd(cl.tokP, cl.tokN, tokens, maxCellTokens)
+	c.w.Count(x, cl.requests()-r0, cl.tokens()-t0)
 	c.dirty |= 1 << uint(window.Slot(x))
 	c.b.changed()
+}
+
+// ownAdd adds d to a P/N pair with 0 <= n <= p <= bound: a gain to P up to bound, a loss to N
+// up to P. Overflow-free for any d, given the invariant.
+func ownAdd(p, n, d, bound int64) (int64, int64) {
+	if d >= 0 {
+		return p + min(d, bound-p), n
+	}
+	return p, n + min(-max(d, -bound), p-n)
 }
 
 func (c *counter) setOwnInFlight(n int64) {
@@ -130,6 +136,7 @@ func (c *counter) load() state.Load {
 
 // Admit checks r against the merged view and, if it fits, reserves it in the newest bucket.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
+	r = window.Sane(r)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.tick()
@@ -145,9 +152,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	// Usage below 0 (an upstream's word) would give back more than was reserved, a cell
-	// peers reject: count it as 0.
-	c.addOwn(t.Bucket, 0, max(u.Total(), 0)-t.Reserved.Tokens)
+	// Usage is an upstream's word: below 0 it counts as 0 (it would give back more than was
+	// reserved, a cell peers reject), and addOwn keeps any size within the cell's bound.
+	c.addOwn(t.Bucket, 0, window.Clamp(u.Total())-window.Clamp(t.Reserved.Tokens))
 	c.end()
 }
 
@@ -155,7 +162,7 @@ func (c *counter) Settle(t state.Ticket, u state.Usage) {
 func (c *counter) Release(t state.Ticket) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.addOwn(t.Bucket, -t.Reserved.Requests, -t.Reserved.Tokens)
+	c.addOwn(t.Bucket, -window.Clamp(t.Reserved.Requests), -window.Clamp(t.Reserved.Tokens))
 	c.end()
 }
 

@@ -9,30 +9,31 @@ import (
 	"github.com/herd-proxy/herd/state/statetest"
 )
 
-func TestConformanceSingleNode(t *testing.T) {
-	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) state.Backend {
-		b := New(Options{Node: "solo", Now: clock.Now})
-		t.Cleanup(b.Close)
-		return b
-	})
+func newSolo(t *testing.T, clock *statetest.Clock) state.Backend {
+	b := New(Options{Node: "solo", Now: clock.Now})
+	t.Cleanup(b.Close)
+	return b
 }
 
-// The node under test is connected to two idle peers that receive its deltas (flushed by the
-// background loop while the suite runs) and push their full state, which holds the node's own
+// newEchoing is a node connected to two idle peers that receive its deltas (flushed by the
+// background loop while a test runs) and push their full state, which holds the node's own
 // cells, straight back: merging those echoes must never count anything twice.
-func TestConformanceWithEchoingPeers(t *testing.T) {
-	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) state.Backend {
-		n := newMemNet()
-		n.echoFull = true
-		b := New(Options{Node: "a", Now: clock.Now, FlushEvery: time.Millisecond})
-		t.Cleanup(b.Close)
-		n.add("a", b)
-		for _, name := range []string{"p1", "p2"} {
-			n.add(name, New(Options{Node: name, Now: clock.Now, FlushEvery: -1}))
-		}
-		return flushing{b}
-	})
+func newEchoing(t *testing.T, clock *statetest.Clock) state.Backend {
+	n := newMemNet()
+	n.echoFull = true
+	b := New(Options{Node: "a", Now: clock.Now, FlushEvery: time.Millisecond})
+	t.Cleanup(b.Close)
+	n.add("a", b)
+	for _, name := range []string{"p1", "p2"} {
+		n.add(name, New(Options{Node: name, Now: clock.Now, FlushEvery: -1}))
+	}
+	return flushing{b}
 }
+
+func TestConformanceSingleNode(t *testing.T)       { statetest.Run(t, newSolo) }
+func TestConformanceWithEchoingPeers(t *testing.T) { statetest.Run(t, newEchoing) }
+func TestPropertiesSingleNode(t *testing.T)        { statetest.RunProperties(t, newSolo) }
+func TestPropertiesWithEchoingPeers(t *testing.T)  { statetest.RunProperties(t, newEchoing) }
 
 // flushing flushes after every change, so every delta is echoed back at once, on top of the
 // background loop's flushes.

@@ -83,6 +83,7 @@ func (c *counter) load() state.Load {
 
 // Admit checks r against lim and, if it fits, reserves it in the newest bucket.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
+	r = window.Sane(r)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.tick()
@@ -91,13 +92,14 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	}
 	// The newest bucket, not now's: after a clock step back the reservation must not land in a
 	// bucket that leaves the window sooner than the head's.
-	c.w.Add(c.w.Head(), r.Requests, r.Tokens)
+	c.w.Count(c.w.Head(), r.Requests, r.Tokens)
 	c.inFlight++
 	return state.Ticket{Reserved: r, Bucket: c.w.Head()}, nil
 }
 
 // Settle replaces t's reserved tokens with the real usage, in the bucket they were reserved in.
-// Once that bucket has left the window the correction is dropped with it.
+// Once that bucket has left the window the correction is dropped with it. Every count is
+// clamped (window.Clamp), so neither an upstream's usage nor a ticket can wrap one.
 //
 // Settle and Release do not read the clock (half the cost of Admit+Settle is time.Now): the
 // ring always matches its head, so a correction to a bucket the head still holds but now no
@@ -105,7 +107,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.w.Add(t.Bucket, 0, u.Total()-t.Reserved.Tokens)
+	c.w.Count(t.Bucket, 0, window.Clamp(u.Total())-window.Clamp(t.Reserved.Tokens))
 	c.end()
 }
 
@@ -113,7 +115,7 @@ func (c *counter) Settle(t state.Ticket, u state.Usage) {
 func (c *counter) Release(t state.Ticket) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.w.Add(t.Bucket, -t.Reserved.Requests, -t.Reserved.Tokens)
+	c.w.Count(t.Bucket, -window.Clamp(t.Reserved.Requests), -window.Clamp(t.Reserved.Tokens))
 	c.end()
 }
 

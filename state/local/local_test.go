@@ -11,11 +11,13 @@ import (
 	"github.com/herd-proxy/herd/state/statetest"
 )
 
-func TestConformance(t *testing.T) {
-	statetest.Run(t, func(t *testing.T, clock *statetest.Clock) state.Backend {
-		return New(Options{Now: clock.Now})
-	})
+func newConformance(t *testing.T, clock *statetest.Clock) state.Backend {
+	return New(Options{Now: clock.Now})
 }
+
+func TestConformance(t *testing.T) { statetest.Run(t, newConformance) }
+
+func TestProperties(t *testing.T) { statetest.RunProperties(t, newConformance) }
 
 var t0 = time.Date(2025, 6, 2, 12, 0, 0, 370_000_000, time.UTC)
 

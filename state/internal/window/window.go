@@ -4,6 +4,7 @@
 package window
 
 import (
+	"math"
 	"time"
 
 	"github.com/herd-proxy/herd/state"
@@ -22,6 +23,32 @@ const (
 	BucketNanos = int64(state.BucketWidth)
 	RingSize    = int64(state.Window/state.BucketWidth) + 1
 )
+
+// MaxCount bounds what one bucket holds, of requests or of tokens, either way: buckets stay
+// within [-MaxCount, MaxCount] (Count: [0, MaxCount]), so a window's sum of RingSize buckets plus
+// one more reservation never overflows int64. About 1.5e17: far above any real count, so honest
+// counting never reaches it.
+const MaxCount = math.MaxInt64 / (RingSize + 1)
+
+// Clamp is n within [0, MaxCount].
+func Clamp(n int64) int64 { return min(max(n, 0), MaxCount) }
+
+// Sane is r with both counts clamped: what a backend reserves for r. Reservations come from
+// request bodies; no value of theirs may wrap a sum or give back more than it took.
+func Sane(r state.Reservation) state.Reservation {
+	return state.Reservation{Requests: Clamp(r.Requests), Tokens: Clamp(r.Tokens)}
+}
+
+// addWithin is old+d within [lo, MaxCount], for old in that range and lo <= 0, without overflow.
+func addWithin(old, d, lo int64) int64 {
+	switch {
+	case d > MaxCount-old:
+		return MaxCount
+	case d < lo-old:
+		return lo
+	}
+	return old + d
+}
 
 // BucketOf is the bucket number of a Unix time in nanoseconds, rounded down also before 1970.
 func BucketOf(ns int64) int64 {
@@ -85,17 +112,27 @@ func (w *Ring) Advance(b int64) {
 // Holds reports whether bucket b is still in the window.
 func (w *Ring) Holds(b int64) bool { return b <= w.head && w.head-b < RingSize }
 
-// Add counts requests and tokens (negative to take back) in bucket b if b is still in the
-// window; a change to a bucket that already left is dropped, as the bucket's counts were.
-func (w *Ring) Add(b, requests, tokens int64) {
+// Count counts requests and tokens (negative to take back) in bucket b if b is still in the
+// window; a change to a bucket that already left is dropped, as the bucket's counts were. The
+// bucket's counts stay within [0, MaxCount]: what is taken back beyond what the bucket holds (a
+// ticket ended twice, a usage below zero) is dropped, so no sequence of counts makes a window
+// negative. The sums follow what the bucket really changed by.
+func (w *Ring) Count(b, requests, tokens int64) { w.add(b, requests, tokens, 0) }
+
+// Add is Count for a ring whose buckets hold differences rather than counts (state/redis's cache
+// counts the difference from Redis's sums in its head bucket): a bucket may go down to
+// -MaxCount. It saturates rather than wrapping.
+func (w *Ring) Add(b, requests, tokens int64) { w.add(b, requests, tokens, -MaxCount) }
+
+func (w *Ring) add(b, requests, tokens, lo int64) {
 	if !w.Holds(b) {
 		return
 	}
 	i := Slot(b)
-	w.req[i] += requests
-	w.tok[i] += tokens
-	w.reqSum += requests
-	w.tokSum += tokens
+	r, t := addWithin(w.req[i], requests, lo), addWithin(w.tok[i], tokens, lo)
+	w.reqSum += r - w.req[i]
+	w.tokSum += t - w.tok[i]
+	w.req[i], w.tok[i] = r, t
 }
 
 // RetryAfter is how long after now (Unix nanoseconds, the ring already advanced to it) r could
@@ -104,6 +141,7 @@ func (w *Ring) Add(b, requests, tokens int64) {
 // state.DefaultParallelWait when only MaxParallel refuses; state.Window when r exceeds a limit
 // by itself; 0 when it fits now, and never 0 when it does not.
 func (w *Ring) RetryAfter(now, inFlight int64, lim state.Limits, r state.Reservation) time.Duration {
+	r = Sane(r) // so sum+r below cannot overflow
 	if (state.Load{Requests: w.reqSum, Tokens: w.tokSum, InFlight: inFlight}).Fits(lim, r) {
 		return 0
 	}
