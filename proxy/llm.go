@@ -156,13 +156,15 @@ func (s *Server) reject(e *apiError) error {
 	return e
 }
 
-// callFailed handles a call that got no complete response. The reservation is kept when the
-// request reached, or may have reached, the upstream (a response began, or a timeout), and
-// released when it never did. A departed client ends the exchange (nil failure); anything else
-// is a failure to retry elsewhere.
+// callFailed handles a call that got no complete response. The reservation is kept, settled at
+// its estimate, when the request reached or may have reached the upstream (a response began, or
+// its head was written to a connection: the upstream may count and bill it whether or not
+// anyone waits for the answer), and released only when it provably never left (no connection:
+// refused, DNS, dial or TLS failure, or the client gone before one). A departed client ends the
+// exchange (nil failure); anything else is a failure to retry elsewhere.
 func (x *exchange) callFailed(err error, reached bool) *failure {
 	kind := provider.KindOf(err)
-	if reached || kind == provider.Timeout {
+	if reached || provider.Sent(err) {
 		x.dep.counter.Settle(x.ticket, state.Usage{PromptTokens: x.ticket.Reserved.Tokens})
 	} else {
 		x.dep.counter.Release(x.ticket)
