@@ -48,15 +48,48 @@ func putBuf(b *[]byte) {
 	bufPool.Put(b)
 }
 
-// readAll appends r's content to buf, failing with errTooLarge past max bytes.
-func readAll(r io.Reader, buf []byte, max int64) ([]byte, error) {
+// readAll appends r's content to buf, failing with errTooLarge past maxLen bytes. size is the
+// length the sender declared (Content-Length; -1 unknown): the buffer never grows past it,
+// so a body of known size ends in a buffer of exactly its size. The buffer doubles as it
+// fills — never more than twice what has arrived, whatever was declared — where append's
+// growth (1.25x for large slices) would copy a 32 MB body about 20 times. hold, if not nil,
+// must grant every byte of capacity added, else readAll fails with errBusy.
+func readAll(r io.Reader, buf []byte, maxLen, size int64, hold *bodyHold) ([]byte, error) {
+	limit := maxLen
+	if size >= 0 && size < limit {
+		limit = size
+	}
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			if int64(len(buf)) >= limit {
+				// All that may come is in: read on to the end, which must come now (net/http
+				// learns from it that the body is done and starts watching for a departed
+				// client).
+				var one [1]byte
+				n, err := r.Read(one[:])
+				switch {
+				case n > 0 && size >= 0 && size <= maxLen:
+					return buf, errLongerThanDeclared
+				case n > 0:
+					return buf, errTooLarge
+				case err == io.EOF:
+					return buf, nil
+				case err != nil:
+					return buf, err
+				}
+				continue
+			}
+			n := min(max(2*int64(cap(buf)), 64<<10), limit)
+			if hold != nil && !hold.take(n-int64(cap(buf))) {
+				return buf, errBusy
+			}
+			grown := make([]byte, len(buf), n)
+			copy(grown, buf)
+			buf = grown
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if int64(len(buf)) > max {
+		if int64(len(buf)) > maxLen {
 			return buf, errTooLarge
 		}
 		if err == io.EOF {
@@ -67,6 +100,11 @@ func readAll(r io.Reader, buf []byte, max int64) ([]byte, error) {
 		}
 	}
 }
+
+var (
+	errLongerThanDeclared = errors.New("the body is longer than its Content-Length")
+	errBusy               = errors.New("node-wide request body budget exhausted")
+)
 
 var errTooLarge = errors.New("body too large")
 
@@ -111,11 +149,18 @@ func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
 		}
 		bp := getBuf()
 		defer putBuf(bp)
-		body, err := readAll(r.Body, *bp, s.maxBody)
+		hold := bodyHold{s: s}
+		defer hold.release()
+		if !hold.take(int64(cap(*bp))) {
+			return s.shedBody(c)
+		}
+		body, err := readAll(r.Body, *bp, s.maxBody, r.ContentLength, &hold)
 		*bp = body
 		switch {
 		case errors.Is(err, errTooLarge):
 			return s.reject(x.tooLarge())
+		case errors.Is(err, errBusy):
+			return s.shedBody(c)
 		case err != nil:
 			return s.reject(s.bodyReadError(err))
 		}
@@ -261,7 +306,7 @@ func (x *exchange) record(status int, u state.Usage, overhead time.Duration) {
 func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	rb := getBuf()
 	defer putBuf(rb)
-	data, err := readAll(resp.Body, *rb, x.s.maxResp)
+	data, err := readAll(resp.Body, *rb, x.s.maxResp, resp.ContentLength, nil)
 	*rb = data
 	upstream := time.Since(x.upStart)
 	if err != nil {
