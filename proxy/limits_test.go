@@ -176,7 +176,7 @@ func TestUnauthenticatedBodyIsNotRead(t *testing.T) {
 			}()
 			br := bufio.NewReader(conn)
 			resp, body := readAnswer(t, conn, br, 5*time.Second)
-			if took := time.Since(start); took > 2*time.Second {
+			if took := time.Since(start); took > 5*time.Second {
 				t.Errorf("the 401 took %v; want it at once, not after request_body_timeout (10s)", took)
 			}
 			wantError(t, resp, body, http.StatusUnauthorized, "Authentication Error")
@@ -244,10 +244,10 @@ general_settings: {max_request_size_mb: 1, max_inflight_request_mb: 2}
 // once, and herd closes every one of them.
 func TestIdleConnectionsAreCut(t *testing.T) {
 	needsServers(t)
-	const timeout = 1500 * time.Millisecond
+	const timeout = 3 * time.Second
 	srv, addr, cl := startCounted(t, `
 model_list: [{model_name: m, litellm_params: {model: mock/m}}]
-general_settings: {master_key: sk-right, request_body_timeout: 1.5}
+general_settings: {master_key: sk-right, request_body_timeout: 3}
 `)
 	const n = 1000
 	type result struct {
