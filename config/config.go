@@ -200,6 +200,12 @@ type GeneralSettings struct {
 	// (link-local and cloud metadata ones are always refused to them; hosts this file names are
 	// exempt; see UpstreamPolicy). Default false.
 	AdminAPIBaseDenyPrivate bool `yaml:"admin_api_base_deny_private"`
+	// herd: how long a client may take to send a request's headers; then the connection is closed.
+	// Default DefaultRequestHeaderTimeout.
+	RequestHeaderTimeout *Seconds `yaml:"request_header_timeout"`
+	// herd: MB of request bodies the node buffers at once; a body that would go beyond gets 503 +
+	// Retry-After. At least max_request_size_mb. Default DefaultMaxInflightRequestMB.
+	MaxInflightRequestMB *float64 `yaml:"max_inflight_request_mb"`
 
 	// Resolved by Load; never read from YAML.
 
@@ -250,6 +256,12 @@ const (
 	// DefaultRequestBodyTimeout bounds the time a client takes to send its request body (a
 	// 32 MB body at 1 MB/s fits); it stops slow-body (slowloris) clients from holding slots.
 	DefaultRequestBodyTimeout = 60 * time.Second
+	// DefaultRequestHeaderTimeout bounds the time a client takes to send a request's headers.
+	DefaultRequestHeaderTimeout = 30 * time.Second
+	// DefaultMaxInflightRequestMB bounds the request bodies a node buffers at once (8 bodies
+	// of the default 32 MB maximum, hundreds of long-context prompts); herd's memory for them
+	// is about twice this (each body, and the copy sent upstream).
+	DefaultMaxInflightRequestMB = 256.0
 )
 
 // RoutingStrategies are the valid router_settings.routing_strategy values.

@@ -323,6 +323,19 @@ func (d *decoder) generalSettings(gs *GeneralSettings) {
 	if gs.RequestBodyTimeout == nil {
 		gs.RequestBodyTimeout = ptr(Seconds(DefaultRequestBodyTimeout))
 	}
+	positiveSeconds(d, p+".request_header_timeout", gs.RequestHeaderTimeout)
+	if gs.RequestHeaderTimeout == nil {
+		gs.RequestHeaderTimeout = ptr(Seconds(DefaultRequestHeaderTimeout))
+	}
+	positive(d, p+".max_inflight_request_mb", gs.MaxInflightRequestMB)
+	if v := gs.MaxInflightRequestMB; v != nil && *v > 0 && *v < *gs.MaxRequestSizeMB {
+		// A body of the largest allowed size could never be buffered: 503 forever.
+		d.fail(p+".max_inflight_request_mb", "must be at least max_request_size_mb (%g), or a body of that size could never be served (got %s)",
+			*gs.MaxRequestSizeMB, d.shown(p+".max_inflight_request_mb", *v))
+	}
+	if gs.MaxInflightRequestMB == nil {
+		gs.MaxInflightRequestMB = ptr(max(DefaultMaxInflightRequestMB, *gs.MaxRequestSizeMB))
+	}
 	d.allowedIPs(p+".allowed_ips", gs)
 }
 

@@ -49,10 +49,14 @@ var errUnauthorized = &apiError{
 	Type:    "auth_error",
 }
 
-// requireKey rejects requests without the master key; with no master key set it lets all through.
+// requireKey rejects requests without the master key; with no master key set it lets all
+// through. It runs before anything reads the body, and a refused request's body is never read.
 func (s *Server) requireKey(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if s.key.set && !s.key.ok(presentedKey(c.Request())) {
+			if refuseUnread(c.Response().Writer, c.Request(), errUnauthorized) {
+				return nil
+			}
 			return errUnauthorized
 		}
 		return next(c)

@@ -47,15 +47,48 @@ func putBuf(b *[]byte) {
 	bufPool.Put(b)
 }
 
-// readAll appends r's content to buf, failing with errTooLarge past max bytes.
-func readAll(r io.Reader, buf []byte, max int64) ([]byte, error) {
+// readAll appends r's content to buf, failing with errTooLarge past maxLen bytes. size is the
+// length the sender declared (Content-Length; -1 unknown): the buffer never grows past it,
+// so a body of known size ends in a buffer of exactly its size. The buffer doubles as it
+// fills — never more than twice what has arrived, whatever was declared — where append's
+// growth (1.25x for large slices) would copy a 32 MB body about 20 times. hold, if not nil,
+// must grant every byte of capacity added, else readAll fails with errBusy.
+func readAll(r io.Reader, buf []byte, maxLen, size int64, hold *bodyHold) ([]byte, error) {
+	limit := maxLen
+	if size >= 0 && size < limit {
+		limit = size
+	}
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			if int64(len(buf)) >= limit {
+				// All that may come is in: read on to the end, which must come now (net/http
+				// learns from it that the body is done and starts watching for a departed
+				// client).
+				var one [1]byte
+				n, err := r.Read(one[:])
+				switch {
+				case n > 0 && size >= 0 && size <= maxLen:
+					return buf, errLongerThanDeclared
+				case n > 0:
+					return buf, errTooLarge
+				case err == io.EOF:
+					return buf, nil
+				case err != nil:
+					return buf, err
+				}
+				continue
+			}
+			n := min(max(2*int64(cap(buf)), 64<<10), limit)
+			if hold != nil && !hold.take(n-int64(cap(buf))) {
+				return buf, errBusy
+			}
+			grown := make([]byte, len(buf), n)
+			copy(grown, buf)
+			buf = grown
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if int64(len(buf)) > max {
+		if int64(len(buf)) > maxLen {
 			return buf, errTooLarge
 		}
 		if err == io.EOF {
@@ -66,6 +99,11 @@ func readAll(r io.Reader, buf []byte, max int64) ([]byte, error) {
 		}
 	}
 }
+
+var (
+	errLongerThanDeclared = errors.New("the body is longer than its Content-Length")
+	errBusy               = errors.New("node-wide request body budget exhausted")
+)
 
 var errTooLarge = errors.New("body too large")
 
@@ -110,11 +148,18 @@ func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
 		}
 		bp := getBuf()
 		defer putBuf(bp)
-		body, err := readAll(r.Body, *bp, s.maxBody)
+		hold := bodyHold{s: s}
+		defer hold.release()
+		if !hold.take(int64(cap(*bp))) {
+			return s.shedBody(c)
+		}
+		body, err := readAll(r.Body, *bp, s.maxBody, r.ContentLength, &hold)
 		*bp = body
 		switch {
 		case errors.Is(err, errTooLarge):
 			return s.reject(x.tooLarge())
+		case errors.Is(err, errBusy):
+			return s.shedBody(c)
 		case err != nil:
 			return s.reject(s.bodyReadError(err))
 		}
@@ -156,13 +201,15 @@ func (s *Server) reject(e *apiError) error {
 	return e
 }
 
-// callFailed handles a call that got no complete response. The reservation is kept when the
-// request reached, or may have reached, the upstream (a response began, or a timeout), and
-// released when it never did. A departed client ends the exchange (nil failure); anything else
-// is a failure to retry elsewhere.
+// callFailed handles a call that got no complete response. The reservation is kept, settled at
+// its estimate, when the request reached or may have reached the upstream (a response began, or
+// its head was written to a connection: the upstream may count and bill it whether or not
+// anyone waits for the answer), and released only when it provably never left (no connection:
+// refused, DNS, dial or TLS failure, or the client gone before one). A departed client ends the
+// exchange (nil failure); anything else is a failure to retry elsewhere.
 func (x *exchange) callFailed(err error, reached bool) *failure {
 	kind := provider.KindOf(err)
-	if reached || kind == provider.Timeout {
+	if reached || provider.Sent(err) {
 		x.dep.counter.Settle(x.ticket, state.Usage{PromptTokens: x.ticket.Reserved.Tokens})
 	} else {
 		x.dep.counter.Release(x.ticket)
@@ -259,7 +306,7 @@ func (x *exchange) record(status int, u state.Usage, overhead time.Duration) {
 func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	rb := getBuf()
 	defer putBuf(rb)
-	data, err := readAll(resp.Body, *rb, x.s.maxResp)
+	data, err := readAll(resp.Body, *rb, x.s.maxResp, resp.ContentLength, nil)
 	*rb = data
 	upstream := time.Since(x.upStart)
 	if err != nil {

@@ -122,6 +122,10 @@ func (x *exchange) pause(d time.Duration) bool {
 func (x *exchange) attempt() (*failure, error) {
 	dep := x.dep
 	addUsage := x.req.stream && !x.req.includeUsage && dep.up.StreamUsage()
+	if need := len(x.body) + len(dep.modelJSON) + rewriteRoom; cap(*x.out) < need {
+		// Sized once, where append would grow a large body's copy step by step.
+		*x.out = make([]byte, 0, need)
+	}
 	*x.out = rewrite((*x.out)[:0], x.body, &x.req, dep.modelJSON, addUsage)
 	call := provider.Call{Endpoint: x.ep, Body: *x.out, Stream: x.req.stream}
 
@@ -138,6 +142,10 @@ func (x *exchange) attempt() (*failure, error) {
 	}
 	return x.relayBody(resp)
 }
+
+// rewriteRoom is more than rewrite adds to a body besides the model name
+// (`"model":`, `"stream_options":{"include_usage":true}` and separators).
+const rewriteRoom = 64
 
 // reservation is what every deployment of g reserves for this request: one request, and for
 // a group with tpm limits the estimated prompt tokens plus max_tokens (or the configured

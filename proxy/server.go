@@ -77,6 +77,10 @@ type Server struct {
 	maxInFlight int64          // the parallel cap on LLM requests
 	errShed     *apiError      // the 503 beyond it, built once
 	inFlight    inFlight
+	// max_inflight_request_mb in bytes, the 503 beyond it, and the bytes held now.
+	maxBodyBytes  int64
+	errBodyBudget *apiError
+	bodyBytes     inFlight
 }
 
 // New builds a server for opts.Config.
@@ -120,6 +124,8 @@ func New(opts Options) (*Server, error) {
 		s.maxInFlight = config.DefaultMaxParallelRequests
 	}
 	s.errShed = shedError(s.maxInFlight)
+	s.maxBodyBytes = megabytes(gs.MaxInflightRequestMB, max(config.DefaultMaxInflightRequestMB, float64(s.maxBody>>20)))
+	s.errBodyBudget = bodyBudgetError(s.maxBodyBytes)
 	if gs.RequestBodyTimeout != nil {
 		s.bodyTimeout = gs.RequestBodyTimeout.Duration()
 	}
@@ -155,7 +161,7 @@ func (s *Server) Apply(cfg *config.Config, version uint64) error {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.allowedNets != nil {
 		if addr, ok := s.clientAllowed(r); !ok {
-			s.forbid(w, addr)
+			s.forbid(w, r, addr)
 			return
 		}
 	}

@@ -253,8 +253,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	warnOpenHTTP(ln.Addr(), cfg.GeneralSettings.MasterKey != "", log)
 	hs := &http.Server{
-		Handler:           srv,
-		ReadHeaderTimeout: 30 * time.Second,
+		Handler: srv,
+		// A client must send its headers within request_header_timeout (then the connection is
+		// closed); its body has request_body_timeout, which the handler enforces.
+		ReadHeaderTimeout: cfg.GeneralSettings.RequestHeaderTimeout.Duration(),
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/herd-proxy/herd/config"
@@ -136,14 +138,17 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 		},
 		Host: u.urls[c.Endpoint].Host,
 	}
-	resp, err := u.client.Do(req.WithContext(ctx))
+	sent := newHeadSent()
+	resp, err := u.client.Do(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))
 	if err != nil {
 		if timer != nil {
 			timer.Stop()
 		}
-		err = classify(ctx, err) // before cancel, which would make every failure look canceled
+		// The transport closes the connection before a failed round trip returns, so a head
+		// whose bytes went out was marked before this reads it.
+		e := classify(ctx, err, sent.Load()) // before cancel, which would make every failure look canceled
 		cancel(nil)
-		return nil, err
+		return nil, e
 	}
 	resp.Body = &timedBody{rc: resp.Body, ctx: ctx, cancel: cancel, timer: timer, idle: u.streamTimeout}
 	if timer != nil {
@@ -152,20 +157,37 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 	return resp, nil
 }
 
-// classify turns a transport error into an *Error, telling timeouts from a departed client.
-func classify(ctx context.Context, err error) error {
+// headSent records, through net/http's client trace, that the transport wrote a request's
+// whole head (request line and headers) to a connection. Bytes leave a connection only after
+// that (its write buffer is flushed with the body), unless the head outgrows the buffer; and a
+// head cut short is no request to the server. So a call that failed before the mark provably
+// never reached the upstream, and one that failed after it may have.
+type headSent struct {
+	atomic.Bool
+	trace httptrace.ClientTrace
+}
+
+func newHeadSent() *headSent {
+	h := &headSent{}
+	h.trace.WroteHeaders = func() { h.Store(true) }
+	return h
+}
+
+// classify turns a transport error into an *Error, telling timeouts from a departed client;
+// sent is whether the request may have reached the upstream.
+func classify(ctx context.Context, err error, sent bool) *Error {
 	cause := context.Cause(ctx)
 	switch {
 	case errors.Is(cause, errStreamIdle), errors.Is(cause, context.DeadlineExceeded):
-		return &Error{Kind: Timeout, Err: cause}
+		return &Error{Kind: Timeout, Err: cause, Sent: sent}
 	case errors.Is(cause, context.Canceled):
-		return &Error{Kind: Canceled, Err: err}
+		return &Error{Kind: Canceled, Err: err, Sent: sent}
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return &Error{Kind: Timeout, Err: err}
+		return &Error{Kind: Timeout, Err: err, Sent: sent}
 	}
-	return &Error{Kind: Unreachable, Err: err}
+	return &Error{Kind: Unreachable, Err: err, Sent: sent}
 }
 
 // timedBody keeps the call's context alive while the body is read, re-arms the stream idle
@@ -184,7 +206,7 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		b.timer.Reset(b.idle)
 	}
 	if err != nil && err != io.EOF {
-		return n, classify(b.ctx, err)
+		return n, classify(b.ctx, err, true) // a response came: the request had arrived
 	}
 	return n, err
 }

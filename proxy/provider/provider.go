@@ -134,11 +134,26 @@ func (k ErrorKind) String() string {
 type Error struct {
 	Kind ErrorKind
 	Err  error
+	// Sent: the request's whole head had been handed to a connection, so the upstream may have
+	// received it and may count or bill it. False means it provably never left: no connection
+	// (refused, DNS, dial or TLS failure, the caller gone first) or a head cut short, which no
+	// server takes for a request.
+	Sent bool
 }
 
 func (e *Error) Error() string { return "upstream " + e.Kind.String() + ": " + e.Err.Error() }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// Sent reports whether the call that failed with err may have reached the upstream: true for
+// anything but an *Error whose request provably never left.
+func Sent(err error) bool {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Sent
+	}
+	return true
+}
 
 // KindOf returns err's ErrorKind, or 0 when err is not an *Error.
 func KindOf(err error) ErrorKind {

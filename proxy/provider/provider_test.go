@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -106,8 +107,8 @@ func TestTimeouts(t *testing.T) {
 
 	t.Run("non-stream deadline", func(t *testing.T) {
 		_, err := up.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`)})
-		if KindOf(err) != Timeout {
-			t.Fatalf("err = %v, want a Timeout", err)
+		if KindOf(err) != Timeout || !Sent(err) {
+			t.Fatalf("err = %v (sent %v), want a Timeout after the request was sent", err, Sent(err))
 		}
 	})
 	t.Run("stream idle after first event", func(t *testing.T) {
@@ -125,16 +126,45 @@ func TestTimeouts(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		_, err := up.Do(ctx, &Call{Endpoint: Completions, Body: []byte(`{}`)})
-		if KindOf(err) != Canceled {
-			t.Fatalf("err = %v, want Canceled", err)
+		if KindOf(err) != Canceled || Sent(err) {
+			t.Fatalf("err = %v (sent %v), want Canceled, never sent", err, Sent(err))
 		}
 	})
 	t.Run("refused is Unreachable", func(t *testing.T) {
 		dead, _ := New(httpDeployment("http://127.0.0.1:1", time.Second, time.Second), NewPool(nil))
 		_, err := dead.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`)})
 		var pe *Error
-		if !errors.As(err, &pe) || pe.Kind != Unreachable {
-			t.Fatalf("err = %v, want Unreachable", err)
+		if !errors.As(err, &pe) || pe.Kind != Unreachable || pe.Sent {
+			t.Fatalf("err = %v (sent %v), want Unreachable, never sent", err, Sent(err))
+		}
+	})
+	t.Run("timeout before a connection is never sent", func(t *testing.T) {
+		// A TCP listener that never speaks TLS: the handshake waits until the deadline.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		mute, _ := New(httpDeployment("https://"+ln.Addr().String(), 100*time.Millisecond, time.Second), NewPool(nil))
+		_, err = mute.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`)})
+		if KindOf(err) != Timeout || Sent(err) {
+			t.Fatalf("err = %v (sent %v), want a Timeout, never sent", err, Sent(err))
+		}
+	})
+	t.Run("client gone after sending", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		arrived := make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			close(arrived)
+			<-r.Context().Done()
+		}))
+		defer srv.Close()
+		go func() { <-arrived; cancel() }()
+		up, _ := New(httpDeployment(srv.URL, time.Minute, time.Minute), NewPool(nil))
+		_, err := up.Do(ctx, &Call{Endpoint: Completions, Body: []byte(`{}`)})
+		if KindOf(err) != Canceled || !Sent(err) {
+			t.Fatalf("err = %v (sent %v), want Canceled after the request was sent", err, Sent(err))
 		}
 	})
 }

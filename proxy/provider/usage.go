@@ -73,7 +73,9 @@ func EstimatePromptTokens(body []byte) int64 {
 			})
 		}
 	}
-	for _, r := range gjson.GetManyBytes(body, "messages", "prompt", "input") {
+	// Viewing body as a string keeps gjson from copying the values found (a large body's
+	// messages would be copied whole); the results do not outlive this call.
+	for _, r := range gjson.GetMany(unsafe.String(unsafe.SliceData(body), len(body)), "messages", "prompt", "input") {
 		count(r)
 	}
 	return EstimateTokens(bytes) + int64(3*parts)
