@@ -2,6 +2,7 @@ package routing
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 
@@ -75,7 +76,12 @@ func (leastBusy) Pick(_ *Table, _ *Group, cands []candidate, _ bool) int {
 type lowestUsage struct{}
 
 func (lowestUsage) Pick(_ *Table, _ *Group, cands []candidate, _ bool) int {
-	return argmin(cands, func(c *candidate) int64 { return c.load.Tokens*1_000_000 + c.load.Requests })
+	return argmin(cands, func(c *candidate) int64 {
+		if c.load.Tokens > (math.MaxInt64-c.load.Requests)/1_000_000 {
+			return math.MaxInt64 // saturate: a huge count must not wrap into the smallest
+		}
+		return c.load.Tokens*1_000_000 + c.load.Requests
+	})
 }
 
 // lowestLatency picks the deployment with the lowest recent latency — time to first token for

@@ -271,3 +271,17 @@ func BenchmarkPick100(b *testing.B) {
 		}
 	}
 }
+
+// TestLowestUsageDoesNotWrap: a deployment with a huge token count must not look like the
+// least used one because tokens x 1e6 overflowed.
+func TestLowestUsageDoesNotWrap(t *testing.T) {
+	cands := []candidate{
+		{dep: 0, load: state.Load{Tokens: 1 << 60, Requests: 1}},
+		{dep: 1, load: state.Load{Tokens: 5, Requests: 1}},
+	}
+	for range 20 {
+		if i := (lowestUsage{}).Pick(nil, nil, cands, false); cands[i].dep != 1 {
+			t.Fatalf("picked deployment %d with %d tokens", cands[i].dep, cands[i].load.Tokens)
+		}
+	}
+}

@@ -87,6 +87,8 @@ func (c *counter) leaseArgs(wall time.Time) (now, until int64) {
 // Admit checks r against lim and reserves it: in Redis while it answers, else locally at a
 // fair share of lim.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
+	// A negative reservation would give back room nobody used; every backend counts it as 0.
+	r.Requests, r.Tokens = max(r.Requests, 0), max(r.Tokens, 0)
 	b := c.b
 	now := b.now().UnixNano()
 	wall := time.Now()
