@@ -38,6 +38,10 @@ const (
 type Member struct {
 	Name, Addr string
 	Status     string // StatusAlive, StatusSuspect, StatusDead or StatusLeft
+	// ClockOffset is its clock minus this node's, estimated from heartbeats (0 for this node);
+	// OffsetKnown is false until a heartbeat with a send time arrived.
+	ClockOffset time.Duration
+	OffsetKnown bool
 }
 
 const (
@@ -51,6 +55,13 @@ type memberState struct {
 	port  uint16
 	since time.Time // last status change
 	heard time.Time // last heartbeat from it
+
+	// Its clock minus ours, from heartbeats (heartbeat.go).
+	samples      [offsetSamples]time.Duration
+	nSamples     int
+	offset       time.Duration
+	offsetKnown  bool
+	offsetWarned time.Time
 }
 
 // Node is this process's membership in the cluster.
@@ -186,7 +197,12 @@ func (n *Node) snapshotLocked(aliveOnly bool) []Member {
 	out := make([]Member, 0, len(n.members))
 	for _, m := range n.members {
 		if !aliveOnly || m.Status == StatusAlive {
-			out = append(out, m.Member)
+			mm := m.Member
+			mm.ClockOffset, mm.OffsetKnown = m.offset, m.offsetKnown
+			if m.Name == n.cfg.NodeName {
+				mm.ClockOffset, mm.OffsetKnown = 0, true
+			}
+			out = append(out, mm)
 		}
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })

@@ -32,6 +32,7 @@ type Config struct {
 	AcceptKeys     [][]byte                                                 // further keys accepted from peers while keys rotate; default none
 	TLSFiles       TLSFiles                                                 // the user's own PKI for the raft port instead of certificates derived from Key; default none
 	OnReject       func(reason string)                                      // called for every connection or message refused before it was parsed (see Reject*); default none
+	Now            func() time.Time                                         // the clock heartbeats carry and peers' clock offsets are measured against (cmd/herd: the counters' clock); default time.Now
 	Label          string                                                   // cluster label; traffic from nodes with another label is dropped; default ""
 	Logger         *slog.Logger                                             // default slog.Default()
 	RetryJoinEvery time.Duration                                            // first interval between retries of unreachable seeds, doubling to 30x; default 1s
@@ -105,6 +106,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.LookupHost == nil {
 		c.LookupHost = net.DefaultResolver.LookupHost
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.heartbeat <= 0 {
 		c.heartbeat = heartbeatEvery

@@ -1,6 +1,9 @@
 package cluster
 
-import "time"
+import (
+	"encoding/binary"
+	"time"
+)
 
 // Suspicion. memberlist keeps its own suspect state private (v0.7 reports only join, update and
 // leave), so /cluster/status derives one the SRE way: a member that memberlist still counts as
@@ -15,14 +18,31 @@ const (
 
 // msgHeartbeat starts a cluster-internal message; the state backend's messages start with
 // their own version byte (state/crdt: 1), and a message with this one never reaches it.
-const msgHeartbeat = 0xFF
+//
+//	heartbeat = 0xFF 0x01 sent:8 name   sent: the sender's clock (Config.Now), Unix ns, big-endian
+//	          | 0xFF name               before clock offsets (names never start with 0x01)
+const (
+	msgHeartbeat   = 0xFF
+	heartbeatTimed = 0x01
+)
+
+// Clock offsets. A heartbeat carries its send time, so a receiver sees the peer's clock minus
+// its own plus the one-way delay. The delay only adds, so the largest of the last few samples
+// (offsetSamples) is the best estimate: on a LAN it is within a millisecond or two of the true
+// offset, and a queued or delayed heartbeat cannot make a peer look further off than it is.
+const (
+	offsetSamples  = 5
+	offsetWarnOver = time.Second     // a peer this far off gets a WARN
+	offsetWarnGap  = 5 * time.Minute // at most once per peer per this
+)
 
 func (n *Node) heartbeatInterval() time.Duration { return n.cfg.heartbeat }
 
 // heartbeat sends this node's name to every other alive member until the node stops.
 func (n *Node) heartbeat() {
 	defer n.wg.Done()
-	msg := append([]byte{msgHeartbeat}, n.cfg.NodeName...)
+	msg := append(make([]byte, 10), n.cfg.NodeName...)
+	msg[0], msg[1] = msgHeartbeat, heartbeatTimed
 	t := time.NewTicker(n.heartbeatInterval())
 	defer t.Stop()
 	for {
@@ -30,6 +50,7 @@ func (n *Node) heartbeat() {
 		case <-n.stop:
 			return
 		case <-t.C:
+			binary.BigEndian.PutUint64(msg[2:], uint64(n.cfg.Now().UnixNano()))
 			n.SendToAll(msg)
 		}
 	}
@@ -40,14 +61,47 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	if len(msg) == 0 || msg[0] != msgHeartbeat {
 		return false
 	}
-	name := msg[1:]
+	name, sent := msg[1:], int64(0)
+	if len(msg) >= 10 && msg[1] == heartbeatTimed {
+		name, sent = msg[10:], int64(binary.BigEndian.Uint64(msg[2:]))
+	}
 	now := time.Now()
 	n.mu.Lock()
-	if m := n.members[string(name)]; m != nil { // the conversion in a map index does not allocate
+	m := n.members[string(name)] // the conversion in a map index does not allocate
+	var warn bool
+	if m != nil {
 		m.heard = now
+		if sent != 0 {
+			warn = m.observeOffset(time.Duration(sent-n.cfg.Now().UnixNano()), now)
+		}
+	}
+	var offset time.Duration
+	if warn {
+		offset = m.offset
 	}
 	n.mu.Unlock()
+	if warn {
+		n.log.Warn("a peer's clock is off: limits shared with it are counted in the wrong seconds; run NTP on every node",
+			"peer", string(name), "offset", offset.Round(time.Millisecond).String())
+	}
 	return true
+}
+
+// observeOffset records one sample of m's clock minus ours (delay included) and reports
+// whether the estimate now calls for a WARN.
+func (m *memberState) observeOffset(d time.Duration, now time.Time) bool {
+	m.samples[m.nSamples%offsetSamples] = d
+	m.nSamples++
+	best := m.samples[0]
+	for _, s := range m.samples[1:min(m.nSamples, offsetSamples)] {
+		best = max(best, s)
+	}
+	m.offset, m.offsetKnown = best, true
+	if best.Abs() > offsetWarnOver && now.Sub(m.offsetWarned) > offsetWarnGap {
+		m.offsetWarned = now
+		return true
+	}
+	return false
 }
 
 // statusLocked is m's status as /cluster/status shows it: alive members this node has not

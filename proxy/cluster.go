@@ -17,6 +17,8 @@ type Member struct {
 	Name   string `json:"name"`
 	Addr   string `json:"addr"`
 	Status string `json:"status"` // alive, suspect, dead or left
+	// ClockOffsetSeconds is its clock minus this node's, from heartbeats; absent until known.
+	ClockOffsetSeconds *float64 `json:"clock_offset_seconds,omitempty"`
 }
 
 // ConsensusStatus is what /cluster/status shows about the raft group that orders config changes.

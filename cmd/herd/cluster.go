@@ -148,6 +148,10 @@ func (m membership) Members() []proxy.Member {
 	out := make([]proxy.Member, len(ms))
 	for i, x := range ms {
 		out[i] = proxy.Member{Name: x.Name, Addr: x.Addr, Status: x.Status}
+		if x.OffsetKnown {
+			s := x.ClockOffset.Seconds()
+			out[i].ClockOffsetSeconds = &s
+		}
 	}
 	return out
 }
@@ -179,7 +183,24 @@ func registerClusterMetrics(reg prometheus.Registerer, n *cluster.Node) {
 			Name: "herd_gossip_received_bytes_total",
 			Help: "Bytes this node received from peers.",
 		}, func() float64 { return float64(n.BytesReceived()) }),
+		clockOffsets{n},
 	)
+}
+
+// clockOffsets exports every alive peer's estimated clock offset.
+type clockOffsets struct{ n *cluster.Node }
+
+var clockOffsetDesc = prometheus.NewDesc("herd_cluster_clock_offset_seconds",
+	"A peer's clock minus this node's, estimated from heartbeats (within the network delay).", []string{"peer"}, nil)
+
+func (c clockOffsets) Describe(ch chan<- *prometheus.Desc) { ch <- clockOffsetDesc }
+
+func (c clockOffsets) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range c.n.Members() {
+		if m.OffsetKnown && m.Status != cluster.StatusDead && m.Status != cluster.StatusLeft && m.Name != c.n.Name() {
+			ch <- prometheus.MustNewConstMetric(clockOffsetDesc, prometheus.GaugeValue, m.ClockOffset.Seconds(), m.Name)
+		}
+	}
 }
 
 // rejectLogEvery is how often at most a node logs that it dropped peers' messages.

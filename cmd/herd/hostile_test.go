@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -76,5 +78,53 @@ func TestHostileRequestsAgainstProcess(t *testing.T) {
 		t.Errorf("peak RSS %d MB after the attacks", rss>>20)
 	} else {
 		t.Logf("peak RSS %d MB", rss>>20)
+	}
+}
+
+// TestClockOffsetIsShown: a node whose clock is 3 s ahead (the test-only offset file) shows up
+// with that offset in its peer's /cluster/status and /metrics.
+func TestClockOffsetIsShown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes; skipped with -short")
+	}
+	dir := t.TempDir()
+	skewFile := filepath.Join(dir, "skew")
+	if err := os.WriteFile(skewFile, []byte("3s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0"}
+	a := startProcess(t, "a", append(common, "--node-name", "a")...)
+	startProcessEnv(t, "b", []string{testClockEnv + "=" + skewFile}, append(common, "--node-name", "b", "--join", a.gossipAddr)...)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var off float64 = -1
+		if ms, ok := rawClusterStatus(t, a.addr)["members"].([]any); ok {
+			for _, m := range ms {
+				if mm, _ := m.(map[string]any); mm["name"] == "b" {
+					if v, ok := mm["clock_offset_seconds"].(float64); ok {
+						off = v
+					}
+				}
+			}
+		}
+		if off > 2.9 && off < 3.1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a sees b's clock offset as %v, want 3s", off)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	resp, err := http.Get("http://" + a.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !regexp.MustCompile(`herd_cluster_clock_offset_seconds\{peer="b"\} 2\.9\d*|herd_cluster_clock_offset_seconds\{peer="b"\} 3(\.0\d*)?\b`).Match(body) {
+		t.Errorf("no 3 s offset for b in /metrics")
+	}
+	if !a.logged("a peer's clock is off") {
+		t.Error("no WARN about b's clock")
 	}
 }

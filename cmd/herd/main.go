@@ -176,6 +176,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	rejected := newRejectCounter(reg, log, time.Now)
 	ccfg.OnReject = rejected
+	ccfg.Now = now // heartbeats carry the counters' clock, so peers see the offset that matters
 	shared, err := newSharedUsage(cfg, ccfg.NodeName, now, reg, log, rejected)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
