@@ -397,7 +397,9 @@ func TestBreaker(t *testing.T) {
 			t.Fatalf("Admit took %v with the breaker open", d)
 		}
 	}
-	// What Redis counted before it died still counts until it ages out: 6 of rpm 10 were used.
+	// What Redis counted before it died still counts until it ages out: 6 of rpm 10 were used,
+	// or 7 if the six came fast enough to reserve an escrow block whose rest never made it back
+	// (timing decides; a lost block is counted, never forgotten).
 	n := 0
 	for ; n < 20; n++ {
 		if _, err := used.Admit(state.Limits{RPM: 10}, state.Reservation{Requests: 1}); err != nil {
@@ -410,8 +412,8 @@ func TestBreaker(t *testing.T) {
 			break
 		}
 	}
-	if n != 4 {
-		t.Fatalf("admitted %d locally after Redis counted 6 of rpm 10, want 4", n)
+	if n != 4 && n != 3 {
+		t.Fatalf("admitted %d locally after Redis counted 6 (or 7 with an escrow block) of rpm 10, want 4 (or 3)", n)
 	}
 	// Fair share: 2 nodes, rpm 10 -> 5 here.
 	b.SetNodes(2)
