@@ -55,7 +55,7 @@ func TestPeersClockOffsets(t *testing.T) {
 		if !ok1 || !ok2 {
 			return fmt.Errorf("offsets not known yet: %v %v", ok1, ok2)
 		}
-		if (ab - skew).Abs() > tolerance || (ba + skew).Abs() > tolerance {
+		if (ab-skew).Abs() > tolerance || (ba+skew).Abs() > tolerance {
 			return fmt.Errorf("node0 sees node1 at %v, node1 sees node0 at %v; want ±%v", ab, ba, skew)
 		}
 		return nil
