@@ -5,28 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/herd-proxy/herd/internal/redistest"
 )
-
-// syncBuffer is a log sink tests can read while nodes write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func offsetOf(n *Node, name string) (time.Duration, bool) {
 	for _, m := range n.Members() {
@@ -42,7 +25,7 @@ func offsetOf(n *Node, name string) (time.Duration, bool) {
 func TestPeersClockOffsets(t *testing.T) {
 	c := newTestCluster(t)
 	const skew = 3 * time.Second
-	var logs syncBuffer
+	var logs redistest.Buffer // a log sink tests can read while nodes write
 	a := c.start(0, nil, func(cfg *Config) { cfg.Logger = slogTo(&logs) })
 	b := c.start(1, nil, func(cfg *Config) {
 		cfg.Join = []string{memAddrOf(0)}
