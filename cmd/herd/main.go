@@ -177,7 +177,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rejected := newRejectCounter(reg, log, time.Now)
 	ccfg.OnReject = rejected
 	ccfg.Now = now // heartbeats carry the counters' clock, so peers see the offset that matters
-	shared, err := newSharedUsage(cfg, ccfg.NodeName, now, reg, log, rejected)
+	ccfg.Epoch = uint64(time.Now().UnixNano())
+	shared, err := newSharedUsage(cfg, ccfg.NodeName, ccfg.Epoch, now, reg, log, rejected)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
@@ -238,6 +239,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	consensus.Store(raftNode)
 	store.Attach(raftNode)
+	if shared.raft != nil {
+		shared.raft(raftNode, store)
+	}
 	defer raftNode.Shutdown()
 
 	if o.pprofAddr != "" {

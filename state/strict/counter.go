@@ -166,11 +166,12 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		ch := c.arrived
 		c.mu.Unlock()
 		out.send(c.b)
-		if !waiting || c.b.o.Wait < 0 {
+		wait := time.Duration(c.b.wait.Load())
+		if !waiting || wait <= 0 {
 			break
 		}
 		if first {
-			timer = time.NewTimer(c.b.o.Wait)
+			timer = time.NewTimer(wait)
 		}
 		first = false
 		select {

@@ -63,9 +63,7 @@ func (o *outbox) add(to string, msg []byte) {
 
 func (o *outbox) send(b *Backend) {
 	for i, m := range o.msgs {
-		if b.o.Send != nil {
-			b.o.Send(o.to[i], m)
-		}
+		b.send(o.to[i], m)
 	}
 	o.to, o.msgs = o.to[:0], o.msgs[:0]
 }

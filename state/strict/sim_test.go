@@ -83,8 +83,7 @@ func (cl *cluster) start(name string, tune func(*Options)) {
 		Epoch:         sn.epoch,
 		Inner:         local.New(local.Options{Now: cl.clock.Now}),
 		Now:           cl.clock.Now,
-		Send:          func(to string, msg []byte) bool { return cl.send(name, to, msg) },
-		SendAll:       func(msg []byte) { cl.sendAll(name, msg) },
+		Network:       netFuncs{to: func(to string, msg []byte) bool { return cl.send(name, to, msg) }, all: func(msg []byte) { cl.sendAll(name, msg) }},
 		LeaderContact: func() time.Time { cl.mu.Lock(); defer cl.mu.Unlock(); return sn.contact },
 		Wait:          -1,
 		noLoop:        true,
@@ -274,6 +273,19 @@ func (cl *cluster) backend(name string) *Backend {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	return cl.nodes[name].b
+}
+
+// netFuncs is a Network of two functions.
+type netFuncs struct {
+	to  func(string, []byte) bool
+	all func([]byte)
+}
+
+func (n netFuncs) SendTo(name string, msg []byte) bool { return n.to(name, msg) }
+func (n netFuncs) SendToAll(msg []byte) {
+	if n.all != nil {
+		n.all(msg)
+	}
 }
 
 // arrival is one request the upstream received (its Confirm), for the checker.

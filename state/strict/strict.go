@@ -104,11 +104,11 @@ type Options struct {
 	// Now is the clock durations are measured on. It must be monotonic: cmd passes time.Now,
 	// never a skewed test clock. nil means time.Now.
 	Now func() time.Time
-	// Send sends msg to the node named to (best effort); SendAll to every other node.
-	Send    func(to string, msg []byte) bool
-	SendAll func(msg []byte)
-	// LeaderContact is when this node last knew a raft leader (cluster.Raft.LeaderContact).
-	// nil means always now (tests of one node).
+	// Network carries messages to the other nodes; nil until SetNetwork (cmd connects it once
+	// the cluster has started).
+	Network Network
+	// LeaderContact is when this node last knew a raft leader (cluster.Raft.LeaderContact);
+	// SetLeaderContact replaces it. nil means always now (tests of one node).
 	LeaderContact func() time.Time
 
 	Wait  time.Duration // how long a request may wait for a loan; 0 means defaultWait, negative none
@@ -121,6 +121,13 @@ type Options struct {
 	noLoop bool // tests: no background goroutine; they call Tick
 }
 
+// Network is what the backend needs from the cluster (cluster.Node implements it): best-effort
+// packets to one node or to all others. Neither may block on a slow peer or keep msg.
+type Network interface {
+	SendTo(name string, msg []byte) bool
+	SendToAll(msg []byte)
+}
+
 // Backend is the strict-mode state backend. It implements state.Backend; a counter admits on
 // rights while Strict is on, and like Inner otherwise.
 type Backend struct {
@@ -128,6 +135,10 @@ type Backend struct {
 	base   time.Time // the clock's reading at New: mono counts from it
 	wall   int64     // base as Unix ns, so mono's buckets line up with the wall clock's
 	strict atomic.Bool
+
+	net     atomic.Pointer[netBox]
+	contact atomic.Pointer[func() time.Time]
+	wait    atomic.Int64 // Options.Wait, as SetWait changes it
 
 	homes    atomic.Pointer[homesView]
 	fenceEnd atomic.Int64 // mono ns until which the own share may be used (LeaderContact + Fence)
@@ -175,6 +186,11 @@ func New(o Options) *Backend {
 	_, _ = rand.Read(seed[:])
 	b.ids.Store(binary.LittleEndian.Uint64(seed[:]) &^ (rightsMask << 56)) // IDs of this incarnation, unlike any other's
 	b.homes.Store(&homesView{})
+	b.SetNetwork(o.Network)
+	if o.LeaderContact != nil {
+		b.SetLeaderContact(o.LeaderContact)
+	}
+	b.wait.Store(int64(o.Wait))
 	b.Strict(true)
 	b.refreshFence()
 	if o.noLoop {
@@ -183,6 +199,39 @@ func New(o Options) *Backend {
 		go b.loop()
 	}
 	return b
+}
+
+// netBox lets an interface value live in an atomic.Pointer.
+type netBox struct{ n Network }
+
+// SetNetwork connects the backend to the cluster (nil disconnects).
+func (b *Backend) SetNetwork(n Network) {
+	if n == nil {
+		b.net.Store(nil)
+		return
+	}
+	b.net.Store(&netBox{n: n})
+}
+
+// SetLeaderContact sets where the fence reads the last raft leader contact (cmd: once raft runs).
+func (b *Backend) SetLeaderContact(fn func() time.Time) {
+	b.contact.Store(&fn)
+	b.refreshFence()
+}
+
+// SetWait changes how long a request without rights may wait for a loan (negative: never).
+func (b *Backend) SetWait(d time.Duration) { b.wait.Store(int64(d)) }
+
+func (b *Backend) send(to string, msg []byte) {
+	if box := b.net.Load(); box != nil {
+		box.n.SendTo(to, msg)
+	}
+}
+
+func (b *Backend) sendAll(msg []byte) {
+	if box := b.net.Load(); box != nil {
+		box.n.SendToAll(msg)
+	}
 }
 
 // Strict turns strict admission on or off (router_settings.cluster_limit_mode). Turned on, a
@@ -196,6 +245,14 @@ func (b *Backend) Strict(on bool) {
 		c.active = false
 		c.mu.Unlock()
 	}
+}
+
+// Mode is "strict" or "fast", as Strict last set it.
+func (b *Backend) Mode() string {
+	if b.strict.Load() {
+		return "strict"
+	}
+	return "fast"
 }
 
 // Close stops the background loop.
@@ -229,11 +286,12 @@ func (b *Backend) newID() uint64 { return b.ids.Add(1) &^ (rightsMask << 56) }
 
 // refreshFence records how long the own share may be used after the last leader contact.
 func (b *Backend) refreshFence() {
-	if b.o.LeaderContact == nil {
+	fn := b.contact.Load()
+	if fn == nil {
 		b.fenceEnd.Store(1<<63 - 1)
 		return
 	}
-	c := b.o.LeaderContact()
+	c := (*fn)()
 	if c.IsZero() {
 		b.fenceEnd.Store(0)
 		return
@@ -267,9 +325,9 @@ func (b *Backend) Tick() {
 			c.announce(&enc)
 		}
 	}
-	if announce && b.o.SendAll != nil {
+	if announce {
 		for _, msg := range enc.flush(b.o.Node) {
-			b.o.SendAll(msg)
+			b.sendAll(msg)
 		}
 	}
 	b.expireDemand(now)

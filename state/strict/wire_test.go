@@ -102,14 +102,14 @@ func FuzzHandleMessage(f *testing.F) {
 	f.Add(encodeOne("peer", record{kind: kindWant, dep: "d", id: 1, req: 1 << 40, tok: 1 << 40, rpm: 1 << 40}))
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		var granted int64
-		b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Send: func(to string, m []byte) bool {
+		b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Network: netFuncs{to: func(to string, m []byte) bool {
 			_ = decode(m, func(_ string, r *record) {
 				if r.kind == kindGrant {
 					granted += r.req
 				}
 			})
 			return true
-		}, noLoop: true})
+		}}, noLoop: true})
 		b.SetHomes(1, []Home{{Name: "peer", Epoch: 1}, {Name: "self", Epoch: 1}})
 		lim := state.Limits{RPM: 10}
 		b.Counter("d").Admit(lim, state.Reservation{Requests: 1})
