@@ -492,6 +492,22 @@ func (r *Raft) OnLeader(fn func(isLeader bool)) {
 // IsLeader reports whether this node is the raft leader now.
 func (r *Raft) IsLeader() bool { return r.raft.State() == raft.Leader }
 
+// LeaderContact is when this node last knew a raft leader that had it in its configuration:
+// now while it is leader itself, else raft's LastContact() (zero when never). state/strict
+// stops spending a node's own share once this is older than its fence.
+//
+// It can be optimistic by up to about twice LeaderLeaseTimeout (500 ms by default): a leader
+// cut off from its quorum notices only at its next lease check, then steps down with its last
+// contact set to that moment, and until then its followers on the same side of the partition
+// keep hearing from it. A follower's value is refreshed by every AppendEntries (heartbeats come
+// every HeartbeatTimeout/10) and snapshot install, and by a vote it grants.
+func (r *Raft) LeaderContact() time.Time {
+	if r.raft.State() == raft.Leader {
+		return time.Now()
+	}
+	return r.raft.LastContact()
+}
+
 // Status returns this node's view of raft.
 func (r *Raft) Status() RaftStatus {
 	_, leader := r.raft.LeaderWithID()
