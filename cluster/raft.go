@@ -135,6 +135,8 @@ type timers struct {
 	bootstrapFor time.Duration // how long the bootstrap view must stay unchanged
 	stabilize    time.Duration // how long a non-voter must be alive before promotion
 	rpc          time.Duration // raft transport I/O and peer status calls
+
+	homesEvery, homeGone, homesFormWait time.Duration // the homes table's upkeep (homes.go)
 }
 
 func productionTimers() timers {
@@ -144,6 +146,7 @@ func productionTimers() timers {
 		leaderLease: d.LeaderLeaseTimeout, commit: d.CommitTimeout,
 		reconcile: time.Second, bootstrapFor: 3 * time.Second,
 		stabilize: 10 * time.Second, rpc: 10 * time.Second,
+		homesEvery: homesEvery, homeGone: homeGone, homesFormWait: homesFormWait,
 	}
 }
 
@@ -304,7 +307,7 @@ func (r *Raft) start() error {
 	}
 	r.mux.serve(r.serveForward)
 
-	r.node.raftGossip.setLocal(&raftMeta{Addr: r.addr, HasState: hasState, Expect: r.cfg.BootstrapExpect, Proto: raftProto})
+	r.node.raftGossip.setLocal(&raftMeta{Addr: r.addr, HasState: hasState, Expect: r.cfg.BootstrapExpect, Proto: raftProto, Epoch: r.node.cfg.Epoch})
 	r.bootstrapDone = hasState
 	if !hasState && r.cfg.BootstrapExpect <= 1 {
 		r.bootstrapDone = true
