@@ -30,6 +30,10 @@ type ConsensusStatus struct {
 	// ConfigError says why this node does not serve ConfigVersion (it does not build here, e.g.
 	// "os.environ/FOO is not set"); "" when it does, or is swapping it in. Never a secret value.
 	ConfigError string
+	// Homes are the nodes holding shares of strict-mode limits (the raft-replicated table), and
+	// HomesVersion its version; empty until the leader wrote the first table.
+	Homes        []string
+	HomesVersion uint64
 }
 
 // deploymentStatus is one deployment's cluster-wide usage in /cluster/status.
@@ -82,6 +86,10 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		out["leader"], out["term"], out["voters"], out["config_version"] = cs.Leader, cs.Term, cs.Voters, cs.ConfigVersion
 		// Why served_config_version stays behind config_version, when it does for a reason.
 		out["config_error"] = cs.ConfigError
+		if cs.Homes == nil {
+			cs.Homes = []string{}
+		}
+		out["homes"], out["homes_version"] = cs.Homes, cs.HomesVersion
 	}
 	return c.JSON(http.StatusOK, out)
 }

@@ -92,8 +92,9 @@ const (
 	// wantTimeout is how long a want waits for its grant before it is abandoned.
 	wantTimeout = 250 * time.Millisecond
 	// growthSlack covers the lag between a table change's commit and its application on a
-	// home still in contact with the leader.
-	growthSlack = time.Second
+	// home still in contact with the leader, and how much later than the truth raft may
+	// report a leader contact (up to two leader leases, cluster.Raft.LeaderContact).
+	growthSlack = 3 * time.Second
 )
 
 // Options configures a Backend. Node, Inner and Send are required.
