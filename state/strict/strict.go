@@ -487,6 +487,45 @@ func cut(limit int64, k, n int) int64 {
 	return int64(q)
 }
 
+// Rights is one deployment's strict-mode rights on this node, for /cluster/status: requests
+// (rpm units) and tokens (tpm units) alike.
+type Rights struct {
+	Home     bool  // this node holds a share
+	Share    int64 // its share of the rpm limit now (0 while restarting, fenced or growing)
+	Busy     int64 // own-share units spent and cooling
+	Lent     int64 // own-share units out on loan (or cooling after one)
+	Borrowed int64 // unspent units of the loans this node holds
+	Tokens   struct{ Share, Busy, Lent, Borrowed int64 }
+}
+
+// Rights returns deployment id's rights on this node; false when strict mode is off or the
+// deployment has not been admitted on in strict mode.
+func (b *Backend) Rights(id string) (Rights, bool) {
+	c := b.counters.Lookup(id)
+	if c == nil || !b.strict.Load() {
+		return Rights{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.active {
+		return Rights{}, false
+	}
+	now := b.mono()
+	c.busy.Advance(bucket(now))
+	var r Rights
+	r.Home = b.homes.Load().self >= 0
+	r.Share, r.Tokens.Share = b.share(c.lim.RPM, now), b.share(c.lim.TPM, now)
+	r.Busy, r.Tokens.Busy = c.busy.Sums()
+	r.Lent, r.Tokens.Lent = c.lentReq, c.lentTok
+	for _, l := range c.loans {
+		if !l.closed && now < l.deadline {
+			r.Borrowed += l.req - l.spentReq
+			r.Tokens.Borrowed += l.tok - l.spentTok
+		}
+	}
+	return r, true
+}
+
 // Homes returns the table as this node applied it: its version and the homes' names.
 func (b *Backend) Homes() (version uint64, names []string) {
 	v := b.homes.Load()

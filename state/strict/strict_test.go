@@ -217,6 +217,27 @@ func TestGrowthWaitsForTheGrace(t *testing.T) {
 	}
 }
 
+func TestRightsShowWhereUnitsAre(t *testing.T) {
+	cl := newCluster(t, 2, 12, nil)
+	if _, ok := cl.backend("node0").Rights("d"); ok {
+		t.Fatal("rights of a deployment never admitted on")
+	}
+	cl.load("node0", "d", rpm60, 31, 0) // its share of 30, then one on a loan from node1
+	r0, _ := cl.backend("node0").Rights("d")
+	if !r0.Home || r0.Share != 30 || r0.Busy != 30 || r0.Borrowed < 0 {
+		t.Fatalf("node0 rights %+v; want a home's 30, all spent", r0)
+	}
+	cl.backend("node1").Counter("d").Admit(rpm60, state.Reservation{Requests: 1})
+	r1, _ := cl.backend("node1").Rights("d")
+	if r1.Lent < 1 || r1.Busy != 1 || r1.Share != 30 {
+		t.Fatalf("node1 rights %+v; want its share of 30 with some lent and one spent", r1)
+	}
+	cl.backend("node0").Strict(false)
+	if _, ok := cl.backend("node0").Rights("d"); ok {
+		t.Fatal("rights shown in fast mode")
+	}
+}
+
 func TestSharesAddUpToTheLimit(t *testing.T) {
 	for _, limit := range []int64{1, 2, 7, 60, 1000, 1 << 62} {
 		for n := 1; n <= 9; n++ {
