@@ -18,7 +18,7 @@ const (
 	droppedFor = int64(10e9)
 	maxDropped = 256
 	maxLent    = 4096 // loans one home keeps per deployment; beyond, it lends no more
-	maxWants   = 64
+	maxLoans   = 256 // loans one node holds per deployment; beyond, it asks for no more
 )
 
 // demandRate estimates units asked per second, requests and tokens: an exponentially decaying
@@ -103,6 +103,9 @@ func (c *counter) prefetch(now int64, need state.Reservation, out *outbox) {
 func (c *counter) ask(now int64, need state.Reservation, out *outbox) bool {
 	if len(c.wants) > 0 {
 		return true
+	}
+	if len(c.loans) >= maxLoans {
+		return false
 	}
 	v := c.b.homes.Load()
 	var targets []string
