@@ -213,6 +213,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		AdminEnv:    adminEnv,
 		Consensus:   consensusStatus(&consensus, store),
 		Rights:      shared.rights,
+		BackendNotReady: shared.notReady,
 		// Hosts this file (or OPENAI_BASE_URL, AZURE_API_BASE, ...) names may be anything;
 		// hosts from the admin API may not be link-local or cloud metadata addresses.
 		Upstream: config.NewUpstreamPolicy(cfg, config.OSEnv{}),

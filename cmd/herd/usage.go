@@ -17,16 +17,17 @@ import (
 
 // sharedUsage is the shared-state backend this node counts into, and how it hooks into the cluster.
 type sharedUsage struct {
-	backend state.Backend
-	name    string                                     // "redis" or "gossip", for readiness and /cluster/status
-	mode    func() string                              // the backend's current mode for readiness; nil = name
-	sync    cluster.StateSync                          // what gossip carries for it; nil for Redis
-	joined  func(*cluster.Node)                        // connects it to membership once the node has started
-	raft    func(*cluster.Raft, *cluster.ConfigStore)  // connects it to raft once raft runs; nil if it needs none
-	rights  func(id string) (proxy.RightsStatus, bool) // strict mode's rights per deployment; nil for Redis
-	applied func(*config.Config)                       // tells it the deployments of the config now served
-	flush   func()                                     // sends the last counts before leaving
-	close   func()
+	backend  state.Backend
+	name     string                                     // "redis" or "gossip", for readiness and /cluster/status
+	mode     func() string                              // the backend's current mode for readiness; nil = name
+	sync     cluster.StateSync                          // what gossip carries for it; nil for Redis
+	joined   func(*cluster.Node)                        // connects it to membership once the node has started
+	raft     func(*cluster.Raft, *cluster.ConfigStore)  // connects it to raft once raft runs; nil if it needs none
+	rights   func(id string) (proxy.RightsStatus, bool) // strict mode's rights per deployment; nil for Redis
+	notReady func() string                              // why it cannot admit yet; nil for Redis
+	applied  func(*config.Config)                       // tells it the deployments of the config now served
+	flush    func()                                     // sends the last counts before leaving
+	close    func()
 }
 
 // newSharedUsage picks where usage is shared: Redis when the config names one (LiteLLM's documented

@@ -18,7 +18,7 @@ const (
 	droppedFor = int64(10e9)
 	maxDropped = 256
 	maxLent    = 4096 // loans one home keeps per deployment; beyond, it lends no more
-	maxLoans   = 256 // loans one node holds per deployment; beyond, it asks for no more
+	maxLoans   = 256  // loans one node holds per deployment; beyond, it asks for no more
 )
 
 // demandRate estimates units asked per second, requests and tokens: an exponentially decaying

@@ -256,6 +256,15 @@ func (b *Backend) Mode() string {
 	return "fast"
 }
 
+// NotReady says why this node cannot admit on any rights yet ("" when it can): in strict mode,
+// until the first homes table arrives, no node holds any share.
+func (b *Backend) NotReady() string {
+	if b.strict.Load() && len(b.homes.Load().names) == 0 {
+		return "strict limits: waiting for the raft leader's homes table"
+	}
+	return ""
+}
+
 // Close stops the background loop.
 func (b *Backend) Close() {
 	b.once.Do(func() { close(b.stop) })

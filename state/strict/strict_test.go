@@ -426,3 +426,19 @@ func dropNode(calls []*call, node string) []*call {
 	}
 	return keep
 }
+
+func TestNotReadyUntilTheFirstTable(t *testing.T) {
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{}), noLoop: true})
+	if b.NotReady() == "" {
+		t.Fatal("strict mode without a homes table claims to be ready")
+	}
+	b.Strict(false)
+	if r := b.NotReady(); r != "" {
+		t.Fatalf("fast mode not ready: %s", r)
+	}
+	b.Strict(true)
+	b.SetHomes(1, []Home{{Name: "other", Epoch: 9}})
+	if r := b.NotReady(); r != "" {
+		t.Fatalf("with a table (even without this node in it) not ready: %s", r)
+	}
+}
