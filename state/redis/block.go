@@ -138,7 +138,7 @@ func (c *counter) takeBlock(lim state.Limits, r state.Reservation, now, wall int
 func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b := c.b
 	defer c.fetched(done)
-	now := b.now().UnixNano()
+	now := b.windowNow().UnixNano()
 	c.mu.Lock()
 	k, t := c.blockSizeLocked(lim, state.Reservation{Requests: 1, Tokens: c.meanTok}, now)
 	c.mu.Unlock()
@@ -146,16 +146,19 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 		return
 	}
 	id := b.seq.Add(1)
-	wallMs, until := c.leaseArgs(time.Now())
 	ctx, cancel := b.ctx()
 	defer cancel()
 	var opsBuf [maxEndsPerCall]endOp
 	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
-	kc := c.admitCall(ctx, id, ops, window.BucketOf(now), wallMs, until, lim.RPM, lim.TPM, 0, k, t)
+	kc := c.admitCall(ctx, id, ops, b.overrideMs(), b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, 0, k, t)
 	defer kc.release()
 	ks := [1]*call{kc}
+	sent := time.Now()
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
+	if err == nil {
+		b.srv.seen(sent, rep.serverUs)
+	}
 	c.mu.Lock()
 	c.confirmEndsLocked(ops, &rep, err)
 	if err != nil {
@@ -208,7 +211,7 @@ func (c *counter) waitFetch() bool {
 // node's block, or adds them to it. A reservation that cannot join the current block (another
 // bucket, other limits) is given back at once.
 func (c *counter) addBlockLocked(lim state.Limits, bucket int64, id uint64, k, t int64) {
-	now := window.BucketOf(c.b.now().UnixNano())
+	now := window.BucketOf(c.b.windowNow().UnixNano())
 	if c.blk != nil && (c.blk.bucket < now || c.blk.lim != lim) {
 		c.retireBlockLocked()
 	}

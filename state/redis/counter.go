@@ -66,7 +66,7 @@ func newCounter(b *Backend, id string) *counter {
 		tickets: make(map[uint64]struct{}),
 		lastUse: b.ticks.Load(),
 	}
-	c.ring.Reset(window.BucketOf(b.now().UnixNano()))
+	c.ring.Reset(window.BucketOf(b.windowNow().UnixNano()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
 	return c
@@ -79,10 +79,6 @@ func (c *counter) member(id uint64) string {
 	return string(m.b[:m.n])
 }
 
-// leaseArgs are the wall-clock now and a lease expiry from now, in Unix milliseconds.
-func (c *counter) leaseArgs(wall time.Time) (now, until int64) {
-	return wall.UnixMilli(), wall.Add(c.b.leaseTTL).UnixMilli()
-}
 
 // Admit checks r against lim and reserves it: in Redis while it answers, else locally at a
 // fair share of lim.
@@ -90,10 +86,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	// A negative reservation would give back room nobody used; every backend counts it as 0.
 	r.Requests, r.Tokens = max(r.Requests, 0), max(r.Tokens, 0)
 	b := c.b
-	now := b.now().UnixNano()
-	wall := time.Now()
+	now := b.windowNow().UnixNano()
 	if lim.MaxParallel == 0 {
-		if t, ok := c.takeBlock(lim, r, now, wall.UnixNano()); ok {
+		if t, ok := c.takeBlock(lim, r, now, time.Now().UnixNano()); ok {
 			return t, nil
 		}
 	}
@@ -115,20 +110,20 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.mu.Unlock()
 	}
 	if fetch == nil {
-		t, err := c.admitRedis(lim, r, now, wall, r.Requests, r.Tokens)
+		t, err := c.admitRedis(lim, r, r.Requests, r.Tokens)
 		if err != nil && errors.Is(err, state.ErrNoCapacity) && lim.MaxParallel == 0 && c.waitFetch() {
 			// A block reserved meanwhile may hold what Redis refused.
-			if t, ok := c.takeBlock(lim, r, b.now().UnixNano(), 0); ok {
+			if t, ok := c.takeBlock(lim, r, b.windowNow().UnixNano(), 0); ok {
 				return t, nil
 			}
 		}
 		return t, err
 	}
-	t, err := c.admitRedis(lim, r, now, wall, k, tokens)
+	t, err := c.admitRedis(lim, r, k, tokens)
 	c.fetched(fetch)
 	if err == errBlockRefused {
 		// The block did not fit (other nodes used the room the cache showed): r alone may.
-		return c.admitRedis(lim, r, b.now().UnixNano(), time.Now(), r.Requests, r.Tokens)
+		return c.admitRedis(lim, r, r.Requests, r.Tokens)
 	}
 	return t, err
 }
@@ -138,12 +133,10 @@ var errBlockRefused = errors.New("block refused")
 
 // admitRedis admits r in one round trip. With k requests and tokens larger than r's, it
 // reserves a block of them instead, r admitted from it.
-func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, wall time.Time, k, tokens int64) (state.Ticket, error) {
+func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens int64) (state.Ticket, error) {
 	b := c.b
 	isBlock := k != r.Requests || tokens != r.Tokens
-	bucket := window.BucketOf(now)
 	id := b.seq.Add(1)
-	wallMs, until := c.leaseArgs(wall)
 	ctx, cancel := b.ctx()
 	defer cancel()
 	// This node's pending ends of the deployment are finished first, in the same script: the
@@ -152,11 +145,15 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, w
 	var opsBuf [maxEndsPerCall]endOp
 	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
 	kc := c.admitCall(ctx, id, ops,
-		bucket, wallMs, until, lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
+		b.overrideMs(), b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
 	defer kc.release()
 	ks := [1]*call{kc}
+	sent := time.Now()
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
+	if err == nil {
+		b.srv.seen(sent, rep.serverUs)
+	}
 	var w *snapshot
 	if err == nil && rep.status != 1 {
 		// A refusal carries the whole window: the wait is computed from it.
@@ -193,8 +190,10 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, w
 	b.succeeded()
 	if w != nil {
 		// From the reply's own window, not the cache: the cache may already hold a newer
-		// reply, and the wait must be the one the refusal was made on.
-		w.ring.Advance(bucket)
+		// reply, and the wait must be the one the refusal was made on. The refusal was made at
+		// the window's head, the server's bucket then (or later, if its clock stepped back).
+		now := b.windowNow().UnixNano()
+		w.ring.Advance(window.BucketOf(now))
 		if isBlock {
 			return state.Ticket{}, errBlockRefused
 		}
@@ -232,7 +231,7 @@ func (c *counter) localRetryAfter(lim state.Limits, r state.Reservation) time.Du
 // window and this node's local counts; 0 when it fits now. In-flight calls are left out: the
 // cached count includes this node's Redis calls, whose ends Redis may never hear of.
 func (c *counter) cachedWaitLocked(now time.Time, lim state.Limits, r state.Reservation) time.Duration {
-	ns := now.UnixNano()
+	ns := c.b.windowNow().UnixNano()
 	c.ring.Advance(window.BucketOf(ns))
 	local := c.local.LoadAt(now)
 	room := state.Limits{RPM: lim.RPM, TPM: lim.TPM}
@@ -364,9 +363,9 @@ func (c *counter) flush() {
 	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	bucket := window.BucketOf(b.now().UnixNano())
-	ks := c.endCalls(ctx, ops, bucket, time.Now().UnixMilli())
+	ks := c.endCalls(ctx, ops)
 	defer releaseCalls(ks)
+	sent := time.Now()
 	b.runCalls(ctx, ks)
 	if err := ks[0].cmd.Err(); err != nil {
 		b.failed(err)
@@ -380,6 +379,7 @@ func (c *counter) flush() {
 		rep, err := k.reply()
 		c.confirmEndsLocked(chunk, &rep, err)
 		if err == nil {
+			b.srv.seen(sent, rep.serverUs)
 			c.applyReplyLocked(&rep)
 		}
 	}
@@ -390,11 +390,11 @@ func (c *counter) flush() {
 }
 
 // endCalls builds the calls of end.lua that finish ops, maxEndsPerCall in each.
-func (c *counter) endCalls(ctx context.Context, ops []endOp, bucket, wallMs int64) []*call {
+func (c *counter) endCalls(ctx context.Context, ops []endOp) []*call {
 	ks := make([]*call, 0, (len(ops)+maxEndsPerCall-1)/maxEndsPerCall)
 	for len(ops) > 0 {
 		n := min(len(ops), maxEndsPerCall)
-		ks = append(ks, c.endCall(ctx, ops[:n], bucket, wallMs))
+		ks = append(ks, c.endCall(ctx, ops[:n]))
 		ops = ops[n:]
 	}
 	return ks
@@ -491,12 +491,16 @@ func (c *counter) inFlightLocked() int64 {
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
-func (c *counter) Load() state.Load { return c.LoadAt(c.b.now()) }
+func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.b.windowNow()) }
 
-// LoadAt is Load as of t from the cache, without a round trip. While degraded it is the local
-// fallback's counts times the node count: an estimate of the cluster's use that makes
-// routing's check against the whole limit agree with admission's check against the share.
-func (c *counter) LoadAt(t time.Time) state.Load {
+// LoadAt is Load as of t (on this node's clock) from the cache, without a round trip. While
+// degraded it is the local fallback's counts times the node count: an estimate of the cluster's
+// use that makes routing's check against the whole limit agree with admission's check against
+// the share.
+func (c *counter) LoadAt(t time.Time) state.Load { return c.loadAt(t, c.b.windowAt(t)) }
+
+// loadAt is LoadAt with t's time on the window's clock too (the server's).
+func (c *counter) loadAt(t, wt time.Time) state.Load {
 	if c.b.open.Load() {
 		l := c.local.LoadAt(t)
 		n := c.b.nodes.Load()
@@ -506,7 +510,7 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 		c.mu.Unlock()
 		return l
 	}
-	now := t.UnixNano()
+	now := wt.UnixNano()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.lastUse = c.b.ticks.Load() // not the clock: routing calls LoadAt for every deployment
@@ -522,7 +526,7 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 	}
 	// A correction counted twice for a moment (see applyHeaderLocked) never reads below zero.
 	l := state.Load{Requests: max(req, 0), Tokens: max(tok, 0), InFlight: c.inFlightLocked()}
-	l.Latency, l.TTFT = c.latencies(now)
+	l.Latency, l.TTFT = c.latencies(t.UnixNano())
 	return l
 }
 
@@ -537,8 +541,6 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	if b.open.Load() {
 		return c.localRetryAfter(lim, r)
 	}
-	now := b.now().UnixNano()
-	wall := time.Now()
 	ctx, cancel := b.ctx()
 	defer cancel()
 	// Pending ends go first, as in Admit: the wait counts them.
@@ -547,12 +549,18 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	pipe := b.client.Pipeline()
 	var k *call
 	if len(ops) > 0 {
-		k = c.endCall(ctx, ops, window.BucketOf(now), wall.UnixMilli())
+		k = c.endCall(ctx, ops)
 		defer k.release()
 		_ = pipe.Process(ctx, k.cmd)
 	}
-	rc := c.queueRead(ctx, pipe, wall)
+	sent := time.Now()
+	tc := pipe.Time(ctx)
+	rc := c.queueRead(ctx, pipe, b.leaseNow())
 	cmds, _ := pipe.Exec(ctx)
+	if st, err := tc.Result(); err == nil {
+		b.srv.seen(sent, st.UnixMicro())
+	}
+	now := b.windowNow().UnixNano()
 	var inFlight int64
 	var blob string
 	err := pipelineErr(cmds)
@@ -684,15 +692,15 @@ func (c *counter) activeSince(t int64) bool {
 	return c.lastUse >= t
 }
 
-// renew queues the extension of this node's leases on the counter's calls in flight. XX never
-// re-adds a ticket that ended meanwhile.
+// renew queues the extension of this node's leases on the counter's calls in flight to
+// LeaseTTL after wall, the server's time. XX never re-adds a ticket that ended meanwhile.
 func (c *counter) renew(ctx context.Context, pipe goredis.Pipeliner, wall time.Time) {
 	c.mu.Lock()
 	if len(c.tickets) == 0 {
 		c.mu.Unlock()
 		return
 	}
-	_, until := c.leaseArgs(wall)
+	until := wall.Add(c.b.leaseTTL).UnixMilli()
 	members := make([]goredis.Z, 0, len(c.tickets))
 	for id := range c.tickets {
 		members = append(members, goredis.Z{Score: float64(until), Member: c.member(id)})

@@ -58,7 +58,7 @@ var calls = sync.Pool{New: func() any { return new(call) }}
 // packedInts is the scripts' ARGV[1]: their integer arguments as little-endian int64s, read with
 // one struct.unpack instead of one tonumber per argument.
 type packedInts struct {
-	b [8 * (8 + 3*maxEndsPerCall)]byte
+	b [8 * (7 + 3*maxEndsPerCall)]byte
 	n int
 }
 
@@ -107,10 +107,10 @@ func (c *counter) admitCall(ctx context.Context, id uint64, ops []endOp, ints ..
 }
 
 // endCall builds a call of end.lua finishing ops (at most maxEndsPerCall).
-func (c *counter) endCall(ctx context.Context, ops []endOp, bucket, wallMs int64) *call {
+func (c *counter) endCall(ctx context.Context, ops []endOp) *call {
 	k := calls.Get().(*call)
 	k.ints.n = 0
-	k.ints.add(bucket, wallMs)
+	k.ints.add(c.b.overrideMs())
 	args := append(k.args[:0], "evalsha", endScript.sha, 2, c.keyArgs[0], c.keyArgs[1], &k.ints)
 	args = append(args, c.b.endArgs...)
 	k.finish(ctx, c.b.node, args, ops, 0)
@@ -200,9 +200,11 @@ func (b *Backend) loadScripts(ctx context.Context) error {
 }
 
 // reply is a script's answer, as lua/window.lua's reply() packs it: a status, the calls in
-// flight, then nothing (there is no window), the window's header, or the whole window.
+// flight, the server's time, then nothing (there is no window), the window's header, or the
+// whole window.
 type reply struct {
 	status, inFlight int64
+	serverUs         int64 // the Redis server's clock when the script ran, Unix microseconds
 	kind             replyKind
 	head, ver        int64  // the header (kind header or whole)
 	requests, tokens int64  // the window's sums (kind header or whole)
@@ -221,6 +223,7 @@ const (
 // head bucket's requests and tokens, then requests and tokens per ring slot (the head's stale),
 // each a little-endian int64. A reply's header is the first four.
 const (
+	replyPrefix      = 24 // status, in flight, server time
 	headerBytes      = 48
 	replyHeaderBytes = 32
 	ringBytes        = headerBytes + 16*int(window.RingSize)
@@ -236,18 +239,19 @@ func le(s string, i int) int64 {
 func parseReply(raw string) (reply, error) {
 	r := reply{}
 	switch len(raw) {
-	case 16:
+	case replyPrefix:
 		r.kind = noWindow
-	case 16 + replyHeaderBytes:
+	case replyPrefix + replyHeaderBytes:
 		r.kind = header
-	case 16 + ringBytes:
-		r.kind, r.whole = whole, raw[16:]
+	case replyPrefix + ringBytes:
+		r.kind, r.whole = whole, raw[replyPrefix:]
 	default:
 		return reply{}, fmt.Errorf("script reply is %d bytes", len(raw))
 	}
-	r.status, r.inFlight = le(raw, 0), le(raw, 8)
+	r.status, r.inFlight, r.serverUs = le(raw, 0), le(raw, 8), le(raw, 16)
 	if r.kind != noWindow {
-		r.head, r.ver, r.requests, r.tokens = le(raw, 16), le(raw, 24), le(raw, 32), le(raw, 40)
+		p := replyPrefix
+		r.head, r.ver, r.requests, r.tokens = le(raw, p), le(raw, p+8), le(raw, p+16), le(raw, p+24)
 	}
 	return r, nil
 }

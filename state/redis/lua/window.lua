@@ -97,6 +97,22 @@ local function save(key, w)
   redis.call('SETRANGE', key, 0, struct.pack(HEADER, w[1], w[2], w[3], w[4], w[5], w[6]))
 end
 
+-- clock reads the Redis server's clock: every node's window and leases run on it, so no node's
+-- clock can move a bucket or expire another node's lease. It returns the window's bucket (Unix
+-- seconds) and the server's time in milliseconds (leases) and microseconds (the reply, from which
+-- herd estimates the server's clock). override_ms, when not 0, replaces the window's time only:
+-- tests move a fake clock through it (state/redis's Options.serverNow); leases stay on the server's.
+local function clock(override_ms)
+  -- Redis 5 and later replicate a script's effects, never its calls, so TIME before a write is
+  -- allowed; 3.2 and 4 need this first (from 7.0 on it does nothing).
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  local sec, us = tonumber(t[1]), tonumber(t[2])
+  local bucket = sec
+  if override_ms ~= 0 then bucket = math.floor(override_ms / 1000) end
+  return bucket, sec * 1000 + math.floor(us / 1000), sec * 1000000 + us
+end
+
 -- ints returns ARGV[1], the caller's integer arguments as little-endian int64s, as a table.
 local function ints()
   local v = {struct.unpack('<' .. string.rep('i8', #ARGV[1] / 8), ARGV[1])}
@@ -142,10 +158,11 @@ local function sweep(now_ms)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], int(-now_ms), '(0')
 end
 
--- reply is what herd gets back: a status, the calls in flight, then w's head, version and sums
--- (nothing when there is no window), or the whole window as stored.
-local function reply(key, status, in_flight, w, whole)
-  local r = struct.pack('<i8i8', status, in_flight)
+-- reply is what herd gets back: a status, the calls in flight, the server's time (microseconds,
+-- see clock), then w's head, version and sums (nothing when there is no window), or the whole
+-- window as stored.
+local function reply(key, status, in_flight, now_us, w, whole)
+  local r = struct.pack('<i8i8i8', status, in_flight, now_us)
   if not w then return r end
   if whole then return r .. redis.call('GET', key) end
   return r .. struct.pack('<i8i8i8i8', w[1], w[2], w[3], w[4])
