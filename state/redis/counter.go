@@ -79,7 +79,6 @@ func (c *counter) member(id uint64) string {
 	return string(m.b[:m.n])
 }
 
-
 // Admit checks r against lim and reserves it: in Redis while it answers, else locally at a
 // fair share of lim.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
