@@ -7,14 +7,17 @@ import (
 
 // serverClock estimates the Redis server's clock, which every node's windows and leases run on
 // (see "Time" in the package comment), from the server time each script reply (and each refresh)
-// carries. The estimate is an upper bound: the server read its clock after the call was sent, so
-// at any later moment x its clock reads at most T + (x - sent), measured on this process's
-// monotonic clock, which no wall-clock step moves. Erring late is the safe side: this node then
-// leaves a block's bucket early, never late.
+// carries. The server read its clock T between the call's sending and its reply, so at any later
+// moment x its clock reads at most T + (x - sent) (now: the upper bound) and at least
+// T + (x - received) (low), measured on this process's monotonic clock, which no wall-clock step
+// moves. Each use errs on its safe side: this node leaves a block's bucket by the upper bound,
+// early rather than late; it ages its cached window and tells the scripts the latest bucket it
+// has seen (the floor they count in) by the lower bound, so neither runs ahead of the server.
 type serverClock struct {
-	base time.Time    // the monotonic origin of sent
-	off  atomic.Int64 // server Unix ns minus sent (ns since base) of the latest sample
-	sent atomic.Int64 // when the latest sample's call was sent, ns since base; 0: none yet
+	base  time.Time    // the monotonic origin of sent
+	off   atomic.Int64 // server Unix ns minus sent (ns since base) of the latest sample
+	offLo atomic.Int64 // server Unix ns minus received (ns since base) of the latest sample
+	sent  atomic.Int64 // when the latest sample's call was sent, ns since base; 0: none yet
 }
 
 func newServerClock() *serverClock { return &serverClock{base: time.Now()} }
@@ -33,6 +36,7 @@ func (s *serverClock) seen(sent time.Time, serverUs int64) {
 	}
 	s.sent.Store(at)
 	s.off.Store(serverUs*1000 - at)
+	s.offLo.Store(serverUs*1000 - time.Since(s.base).Nanoseconds())
 }
 
 // now is the estimate, or this host's wall clock before the server ever answered.
@@ -43,11 +47,19 @@ func (s *serverClock) now() time.Time {
 	return time.Unix(0, s.off.Load()+time.Since(s.base).Nanoseconds())
 }
 
+// low is the lower bound, or this host's wall clock before the server ever answered.
+func (s *serverClock) low() time.Time {
+	if s.sent.Load() == 0 {
+		return time.Now()
+	}
+	return time.Unix(0, s.offLo.Load()+time.Since(s.base).Nanoseconds())
+}
+
 // leaseNow is the server's time for leases: always the estimate of the server's clock.
 func (b *Backend) leaseNow() time.Time { return b.srv.now() }
 
-// windowNow is the server's time for windows: the estimate, or in tests the clock that stands in
-// for the server's (Options.serverNow).
+// windowNow is the server's time for windows, its upper bound (blocks, waits), or in tests the
+// clock that stands in for the server's (Options.serverNow).
 func (b *Backend) windowNow() time.Time {
 	if b.override != nil {
 		return b.override()
@@ -55,13 +67,21 @@ func (b *Backend) windowNow() time.Time {
 	return b.srv.now()
 }
 
-// windowAt is the window time of t, a time on this node's clock (Options.Now): the server's time
-// now, moved by t's distance from this node's now.
+// windowLow is windowNow's lower bound, which the cached window ages by.
+func (b *Backend) windowLow() time.Time {
+	if b.override != nil {
+		return b.override()
+	}
+	return b.srv.low()
+}
+
+// windowAt is the window time (lower bound) of t, a time on this node's clock (Options.Now): the
+// server's time now, moved by t's distance from this node's now.
 func (b *Backend) windowAt(t time.Time) time.Time {
 	if b.override != nil {
 		return t
 	}
-	return b.srv.now().Add(t.Sub(b.now()))
+	return b.srv.low().Add(t.Sub(b.now()))
 }
 
 // overrideMs is the scripts' window clock override: 0 (the server's clock) but in tests.

@@ -48,6 +48,7 @@ type counter struct {
 	blk                         *block
 	blkInFlight                 int64
 	fetching                    chan struct{}
+	fetchSeq                    uint64 // block reservations started, ever: see applyRead
 	rateSlot, rateCur, ratePrev int64
 	meanTok                     int64
 	latency                     window.Samples
@@ -66,7 +67,7 @@ func newCounter(b *Backend, id string) *counter {
 		tickets: make(map[uint64]struct{}),
 		lastUse: b.ticks.Load(),
 	}
-	c.ring.Reset(window.BucketOf(b.windowNow().UnixNano()))
+	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
 	return c
@@ -83,7 +84,8 @@ func (c *counter) member(id uint64) string {
 // fair share of lim.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
 	// A negative reservation would give back room nobody used; every backend counts it as 0.
-	r.Requests, r.Tokens = max(r.Requests, 0), max(r.Tokens, 0)
+	// Redis counts in Lua's doubles, exact only below maxCount.
+	r.Requests, r.Tokens = clampCount(r.Requests), clampCount(r.Tokens)
 	b := c.b
 	now := b.windowNow().UnixNano()
 	if lim.MaxParallel == 0 {
@@ -102,8 +104,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.mu.Lock()
 		if c.fetching == nil {
 			if k, tokens = c.blockSizeLocked(lim, r, now); k > 1 {
-				fetch = make(chan struct{})
-				c.fetching = fetch
+				fetch = c.startFetchLocked()
 			}
 		}
 		c.mu.Unlock()
@@ -127,6 +128,14 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	return t, err
 }
 
+// startFetchLocked marks a block reservation as on its way; fetched ends it.
+func (c *counter) startFetchLocked() chan struct{} {
+	fetch := make(chan struct{})
+	c.fetching = fetch
+	c.fetchSeq++
+	return fetch
+}
+
 // errBlockRefused is admitRedis's refusal of a block: the caller tries r alone.
 var errBlockRefused = errors.New("block refused")
 
@@ -142,9 +151,9 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 	// decision counts them, as the caller expects of a Settle that returned, and they cost no
 	// round trip of their own.
 	var opsBuf [maxEndsPerCall]endOp
-	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
+	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
 	kc := c.admitCall(ctx, id, ops,
-		b.overrideMs(), b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
+		b.overrideMs(), floor, b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
 	defer kc.release()
 	ks := [1]*call{kc}
 	sent := time.Now()
@@ -174,7 +183,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		c.applyLocked(rep.inFlight, w)
 	} else {
 		c.tickets[id] = struct{}{}
-		c.applyHeaderLocked(&rep)
+		c.admitCountedLocked(&rep, k, tokens)
 		t = state.Ticket{Reserved: r, Bucket: rep.head, ID: id}
 		if isBlock {
 			// r is the block's first admission; the rest is the block (given back at once if
@@ -196,7 +205,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		if isBlock {
 			return state.Ticket{}, errBlockRefused
 		}
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: w.ring.RetryAfter(now, rep.inFlight, lim, r)}
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: retryAfter(&w.ring, now, rep.inFlight, lim, r)}
 	}
 	return t, nil
 }
@@ -230,7 +239,7 @@ func (c *counter) localRetryAfter(lim state.Limits, r state.Reservation) time.Du
 // window and this node's local counts; 0 when it fits now. In-flight calls are left out: the
 // cached count includes this node's Redis calls, whose ends Redis may never hear of.
 func (c *counter) cachedWaitLocked(now time.Time, lim state.Limits, r state.Reservation) time.Duration {
-	ns := c.b.windowNow().UnixNano()
+	ns := c.b.windowLow().UnixNano()
 	c.ring.Advance(window.BucketOf(ns))
 	local := c.local.LoadAt(now)
 	room := state.Limits{RPM: lim.RPM, TPM: lim.TPM}
@@ -265,10 +274,10 @@ func (b *Backend) fairShare(lim state.Limits) state.Limits {
 // Settle replaces t's reserved tokens with the real usage, in the bucket they were reserved in.
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	if t.ID&blockTicket != 0 {
-		c.endBlockTicket(t, 0, u.Total()-t.Reserved.Tokens, false)
+		c.endBlockTicket(t, 0, clampCount(u.Total())-t.Reserved.Tokens, false)
 		return
 	}
-	c.end(t, 0, u.Total()-t.Reserved.Tokens, func() { c.local.Settle(t, u) })
+	c.end(t, 0, clampCount(u.Total())-t.Reserved.Tokens, func() { c.local.Settle(t, u) })
 }
 
 // Release gives t's reservation back, if its bucket is still in the window.
@@ -316,11 +325,19 @@ type endOp struct {
 	adjust           bool  // an adjustment (escrow), not the end of a lease: frees no in-flight slot
 }
 
-// takeEnds marks up to limit unsent ends as sent and appends them to dst, oldest first. When
-// none is left unsent, the flush timer has nothing to wait for: it stops.
-func (c *counter) takeEnds(dst []endOp, limit int) []endOp {
+// takeEndsFloor is takeEndsLocked, and the floor for a script call: the latest bucket of the server's
+// clock this node has seen (its cached window's head, aged by the lower bound).
+func (c *counter) takeEndsFloor(dst []endOp, limit int) ([]endOp, int64) {
+	low := window.BucketOf(c.b.windowLow().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.ring.Advance(low)
+	return c.takeEndsLocked(dst, limit), c.ring.Head()
+}
+
+// takeEndsLocked marks up to limit unsent ends as sent and appends them to dst, oldest first.
+// When none is left unsent, the flush timer has nothing to wait for: it stops.
+func (c *counter) takeEndsLocked(dst []endOp, limit int) []endOp {
 	n := len(dst)
 	left := false
 	for i := range c.ends {
@@ -356,13 +373,13 @@ func (c *counter) flush() {
 		c.dropEnds()
 		return
 	}
-	ops := c.takeEnds(nil, maxFlush)
+	ops, floor := c.takeEndsFloor(nil, maxFlush)
 	if len(ops) == 0 {
 		return
 	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	ks := c.endCalls(ctx, ops)
+	ks := c.endCalls(ctx, ops, floor)
 	defer releaseCalls(ks)
 	sent := time.Now()
 	b.runCalls(ctx, ks)
@@ -389,11 +406,11 @@ func (c *counter) flush() {
 }
 
 // endCalls builds the calls of end.lua that finish ops, maxEndsPerCall in each.
-func (c *counter) endCalls(ctx context.Context, ops []endOp) []*call {
+func (c *counter) endCalls(ctx context.Context, ops []endOp, floor int64) []*call {
 	ks := make([]*call, 0, (len(ops)+maxEndsPerCall-1)/maxEndsPerCall)
 	for len(ops) > 0 {
 		n := min(len(ops), maxEndsPerCall)
-		ks = append(ks, c.endCall(ctx, ops[:n]))
+		ks = append(ks, c.endCall(ctx, ops[:n], floor))
 		ops = ops[n:]
 	}
 	return ks
@@ -432,7 +449,7 @@ func (c *counter) applyReplyLocked(rep *reply) {
 		c.noWindowLocked(rep.inFlight)
 		return
 	}
-	c.applyHeaderLocked(rep)
+	_ = c.applyHeaderLocked(rep) // this node's ends are in the cache already
 }
 
 func (c *counter) forgetEndLocked(id uint64) {
@@ -490,7 +507,7 @@ func (c *counter) inFlightLocked() int64 {
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
-func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.b.windowNow()) }
+func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.b.windowLow()) }
 
 // LoadAt is Load as of t (on this node's clock) from the cache, without a round trip. While
 // degraded it is the local fallback's counts times the node count: an estimate of the cluster's
@@ -544,11 +561,11 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	defer cancel()
 	// Pending ends go first, as in Admit: the wait counts them.
 	var opsBuf [maxEndsPerCall]endOp
-	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
+	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
 	pipe := b.client.Pipeline()
 	var k *call
 	if len(ops) > 0 {
-		k = c.endCall(ctx, ops)
+		k = c.endCall(ctx, ops, floor)
 		defer k.release()
 		_ = pipe.Process(ctx, k.cmd)
 	}
@@ -578,7 +595,7 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	}
 	if err != nil {
 		b.failed(err)
-		c.ring.Advance(window.BucketOf(now))
+		c.ring.Advance(window.BucketOf(b.windowLow().UnixNano()))
 		return c.ring.RetryAfter(now, c.inFlightLocked(), lim, r)
 	}
 	b.succeeded()
@@ -587,6 +604,15 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	// only in its sums: the wait must be exact, as Admit's.
 	w.ring.Advance(window.BucketOf(now))
 	return w.ring.RetryAfter(now, inFlight, lim, r)
+}
+
+// retryAfter is w's RetryAfter, but for a refusal no limit explains (the head bucket could not
+// hold r: see lua/admit.lua's MAX), which may be retried in the next bucket.
+func retryAfter(w *window.Ring, now, inFlight int64, lim state.Limits, r state.Reservation) time.Duration {
+	if d := w.RetryAfter(now, inFlight, lim, r); d > 0 {
+		return d
+	}
+	return time.Duration(window.BucketNanos - (now - window.BucketOf(now)*window.BucketNanos))
 }
 
 // ObserveLatency records a finished call's latency, and a stream's time to first token.
@@ -604,9 +630,13 @@ func (c *counter) ObserveLatency(latency, ttft time.Duration) {
 // way to Redis at any time during the read: the window may or may not count them, and the
 // cache, which counts them until their replies confirm them, would count them twice until then.
 // Their replies bring the cache up to date anyway.
+//
+// Likewise while a block reservation was on its way: the window may count the block before its
+// reply has made it the block, and Load would show the whole block as admitted until then.
 func (c *counter) applyRead(r readCmds, inFlight int64, blob string) {
 	c.mu.Lock()
-	raced := r.busy || c.inTransit > 0 || c.endsSent != r.endsSent
+	raced := r.busy || c.inTransit > 0 || c.endsSent != r.endsSent ||
+		c.fetching != nil || c.fetchSeq != r.fetchSeq
 	c.mu.Unlock()
 	if !raced {
 		c.apply(inFlight, blob)
@@ -666,22 +696,35 @@ func (c *counter) olderLocked(head, ver int64) bool {
 // race: a reply from a script that ran after an end whose own reply is not read yet (another
 // goroutine's round trip) counts that end twice, for the moment until confirmEndsLocked takes it
 // out again.
-func (c *counter) applyHeaderLocked(r *reply) {
+//
+// It reports whether the cache had aged past the reply's head (the server's clock moved on while
+// the reply was on its way, or stepped back, or Load ran ahead of the last script): the reply's
+// sums then still count buckets the cache has dropped, and the cache keeps its own sums until the
+// next reply. What the reply's own call reserved is then the caller's to count (admitCounted).
+func (c *counter) applyHeaderLocked(r *reply) (behind bool) {
 	if c.olderLocked(r.head, r.ver) {
-		return
+		return false
 	}
 	c.seen, c.seenHead, c.seenVer = true, r.head, r.ver
 	c.reported = r.inFlight
 	if r.head < c.ring.Head() {
-		// The cache aged past the reply's head while the reply was on its way (the clock just
-		// crossed a bucket edge): the reply's sums still count buckets the cache has dropped.
-		// The cache keeps its own sums until the next reply.
-		return
+		return true
 	}
 	c.ring.Advance(r.head)
 	req, tok := c.ring.Sums()
 	endReq, endTok := c.endSumsLocked()
 	c.ring.Add(r.head, r.requests+endReq-req, r.tokens+endTok-tok)
+	return false
+}
+
+// admitCountedLocked folds the reply to this node's admission of requests and tokens into the
+// cache: the header as applyHeaderLocked does, or, when the cache is ahead of the reply's head,
+// the admission itself, in the bucket Redis counted it in (a newer reply then brings the other
+// nodes' changes). Without that the cache missed it until the next refresh.
+func (c *counter) admitCountedLocked(r *reply, requests, tokens int64) {
+	if c.applyHeaderLocked(r) {
+		c.ring.Add(r.head, requests, tokens)
+	}
 }
 
 // activeSince reports whether the counter was used at or after loop tick t.
@@ -713,19 +756,21 @@ func (c *counter) renew(ctx context.Context, pipe goredis.Pipeliner, wall time.T
 type readCmds struct {
 	w        *goredis.StringCmd
 	f        *goredis.IntCmd
-	busy     bool   // ends were on their way to Redis when the read was queued
+	busy     bool   // ends or a block reservation were on their way to Redis when the read was queued
 	endsSent uint64 // the counter's endsSent then
+	fetchSeq uint64 // and its fetchSeq
 }
 
 func (c *counter) queueRead(ctx context.Context, pipe goredis.Pipeliner, wall time.Time) readCmds {
 	c.mu.Lock()
-	busy, sent := c.inTransit > 0, c.endsSent
+	busy, sent, fetches := c.inTransit > 0 || c.fetching != nil, c.endsSent, c.fetchSeq
 	c.mu.Unlock()
 	return readCmds{
 		w:        pipe.Get(ctx, c.keys[0]),
 		f:        pipe.ZCount(ctx, c.keys[1], "("+strconv.FormatInt(wall.UnixMilli(), 10), "+inf"),
 		busy:     busy,
 		endsSent: sent,
+		fetchSeq: fetches,
 	}
 }
 

@@ -216,6 +216,9 @@ type Options struct {
 	// (never in leases): the scripts get its time instead of reading TIME, so a test moves a fake
 	// clock through a window. Production code never sets it: no node's clock may move a window.
 	serverNow func() time.Time
+	// noBlocks, in this package's tests only, turns escrow blocks off: every admission is a
+	// round trip.
+	noBlocks bool
 }
 
 // LogValue lets Options be logged without the password (or the TLS and client internals).
@@ -298,6 +301,7 @@ type Backend struct {
 	now        func() time.Time // this node's clock: latencies and the local fallback only
 	srv        *serverClock     // the Redis server's clock, as replies show it: windows and leases
 	override   func() time.Time // Options.serverNow (tests)
+	noBlocks   bool             // Options.noBlocks (tests)
 	latencyTTL int64
 	timeout    time.Duration
 	leaseTTL   time.Duration
@@ -403,6 +407,7 @@ func New(opts Options) (*Backend, error) {
 		now:        opts.Now,
 		srv:        newServerClock(),
 		override:   opts.serverNow,
+		noBlocks:   opts.noBlocks,
 		latencyTTL: int64(opts.LatencyTTL),
 		timeout:    opts.Timeout,
 		leaseTTL:   opts.LeaseTTL,

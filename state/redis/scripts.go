@@ -50,6 +50,15 @@ type call struct {
 	cmd     *goredis.Cmd
 }
 
+// maxCount bounds a bucket's count in Redis (lua/window.lua's MAX), and so every reservation and
+// correction herd sends: the scripts count in Lua's doubles, exact only up to 2^53, and a
+// window's sums of RingSize buckets plus one reservation must stay exact. About 1.4e14 requests
+// or tokens per second: honest counting never comes near.
+const maxCount = (1 << 53) / (window.RingSize + 2)
+
+// clampCount is n within [0, maxCount].
+func clampCount(n int64) int64 { return min(max(n, 0), maxCount) }
+
 // maxEndsPerCall is the most ended calls one script call finishes.
 const maxEndsPerCall = 16
 
@@ -58,7 +67,7 @@ var calls = sync.Pool{New: func() any { return new(call) }}
 // packedInts is the scripts' ARGV[1]: their integer arguments as little-endian int64s, read with
 // one struct.unpack instead of one tonumber per argument.
 type packedInts struct {
-	b [8 * (7 + 3*maxEndsPerCall)]byte
+	b [8 * (8 + 3*maxEndsPerCall)]byte
 	n int
 }
 
@@ -106,11 +115,11 @@ func (c *counter) admitCall(ctx context.Context, id uint64, ops []endOp, ints ..
 	return k
 }
 
-// endCall builds a call of end.lua finishing ops (at most maxEndsPerCall).
-func (c *counter) endCall(ctx context.Context, ops []endOp) *call {
+// endCall builds a call of end.lua finishing ops (at most maxEndsPerCall), floor as in admit.lua.
+func (c *counter) endCall(ctx context.Context, ops []endOp, floor int64) *call {
 	k := calls.Get().(*call)
 	k.ints.n = 0
-	k.ints.add(c.b.overrideMs())
+	k.ints.add(c.b.overrideMs(), floor)
 	args := append(k.args[:0], "evalsha", endScript.sha, 2, c.keyArgs[0], c.keyArgs[1], &k.ints)
 	args = append(args, c.b.endArgs...)
 	k.finish(ctx, c.b.node, args, ops, 0)
