@@ -148,7 +148,7 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	ctx, cancel := b.ctx()
 	defer cancel()
 	var opsBuf [maxEndsPerCall]endOp
-	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
+	ops, floor, trip := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall, true)
 	kc := c.admitCall(ctx, id, ops, b.overrideMs(), floor, b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, 0, k, t)
 	defer kc.release()
 	ks := [1]*call{kc}
@@ -159,8 +159,8 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 		b.srv.seen(sent, rep.serverUs)
 	}
 	c.mu.Lock()
-	c.confirmEndsLocked(ops, &rep, err)
 	if err != nil {
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, err, nil)
 		c.mu.Unlock()
 		b.failed(err)
 		return
@@ -168,8 +168,10 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b.stats.blockReserves.Add(1)
 	if rep.status == 1 {
 		c.tickets[id] = struct{}{}
-		c.admitCountedLocked(&rep, k, t)
+		c.readReplyLocked(trip, ops, k, t, true, &rep, nil, nil)
 		c.addBlockLocked(lim, rep.head, id, k, t)
+	} else {
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, nil, nil) // its header serves
 	}
 	c.mu.Unlock()
 	b.succeeded()
@@ -275,25 +277,41 @@ func (c *counter) endBlockTicket(t state.Ticket, requests, tokens int64, release
 		c.b.stats.droppedEnds.Add(1)
 		return
 	}
+	e := endOp{id: c.b.seq.Add(1), bucket: t.Bucket, requests: requests, tokens: tokens, adjust: true}
+	e.cachedReq, e.cachedTok = c.addEndLocked(e.bucket, requests, tokens)
 	for i := range c.ends {
-		if e := &c.ends[i]; e.adjust && !e.sent && e.bucket == t.Bucket {
-			// Each within ±maxCount, and so is what a bucket holds: the sum may be kept there.
-			e.requests = min(max(e.requests+requests, -maxCount), maxCount)
-			e.tokens = min(max(e.tokens+tokens, -maxCount), maxCount)
-			c.ring.Add(t.Bucket, requests, tokens)
+		// Summed with an adjustment of the same bucket still waiting, unless Redis would count
+		// the sum otherwise than the parts, as the cache did: when the bucket's cap cut either.
+		if a := &c.ends[i]; a.adjust && !a.sent && a.bucket == e.bucket && uncut(*a) && uncut(e) &&
+			fits(a.requests, e.requests) && fits(a.tokens, e.tokens) {
+			a.requests += e.requests
+			a.tokens += e.tokens
+			a.cachedReq += e.cachedReq
+			a.cachedTok += e.cachedTok
 			return
 		}
 	}
-	c.queueEndLocked(endOp{id: c.b.seq.Add(1), bucket: t.Bucket, requests: requests, tokens: tokens, adjust: true})
+	c.appendEndLocked(e)
 }
+
+// uncut reports whether the cache counted all of e's correction (the bucket's cap cut none).
+func uncut(e endOp) bool { return e.cachedReq == e.requests && e.cachedTok == e.tokens }
+
+// fits reports whether a+b, for a and b within ±maxCount, is too.
+func fits(a, b int64) bool { return a+b >= -maxCount && a+b <= maxCount }
 
 // queueEndLocked counts e in the cache at once and queues it for Redis.
 func (c *counter) queueEndLocked(e endOp) {
+	e.cachedReq, e.cachedTok = c.addEndLocked(e.bucket, e.requests, e.tokens)
+	c.appendEndLocked(e)
+}
+
+// appendEndLocked queues e, already counted in the cache, for Redis.
+func (c *counter) appendEndLocked(e endOp) {
 	c.ends = append(c.ends, e)
 	if e.adjust {
 		c.adjusts++
 	}
-	c.ring.Add(e.bucket, e.requests, e.tokens)
 	if !c.flushArmed {
 		c.flushArmed = true
 		if e.adjust {

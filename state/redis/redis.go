@@ -109,7 +109,12 @@
 // sums and in-flight count become the reply's, plus this node's ends Redis has not confirmed,
 // and the difference is counted in the head bucket (most of it is new admissions; the rest,
 // other nodes' settles of older buckets, then leaves the cached window up to a few seconds late,
-// until the next read). Between replies the cached ring ages locally as Redis would age it, so
+// until the next read). This node's own corrections are counted in their buckets as Redis counts
+// them (cut at maxCount, as lua/window.lua cuts them), and a reply that comes while another
+// round trip of this node carrying ends is on its way, whose script may have run before it or
+// not, counts only what its own script did until that round trip has replied (readReplyLocked):
+// so what this node does alone shows in Load exactly, never twice and never a call in flight
+// too few. Between replies the cached ring ages locally as Redis would age it, so
 // LoadAt(now) drops buckets as time moves. Staleness: another node's admissions and ends show up
 // here with this node's next reply, at the latest one refresh later (RefreshEvery plus a round
 // trip, plus endDelay for ends); this node's own show up at once. Replies are ordered by the
