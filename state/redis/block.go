@@ -87,8 +87,8 @@ func (c *counter) blockSizeLocked(lim state.Limits, r state.Reservation, now int
 // wall (ns) counts the attempt for the rate; 0 for a retry, which was counted.
 func (c *counter) takeBlock(lim state.Limits, r state.Reservation, now, wall int64) (state.Ticket, bool) {
 	b := c.b
-	bucket := window.BucketOf(now)
 	c.mu.Lock()
+	bucket := c.blockBucketLocked(now)
 	if wall != 0 {
 		c.noteLocked(wall, r.Tokens)
 	}
@@ -212,7 +212,7 @@ func (c *counter) waitFetch() bool {
 // node's block, or adds them to it. A reservation that cannot join the current block (another
 // bucket, other limits) is given back at once.
 func (c *counter) addBlockLocked(lim state.Limits, bucket int64, id uint64, k, t int64) {
-	now := window.BucketOf(c.b.windowNow().UnixNano())
+	now := c.blockBucketLocked(c.b.windowNow().UnixNano())
 	if c.blk != nil && (c.blk.bucket < now || c.blk.lim != lim) {
 		c.retireBlockLocked()
 	}
@@ -322,10 +322,19 @@ func (c *counter) appendEndLocked(e endOp) {
 	}
 }
 
+// blockBucketLocked is the bucket a block must be of to be used at now (the window's clock, ns):
+// now's, or the cached window's head if that is later. When the clock seems to step back (the
+// server's was stepped back, or a test's), Redis counts every admission at least in the latest
+// bucket anyone saw (see lua/window.lua's clock()); a block of an earlier bucket would count its
+// admissions where they leave the window sooner.
+func (c *counter) blockBucketLocked(now int64) int64 {
+	return max(window.BucketOf(now), c.ring.Head())
+}
+
 // expireBlock retires the block once the clock has left its bucket (the background loop).
 func (c *counter) expireBlock(now int64) {
 	c.mu.Lock()
-	if c.blk != nil && window.BucketOf(now) > c.blk.bucket {
+	if c.blk != nil && c.blockBucketLocked(now) > c.blk.bucket {
 		c.retireBlockLocked()
 	}
 	c.mu.Unlock()

@@ -669,7 +669,7 @@ func (c *counter) loadAt(t, wt time.Time) state.Load {
 	defer c.mu.Unlock()
 	c.lastUse = c.b.ticks.Load() // not the clock: routing calls LoadAt for every deployment
 	bucket := window.BucketOf(now)
-	if c.blk != nil && bucket > c.blk.bucket {
+	if c.blk != nil && c.blockBucketLocked(now) > c.blk.bucket {
 		c.retireBlockLocked()
 	}
 	c.ring.Advance(bucket)

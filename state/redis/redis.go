@@ -51,9 +51,11 @@
 // once, with the same atomic check, so it is counted in the window's head bucket b like any
 // admission; the request that reserved it is its first. The node then admits from the block,
 // under the counter's mutex and with no network, while its estimate of the server's clock is
-// still in bucket b (an upper bound: the node leaves b no later than the server does); the
-// tickets carry Bucket b as before. When the estimate leaves b (noticed by the next Admit or Load of the
-// deployment, or the background loop), on Close, or when the block is used up, the block ends:
+// still in bucket b (an upper bound: the node leaves b no later than the server does) and no
+// reply has shown a later bucket (a server clock stepped back does not make an older block
+// usable again: Redis counts in the latest bucket seen); the tickets carry Bucket b as before.
+// When the estimate leaves b (noticed by the next Admit or Load of the deployment, or the
+// background loop), on Close, or when the block is used up, the block ends:
 // the unused requests and tokens go back to b in Redis as the end of the block's lease, sent
 // like the ends of calls (riding in the next admit.lua, typically the next block's, or on their
 // own), so the give-back is idempotent per block.
