@@ -144,6 +144,10 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	if k <= 1 {
 		return
 	}
+	if err := c.pushPending(); err != nil {
+		b.failed(err)
+		return
+	}
 	id := b.seq.Add(1)
 	ctx, cancel := b.ctx()
 	defer cancel()

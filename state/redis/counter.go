@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -46,6 +47,17 @@ type counter struct {
 	lastUse           int64               // Backend.ticks at the last use; keeps the counter in the background refresh
 	adjusts           int                 // adjustments among ends (they free no in-flight slot)
 
+	// Local admissions (outage.go): what this node admitted while Redis was unreachable and Redis
+	// does not count yet (outage, per second of the outage clock; unpushed is set whenever it may
+	// hold anything), the local tickets in flight, snapshots taken (gen) and pushed (pushedGen),
+	// and the push on its way and the ends that wait for it.
+	outage         window.Ring
+	unpushed       atomic.Bool
+	localTix       map[uint64]localAdmission
+	gen, pushedGen uint64
+	pushing        chan struct{}
+	pushFix        []correction
+
 	// Escrow (see block.go): the block admissions are taken from, the calls admitted from
 	// blocks still in flight, the block reservation on its way (nil: none), and what sizes
 	// blocks: admission attempts in the current and previous wall-clock rateSlot, and the mean
@@ -65,14 +77,16 @@ var _ state.Counter = (*counter)(nil)
 func newCounter(b *Backend, id string) *counter {
 	tag := b.prefix + "{" + id + "}"
 	c := &counter{
-		b:       b,
-		keys:    []string{tag + ":w", tag + ":f"},
-		keyArgs: [2]any{tag + ":w", tag + ":f"},
-		local:   b.local.Counter(id),
-		tickets: make(map[uint64]struct{}),
-		lastUse: b.ticks.Load(),
+		b:        b,
+		keys:     []string{tag + ":w", tag + ":f"},
+		keyArgs:  [2]any{tag + ":w", tag + ":f"},
+		local:    b.local.Counter(id),
+		tickets:  make(map[uint64]struct{}),
+		localTix: make(map[uint64]localAdmission),
+		lastUse:  b.ticks.Load(),
 	}
 	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
+	c.outage.Reset(window.BucketOf(b.outageNow()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
 	return c
@@ -99,7 +113,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		}
 	}
 	if b.open.Load() {
-		return c.admitLocal(lim, r)
+		if t, err := c.admitLocal(lim, r, false); err != errBreakerClosed {
+			return t, err
+		}
 	}
 	// A block is reserved instead of r alone when traffic makes one worth it and no other
 	// block reservation is on its way.
@@ -149,6 +165,10 @@ var errBlockRefused = errors.New("block refused")
 func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens int64) (state.Ticket, error) {
 	b := c.b
 	isBlock := k != r.Requests || tokens != r.Tokens
+	if err := c.pushPending(); err != nil {
+		b.failed(err)
+		return c.admitLocal(lim, r, true)
+	}
 	id := b.seq.Add(1)
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -181,7 +201,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		// The script may have run: its reservation then counts until it ages out, and its
 		// lease, which nobody renews, frees the slot within LeaseTTL.
 		b.failed(err)
-		return c.admitLocal(lim, r)
+		return c.admitLocal(lim, r, true)
 	}
 	var t state.Ticket
 	if w != nil {
@@ -217,19 +237,33 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 
 // admitLocal admits against the local backend at this node's fair share of lim, and only while
 // the usage Redis last reported (aging out of the cached window) plus what this node admitted
-// locally leaves room: the fleet must not get a fresh window the moment Redis fails.
-func (c *counter) admitLocal(lim state.Limits, r state.Reservation) (state.Ticket, error) {
-	c.b.stats.localAdmits.Add(1)
+// locally leaves room: the fleet must not get a fresh window the moment Redis fails. What it
+// admits is counted for the push to Redis (outage.go). fallback is set when a Redis call just
+// failed; otherwise the breaker was open when the caller looked, and if it has closed since,
+// admitLocal returns errBreakerClosed and the caller goes to Redis.
+func (c *counter) admitLocal(lim state.Limits, r state.Reservation, fallback bool) (state.Ticket, error) {
 	now := c.b.now()
-	c.mu.Lock() // makes the cache check and the local reservation one step
+	c.mu.Lock() // makes the cache check, the local reservation and its count for the push one step
 	defer c.mu.Unlock()
+	// Set before the breaker is read, and read by the Redis path after it: an admission through
+	// Redis either sees this one's count, and pushes it first, or this one sees the breaker closed.
+	c.unpushed.Store(true)
+	if !fallback && !c.b.open.Load() {
+		return state.Ticket{}, errBreakerClosed
+	}
+	c.b.stats.localAdmits.Add(1)
 	if wait := c.cachedWaitLocked(now, lim, r); wait > 0 {
 		return state.Ticket{}, &state.NoCapacityError{RetryAfter: wait}
 	}
 	t, err := c.local.Admit(c.b.fairShare(lim), r)
-	t.ID = 0 // ends locally
+	if err == nil {
+		t.ID = c.countLocalLocked(t.Reserved.Requests, t.Reserved.Tokens)
+	}
 	return t, err
 }
+
+// errBreakerClosed is admitLocal's answer when Redis answers again: admit through it.
+var errBreakerClosed = errors.New("breaker closed")
 
 // localRetryAfter is RetryAfter while Redis is unreachable: the later of the local fair
 // share's wait and the cached window's.
@@ -297,10 +331,12 @@ func (c *counter) Release(t state.Ticket) {
 // end settles or releases t where it was issued. A Redis ticket's end is counted in the cache at
 // once and sent to Redis without waiting: in this node's next Admit of the deployment, or on its
 // own (flush) when none comes within endDelay. It is best effort: when it fails, the
-// reservation stays as reserved and the lease frees the in-flight slot.
+// reservation stays as reserved and the lease frees the in-flight slot. A local ticket ends in
+// the local fallback, and corrects what the push to Redis takes, or took, of it.
 func (c *counter) end(t state.Ticket, requests, tokens int64, locally func()) {
-	if t.ID == 0 {
+	if t.ID&localTicket != 0 {
 		locally()
+		c.endLocal(t.ID, requests, tokens)
 		return
 	}
 	b := c.b

@@ -133,7 +133,20 @@
 // fails because Redis is down: it starts degraded. A ticket remembers who issued it: degraded
 // tickets end locally; Redis tickets end in Redis, best effort (a failure, or an end still
 // waiting when the breaker opens, is counted, logged at debug, and the lease reclaims the slot).
-// Counts made in degraded mode are not copied to Redis when it returns.
+//
+// What a node admits locally still counts once Redis is back (outage.go). Each local admission
+// is counted per second of this process's monotonic clock; when the probe finds Redis answering,
+// the node pushes those counts into Redis (lua/push.lua), each into the latest second of the
+// server's clock it can have been made in (the estimate of the latest reply: an upper bound, so
+// never earlier, and at most a second and a round trip later), and only then closes the
+// breaker. A call that falls back locally after a failed Redis call, or an admission that raced
+// the closing, is pushed before the deployment's next admission through Redis. The push is
+// applied once (a tombstone, as for adjustments), recreates a window that expired or that a
+// restarted, empty Redis lost, drops seconds that have left the window and puts none after the
+// server's now. Ends of local calls correct the seconds they were pushed to, as adjustments. So
+// once every node has pushed, Redis's window holds every admission of the last minute, and
+// admissions through Redis are refused until the outage's excess has aged out; see
+// docs/architecture.md for the bound this gives.
 package redis
 
 import (
@@ -619,9 +632,15 @@ func (b *Backend) failed(err error) {
 	}
 }
 
-// probe runs while the breaker is open: one PING, and the breaker closes if it answers.
+// probe runs while the breaker is open: it asks the server's time and, if it answers, pushes
+// what this node admitted locally (outage.go) and closes the breaker once Redis counts all of it.
 func (b *Backend) probe() {
-	if err := b.ping(); err != nil {
+	err := b.ping()
+	var pushed int64
+	if err == nil {
+		pushed, err = b.pushAll()
+	}
+	if err != nil {
 		b.stats.errors.Add(1)
 		if isTimeout(err) {
 			b.stats.timeouts.Add(1)
@@ -630,7 +649,8 @@ func (b *Backend) probe() {
 	}
 	b.fails.Store(0)
 	if b.open.CompareAndSwap(true, false) {
-		b.log.Info("redis state backend: Redis reachable again; admissions shared through Redis")
+		b.log.Info("redis state backend: Redis reachable again; admissions shared through Redis",
+			"local_requests_counted_in_redis", pushed)
 		b.notify(ModeRedis)
 	}
 }

@@ -482,7 +482,7 @@ func TestBreaker(t *testing.T) {
 	}
 	share.Settle(tk, state.Usage{})
 	if l := share.Load(); l.Requests != 1 || l.InFlight != 0 {
-		t.Fatalf("load after recovery %+v, want 1 request (Redis lost everything), none in flight", l)
+		t.Fatalf("load after recovery %+v, want 1 request (the local ones were counted in Redis, then released), none in flight", l)
 	}
 	s := b.Stats()
 	t.Logf("stats %+v", s)
@@ -510,14 +510,19 @@ func TestStartWithRedisDown(t *testing.T) {
 	if b.Mode() != ModeDegraded {
 		t.Fatalf("mode %s with Redis down, want %s", b.Mode(), ModeDegraded)
 	}
-	tk := mustAdmit(t, b.Counter("d"), state.Limits{RPM: 1}, state.Reservation{Requests: 1})
-	if tk.ID != 0 {
+	c := b.Counter("d")
+	tk := mustAdmit(t, c, state.Limits{RPM: 1}, state.Reservation{Requests: 1})
+	if tk.ID&localTicket == 0 {
 		t.Fatal("a Redis ticket with Redis down")
 	}
 	srv.Restart()
 	waitFor(t, 10*time.Second, "never reached Redis", func() bool { return b.Mode() == ModeRedis })
-	tk = mustAdmit(t, b.Counter("d"), state.Limits{RPM: 1}, state.Reservation{Requests: 1})
-	if tk.ID == 0 {
+	// What it admitted alone counts in Redis now: rpm 1 is used up.
+	if _, err := c.Admit(state.Limits{RPM: 1}, state.Reservation{Requests: 1}); !errors.Is(err, state.ErrNoCapacity) {
+		t.Fatalf("Admit at rpm 1 after the local admission: %v, want a refusal", err)
+	}
+	tk = mustAdmit(t, c, state.Limits{RPM: 2}, state.Reservation{Requests: 1})
+	if tk.ID == 0 || tk.ID&localTicket != 0 {
 		t.Fatal("a local ticket with Redis up")
 	}
 }
