@@ -116,10 +116,17 @@ func TestCheckLimitsVerdicts(t *testing.T) {
 			want:  True,
 		},
 		{
-			// 700 during and 600 after within [100 s, 160 s): 2 epochs allow 1200 + 2 x 3.
-			name:  "700 during a redis outage",
-			build: func() *Run { return fxRedisRun(700) },
-			want:  False, problem: "1300 requests in the 60 s from 100.0 s, bound 1206 (limit 600 x 2 views + 6 in flight)", m: 2,
+			// 700 during (from 2 s in: no escrow block reserved before is left) and 600 after
+			// within [102 s, 162 s): 2 views allow 1200 + 2 x 2.
+			name: "700 during a redis outage",
+			build: func() *Run {
+				r := fxRun("redis", 3)
+				r.fxFault(&Fault{Kind: KindRedis}, 100, 130)
+				r.fxArrivals("alpha-1", "d", 700, 102, 130, 1)
+				r.fxArrivals("alpha-1", "a", 600, 130, 150, 1)
+				return r
+			},
+			want: False, problem: "1300 requests in the 60 s from 102.0 s, bound 1204 (limit 600 x 2 views + 4 in flight)", m: 2,
 		},
 		{
 			// Redis kept its data: what the nodes admitted alone is pushed into it before they

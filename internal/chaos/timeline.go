@@ -176,7 +176,8 @@ func (tl *Timeline) FaultFactorAt(t int64) int {
 //     during an outage each node admits its fair share locally (together the limit), and pushes
 //     those admissions into Redis, in the seconds it made them, before it admits through Redis
 //     again (state/redis). Two views can then each admit up to the limit only around an
-//     outage's start (Redis's window before it, the fair shares after) and its end (the nodes
+//     outage's start (Redis's window before it, and the escrow blocks reserved in it, used
+//     until their second ends: redisBlockTail; the fair shares after) and its end (the nodes
 //     back on Redis, which counts all but what nodes still local have not pushed yet, within
 //     redisRecovery). When Redis kept its data (redis-pause), the start and the end of one
 //     outage are one disturbance: a window over both holds at most the limit from what Redis
@@ -213,6 +214,10 @@ func (tl *Timeline) FaultFactor(s, e int64) int {
 // it closes (state/redis).
 const redisRecovery = int64(2 * time.Second)
 
+// redisBlockTail is how long after Redis goes away a node may still admit from an escrow block
+// reserved in it: until the block's second ends (state/redis).
+const redisBlockTail = int64(time.Second)
+
 // epochCut is where one view of the usage gives way to another: both may admit in [from, to].
 type epochCut struct{ from, to int64 }
 
@@ -225,10 +230,10 @@ func (d disturbance) touches(s, e int64) bool {
 	return slices.ContainsFunc(d, func(c epochCut) bool { return s < c.to && c.from < e })
 }
 
-// redisDisturbances are the times Redis went away (at once: nothing is admitted through it
-// after) or came back (the nodes return to it, having pushed their local admissions, within
-// redisRecovery): one disturbance each when a restart emptied it, one for both when it kept its
-// data (see FaultFactor).
+// redisDisturbances are the times Redis went away (nothing is reserved in it after, and what was
+// is used within redisBlockTail) or came back (the nodes return to it, having pushed their local
+// admissions, within redisRecovery): one disturbance each when a restart emptied it, one for
+// both when it kept its data (see FaultFactor).
 func redisDisturbances(spans []FaultSpan) []disturbance {
 	var out []disturbance
 	for _, f := range spans {
@@ -237,7 +242,7 @@ func redisDisturbances(spans []FaultSpan) []disturbance {
 		}
 		var cuts disturbance
 		if !f.Orphan {
-			cuts = append(cuts, epochCut{f.Start, f.Start})
+			cuts = append(cuts, epochCut{f.Start, f.Start + redisBlockTail})
 		}
 		if !f.Open {
 			cuts = append(cuts, epochCut{f.End, f.End + redisRecovery})

@@ -204,7 +204,8 @@ func TestFaultFactorModes(t *testing.T) {
 		{0, 1},   // before the outage only (the partition does not count in redis mode)
 		{50, 2},  // before and during
 		{90, 3},  // before, during and after
-		{100, 2}, // during and after
+		{100, 3}, // during and after, and the first second, when escrow blocks reserved before may still admit
+		{101, 2}, // during and after
 		{110, 2},
 		{130, 2}, // just after: a node's breaker may not have seen Redis back yet (redisRecovery)
 		{132, 1}, // after only
@@ -226,15 +227,17 @@ func TestFaultFactorModes(t *testing.T) {
 		s    float64
 		want int
 	}{
-		{0, 1},   // before the first outage only
-		{50, 2},  // before and during
-		{90, 2},  // before, during and after: one disturbance, not two
-		{100, 2}, // during and after (the start at 100 s is not inside)
-		{131, 2}, // after, while a node may not have pushed yet
-		{132, 1}, // after only
-		{150, 1}, // after the first, before the second (ends at 210 s)
-		{201, 2}, // touches the second's start
-		{270, 1}, // inside the second: the fair shares alone
+		{0, 1},     // before the first outage only
+		{50, 2},    // before and during
+		{90, 2},    // before, during and after: one disturbance, not two
+		{100, 2},   // during and after
+		{131, 2},   // after, while a node may not have pushed yet
+		{132, 1},   // after only
+		{150, 1},   // after the first, before the second (ends at 210 s)
+		{201, 2},   // touches the second's start
+		{260.5, 2}, // blocks reserved before the second may still admit
+		{261, 1},   // inside the second: the fair shares alone
+		{270, 1},
 		{340, 1}, // still inside: [340 s, 400 s) ends as it returns
 		{341, 2}, // and its return
 		{402, 1},
