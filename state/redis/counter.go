@@ -427,16 +427,26 @@ func (c *counter) takeEndsLocked(dst []endOp, limit int) (_ []endOp, trip uint64
 // (the leases free the slots).
 func (c *counter) flush() {
 	b := c.b
+	b.flushMu.RLock()
+	defer b.flushMu.RUnlock()
+	if !b.closed.Load() { // Close sends what is left itself
+		c.flushNow()
+	}
+}
+
+// flushNow is flush, and reports whether it sent anything and Redis took it.
+func (c *counter) flushNow() bool {
+	b := c.b
 	c.mu.Lock()
 	c.flushArmed = false
 	c.mu.Unlock()
 	if b.open.Load() {
 		c.dropEnds()
-		return
+		return false
 	}
 	ops, floor, trip := c.takeEndsFloor(nil, maxFlush, false)
 	if len(ops) == 0 {
-		return
+		return false
 	}
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -444,7 +454,8 @@ func (c *counter) flush() {
 	defer releaseCalls(ks)
 	sent := time.Now()
 	b.runCalls(ctx, ks)
-	if err := ks[0].cmd.Err(); err != nil {
+	err := ks[0].cmd.Err()
+	if err != nil {
 		b.failed(err)
 	} else {
 		b.succeeded()
@@ -459,10 +470,16 @@ func (c *counter) flush() {
 		}
 		c.readReplyLocked(trip, chunk, 0, 0, false, &rep, err, nil)
 	}
-	if !c.flushArmed && slices.ContainsFunc(c.ends, func(e endOp) bool { return !e.sent }) {
+	if !c.flushArmed && !b.closed.Load() && c.unsentLocked() {
 		c.flushArmed = true // more than maxFlush were waiting
 		c.flushTimer.Reset(0)
 	}
+	return err == nil
+}
+
+// unsentLocked reports whether ends wait to be sent.
+func (c *counter) unsentLocked() bool {
+	return slices.ContainsFunc(c.ends, func(e endOp) bool { return !e.sent })
 }
 
 // endCalls builds the calls of end.lua that finish ops, maxEndsPerCall in each.

@@ -359,6 +359,7 @@ type Backend struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	fetchMu   sync.Mutex     // orders fetches.Add before Close's Wait
+	flushMu   sync.RWMutex   // held (read) by flush timers' sends; Close takes it to wait them out
 	fetches   sync.WaitGroup // block reservations running in the background
 }
 
@@ -573,12 +574,22 @@ func (b *Backend) Close() error {
 		b.closed.Store(true) // no new background reservations
 		b.fetchMu.Unlock()
 		b.fetches.Wait()
+		b.flushMu.Lock() // no flush timer sends from now on (closed), and none is sending
 		for _, c := range b.counters.Append(nil) {
 			c.mu.Lock()
 			c.retireBlockLocked() // the unused room goes back
 			c.mu.Unlock()
-			c.flush() // best effort: what does not make it, the leases free
+			// Best effort: what does not make it, the leases free.
+			for c.flushNow() {
+				c.mu.Lock()
+				more := c.unsentLocked()
+				c.mu.Unlock()
+				if !more {
+					break
+				}
+			}
 		}
+		b.flushMu.Unlock()
 		if b.ownsClient {
 			if cerr := b.client.Close(); cerr != nil {
 				err = fmt.Errorf("state/redis: close client: %w", cerr)
