@@ -17,6 +17,17 @@ import (
 	"github.com/herd-proxy/herd/state/statetest"
 )
 
+// failFastClient is a client on srv that dials once and sends each command once: against a
+// killed server a call fails at once instead of retrying until its deadline, so a test opens
+// the breaker in milliseconds.
+func failFastClient(t *testing.T, srv *redistest.Server) *goredis.Client {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: srv.Password(), ContextTimeoutEnabled: true,
+		DialerRetries: 1, MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 // tripBreaker calls Redis, which must be unreachable, until b's breaker opens.
 func tripBreaker(t *testing.T, b *Backend) {
 	t.Helper()
@@ -155,8 +166,8 @@ func TestOutageLeavesTheWindowWhenItWould(t *testing.T) {
 	srv := redistest.Start(t)
 	start := time.Date(2025, 6, 2, 12, 0, 0, 370_000_000, time.UTC)
 	clock := statetest.NewClock(start)
-	b := newBackend(t, srv, Options{Now: clock.Now, BreakerCooldown: 20 * time.Millisecond, RefreshEvery: 20 * time.Millisecond,
-		Timeout: 2 * time.Second, noBlocks: true})
+	b := newBackend(t, srv, Options{Client: failFastClient(t, srv), Now: clock.Now, BreakerCooldown: 20 * time.Millisecond,
+		RefreshEvery: 20 * time.Millisecond, Timeout: 2 * time.Second, noBlocks: true})
 	c := b.counter("d")
 	lim := state.Limits{RPM: 5}
 	r := state.Reservation{Requests: 1, Tokens: 10}
@@ -268,8 +279,8 @@ func TestPushScript(t *testing.T) {
 // without Redis is in Redis once it is back, none twice, whichever side of the closing it fell.
 func TestEveryLocalAdmissionReachesRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	b := newServerClockBackend(t, srv, Options{BreakerCooldown: 5 * time.Millisecond, RefreshEvery: 10 * time.Millisecond,
-		Timeout: 2 * time.Second})
+	b := newServerClockBackend(t, srv, Options{Client: failFastClient(t, srv), BreakerCooldown: 5 * time.Millisecond,
+		RefreshEvery: 10 * time.Millisecond, Timeout: 2 * time.Second})
 	c := b.counter("d")
 	// max_parallel keeps escrow blocks out: their unused rest would count in Redis too.
 	lim := state.Limits{MaxParallel: 1 << 20}
@@ -361,9 +372,8 @@ func (h pushHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.
 func TestPushFailsOrRacesAnEnd(t *testing.T) {
 	srv := redistest.Start(t)
 	hook := pushHook{fail: new(atomic.Bool), hold: new(atomic.Bool), ran: make(chan struct{}), release: make(chan struct{})}
-	client := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: srv.Password(), ContextTimeoutEnabled: true})
+	client := failFastClient(t, srv)
 	client.AddHook(hook)
-	t.Cleanup(func() { _ = client.Close() })
 	clock := statetest.NewClock(time.Date(2025, 6, 2, 12, 0, 0, 370_000_000, time.UTC))
 	b := newBackend(t, srv, Options{Client: client, Now: clock.Now, BreakerCooldown: 20 * time.Millisecond,
 		RefreshEvery: time.Hour, Timeout: 2 * time.Second, noBlocks: true})
