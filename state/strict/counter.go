@@ -292,11 +292,21 @@ func (c *counter) Confirm(t *state.Ticket) error {
 			return ErrRightsLapsed
 		}
 		c.busy.Advance(bucket(now))
-		if from := int64(t.Rights & valueMask); from != c.busy.Head() {
+		from := int64(t.Rights & valueMask)
+		switch {
+		case from == c.busy.Head():
+		case c.busy.Holds(from):
 			c.busy.Count(from, -need.Requests, -need.Tokens)
 			c.busy.Count(c.busy.Head(), need.Requests, need.Tokens)
-			t.Rights = t.Rights&^valueMask | uint64(c.busy.Head())&valueMask
+		default:
+			// Admitted more than a cooldown ago (a long pause): its unit came free meanwhile
+			// and may have been spent again. It needs a free unit now, like a new admission.
+			if req, tok := c.ownFree(now); need.Requests > req || need.Tokens > tok {
+				return ErrRightsLapsed
+			}
+			c.busy.Count(c.busy.Head(), need.Requests, need.Tokens)
 		}
+		t.Rights = t.Rights&^valueMask | uint64(c.busy.Head())&valueMask
 	case fromLoan:
 		l := c.loan(t.Rights & valueMask)
 		if l == nil || now >= l.deadline+int64(confirmSlack) {

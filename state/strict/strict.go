@@ -143,6 +143,10 @@ type Backend struct {
 
 	homes    atomic.Pointer[homesView]
 	fenceEnd atomic.Int64 // mono ns until which the own share may be used (LeaderContact + Fence)
+	// fenceMu guards refreshFence's memory of its last run.
+	fenceMu       sync.Mutex
+	lastRefresh   int64
+	distrustUntil int64
 	ids      atomic.Uint64
 
 	counters registry.Map[counter]
@@ -295,10 +299,27 @@ func (b *Backend) counter(id string) *counter {
 func (b *Backend) newID() uint64 { return b.ids.Add(1) &^ (rightsMask << 56) }
 
 // refreshFence records how long the own share may be used after the last leader contact.
+//
+// A process that was paused (or stalled) for a while cannot trust raft's word at once: a
+// leader paused past its lease still believes it leads, and says "contact: now", until its own
+// lease check makes it step down (within two leases, cluster.Raft.LeaderContact). So after a
+// gap between refreshes longer than gapAfter, the fence keeps its value from before the gap
+// for distrustFor: a pause longer than the fence finds it closed, and it opens again only on
+// contact raft reports once that window has passed.
 func (b *Backend) refreshFence() {
 	fn := b.contact.Load()
 	if fn == nil {
 		b.fenceEnd.Store(1<<63 - 1)
+		return
+	}
+	now := b.mono()
+	b.fenceMu.Lock()
+	defer b.fenceMu.Unlock()
+	if b.lastRefresh != 0 && now-b.lastRefresh > int64(gapAfter) {
+		b.distrustUntil = now + int64(distrustFor)
+	}
+	b.lastRefresh = now
+	if now < b.distrustUntil {
 		return
 	}
 	c := (*fn)()
@@ -308,6 +329,14 @@ func (b *Backend) refreshFence() {
 	}
 	b.fenceEnd.Store(b.at(c) + int64(b.o.Fence))
 }
+
+const (
+	// gapAfter is a gap between fence refreshes (every tick) that means this process stood
+	// still, and distrustFor how long raft's word is not taken after one: more than two leader
+	// leases (500 ms each).
+	gapAfter    = time.Second
+	distrustFor = 3 * time.Second
+)
 
 func (b *Backend) loop() {
 	defer close(b.done)

@@ -442,3 +442,45 @@ func TestNotReadyUntilTheFirstTable(t *testing.T) {
 		t.Fatalf("with a table (even without this node in it) not ready: %s", r)
 	}
 }
+
+// A leader paused past the fence believes, on waking, that it still leads: its first word
+// of contact is not taken until raft had time to make it step down.
+func TestPausedLeaderDoesNotTrustItsOwnWord(t *testing.T) {
+	clock := statetest.NewClock(simStart)
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+		LeaderContact: clock.Now, noLoop: true}) // "I am the leader": contact is always now
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+	b.Tick()
+	if s := b.share(60, b.mono()); s != 60 {
+		t.Fatalf("share %d; want 60", s)
+	}
+	clock.Advance(defaultFence + time.Second) // SIGSTOP
+	b.Tick()
+	if s := b.share(60, b.mono()); s != 0 {
+		t.Fatalf("right after a pause past the fence, share %d; want 0 until raft could step it down", s)
+	}
+	for range distrustFor / tick {
+		if s := b.share(60, b.mono()); s != 0 {
+			t.Fatalf("within the distrust window, share %d", s)
+		}
+		clock.Advance(tick)
+		b.Tick()
+	}
+	if s := b.share(60, b.mono()); s != 60 {
+		t.Fatalf("after the distrust window, a leader raft still reports has share %d; want 60", s)
+	}
+}
+
+// A request admitted on the own share, then held up past a cooldown (a pause), must find a
+// free unit when it finally leaves: its own came free meanwhile and was spent again.
+func TestConfirmAfterALongPauseNeedsAFreeUnit(t *testing.T) {
+	cl := newCluster(t, 1, 13, nil)
+	old := cl.load("node0", "d", rpm60, 1, 0)
+	cl.advance(cooldown + time.Second)
+	if k := cl.load("node0", "d", rpm60, 60, 0); len(k) != 60 {
+		t.Fatalf("admitted %d of 60 after the cooldown", len(k))
+	}
+	if err := old[0].c.(state.Confirmer).Confirm(&old[0].t); !errors.Is(err, ErrRightsLapsed) {
+		t.Fatalf("Confirm of a request whose unit was spent again: %v; want ErrRightsLapsed", err)
+	}
+}
