@@ -484,3 +484,33 @@ func TestConfirmAfterALongPauseNeedsAFreeUnit(t *testing.T) {
 		t.Fatalf("Confirm of a request whose unit was spent again: %v; want ErrRightsLapsed", err)
 	}
 }
+
+// After a partition heals, rights stranded on the other side are usable again within a few
+// seconds: the hot side borrows the idle side's share at once.
+func TestStrandedRightsComeBackWhenThePartitionHeals(t *testing.T) {
+	cl := newCluster(t, 3, 14, nil)
+	cl.partition([]string{"node0", "node1"}, []string{"node2"})
+	var log []arrival
+	for range 20 * 6 { // 20 s at 6 req/s on node0 only: its share and node1's, 40
+		confirmAll(cl.clock.Now(), cl.load("node0", "d", rpm60, 1, 0), &log)
+		cl.advance(time.Second / 6)
+	}
+	if len(log) != 40 {
+		t.Fatalf("during the partition node0 got %d; want its share and node1's, 40", len(log))
+	}
+	cl.heal()
+	healed := cl.clock.Now()
+	for range 3 * 6 {
+		confirmAll(cl.clock.Now(), cl.load("node0", "d", rpm60, 1, 0), &log)
+		cl.advance(time.Second / 6)
+	}
+	var after int
+	for _, a := range log {
+		if !a.at.Before(healed) {
+			after++
+		}
+	}
+	if after < 15 {
+		t.Fatalf("in the 3 s after the heal node0 got %d of node2's 20 (at 6 req/s, 18 offered)", after)
+	}
+}
