@@ -117,6 +117,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	if !c.b.strict.Load() || (lim.RPM == 0 && lim.TPM == 0) {
 		return c.in().Admit(lim, r)
 	}
+	if !c.b.awaitTable() {
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: state.BucketWidth}
+	}
 	r = window.Sane(r)
 	need := r
 	var flags uint64

@@ -142,6 +142,8 @@ type Backend struct {
 	wait    atomic.Int64 // Options.Wait, as SetWait changes it
 
 	homes    atomic.Pointer[homesView]
+	tabled   chan struct{} // closed when the first table with homes arrives
+	tableOne sync.Once
 	fenceEnd atomic.Int64 // mono ns until which the own share may be used (LeaderContact + Fence)
 	// fenceMu guards refreshFence's memory of its last run.
 	fenceMu       sync.Mutex
@@ -186,7 +188,7 @@ func New(o Options) *Backend {
 		o.Fence = defaultFence
 	}
 	base := o.Now()
-	b := &Backend{o: o, base: base, wall: base.UnixNano(), demand: map[string]map[string]peerDemand{}, stop: make(chan struct{}), done: make(chan struct{})}
+	b := &Backend{o: o, base: base, wall: base.UnixNano(), tabled: make(chan struct{}), demand: map[string]map[string]peerDemand{}, stop: make(chan struct{}), done: make(chan struct{})}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
 	b.ids.Store(binary.LittleEndian.Uint64(seed[:]) &^ (rightsMask << 56)) // IDs of this incarnation, unlike any other's
@@ -489,6 +491,33 @@ func (b *Backend) SetHomes(version uint64, homes []Home) {
 		v.usableAt = old.usableAt
 	}
 	b.homes.Store(v)
+	if len(v.names) > 0 {
+		b.tableOne.Do(func() { close(b.tabled) })
+	}
+}
+
+// startWait bounds how long a request waits for the first homes table, at a node's start:
+// raft elects and the leader writes it within a second or two, and a request held that long
+// is better served than refused (readiness says "starting" meanwhile).
+const startWait = 10 * time.Second
+
+// awaitTable waits up to startWait for the first homes table; false if it did not come.
+func (b *Backend) awaitTable() bool {
+	select {
+	case <-b.tabled:
+		return true
+	default:
+	}
+	t := time.NewTimer(startWait)
+	defer t.Stop()
+	select {
+	case <-b.tabled:
+		return true
+	case <-t.C:
+		return false
+	case <-b.stop:
+		return false
+	}
 }
 
 // share is this node's part of limit under the table, as of now; 0 when it is no home or may

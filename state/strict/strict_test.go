@@ -514,3 +514,17 @@ func TestStrandedRightsComeBackWhenThePartitionHeals(t *testing.T) {
 		t.Fatalf("in the 3 s after the heal node0 got %d of node2's 20 (at 6 req/s, 18 offered)", after)
 	}
 }
+
+// At a node's start, a request waits for the first homes table rather than being refused.
+func TestAdmitWaitsForTheFirstTable(t *testing.T) {
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{}), noLoop: true})
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Counter("d").Admit(rpm60, state.Reservation{Requests: 1})
+		done <- err
+	}()
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+	if err := <-done; err != nil {
+		t.Fatalf("a request made before the first table: %v; want admitted once it came", err)
+	}
+}
