@@ -60,6 +60,7 @@ type lentLoan struct {
 	closed             bool
 	closedAt           int64
 	spentReq, spentTok int64
+	recalled           bool // asked for back (recall)
 }
 
 func (l *lentLoan) out(now, loanFor int64) (req, tok int64) {
@@ -166,6 +167,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 			return t, nil
 		}
 		waiting := c.ask(now, need, &out)
+		if c.b.homes.Load().self >= 0 && c.recall(now, &out) {
+			waiting = true
+		}
 		ch := c.arrived
 		c.mu.Unlock()
 		out.send(c.b)

@@ -528,3 +528,18 @@ func TestAdmitWaitsForTheFirstTable(t *testing.T) {
 		t.Fatalf("a request made before the first table: %v; want admitted once it came", err)
 	}
 }
+
+// A home short of units recalls what its borrowers hold unspent, so no unit sits idle in a
+// loan while requests are refused: two nodes, one home, alternating requests get the limit.
+func TestHomeRecallsIdleLoans(t *testing.T) {
+	cl := newClusterHomes(t, 2, 1, 15, func(o *Options) { o.Wait = time.Second }) // node1 only borrows
+	lim := state.Limits{RPM: 10}
+	var log []arrival
+	for i := range 14 {
+		confirmAll(cl.clock.Now(), cl.load(cl.names[i%2], "d", lim, 1, 0), &log)
+		cl.advance(300 * time.Millisecond)
+	}
+	if len(log) != 10 {
+		t.Fatalf("admitted %d of 14 alternating requests with rpm 10; want 10", len(log))
+	}
+}

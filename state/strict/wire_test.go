@@ -17,6 +17,7 @@ func sampleRecords() []record {
 		{kind: kindClose, dep: "d", loan: 99, req: 1, tok: 120},
 		{kind: kindAbandon, dep: "d", id: 8},
 		{kind: kindDemand, dep: "d", dReq: 0.5, dTok: 10},
+		{kind: kindRecall, dep: "d", loan: 99},
 	}
 }
 
@@ -28,7 +29,7 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 	msgs := enc.flush("node-a")
 	if len(msgs) != 1 {
-		t.Fatalf("%d messages for five small records", len(msgs))
+		t.Fatalf("%d messages for six small records", len(msgs))
 	}
 	var got []record
 	if err := decode(msgs[0], func(from string, r *record) {
