@@ -149,7 +149,7 @@ type Backend struct {
 	fenceMu       sync.Mutex
 	lastRefresh   int64
 	distrustUntil int64
-	ids      atomic.Uint64
+	ids           atomic.Uint64
 
 	counters registry.Map[counter]
 
