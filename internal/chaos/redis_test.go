@@ -55,7 +55,7 @@ func TestRedisNemesisFailsOver(t *testing.T) {
 				}
 				if failsOver(setup) {
 					// The write is on a replica before the master dies.
-					if out, err := r.cli(ctx, m, "WAIT", "1", "2000"); err != nil || out != "1" {
+					if out, err := r.cli(ctx, m, "WAIT", "1", "5000"); err != nil || out != "1" {
 						t.Fatalf("WAIT: %q %v", out, err)
 					}
 				}

@@ -156,7 +156,7 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		// WAIT: the replica has the write before its master dies.
-		if r, err := m.Do("WAIT", "1", "1000"); err != nil || r.(int64) != 1 {
+		if r, err := m.Do("WAIT", "1", "5000"); err != nil || r.(int64) != 1 {
 			t.Fatalf("WAIT 1 replica: %v %v", r, err)
 		}
 		m.Kill()
@@ -196,7 +196,7 @@ func TestSentinel(t *testing.T) {
 		if _, err := m.Do("SET", "k", "v"); err != nil {
 			t.Fatal(err)
 		}
-		if r, err := m.Do("WAIT", "1", "1000"); err != nil || r.(int64) != 1 {
+		if r, err := m.Do("WAIT", "1", "5000"); err != nil || r.(int64) != 1 {
 			t.Fatalf("WAIT 1 replica: %v %v", r, err)
 		}
 		m.Kill()

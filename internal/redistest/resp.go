@@ -26,8 +26,12 @@ func (s *Server) Do(args ...string) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return do(s.Addr(), s.password, time.Second, clientTLS, args...)
+	return do(s.Addr(), s.password, doTimeout, clientTLS, args...)
 }
+
+// doTimeout bounds one Do: longer than the blocking commands tests send (WAIT with a few
+// seconds' timeout) take on a loaded machine.
+const doTimeout = 10 * time.Second
 
 // Info returns one field of INFO (e.g. "role" in section "replication"), "" when absent.
 func (s *Server) Info(section, field string) (string, error) {
