@@ -263,7 +263,7 @@ const (
 	DefaultMaxResponseSizeMB = 64.0
 	DefaultMaxTokensEstimate = 256 // tpm reserved for a request that names no max_tokens
 	// DefaultClusterLimitMode: see docs/architecture.md for the measurements behind it.
-	DefaultClusterLimitMode = ClusterLimitFast
+	DefaultClusterLimitMode = ClusterLimitStrict
 	// DefaultClusterLimitWait bounds a strict-mode request's wait for a loan of rights: a few
 	// round trips on a LAN.
 	DefaultClusterLimitWait = 5 * time.Millisecond
