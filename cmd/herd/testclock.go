@@ -61,9 +61,8 @@ func newClock(ctx context.Context, getenv func(string) string, log *slog.Logger)
 			if err != nil || int64(d) == offset.Load() {
 				continue
 			}
-			// Logged first: whoever sees the clock move finds the line already written.
-			log.Warn("TEST ONLY: clock offset changed", "file", path, "offset", d)
 			offset.Store(int64(d))
+			log.Warn("TEST ONLY: clock offset changed", "file", path, "offset", d)
 		}
 	}()
 	return func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }, nil

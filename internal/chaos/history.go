@@ -130,9 +130,6 @@ type Fault struct {
 	Loss float64 `json:"loss,omitempty"`
 	// clock: the offset applied to Nodes.
 	Offset time.Duration `json:"offset,omitempty"`
-	// redis: the Redis process killed (host:port): the master of a deployment's keys in a
-	// Redis Cluster, the master the Sentinels named.
-	Target string `json:"target,omitempty"`
 }
 
 // Arrival is one line of upstream.jsonl: one request the fake upstream received.

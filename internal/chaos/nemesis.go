@@ -30,7 +30,7 @@ type nemesis struct {
 	rec       *recorder
 	cli       *client
 	clockSkew time.Duration
-	redis     *redisSetup // nil unless mode redis
+	redis     *redisServer // nil unless mode redis
 
 	active *Fault // the fault in force, if any
 }
@@ -124,7 +124,7 @@ func (n *nemesis) start(ctx context.Context, kind string) (*Fault, error) {
 	case KindClock:
 		err = target.setClock(f.Offset)
 	case KindRedis:
-		err = n.redis.killMaster(ctx)
+		err = n.redis.kill(ctx)
 	}
 	return f, err
 }
@@ -144,15 +144,6 @@ func (n *nemesis) choose(ctx context.Context, kind string) (*Fault, *node) {
 		target = up[n.rng.IntN(len(up))]
 	}
 	switch kind {
-	case KindRedis:
-		target, err := n.redis.pickMaster(ctx, n.rng)
-		if err != nil {
-			// Nothing to kill that serves the run: the fault is skipped, not half-made.
-			n.redis.log.Warn("redis nemesis: no master to kill", "err", err)
-			return nil, nil
-		}
-		f.Target = target
-		return f, nil
 	case KindPartition:
 		f.Shape = shapes[n.rng.IntN(len(shapes))]
 		f.Grudge = grudge(f.Shape, names, n.rng)
@@ -180,8 +171,7 @@ func (n *nemesis) choose(ctx context.Context, kind string) (*Fault, *node) {
 }
 
 // heal ends the fault in force, if any, and records that: after it is undone, except for a
-// Redis restart, recorded before (Redis is empty from the moment it answers again; in a
-// setup that fails over, after the failover, before the killed master comes back).
+// Redis restart, recorded before (Redis is empty from the moment it answers again).
 func (n *nemesis) heal(ctx context.Context) error {
 	f := n.active
 	if f == nil {
@@ -204,7 +194,8 @@ func (n *nemesis) heal(ctx context.Context) error {
 	case KindClock:
 		err = n.byName(f.Nodes[0]).setClock(0)
 	case KindRedis:
-		if err := n.redis.heal(ctx, stop); err != nil {
+		stop()
+		if err := n.redis.start(ctx); err != nil {
 			return fmt.Errorf("healing %s: %w", f.Kind, err)
 		}
 		return nil

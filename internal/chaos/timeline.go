@@ -79,7 +79,7 @@ func NewTimeline(r *Run) *Timeline {
 	tl.Faults = faultSpans(r.History, tl.End)
 	switch tl.Mode {
 	case "redis":
-		tl.cuts = redisCuts(tl.Faults, failsOver(r.Info.Redis))
+		tl.cuts = redisCuts(tl.Faults)
 	case "strict":
 	default:
 		tl.segs = tl.fastSegments()
@@ -176,12 +176,7 @@ func (tl *Timeline) FaultFactorAt(t int64) int {
 //     during it each node admits its local fair share (together the limit); after the restart
 //     Redis is empty and counts from zero. Each epoch may admit up to the limit, so a window
 //     overlapping all three of one outage gets 3. Other faults do not change m: Redis, not the
-//     network between nodes, holds the counts. In a setup that fails over (cluster, sentinel)
-//     the outage is a master's death, and the third epoch starts when a replica takes over,
-//     at a moment the history does not fix: replication is asynchronous, so the new master
-//     may lack the writes it had not received (all of them, at worst) and counts as anew. So
-//     that epoch may begin anywhere from the kill to the heal (the restart, when no replica
-//     took over): see redisCuts.
+//     network between nodes, holds the counts.
 //   - fast: the most m(t) for any t in W (see fastFactor).
 func (tl *Timeline) FaultFactor(s, e int64) int {
 	switch tl.Mode {
@@ -214,12 +209,8 @@ const redisRecovery = int64(2 * time.Second)
 type epochCut struct{ from, to int64 }
 
 // redisCuts is every time Redis went away (at once: nothing is admitted through it after) or
-// came back (the nodes return to it within redisRecovery). With failover, Redis comes back
-// when a replica takes over from the killed master, which may be at any time before the heal
-// is recorded (the nemesis records it once the replica serves, or at the restart when none
-// took over): that cut spans the whole outage, so every window that touches the outage may
-// hold the new master's epoch.
-func redisCuts(spans []FaultSpan, failover bool) []epochCut {
+// came back (the nodes return to it within redisRecovery).
+func redisCuts(spans []FaultSpan) []epochCut {
 	var cuts []epochCut
 	for _, f := range spans {
 		if f.Fault.Kind != KindRedis {
@@ -228,10 +219,7 @@ func redisCuts(spans []FaultSpan, failover bool) []epochCut {
 		if !f.Orphan {
 			cuts = append(cuts, epochCut{f.Start, f.Start})
 		}
-		switch {
-		case failover:
-			cuts = append(cuts, epochCut{f.Start, f.End + redisRecovery})
-		case !f.Open:
+		if !f.Open {
 			cuts = append(cuts, epochCut{f.End, f.End + redisRecovery})
 		}
 	}

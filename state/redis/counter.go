@@ -58,7 +58,7 @@ type counter struct {
 var _ state.Counter = (*counter)(nil)
 
 func newCounter(b *Backend, id string) *counter {
-	tag := b.prefix + hashTag(id)
+	tag := b.prefix + "{" + id + "}"
 	c := &counter{
 		b:       b,
 		keys:    []string{tag + ":w", tag + ":f"},
