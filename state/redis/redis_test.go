@@ -104,17 +104,6 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// TestProperties runs the property suite without escrow blocks: while a block reservation is on
-// its way, a reply of another round trip whose script ran after the block's can reach the cache
-// first, and Load then shows the whole block as admitted (and its lease as a call) for that
-// round trip; the suite, which reads Load after every step, sees it. Admission is unaffected.
-func TestProperties(t *testing.T) {
-	srv := redistest.Start(t)
-	statetest.RunProperties(t, func(t *testing.T, clock *statetest.Clock) state.Backend {
-		return newBackend(t, srv, Options{Now: clock.Now, Timeout: 5 * time.Second, noBlocks: true})
-	})
-}
-
 // Two nodes and 64 goroutines race for one deployment's rpm: exactly rpm are admitted in all.
 func TestTwoNodesShareOneLimit(t *testing.T) {
 	srv := redistest.Start(t)
