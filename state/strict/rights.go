@@ -315,9 +315,11 @@ func (c *counter) onAbandon(from string, r *record, now int64) {
 			l.spentReq, l.spentTok = 0, 0
 			c.prune(now)
 			c.wake()
-			return
+			break
 		}
 	}
+	// Remembered either way: a want that arrives after its abandon, or again after it (a
+	// duplicated datagram), gets nothing.
 	c.remember(dropped{from: from, reqID: r.id, at: now})
 }
 
