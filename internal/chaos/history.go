@@ -107,13 +107,14 @@ type Value struct {
 
 // Fault kinds (Fault.Kind), which are also the --nemesis names.
 const (
-	KindPartition = "partition"
-	KindLoss      = "loss"
-	KindKill      = "kill"
-	KindPause     = "pause"
-	KindClock     = "clock"
-	KindLeader    = "leader" // kill the raft leader: recorded with Kind "kill" and Leader true
-	KindRedis     = "redis"
+	KindPartition  = "partition"
+	KindLoss       = "loss"
+	KindKill       = "kill"
+	KindPause      = "pause"
+	KindClock      = "clock"
+	KindLeader     = "leader"      // kill the raft leader: recorded with Kind "kill" and Leader true
+	KindRedis      = "redis"       // kill redis-server and restart it empty, as a crashed cache comes back
+	KindRedisPause = "redis-pause" // freeze redis-server (SIGSTOP): unreachable, but it keeps its data
 )
 
 // Fault is one injected fault, as its start and stop ops carry it.

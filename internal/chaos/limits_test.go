@@ -7,9 +7,13 @@ import (
 
 // fxRedisRun is a redis-mode run whose Redis is down from 100 s to 130 s, with 600 arrivals in
 // the 10 s before, `during` arrivals during the outage and 600 in the 20 s after.
-func fxRedisRun(during int) *Run {
+func fxRedisRun(during int) *Run { return fxRedisOutage(KindRedis, during) }
+
+// fxRedisOutage is fxRedisRun with an outage of kind: redis (restarted empty) or redis-pause
+// (kept its data).
+func fxRedisOutage(kind string, during int) *Run {
 	r := fxRun("redis", 3)
-	r.fxFault(&Fault{Kind: KindRedis}, 100, 130)
+	r.fxFault(&Fault{Kind: kind}, 100, 130)
 	r.fxArrivals("alpha-1", "b", 600, 90, 100, 1)
 	r.fxArrivals("alpha-1", "d", during, 100, 130, 1)
 	r.fxArrivals("alpha-1", "a", 600, 130, 150, 1)
@@ -112,10 +116,48 @@ func TestCheckLimitsVerdicts(t *testing.T) {
 			want:  True,
 		},
 		{
-			// 700 during and 600 after within [100 s, 160 s): 2 epochs allow 1200 + 2 x 3.
-			name:  "700 during a redis outage",
-			build: func() *Run { return fxRedisRun(700) },
-			want:  False, problem: "1300 requests in the 60 s from 100.0 s, bound 1206 (limit 600 x 2 views + 6 in flight)", m: 2,
+			// 700 during (from 2 s in: no escrow block reserved before is left) and 600 after
+			// within [102 s, 162 s): 2 views allow 1200 + 2 x 2.
+			name: "700 during a redis outage",
+			build: func() *Run {
+				r := fxRun("redis", 3)
+				r.fxFault(&Fault{Kind: KindRedis}, 100, 130)
+				r.fxArrivals("alpha-1", "d", 700, 102, 130, 1)
+				r.fxArrivals("alpha-1", "a", 600, 130, 150, 1)
+				return r
+			},
+			want: False, problem: "1300 requests in the 60 s from 102.0 s, bound 1204 (limit 600 x 2 views + 4 in flight)", m: 2,
+		},
+		{
+			// Redis kept its data: what the nodes admitted alone is pushed into it before they
+			// admit through it again, so after the outage Redis refuses what the window holds.
+			// Before, during and after are at most 2 views, not 3.
+			name:  "600 before, during and after a redis-pause",
+			build: func() *Run { return fxRedisOutage(KindRedisPause, 600) },
+			want:  False, problem: "1800 requests in the 60 s from 90.0 s, bound 1206 (limit 600 x 2 views + 6 in flight)", m: 2,
+		},
+		{
+			name: "600 before a redis-pause, 300 during, 300 after",
+			build: func() *Run {
+				r := fxRun("redis", 3)
+				r.fxFault(&Fault{Kind: KindRedisPause}, 100, 130)
+				r.fxArrivals("alpha-1", "b", 600, 90, 100, 1)
+				r.fxArrivals("alpha-1", "d", 300, 100, 130, 1)
+				r.fxArrivals("alpha-1", "a", 300, 130, 150, 1)
+				return r
+			},
+			want: True,
+		},
+		{
+			// A window inside a long outage has only the fair shares: one view.
+			name: "700 within a long redis-pause",
+			build: func() *Run {
+				r := fxRun("redis", 3)
+				r.fxFault(&Fault{Kind: KindRedisPause}, 100, 300)
+				r.fxArrivals("alpha-1", "d", 700, 150, 210, 1)
+				return r
+			},
+			want: False, problem: "700 requests in the 60 s from 150.0 s, bound 601 (limit 600 x 1 view + 1 in flight)", m: 1,
 		},
 		{
 			name: "1200 in 60 s in redis mode under a partition",

@@ -16,8 +16,11 @@ const (
 	quietMin, quietMax = 5 * time.Second, 10 * time.Second
 )
 
-// AllNemeses are the fault kinds --nemesis all means (redis only in redis mode).
-var AllNemeses = []string{KindPartition, KindLoss, KindKill, KindPause, KindClock, KindLeader, KindRedis}
+// AllNemeses are the fault kinds --nemesis all means (redis and redis-pause only in redis mode).
+var AllNemeses = []string{KindPartition, KindLoss, KindKill, KindPause, KindClock, KindLeader, KindRedis, KindRedisPause}
+
+// redisNemesis reports whether kind faults Redis itself, which only redis mode has.
+func redisNemesis(kind string) bool { return kind == KindRedis || kind == KindRedisPause }
 
 // Partition shapes.
 var shapes = []string{"halves", "isolate", "ring", "bridge"}
@@ -125,6 +128,8 @@ func (n *nemesis) start(ctx context.Context, kind string) (*Fault, error) {
 		err = target.setClock(f.Offset)
 	case KindRedis:
 		err = n.redis.kill(ctx)
+	case KindRedisPause:
+		err = n.redis.signal(syscall.SIGSTOP)
 	}
 	return f, err
 }
@@ -193,6 +198,8 @@ func (n *nemesis) heal(ctx context.Context) error {
 		err = n.byName(f.Nodes[0]).signal(syscall.SIGCONT, false)
 	case KindClock:
 		err = n.byName(f.Nodes[0]).setClock(0)
+	case KindRedisPause:
+		err = n.redis.signal(syscall.SIGCONT)
 	case KindRedis:
 		stop()
 		if err := n.redis.start(ctx); err != nil {

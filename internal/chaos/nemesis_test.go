@@ -99,8 +99,8 @@ func TestParseNemeses(t *testing.T) {
 	if got := ParseNemeses("none", ModeFast); got != nil {
 		t.Errorf("none = %v", got)
 	}
-	if got := ParseNemeses("all", ModeFast); slices.Contains(got, KindRedis) || len(got) != len(AllNemeses)-1 {
-		t.Errorf("all in fast mode = %v: every kind but redis", got)
+	if got := ParseNemeses("all", ModeFast); slices.ContainsFunc(got, redisNemesis) || len(got) != len(AllNemeses)-2 {
+		t.Errorf("all in fast mode = %v: every kind but redis and redis-pause", got)
 	}
 	if got := ParseNemeses("all", ModeRedis); !slices.Equal(got, AllNemeses) {
 		t.Errorf("all in redis mode = %v", got)
@@ -119,14 +119,15 @@ func TestOptionsValidate(t *testing.T) {
 		t.Fatalf("defaults: %v, tpm %d", err, o.TPM)
 	}
 	for name, edit := range map[string]func(*Options){
-		"no nodes":            func(o *Options) { o.Nodes = 0 },
-		"too many nodes":      func(o *Options) { o.Nodes = 10 },
-		"too short":           func(o *Options) { o.Time = 1e9 },
-		"unknown mode":        func(o *Options) { o.Mode = "eventual" },
-		"unknown nemesis":     func(o *Options) { o.Nemeses = []string{"flood"} },
-		"redis without redis": func(o *Options) { o.Nemeses = []string{KindRedis} },
-		"no demand":           func(o *Options) { o.Demand = 0 },
-		"clock without skew":  func(o *Options) { o.Nemeses, o.ClockSkew = []string{KindClock}, 500e6 },
+		"no nodes":                  func(o *Options) { o.Nodes = 0 },
+		"too many nodes":            func(o *Options) { o.Nodes = 10 },
+		"too short":                 func(o *Options) { o.Time = 1e9 },
+		"unknown mode":              func(o *Options) { o.Mode = "eventual" },
+		"unknown nemesis":           func(o *Options) { o.Nemeses = []string{"flood"} },
+		"redis without redis":       func(o *Options) { o.Nemeses = []string{KindRedis} },
+		"redis-pause without redis": func(o *Options) { o.Nemeses = []string{KindRedisPause} },
+		"no demand":                 func(o *Options) { o.Demand = 0 },
+		"clock without skew":        func(o *Options) { o.Nemeses, o.ClockSkew = []string{KindClock}, 500e6 },
 	} {
 		o := good()
 		edit(&o)

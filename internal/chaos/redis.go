@@ -57,6 +57,15 @@ func (r *redisServer) start(ctx context.Context) error {
 	}
 }
 
+// signal sends sig to redis-server: SIGSTOP freezes it with its data and its connections open,
+// SIGCONT resumes it.
+func (r *redisServer) signal(sig syscall.Signal) error {
+	if r.cmd == nil {
+		return fmt.Errorf("redis-server is not running")
+	}
+	return r.cmd.Process.Signal(sig)
+}
+
 // kill ends redis-server with SIGKILL and waits for it.
 func (r *redisServer) kill(ctx context.Context) error {
 	if r.cmd == nil {

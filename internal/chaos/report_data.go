@@ -68,7 +68,7 @@ func repLanes(f *Fault, all []string) []string {
 				lanes = append(lanes, n)
 			}
 		}
-	case KindRedis:
+	case KindRedis, KindRedisPause:
 		lanes = []string{KindRedis}
 	default:
 		lanes = append(lanes, f.Nodes...)

@@ -31,16 +31,17 @@ const repPlotW = vg.Length(864)
 var repFont = font.Font{Typeface: "Liberation", Variant: "Sans"}
 
 // repKinds is the order fault kinds are listed in; their colours stay the same in every plot.
-var repKinds = []string{KindPartition, KindLoss, KindKill, KindLeader, KindPause, KindClock, KindRedis}
+var repKinds = []string{KindPartition, KindLoss, KindKill, KindLeader, KindPause, KindClock, KindRedis, KindRedisPause}
 
 var repKindColors = map[string]color.RGBA{
-	KindPartition: {0x4e, 0x79, 0xa7, 0xff}, // blue
-	KindLoss:      {0x76, 0xb7, 0xb2, 0xff}, // teal
-	KindKill:      {0xe1, 0x57, 0x59, 0xff}, // red
-	KindLeader:    {0xff, 0x9d, 0xa7, 0xff}, // pink
-	KindPause:     {0xed, 0xc9, 0x48, 0xff}, // yellow
-	KindClock:     {0x9c, 0x75, 0x5f, 0xff}, // brown
-	KindRedis:     {0x8c, 0x8c, 0x8c, 0xff}, // grey
+	KindPartition:  {0x4e, 0x79, 0xa7, 0xff}, // blue
+	KindLoss:       {0x76, 0xb7, 0xb2, 0xff}, // teal
+	KindKill:       {0xe1, 0x57, 0x59, 0xff}, // red
+	KindLeader:     {0xff, 0x9d, 0xa7, 0xff}, // pink
+	KindPause:      {0xed, 0xc9, 0x48, 0xff}, // yellow
+	KindClock:      {0x9c, 0x75, 0x5f, 0xff}, // brown
+	KindRedis:      {0x8c, 0x8c, 0x8c, 0xff}, // grey
+	KindRedisPause: {0xba, 0xb0, 0xac, 0xff}, // light grey
 }
 
 func repKindColor(key string) color.RGBA {

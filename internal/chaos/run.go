@@ -86,8 +86,8 @@ func (o *Options) Validate() error {
 		if !slices.Contains(AllNemeses, k) {
 			return fmt.Errorf("--nemesis %q: one of %s, all or none", k, strings.Join(AllNemeses, ", "))
 		}
-		if k == KindRedis && o.Mode != ModeRedis {
-			return fmt.Errorf("--nemesis redis needs --mode redis")
+		if redisNemesis(k) && o.Mode != ModeRedis {
+			return fmt.Errorf("--nemesis %s needs --mode redis", k)
 		}
 	}
 	if slices.Contains(o.Nemeses, KindClock) && o.ClockSkew < time.Second {
@@ -107,7 +107,7 @@ func ParseNemeses(s, mode string) []string {
 	case "all":
 		var out []string
 		for _, k := range AllNemeses {
-			if k != KindRedis || mode == ModeRedis {
+			if !redisNemesis(k) || mode == ModeRedis {
 				out = append(out, k)
 			}
 		}

@@ -53,7 +53,7 @@ type Timeline struct {
 
 	index map[string]int // node name -> bit in the hears graph
 	segs  []mSegment     // fast mode: m(t), piecewise constant
-	cuts  []epochCut     // redis mode: where Redis went away or came back
+	dists []disturbance  // redis mode: where Redis went away or came back
 }
 
 // mSegment is m on [From, the next segment's From).
@@ -79,7 +79,7 @@ func NewTimeline(r *Run) *Timeline {
 	tl.Faults = faultSpans(r.History, tl.End)
 	switch tl.Mode {
 	case "redis":
-		tl.cuts = redisCuts(tl.Faults)
+		tl.dists = redisDisturbances(tl.Faults)
 	case "strict":
 	default:
 		tl.segs = tl.fastSegments()
@@ -172,11 +172,21 @@ func (tl *Timeline) FaultFactorAt(t int64) int {
 // cluster may have admitted in W.
 //
 //   - strict: 1. Rights never exceed the limit, whatever the fault.
-//   - redis: the number of Redis epochs W overlaps. Before an outage Redis counts everything;
-//     during it each node admits its local fair share (together the limit); after the restart
-//     Redis is empty and counts from zero. Each epoch may admit up to the limit, so a window
-//     overlapping all three of one outage gets 3. Other faults do not change m: Redis, not the
-//     network between nodes, holds the counts.
+//   - redis: 1 + the disturbances W touches. While Redis answers it counts every admission;
+//     during an outage each node admits its fair share locally (together the limit), and pushes
+//     those admissions into Redis, in the seconds it made them, before it admits through Redis
+//     again (state/redis). Two views can then each admit up to the limit only around an
+//     outage's start (Redis's window before it, and the escrow blocks reserved in it, used
+//     until their second ends: redisBlockTail; the fair shares after) and its end (the nodes
+//     back on Redis, which counts all but what nodes still local have not pushed yet, within
+//     redisRecovery). When Redis kept its data (redis-pause), the start and the end of one
+//     outage are one disturbance: a window over both holds at most the limit from what Redis
+//     counts (the earlier admissions and the pushed ones) plus the limit from what was not
+//     pushed yet, so 2, and a window inside the outage 1. When Redis restarted empty (redis),
+//     they are two: what Redis counted before the outage is gone, so a window over the start,
+//     the outage and the return may have the limit before, the limit of fair shares and, once
+//     nodes are back, Redis's limit over the pushed counts: 3. Other faults do not change m:
+//     Redis, not the network between nodes, holds the counts.
 //   - fast: the most m(t) for any t in W (see fastFactor).
 func (tl *Timeline) FaultFactor(s, e int64) int {
 	switch tl.Mode {
@@ -184,9 +194,8 @@ func (tl *Timeline) FaultFactor(s, e int64) int {
 		return 1
 	case "redis":
 		m := 1
-		for _, c := range tl.cuts {
-			// W holds time of the epoch before the cut and of the one after it.
-			if s < c.to && c.from < e {
+		for _, d := range tl.dists {
+			if d.touches(s, e) {
 				m++
 			}
 		}
@@ -200,31 +209,53 @@ func (tl *Timeline) FaultFactor(s, e int64) int {
 	return m
 }
 
-// redisRecovery is how long after Redis answers again a node may still admit locally: its
-// breaker probes Redis once a second (state/redis), so the outage's epoch and the next one
-// overlap for that long.
+// redisRecovery is how long after Redis answers again a node may still admit locally, or not
+// have pushed what it admitted locally: its breaker probes Redis once a second and pushes before
+// it closes (state/redis).
 const redisRecovery = int64(2 * time.Second)
 
-// epochCut is where one Redis epoch gives way to the next: both may admit in [from, to].
+// redisBlockTail is how long after Redis goes away a node may still admit from an escrow block
+// reserved in it: until the block's second ends (state/redis).
+const redisBlockTail = int64(time.Second)
+
+// epochCut is where one view of the usage gives way to another: both may admit in [from, to].
 type epochCut struct{ from, to int64 }
 
-// redisCuts is every time Redis went away (at once: nothing is admitted through it after) or
-// came back (the nodes return to it within redisRecovery).
-func redisCuts(spans []FaultSpan) []epochCut {
-	var cuts []epochCut
+// disturbance is a stretch of time where two views may each admit up to the limit: a window that
+// touches any of its cuts counts one more view.
+type disturbance []epochCut
+
+// touches reports whether the window [s, e) holds time on both sides of one of d's cuts.
+func (d disturbance) touches(s, e int64) bool {
+	return slices.ContainsFunc(d, func(c epochCut) bool { return s < c.to && c.from < e })
+}
+
+// redisDisturbances are the times Redis went away (nothing is reserved in it after, and what was
+// is used within redisBlockTail) or came back (the nodes return to it, having pushed their local
+// admissions, within redisRecovery): one disturbance each when a restart emptied it, one for
+// both when it kept its data (see FaultFactor).
+func redisDisturbances(spans []FaultSpan) []disturbance {
+	var out []disturbance
 	for _, f := range spans {
-		if f.Fault.Kind != KindRedis {
+		if f.Fault.Kind != KindRedis && f.Fault.Kind != KindRedisPause {
 			continue
 		}
+		var cuts disturbance
 		if !f.Orphan {
-			cuts = append(cuts, epochCut{f.Start, f.Start})
+			cuts = append(cuts, epochCut{f.Start, f.Start + redisBlockTail})
 		}
 		if !f.Open {
 			cuts = append(cuts, epochCut{f.End, f.End + redisRecovery})
 		}
+		if f.Fault.Kind == KindRedisPause {
+			out = append(out, cuts)
+			continue
+		}
+		for _, c := range cuts {
+			out = append(out, disturbance{c})
+		}
 	}
-	slices.SortFunc(cuts, func(a, b epochCut) int { return compareInt64(a.from, b.from) })
-	return cuts
+	return out
 }
 
 // fastSegments evaluates m(t) once per stretch where it cannot change: m changes only where a

@@ -204,7 +204,8 @@ func TestFaultFactorModes(t *testing.T) {
 		{0, 1},   // before the outage only (the partition does not count in redis mode)
 		{50, 2},  // before and during
 		{90, 3},  // before, during and after
-		{100, 2}, // during and after
+		{100, 3}, // during and after, and the first second, when escrow blocks reserved before may still admit
+		{101, 2}, // during and after
 		{110, 2},
 		{130, 2}, // just after: a node's breaker may not have seen Redis back yet (redisRecovery)
 		{132, 1}, // after only
@@ -215,6 +216,46 @@ func TestFaultFactorModes(t *testing.T) {
 			t.Errorf("redis: m([%v s, +60 s)) = %d, want %d", c.s, got, c.want)
 		}
 	}
+
+	// Redis frozen from 100 s to 130 s and from 260 s to 400 s, keeping its data: the nodes push
+	// what they admitted alone before they admit through it again, so the start and the return
+	// of one outage are one disturbance, and a window inside an outage has one view.
+	pause := fxRun("redis", 3)
+	pause.fxFault(&Fault{Kind: KindRedisPause}, 100, 130)
+	pause.fxFault(&Fault{Kind: KindRedisPause}, 260, 400)
+	for _, c := range []struct {
+		s    float64
+		want int
+	}{
+		{0, 1},     // before the first outage only
+		{50, 2},    // before and during
+		{90, 2},    // before, during and after: one disturbance, not two
+		{100, 2},   // during and after
+		{131, 2},   // after, while a node may not have pushed yet
+		{132, 1},   // after only
+		{150, 1},   // after the first, before the second (ends at 210 s)
+		{201, 2},   // touches the second's start
+		{260.5, 2}, // blocks reserved before the second may still admit
+		{261, 1},   // inside the second: the fair shares alone
+		{270, 1},
+		{340, 1}, // still inside: [340 s, 400 s) ends as it returns
+		{341, 2}, // and its return
+		{402, 1},
+	} {
+		if got := NewTimeline(pause).FaultFactor(fxSec(c.s), fxSec(c.s)+LimitWindow); got != c.want {
+			t.Errorf("redis-pause: m([%v s, +60 s)) = %d, want %d", c.s, got, c.want)
+		}
+	}
+	if got := NewTimeline(pause).FaultFactor(fxSec(90), fxSec(300)); got != 3 {
+		t.Errorf("redis-pause: m over both outages = %d, want 3", got)
+	}
+	// One that never ended.
+	open := fxRun("redis", 3)
+	open.fxFault(&Fault{Kind: KindRedisPause}, 100, -1)
+	if got := NewTimeline(open).FaultFactor(fxSec(90), fxSec(150)); got != 2 {
+		t.Errorf("redis-pause never healed: m over its start = %d, want 2", got)
+	}
+
 	strict := fxRun("strict", 5)
 	strict.fxFault(fxPartition("halves", []string{"n1", "n2"}, []string{"n3", "n4", "n5"}), 0, -1)
 	if got := NewTimeline(strict).FaultFactor(0, fxSec(600)); got != 1 {

@@ -87,8 +87,8 @@ func (c *counter) blockSizeLocked(lim state.Limits, r state.Reservation, now int
 // wall (ns) counts the attempt for the rate; 0 for a retry, which was counted.
 func (c *counter) takeBlock(lim state.Limits, r state.Reservation, now, wall int64) (state.Ticket, bool) {
 	b := c.b
-	bucket := window.BucketOf(now)
 	c.mu.Lock()
+	bucket := c.blockBucketLocked(now)
 	if wall != 0 {
 		c.noteLocked(wall, r.Tokens)
 	}
@@ -144,11 +144,15 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	if k <= 1 {
 		return
 	}
+	if err := c.pushPending(); err != nil {
+		b.failed(err)
+		return
+	}
 	id := b.seq.Add(1)
 	ctx, cancel := b.ctx()
 	defer cancel()
 	var opsBuf [maxEndsPerCall]endOp
-	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
+	ops, floor, trip := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall, true)
 	kc := c.admitCall(ctx, id, ops, b.overrideMs(), floor, b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, 0, k, t)
 	defer kc.release()
 	ks := [1]*call{kc}
@@ -159,8 +163,8 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 		b.srv.seen(sent, rep.serverUs)
 	}
 	c.mu.Lock()
-	c.confirmEndsLocked(ops, &rep, err)
 	if err != nil {
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, err, nil)
 		c.mu.Unlock()
 		b.failed(err)
 		return
@@ -168,8 +172,10 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b.stats.blockReserves.Add(1)
 	if rep.status == 1 {
 		c.tickets[id] = struct{}{}
-		c.admitCountedLocked(&rep, k, t)
+		c.readReplyLocked(trip, ops, k, t, true, &rep, nil, nil)
 		c.addBlockLocked(lim, rep.head, id, k, t)
+	} else {
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, nil, nil) // its header serves
 	}
 	c.mu.Unlock()
 	b.succeeded()
@@ -210,7 +216,7 @@ func (c *counter) waitFetch() bool {
 // node's block, or adds them to it. A reservation that cannot join the current block (another
 // bucket, other limits) is given back at once.
 func (c *counter) addBlockLocked(lim state.Limits, bucket int64, id uint64, k, t int64) {
-	now := window.BucketOf(c.b.windowNow().UnixNano())
+	now := c.blockBucketLocked(c.b.windowNow().UnixNano())
 	if c.blk != nil && (c.blk.bucket < now || c.blk.lim != lim) {
 		c.retireBlockLocked()
 	}
@@ -275,25 +281,41 @@ func (c *counter) endBlockTicket(t state.Ticket, requests, tokens int64, release
 		c.b.stats.droppedEnds.Add(1)
 		return
 	}
+	e := endOp{id: c.b.seq.Add(1), bucket: t.Bucket, requests: requests, tokens: tokens, adjust: true}
+	e.cachedReq, e.cachedTok = c.addEndLocked(e.bucket, requests, tokens)
 	for i := range c.ends {
-		if e := &c.ends[i]; e.adjust && !e.sent && e.bucket == t.Bucket {
-			// Each within ±maxCount, and so is what a bucket holds: the sum may be kept there.
-			e.requests = min(max(e.requests+requests, -maxCount), maxCount)
-			e.tokens = min(max(e.tokens+tokens, -maxCount), maxCount)
-			c.ring.Add(t.Bucket, requests, tokens)
+		// Summed with an adjustment of the same bucket still waiting, unless Redis would count
+		// the sum otherwise than the parts, as the cache did: when the bucket's cap cut either.
+		if a := &c.ends[i]; a.adjust && !a.sent && a.bucket == e.bucket && uncut(*a) && uncut(e) &&
+			fits(a.requests, e.requests) && fits(a.tokens, e.tokens) {
+			a.requests += e.requests
+			a.tokens += e.tokens
+			a.cachedReq += e.cachedReq
+			a.cachedTok += e.cachedTok
 			return
 		}
 	}
-	c.queueEndLocked(endOp{id: c.b.seq.Add(1), bucket: t.Bucket, requests: requests, tokens: tokens, adjust: true})
+	c.appendEndLocked(e)
 }
+
+// uncut reports whether the cache counted all of e's correction (the bucket's cap cut none).
+func uncut(e endOp) bool { return e.cachedReq == e.requests && e.cachedTok == e.tokens }
+
+// fits reports whether a+b, for a and b within ±maxCount, is too.
+func fits(a, b int64) bool { return a+b >= -maxCount && a+b <= maxCount }
 
 // queueEndLocked counts e in the cache at once and queues it for Redis.
 func (c *counter) queueEndLocked(e endOp) {
+	e.cachedReq, e.cachedTok = c.addEndLocked(e.bucket, e.requests, e.tokens)
+	c.appendEndLocked(e)
+}
+
+// appendEndLocked queues e, already counted in the cache, for Redis.
+func (c *counter) appendEndLocked(e endOp) {
 	c.ends = append(c.ends, e)
 	if e.adjust {
 		c.adjusts++
 	}
-	c.ring.Add(e.bucket, e.requests, e.tokens)
 	if !c.flushArmed {
 		c.flushArmed = true
 		if e.adjust {
@@ -304,10 +326,19 @@ func (c *counter) queueEndLocked(e endOp) {
 	}
 }
 
+// blockBucketLocked is the bucket a block must be of to be used at now (the window's clock, ns):
+// now's, or the cached window's head if that is later. When the clock seems to step back (the
+// server's was stepped back, or a test's), Redis counts every admission at least in the latest
+// bucket anyone saw (see lua/window.lua's clock()); a block of an earlier bucket would count its
+// admissions where they leave the window sooner.
+func (c *counter) blockBucketLocked(now int64) int64 {
+	return max(window.BucketOf(now), c.ring.Head())
+}
+
 // expireBlock retires the block once the clock has left its bucket (the background loop).
 func (c *counter) expireBlock(now int64) {
 	c.mu.Lock()
-	if c.blk != nil && window.BucketOf(now) > c.blk.bucket {
+	if c.blk != nil && c.blockBucketLocked(now) > c.blk.bucket {
 		c.retireBlockLocked()
 	}
 	c.mu.Unlock()

@@ -55,6 +55,20 @@ func (s *serverClock) low() time.Time {
 	return time.Unix(0, s.offLo.Load()+time.Since(s.base).Nanoseconds())
 }
 
+// mono is this process's monotonic clock: ns since base.
+func (s *serverClock) mono() int64 { return time.Since(s.base).Nanoseconds() }
+
+// at is the latest the server's clock can have read (Unix ns) when the monotonic clock read m
+// (mono), before or after the latest sample: the server read its clock no sooner than the
+// sample's call was sent, so at any moment m it read at most T + (m - sent), as long as it ran at
+// the rate of this host's. Before the server ever answered it is this host's wall clock then.
+func (s *serverClock) at(m int64) int64 {
+	if s.sent.Load() == 0 {
+		return time.Now().UnixNano() + m - s.mono()
+	}
+	return s.off.Load() + m
+}
+
 // leaseNow is the server's time for leases: always the estimate of the server's clock.
 func (b *Backend) leaseNow() time.Time { return b.srv.now() }
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -24,22 +26,37 @@ type counter struct {
 	local   state.Counter
 
 	mu sync.Mutex
-	// The cached window and in-flight count: the newest reply (by head, then version) plus this
-	// node's ends that Redis has not confirmed yet (ends). A whole window (refresh, refusal,
-	// RetryAfter) replaces the ring; a header (every other reply) corrects its sums, the
-	// difference counted in the head bucket: see the package comment.
+	// The cached window and in-flight count: the newest reply taken as the cache's state (by
+	// head, then version), plus what this node's later scripts did (late) and its ends that
+	// Redis has not confirmed yet (ends). A whole window (refresh, refusal, RetryAfter) replaces
+	// the ring; a header (every other reply) corrects its sums, the difference counted in the
+	// head bucket: see the package comment and readReplyLocked.
 	ring              window.Ring
-	reported          int64 // calls in flight, as of the newest reply
+	reported          int64 // calls in flight, as of that reply, plus the late leases
 	seenHead, seenVer int64
 	seen              bool
-	ends              []endOp // settles and releases not yet confirmed by Redis, oldest first
-	inTransit         int     // ends sent whose replies are not read yet
-	endsSent          uint64  // round trips that carried ends, ever: see applyRead
+	ends              []endOp      // settles and releases not yet confirmed by Redis, oldest first
+	inTransit         int          // ends sent whose replies are not read yet
+	endsSent          uint64       // round trips that carried ends, ever: see applyRead
+	trips             []uint64     // those of them whose replies are not read yet, by number (endsSent)
+	late              []effect     // replies read but not yet taken as the state: what their scripts did
+	held              []heldHeader // headers waiting for the round trips on their way when they came
 	flushTimer        *time.Timer
 	flushArmed        bool                // flushTimer runs: unsent ends wait for an Admit until it fires
 	tickets           map[uint64]struct{} // this node's Redis tickets in flight: their leases are renewed
 	lastUse           int64               // Backend.ticks at the last use; keeps the counter in the background refresh
 	adjusts           int                 // adjustments among ends (they free no in-flight slot)
+
+	// Local admissions (outage.go): what this node admitted while Redis was unreachable and Redis
+	// does not count yet (outage, per second of the outage clock; unpushed is set whenever it may
+	// hold anything), the local tickets in flight, snapshots taken (gen) and pushed (pushedGen),
+	// and the push on its way and the ends that wait for it.
+	outage         window.Ring
+	unpushed       atomic.Bool
+	localTix       map[uint64]localAdmission
+	gen, pushedGen uint64
+	pushing        chan struct{}
+	pushFix        []correction
 
 	// Escrow (see block.go): the block admissions are taken from, the calls admitted from
 	// blocks still in flight, the block reservation on its way (nil: none), and what sizes
@@ -60,14 +77,16 @@ var _ state.Counter = (*counter)(nil)
 func newCounter(b *Backend, id string) *counter {
 	tag := b.prefix + "{" + id + "}"
 	c := &counter{
-		b:       b,
-		keys:    []string{tag + ":w", tag + ":f"},
-		keyArgs: [2]any{tag + ":w", tag + ":f"},
-		local:   b.local.Counter(id),
-		tickets: make(map[uint64]struct{}),
-		lastUse: b.ticks.Load(),
+		b:        b,
+		keys:     []string{tag + ":w", tag + ":f"},
+		keyArgs:  [2]any{tag + ":w", tag + ":f"},
+		local:    b.local.Counter(id),
+		tickets:  make(map[uint64]struct{}),
+		localTix: make(map[uint64]localAdmission),
+		lastUse:  b.ticks.Load(),
 	}
 	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
+	c.outage.Reset(window.BucketOf(b.outageNow()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
 	return c
@@ -94,7 +113,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		}
 	}
 	if b.open.Load() {
-		return c.admitLocal(lim, r)
+		if t, err := c.admitLocal(lim, r, false); err != errBreakerClosed {
+			return t, err
+		}
 	}
 	// A block is reserved instead of r alone when traffic makes one worth it and no other
 	// block reservation is on its way.
@@ -144,6 +165,10 @@ var errBlockRefused = errors.New("block refused")
 func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens int64) (state.Ticket, error) {
 	b := c.b
 	isBlock := k != r.Requests || tokens != r.Tokens
+	if err := c.pushPending(); err != nil {
+		b.failed(err)
+		return c.admitLocal(lim, r, true)
+	}
 	id := b.seq.Add(1)
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -151,7 +176,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 	// decision counts them, as the caller expects of a Settle that returned, and they cost no
 	// round trip of their own.
 	var opsBuf [maxEndsPerCall]endOp
-	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
+	ops, floor, trip := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall, isBlock)
 	kc := c.admitCall(ctx, id, ops,
 		b.overrideMs(), floor, b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
 	defer kc.release()
@@ -170,20 +195,20 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 	}
 	c.mu.Lock()
 	c.lastUse = b.ticks.Load()
-	c.confirmEndsLocked(ops, &rep, err)
 	if err != nil {
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, err, nil)
 		c.mu.Unlock()
 		// The script may have run: its reservation then counts until it ages out, and its
 		// lease, which nobody renews, frees the slot within LeaseTTL.
 		b.failed(err)
-		return c.admitLocal(lim, r)
+		return c.admitLocal(lim, r, true)
 	}
 	var t state.Ticket
 	if w != nil {
-		c.applyLocked(rep.inFlight, w)
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, nil, w)
 	} else {
 		c.tickets[id] = struct{}{}
-		c.admitCountedLocked(&rep, k, tokens)
+		c.readReplyLocked(trip, ops, k, tokens, true, &rep, nil, nil)
 		t = state.Ticket{Reserved: r, Bucket: rep.head, ID: id}
 		if isBlock {
 			// r is the block's first admission; the rest is the block (given back at once if
@@ -212,19 +237,33 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 
 // admitLocal admits against the local backend at this node's fair share of lim, and only while
 // the usage Redis last reported (aging out of the cached window) plus what this node admitted
-// locally leaves room: the fleet must not get a fresh window the moment Redis fails.
-func (c *counter) admitLocal(lim state.Limits, r state.Reservation) (state.Ticket, error) {
-	c.b.stats.localAdmits.Add(1)
+// locally leaves room: the fleet must not get a fresh window the moment Redis fails. What it
+// admits is counted for the push to Redis (outage.go). fallback is set when a Redis call just
+// failed; otherwise the breaker was open when the caller looked, and if it has closed since,
+// admitLocal returns errBreakerClosed and the caller goes to Redis.
+func (c *counter) admitLocal(lim state.Limits, r state.Reservation, fallback bool) (state.Ticket, error) {
 	now := c.b.now()
-	c.mu.Lock() // makes the cache check and the local reservation one step
+	c.mu.Lock() // makes the cache check, the local reservation and its count for the push one step
 	defer c.mu.Unlock()
+	// Set before the breaker is read, and read by the Redis path after it: an admission through
+	// Redis either sees this one's count, and pushes it first, or this one sees the breaker closed.
+	c.unpushed.Store(true)
+	if !fallback && !c.b.open.Load() {
+		return state.Ticket{}, errBreakerClosed
+	}
+	c.b.stats.localAdmits.Add(1)
 	if wait := c.cachedWaitLocked(now, lim, r); wait > 0 {
 		return state.Ticket{}, &state.NoCapacityError{RetryAfter: wait}
 	}
 	t, err := c.local.Admit(c.b.fairShare(lim), r)
-	t.ID = 0 // ends locally
+	if err == nil {
+		t.ID = c.countLocalLocked(t.Reserved.Requests, t.Reserved.Tokens)
+	}
 	return t, err
 }
+
+// errBreakerClosed is admitLocal's answer when Redis answers again: admit through it.
+var errBreakerClosed = errors.New("breaker closed")
 
 // localRetryAfter is RetryAfter while Redis is unreachable: the later of the local fair
 // share's wait and the cached window's.
@@ -292,10 +331,12 @@ func (c *counter) Release(t state.Ticket) {
 // end settles or releases t where it was issued. A Redis ticket's end is counted in the cache at
 // once and sent to Redis without waiting: in this node's next Admit of the deployment, or on its
 // own (flush) when none comes within endDelay. It is best effort: when it fails, the
-// reservation stays as reserved and the lease frees the in-flight slot.
+// reservation stays as reserved and the lease frees the in-flight slot. A local ticket ends in
+// the local fallback, and corrects what the push to Redis takes, or took, of it.
 func (c *counter) end(t state.Ticket, requests, tokens int64, locally func()) {
-	if t.ID == 0 {
+	if t.ID&localTicket != 0 {
 		locally()
+		c.endLocal(t.ID, requests, tokens)
 		return
 	}
 	b := c.b
@@ -307,8 +348,9 @@ func (c *counter) end(t state.Ticket, requests, tokens int64, locally func()) {
 		b.stats.droppedEnds.Add(1)
 		return
 	}
-	c.ends = append(c.ends, endOp{id: t.ID, bucket: t.Bucket, requests: requests, tokens: tokens})
-	c.ring.Add(t.Bucket, requests, tokens)
+	e := endOp{id: t.ID, bucket: t.Bucket, requests: requests, tokens: tokens}
+	e.cachedReq, e.cachedTok = c.addEndLocked(e.bucket, requests, tokens)
+	c.ends = append(c.ends, e)
 	if !c.flushArmed { // counted from the oldest unsent end, not reset by later ones
 		c.flushArmed = true
 		c.flushTimer.Reset(endDelay)
@@ -321,23 +363,42 @@ type endOp struct {
 	id               uint64
 	bucket           int64 // the ticket's bucket
 	requests, tokens int64 // the correction to it
-	sent             bool  // in a round trip whose reply is not read yet
-	adjust           bool  // an adjustment (escrow), not the end of a lease: frees no in-flight slot
+	// cachedReq and cachedTok are what the cached ring counted of the correction (addEndLocked),
+	// and what undoing it takes off.
+	cachedReq, cachedTok int64
+	sent                 bool // in a round trip whose reply is not read yet
+	adjust               bool // an adjustment (escrow), not the end of a lease: frees no in-flight slot
 }
 
 // takeEndsFloor is takeEndsLocked, and the floor for a script call: the latest bucket of the server's
-// clock this node has seen (its cached window's head, aged by the lower bound).
-func (c *counter) takeEndsFloor(dst []endOp, limit int) ([]endOp, int64) {
+// clock this node has seen (its cached window's head, aged by the lower bound). With block, the
+// call reserves an escrow block, and its round trip is numbered even without ends: until its
+// reply has made the block, a reply whose script ran after it would show the whole block as
+// admitted (see readReplyLocked).
+func (c *counter) takeEndsFloor(dst []endOp, limit int, block bool) (ops []endOp, floor int64, trip uint64) {
 	low := window.BucketOf(c.b.windowLow().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.ring.Advance(low)
-	return c.takeEndsLocked(dst, limit), c.ring.Head()
+	ops, trip = c.takeEndsLocked(dst, limit)
+	if block && trip == 0 {
+		trip = c.newTripLocked()
+	}
+	return ops, c.ring.Head(), trip
+}
+
+// newTripLocked numbers a round trip readReplyLocked must know to be on its way.
+func (c *counter) newTripLocked() uint64 {
+	c.endsSent++
+	c.trips = append(c.trips, c.endsSent)
+	return c.endsSent
 }
 
 // takeEndsLocked marks up to limit unsent ends as sent and appends them to dst, oldest first.
-// When none is left unsent, the flush timer has nothing to wait for: it stops.
-func (c *counter) takeEndsLocked(dst []endOp, limit int) []endOp {
+// When it takes any, the round trip that carries them is numbered (trip, else 0): its reply must
+// say so to readReplyLocked. When none is left unsent, the flush timer has nothing to wait for:
+// it stops.
+func (c *counter) takeEndsLocked(dst []endOp, limit int) (_ []endOp, trip uint64) {
 	n := len(dst)
 	left := false
 	for i := range c.ends {
@@ -352,13 +413,13 @@ func (c *counter) takeEndsLocked(dst []endOp, limit int) []endOp {
 	}
 	if taken := len(dst) - n; taken > 0 {
 		c.inTransit += taken
-		c.endsSent++
+		trip = c.newTripLocked()
 	}
 	if !left && c.flushArmed {
 		c.flushArmed = false
 		c.flushTimer.Stop() // if it fires anyway, flush finds nothing to send
 	}
-	return dst
+	return dst, trip
 }
 
 // flush sends the unsent ends in a round trip of their own: flushTimer runs it when no Admit of
@@ -366,16 +427,26 @@ func (c *counter) takeEndsLocked(dst []endOp, limit int) []endOp {
 // (the leases free the slots).
 func (c *counter) flush() {
 	b := c.b
+	b.flushMu.RLock()
+	defer b.flushMu.RUnlock()
+	if !b.closed.Load() { // Close sends what is left itself
+		c.flushNow()
+	}
+}
+
+// flushNow is flush, and reports whether it sent anything and Redis took it.
+func (c *counter) flushNow() bool {
+	b := c.b
 	c.mu.Lock()
 	c.flushArmed = false
 	c.mu.Unlock()
 	if b.open.Load() {
 		c.dropEnds()
-		return
+		return false
 	}
-	ops, floor := c.takeEndsFloor(nil, maxFlush)
+	ops, floor, trip := c.takeEndsFloor(nil, maxFlush, false)
 	if len(ops) == 0 {
-		return
+		return false
 	}
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -383,7 +454,8 @@ func (c *counter) flush() {
 	defer releaseCalls(ks)
 	sent := time.Now()
 	b.runCalls(ctx, ks)
-	if err := ks[0].cmd.Err(); err != nil {
+	err := ks[0].cmd.Err()
+	if err != nil {
 		b.failed(err)
 	} else {
 		b.succeeded()
@@ -393,16 +465,21 @@ func (c *counter) flush() {
 	for i, k := range ks {
 		chunk := ops[i*maxEndsPerCall : min((i+1)*maxEndsPerCall, len(ops))]
 		rep, err := k.reply()
-		c.confirmEndsLocked(chunk, &rep, err)
 		if err == nil {
 			b.srv.seen(sent, rep.serverUs)
-			c.applyReplyLocked(&rep)
 		}
+		c.readReplyLocked(trip, chunk, 0, 0, false, &rep, err, nil)
 	}
-	if !c.flushArmed && slices.ContainsFunc(c.ends, func(e endOp) bool { return !e.sent }) {
+	if !c.flushArmed && !b.closed.Load() && c.unsentLocked() {
 		c.flushArmed = true // more than maxFlush were waiting
 		c.flushTimer.Reset(0)
 	}
+	return err == nil
+}
+
+// unsentLocked reports whether ends wait to be sent.
+func (c *counter) unsentLocked() bool {
+	return slices.ContainsFunc(c.ends, func(e endOp) bool { return !e.sent })
 }
 
 // endCalls builds the calls of end.lua that finish ops, maxEndsPerCall in each.
@@ -416,52 +493,166 @@ func (c *counter) endCalls(ctx context.Context, ops []endOp, floor int64) []*cal
 	return ks
 }
 
-// confirmEndsLocked forgets ops, which the call that got rep (or failed with err) carried. The
-// caller applies rep itself, after this: the ring counted ops's corrections while they were on
-// their way, and the reply's sums count them now.
-func (c *counter) confirmEndsLocked(ops []endOp, rep *reply, err error) {
-	if len(ops) == 0 {
-		return
+// readReplyLocked folds the reply of one of this node's round trips into the cache: trip is the
+// number takeEndsFloor gave it (0: none), ops the ends it carried, requests and tokens what it
+// reserved and leased whether that took a lease (an admission, a block); rep is its reply, or
+// err its failure; w the whole window a refusal carries, when decoded (else the reply's header
+// serves).
+//
+// The cache counts this node's ends from the moment they are made until a reply counts them. A
+// reply shows the window as its own script left it, and ends whose round trips have not replied
+// yet may or may not be in it: their scripts ran on other connections, before or after. Taken
+// as the cache's state then, such a reply would count those ends twice, in its sums and as
+// unconfirmed ends, and Load would show calls in flight that ended and tokens never used (or,
+// for a block reservation on its way, the whole block as admitted). So a reply that comes while
+// other numbered round trips are on their way is only counted for what its own script did (an
+// effect, kept in late) and held back until those round trips have replied; it is then taken as
+// the state, with the effects of every later script of this node on top. Versions tell later
+// from earlier: every script that finishes an end or reserves moves the window's version. Round
+// trips reply within the call timeout, so under steady concurrency the cache still follows
+// Redis within a round trip or two.
+func (c *counter) readReplyLocked(trip uint64, ops []endOp, requests, tokens int64, leased bool, rep *reply, err error, w *snapshot) {
+	if i := slices.Index(c.trips, trip); trip != 0 && i >= 0 {
+		c.trips = slices.Delete(c.trips, i, i+1)
 	}
+	var e effect
 	c.inTransit -= len(ops)
-	for _, op := range ops {
-		c.forgetEndLocked(op.id)
+	for i, op := range ops {
+		// The cached amounts as they are now: a whole window read meanwhile counted them anew.
+		ops[i] = c.forgetEndLocked(op.id)
+		e.requests += ops[i].cachedReq
+		e.tokens += ops[i].cachedTok
+		if !op.adjust {
+			e.leases--
+		}
 	}
 	switch {
 	case err != nil:
-		// Redis may not have counted them (the breaker hears of the failure from the caller).
-		b := c.b
-		b.stats.droppedEnds.Add(int64(len(ops)))
-		b.log.Debug("redis state backend: settles not recorded; the leases free their slots",
-			"key", c.keys[0], "ends", len(ops), "err", err)
-		fallthrough
-	case rep.kind != noWindow && c.olderLocked(rep.head, rep.ver):
-		// Or a newer reply is in the cache: it counted them, and so did the ring on top.
-		for _, op := range ops {
-			c.ring.Add(op.bucket, -op.requests, -op.tokens)
+		if len(ops) > 0 {
+			// Redis may not have counted them (the breaker hears of the failure from the caller).
+			b := c.b
+			b.stats.droppedEnds.Add(int64(len(ops)))
+			b.log.Debug("redis state backend: settles not recorded; the leases free their slots",
+				"key", c.keys[0], "ends", len(ops), "err", err)
+			c.uncountLocked(ops)
+		}
+	case rep.kind == noWindow:
+		c.noWindowLocked(rep.inFlight)
+	case c.olderLocked(rep.head, rep.ver):
+		// A later state is the cache's: it counted them, and so did the ring on top.
+		c.uncountLocked(ops)
+	case len(c.trips) > 0:
+		e.head, e.ver = rep.head, rep.ver
+		e.requests += requests
+		e.tokens += tokens
+		if leased {
+			e.leases++
+		}
+		c.ring.Advance(rep.head)
+		c.ring.Add(rep.head, requests, tokens)
+		c.reported += e.leases
+		c.late = append(c.late, e)
+		if w == nil { // a whole window would wait for nothing: the next reply or read serves as well
+			c.held = append(c.held, heldHeader{head: rep.head, ver: rep.ver, requests: rep.requests,
+				tokens: rep.tokens, inFlight: rep.inFlight, after: slices.Max(c.trips)})
+		}
+	case w != nil:
+		c.applyLocked(rep.inFlight, w)
+	default:
+		if c.baseLocked(rep.head, rep.ver, rep.requests, rep.tokens, rep.inFlight) {
+			// The cache is ahead of the reply's head: what the call reserved is counted where
+			// Redis counted it (a later reply brings the other nodes' changes).
+			c.ring.Add(rep.head, requests, tokens)
 		}
 	}
+	c.releaseHeldLocked()
 }
 
-// applyReplyLocked folds a header reply, or one that found no window, into the cache.
-func (c *counter) applyReplyLocked(rep *reply) {
-	if rep.kind == noWindow {
-		c.noWindowLocked(rep.inFlight)
-		return
+// effect is what one of this node's scripts changed, as the cache counted it: the requests and
+// tokens it reserved and the corrections of the ends it finished, and the leases it took less
+// those it ended. head and ver are the window it left.
+type effect struct {
+	head, ver        int64
+	requests, tokens int64
+	leases           int64
+}
+
+// heldHeader is a reply's header held back by readReplyLocked until every round trip with ends
+// that was on its way when it came (numbered up to after) has replied.
+type heldHeader struct {
+	head, ver, requests, tokens, inFlight int64
+	after                                 uint64
+}
+
+// uncountLocked takes ops's corrections out of the ring.
+func (c *counter) uncountLocked(ops []endOp) {
+	for _, op := range ops {
+		c.ring.Add(op.bucket, -op.cachedReq, -op.cachedTok)
 	}
-	_ = c.applyHeaderLocked(rep) // this node's ends are in the cache already
 }
 
-func (c *counter) forgetEndLocked(id uint64) {
+// releaseHeldLocked takes as the cache's state the held headers whose round trips have all
+// replied, oldest first (a newer one makes the older ones moot).
+func (c *counter) releaseHeldLocked() {
+	for len(c.held) > 0 {
+		first := uint64(math.MaxUint64) // the oldest round trip still on its way
+		for _, t := range c.trips {
+			first = min(first, t)
+		}
+		i := -1
+		for j, h := range c.held {
+			if h.after < first && (i < 0 || after(c.held[i].head, c.held[i].ver, h.head, h.ver)) {
+				i = j
+			}
+		}
+		if i < 0 {
+			return
+		}
+		h := c.held[i]
+		c.held = slices.Delete(c.held, i, i+1)
+		// What its own call reserved was counted when it came, behind or not.
+		_ = c.baseLocked(h.head, h.ver, h.requests, h.tokens, h.inFlight)
+	}
+}
+
+// after reports whether a window at (head, ver) is later than one at (h0, v0).
+func after(head, ver, h0, v0 int64) bool { return head > h0 || head == h0 && ver > v0 }
+
+// lateLocked forgets the effects and held headers a window at (head, ver) includes, and returns
+// the sum of the others': scripts of this node that ran after it.
+func (c *counter) lateLocked(head, ver int64) (requests, tokens, leases int64) {
+	c.late = slices.DeleteFunc(c.late, func(e effect) bool { return !after(e.head, e.ver, head, ver) })
+	c.held = slices.DeleteFunc(c.held, func(h heldHeader) bool { return !after(h.head, h.ver, head, ver) })
+	for _, e := range c.late {
+		requests += e.requests
+		tokens += e.tokens
+		leases += e.leases
+	}
+	return requests, tokens, leases
+}
+
+// forgetEndLocked removes end id from the unconfirmed ends and returns it.
+func (c *counter) forgetEndLocked(id uint64) endOp {
 	for i := range c.ends {
-		if c.ends[i].id == id {
-			if c.ends[i].adjust {
+		if e := c.ends[i]; e.id == id {
+			if e.adjust {
 				c.adjusts--
 			}
 			c.ends = slices.Delete(c.ends, i, i+1)
-			return
+			return e
 		}
 	}
+	return endOp{id: id}
+}
+
+// addEndLocked counts a correction of this node's in the cached ring as Redis will count it
+// (lua/window.lua's add(): a bucket never above maxCount), and returns what the ring counted.
+// Counted in full instead, the part Redis drops would stay in the ring's bucket while the next
+// reply's sums, which lack it, put the difference in the head bucket: when the corrected bucket
+// left the window, the cache would count the difference for up to a minute, more than was
+// ever admitted (TestProperties's hostile half found it).
+func (c *counter) addEndLocked(bucket, requests, tokens int64) (cachedReq, cachedTok int64) {
+	return c.ring.AddBelow(bucket, requests, tokens, maxCount)
 }
 
 // dropEnds forgets the ends not sent yet, while Redis is unreachable.
@@ -473,7 +664,7 @@ func (c *counter) dropEnds() {
 		if e.sent {
 			return false
 		}
-		c.ring.Add(e.bucket, -e.requests, -e.tokens)
+		c.ring.Add(e.bucket, -e.cachedReq, -e.cachedTok)
 		if e.adjust {
 			c.adjusts--
 		}
@@ -487,8 +678,8 @@ func (c *counter) dropEnds() {
 func (c *counter) endSumsLocked() (requests, tokens int64) {
 	for _, e := range c.ends {
 		if c.ring.Holds(e.bucket) {
-			requests += e.requests
-			tokens += e.tokens
+			requests += e.cachedReq
+			tokens += e.cachedTok
 		}
 	}
 	return requests, tokens
@@ -531,7 +722,7 @@ func (c *counter) loadAt(t, wt time.Time) state.Load {
 	defer c.mu.Unlock()
 	c.lastUse = c.b.ticks.Load() // not the clock: routing calls LoadAt for every deployment
 	bucket := window.BucketOf(now)
-	if c.blk != nil && bucket > c.blk.bucket {
+	if c.blk != nil && c.blockBucketLocked(now) > c.blk.bucket {
 		c.retireBlockLocked()
 	}
 	c.ring.Advance(bucket)
@@ -540,7 +731,8 @@ func (c *counter) loadAt(t, wt time.Time) state.Load {
 		// Redis counts whole blocks; the part not admitted yet is no one's use.
 		req, tok = req-blk.reqLeft, tok-blk.tokLeft
 	}
-	// A correction counted twice for a moment (see applyHeaderLocked) never reads below zero.
+	// A difference counted in the head bucket for a bucket that has left (see baseLocked) never
+	// reads below zero.
 	l := state.Load{Requests: max(req, 0), Tokens: max(tok, 0), InFlight: c.inFlightLocked()}
 	l.Latency, l.TTFT = c.latencies(t.UnixNano())
 	return l
@@ -561,7 +753,7 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	defer cancel()
 	// Pending ends go first, as in Admit: the wait counts them.
 	var opsBuf [maxEndsPerCall]endOp
-	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
+	ops, floor, trip := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall, false)
 	pipe := b.client.Pipeline()
 	var k *call
 	if len(ops) > 0 {
@@ -591,7 +783,7 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	defer c.mu.Unlock()
 	if k != nil {
 		rep, kerr := k.reply()
-		c.confirmEndsLocked(ops, &rep, kerr)
+		c.readReplyLocked(trip, ops, 0, 0, false, &rep, kerr, nil)
 	}
 	if err != nil {
 		b.failed(err)
@@ -599,7 +791,9 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 		return c.ring.RetryAfter(now, c.inFlightLocked(), lim, r)
 	}
 	b.succeeded()
-	c.applyLocked(inFlight, &w)
+	if len(c.trips) == 0 { // else it may count ends on their way, or not (see readReplyLocked)
+		c.applyLocked(inFlight, &w)
+	}
 	// From the window just read, not the cache, which a concurrent reply may have corrected
 	// only in its sums: the wait must be exact, as Admit's.
 	w.ring.Advance(window.BucketOf(now))
@@ -656,24 +850,32 @@ func (c *counter) apply(inFlight int64, blob string) {
 }
 
 // applyLocked replaces the cache with w and inFlight, unless the cache already holds a later
-// state: a reply that raced a newer one must not take the cache back.
-func (c *counter) applyLocked(inFlight int64, w *snapshot) {
+// state: a reply that raced a newer one must not take the cache back. It reports whether it did.
+func (c *counter) applyLocked(inFlight int64, w *snapshot) bool {
 	if w.none {
 		c.noWindowLocked(inFlight)
-		return
+		return true
 	}
 	head := w.ring.Head()
 	if c.olderLocked(head, w.ver) {
-		return
+		return false
 	}
+	if slices.ContainsFunc(c.late, func(e effect) bool { return after(e.head, e.ver, head, w.ver) }) {
+		// Later scripts of this node changed what the window shows, in buckets the cache does
+		// not keep apart: the held header that comes with them serves instead.
+		return false
+	}
+	c.lateLocked(head, w.ver)
 	c.seen, c.seenHead, c.seenVer = true, head, w.ver
 	cached := c.ring.Head()
 	c.ring = w.ring
 	c.ring.Advance(cached) // the cache may have aged past the stored head; it never moves back
-	for _, e := range c.ends {
-		c.ring.Add(e.bucket, e.requests, e.tokens)
+	for i := range c.ends {
+		e := &c.ends[i]
+		e.cachedReq, e.cachedTok = c.addEndLocked(e.bucket, e.requests, e.tokens)
 	}
 	c.reported = inFlight
+	return true
 }
 
 // noWindowLocked applies a reply that found no window: the key expired, so everything it counted
@@ -688,43 +890,31 @@ func (c *counter) olderLocked(head, ver int64) bool {
 	return c.seen && (head < c.seenHead || head == c.seenHead && ver < c.seenVer)
 }
 
-// applyHeaderLocked folds a reply's header into the cache, unless the cache already holds a later
-// state (which counted this reply's change too). The sums become the reply's plus this node's
+// baseLocked takes a reply's header as the cache's state, unless the cache already holds a later
+// one. The sums become the reply's plus what this node's later scripts did (late) and its
 // unconfirmed ends; the difference from the ring's, other nodes' work and buckets that left, is
 // counted in the head bucket, where most of it belongs (new admissions), until the next whole
-// window replaces the ring. The sums, which Load reads, are exact as of the reply, but for one
-// race: a reply from a script that ran after an end whose own reply is not read yet (another
-// goroutine's round trip) counts that end twice, for the moment until confirmEndsLocked takes it
-// out again.
+// window replaces the ring.
 //
 // It reports whether the cache had aged past the reply's head (the server's clock moved on while
 // the reply was on its way, or stepped back, or Load ran ahead of the last script): the reply's
 // sums then still count buckets the cache has dropped, and the cache keeps its own sums until the
-// next reply. What the reply's own call reserved is then the caller's to count (admitCounted).
-func (c *counter) applyHeaderLocked(r *reply) (behind bool) {
-	if c.olderLocked(r.head, r.ver) {
+// next reply. What the reply's own call reserved is then the caller's to count.
+func (c *counter) baseLocked(head, ver, requests, tokens, inFlight int64) (behind bool) {
+	if c.olderLocked(head, ver) {
 		return false
 	}
-	c.seen, c.seenHead, c.seenVer = true, r.head, r.ver
-	c.reported = r.inFlight
-	if r.head < c.ring.Head() {
+	c.seen, c.seenHead, c.seenVer = true, head, ver
+	lateReq, lateTok, lateLeases := c.lateLocked(head, ver)
+	c.reported = inFlight + lateLeases
+	if head < c.ring.Head() {
 		return true
 	}
-	c.ring.Advance(r.head)
+	c.ring.Advance(head)
 	req, tok := c.ring.Sums()
 	endReq, endTok := c.endSumsLocked()
-	c.ring.Add(r.head, r.requests+endReq-req, r.tokens+endTok-tok)
+	c.ring.Add(head, requests+lateReq+endReq-req, tokens+lateTok+endTok-tok)
 	return false
-}
-
-// admitCountedLocked folds the reply to this node's admission of requests and tokens into the
-// cache: the header as applyHeaderLocked does, or, when the cache is ahead of the reply's head,
-// the admission itself, in the bucket Redis counted it in (a newer reply then brings the other
-// nodes' changes). Without that the cache missed it until the next refresh.
-func (c *counter) admitCountedLocked(r *reply, requests, tokens int64) {
-	if c.applyHeaderLocked(r) {
-		c.ring.Add(r.head, requests, tokens)
-	}
 }
 
 // activeSince reports whether the counter was used at or after loop tick t.

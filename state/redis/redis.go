@@ -51,9 +51,11 @@
 // once, with the same atomic check, so it is counted in the window's head bucket b like any
 // admission; the request that reserved it is its first. The node then admits from the block,
 // under the counter's mutex and with no network, while its estimate of the server's clock is
-// still in bucket b (an upper bound: the node leaves b no later than the server does); the
-// tickets carry Bucket b as before. When the estimate leaves b (noticed by the next Admit or Load of the
-// deployment, or the background loop), on Close, or when the block is used up, the block ends:
+// still in bucket b (an upper bound: the node leaves b no later than the server does) and no
+// reply has shown a later bucket (a server clock stepped back does not make an older block
+// usable again: Redis counts in the latest bucket seen); the tickets carry Bucket b as before.
+// When the estimate leaves b (noticed by the next Admit or Load of the deployment, or the
+// background loop), on Close, or when the block is used up, the block ends:
 // the unused requests and tokens go back to b in Redis as the end of the block's lease, sent
 // like the ends of calls (riding in the next admit.lua, typically the next block's, or on their
 // own), so the give-back is idempotent per block.
@@ -109,7 +111,12 @@
 // sums and in-flight count become the reply's, plus this node's ends Redis has not confirmed,
 // and the difference is counted in the head bucket (most of it is new admissions; the rest,
 // other nodes' settles of older buckets, then leaves the cached window up to a few seconds late,
-// until the next read). Between replies the cached ring ages locally as Redis would age it, so
+// until the next read). This node's own corrections are counted in their buckets as Redis counts
+// them (cut at maxCount, as lua/window.lua cuts them), and a reply that comes while another
+// round trip of this node carrying ends is on its way, whose script may have run before it or
+// not, counts only what its own script did until that round trip has replied (readReplyLocked):
+// so what this node does alone shows in Load exactly, never twice and never a call in flight
+// too few. Between replies the cached ring ages locally as Redis would age it, so
 // LoadAt(now) drops buckets as time moves. Staleness: another node's admissions and ends show up
 // here with this node's next reply, at the latest one refresh later (RefreshEvery plus a round
 // trip, plus endDelay for ends); this node's own show up at once. Replies are ordered by the
@@ -126,7 +133,20 @@
 // fails because Redis is down: it starts degraded. A ticket remembers who issued it: degraded
 // tickets end locally; Redis tickets end in Redis, best effort (a failure, or an end still
 // waiting when the breaker opens, is counted, logged at debug, and the lease reclaims the slot).
-// Counts made in degraded mode are not copied to Redis when it returns.
+//
+// What a node admits locally still counts once Redis is back (outage.go). Each local admission
+// is counted per second of this process's monotonic clock; when the probe finds Redis answering,
+// the node pushes those counts into Redis (lua/push.lua), each into the latest second of the
+// server's clock it can have been made in (the estimate of the latest reply: an upper bound, so
+// never earlier, and at most a second and a round trip later), and only then closes the
+// breaker. A call that falls back locally after a failed Redis call, or an admission that raced
+// the closing, is pushed before the deployment's next admission through Redis. The push is
+// applied once (a tombstone, as for adjustments), recreates a window that expired or that a
+// restarted, empty Redis lost, drops seconds that have left the window and puts none after the
+// server's now. Ends of local calls correct the seconds they were pushed to, as adjustments. So
+// once every node has pushed, Redis's window holds every admission of the last minute, and
+// admissions through Redis are refused until the outage's excess has aged out; see
+// docs/architecture.md for the bound this gives.
 package redis
 
 import (
@@ -339,6 +359,7 @@ type Backend struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	fetchMu   sync.Mutex     // orders fetches.Add before Close's Wait
+	flushMu   sync.RWMutex   // held (read) by flush timers' sends; Close takes it to wait them out
 	fetches   sync.WaitGroup // block reservations running in the background
 }
 
@@ -553,12 +574,22 @@ func (b *Backend) Close() error {
 		b.closed.Store(true) // no new background reservations
 		b.fetchMu.Unlock()
 		b.fetches.Wait()
+		b.flushMu.Lock() // no flush timer sends from now on (closed), and none is sending
 		for _, c := range b.counters.Append(nil) {
 			c.mu.Lock()
 			c.retireBlockLocked() // the unused room goes back
 			c.mu.Unlock()
-			c.flush() // best effort: what does not make it, the leases free
+			// Best effort: what does not make it, the leases free.
+			for c.flushNow() {
+				c.mu.Lock()
+				more := c.unsentLocked()
+				c.mu.Unlock()
+				if !more {
+					break
+				}
+			}
 		}
+		b.flushMu.Unlock()
 		if b.ownsClient {
 			if cerr := b.client.Close(); cerr != nil {
 				err = fmt.Errorf("state/redis: close client: %w", cerr)
@@ -612,9 +643,15 @@ func (b *Backend) failed(err error) {
 	}
 }
 
-// probe runs while the breaker is open: one PING, and the breaker closes if it answers.
+// probe runs while the breaker is open: it asks the server's time and, if it answers, pushes
+// what this node admitted locally (outage.go) and closes the breaker once Redis counts all of it.
 func (b *Backend) probe() {
-	if err := b.ping(); err != nil {
+	err := b.ping()
+	var pushed int64
+	if err == nil {
+		pushed, err = b.pushAll()
+	}
+	if err != nil {
 		b.stats.errors.Add(1)
 		if isTimeout(err) {
 			b.stats.timeouts.Add(1)
@@ -623,7 +660,8 @@ func (b *Backend) probe() {
 	}
 	b.fails.Store(0)
 	if b.open.CompareAndSwap(true, false) {
-		b.log.Info("redis state backend: Redis reachable again; admissions shared through Redis")
+		b.log.Info("redis state backend: Redis reachable again; admissions shared through Redis",
+			"local_requests_counted_in_redis", pushed)
 		b.notify(ModeRedis)
 	}
 }

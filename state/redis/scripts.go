@@ -23,9 +23,12 @@ var (
 	admitLua string
 	//go:embed lua/end.lua
 	endLua string
+	//go:embed lua/push.lua
+	pushLua string
 
 	admitScript = newScript(windowLua + admitLua)
 	endScript   = newScript(windowLua + endLua)
+	pushScript  = newScript(windowLua + pushLua)
 )
 
 // script is a Lua script run with EVALSHA; runCalls loads it into a server that has not seen it
@@ -200,7 +203,7 @@ func (b *Backend) runCalls(ctx context.Context, ks []*call) {
 
 // loadScripts loads every script into Redis (every shard, in Redis Cluster).
 func (b *Backend) loadScripts(ctx context.Context) error {
-	for _, s := range []*script{admitScript, endScript} {
+	for _, s := range []*script{admitScript, endScript, pushScript} {
 		if err := b.client.ScriptLoad(ctx, s.src.(string)).Err(); err != nil {
 			return err
 		}

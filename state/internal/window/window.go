@@ -109,6 +109,14 @@ func (w *Ring) Advance(b int64) {
 	w.head = b
 }
 
+// At is what bucket b holds; 0, 0 when the window does not hold b.
+func (w *Ring) At(b int64) (requests, tokens int64) {
+	if !w.Holds(b) {
+		return 0, 0
+	}
+	return w.req[Slot(b)], w.tok[Slot(b)]
+}
+
 // Holds reports whether bucket b is still in the window.
 func (w *Ring) Holds(b int64) bool { return b <= w.head && w.head-b < RingSize }
 
@@ -123,6 +131,34 @@ func (w *Ring) Count(b, requests, tokens int64) { w.add(b, requests, tokens, 0) 
 // counts the difference from Redis's sums in its head bucket): a bucket may go down to
 // -MaxCount. It saturates rather than wrapping.
 func (w *Ring) Add(b, requests, tokens int64) { w.add(b, requests, tokens, -MaxCount) }
+
+// AddBelow is Add for a ring that mirrors a store whose buckets never hold more than hi:
+// state/redis's cache mirrors Redis, which keeps each bucket within [0, hi] (its maxCount). An
+// increase stops at hi as the store's does, so the ring and the store disagree on no bucket (a
+// difference put in the wrong bucket shows when that bucket leaves, before or after the right
+// one). A bucket already above hi, holding a difference counted there, is not cut back. It
+// returns what it added, which is what the caller must take off to undo it.
+func (w *Ring) AddBelow(b, requests, tokens, hi int64) (addedReq, addedTok int64) {
+	if !w.Holds(b) {
+		return 0, 0
+	}
+	i := Slot(b)
+	r, t := below(w.req[i], requests, hi), below(w.tok[i], tokens, hi)
+	addedReq, addedTok = r-w.req[i], t-w.tok[i]
+	w.reqSum += addedReq
+	w.tokSum += addedTok
+	w.req[i], w.tok[i] = r, t
+	return addedReq, addedTok
+}
+
+// below is old+d as Add counts it, but an increase ends at hi (or at old, if old is above hi).
+func below(old, d, hi int64) int64 {
+	n := addWithin(old, d, -MaxCount)
+	if d > 0 && n > hi {
+		n = max(old, hi)
+	}
+	return n
+}
 
 func (w *Ring) add(b, requests, tokens, lo int64) {
 	if !w.Holds(b) {

@@ -101,3 +101,45 @@ func TestAddSaturates(t *testing.T) {
 		t.Fatalf("sum %d after a saturating add", r)
 	}
 }
+
+// AddBelow stops an increase at hi, as the store a cache mirrors does, reports what it added so
+// the caller can undo exactly that, and cuts back no bucket that already holds more.
+func TestAddBelow(t *testing.T) {
+	var w Ring
+	w.Reset(100)
+	const hi = 1000
+	w.Add(99, 990, 0)
+	if r, k := w.AddBelow(99, 30, 5, hi); r != 10 || k != 5 {
+		t.Fatalf("AddBelow(99, 30, 5) added %d, %d; want 10 (up to hi), 5", r, k)
+	}
+	if r, _ := w.Sums(); r != hi {
+		t.Fatalf("sum %d, want %d", r, hi)
+	}
+	if r, _ := w.AddBelow(99, -10, 0, hi); r != -10 {
+		t.Fatalf("a decrease added %d, want -10", r)
+	}
+	w.Add(100, 2*hi, 0) // a difference counted in the head: above hi already
+	if r, _ := w.AddBelow(100, 7, 0, hi); r != 0 {
+		t.Fatalf("an increase of a bucket above hi added %d, want 0", r)
+	}
+	if r, _ := w.AddBelow(100, -7, 0, hi); r != -7 {
+		t.Fatalf("a decrease of a bucket above hi added %d, want -7", r)
+	}
+	w.Add(98, -50, 0) // and below zero: decreases and increases both count, as Add
+	if r, _ := w.AddBelow(98, 20, 0, hi); r != 20 {
+		t.Fatalf("an increase of a negative bucket added %d, want 20", r)
+	}
+	if r, _ := w.AddBelow(98, math.MinInt64, 0, hi); r != -MaxCount+30 {
+		t.Fatalf("a huge decrease added %d, want it to saturate at -MaxCount", r)
+	}
+	if r, k := w.AddBelow(100-RingSize, 1, 1, hi); r != 0 || k != 0 {
+		t.Fatalf("a bucket that left the window took %d, %d", r, k)
+	}
+	var req int64
+	for x := w.Head() - RingSize + 1; x <= w.Head(); x++ {
+		req += w.req[Slot(x)]
+	}
+	if r, _ := w.Sums(); r != req {
+		t.Fatalf("sum %d, buckets hold %d", r, req)
+	}
+}

@@ -145,7 +145,9 @@ end
 -- call but an adjustment (escrow blocks: the unused part of a block, corrections of calls
 -- admitted from one): it is applied once, remembered by a tombstone member scored -(now_ms +
 -- ttl_ms), which no in-flight count sees and which is removed once it has expired. It reports
--- whether w changed.
+-- whether w must be saved: whenever it finished anything, even a correction of a bucket that has
+-- left, so that the version moves (herd orders its replies by it: see state/redis's
+-- readReplyLocked).
 local function finish(w, v, at, first, now_ms, ttl_ms)
   local changed = false
   local tomb = false
@@ -160,7 +162,8 @@ local function finish(w, v, at, first, now_ms, ttl_ms)
     end
     if fresh and w then
       local i = at + 3 * k
-      if add(KEYS[1], w, v[i], v[i + 1], v[i + 2]) then changed = true end
+      add(KEYS[1], w, v[i], v[i + 1], v[i + 2])
+      changed = true
     end
   end
   if tomb and redis.call('PTTL', KEYS[2]) < ttl_ms then
