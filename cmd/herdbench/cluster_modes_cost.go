@@ -140,7 +140,7 @@ func measureModesCost(ctx context.Context, o clusterOptions, n int, herdPath, tm
 				runs = append(runs, r)
 				fmt.Fprintf(progress, "herdbench: %d nodes %-6s %-8s round %d/%d: sent %d, 2xx %s, p50 %s p99 %s, herd overhead p50 %s p99 %s, herd CPU %.0f µs/req (%s), %.0f%% of a core; machine busy %.0f%%\n",
 					n, mode, s, round, o.rounds, r.Result.Sent, fmtSuccess(r.Result.OK, r.Result.Sent), fmtMs(r.Result.Latency.P50), fmtMs(r.Result.Latency.P99),
-					fmtMs(selfOverhead(r.Result).P50), fmtMs(selfOverhead(r.Result).P99), r.HerdCPU, fmtNodeCPU(r.NodeCPU), r.HerdCorePct, r.Busy)
+					fmtMsNA(selfOverhead(r.Result).P50), fmtMsNA(selfOverhead(r.Result).P99), r.HerdCPU, fmtNodeCPU(r.NodeCPU), r.HerdCorePct, r.Busy)
 			}
 		}
 	}
@@ -283,6 +283,14 @@ func modeCostChecks(sums []modeCostSummary) []check {
 	return out
 }
 
+// fmtMsNA is fmtMs, or n/a for a figure nothing reported.
+func fmtMsNA(us float64) string {
+	if math.IsNaN(us) {
+		return "n/a"
+	}
+	return fmtMs(us)
+}
+
 // fmtSignedUS shows a difference with its sign: in µs below a millisecond, else in ms.
 func fmtSignedUS(us float64) string {
 	if math.Abs(us) < 1000 || math.IsNaN(us) {
@@ -315,7 +323,7 @@ func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOpt
 		so := selfOverhead(r.Result)
 		fmt.Fprintf(w, "| %d | %s | %d | %s | %d | %s | %s | %s | %s / %s | %.0f µs | %s | %.0f %% | %.0f %% | %.2f ms |\n",
 			r.Nodes, r.Spread, r.Round, r.Mode, r.Result.Sent, fmtSuccess(r.Result.OK, r.Result.Sent),
-			fmtMs(r.Result.Latency.P50), fmtMs(r.Result.Latency.P99), fmtMs(so.P50), fmtMs(so.P99),
+			fmtMs(r.Result.Latency.P50), fmtMs(r.Result.Latency.P99), fmtMsNA(so.P50), fmtMsNA(so.P99),
 			r.HerdCPU, fmtNodeCPU(r.NodeCPU), r.HerdCorePct, r.Busy, r.PropP99)
 	}
 	fmt.Fprintln(w)
@@ -325,7 +333,7 @@ func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOpt
 		for _, md := range s.Modes {
 			fmt.Fprintf(w, "| %d | %s | %s | %d | %.0f µs (%.0f–%.0f) | %s | %s | %s | %s | %s | %.0f %% |\n",
 				s.Nodes, s.Spread, md.Mode, md.Rounds, md.CPU, md.CPUMin, md.CPUMax, fmtMs(md.AddedP50), fmtMs(md.AddedP99),
-				fmtMs(md.SelfP50), fmtMs(md.SelfP99), fmtSuccess(md.OK, md.Sent), md.Busy)
+				fmtMsNA(md.SelfP50), fmtMsNA(md.SelfP99), fmtSuccess(md.OK, md.Sent), md.Busy)
 		}
 	}
 	for _, s := range sums {
