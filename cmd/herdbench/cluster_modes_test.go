@@ -197,23 +197,32 @@ func TestIdealAdmits(t *testing.T) {
 func TestUtilise(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
-	// 90 requests, one a second from t0+1s, listed out of order; one never left (context over).
+	// 70 requests, one a second from t0+1s, listed out of order, every third refused; one
+	// never left (the context ended).
 	var out []outcome
-	for i := 90; i >= 1; i-- {
-		out = append(out, outcome{sent: at(float64(i))})
+	for i := 70; i >= 1; i-- {
+		status := http.StatusOK
+		if i%3 == 0 {
+			status = http.StatusTooManyRequests
+		}
+		out = append(out, outcome{sent: at(float64(i)), status: status})
 	}
 	out = append(out, outcome{})
 	// The upstream saw 8 within 60 s of the first request sent (t0+1s up to t0+61s, exclusive),
 	// then 5 more.
 	var arrived []time.Time
-	for _, s := range []float64{1.01, 2, 3, 10, 20, 30, 50, 60.99, 61, 62, 70, 80, 90.5} {
+	for _, s := range []float64{1.01, 2, 3, 10, 20, 30, 50, 60.99, 61, 62, 70, 71.5, 72} {
 		arrived = append(arrived, at(s))
 	}
 	r := modeRun{clusterRun: clusterRun{Limit: 10}}
 	r.utilise(out, arrived)
-	// An exact limiter of 10 per 60 s: t+1..t+10, then t+61..t+70 as the first ten leave.
-	if r.FirstMinute != 8 || r.FirstMinutePct != 80 || r.Ideal != 20 || r.OverallPct != 65 {
-		t.Errorf("first minute %d (%.1f%%), ideal %d, overall %.1f%%; want 8 (80%%), 20, 65%%", r.FirstMinute, r.FirstMinutePct, r.Ideal, r.OverallPct)
+	// An exact limiter of 10 per 61 s: t+1..t+10, then t+62..t+70 as the first ones leave (one
+	// of 60 s would also have taken t+61).
+	if r.FirstMinute != 8 || r.FirstMinutePct != 80 || r.Ideal != 19 || math.Abs(r.OverallPct-100*13.0/19) > 1e-9 {
+		t.Errorf("first minute %d (%.1f%%), ideal %d, overall %.2f%%; want 8 (80%%), 19, 68.42%%", r.FirstMinute, r.FirstMinutePct, r.Ideal, r.OverallPct)
+	}
+	if r.Codes["200"] != 47 || r.Codes["429"] != 23 || r.Codes["error"] != 1 || len(r.Codes) != 3 {
+		t.Errorf("codes %v", r.Codes)
 	}
 
 	// Nothing sent: nothing to say, and no division by zero.
@@ -221,6 +230,15 @@ func TestUtilise(t *testing.T) {
 	r.utilise([]outcome{{}}, nil)
 	if r.FirstMinute != 0 || r.Ideal != 0 || r.OverallPct != 0 || math.IsNaN(r.FirstMinutePct) {
 		t.Errorf("nothing sent: %+v", r)
+	}
+}
+
+func TestFmtErrors(t *testing.T) {
+	if got := fmtErrors(0, map[string]int{"200": 5}); got != "0" {
+		t.Errorf("no errors: %q", got)
+	}
+	if got := fmtErrors(25, map[string]int{"200": 5, "429": 9, "502": 3, "error": 22}); got != "25 (502×3, error×22)" {
+		t.Errorf("errors: %q", got)
 	}
 }
 
