@@ -234,24 +234,28 @@ type modeRun struct {
 	FirstMinute    int     `json:"admitted_first_60s"`
 	FirstMinutePct float64 `json:"first_minute_utilisation_pct"`
 	// Ideal is how many of the requests offered an exact limiter would have admitted over the
-	// whole run, one that counts each request for idealWindow; OverallPct is what the cluster
-	// admitted over that.
+	// whole run, and OverallPct what the cluster admitted over that.
 	Ideal      int     `json:"ideal_admitted"`
 	OverallPct float64 `json:"overall_utilisation_pct"`
 	// Codes counts the answers by HTTP status; "error" is a request that got none.
 	Codes map[string]int `json:"status_codes"`
+	// SentUS and ArrivedUS are when each request was sent and each arrival reached the
+	// upstream, in µs from the first request sent, in order: every figure above can be
+	// recomputed from them.
+	SentUS    []int64 `json:"sent_us"`
+	ArrivedUS []int64 `json:"arrived_us"`
 	// HomesBefore and HomesAfter are every node's homes table version around the measurement:
 	// a table changed during it would have shrunk the homes' shares.
 	HomesBefore []uint64 `json:"homes_version_before"`
 	HomesAfter  []uint64 `json:"homes_version_after"`
 }
 
-// idealWindow is how long the exact limiter behind the overall utilisation counts a request:
-// the window plus one bucket, as herd counts a reservation in both modes (60-61 s, see
-// docs/architecture.md). Against a 60 s one, herd gives up to 1/61 of a long steady run by
-// design, and a burst exactly 60 s after another fits or not by the milliseconds it took to
-// send; neither is what this figure is for (how well the nodes share the limit).
-const idealWindow = state.Window + state.BucketWidth
+// The overall utilisation is against an exact limiter of the limit per any 60 s: nothing that
+// keeps the limit can admit more. Herd counts a reservation for 60-61 s in both modes (its
+// 1-second buckets, see docs/architecture.md), so it gives up to 1/61 of a long steady run by
+// design; and a burst sent exactly 60 s after another fits the exact limiter, or not, by the
+// milliseconds it took to send it (so bursts are best spaced by a period that does not divide
+// a minute, e.g. --burst-every 16s).
 
 // utilise fills r's first-minute and overall utilisation and status counts from the requests
 // sent (out) and their arrivals at the upstream.
@@ -274,10 +278,21 @@ func (r *modeRun) utilise(out []outcome, arrived []time.Time) {
 	start := slices.MinFunc(sent, func(a, b time.Time) int { return a.Compare(b) })
 	r.FirstMinute = countIn(arrived, start, time.Minute)
 	r.FirstMinutePct = 100 * float64(r.FirstMinute) / float64(r.Limit)
-	r.Ideal = idealAdmits(sent, int(r.Limit), idealWindow)
+	r.Ideal = idealAdmits(sent, int(r.Limit), state.Window)
 	if r.Ideal > 0 {
 		r.OverallPct = 100 * float64(len(arrived)) / float64(r.Ideal)
 	}
+	r.SentUS, r.ArrivedUS = offsetsUS(sent, start), offsetsUS(arrived, start)
+}
+
+// offsetsUS is ts in µs from start, sorted.
+func offsetsUS(ts []time.Time, start time.Time) []int64 {
+	out := make([]int64, len(ts))
+	for i, t := range ts {
+		out[i] = t.Sub(start).Microseconds()
+	}
+	slices.Sort(out)
+	return out
 }
 
 // countIn is how many of ts fall in [start, start+d).
@@ -533,7 +548,7 @@ func writeModesMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "\nMax in any 60 s: upstream arrivals in the worst 60-second interval (limit %d). First minute: arrivals in the 60 s from the first request sent, over the limit. Overall: arrivals over the whole run, over what an exact limiter that counts each request for %s (as herd does in both modes) would have admitted of the same requests.\n\n", o.limit, idealWindow)
+	fmt.Fprintf(w, "\nMax in any 60 s: upstream arrivals in the worst 60-second interval (limit %d). First minute: arrivals in the 60 s from the first request sent, over the limit. Overall: arrivals over the whole run, over what an exact limiter of %d per any 60 s would have admitted of the same requests (herd counts a request for 60-61 s, so it gives up to 1/61 of a steady run by design).\n\n", o.limit, o.limit)
 	fmt.Fprintln(w, "| nodes | spread | pattern | demand | mode | offered | upstream saw | ideal | refused (429) | errors (by status) | propagation p99 | herd CPU per request | homes table versions |")
 	fmt.Fprintln(w, "|--:|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|")
 	for _, row := range modeRows(runs) {

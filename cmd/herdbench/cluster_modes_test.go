@@ -216,10 +216,12 @@ func TestUtilise(t *testing.T) {
 	}
 	r := modeRun{clusterRun: clusterRun{Limit: 10}}
 	r.utilise(out, arrived)
-	// An exact limiter of 10 per 61 s: t+1..t+10, then t+62..t+70 as the first ones leave (one
-	// of 60 s would also have taken t+61).
-	if r.FirstMinute != 8 || r.FirstMinutePct != 80 || r.Ideal != 19 || math.Abs(r.OverallPct-100*13.0/19) > 1e-9 {
-		t.Errorf("first minute %d (%.1f%%), ideal %d, overall %.2f%%; want 8 (80%%), 19, 68.42%%", r.FirstMinute, r.FirstMinutePct, r.Ideal, r.OverallPct)
+	// An exact limiter of 10 per 60 s: t+1..t+10, then t+61..t+70 as the first ones leave.
+	if r.FirstMinute != 8 || r.FirstMinutePct != 80 || r.Ideal != 20 || r.OverallPct != 65 {
+		t.Errorf("first minute %d (%.1f%%), ideal %d, overall %.2f%%; want 8 (80%%), 20, 65%%", r.FirstMinute, r.FirstMinutePct, r.Ideal, r.OverallPct)
+	}
+	if len(r.SentUS) != 70 || r.SentUS[0] != 0 || r.SentUS[69] != 69e6 || len(r.ArrivedUS) != 13 || r.ArrivedUS[0] != 10e3 || r.ArrivedUS[12] != 71e6 {
+		t.Errorf("raw times: sent %d from %v, arrived %v", len(r.SentUS), r.SentUS[:min(len(r.SentUS), 2)], r.ArrivedUS)
 	}
 	if r.Codes["200"] != 47 || r.Codes["429"] != 23 || r.Codes["error"] != 1 || len(r.Codes) != 3 {
 		t.Errorf("codes %v", r.Codes)
