@@ -81,6 +81,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	modes := fs.String("modes", "", "fast,strict: measure clusters with each router_settings.cluster_limit_mode in turn and report them side by side; with --rate, herd's latency and CPU per request instead of accuracy")
 	spread := fs.String("spread", spreadBalanced, "--modes: balanced (round-robin over the nodes), hot (all demand on one node), or both")
 	limitWait := fs.Duration("limit-wait", 0, "--modes: router_settings.cluster_limit_wait of every cluster (default: herd's)")
+	tpm := fs.Int64("tpm", keysTPM, "--modes with --rate: each deployment's tpm; 0 sets none (by default every request also reserves and settles tokens)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -92,9 +93,9 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if *modes != "" || set["spread"] || set["limit-wait"] {
+	if *modes != "" || set["spread"] || set["limit-wait"] || set["tpm"] {
 		var err error
-		if o.modeOptions, err = parseModes(*modes, *spread, *limitWait, set); err != nil {
+		if o.modeOptions, err = parseModes(*modes, *spread, *limitWait, *tpm, set); err != nil {
 			return o, err
 		}
 		if o.cost {

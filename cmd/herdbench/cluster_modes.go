@@ -55,6 +55,7 @@ type modeOptions struct {
 	cost    bool     // --rate given: latency and CPU per request instead of accuracy
 	// limitWait is router_settings.cluster_limit_wait of every cluster; nil leaves herd's.
 	limitWait *time.Duration
+	tpm       int64 // cost: each deployment's tpm, 0 for none
 }
 
 // parseList splits a comma-separated flag value into distinct values from valid.
@@ -73,13 +74,13 @@ func parseList(name, s string, valid ...string) ([]string, error) {
 	return out, nil
 }
 
-// parseModes reads --modes, --spread and --limit-wait for parseClusterFlags; set holds the
-// flags given.
-func parseModes(modes, spread string, wait time.Duration, set map[string]bool) (modeOptions, error) {
-	var m modeOptions
+// parseModes reads --modes, --spread, --limit-wait and --tpm for parseClusterFlags; set holds
+// the flags given.
+func parseModes(modes, spread string, wait time.Duration, tpm int64, set map[string]bool) (modeOptions, error) {
+	m := modeOptions{tpm: tpm}
 	switch {
 	case modes == "":
-		return m, usageError{"--spread and --limit-wait only apply with --modes"}
+		return m, usageError{"--spread, --limit-wait and --tpm only apply with --modes"}
 	case set["keys"]:
 		return m, usageError{"--modes and --keys measure different things: give one of them"}
 	}
@@ -96,9 +97,12 @@ func parseModes(modes, spread string, wait time.Duration, set map[string]bool) (
 		}
 		m.limitWait = &wait
 	}
+	if tpm < 0 {
+		return m, usageError{"--tpm must not be negative"}
+	}
 	m.cost = set["rate"]
 	if !m.cost {
-		for _, name := range []string{"rounds", "warmup", "profile-dir"} {
+		for _, name := range []string{"rounds", "warmup", "profile-dir", "tpm"} {
 			if set[name] {
 				return m, usageError{fmt.Sprintf("--%s only applies with --keys, or with --modes and --rate", name)}
 			}

@@ -106,7 +106,7 @@ func measureModesCost(ctx context.Context, o clusterOptions, n int, herdPath, tm
 		models = append(models, costModel(s))
 	}
 	for _, mode := range o.modes {
-		spec := clusterSpec{name: mode, tpm: keysTPM, raft: true, pprof: o.profileDir != "", mode: mode, limitWait: o.limitWait}
+		spec := clusterSpec{name: mode, tpm: o.tpm, raft: true, pprof: o.profileDir != "", mode: mode, limitWait: o.limitWait}
 		env, err := startCluster(ctx, o, n, herdPath, tmpDir, models, spec)
 		if err != nil {
 			return nil, fmt.Errorf("%d-node cluster in %s mode: %w", n, mode, err)
@@ -315,8 +315,12 @@ func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOpt
 	}
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s.\n\n",
 		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
-	fmt.Fprintf(w, "Per node count, one cluster per mode (%s) runs side by side on loopback, every node a raft voter; strict clusters are measured once every node applied a homes table of all nodes, and every node of each cluster reported its mode in /health/readiness. One deployment per spread, rpm %d and tpm %d. Each measurement: %s of warm-up (discarded), then %d req/s for %s (balanced: round-robin over the nodes; hot: all to node n0); fake upstream latency %s. The clusters take turns, the order alternating by round. Herd CPU is user+system time from /proc/PID/stat of every node, read right before and right after the measured load. Added latency is the client's latency minus the fake upstream's %s; herd overhead is herd's own %s header (handler time minus upstream time). %s.\n\n",
-		strings.Join(o.modes, ", "), o.limit, keysTPM, o.warmup, o.rate, o.duration, o.upLatency, o.upLatency, overheadHeader, fmtLimitWait(o.limitWait))
+	tpm := "no tpm"
+	if o.tpm > 0 {
+		tpm = fmt.Sprintf("tpm %d", o.tpm)
+	}
+	fmt.Fprintf(w, "Per node count, one cluster per mode (%s) runs side by side on loopback, every node a raft voter; strict clusters are measured once every node applied a homes table of all nodes, and every node of each cluster reported its mode in /health/readiness. One deployment per spread, rpm %d and %s. Each measurement: %s of warm-up (discarded), then %d req/s for %s (balanced: round-robin over the nodes; hot: all to node n0); fake upstream latency %s. The clusters take turns, the order alternating by round. Herd CPU is user+system time from /proc/PID/stat of every node, read right before and right after the measured load. Added latency is the client's latency minus the fake upstream's %s; herd overhead is herd's own %s header (handler time minus upstream time). %s.\n\n",
+		strings.Join(o.modes, ", "), o.limit, tpm, o.warmup, o.rate, o.duration, o.upLatency, o.upLatency, overheadHeader, fmtLimitWait(o.limitWait))
 	fmt.Fprintln(w, "| nodes | spread | round | mode | sent | success | p50 | p99 | herd overhead p50 / p99 | herd CPU per request | per node | herd CPU, % of a core | machine busy | propagation p99 |")
 	fmt.Fprintln(w, "|--:|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range runs {

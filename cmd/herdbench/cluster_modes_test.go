@@ -56,8 +56,11 @@ func TestParseModesFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !o.cost || o.limit != 75000 || !slices.Equal(o.nodes, []int{3, 5, 9}) || o.rounds != 4 || o.warmup != 35*time.Second || !slices.Equal(o.spreads, []string{spreadHot}) {
+	if !o.cost || o.limit != 75000 || !slices.Equal(o.nodes, []int{3, 5, 9}) || o.rounds != 4 || o.warmup != 35*time.Second || !slices.Equal(o.spreads, []string{spreadHot}) || o.tpm != keysTPM {
 		t.Errorf("cost, given = %+v", o)
+	}
+	if o, err := parseClusterFlags([]string{"--modes", "strict", "--rate", "1000", "--tpm", "0"}, io.Discard); err != nil || o.tpm != 0 {
+		t.Errorf("--tpm 0: tpm %d, %v", o.tpm, err)
 	}
 
 	for _, bad := range [][]string{
@@ -78,6 +81,9 @@ func TestParseModesFlags(t *testing.T) {
 		{"--modes", "fast", "--rate", "1000", "--burst-every", "5s"},
 		{"--modes", "fast", "--rate", "1000", "--limit", "74999"}, // under 1.25 × the load
 		{"--modes", "fast", "--rate", "0"},
+		{"--modes", "fast", "--rate", "1000", "--tpm", "-1"},
+		{"--modes", "fast", "--tpm", "0"}, // --tpm is for the cost runs
+		{"--tpm", "0"},
 	} {
 		var uerr usageError
 		if _, err := parseClusterFlags(bad, io.Discard); !errors.As(err, &uerr) {
