@@ -94,6 +94,26 @@ func TestStrictModeOverProcesses(t *testing.T) {
 		t.Errorf("burst of 180 against rpm 60: upstream saw %d, statuses %v; want 57-60, all others refused", got, codes)
 	}
 
+	// Every node shows its rights: a home with a third of the limit, spent.
+	for _, n := range nodes {
+		var st struct {
+			Deployments []struct {
+				ModelName string `json:"model_name"`
+				Rights    *struct {
+					Home  bool
+					Share int64
+					Busy  int64
+				}
+			}
+		}
+		getJSON(t, "http://"+n.addr+"/cluster/status", &st)
+		for _, d := range st.Deployments {
+			if d.ModelName == "burst" && (d.Rights == nil || !d.Rights.Home || d.Rights.Share != 20 || d.Rights.Busy == 0) {
+				t.Errorf("%s: rights of burst %+v; want a home's share of 20, partly spent", n.addr, d.Rights)
+			}
+		}
+	}
+
 	// All demand on one node, at 6x the limit for 15 s: it borrows the idle homes' shares.
 	clear(codes)
 	for range 90 {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/proxy"
 	"github.com/herd-proxy/herd/state"
 	"github.com/herd-proxy/herd/state/crdt"
 	"github.com/herd-proxy/herd/state/redis"
@@ -16,15 +17,17 @@ import (
 
 // sharedUsage is the shared-state backend this node counts into, and how it hooks into the cluster.
 type sharedUsage struct {
-	backend state.Backend
-	name    string               // "redis" or "gossip", for readiness and /cluster/status
-	mode    func() string        // the backend's current mode for readiness; nil = name
-	sync    cluster.StateSync    // what gossip carries for it; nil for Redis
-	joined  func(*cluster.Node)  // connects it to membership once the node has started
-	raft    func(*cluster.Raft, *cluster.ConfigStore) // connects it to raft once raft runs; nil if it needs none
-	applied func(*config.Config) // tells it the deployments of the config now served
-	flush   func()               // sends the last counts before leaving
-	close   func()
+	backend  state.Backend
+	name     string                                     // "redis" or "gossip", for readiness and /cluster/status
+	mode     func() string                              // the backend's current mode for readiness; nil = name
+	sync     cluster.StateSync                          // what gossip carries for it; nil for Redis
+	joined   func(*cluster.Node)                        // connects it to membership once the node has started
+	raft     func(*cluster.Raft, *cluster.ConfigStore)  // connects it to raft once raft runs; nil if it needs none
+	rights   func(id string) (proxy.RightsStatus, bool) // strict mode's rights per deployment; nil for Redis
+	notReady func() string                              // why it cannot admit yet; nil for Redis
+	applied  func(*config.Config)                       // tells it the deployments of the config now served
+	flush    func()                                     // sends the last counts before leaving
+	close    func()
 }
 
 // newSharedUsage picks where usage is shared: Redis when the config names one (LiteLLM's documented
@@ -55,7 +58,12 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 		limitMode(sb, cfg)
 		return &sharedUsage{
 			backend: sb, name: "gossip", sync: gossipSync{cb, sb},
-			mode:  func() string { return sb.Mode() },
+			mode: func() string { return sb.Mode() },
+			rights: func(id string) (proxy.RightsStatus, bool) {
+				r, ok := sb.Rights(id)
+				return proxy.RightsStatus{Home: r.Home, Share: r.Share, Busy: r.Busy, Lent: r.Lent, Borrowed: r.Borrowed,
+					ShareTokens: r.Tokens.Share, BusyTokens: r.Tokens.Busy, LentTokens: r.Tokens.Lent, BorrowedTokens: r.Tokens.Borrowed}, ok
+			},
 			flush: cb.Close, close: func() { sb.Close(); cb.Close() },
 			applied: func(c *config.Config) {
 				cb.SetDeployments(deploymentIDs(c))

@@ -60,6 +60,7 @@ type lentLoan struct {
 	closed             bool
 	closedAt           int64
 	spentReq, spentTok int64
+	recalled           bool // asked for back (recall)
 }
 
 func (l *lentLoan) out(now, loanFor int64) (req, tok int64) {
@@ -117,6 +118,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	if !c.b.strict.Load() || (lim.RPM == 0 && lim.TPM == 0) {
 		return c.in().Admit(lim, r)
 	}
+	if !c.b.awaitTable() {
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: state.BucketWidth}
+	}
 	r = window.Sane(r)
 	need := r
 	var flags uint64
@@ -163,6 +167,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 			return t, nil
 		}
 		waiting := c.ask(now, need, &out)
+		if c.b.homes.Load().self >= 0 && c.recall(now, &out) {
+			waiting = true
+		}
 		ch := c.arrived
 		c.mu.Unlock()
 		out.send(c.b)
@@ -292,11 +299,21 @@ func (c *counter) Confirm(t *state.Ticket) error {
 			return ErrRightsLapsed
 		}
 		c.busy.Advance(bucket(now))
-		if from := int64(t.Rights & valueMask); from != c.busy.Head() {
+		from := int64(t.Rights & valueMask)
+		switch {
+		case from == c.busy.Head():
+		case c.busy.Holds(from):
 			c.busy.Count(from, -need.Requests, -need.Tokens)
 			c.busy.Count(c.busy.Head(), need.Requests, need.Tokens)
-			t.Rights = t.Rights&^valueMask | uint64(c.busy.Head())&valueMask
+		default:
+			// Admitted more than a cooldown ago (a long pause): its unit came free meanwhile
+			// and may have been spent again. It needs a free unit now, like a new admission.
+			if req, tok := c.ownFree(now); need.Requests > req || need.Tokens > tok {
+				return ErrRightsLapsed
+			}
+			c.busy.Count(c.busy.Head(), need.Requests, need.Tokens)
 		}
+		t.Rights = t.Rights&^valueMask | uint64(c.busy.Head())&valueMask
 	case fromLoan:
 		l := c.loan(t.Rights & valueMask)
 		if l == nil || now >= l.deadline+int64(confirmSlack) {

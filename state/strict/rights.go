@@ -18,7 +18,7 @@ const (
 	droppedFor = int64(10e9)
 	maxDropped = 256
 	maxLent    = 4096 // loans one home keeps per deployment; beyond, it lends no more
-	maxWants   = 64
+	maxLoans   = 256  // loans one node holds per deployment; beyond, it asks for no more
 )
 
 // demandRate estimates units asked per second, requests and tokens: an exponentially decaying
@@ -103,6 +103,9 @@ func (c *counter) prefetch(now int64, need state.Reservation, out *outbox) {
 func (c *counter) ask(now int64, need state.Reservation, out *outbox) bool {
 	if len(c.wants) > 0 {
 		return true
+	}
+	if len(c.loans) >= maxLoans {
+		return false
 	}
 	v := c.b.homes.Load()
 	var targets []string
@@ -255,6 +258,42 @@ func (c *counter) onGrant(from string, r *record, now int64, out *outbox) {
 	c.loans = slices.Insert(c.loans, i, l)
 }
 
+// recallAfter is how long a loan stays with its borrower before a home short of units may ask
+// for what is unspent of it: a borrower that needs its loan has spent it by then.
+const recallAfter = int64(200 * time.Millisecond)
+
+// recall asks the borrowers of this home's loans older than recallAfter to give back what
+// they have not spent, and reports whether it asked for any: a home that is short itself
+// should not leave units idle in other nodes' loans.
+func (c *counter) recall(now int64, out *outbox) bool {
+	asked := false
+	for _, l := range c.lent {
+		if !l.closed && !l.recalled && now-l.at >= recallAfter {
+			l.recalled = true
+			asked = true
+			out.add(l.to, encodeOne(c.b.o.Node, record{kind: kindRecall, dep: c.id, loan: l.id}))
+		}
+	}
+	return asked
+}
+
+// onRecall closes a loan its home wants back, as soon as no admission on it is still to leave.
+func (c *counter) onRecall(from string, r *record, out *outbox) {
+	for i, l := range c.loans {
+		if l.id != r.loan&valueMask || l.home != from || l.closed {
+			continue
+		}
+		if l.pending > 0 {
+			l.deadline = min(l.deadline, c.b.mono()) // housekeep closes it once they left
+			return
+		}
+		l.closed = true
+		out.add(l.home, encodeOne(c.b.o.Node, record{kind: kindClose, dep: c.id, loan: l.id, req: l.spentReq, tok: l.spentTok}))
+		c.loans = slices.Delete(c.loans, i, i+1)
+		return
+	}
+}
+
 // onClose takes a borrower's report that it stopped using a loan.
 func (c *counter) onClose(from string, r *record, now int64) {
 	for _, l := range c.lent {
@@ -262,6 +301,7 @@ func (c *counter) onClose(from string, r *record, now int64) {
 			l.closed, l.closedAt = true, now
 			l.spentReq, l.spentTok = min(r.req, l.req), min(r.tok, l.tok)
 			c.prune(now)
+			c.wake() // unspent units are free again
 			return
 		}
 	}
@@ -274,9 +314,12 @@ func (c *counter) onAbandon(from string, r *record, now int64) {
 			l.closed, l.closedAt = true, now
 			l.spentReq, l.spentTok = 0, 0
 			c.prune(now)
-			return
+			c.wake()
+			break
 		}
 	}
+	// Remembered either way: a want that arrives after its abandon, or again after it (a
+	// duplicated datagram), gets nothing.
 	c.remember(dropped{from: from, reqID: r.id, at: now})
 }
 

@@ -55,6 +55,11 @@ type simNode struct {
 }
 
 func newCluster(t *testing.T, n int, seed uint64, tune func(*Options)) *cluster {
+	return newClusterHomes(t, n, n, seed, tune)
+}
+
+// newClusterHomes is newCluster whose first table names only the first homes nodes.
+func newClusterHomes(t *testing.T, n, homeCount int, seed uint64, tune func(*Options)) *cluster {
 	cl := &cluster{t: t, clock: statetest.NewClock(simStart), rng: rand.New(rand.NewPCG(seed, seed^0x9e37)), nodes: map[string]*simNode{}, side: map[string]int{}}
 	var homes []Home
 	for i := range n {
@@ -62,7 +67,9 @@ func newCluster(t *testing.T, n int, seed uint64, tune func(*Options)) *cluster 
 		cl.names = append(cl.names, name)
 		sn := &simNode{name: name, epoch: uint64(i + 1), contact: cl.clock.Now()}
 		cl.nodes[name] = sn
-		homes = append(homes, Home{Name: name, Epoch: sn.epoch})
+		if i < homeCount {
+			homes = append(homes, Home{Name: name, Epoch: sn.epoch})
+		}
 	}
 	cl.leader = cl.names[0]
 	for _, name := range cl.names {

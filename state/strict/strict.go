@@ -142,8 +142,14 @@ type Backend struct {
 	wait    atomic.Int64 // Options.Wait, as SetWait changes it
 
 	homes    atomic.Pointer[homesView]
+	tabled   chan struct{} // closed when the first table with homes arrives
+	tableOne sync.Once
 	fenceEnd atomic.Int64 // mono ns until which the own share may be used (LeaderContact + Fence)
-	ids      atomic.Uint64
+	// fenceMu guards refreshFence's memory of its last run.
+	fenceMu       sync.Mutex
+	lastRefresh   int64
+	distrustUntil int64
+	ids           atomic.Uint64
 
 	counters registry.Map[counter]
 
@@ -182,7 +188,7 @@ func New(o Options) *Backend {
 		o.Fence = defaultFence
 	}
 	base := o.Now()
-	b := &Backend{o: o, base: base, wall: base.UnixNano(), demand: map[string]map[string]peerDemand{}, stop: make(chan struct{}), done: make(chan struct{})}
+	b := &Backend{o: o, base: base, wall: base.UnixNano(), tabled: make(chan struct{}), demand: map[string]map[string]peerDemand{}, stop: make(chan struct{}), done: make(chan struct{})}
 	var seed [8]byte
 	_, _ = rand.Read(seed[:])
 	b.ids.Store(binary.LittleEndian.Uint64(seed[:]) &^ (rightsMask << 56)) // IDs of this incarnation, unlike any other's
@@ -256,6 +262,15 @@ func (b *Backend) Mode() string {
 	return "fast"
 }
 
+// NotReady says why this node cannot admit on any rights yet ("" when it can): in strict mode,
+// until the first homes table arrives, no node holds any share.
+func (b *Backend) NotReady() string {
+	if b.strict.Load() && len(b.homes.Load().names) == 0 {
+		return "strict limits: waiting for the raft leader's homes table"
+	}
+	return ""
+}
+
 // Close stops the background loop.
 func (b *Backend) Close() {
 	b.once.Do(func() { close(b.stop) })
@@ -286,10 +301,27 @@ func (b *Backend) counter(id string) *counter {
 func (b *Backend) newID() uint64 { return b.ids.Add(1) &^ (rightsMask << 56) }
 
 // refreshFence records how long the own share may be used after the last leader contact.
+//
+// A process that was paused (or stalled) for a while cannot trust raft's word at once: a
+// leader paused past its lease still believes it leads, and says "contact: now", until its own
+// lease check makes it step down (within two leases, cluster.Raft.LeaderContact). So after a
+// gap between refreshes longer than gapAfter, the fence keeps its value from before the gap
+// for distrustFor: a pause longer than the fence finds it closed, and it opens again only on
+// contact raft reports once that window has passed.
 func (b *Backend) refreshFence() {
 	fn := b.contact.Load()
 	if fn == nil {
 		b.fenceEnd.Store(1<<63 - 1)
+		return
+	}
+	now := b.mono()
+	b.fenceMu.Lock()
+	defer b.fenceMu.Unlock()
+	if b.lastRefresh != 0 && now-b.lastRefresh > int64(gapAfter) {
+		b.distrustUntil = now + int64(distrustFor)
+	}
+	b.lastRefresh = now
+	if now < b.distrustUntil {
 		return
 	}
 	c := (*fn)()
@@ -299,6 +331,14 @@ func (b *Backend) refreshFence() {
 	}
 	b.fenceEnd.Store(b.at(c) + int64(b.o.Fence))
 }
+
+const (
+	// gapAfter is a gap between fence refreshes (every tick) that means this process stood
+	// still, and distrustFor how long raft's word is not taken after one: more than two leader
+	// leases (500 ms each).
+	gapAfter    = time.Second
+	distrustFor = 3 * time.Second
+)
 
 func (b *Backend) loop() {
 	defer close(b.done)
@@ -451,6 +491,33 @@ func (b *Backend) SetHomes(version uint64, homes []Home) {
 		v.usableAt = old.usableAt
 	}
 	b.homes.Store(v)
+	if len(v.names) > 0 {
+		b.tableOne.Do(func() { close(b.tabled) })
+	}
+}
+
+// startWait bounds how long a request waits for the first homes table, at a node's start:
+// raft elects and the leader writes it within a second or two, and a request held that long
+// is better served than refused (readiness says "starting" meanwhile).
+const startWait = 10 * time.Second
+
+// awaitTable waits up to startWait for the first homes table; false if it did not come.
+func (b *Backend) awaitTable() bool {
+	select {
+	case <-b.tabled:
+		return true
+	default:
+	}
+	t := time.NewTimer(startWait)
+	defer t.Stop()
+	select {
+	case <-b.tabled:
+		return true
+	case <-t.C:
+		return false
+	case <-b.stop:
+		return false
+	}
 }
 
 // share is this node's part of limit under the table, as of now; 0 when it is no home or may
@@ -485,6 +552,45 @@ func cut(limit int64, k, n int) int64 {
 	hi, lo := bits.Mul64(uint64(limit), uint64(k))
 	q, _ := bits.Div64(hi, lo, uint64(n))
 	return int64(q)
+}
+
+// Rights is one deployment's strict-mode rights on this node, for /cluster/status: requests
+// (rpm units) and tokens (tpm units) alike.
+type Rights struct {
+	Home     bool  // this node holds a share
+	Share    int64 // its share of the rpm limit now (0 while restarting, fenced or growing)
+	Busy     int64 // own-share units spent and cooling
+	Lent     int64 // own-share units out on loan (or cooling after one)
+	Borrowed int64 // unspent units of the loans this node holds
+	Tokens   struct{ Share, Busy, Lent, Borrowed int64 }
+}
+
+// Rights returns deployment id's rights on this node; false when strict mode is off or the
+// deployment has not been admitted on in strict mode.
+func (b *Backend) Rights(id string) (Rights, bool) {
+	c := b.counters.Lookup(id)
+	if c == nil || !b.strict.Load() {
+		return Rights{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.active {
+		return Rights{}, false
+	}
+	now := b.mono()
+	c.busy.Advance(bucket(now))
+	var r Rights
+	r.Home = b.homes.Load().self >= 0
+	r.Share, r.Tokens.Share = b.share(c.lim.RPM, now), b.share(c.lim.TPM, now)
+	r.Busy, r.Tokens.Busy = c.busy.Sums()
+	r.Lent, r.Tokens.Lent = c.lentReq, c.lentTok
+	for _, l := range c.loans {
+		if !l.closed && now < l.deadline {
+			r.Borrowed += l.req - l.spentReq
+			r.Tokens.Borrowed += l.tok - l.spentTok
+		}
+	}
+	return r, true
 }
 
 // Homes returns the table as this node applied it: its version and the homes' names.

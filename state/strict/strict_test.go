@@ -217,6 +217,27 @@ func TestGrowthWaitsForTheGrace(t *testing.T) {
 	}
 }
 
+func TestRightsShowWhereUnitsAre(t *testing.T) {
+	cl := newCluster(t, 2, 12, nil)
+	if _, ok := cl.backend("node0").Rights("d"); ok {
+		t.Fatal("rights of a deployment never admitted on")
+	}
+	cl.load("node0", "d", rpm60, 31, 0) // its share of 30, then one on a loan from node1
+	r0, _ := cl.backend("node0").Rights("d")
+	if !r0.Home || r0.Share != 30 || r0.Busy != 30 || r0.Borrowed < 0 {
+		t.Fatalf("node0 rights %+v; want a home's 30, all spent", r0)
+	}
+	cl.backend("node1").Counter("d").Admit(rpm60, state.Reservation{Requests: 1})
+	r1, _ := cl.backend("node1").Rights("d")
+	if r1.Lent < 1 || r1.Busy != 1 || r1.Share != 30 {
+		t.Fatalf("node1 rights %+v; want its share of 30 with some lent and one spent", r1)
+	}
+	cl.backend("node0").Strict(false)
+	if _, ok := cl.backend("node0").Rights("d"); ok {
+		t.Fatal("rights shown in fast mode")
+	}
+}
+
 func TestSharesAddUpToTheLimit(t *testing.T) {
 	for _, limit := range []int64{1, 2, 7, 60, 1000, 1 << 62} {
 		for n := 1; n <= 9; n++ {
@@ -404,4 +425,121 @@ func dropNode(calls []*call, node string) []*call {
 		}
 	}
 	return keep
+}
+
+func TestNotReadyUntilTheFirstTable(t *testing.T) {
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{}), noLoop: true})
+	if b.NotReady() == "" {
+		t.Fatal("strict mode without a homes table claims to be ready")
+	}
+	b.Strict(false)
+	if r := b.NotReady(); r != "" {
+		t.Fatalf("fast mode not ready: %s", r)
+	}
+	b.Strict(true)
+	b.SetHomes(1, []Home{{Name: "other", Epoch: 9}})
+	if r := b.NotReady(); r != "" {
+		t.Fatalf("with a table (even without this node in it) not ready: %s", r)
+	}
+}
+
+// A leader paused past the fence believes, on waking, that it still leads: its first word
+// of contact is not taken until raft had time to make it step down.
+func TestPausedLeaderDoesNotTrustItsOwnWord(t *testing.T) {
+	clock := statetest.NewClock(simStart)
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+		LeaderContact: clock.Now, noLoop: true}) // "I am the leader": contact is always now
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+	b.Tick()
+	if s := b.share(60, b.mono()); s != 60 {
+		t.Fatalf("share %d; want 60", s)
+	}
+	clock.Advance(defaultFence + time.Second) // SIGSTOP
+	b.Tick()
+	if s := b.share(60, b.mono()); s != 0 {
+		t.Fatalf("right after a pause past the fence, share %d; want 0 until raft could step it down", s)
+	}
+	for range distrustFor / tick {
+		if s := b.share(60, b.mono()); s != 0 {
+			t.Fatalf("within the distrust window, share %d", s)
+		}
+		clock.Advance(tick)
+		b.Tick()
+	}
+	if s := b.share(60, b.mono()); s != 60 {
+		t.Fatalf("after the distrust window, a leader raft still reports has share %d; want 60", s)
+	}
+}
+
+// A request admitted on the own share, then held up past a cooldown (a pause), must find a
+// free unit when it finally leaves: its own came free meanwhile and was spent again.
+func TestConfirmAfterALongPauseNeedsAFreeUnit(t *testing.T) {
+	cl := newCluster(t, 1, 13, nil)
+	old := cl.load("node0", "d", rpm60, 1, 0)
+	cl.advance(cooldown + time.Second)
+	if k := cl.load("node0", "d", rpm60, 60, 0); len(k) != 60 {
+		t.Fatalf("admitted %d of 60 after the cooldown", len(k))
+	}
+	if err := old[0].c.(state.Confirmer).Confirm(&old[0].t); !errors.Is(err, ErrRightsLapsed) {
+		t.Fatalf("Confirm of a request whose unit was spent again: %v; want ErrRightsLapsed", err)
+	}
+}
+
+// After a partition heals, rights stranded on the other side are usable again within a few
+// seconds: the hot side borrows the idle side's share at once.
+func TestStrandedRightsComeBackWhenThePartitionHeals(t *testing.T) {
+	cl := newCluster(t, 3, 14, nil)
+	cl.partition([]string{"node0", "node1"}, []string{"node2"})
+	var log []arrival
+	for range 20 * 6 { // 20 s at 6 req/s on node0 only: its share and node1's, 40
+		confirmAll(cl.clock.Now(), cl.load("node0", "d", rpm60, 1, 0), &log)
+		cl.advance(time.Second / 6)
+	}
+	if len(log) != 40 {
+		t.Fatalf("during the partition node0 got %d; want its share and node1's, 40", len(log))
+	}
+	cl.heal()
+	healed := cl.clock.Now()
+	for range 3 * 6 {
+		confirmAll(cl.clock.Now(), cl.load("node0", "d", rpm60, 1, 0), &log)
+		cl.advance(time.Second / 6)
+	}
+	var after int
+	for _, a := range log {
+		if !a.at.Before(healed) {
+			after++
+		}
+	}
+	if after < 15 {
+		t.Fatalf("in the 3 s after the heal node0 got %d of node2's 20 (at 6 req/s, 18 offered)", after)
+	}
+}
+
+// At a node's start, a request waits for the first homes table rather than being refused.
+func TestAdmitWaitsForTheFirstTable(t *testing.T) {
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{}), noLoop: true})
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Counter("d").Admit(rpm60, state.Reservation{Requests: 1})
+		done <- err
+	}()
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+	if err := <-done; err != nil {
+		t.Fatalf("a request made before the first table: %v; want admitted once it came", err)
+	}
+}
+
+// A home short of units recalls what its borrowers hold unspent, so no unit sits idle in a
+// loan while requests are refused: two nodes, one home, alternating requests get the limit.
+func TestHomeRecallsIdleLoans(t *testing.T) {
+	cl := newClusterHomes(t, 2, 1, 15, func(o *Options) { o.Wait = time.Second }) // node1 only borrows
+	lim := state.Limits{RPM: 10}
+	var log []arrival
+	for i := range 14 {
+		confirmAll(cl.clock.Now(), cl.load(cl.names[i%2], "d", lim, 1, 0), &log)
+		cl.advance(300 * time.Millisecond)
+	}
+	if len(log) != 10 {
+		t.Fatalf("admitted %d of 14 alternating requests with rpm 10; want 10", len(log))
+	}
 }

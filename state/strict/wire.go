@@ -21,6 +21,7 @@ import (
 //	close   loan req tok                   the borrower stopped using a loan; it spent req, tok
 //	abandon id                             the borrower will never use an answer to want id
 //	demand  dReq dTok                      the sender's demand for dep
+//	recall  loan                           the home asks for a loan's unspent units back
 const (
 	// Magic starts every strict-mode message; cmd routes messages on it (crdt's and the
 	// cluster's own start with other bytes).
@@ -38,6 +39,7 @@ const (
 	kindClose
 	kindAbandon
 	kindDemand
+	kindRecall
 )
 
 // record is one decoded record: the fields its kind uses are set.
@@ -95,6 +97,8 @@ func appendRecord(b []byte, r record) []byte {
 		n(r.tok)
 	case kindAbandon:
 		u(r.id)
+	case kindRecall:
+		u(r.loan)
 	case kindDemand:
 		d(r.dReq)
 		d(r.dTok)
@@ -164,6 +168,8 @@ func walk(msg []byte, fn func(string, *record)) (int, error) {
 			r.loan, r.req, r.tok = p.uint(), p.count(), p.count()
 		case kindAbandon:
 			r.id = p.uint()
+		case kindRecall:
+			r.loan = p.uint()
 		case kindDemand:
 			r.dReq, r.dTok = p.demand(), p.demand()
 		default:
@@ -274,6 +280,8 @@ func (b *Backend) HandleMessage(msg []byte) {
 			c.onClose(from, r, now)
 		case kindAbandon:
 			c.onAbandon(from, r, now)
+		case kindRecall:
+			c.onRecall(from, r, &out)
 		}
 		c.mu.Unlock()
 	})

@@ -17,6 +17,7 @@ func sampleRecords() []record {
 		{kind: kindClose, dep: "d", loan: 99, req: 1, tok: 120},
 		{kind: kindAbandon, dep: "d", id: 8},
 		{kind: kindDemand, dep: "d", dReq: 0.5, dTok: 10},
+		{kind: kindRecall, dep: "d", loan: 99},
 	}
 }
 
@@ -28,7 +29,7 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 	msgs := enc.flush("node-a")
 	if len(msgs) != 1 {
-		t.Fatalf("%d messages for five small records", len(msgs))
+		t.Fatalf("%d messages for six small records", len(msgs))
 	}
 	var got []record
 	if err := decode(msgs[0], func(from string, r *record) {
@@ -101,24 +102,45 @@ func FuzzHandleMessage(f *testing.F) {
 	}
 	f.Add(encodeOne("peer", record{kind: kindWant, dep: "d", id: 1, req: 1 << 40, tok: 1 << 40, rpm: 1 << 40}))
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		var granted int64
+		granted := map[string]bool{"d": true}
 		b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Network: netFuncs{to: func(to string, m []byte) bool {
 			_ = decode(m, func(_ string, r *record) {
 				if r.kind == kindGrant {
-					granted += r.req
+					granted[r.dep] = true
 				}
 			})
 			return true
 		}}, noLoop: true})
 		b.SetHomes(1, []Home{{Name: "peer", Epoch: 1}, {Name: "self", Epoch: 1}})
-		lim := state.Limits{RPM: 10}
-		b.Counter("d").Admit(lim, state.Reservation{Requests: 1})
-		b.HandleMessage(msg)
-		b.HandleMessage(msg)
-		b.Tick()
-		if granted > part(10, 1, 2) {
-			t.Fatalf("lent %d of a share of %d", granted, part(10, 1, 2))
+		b.Counter("d").Admit(state.Limits{RPM: 10}, state.Reservation{Requests: 1})
+		// A home lends under its own config's limits once it admitted ("d": rpm 10), and under
+		// the borrower's for a deployment it has not served yet; what it has out, lent or
+		// spent, never exceeds its share.
+		check := func(when string) {
+			for dep := range granted {
+				c := b.counters.Lookup(dep)
+				if c == nil {
+					t.Fatalf("%s: granted for %q, which this node keeps no rights for", when, dep)
+				}
+				c.mu.Lock()
+				lim, lentReq, lentTok := c.lim, c.lentReq, c.lentTok
+				busyReq, busyTok := c.busy.Sums()
+				c.mu.Unlock()
+				if dep == "d" && lim != (state.Limits{RPM: 10}) {
+					t.Fatalf("%s: a peer changed the configured limits of d to %+v", when, lim)
+				}
+				if lentReq+busyReq > part(lim.RPM, 1, 2) || lim.TPM > 0 && lentTok+busyTok > part(lim.TPM, 1, 2) {
+					t.Fatalf("%s: %q has %d+%d requests, %d+%d tokens out (lent+busy) of a share of %d, %d",
+						when, dep, lentReq, busyReq, lentTok, busyTok, part(lim.RPM, 1, 2), part(lim.TPM, 1, 2))
+				}
+			}
 		}
+		b.HandleMessage(msg)
+		check("first delivery")
+		b.HandleMessage(msg)
+		check("second delivery")
+		b.Tick()
+		check("tick")
 	})
 }
 
