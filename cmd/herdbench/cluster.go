@@ -48,6 +48,8 @@ type clusterOptions struct {
 	warmup time.Duration
 	// profileDir, when set, gets a CPU profile of every node over every measured load.
 	profileDir string
+
+	modeOptions // --modes and --spread (cluster_modes.go)
 }
 
 const (
@@ -76,6 +78,10 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	fs.IntVar(&o.rounds, "rounds", 3, "--keys: measure each cluster this many times, alternating which goes first")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "--keys: discarded load before each measurement")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "--keys: start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
+	modes := fs.String("modes", "", "fast,strict: measure clusters with each router_settings.cluster_limit_mode in turn and report them side by side; with --rate, herd's latency and CPU per request instead of accuracy")
+	spread := fs.String("spread", spreadBalanced, "--modes: balanced (round-robin over the nodes), hot (all demand on one node), or both")
+	limitWait := fs.Duration("limit-wait", 0, "--modes: router_settings.cluster_limit_wait of every cluster (default: herd's)")
+	tpm := fs.Int64("tpm", keysTPM, "--modes with --rate: each deployment's tpm; 0 sets none (by default every request also reserves and settles tokens)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -87,6 +93,15 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *modes != "" || set["spread"] || set["limit-wait"] || set["tpm"] {
+		var err error
+		if o.modeOptions, err = parseModes(*modes, *spread, *limitWait, *tpm, set); err != nil {
+			return o, err
+		}
+		if o.cost {
+			return parseModesCostFlags(o, *nodes, set)
+		}
+	}
 	if *keys != "" {
 		return parseKeysFlags(o, *keys, *nodes, set)
 	}
@@ -218,6 +233,10 @@ type clusterSpec struct {
 	raft bool
 	// pprof starts every node with --pprof-addr on a free loopback port.
 	pprof bool
+	// mode sets router_settings.cluster_limit_mode, and limitWait cluster_limit_wait; "" and
+	// nil leave herd's defaults.
+	mode      string
+	limitWait *time.Duration
 }
 
 func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, groups []string, spec clusterSpec) (_ *clusterEnv, err error) {
@@ -240,7 +259,7 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 		prefix += spec.name + "-"
 	}
 	cfg := filepath.Join(tmpDir, fmt.Sprintf("%scluster-%d.yaml", prefix, n))
-	if err := os.WriteFile(cfg, []byte(clusterConfig(ln.Addr().String(), groups, o.limit, spec.tpm, spec.key)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(clusterConfig(ln.Addr().String(), groups, o.limit, spec.tpm, spec.key)+modeSettings(spec.mode, spec.limitWait)), 0o600); err != nil {
 		return nil, err
 	}
 	var seed string
@@ -552,6 +571,11 @@ type outcome struct {
 // load sends the scheduled requests for model, round-robin over the nodes, each in its own
 // goroutine so a slow answer never delays the schedule.
 func (env *clusterEnv) load(ctx context.Context, model string, at []time.Duration) []outcome {
+	return env.loadOn(ctx, model, at, env.nodes)
+}
+
+// loadOn is load round-robin over nodes only (a "hot" node takes all of it).
+func (env *clusterEnv) loadOn(ctx context.Context, model string, at []time.Duration, nodes []*child) []outcome {
 	out := make([]outcome, len(at))
 	body := chatBody(model)
 	var wg sync.WaitGroup
@@ -569,7 +593,7 @@ func (env *clusterEnv) load(ctx context.Context, model string, at []time.Duratio
 				return out[:i]
 			}
 		}
-		node := env.nodes[i%len(env.nodes)]
+		node := nodes[i%len(nodes)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -616,29 +640,35 @@ func peakRate(pattern string, perMinute int, out []outcome, burstGap time.Durati
 }
 
 func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, pattern string, demand int, model string) (clusterRun, error) {
+	r, _, err := env.measureOn(ctx, o, n, pattern, demand, model, env.nodes)
+	return r, err
+}
+
+// measureOn is measure with the load on nodes only; it also returns what was sent.
+func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, pattern string, demand int, model string, nodes []*child) (clusterRun, []outcome, error) {
 	r := clusterRun{Nodes: n, Pattern: pattern, Demand: demand, Limit: o.limit}
 	before, err := env.propagation(ctx)
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	perMinute := demand * int(o.limit)
 	at := schedule(pattern, perMinute, o.duration, o.burstGap)
 	cpuBefore, err := env.cpu()
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	start := time.Now()
-	out := env.load(ctx, model, at)
+	out := env.loadOn(ctx, model, at, nodes)
 	if err := ctx.Err(); err != nil {
-		return r, err
+		return r, nil, err
 	}
 	cpuAfter, err := env.cpu()
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	after, err := env.propagation(ctx)
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	prop := after.sub(before)
 
@@ -676,7 +706,7 @@ func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, pat
 	r.PropP50 = 1000 * prop.quantile(0.5)
 	r.PropP99 = 1000 * prop.quantile(0.99)
 	r.Bound = r.PeakRate * r.PropP99 / 1000
-	return r, nil
+	return r, out, nil
 }
 
 func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -686,6 +716,9 @@ func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	if len(o.keys) > 0 {
 		return runKeysBench(ctx, o, args, stdout, stderr)
+	}
+	if len(o.modes) > 0 {
+		return runModesBench(ctx, o, args, stdout, stderr)
 	}
 	herdPath, err := findBinary(o.herd, "herd")
 	if err != nil {

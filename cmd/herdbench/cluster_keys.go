@@ -35,14 +35,8 @@ const (
 	keysMaxRatio = 1.10
 )
 
-// parseKeysFlags finishes parseClusterFlags for --keys. Accuracy-only flags are refused
-// rather than ignored; --nodes, --duration and --limit get this mode's defaults unless given.
+// parseKeysFlags finishes parseClusterFlags for --keys.
 func parseKeysFlags(o clusterOptions, keys, nodes string, set map[string]bool) (clusterOptions, error) {
-	for _, name := range []string{"demands", "patterns", "burst-every"} {
-		if set[name] {
-			return o, usageError{fmt.Sprintf("--%s does not apply with --keys", name)}
-		}
-	}
 	for _, k := range strings.Split(keys, ",") {
 		k = strings.TrimSpace(k)
 		if k != keysOff && k != keysOn {
@@ -52,6 +46,19 @@ func parseKeysFlags(o clusterOptions, keys, nodes string, set map[string]bool) (
 			return o, usageError{fmt.Sprintf("--keys: %s given twice", k)}
 		}
 		o.keys = append(o.keys, k)
+	}
+	return costFlags(o, "--keys", nodes, set, 10)
+}
+
+// costFlags finishes the flags of a CPU-per-request measurement (--keys, or --modes with
+// --rate; which is named by what). Accuracy-only flags are refused rather than ignored; --nodes,
+// --duration and --limit get this mode's defaults unless given. Every request must be admitted,
+// so the limit must be at least minFactor times the load.
+func costFlags(o clusterOptions, what, nodes string, set map[string]bool, minFactor float64) (clusterOptions, error) {
+	for _, name := range []string{"demands", "patterns", "burst-every"} {
+		if set[name] {
+			return o, usageError{fmt.Sprintf("--%s does not apply with %s", name, what)}
+		}
 	}
 	o.nodes = []int{keysDefaultNodes}
 	if set["nodes"] {
@@ -75,8 +82,8 @@ func parseKeysFlags(o clusterOptions, keys, nodes string, set map[string]bool) (
 		return o, usageError{"--duration must be at least 1s"}
 	case o.warmup < 0 || o.upLatency < 0:
 		return o, usageError{"--warmup and --upstream-latency must not be negative"}
-	case o.limit < int64(o.rate)*60*10:
-		return o, usageError{fmt.Sprintf("--limit %d is not far above the load (%d requests a minute): with --keys every request must be admitted, so give at least 10 times that", o.limit, o.rate*60)}
+	case float64(o.limit) < float64(o.rate)*60*minFactor:
+		return o, usageError{fmt.Sprintf("--limit %d is not far above the load (%d requests a minute): with %s every request must be admitted, so give at least %g times that", o.limit, o.rate*60, what, minFactor)}
 	}
 	return o, nil
 }
@@ -84,7 +91,7 @@ func parseKeysFlags(o clusterOptions, keys, nodes string, set map[string]bool) (
 // keysRun is one measurement of one cluster.
 type keysRun struct {
 	Nodes    int          `json:"nodes"`
-	Keys     string       `json:"keys"` // off or on
+	Keys     string       `json:"keys,omitempty"` // off or on
 	Round    int          `json:"round"`
 	Position int          `json:"position"` // 0 = measured first in its round
 	Start    time.Time    `json:"start"`
@@ -227,7 +234,7 @@ func measureKeys(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir 
 			if o.profileDir != "" {
 				profile = filepath.Join(o.profileDir, fmt.Sprintf("%dnodes-keys-%s-round%d", n, k, round))
 			}
-			r, err := envs[k].measureLoad(ctx, o, rec, profile)
+			r, err := envs[k].measureLoad(ctx, o, rec, profile, loadSpec{model: keysModel, on: envs[k].nodes})
 			if err != nil {
 				return runs, fmt.Errorf("%d nodes, keys %s, round %d: %w", n, k, round, err)
 			}
@@ -241,21 +248,31 @@ func measureKeys(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir 
 	return runs, nil
 }
 
+// loadSpec is what measureLoad sends, and where.
+type loadSpec struct {
+	model string
+	on    []*child // the nodes the load goes to, round-robin
+	// overheadHeader, if set, is read from every response: herd's own overhead.
+	overheadHeader string
+}
+
 // measureLoad sends o.warmup of discarded load, then o.duration of measured load, at o.rate
-// round-robin over the nodes, and reads every node's CPU time right before and right after
-// the measured load, so start-up and warm-up are not counted. With a profile path prefix, it
-// also saves each node's CPU profile of the measured load as PREFIX-nI.pprof.
-func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *recorder, profile string) (keysRun, error) {
+// as ls says, and reads every node's CPU time right before and right after the measured load,
+// so start-up and warm-up are not counted. With a profile path prefix, it also saves each
+// node's CPU profile of the measured load as PREFIX-nI.pprof.
+func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *recorder, profile string, ls loadSpec) (keysRun, error) {
 	var r keysRun
-	body := chatBody(keysModel)
+	body := chatBody(ls.model)
 	var targets []vegeta.Target
 	procs := map[string]int{"herdbench": os.Getpid()}
-	for _, c := range env.nodes {
+	for _, c := range ls.on {
 		targets = append(targets, postTarget("http://"+c.addr+"/v1/chat/completions", body))
+	}
+	for _, c := range env.nodes {
 		procs[c.name] = c.pid()
 	}
 	if o.warmup > 0 {
-		rec.reset("")
+		rec.reset(ls.overheadHeader)
 		attackWith(ctx, env.client, vegeta.NewStaticTargeter(targets...), o.rate, o.warmup, rec)
 	}
 	propBefore, err := env.propagation(ctx)
@@ -277,7 +294,7 @@ func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *r
 			}()
 		}
 	}
-	rec.reset("")
+	rec.reset(ls.overheadHeader)
 	r.Result = attackWith(ctx, env.client, vegeta.NewStaticTargeter(targets...), o.rate, o.duration, rec)
 	if err := ctx.Err(); err != nil {
 		return r, fmt.Errorf("interrupted: %w", err)

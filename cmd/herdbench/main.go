@@ -3,7 +3,8 @@
 //	herdbench proxy [flags]         herd's added latency vs a bare httputil.ReverseProxy vs
 //	                                going direct to a fake upstream, at fixed request rates
 //	herdbench cluster [flags]       N herd processes on loopback: how closely they keep one limit,
-//	                                or (--keys off,on) what the cluster key costs per request
+//	                                or (--keys off,on) what the cluster key costs per request, or
+//	                                (--modes fast,strict) both limit modes side by side
 //	herdbench reverseproxy [flags]  the bare reverse proxy used as the baseline (proxy starts it)
 //
 // scripts/bench-proxy.sh builds everything and runs `herdbench proxy`; docs/BENCHMARKS.md has
@@ -51,6 +52,10 @@ Usage:
       how closely N herd processes joined on loopback keep one rpm limit together.
   herdbench cluster --keys off,on [--rate 1000] [--nodes 3] [--duration 20s] [--rounds 3]
       herd CPU per request on clusters without and with a cluster key, measured in turn.
+  herdbench cluster --modes fast,strict [--spread balanced,hot] [accuracy flags]
+      the accuracy measurement on one cluster per cluster_limit_mode, side by side.
+  herdbench cluster --modes fast,strict --rate 1000 [--nodes 3] [--duration 20s] [--rounds 3]
+      herd latency and CPU per request in each cluster_limit_mode, measured in turn.
   herdbench reverseproxy --listen 127.0.0.1:0 --target http://HOST:PORT
       a bare httputil.ReverseProxy with herd's upstream transport settings.
 
