@@ -40,10 +40,24 @@
 // # Overshoot
 //
 // The cluster is eventually consistent: a node admits against peers' counts as of their last
-// delta. The excess over a limit is bounded by the admissions the rest of the cluster makes
-// during one propagation delay: aggregate request rate x (FlushEvery + network delay), e.g.
-// 1000 req/s x 2 ms = 2 requests over an rpm limit, more while packets are lost (until the next
-// push-pull) or the cluster is partitioned (each side admits up to the limit on its own).
+// delta, so near a limit every node sees the same free slots for one propagation delay. Alone,
+// that bounds the excess by the admissions the rest of the cluster makes during one delay:
+// aggregate request rate x (FlushEvery + network delay), 2 requests at 1000 req/s x 2 ms, but
+// 28 % of an rpm-600 limit when a burst of 450 requests reached 3 nodes at once.
+//
+// So near a limit each node admits only its share of what remains (share.go): the limit less
+// what everyone has known for a horizon H (twice the slowest recent delta, 50 ms to 1 s), split
+// a quarter evenly over the live nodes and three quarters by each node's admissions in the
+// window. While every delta arrives within H the nodes' shares of one remaining add up to it:
+// a burst that reaches every node at once admits exactly what remained (herdbench: 0 over, 100 %
+// utilisation). The exceptions are small: a node that saw no admission for a horizon and refused
+// none may admit one request on the merged window alone (else a share below one request would
+// strand the last units of a small limit), so a burst that meets a nearly full window can go
+// n-1 over; and under contention up to n-1 units (4n-1 if all demand sits on a node that has
+// none in the window) stay unused until the window slides. A share refusal says to retry after
+// H. The share check only ever refuses more than the merged window: while packets are lost
+// (until the next push-pull) the excess is as before, and under a k-way partition each side
+// still admits up to the limit on its own, k x limit in all.
 //
 // # Trust
 //
@@ -57,9 +71,26 @@
 //
 // # Clocks
 //
-// Bucket numbers are Unix seconds, so nodes must agree on time to within about a second (NTP).
-// A cell from a peer up to maxAhead buckets ahead moves this node's window forward; a cell
-// further ahead is ignored until this node's clock catches up, and the next push-pull brings it.
+// Bucket numbers are Unix seconds of each node's own clock, and clocks disagree. A peer 10 s
+// behind would have its counts leave this node's window 10 s early, and a peer ahead would have
+// them counted too long (or, before, ignored until this node's clock caught up). So every peer
+// incarnation's cells are kept under its own bucket numbers and counted in this node's bucket
+// b - shift, where shift = floor(offset / 1 s) and offset is the peer's clock minus this node's
+// as the cluster estimates it from heartbeats (Options.Offset). The estimate errs low by the
+// network delay, and floor rounds down, so a count is never placed earlier than it belongs: it
+// is counted from its arrival for at least a window, and at most one bucket longer than this
+// node's own count of the same moment. A cell that maps beyond this node's newest bucket (a peer
+// a little ahead, or one whose offset is not known yet) counts in the newest bucket and moves
+// to its own when that begins, instead of moving the window forward. When the estimate changes,
+// the peer's cells move at the next housekeeping (once per bucket). Peers' cells are relayed in
+// push-pull under their owner's numbers, so every receiver aligns them by its own estimate.
+//
+// Offsets are accepted up to maxOffset (30 s); beyond it a peer is aligned by 30 s only, and
+// every message from it is reported (OnReject, clock_offset). What alignment cannot fix is a
+// clock that jumps: a node whose own clock steps forward drops its oldest buckets as that many
+// seconds pass at once, and for a few heartbeats after a peer's clock steps back the estimate
+// still holds the old offset (it is the largest of the last samples), so its newest counts sit
+// too early in the window until the estimate catches up.
 package crdt
 
 import (
@@ -97,6 +128,12 @@ type Options struct {
 	// receiving goroutine and must not block.
 	OnReject func(reason string)
 
+	// Offset, if not nil, returns a peer node's clock minus this node's and whether it is
+	// known (cmd: the cluster's estimate from heartbeats). Peers' cells are aligned by it (see
+	// "# Clocks"); nil aligns nothing. It is called at most once per node and bucket, never
+	// under a counter's lock, and must not block.
+	Offset func(node string) (time.Duration, bool)
+
 	maxNodes, maxCounters int           // tests only: the caps; 0 means defaultMaxNodes, defaultMaxCounters
 	housekeepEvery        time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
 }
@@ -130,6 +167,10 @@ type Backend struct {
 	deps atomic.Pointer[deploymentSet]
 	// incs caps the peer incarnations merged across every deployment.
 	incs *incTable
+	// offsets aligns peers' buckets by their clock offsets; horizon is how long an admission
+	// counts as recent for the share check (share.go).
+	offsets offsets
+	horizon *horizon
 
 	net atomic.Pointer[netBox]
 
@@ -140,6 +181,7 @@ type Backend struct {
 	cells   []cell
 	visit   []*counter
 	gcAt    int64 // bucket of the last collection of incarnations and counters
+	offAt   int64 // bucket of the last refresh of clock offsets
 
 	// armed is set by the first change after a flush, which then wakes the loop (nil without a
 	// loop) to start the flush timer; the loop clears it just before that flush.
@@ -212,6 +254,8 @@ func New(opts Options) *Backend {
 		maxNodes:    opts.maxNodes,
 		maxCounters: opts.maxCounters,
 		incs:        newIncTable(opts.maxNodes),
+		offsets:     offsets{fn: opts.Offset, m: map[string]alignment{}},
+		horizon:     newHorizon(),
 		enc:         encoder{limit: maxMessage},
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
@@ -376,6 +420,12 @@ func (b *Backend) Flush() {
 		stamp = first
 	}
 	b.enc.reset(true, stamp)
+	if now != b.offAt {
+		// Before the counters' housekeeping, which moves peers' cells by these estimates.
+		b.offAt = now
+		b.offsets.refresh(b.incs.nodeNames(), now)
+		b.horizon.observe(0, ns)
+	}
 	b.visit = b.all(b.visit[:0])
 	for _, c := range b.visit {
 		b.cells = c.takeDelta(now, b.cells[:0], &b.enc)
@@ -442,22 +492,33 @@ func (b *Backend) merge(buf []byte, delta bool) {
 	now := window.BucketOf(ns)
 	deps := b.deps.Load()
 	var bad reasons
+	var from alignment // a delta's sender's
 	_ = decode(buf, maxIncs, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
-		if r, ok := b.mergeRecord(now, deps, k, id, ifVer, inFlight, cells); !ok {
+		var a alignment
+		if k != b.self {
+			a = b.offsets.of(k.node, now)
+		}
+		if a.capped {
+			bad.add(reasonClockOffset)
+		}
+		from = a
+		if r, ok := b.mergeRecord(now, ns, delta, deps, k, a, id, ifVer, inFlight, cells); !ok {
 			bad.add(r)
 		}
 	})
-	if delta && b.onDelay != nil {
-		if sent, ok := sentAt(buf); ok {
+	if sent, ok := sentAt(buf); ok && delta {
+		if b.onDelay != nil {
 			b.onDelay(time.Duration(max(ns-sent, 0)))
 		}
+		// In this node's time when the offset is known: a peer 10 s behind has not taken 10 s.
+		b.horizon.observe(max(ns-sent+from.ns, 0), ns)
 	}
 	b.reject(bad)
 }
 
 // mergeRecord checks one record and merges it, or returns why not. The checks that need no
 // state come first, so a record that fails them costs no lookup and takes no table slot.
-func (b *Backend) mergeRecord(now int64, deps *deploymentSet, k incKey, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
+func (b *Backend) mergeRecord(now, ns int64, delta bool, deps *deploymentSet, k incKey, a alignment, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
 	if k == b.self {
 		// Our own cells and in-flight count are ours alone: a peer's copy is at best an echo.
 		return 0, true
@@ -476,7 +537,7 @@ func (b *Backend) mergeRecord(now int64, deps *deploymentSet, k incKey, id strin
 	}
 	for {
 		c := b.counter(id)
-		if !c.merge(now, k, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
+		if !c.merge(now, ns, delta, k, a, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
 			return reasonTooManyNodes, false
 		}
 		// A collection may have removed c (holding nothing) since the lookup: merge again
