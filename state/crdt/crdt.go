@@ -46,7 +46,7 @@
 // 28 % of an rpm-600 limit when a burst of 450 requests reached 3 nodes at once.
 //
 // So near a limit each node admits only its share of what remains (share.go): the limit less
-// what everyone has known for a horizon H (twice the slowest recent delta, 50 ms to 1 s), split
+// what everyone has known for a horizon H (twice the slowest recent delta, 0.5 s to 2 s), split
 // a quarter evenly over the live nodes and three quarters by each node's admissions in the
 // window. While every delta arrives within H the nodes' shares of one remaining add up to it:
 // a burst that reaches every node at once admits exactly what remained (herdbench: 0 over, 100 %
@@ -78,8 +78,9 @@
 // b - shift, where shift = floor(offset / 1 s) and offset is the peer's clock minus this node's
 // as the cluster estimates it from heartbeats (Options.Offset). The estimate errs low by the
 // network delay, and floor rounds down, so a count is never placed earlier than it belongs: it
-// is counted from its arrival for at least a window, and at most one bucket longer than this
-// node's own count of the same moment. A cell that maps beyond this node's newest bucket (a peer
+// is counted from its arrival until at least a window after it was made, and leaves at most a
+// bucket (plus the estimate's error) after this node's own count of the same moment would. A
+// cell that maps beyond this node's newest bucket (a peer
 // a little ahead, or one whose offset is not known yet) counts in the newest bucket and moves
 // to its own when that begins, instead of moving the window forward. When the estimate changes,
 // the peer's cells move at the next housekeeping (once per bucket). Peers' cells are relayed in
@@ -87,13 +88,15 @@
 //
 // Offsets are accepted up to maxOffset (30 s); beyond it a peer is aligned by 30 s only, and
 // every message from it is reported (OnReject, clock_offset). What alignment cannot fix is a
-// clock that jumps: a node whose own clock steps forward drops its oldest buckets as that many
-// seconds pass at once, and for a few heartbeats after a peer's clock steps back the estimate
-// still holds the old offset (it is the largest of the last samples), so its newest counts sit
-// too early in the window until the estimate catches up.
+// clock that steps. A node whose clock steps forward by s drops s seconds of its window at once,
+// and its peers align all of its cells by the new offset, those made before the step too, so
+// those leave their windows s early as well. A step back keeps counts longer, which is safe (the
+// estimate, the largest of the last few samples, follows it within five heartbeats; until then
+// the peer's new counts sit s buckets early, still counted, and then move).
 package crdt
 
 import (
+	"cmp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,6 +139,7 @@ type Options struct {
 
 	maxNodes, maxCounters int           // tests only: the caps; 0 means defaultMaxNodes, defaultMaxCounters
 	housekeepEvery        time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
+	minHorizon            time.Duration // tests only: the share check's shortest horizon; 0 means shareHorizonMin
 }
 
 const (
@@ -255,7 +259,7 @@ func New(opts Options) *Backend {
 		maxCounters: opts.maxCounters,
 		incs:        newIncTable(opts.maxNodes),
 		offsets:     offsets{fn: opts.Offset, m: map[string]alignment{}},
-		horizon:     newHorizon(),
+		horizon:     newHorizon(cmp.Or(opts.minHorizon, shareHorizonMin)),
 		enc:         encoder{limit: maxMessage},
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),

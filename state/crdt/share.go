@@ -49,13 +49,17 @@ import (
 // share, so they go straight into the base (which can only make the check stricter).
 
 const (
-	// shareHorizonMin and shareHorizonMax bound the horizon H. Below: a loopback or LAN delta
-	// takes 1-5 ms, but the first burst after a quiet spell meets a horizon sized by quiet
-	// deltas, while the burst itself slows delivery tenfold on a busy host (herdbench cluster
-	// measured a p99 of 50-200 ms under bursts). Above: deltas slower than a bucket mean the
-	// cluster is not healthy, and the share check would only slow admissions more.
-	shareHorizonMin = 50 * time.Millisecond
-	shareHorizonMax = time.Second
+	// shareHorizonMin and shareHorizonMax bound the horizon H. Below: a LAN delta takes 1-5 ms,
+	// but the first burst after a quiet spell meets a horizon sized by quiet deltas while the
+	// burst itself slows delivery a hundredfold on a busy host: herdbench cluster, 3 nodes and
+	// its load on 2 CPUs, measured a p99 of 0.9 s in a burst of 1500, and with a 50 ms minimum
+	// the nodes' first admissions left their recent counts before the others had them (21 %
+	// over). A long horizon costs little: balanced demand never meets its share before the
+	// last few units, and it delays only what a node beyond its share would take. Above:
+	// deltas slower than that mean the cluster is not healthy; the share check would only
+	// slow admissions more.
+	shareHorizonMin = 500 * time.Millisecond
+	shareHorizonMax = 2 * time.Second
 	// delayMemory is how long the largest delta delay seen keeps the horizon up: the horizon
 	// is twice the largest delay of the last one to two of these.
 	delayMemory = 30 * time.Second
@@ -217,16 +221,17 @@ func (c *counter) shareOf(n int64) (num, den uint64) {
 // horizon is H: twice the largest delta delay seen in the last one to two delayMemory
 // periods, within [shareHorizonMin, shareHorizonMax]. Admit reads it without a lock.
 type horizon struct {
-	h atomic.Int64 // ns
+	h   atomic.Int64 // ns
+	min int64        // shareHorizonMin, but for tests
 
 	mu        sync.Mutex
 	start     int64 // Unix ns when cur began
 	cur, prev int64 // largest delay in this and the previous period
 }
 
-func newHorizon() *horizon {
-	h := &horizon{}
-	h.h.Store(int64(shareHorizonMin))
+func newHorizon(min time.Duration) *horizon {
+	h := &horizon{min: int64(min)}
+	h.h.Store(h.min)
 	return h
 }
 
@@ -245,5 +250,5 @@ func (h *horizon) observe(d, ns int64) {
 		h.prev, h.cur, h.start = h.cur, 0, ns
 	}
 	h.cur = max(h.cur, d)
-	h.h.Store(min(max(2*max(h.cur, h.prev), int64(shareHorizonMin)), int64(shareHorizonMax)))
+	h.h.Store(min(max(2*max(h.cur, h.prev), h.min), int64(shareHorizonMax)))
 }

@@ -234,13 +234,28 @@ func TestHorizonFollowsDelay(t *testing.T) {
 		t.Fatalf("horizon %v after a delta 10 s late, want the cap %v", time.Duration(got), shareHorizonMax)
 	}
 
-	// With the offset known, a delta that took 150 ms counts 150 ms.
+	// With the offset known, a delta that took 400 ms counts 400 ms.
 	ca.Advance(2 * delayMemory) // forget the first
-	cp.Advance(2*delayMemory - 150*time.Millisecond)
+	cp.Advance(2*delayMemory - 400*time.Millisecond)
 	offsetKnown = true
 	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
 	p.Flush()
-	if got := a.horizon.get(); got != int64(300*time.Millisecond) {
-		t.Fatalf("horizon %v after a delta of 150 ms, want 300ms", time.Duration(got))
+	if got := a.horizon.get(); got != int64(800*time.Millisecond) {
+		t.Fatalf("horizon %v after a delta of 400 ms, want 800ms", time.Duration(got))
+	}
+	// A fast one (10 ms) later within the memory does not shorten it; the minimum holds below.
+	ca.Advance(time.Second)
+	cp.Advance(time.Second + 390*time.Millisecond)
+	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	p.Flush()
+	if got := a.horizon.get(); got != int64(800*time.Millisecond) {
+		t.Fatalf("horizon %v after a fast delta, want still 800ms", time.Duration(got))
+	}
+	ca.Advance(2 * delayMemory)
+	cp.Advance(2 * delayMemory)
+	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	p.Flush()
+	if got := a.horizon.get(); got != int64(shareHorizonMin) {
+		t.Fatalf("horizon %v once slow deltas are forgotten, want the minimum %v", time.Duration(got), shareHorizonMin)
 	}
 }
