@@ -60,6 +60,12 @@ type counter struct {
 	// ahead is the latest of our buckets a peer's cell maps to that was ahead of the head when
 	// it merged: such cells count in the head until the head reaches them (advance).
 	ahead int64
+	// sent and ifSent are the own cells' slots, and whether the in-flight count, that changed
+	// in this bucket ([0]) and the one before ([1]); takeDelta sends them again at resentAt's
+	// next bucket.
+	sent     [2]uint64
+	ifSent   [2]bool
+	resentAt int64
 
 	recent    recent    // own and peers' admissions of the last horizon (share.go)
 	refusedAt int64     // Unix ns of this node's last refusal; 0 for none (share.go)
@@ -357,7 +363,8 @@ func (c *counter) housekeep(now int64) {
 }
 
 // takeDelta encodes this node's cells changed since the last call, and its in-flight count if
-// it changed or is due for a refresh, then forgets them. cells is scratch space.
+// it changed or is due for a refresh, then forgets them; once per bucket it repeats what
+// changed in the two buckets before. cells is scratch space.
 func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -366,6 +373,20 @@ func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
 		c.own.ifVer++ // a refresh: peers count a grown version as fresh
 		c.ifDue = true
 	}
+	changed, ifChanged := c.dirty, c.ifDue
+	if c.w.Head() != c.resentAt {
+		// Once per bucket, what changed in the two buckets before goes again: a delta lost
+		// (a peer's receive queue overflows in a burst, and drops the newest) heals within a
+		// second or two instead of at the next push-pull, before the next burst meets a view
+		// short of it. Cells carry totals, so a repeat changes nothing where nothing was lost.
+		c.resentAt = c.w.Head()
+		c.dirty |= c.sent[0] | c.sent[1]
+		c.ifDue = c.ifDue || c.ifSent[0] || c.ifSent[1]
+		c.sent[1], c.sent[0] = c.sent[0], 0
+		c.ifSent[1], c.ifSent[0] = c.ifSent[0], false
+	}
+	c.sent[0] |= changed
+	c.ifSent[0] = c.ifSent[0] || ifChanged
 	if c.dirty == 0 && !c.ifDue {
 		return cells
 	}
@@ -417,10 +438,11 @@ func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
 }
 
 // merge takes the per-counter maximum of a peer's view of incarnation k, which is not this
-// node's own and whose record passed checkRecord; a is the node's clock alignment (see
-// "# Clocks"): without an estimate its cells stay where they are. delta says the record came in a delta, at ns: what it adds counts as the
-// peers' recent admissions (share.go). It refuses a new incarnation when the counter already
-// holds maxIncs peers' (a fuse behind Backend.incs, which may lag a bucket).
+// node's own and whose record passed checkRecord. a is the node's clock alignment (see
+// "# Clocks"): without an estimate its cells stay where they are. delta says the record came
+// in a delta, at ns: what it adds counts as the peers' recent admissions (share.go). It refuses
+// a new incarnation when the counter already holds maxIncs peers' (a fuse behind
+// Backend.incs, which may lag a bucket).
 func (c *counter) merge(now, ns int64, delta bool, k incKey, a alignment, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -442,18 +464,22 @@ func (c *counter) merge(now, ns int64, delta bool, k incKey, a alignment, ifVer 
 	}
 	for i := range cells {
 		in := &cells[i]
-		if _, ok := c.pos(inc, in.bucket); !ok || in.bucket <= inc.newest-ringSize {
-			continue
+		x, ok := c.pos(inc, in.bucket)
+		if !ok || in.bucket <= inc.newest-ringSize {
+			continue // left our window, or older than what the incarnation still holds
 		}
 		cl := c.peerCellAt(inc, in.bucket)
-		c.count(inc, cl, -1)
 		r0, t0 := cl.requests(), cl.tokens()
 		cl.reqP, cl.reqN = max(cl.reqP, in.reqP), max(cl.reqN, in.reqN)
 		cl.tokP, cl.tokN = max(cl.tokP, in.tokP), max(cl.tokN, in.tokN)
-		c.count(inc, cl, 1)
+		dr, dt := cl.requests()-r0, cl.tokens()-t0
+		c.w.Add(x, dr, dt)
+		if in.bucket-inc.shift > c.w.Head() {
+			c.ahead = max(c.ahead, in.bucket-inc.shift)
+		}
 		if delta {
-			c.recent.add(peerReq, cl.requests()-r0)
-			c.recent.add(peerTok, cl.tokens()-t0)
+			c.recent.add(peerReq, dr)
+			c.recent.add(peerTok, dt)
 		}
 	}
 	if ifVer > inc.ifVer {

@@ -456,6 +456,37 @@ func TestInFlightLostUpdateHeals(t *testing.T) {
 	c.wantSnapshot(names(1, 2), "d", 1, 0, 0)
 }
 
+// A delta lost in a burst (the receiver's queue full) heals at the next bucket's flush, or at
+// the one after if that is lost too, without a push-pull; then the cells go quiet again.
+func TestLostDeltaRepeatedNextBuckets(t *testing.T) {
+	c := newCluster(t, 2)
+	tk, _ := c.admit("n1", "d", state.Limits{}, state.Reservation{Requests: 3, Tokens: 30})
+	c.net.dropAll = true
+	c.net.flushAll()
+	c.wantSnapshot(names(2), "d", 0, 0, 0)
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll() // the first repeat, lost as well
+	c.net.dropAll = false
+	c.wantSnapshot(names(2), "d", 0, 0, 0)
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll()
+	c.wantSnapshot(names(1, 2), "d", 3, 30, 1)
+
+	c.nodes["n1"].Counter("d").Settle(tk, state.Usage{PromptTokens: 20})
+	c.net.flushAll()
+	c.wantSnapshot(names(1, 2), "d", 3, 20, 0)
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll()
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll()
+	before := c.net.sent
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll()
+	if c.net.sent != before {
+		t.Fatalf("%d messages two buckets after the last change, want none", c.net.sent-before)
+	}
+}
+
 // A dead node's in-flight count, known to some survivors only, expires everywhere and is not
 // handed back and forth between survivors by push-pull.
 func TestDeadInFlightNotResurrected(t *testing.T) {

@@ -29,9 +29,9 @@ import (
 // refuses more, never less, so every other bound (k x limit under a k-way partition) stands.
 //
 // A node's share is a quarter split evenly over the n live nodes and three quarters in
-// proportion to each incarnation's admissions in the window's completed buckets, which every
-// node knows alike: a hot node gets most of what remains, and a node whose demand is new still
-// gets 1/(4n).
+// proportion to each incarnation's admissions in the window's buckets that ended at least a
+// horizon ago, which every node knows alike: a hot node gets most of what remains, and a node
+// whose demand is new still gets 1/(4n).
 //
 // One at a time: a share of less than one request would leave the last units of a limit to
 // nobody (with rpm 6 on three nodes, a node without history could never admit). So a node that
@@ -58,8 +58,8 @@ const (
 	// last few units, and it delays only what a node beyond its share would take. Above:
 	// deltas slower than that mean the cluster is not healthy; the share check would only
 	// slow admissions more.
-	shareHorizonMin = 500 * time.Millisecond
-	shareHorizonMax = 2 * time.Second
+	shareHorizonMin = 2 * time.Second
+	shareHorizonMax = 5 * time.Second
 	// delayMemory is how long the largest delta delay seen keeps the horizon up: the horizon
 	// is twice the largest delay of the last one to two of these.
 	delayMemory = 30 * time.Second
@@ -107,10 +107,11 @@ func sumSat(a, b int64) int64 {
 	return a + b
 }
 
-// shareMemo is this node's share, num/den, for the head and node count it was computed at.
+// shareMemo is this node's share, num/den, for the head, node count and newest bucket it was
+// computed at.
 type shareMemo struct {
-	head, nodes int64
-	num, den    uint64
+	head, nodes, last int64
+	num, den          uint64
 }
 
 // nodes is how many nodes may admit: the live members when membership said (SetPeers), else
@@ -142,7 +143,7 @@ func (c *counter) nodes() int64 {
 // common case is a handful of integer operations: the share is computed only when the even part
 // alone would refuse.
 func (c *counter) withinShare(ns, h int64, lim state.Limits, r state.Reservation) bool {
-	if c.shareFits(lim, r) {
+	if c.shareFits(h, lim, r) {
 		return true
 	}
 	quiet := c.recent.get(ownReq)|c.recent.get(ownTok)|c.recent.get(peerReq)|c.recent.get(peerTok) == 0
@@ -150,7 +151,7 @@ func (c *counter) withinShare(ns, h int64, lim state.Limits, r state.Reservation
 }
 
 // shareFits reports whether r stays within this node's share of what remains.
-func (c *counter) shareFits(lim state.Limits, r state.Reservation) bool {
+func (c *counter) shareFits(h int64, lim state.Limits, r state.Reservation) bool {
 	n := c.nodes()
 	if n <= 1 {
 		return true // nobody else admits: the merged window is exact
@@ -170,7 +171,7 @@ func (c *counter) shareFits(lim state.Limits, r state.Reservation) bool {
 		if leq(want, uint64(evenShareDiv*n), 1, base) {
 			continue // within the even part, which every share holds
 		}
-		num, den := c.shareOf(n)
+		num, den := c.shareOf(n, h)
 		if !leq(want, den, num, base) {
 			return false
 		}
@@ -186,12 +187,16 @@ func leq(a, b, c, d uint64) bool {
 }
 
 // shareOf is this node's share of the remaining as num/den: 1/(4n) plus 3/4 of its part of
-// the requests every incarnation counted in the window's completed buckets (1/n when there are
-// none). A node's part includes what its earlier incarnations counted, so a restart keeps it.
-// Computed once per bucket: the completed buckets change only by late deltas.
-func (c *counter) shareOf(n int64) (num, den uint64) {
+// the requests every incarnation counted in the window's buckets that ended at least a horizon
+// h ago (1/n when there are none). Those are what every node knows alike: in a burst across a
+// bucket boundary each node knows its own count of the bucket just completed at once and the
+// others' only later, and taking it would give each node most of the remaining. A node's part
+// includes what its earlier incarnations counted, so a restart keeps it. Computed once per
+// bucket: the buckets it reads change only by late deltas.
+func (c *counter) shareOf(n, h int64) (num, den uint64) {
 	head := c.w.Head()
-	if m := &c.share; m.den != 0 && m.head == head && m.nodes == n {
+	last := head - 1 - (h+window.BucketNanos-1)/window.BucketNanos // newest bucket that ended h ago
+	if m := &c.share; m.den != 0 && m.head == head && m.nodes == n && m.last == last {
 		return m.num, m.den
 	}
 	var own, all int64
@@ -199,7 +204,7 @@ func (c *counter) shareOf(n int64) (num, den uint64) {
 		var sum int64
 		for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
 			cl := &inc.cells[window.Slot(b)]
-			if x := b - inc.shift; cl.bucket == b && x < head && c.w.Holds(x) {
+			if x := b - inc.shift; cl.bucket == b && x <= last && c.w.Holds(x) {
 				sum += max(cl.requests(), 0)
 			}
 		}
@@ -214,7 +219,7 @@ func (c *counter) shareOf(n int64) (num, den uint64) {
 		num = uint64(all) + (evenShareDiv-1)*uint64(n)*uint64(own)
 		den = evenShareDiv * uint64(n) * uint64(all)
 	}
-	c.share = shareMemo{head: head, nodes: n, num: num, den: den}
+	c.share = shareMemo{head: head, nodes: n, last: last, num: num, den: den}
 	return num, den
 }
 

@@ -20,8 +20,8 @@ func newMembers(t *testing.T, n int) *cluster {
 }
 
 // prefill has each node admit per[node] requests, as fast as its share lets it, delivers
-// everything and lets the clock move on by more than a bucket, so that the counts are in
-// completed buckets, known to every node, and older than any horizon.
+// everything and lets the clock move on by two buckets, so that the counts are in buckets that
+// ended more than a horizon ago, known to every node: what shares are taken from.
 func (c *cluster) prefill(id string, lim state.Limits, per map[string]int) {
 	c.t.Helper()
 	for name, n := range per {
@@ -34,7 +34,7 @@ func (c *cluster) prefill(id string, lim state.Limits, per map[string]int) {
 			c.clock.Advance(quiet)
 		}
 	}
-	c.clock.Advance(state.BucketWidth)
+	c.clock.Advance(2 * state.BucketWidth)
 }
 
 // burst has every node in names try n admissions with no delivery in between, as when a burst
@@ -79,6 +79,31 @@ func TestBurstSplitsTheRemaining(t *testing.T) {
 	c.wantSnapshot(names(1, 2, 3), "d", 60, 0, 0)
 }
 
+// A burst that spans a bucket boundary while deltas are held up: each node knows its own count
+// of the bucket just completed at once, the others' only later. Shares are therefore taken from
+// buckets that ended a horizon ago; from the one just completed each node would see itself as
+// the only one that admitted and take most of the remaining.
+func TestBurstAcrossABucketBoundary(t *testing.T) {
+	c := newMembers(t, 3)
+	lim := state.Limits{RPM: 60}
+	c.clock.Advance(bucketStart(c.clock.Now()).Add(state.BucketWidth - 10*time.Millisecond).Sub(c.clock.Now()))
+	c.net.queue = true
+	got := 0
+	for _, name := range names(1, 2, 3) {
+		got += c.admitN(name, "d", lim, state.Reservation{Requests: 1}, 5)
+	}
+	c.net.flushAll() // queued, within the horizon: nobody hears of the others yet
+	c.clock.Advance(20 * time.Millisecond)
+	for _, name := range names(1, 2, 3) {
+		got += c.admitN(name, "d", lim, state.Reservation{Requests: 1}, 60)
+	}
+	c.net.flushAll()
+	c.net.Deliver()
+	if got != 60 {
+		t.Fatalf("the burst admitted %d in all at rpm 60", got)
+	}
+}
+
 // The same when the burst arrives in waves with deltas delivered between them, as herdbench's
 // bursts do (a delta takes a millisecond or two; the burst lasts tens): never over the limit,
 // and the remaining fills up to at most nodes-1 slots left to nobody.
@@ -98,10 +123,10 @@ func TestBurstInWavesFillsWithoutOvershoot(t *testing.T) {
 			c.burst("d", lim, all, 7)
 			c.clock.Advance(2 * time.Millisecond)
 		}
-		// After the burst, a few horizons later, the last slots are shared again.
-		for range 10 {
+		// After the burst, a few horizons later, stragglers take the last slots one at a time.
+		for i := range 10 {
 			c.clock.Advance(quiet)
-			c.burst("d", lim, all, 1)
+			c.burst("d", lim, all[i%nodes:i%nodes+1], 1)
 		}
 		r, _, _ := c.nodes["n1"].Snapshot("d")
 		t.Logf("%d nodes: %d before the burst, %d after, limit %d", nodes, before, r, lim.RPM)
@@ -234,22 +259,22 @@ func TestHorizonFollowsDelay(t *testing.T) {
 		t.Fatalf("horizon %v after a delta 10 s late, want the cap %v", time.Duration(got), shareHorizonMax)
 	}
 
-	// With the offset known, a delta that took 400 ms counts 400 ms.
+	// With the offset known, a delta that took 1.5 s counts 1.5 s.
 	ca.Advance(2 * delayMemory) // forget the first
-	cp.Advance(2*delayMemory - 400*time.Millisecond)
+	cp.Advance(2*delayMemory - 1500*time.Millisecond)
 	offsetKnown = true
 	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
 	p.Flush()
-	if got := a.horizon.get(); got != int64(800*time.Millisecond) {
-		t.Fatalf("horizon %v after a delta of 400 ms, want 800ms", time.Duration(got))
+	if got := a.horizon.get(); got != int64(3*time.Second) {
+		t.Fatalf("horizon %v after a delta of 1.5 s, want 3s", time.Duration(got))
 	}
 	// A fast one (10 ms) later within the memory does not shorten it; the minimum holds below.
 	ca.Advance(time.Second)
-	cp.Advance(time.Second + 390*time.Millisecond)
+	cp.Advance(time.Second + 1490*time.Millisecond)
 	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
 	p.Flush()
-	if got := a.horizon.get(); got != int64(800*time.Millisecond) {
-		t.Fatalf("horizon %v after a fast delta, want still 800ms", time.Duration(got))
+	if got := a.horizon.get(); got != int64(3*time.Second) {
+		t.Fatalf("horizon %v after a fast delta, want still 3s", time.Duration(got))
 	}
 	ca.Advance(2 * delayMemory)
 	cp.Advance(2 * delayMemory)
