@@ -15,8 +15,8 @@ import (
 // take all of them: up to n times the remaining. The share check splits the remaining instead.
 //
 // The base is what every node has known for a while: the merged window minus what this node
-// admitted, and what peers' deltas brought, within the last horizon (H, at least the longest
-// recent propagation delay). Remaining-at-base = limit - base. A node admits only while its own
+// admitted, and what peers' deltas brought, within the last horizon (H: twice the longest
+// recent propagation delay, and at least 2 s). Remaining-at-base = limit - base. A node admits only while its own
 // admissions of the last horizon, the new one included, stay within its share of that:
 //
 //	own recent + r <= share x (limit - (merged - own recent - peers' recent))
@@ -67,20 +67,23 @@ const (
 	evenShareDiv = 4
 )
 
-// Indexes into recent's counts.
+// Indexes into recent's counts: own, then peers' (own+peerOff), of requests and of tokens.
 const (
 	ownReq = iota
 	ownTok
 	peerReq
 	peerTok
 	numRecent
+	peerOff = peerReq - ownReq
 )
 
 // recent counts what was admitted within the last horizon: this node's admissions and what
-// peers' deltas added. Two slots of at least H each, so a count stays between H and 3H.
+// peers' deltas added. Two slots of at least H each, so a count stays between H and 3H; tot is
+// both slots, so that Admit reads each count once. Counts saturate at window.MaxCount, so that
+// sums of a few stay far from overflow.
 type recent struct {
-	start     int64 // Unix ns when cur began
-	cur, prev [numRecent]int64
+	start    int64 // Unix ns when cur began
+	cur, tot [numRecent]int64
 }
 
 // roll starts a new slot once the current one is H old, at ns.
@@ -89,22 +92,17 @@ func (r *recent) roll(ns, h int64) {
 	case d < 0:
 		r.start = ns // the clock stepped back: keep the counts, for at least H from now
 	case d >= 2*h:
-		r.cur, r.prev, r.start = [numRecent]int64{}, [numRecent]int64{}, ns
+		r.cur, r.tot, r.start = [numRecent]int64{}, [numRecent]int64{}, ns
 	case d >= h:
-		r.prev, r.cur, r.start = r.cur, [numRecent]int64{}, ns
+		r.tot, r.cur, r.start = r.cur, [numRecent]int64{}, ns
 	}
 }
 
-func (r *recent) add(i int, n int64) { r.cur[i] = sumSat(r.cur[i], max(n, 0)) }
-
-func (r *recent) get(i int) int64 { return sumSat(r.cur[i], r.prev[i]) }
-
-// sumSat is a+b for non-negative counts, saturating instead of wrapping.
-func sumSat(a, b int64) int64 {
-	if b > window.MaxCount*(window.RingSize+1)-a {
-		return window.MaxCount * (window.RingSize + 1)
-	}
-	return a + b
+// add counts n (at most window.MaxCount; less than 0 counts nothing) in count i.
+func (r *recent) add(i int, n int64) {
+	n = max(n, 0)
+	r.cur[i] = min(r.cur[i]+n, window.MaxCount)
+	r.tot[i] = min(r.tot[i]+n, window.MaxCount)
 }
 
 // shareMemo is this node's share, num/den, for the head, node count and newest bucket it was
@@ -146,7 +144,8 @@ func (c *counter) withinShare(ns, h int64, lim state.Limits, r state.Reservation
 	if c.shareFits(h, lim, r) {
 		return true
 	}
-	quiet := c.recent.get(ownReq)|c.recent.get(ownTok)|c.recent.get(peerReq)|c.recent.get(peerTok) == 0
+	t := &c.recent.tot
+	quiet := t[ownReq]|t[ownTok]|t[peerReq]|t[peerTok] == 0
 	return quiet && (c.refusedAt == 0 || ns-c.refusedAt >= h || ns < c.refusedAt)
 }
 
@@ -157,26 +156,24 @@ func (c *counter) shareFits(h int64, lim state.Limits, r state.Reservation) bool
 		return true // nobody else admits: the merged window is exact
 	}
 	req, tok := c.w.Sums()
-	dims := [2]struct{ limit, used, take, own, peers int64 }{
-		{lim.RPM, req, r.Requests, c.recent.get(ownReq), c.recent.get(peerReq)},
-		{lim.TPM, tok, r.Tokens, c.recent.get(ownTok), c.recent.get(peerTok)},
+	return c.dimFits(n, h, lim.RPM, req, r.Requests, ownReq) && c.dimFits(n, h, lim.TPM, tok, r.Tokens, ownTok)
+}
+
+// dimFits is shareFits for one limit: requests (own is ownReq) or tokens (ownTok).
+func (c *counter) dimFits(n, h, limit, used, take int64, own int) bool {
+	if limit == 0 || take == 0 {
+		return true // unlimited, or a reservation that takes nothing of this limit
 	}
-	for _, d := range dims {
-		if d.limit == 0 || d.take == 0 {
-			continue // unlimited, or a reservation that takes nothing of this limit
-		}
-		// used <= limit - take: the merged window fits r, so room >= 0.
-		base := uint64(sumSat(sumSat(d.limit-d.used, d.own), d.peers))
-		want := uint64(sumSat(d.own, d.take))
-		if leq(want, uint64(evenShareDiv*n), 1, base) {
-			continue // within the even part, which every share holds
-		}
-		num, den := c.shareOf(n, h)
-		if !leq(want, den, num, base) {
-			return false
-		}
+	// used <= limit-take, as the merged window fits r, so the room is >= 0; the recent counts
+	// are at most window.MaxCount each: no sum below wraps a uint64.
+	mine := uint64(c.recent.tot[own])
+	base := uint64(limit-used) + mine + uint64(c.recent.tot[own+peerOff])
+	want := mine + uint64(take)
+	if leq(want, uint64(evenShareDiv*n), 1, base) {
+		return true // within the even part, which every share holds
 	}
-	return true
+	num, den := c.shareOf(n, h)
+	return leq(want, den, num, base)
 }
 
 // leq reports whether a*b <= c*d, in 128 bits.
