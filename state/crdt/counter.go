@@ -256,15 +256,15 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.refusedAt = now
 		return state.Ticket{}, &state.NoCapacityError{RetryAfter: c.retryAfter(now, lim, r)}
 	}
-	h := c.b.horizon.get()
-	c.recent.roll(now, h)
-	if (lim.RPM > 0 || lim.TPM > 0) && !c.withinShare(now, h, lim, r) {
-		// Room comes back once this node's recent admissions have reached the others.
+	g := c.b.slotOf(now)
+	c.recent.advance(g)
+	if (lim.RPM > 0 || lim.TPM > 0) && !c.withinShare(now, lim, r) {
+		// Room comes back as this node's recent admissions leave the horizon, a slot at a time.
 		c.refusedAt = now
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: time.Duration(h)}
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: time.Duration((g+1)*c.b.slotNanos - now)}
 	}
-	c.recent.add(ownReq, r.Requests)
-	c.recent.add(ownTok, r.Tokens)
+	c.recent.add(g, ownReq, r.Requests)
+	c.recent.add(g, ownTok, r.Tokens)
 	c.addOwn(c.w.Head(), r.Requests, r.Tokens)
 	c.setOwnInFlight(c.own.inFlight + 1)
 	return state.Ticket{Reserved: r, Bucket: c.w.Head()}, nil
@@ -439,11 +439,12 @@ func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
 
 // merge takes the per-counter maximum of a peer's view of incarnation k, which is not this
 // node's own and whose record passed checkRecord. a is the node's clock alignment (see
-// "# Clocks"): without an estimate its cells stay where they are. delta says the record came
-// in a delta, at ns: what it adds counts as the peers' recent admissions (share.go). It refuses
-// a new incarnation when the counter already holds maxIncs peers' (a fuse behind
-// Backend.incs, which may lag a bucket).
-func (c *counter) merge(now, ns int64, delta bool, k incKey, a alignment, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
+// "# Clocks"): without an estimate its cells stay where they are. sent is, for a record that
+// came in a delta, the delta's send time in this node's time (else < 0): what it adds counts as
+// the peers' recent admissions (share.go) as of then; ns is now. It refuses a new incarnation
+// when the counter already holds maxIncs peers' (a fuse behind Backend.incs, which may lag a
+// bucket).
+func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.advance(now)
@@ -459,8 +460,10 @@ func (c *counter) merge(now, ns int64, delta bool, k incKey, a alignment, ifVer 
 	if a.known {
 		c.reshift(inc, a.shift)
 	}
-	if delta {
-		c.recent.roll(ns, c.b.horizon.get())
+	c.recent.advance(c.b.slotOf(ns))
+	g := int64(-1 << 62) // full state: nothing is recent
+	if sent >= 0 {
+		g = c.b.slotOf(sent)
 	}
 	for i := range cells {
 		in := &cells[i]
@@ -477,10 +480,8 @@ func (c *counter) merge(now, ns int64, delta bool, k incKey, a alignment, ifVer 
 		if in.bucket-inc.shift > c.w.Head() {
 			c.ahead = max(c.ahead, in.bucket-inc.shift)
 		}
-		if delta {
-			c.recent.add(peerReq, dr)
-			c.recent.add(peerTok, dt)
-		}
+		c.recent.add(g, peerReq, dr)
+		c.recent.add(g, peerTok, dt)
 	}
 	if ifVer > inc.ifVer {
 		c.ifSum += inFlight - inc.inFlight

@@ -29,13 +29,19 @@
 // packets (Network.SendToAll), each under maxMessage (1200) bytes so it fits one UDP datagram.
 // Flushes follow changes, not a clock: the first change after a flush arms a timer, and the
 // flush runs FlushEvery (1 ms) later with every change made meanwhile, so a delta waits at most
-// FlushEvery and an idle node does not wake for it. Only the in-flight re-announcement and
-// garbage collection run periodically, once per bucket (1 s, see housekeepEvery). At herd's
-// scale (3-50 nodes) this is at most 49 small packets per node per flush, and a delta reaches
-// every peer in one hop (about FlushEvery plus one network delay). Gossip
-// piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of 200 ms, and
-// the admission overshoot grows with that delay. A lost packet is repaired by memberlist's
-// periodic full-state push-pull (LocalState / MergeRemoteState), which also seeds a joining node.
+// FlushEvery and an idle node does not wake for it. Only the in-flight re-announcement, the
+// repeats below and garbage collection run periodically, once per bucket (1 s, see
+// housekeepEvery). At herd's scale (3-50 nodes) this is at most 49 small packets per node per
+// flush, and a delta reaches every peer in one hop (about FlushEvery plus one network delay).
+// Gossip piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of
+// 200 ms, and the admission overshoot grows with that delay.
+//
+// Packets get lost, and a burst loses the worst ones: memberlist's receive queue drops the
+// newest message once 1024 wait, and since a cell carries totals, the newest is the one that
+// matters. So once per bucket a node sends again the cells (and in-flight count) it changed in
+// the two buckets before: a lost delta heals within one or two seconds, before the next burst
+// meets a view short of it. memberlist's periodic full-state push-pull (LocalState /
+// MergeRemoteState) repairs the rest and seeds a joining node.
 //
 // # Overshoot
 //
@@ -46,11 +52,11 @@
 // 28 % of an rpm-600 limit when a burst of 450 requests reached 3 nodes at once.
 //
 // So near a limit each node admits only its share of what remains (share.go): the limit less
-// what everyone has known for a horizon H (twice the slowest recent delta, 0.5 s to 2 s), split
+// what everyone has known for a horizon H (twice the slowest recent delta, 2 s to 5 s), split
 // a quarter evenly over the live nodes and three quarters by each node's admissions in the
-// window. While every delta arrives within H the nodes' shares of one remaining add up to it:
-// a burst that reaches every node at once admits exactly what remained (herdbench: 0 over, 100 %
-// utilisation). The exceptions are small: a node that saw no admission for a horizon and refused
+// window's buckets older than H. While every delta arrives within H the nodes' shares of one
+// remaining add up to it: a burst that reaches every node at once admits what remained, not n
+// times it. The exceptions are small: a node that saw no admission for a horizon and refused
 // none may admit one request on the merged window alone (else a share below one request would
 // strand the last units of a small limit), so a burst that meets a nearly full window can go
 // n-1 over; and under contention up to n-1 units (4n-1 if all demand sits on a node that has
@@ -139,7 +145,7 @@ type Options struct {
 
 	maxNodes, maxCounters int           // tests only: the caps; 0 means defaultMaxNodes, defaultMaxCounters
 	housekeepEvery        time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
-	minHorizon            time.Duration // tests only: the share check's shortest horizon; 0 means shareHorizonMin
+	shareHorizon          time.Duration // tests only: the share check's horizon; 0 means shareHorizon
 }
 
 const (
@@ -171,10 +177,11 @@ type Backend struct {
 	deps atomic.Pointer[deploymentSet]
 	// incs caps the peer incarnations merged across every deployment.
 	incs *incTable
-	// offsets aligns peers' buckets by their clock offsets; horizon is how long an admission
-	// counts as recent for the share check (share.go).
+	// offsets aligns peers' buckets by their clock offsets.
 	offsets offsets
-	horizon *horizon
+	// horizon is how long an admission counts as recent for the share check, and slotNanos
+	// the slots of the time grid it is counted in (share.go); both in ns.
+	horizon, slotNanos int64
 
 	net atomic.Pointer[netBox]
 
@@ -259,11 +266,12 @@ func New(opts Options) *Backend {
 		maxCounters: opts.maxCounters,
 		incs:        newIncTable(opts.maxNodes),
 		offsets:     offsets{fn: opts.Offset, m: map[string]alignment{}},
-		horizon:     newHorizon(cmp.Or(opts.minHorizon, shareHorizonMin)),
+		horizon:     int64(cmp.Or(opts.shareHorizon, shareHorizon)),
 		enc:         encoder{limit: maxMessage},
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
+	b.slotNanos = b.horizon / (recentSlots - 1)
 	b.deps.Store(&deploymentSet{gen: 1})
 	if opts.Deployments != nil {
 		b.SetDeployments(opts.Deployments)
@@ -428,7 +436,6 @@ func (b *Backend) Flush() {
 		// Before the counters' housekeeping, which moves peers' cells by these estimates.
 		b.offAt = now
 		b.offsets.refresh(b.incs.nodeNames(), now)
-		b.horizon.observe(0, ns)
 	}
 	b.visit = b.all(b.visit[:0])
 	for _, c := range b.visit {
@@ -496,7 +503,7 @@ func (b *Backend) merge(buf []byte, delta bool) {
 	now := window.BucketOf(ns)
 	deps := b.deps.Load()
 	var bad reasons
-	var from alignment // a delta's sender's
+	sent, stamped := sentAt(buf)
 	_ = decode(buf, maxIncs, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
 		var a alignment
 		if k != b.self {
@@ -505,24 +512,28 @@ func (b *Backend) merge(buf []byte, delta bool) {
 		if a.capped {
 			bad.add(reasonClockOffset)
 		}
-		from = a
-		if r, ok := b.mergeRecord(now, ns, delta, deps, k, a, id, ifVer, inFlight, cells); !ok {
+		at := int64(-1) // not a delta: nothing in it is recent
+		if delta {
+			// When the sender flushed, in this node's time (a peer 10 s behind sent 10 s later
+			// than its stamp says); a delta without a stamp counts as sent now.
+			at = ns
+			if stamped {
+				at = sent - a.ns
+			}
+		}
+		if r, ok := b.mergeRecord(now, ns, at, deps, k, a, id, ifVer, inFlight, cells); !ok {
 			bad.add(r)
 		}
 	})
-	if sent, ok := sentAt(buf); ok && delta {
-		if b.onDelay != nil {
-			b.onDelay(time.Duration(max(ns-sent, 0)))
-		}
-		// In this node's time when the offset is known: a peer 10 s behind has not taken 10 s.
-		b.horizon.observe(max(ns-sent+from.ns, 0), ns)
+	if stamped && delta && b.onDelay != nil {
+		b.onDelay(time.Duration(max(ns-sent, 0)))
 	}
 	b.reject(bad)
 }
 
 // mergeRecord checks one record and merges it, or returns why not. The checks that need no
 // state come first, so a record that fails them costs no lookup and takes no table slot.
-func (b *Backend) mergeRecord(now, ns int64, delta bool, deps *deploymentSet, k incKey, a alignment, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
+func (b *Backend) mergeRecord(now, ns, sent int64, deps *deploymentSet, k incKey, a alignment, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
 	if k == b.self {
 		// Our own cells and in-flight count are ours alone: a peer's copy is at best an echo.
 		return 0, true
@@ -541,7 +552,7 @@ func (b *Backend) mergeRecord(now, ns int64, delta bool, deps *deploymentSet, k 
 	}
 	for {
 		c := b.counter(id)
-		if !c.merge(now, ns, delta, k, a, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
+		if !c.merge(now, ns, sent, k, a, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
 			return reasonTooManyNodes, false
 		}
 		// A collection may have removed c (holding nothing) since the lookup: merge again

@@ -90,7 +90,7 @@ func newCluster(t *testing.T, n int) *cluster {
 
 // start starts (or restarts) node name: a new Backend, a new incarnation.
 func (c *cluster) start(name string) *Backend {
-	b := New(Options{Node: name, Now: c.clock.Now, FlushEvery: -1, OnReject: c.rejects.add, minHorizon: testHorizon})
+	b := New(Options{Node: name, Now: c.clock.Now, FlushEvery: -1, OnReject: c.rejects.add, shareHorizon: testHorizon})
 	c.nodes[name] = b
 	c.net.add(name, b)
 	return b
@@ -114,13 +114,13 @@ func (c *cluster) admitN(name, id string, lim state.Limits, r state.Reservation,
 	return got
 }
 
-// testHorizon is the share check's shortest horizon (share.go) in a cluster's nodes: shorter
-// than herd's, so that tests can let many horizons pass within a window.
+// testHorizon is the share check's horizon (share.go) in a cluster's nodes: shorter than
+// herd's, so that tests can let many horizons pass within a window.
 const testHorizon = 50 * time.Millisecond
 
 // quiet is how far admitApart moves the clock between admissions: past every count of the
-// share check's horizon, so each admission finds the cluster quiet.
-const quiet = 3 * testHorizon
+// share check's horizon (H and a slot), so each admission finds the cluster quiet.
+const quiet = 2 * testHorizon
 
 // admitApart is admitN with the clock moved on by quiet before each admission: nodes that
 // admit one request at a time, as on a lightly loaded cluster, where only the merged window

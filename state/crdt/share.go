@@ -2,8 +2,6 @@ package crdt
 
 import (
 	"math/bits"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/herd-proxy/herd/state"
@@ -14,30 +12,41 @@ import (
 // last propagation delay, so in a burst each of n nodes used to see the same free slots and
 // take all of them: up to n times the remaining. The share check splits the remaining instead.
 //
-// The base is what every node has known for a while: the merged window minus what this node
-// admitted, and what peers' deltas brought, within the last horizon (H: twice the longest
-// recent propagation delay, and at least 2 s). Remaining-at-base = limit - base. A node admits only while its own
-// admissions of the last horizon, the new one included, stay within its share of that:
+// Time is cut into slots of H/8 on the Unix time grid, the same on every node, and a count is
+// recent while its slot is one of the last nine: for H (shareHorizon, 2 s) to H + H/8. Recent
+// are this node's admissions, by when it made them, and what peers' deltas add, by the send
+// time the delta carries (in this node's time, by the sender's clock offset). The base is the
+// merged window less the recent counts: what was admitted before the current horizon began,
+// which every node knows alike as long as deltas arrive within H. A node admits only while its
+// recent admissions, the new one included, stay within its share of what the base leaves:
 //
 //	own recent + r <= share x (limit - (merged - own recent - peers' recent))
 //
-// The shares of all nodes add up to 1, so while the nodes agree on the base (every admission
-// older than H has reached everyone) what they admit together within a horizon stays within
-// what remained. Admissions move into the base after H, and the share applies again to what is
-// left, so the remaining fills geometrically within a few horizons, never stalls for longer.
-// The usual check against the merged window still applies first: the share check only ever
-// refuses more, never less, so every other bound (k x limit under a k-way partition) stands.
+// The shares of all nodes add up to 1 and every node starts its horizon at the same moment, so
+// all the admissions within a horizon, everyone's, stay within limit - base: no overshoot, not
+// in a burst and not in a steady stream, while deltas arrive within H. When a slot leaves the
+// horizon its admissions join the base and the share applies again to what is left, so the
+// remaining fills within a few horizons. The usual check against the merged window applies
+// first: the share check only ever refuses more, so every other bound (k x limit under a
+// k-way partition) stands.
+//
+// H is fixed, not measured, because the argument needs every node to draw the line at the same
+// moment. 2 s covers what herdbench cluster measured on a loaded host (a p99 of 0.9 s in a
+// burst), and a long horizon costs little: a node beyond its share waits for the horizon, one
+// within it never notices. Deltas slower than H (or clocks further apart than a slot, which
+// move the line) let the nodes' bases drift apart, and the excess grows towards what it was
+// without the check.
 //
 // A node's share is a quarter split evenly over the n live nodes and three quarters in
-// proportion to each incarnation's admissions in the window's buckets that ended at least a
-// horizon ago, which every node knows alike: a hot node gets most of what remains, and a node
-// whose demand is new still gets 1/(4n).
+// proportion to each incarnation's admissions in the window's buckets that ended at least H
+// ago, which every node knows alike: a hot node gets most of what remains, and a node whose
+// demand is new still gets 1/(4n).
 //
 // One at a time: a share of less than one request would leave the last units of a limit to
 // nobody (with rpm 6 on three nodes, a node without history could never admit). So a node that
-// has seen no admission within the last horizon, neither its own nor in a peer's delta, and
-// refused none, admits one request on the merged window alone: sparse demand, where requests
-// are spaced wider than the horizon, uses the whole limit. A node that was refused lately has
+// has seen no admission within the horizon, neither its own nor in a peer's delta, and refused
+// none, admits one request on the merged window alone: sparse demand, where requests are
+// spaced wider than the horizon, uses the whole limit. A node that was refused lately has
 // demand that the others may have too, and waits for its share, or for the window to slide:
 // under contention up to n-1 units (4n-1 if the demand sits on a node without history) stay
 // unused until then, rather than every node taking one at once. The price of the exception:
@@ -45,24 +54,16 @@ import (
 // there are nodes, take one each, so a burst that meets a nearly full window can go up to n-1
 // over.
 //
-// Push-pull merges are not "recent": they bring old counts that were never admitted within a
-// share, so they go straight into the base (which can only make the check stricter).
+// Push-pull merges are not recent: they bring old counts that were never admitted within a
+// share, so they go straight into the base (which can only make the check stricter). Nor are
+// delta counts sent before the horizon began (a delta held up longer than H).
 
 const (
-	// shareHorizonMin and shareHorizonMax bound the horizon H. Below: a LAN delta takes 1-5 ms,
-	// but the first burst after a quiet spell meets a horizon sized by quiet deltas while the
-	// burst itself slows delivery a hundredfold on a busy host: herdbench cluster, 3 nodes and
-	// its load on 2 CPUs, measured a p99 of 0.9 s in a burst of 1500, and with a 50 ms minimum
-	// the nodes' first admissions left their recent counts before the others had them (21 %
-	// over). A long horizon costs little: balanced demand never meets its share before the
-	// last few units, and it delays only what a node beyond its share would take. Above:
-	// deltas slower than that mean the cluster is not healthy; the share check would only
-	// slow admissions more.
-	shareHorizonMin = 2 * time.Second
-	shareHorizonMax = 5 * time.Second
-	// delayMemory is how long the largest delta delay seen keeps the horizon up: the horizon
-	// is twice the largest delay of the last one to two of these.
-	delayMemory = 30 * time.Second
+	// shareHorizon is H. See above for why it is fixed, and why 2 s.
+	shareHorizon = 2 * time.Second
+	// recentSlots is how many slots of H/(recentSlots-1) the horizon holds, the current one
+	// included: more, and a count leaves the horizon closer to H after it was made.
+	recentSlots = 9
 	// evenShareDiv is 1/alpha: the part of the remaining split evenly over the live nodes.
 	evenShareDiv = 4
 )
@@ -77,33 +78,49 @@ const (
 	peerOff = peerReq - ownReq
 )
 
-// recent counts what was admitted within the last horizon: this node's admissions and what
-// peers' deltas added. Two slots of at least H each, so a count stays between H and 3H; tot is
-// both slots, so that Admit reads each count once. Counts saturate at window.MaxCount, so that
-// sums of a few stay far from overflow.
+// recent counts, per slot of the time grid, what this node admitted and what peers' deltas
+// added within the horizon; tot is the sum over the slots, so that Admit reads each count once.
+// A slot's counts saturate at window.MaxCount, so that the sums stay far from overflow.
 type recent struct {
-	start    int64 // Unix ns when cur began
-	cur, tot [numRecent]int64
+	head int64 // grid index of the newest slot
+	slot [recentSlots][numRecent]int64
+	tot  [numRecent]int64
 }
 
-// roll starts a new slot once the current one is H old, at ns.
-func (r *recent) roll(ns, h int64) {
-	switch d := ns - r.start; {
-	case d < 0:
-		r.start = ns // the clock stepped back: keep the counts, for at least H from now
-	case d >= 2*h:
-		r.cur, r.tot, r.start = [numRecent]int64{}, [numRecent]int64{}, ns
-	case d >= h:
-		r.tot, r.cur, r.start = r.cur, [numRecent]int64{}, ns
+// advance makes g the newest slot, dropping the slots that left the horizon. A g older than
+// the newest (the clock stepped back) changes nothing: counts never leave early.
+func (r *recent) advance(g int64) {
+	if g <= r.head {
+		return
 	}
+	if g-r.head >= recentSlots {
+		*r = recent{head: g}
+		return
+	}
+	for x := r.head + 1; x <= g; x++ {
+		s := &r.slot[x%recentSlots]
+		for i := range s {
+			r.tot[i] -= s[i]
+		}
+		*s = [numRecent]int64{}
+	}
+	r.head = g
 }
 
-// add counts n (at most window.MaxCount; less than 0 counts nothing) in count i.
-func (r *recent) add(i int, n int64) {
-	n = max(n, 0)
-	r.cur[i] = min(r.cur[i]+n, window.MaxCount)
-	r.tot[i] = min(r.tot[i]+n, window.MaxCount)
+// add counts n (less than 0 counts nothing) in count i of slot g: in the newest slot if g is
+// ahead of it, not at all if g has left the horizon (then n belongs to the base).
+func (r *recent) add(g int64, i int, n int64) {
+	if n <= 0 || g <= r.head-recentSlots {
+		return
+	}
+	s := &r.slot[min(g, r.head)%recentSlots]
+	old := s[i]
+	s[i] = min(old+min(n, window.MaxCount), window.MaxCount)
+	r.tot[i] += s[i] - old
 }
+
+// slotOf is the grid index of the slot holding Unix time ns (ns >= 0 for any real clock).
+func (b *Backend) slotOf(ns int64) int64 { return max(ns, 0) / b.slotNanos }
 
 // shareMemo is this node's share, num/den, for the head, node count and newest bucket it was
 // computed at.
@@ -140,7 +157,8 @@ func (c *counter) nodes() int64 {
 // r takes from, or may go one at a time (see above). r already fits the merged window. The
 // common case is a handful of integer operations: the share is computed only when the even part
 // alone would refuse.
-func (c *counter) withinShare(ns, h int64, lim state.Limits, r state.Reservation) bool {
+func (c *counter) withinShare(ns int64, lim state.Limits, r state.Reservation) bool {
+	h := c.b.horizon
 	if c.shareFits(h, lim, r) {
 		return true
 	}
@@ -184,8 +202,8 @@ func leq(a, b, c, d uint64) bool {
 }
 
 // shareOf is this node's share of the remaining as num/den: 1/(4n) plus 3/4 of its part of
-// the requests every incarnation counted in the window's buckets that ended at least a horizon
-// h ago (1/n when there are none). Those are what every node knows alike: in a burst across a
+// the requests every incarnation counted in the window's buckets that ended at least the
+// horizon h ago (1/n when there are none). Those are what every node knows alike: in a burst across a
 // bucket boundary each node knows its own count of the bucket just completed at once and the
 // others' only later, and taking it would give each node most of the remaining. A node's part
 // includes what its earlier incarnations counted, so a restart keeps it. Computed once per
@@ -218,39 +236,4 @@ func (c *counter) shareOf(n, h int64) (num, den uint64) {
 	}
 	c.share = shareMemo{head: head, nodes: n, last: last, num: num, den: den}
 	return num, den
-}
-
-// horizon is H: twice the largest delta delay seen in the last one to two delayMemory
-// periods, within [shareHorizonMin, shareHorizonMax]. Admit reads it without a lock.
-type horizon struct {
-	h   atomic.Int64 // ns
-	min int64        // shareHorizonMin, but for tests
-
-	mu        sync.Mutex
-	start     int64 // Unix ns when cur began
-	cur, prev int64 // largest delay in this and the previous period
-}
-
-func newHorizon(min time.Duration) *horizon {
-	h := &horizon{min: int64(min)}
-	h.h.Store(h.min)
-	return h
-}
-
-func (h *horizon) get() int64 { return h.h.Load() }
-
-// observe records a delta's delay d, received at ns. A zero d only rolls the periods.
-func (h *horizon) observe(d, ns int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	switch e := ns - h.start; {
-	case e < 0:
-		h.start = ns
-	case e >= 2*int64(delayMemory):
-		h.cur, h.prev, h.start = 0, 0, ns
-	case e >= int64(delayMemory):
-		h.prev, h.cur, h.start = h.cur, 0, ns
-	}
-	h.cur = max(h.cur, d)
-	h.h.Store(min(max(2*max(h.cur, h.prev), h.min), int64(shareHorizonMax)))
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
-	"github.com/herd-proxy/herd/state/statetest"
 )
 
 // newMembers is newCluster with membership told (SetPeers), as cmd does: every node knows how
@@ -236,51 +235,66 @@ func TestTokensShared(t *testing.T) {
 	}
 }
 
-// The horizon follows the slowest recent delta: twice its delay, within its bounds, measured in
-// this node's time when the sender's clock offset is known.
-func TestHorizonFollowsDelay(t *testing.T) {
-	ca := statetest.NewClock(t0)
-	cp := statetest.NewClock(t0.Add(-10 * time.Second))
-	var offsetKnown bool
-	a := New(Options{Node: "a", Now: ca.Now, FlushEvery: -1, Offset: func(node string) (time.Duration, bool) {
-		return -10 * time.Second, offsetKnown && node == "p"
-	}})
-	p := New(Options{Node: "p", Now: cp.Now, FlushEvery: -1})
-	n := newMemNet()
-	n.add("a", a)
-	n.add("p", p)
-	if got := a.horizon.get(); got != int64(shareHorizonMin) {
-		t.Fatalf("horizon %v before any delta, want %v", time.Duration(got), shareHorizonMin)
+// A steady stream on every node, with every delta held up for a while (less than the horizon):
+// each node admits against a view that lacks the others' last admissions, so without the share
+// check the cluster goes over by what it admits in one delay. With it, every node draws the
+// horizon's line at the same moment and the shares of what is left before it add up to that.
+func TestSteadyStreamWithDelayedDeltas(t *testing.T) {
+	const nodes, rpm = 5, 300
+	const step, delay = time.Millisecond, 40 * time.Millisecond // 1000 admissions a second; < testHorizon
+	c := newMembers(t, nodes)
+	c.net.queue = true
+	lim := state.Limits{RPM: rpm}
+	all := names(1, 2, 3, 4, 5)
+	got := 0
+	for i := range 1500 {
+		got += c.admitN(all[i%nodes], "d", lim, state.Reservation{Requests: 1}, 1)
+		c.net.flushAll()
+		c.clock.Advance(step)
+		if i%int(delay/step) == 0 {
+			c.net.Deliver() // what was flushed up to a delay ago, and a little since
+		}
 	}
-	// Without an offset a peer 10 s behind looks 10 s late: the horizon goes to its cap.
-	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
-	p.Flush()
-	if got := a.horizon.get(); got != int64(shareHorizonMax) {
-		t.Fatalf("horizon %v after a delta 10 s late, want the cap %v", time.Duration(got), shareHorizonMax)
+	c.net.Deliver()
+	if got > rpm || got < rpm-nodes+1 {
+		t.Fatalf("%d admitted at rpm %d with deltas held up to %v; want %d..%d", got, rpm, delay, rpm-nodes+1, rpm)
 	}
+	t.Logf("%d admitted at rpm %d", got, rpm)
+}
 
-	// With the offset known, a delta that took 1.5 s counts 1.5 s.
-	ca.Advance(2 * delayMemory) // forget the first
-	cp.Advance(2*delayMemory - 1500*time.Millisecond)
-	offsetKnown = true
-	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
-	p.Flush()
-	if got := a.horizon.get(); got != int64(3*time.Second) {
-		t.Fatalf("horizon %v after a delta of 1.5 s, want 3s", time.Duration(got))
-	}
-	// A fast one (10 ms) later within the memory does not shorten it; the minimum holds below.
-	ca.Advance(time.Second)
-	cp.Advance(time.Second + 1490*time.Millisecond)
-	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
-	p.Flush()
-	if got := a.horizon.get(); got != int64(3*time.Second) {
-		t.Fatalf("horizon %v after a fast delta, want still 3s", time.Duration(got))
-	}
-	ca.Advance(2 * delayMemory)
-	cp.Advance(2 * delayMemory)
-	p.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
-	p.Flush()
-	if got := a.horizon.get(); got != int64(shareHorizonMin) {
-		t.Fatalf("horizon %v once slow deltas are forgotten, want the minimum %v", time.Duration(got), shareHorizonMin)
+// A peer's delta counts as recent by when it was sent, in this node's time: from a peer 10 s
+// behind whose offset is known, a fresh delta is recent; without the offset it looks 10 s old
+// and goes into the base, and so does a delta that really was held up beyond the horizon.
+func TestDeltaCountsAsRecentBySendTime(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		known      bool
+		heldUp     time.Duration
+		wantRecent bool
+	}{
+		{"offset known", true, 0, true},
+		{"offset unknown", false, 0, false},
+		{"held up beyond the horizon", true, shareHorizon + shareHorizon/(recentSlots-1), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSkewed(t, t0, -10*time.Second)
+			if tc.known {
+				s.est.set("p", -10*time.Second)
+			}
+			s.net.queue = true
+			s.admit(1)
+			s.ca.Advance(tc.heldUp)
+			s.net.Deliver()
+			c := s.a.counter("d")
+			c.mu.Lock()
+			recent := c.recent.tot[peerReq]
+			c.mu.Unlock()
+			if (recent == 1) != tc.wantRecent {
+				t.Fatalf("p's admission counts %d as recent, want recent %v", recent, tc.wantRecent)
+			}
+			if got := s.a.Counter("d").Load().Requests; got != 1 {
+				t.Fatalf("a counts %d of p's 1", got)
+			}
+		})
 	}
 }
