@@ -261,7 +261,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	if (lim.RPM > 0 || lim.TPM > 0) && !c.withinShare(now, lim, r) {
 		// Room comes back as this node's recent admissions leave the horizon, a slot at a time.
 		c.refusedAt = now
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: time.Duration((g+1)*c.b.slotNanos - now)}
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: time.Duration((g+1)<<c.b.slotShift - now)}
 	}
 	c.recent.add(g, ownReq, r.Requests)
 	c.recent.add(g, ownTok, r.Tokens)

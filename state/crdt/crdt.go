@@ -51,19 +51,22 @@
 // aggregate request rate x (FlushEvery + network delay), 2 requests at 1000 req/s x 2 ms, but
 // 28 % of an rpm-600 limit when a burst of 450 requests reached 3 nodes at once.
 //
-// So near a limit each node admits only its share of what remains (share.go): the limit less
-// what everyone has known for a horizon H (twice the slowest recent delta, 2 s to 5 s), split
-// a quarter evenly over the live nodes and three quarters by each node's admissions in the
-// window's buckets older than H. While every delta arrives within H the nodes' shares of one
-// remaining add up to it: a burst that reaches every node at once admits what remained, not n
-// times it. The exceptions are small: a node that saw no admission for a horizon and refused
-// none may admit one request on the merged window alone (else a share below one request would
-// strand the last units of a small limit), so a burst that meets a nearly full window can go
-// n-1 over; and under contention up to n-1 units (4n-1 if all demand sits on a node that has
-// none in the window) stay unused until the window slides. A share refusal says to retry after
-// H. The share check only ever refuses more than the merged window: while packets are lost
-// (until the next push-pull) the excess is as before, and under a k-way partition each side
-// still admits up to the limit on its own, k x limit in all.
+// So near a limit each node admits only its share of what remains (share.go). The recent
+// counts are what was admitted within the last horizon H (2.15 s, on a time grid every node
+// shares; peers' counts by the send time their delta carries), the base is everything older,
+// and a node admits while its own recent admissions stay within its share of limit - base:
+// a quarter split evenly over the live nodes, three quarters by each node's admissions in the
+// window's buckets older than H. Every node knows the same base and the same shares, and the
+// shares add up to 1, so while deltas arrive within H the cluster's admissions within a horizon
+// stay within what the base leaves: no overshoot, in a burst or a steady stream. The exceptions
+// are small: a node that saw no admission for a horizon and refused none may admit one request
+// on the merged window alone (else a share below one request would strand the last units of a
+// small limit), so a burst that meets a nearly full window can go n-1 over; and under
+// contention up to n-1 units (4n-1 if all demand sits on a node that has none in the window)
+// stay unused until the window slides. The share check only ever refuses more than the merged
+// window: while deltas take longer than H or are lost (until repeated) the excess grows towards
+// what it was without it, and under a k-way partition each side still admits up to the limit
+// on its own, k x limit in all.
 //
 // # Trust
 //
@@ -86,11 +89,14 @@
 // network delay, and floor rounds down, so a count is never placed earlier than it belongs: it
 // is counted from its arrival until at least a window after it was made, and leaves at most a
 // bucket (plus the estimate's error) after this node's own count of the same moment would. A
-// cell that maps beyond this node's newest bucket (a peer
-// a little ahead, or one whose offset is not known yet) counts in the newest bucket and moves
-// to its own when that begins, instead of moving the window forward. When the estimate changes,
-// the peer's cells move at the next housekeeping (once per bucket). Peers' cells are relayed in
-// push-pull under their owner's numbers, so every receiver aligns them by its own estimate.
+// cell that maps beyond this node's newest bucket (a peer a little ahead, or one whose offset
+// is not known yet) counts in the newest bucket and moves to its own when that begins, instead
+// of moving the window forward. When the estimate changes, the peer's cells move at the next
+// housekeeping (once per bucket). Peers' cells are relayed in push-pull under their owner's
+// numbers, so every receiver aligns them by its own estimate. The share check's time grid
+// (share.go) runs on each node's own clock: nodes whose clocks differ draw the horizon's line
+// up to a slot (268 ms) apart, and that check loosens by what the cluster admits in that time
+// (the window's check does not).
 //
 // Offsets are accepted up to maxOffset (30 s); beyond it a peer is aligned by 30 s only, and
 // every message from it is reported (OnReject, clock_offset). What alignment cannot fix is a
@@ -102,7 +108,7 @@
 package crdt
 
 import (
-	"cmp"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,7 +151,7 @@ type Options struct {
 
 	maxNodes, maxCounters int           // tests only: the caps; 0 means defaultMaxNodes, defaultMaxCounters
 	housekeepEvery        time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
-	shareHorizon          time.Duration // tests only: the share check's horizon; 0 means shareHorizon
+	shareHorizon          time.Duration // tests only: the share check's horizon, at least this (slots are powers of two); 0 means shareHorizon
 }
 
 const (
@@ -179,9 +185,10 @@ type Backend struct {
 	incs *incTable
 	// offsets aligns peers' buckets by their clock offsets.
 	offsets offsets
-	// horizon is how long an admission counts as recent for the share check, and slotNanos
-	// the slots of the time grid it is counted in (share.go); both in ns.
-	horizon, slotNanos int64
+	// horizon is how long an admission counts as recent for the share check (ns), and a slot
+	// of the time grid it is counted in is 2^slotShift ns (share.go).
+	horizon   int64
+	slotShift uint
 
 	net atomic.Pointer[netBox]
 
@@ -266,12 +273,15 @@ func New(opts Options) *Backend {
 		maxCounters: opts.maxCounters,
 		incs:        newIncTable(opts.maxNodes),
 		offsets:     offsets{fn: opts.Offset, m: map[string]alignment{}},
-		horizon:     int64(cmp.Or(opts.shareHorizon, shareHorizon)),
+		slotShift:   slotShift,
 		enc:         encoder{limit: maxMessage},
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
-	b.slotNanos = b.horizon / (recentSlots - 1)
+	if opts.shareHorizon > 0 {
+		b.slotShift = uint(bits.Len64(uint64(opts.shareHorizon/(recentSlots-1) - 1))) // rounded up
+	}
+	b.horizon = (recentSlots - 1) << b.slotShift
 	b.deps.Store(&deploymentSet{gen: 1})
 	if opts.Deployments != nil {
 		b.SetDeployments(opts.Deployments)

@@ -114,7 +114,7 @@ func (c *cluster) admitN(name, id string, lim state.Limits, r state.Reservation,
 	return got
 }
 
-// testHorizon is the share check's horizon (share.go) in a cluster's nodes: shorter than
+// testHorizon is (at least) the share check's horizon (share.go) in a cluster's nodes: shorter than
 // herd's, so that tests can let many horizons pass within a window.
 const testHorizon = 50 * time.Millisecond
 

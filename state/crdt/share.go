@@ -12,8 +12,9 @@ import (
 // last propagation delay, so in a burst each of n nodes used to see the same free slots and
 // take all of them: up to n times the remaining. The share check splits the remaining instead.
 //
-// Time is cut into slots of H/8 on the Unix time grid, the same on every node, and a count is
-// recent while its slot is one of the last nine: for H (shareHorizon, 2 s) to H + H/8. Recent
+// Time is cut into slots of 2^28 ns (268 ms) on the Unix time grid, the same on every node, and
+// a count is recent while its slot is one of the last nine: H (eight slots, 2.15 s) to H plus a
+// slot after it was made. Recent
 // are this node's admissions, by when it made them, and what peers' deltas add, by the send
 // time the delta carries (in this node's time, by the sender's clock offset). The base is the
 // merged window less the recent counts: what was admitted before the current horizon began,
@@ -31,11 +32,11 @@ import (
 // k-way partition) stands.
 //
 // H is fixed, not measured, because the argument needs every node to draw the line at the same
-// moment. 2 s covers what herdbench cluster measured on a loaded host (a p99 of 0.9 s in a
+// moment. 2.15 s covers what herdbench cluster measured on a loaded host (a p99 of 0.9 s in a
 // burst), and a long horizon costs little: a node beyond its share waits for the horizon, one
-// within it never notices. Deltas slower than H (or clocks further apart than a slot, which
-// move the line) let the nodes' bases drift apart, and the excess grows towards what it was
-// without the check.
+// within it never notices. Deltas slower than H let the nodes' bases drift apart, and the
+// excess grows towards what it was without the check; clocks that differ draw the lines up to
+// a slot apart, which loosens the check by what the cluster admits in a slot.
 //
 // A node's share is a quarter split evenly over the n live nodes and three quarters in
 // proportion to each incarnation's admissions in the window's buckets that ended at least H
@@ -59,11 +60,13 @@ import (
 // delta counts sent before the horizon began (a delta held up longer than H).
 
 const (
-	// shareHorizon is H. See above for why it is fixed, and why 2 s.
-	shareHorizon = 2 * time.Second
-	// recentSlots is how many slots of H/(recentSlots-1) the horizon holds, the current one
-	// included: more, and a count leaves the horizon closer to H after it was made.
+	// slotShift makes a slot 2^slotShift ns: a shift, not a division, on every admission.
+	slotShift = 28
+	// recentSlots is how many slots the horizon holds, the current one included; H is one
+	// fewer. More slots, and a count leaves the horizon closer to H after it was made.
 	recentSlots = 9
+	// shareHorizon is H. See above for why it is fixed, and why about 2 s.
+	shareHorizon = (recentSlots - 1) << slotShift * time.Nanosecond
 	// evenShareDiv is 1/alpha: the part of the remaining split evenly over the live nodes.
 	evenShareDiv = 4
 )
@@ -83,8 +86,8 @@ const (
 // A slot's counts saturate at window.MaxCount, so that the sums stay far from overflow.
 type recent struct {
 	head int64 // grid index of the newest slot
-	slot [recentSlots][numRecent]int64
 	tot  [numRecent]int64
+	slot [recentSlots][numRecent]int64
 }
 
 // advance makes g the newest slot, dropping the slots that left the horizon. A g older than
@@ -120,7 +123,7 @@ func (r *recent) add(g int64, i int, n int64) {
 }
 
 // slotOf is the grid index of the slot holding Unix time ns (ns >= 0 for any real clock).
-func (b *Backend) slotOf(ns int64) int64 { return max(ns, 0) / b.slotNanos }
+func (b *Backend) slotOf(ns int64) int64 { return max(ns, 0) >> b.slotShift }
 
 // shareMemo is this node's share, num/den, for the head, node count and newest bucket it was
 // computed at.
