@@ -263,8 +263,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.refusedAt = now
 		return state.Ticket{}, &state.NoCapacityError{RetryAfter: time.Duration((g+1)<<c.b.slotShift - now)}
 	}
-	c.recent.add(g, ownReq, r.Requests)
-	c.recent.add(g, ownTok, r.Tokens)
+	c.recent.add(g, ownReq, r.Requests, r.Tokens)
 	c.addOwn(c.w.Head(), r.Requests, r.Tokens)
 	c.setOwnInFlight(c.own.inFlight + 1)
 	return state.Ticket{Reserved: r, Bucket: c.w.Head()}, nil
@@ -480,8 +479,7 @@ func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64
 		if in.bucket-inc.shift > c.w.Head() {
 			c.ahead = max(c.ahead, in.bucket-inc.shift)
 		}
-		c.recent.add(g, peerReq, dr)
-		c.recent.add(g, peerTok, dt)
+		c.recent.add(g, peerReq, dr, dt)
 	}
 	if ifVer > inc.ifVer {
 		c.ifSum += inFlight - inc.inFlight

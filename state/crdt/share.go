@@ -14,12 +14,12 @@ import (
 //
 // Time is cut into slots of 2^28 ns (268 ms) on the Unix time grid, the same on every node, and
 // a count is recent while its slot is one of the last nine: H (eight slots, 2.15 s) to H plus a
-// slot after it was made. Recent
-// are this node's admissions, by when it made them, and what peers' deltas add, by the send
-// time the delta carries (in this node's time, by the sender's clock offset). The base is the
-// merged window less the recent counts: what was admitted before the current horizon began,
-// which every node knows alike as long as deltas arrive within H. A node admits only while its
-// recent admissions, the new one included, stay within its share of what the base leaves:
+// slot after it was made. Recent are this node's admissions, by when it made them, and what
+// peers' deltas add, by the send time the delta carries (in this node's time, by the sender's
+// clock offset). The base is the merged window less the recent counts: what was admitted
+// before the current horizon began, which every node knows alike as long as deltas arrive
+// within H. A node admits only while its recent admissions, the new one included, stay within
+// its share of what the base leaves:
 //
 //	own recent + r <= share x (limit - (merged - own recent - peers' recent))
 //
@@ -110,16 +110,21 @@ func (r *recent) advance(g int64) {
 	r.head = g
 }
 
-// add counts n (less than 0 counts nothing) in count i of slot g: in the newest slot if g is
-// ahead of it, not at all if g has left the horizon (then n belongs to the base).
-func (r *recent) add(g int64, i int, n int64) {
-	if n <= 0 || g <= r.head-recentSlots {
+// add counts requests and tokens (less than 0 counts nothing) in counts i and i+1 (ownReq or
+// peerReq) of slot g: in the newest slot if g is ahead of it, not at all if g has left the
+// horizon (then they belong to the base).
+func (r *recent) add(g int64, i int, requests, tokens int64) {
+	if g <= r.head-recentSlots {
 		return
 	}
 	s := &r.slot[min(g, r.head)%recentSlots]
-	old := s[i]
-	s[i] = min(old+min(n, window.MaxCount), window.MaxCount)
-	r.tot[i] += s[i] - old
+	for j, n := range [2]int64{requests, tokens} {
+		if n > 0 {
+			old := s[i+j]
+			s[i+j] = min(old+min(n, window.MaxCount), window.MaxCount)
+			r.tot[i+j] += s[i+j] - old
+		}
+	}
 }
 
 // slotOf is the grid index of the slot holding Unix time ns (ns >= 0 for any real clock).
@@ -161,8 +166,13 @@ func (c *counter) nodes() int64 {
 // common case is a handful of integer operations: the share is computed only when the even part
 // alone would refuse.
 func (c *counter) withinShare(ns int64, lim state.Limits, r state.Reservation) bool {
+	n := c.nodes()
+	if n <= 1 {
+		return true // nobody else admits: the merged window is exact
+	}
 	h := c.b.horizon
-	if c.shareFits(h, lim, r) {
+	req, tok := c.w.Sums()
+	if c.dimFits(n, h, lim.RPM, req, r.Requests, ownReq) && c.dimFits(n, h, lim.TPM, tok, r.Tokens, ownTok) {
 		return true
 	}
 	t := &c.recent.tot
@@ -170,17 +180,8 @@ func (c *counter) withinShare(ns int64, lim state.Limits, r state.Reservation) b
 	return quiet && (c.refusedAt == 0 || ns-c.refusedAt >= h || ns < c.refusedAt)
 }
 
-// shareFits reports whether r stays within this node's share of what remains.
-func (c *counter) shareFits(h int64, lim state.Limits, r state.Reservation) bool {
-	n := c.nodes()
-	if n <= 1 {
-		return true // nobody else admits: the merged window is exact
-	}
-	req, tok := c.w.Sums()
-	return c.dimFits(n, h, lim.RPM, req, r.Requests, ownReq) && c.dimFits(n, h, lim.TPM, tok, r.Tokens, ownTok)
-}
-
-// dimFits is shareFits for one limit: requests (own is ownReq) or tokens (ownTok).
+// dimFits reports whether r stays within this node's share of what remains of one limit:
+// requests (own is ownReq) or tokens (ownTok).
 func (c *counter) dimFits(n, h, limit, used, take int64, own int) bool {
 	if limit == 0 || take == 0 {
 		return true // unlimited, or a reservation that takes nothing of this limit
