@@ -273,6 +273,25 @@ func (n *Node) SendToAll(msg []byte) {
 	}
 }
 
+// SendTo sends msg as one best-effort packet to the alive member named name, and reports
+// whether it went out: false when name is not an alive member (this node is none), or the send
+// failed. Like SendToAll it does not keep msg, and the message reaches name's StateSync.
+func (n *Node) SendTo(name string, msg []byte) bool {
+	n.mu.Lock()
+	m := n.members[name]
+	if m == nil || m.Status != StatusAlive || name == n.cfg.NodeName {
+		n.mu.Unlock()
+		return false
+	}
+	target := memberlist.Node{Name: m.Name, Addr: m.ip, Port: m.port}
+	n.mu.Unlock()
+	if err := n.ml.SendBestEffort(&target, msg); err != nil {
+		n.log.Debug("gossip send failed", "to", name, "err", err)
+		return false
+	}
+	return true
+}
+
 // Leave tells the cluster this node is going away (peers see it as "left", not "dead"), waits
 // up to timeout for that to be gossiped, then shuts down. Call it on SIGTERM.
 func (n *Node) Leave(timeout time.Duration) error {

@@ -279,3 +279,57 @@ func TestRealSockets(t *testing.T) {
 	}
 	waitFor(t, converge, func() error { return allSee(nodes[:2], []string{"real2"}, StatusLeft) })
 }
+
+// SendTo reaches the named member and no other; it refuses this node, strangers and the dead.
+func TestSendToReachesExactlyOneNode(t *testing.T) {
+	c := newTestCluster(t)
+	var nodes []*Node
+	var syncs []*fakeSync
+	for i := range 3 {
+		s := &fakeSync{}
+		syncs = append(syncs, s)
+		nodes = append(nodes, c.start(i, s, seed(memAddrOf(0))))
+	}
+	waitFor(t, converge, func() error { return allSee(nodes, names(nodes), StatusAlive) })
+
+	msg := []byte("loan-1")
+	if !nodes[0].SendTo("node1", msg) {
+		t.Fatal("SendTo(node1) = false")
+	}
+	msg[0] = 'X' // the cluster must not keep msg
+	waitFor(t, converge, func() error {
+		if !syncs[1].got(&syncs[1].msgs, "loan-1") {
+			return errors.New("node1 has not received the message")
+		}
+		return nil
+	})
+	// Packets from node0 to node2 arrive in order: once the marker is there, loan-1 would be too.
+	if !nodes[0].SendTo("node2", []byte("marker")) {
+		t.Fatal("SendTo(node2) = false")
+	}
+	waitFor(t, converge, func() error {
+		if !syncs[2].got(&syncs[2].msgs, "marker") {
+			return errors.New("node2 has not received the marker")
+		}
+		return nil
+	})
+	if syncs[2].got(&syncs[2].msgs, "loan-1") || syncs[0].got(&syncs[0].msgs, "loan-1") {
+		t.Error("the message to node1 reached another node")
+	}
+
+	for _, name := range []string{"node0", "node9"} {
+		if nodes[0].SendTo(name, []byte("x")) {
+			t.Errorf("SendTo(%s) = true", name)
+		}
+	}
+	_ = nodes[2].Shutdown()
+	waitFor(t, converge, func() error {
+		if st := statuses(nodes[0])["node2"]; st != StatusDead {
+			return fmt.Errorf("node0 sees node2 %s", st)
+		}
+		return nil
+	})
+	if nodes[0].SendTo("node2", []byte("x")) {
+		t.Error("SendTo a dead member = true")
+	}
+}

@@ -33,6 +33,7 @@ type Config struct {
 	TLSFiles       TLSFiles                                                 // the user's own PKI for the raft port instead of certificates derived from Key; default none
 	OnReject       func(reason string)                                      // called for every connection or message refused before it was parsed (see Reject*); default none
 	Now            func() time.Time                                         // the clock heartbeats carry and peers' clock offsets are measured against (cmd/herd: the counters' clock); default time.Now
+	Epoch          uint64                                                   // this process's incarnation, unique per start, gossiped so the raft leader can record it in a Home; default time.Now().UnixNano()
 	Label          string                                                   // cluster label; traffic from nodes with another label is dropped; default ""
 	Logger         *slog.Logger                                             // default slog.Default()
 	RetryJoinEvery time.Duration                                            // first interval between retries of unreachable seeds, doubling to 30x; default 1s
@@ -109,6 +110,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Epoch == 0 {
+		c.Epoch = uint64(time.Now().UnixNano())
 	}
 	if c.heartbeat <= 0 {
 		c.heartbeat = heartbeatEvery

@@ -48,6 +48,10 @@ type ConfigStore struct {
 	changed   chan struct{}  // closed and replaced after every apply
 	onChange  func(cfg *config.Config, version uint64) error
 	fileNoted bool // "the file is not applied" logged
+
+	homes     Homes // the homes table (homes.go)
+	onHomes   []func(Homes)
+	homesCall sync.Mutex // held while OnHomes callbacks run, so they run one at a time and in order
 }
 
 // configFSM is ConfigStore's raft state machine, kept off its public surface.
@@ -145,7 +149,7 @@ func NewConfigStore(static config.Static, file config.Dynamic, env config.Env, l
 func (s *ConfigStore) FSM() FSM { return (*configFSM)(s) }
 
 // Attach connects the store to raft, which must drive s.FSM(). The leader seeds an empty
-// cluster with its file's config.
+// cluster with its file's config, and keeps the homes table (homes.go).
 func (s *ConfigStore) Attach(r *Raft) {
 	s.mu.Lock()
 	s.raft = r
@@ -156,6 +160,7 @@ func (s *ConfigStore) Attach(r *Raft) {
 		}
 	})
 	go s.seedWatch()
+	go s.keepHomes()
 }
 
 // OnChange sets the callback that receives every version this node applies and builds, in
@@ -181,6 +186,7 @@ type ConfigStatus struct {
 	// Error says why Committed is not served: the build error (no secret values: a variable is
 	// named, never shown) or OnChange's. "" when it is served, or is being swapped in.
 	Error string
+	Homes Homes // the homes table this node has applied (version 0: none yet)
 }
 
 // Status reports the committed and the served version, and why they differ if they do for a
@@ -188,7 +194,7 @@ type ConfigStatus struct {
 func (s *ConfigStore) Status() ConfigStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return ConfigStatus{Committed: s.cur.Version, Served: s.served, Error: s.serveErr}
+	return ConfigStatus{Committed: s.cur.Version, Served: s.served, Error: s.serveErr, Homes: s.homes.clone()}
 }
 
 // seed proposes the file's config when the cluster has none yet (a new leader does it at
@@ -425,6 +431,9 @@ const waitPoll = 10 * time.Millisecond
 // command: a conflict is an answer, not an error, so every node takes the same path.
 func (f *configFSM) Apply(index uint64, cmd []byte) ([]byte, error) {
 	s := (*ConfigStore)(f)
+	if len(cmd) > 0 && cmd[0] == cmdHomes {
+		return s.applyHomes(index, cmd)
+	}
 	c, err := decodeCommand(cmd)
 	if err != nil {
 		return nil, err
@@ -519,24 +528,50 @@ func (s *ConfigStore) markAppliedLocked(index uint64) {
 	s.changed = make(chan struct{})
 }
 
-// Snapshot is the current Dynamic as JSON.
+// fsmState is a snapshot: the Dynamic's own fields, as snapshots were before the homes table,
+// and the table beside them once there is one. A snapshot without "homes" restores an empty
+// table, and a herd from before the table restores the config from one with it.
+type fsmState struct {
+	config.Dynamic
+	Homes *Homes `json:"homes,omitempty"`
+}
+
+// Snapshot is the current Dynamic and homes table as JSON.
 func (f *configFSM) Snapshot() ([]byte, error) {
 	s := (*ConfigStore)(f)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return json.Marshal(s.cur)
+	st := fsmState{Dynamic: s.cur}
+	if s.homes.Version > 0 {
+		h := s.homes.clone()
+		st.Homes = &h
+	}
+	return json.Marshal(st)
 }
 
 // Restore replaces the state with a snapshot's and serves it.
 func (f *configFSM) Restore(data []byte) error {
 	s := (*ConfigStore)(f)
-	var d config.Dynamic
-	if err := json.Unmarshal(data, &d); err != nil {
+	var st fsmState
+	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("cluster: config snapshot: %w", err)
+	}
+	var homes Homes
+	if st.Homes != nil {
+		homes = *st.Homes
+		if err := checkHomes(homes.Homes); err != nil {
+			return fmt.Errorf("cluster: config snapshot: %w", err)
+		}
+		if homes.Version == 0 && len(homes.Homes) > 0 {
+			return errors.New("cluster: config snapshot: homes without a table version")
+		}
 	}
 	s.mu.Lock()
 	applied := s.applied
 	s.mu.Unlock()
-	s.install(applied, d)
+	s.install(applied, st.Dynamic)
+	s.homesCall.Lock()
+	defer s.homesCall.Unlock()
+	s.setHomesLocked(0, homes)
 	return nil
 }

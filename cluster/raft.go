@@ -135,6 +135,8 @@ type timers struct {
 	bootstrapFor time.Duration // how long the bootstrap view must stay unchanged
 	stabilize    time.Duration // how long a non-voter must be alive before promotion
 	rpc          time.Duration // raft transport I/O and peer status calls
+
+	homesEvery, homeGone, homesFormWait time.Duration // the homes table's upkeep (homes.go)
 }
 
 func productionTimers() timers {
@@ -144,6 +146,7 @@ func productionTimers() timers {
 		leaderLease: d.LeaderLeaseTimeout, commit: d.CommitTimeout,
 		reconcile: time.Second, bootstrapFor: 3 * time.Second,
 		stabilize: 10 * time.Second, rpc: 10 * time.Second,
+		homesEvery: homesEvery, homeGone: homeGone, homesFormWait: homesFormWait,
 	}
 }
 
@@ -304,7 +307,7 @@ func (r *Raft) start() error {
 	}
 	r.mux.serve(r.serveForward)
 
-	r.node.raftGossip.setLocal(&raftMeta{Addr: r.addr, HasState: hasState, Expect: r.cfg.BootstrapExpect, Proto: raftProto})
+	r.node.raftGossip.setLocal(&raftMeta{Addr: r.addr, HasState: hasState, Expect: r.cfg.BootstrapExpect, Proto: raftProto, Epoch: r.node.cfg.Epoch})
 	r.bootstrapDone = hasState
 	if !hasState && r.cfg.BootstrapExpect <= 1 {
 		r.bootstrapDone = true
@@ -491,6 +494,22 @@ func (r *Raft) OnLeader(fn func(isLeader bool)) {
 
 // IsLeader reports whether this node is the raft leader now.
 func (r *Raft) IsLeader() bool { return r.raft.State() == raft.Leader }
+
+// LeaderContact is when this node last knew a raft leader that had it in its configuration:
+// now while it is leader itself, else raft's LastContact() (zero when never). state/strict
+// stops spending a node's own share once this is older than its fence.
+//
+// It can be optimistic by up to about twice LeaderLeaseTimeout (500 ms by default): a leader
+// cut off from its quorum notices only at its next lease check, then steps down with its last
+// contact set to that moment, and until then its followers on the same side of the partition
+// keep hearing from it. A follower's value is refreshed by every AppendEntries (heartbeats come
+// every HeartbeatTimeout/10) and snapshot install, and by a vote it grants.
+func (r *Raft) LeaderContact() time.Time {
+	if r.raft.State() == raft.Leader {
+		return time.Now()
+	}
+	return r.raft.LastContact()
+}
 
 // Status returns this node's view of raft.
 func (r *Raft) Status() RaftStatus {

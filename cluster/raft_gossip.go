@@ -22,16 +22,18 @@ type raftMeta struct {
 	Expect   int    `json:"e,omitempty"` // its bootstrap_expect
 	Boot     string `json:"b,omitempty"` // hash of the configuration it bootstrapped, "" if it did not (this run)
 	Proto    int    `json:"p,omitempty"` // the command formats its FSM applies (raftProto); 0: a herd from before they were numbered
+	Epoch    uint64 `json:"i,omitempty"` // its incarnation (Config.Epoch), which the leader records in a Home; 0: a herd from before homes
 }
 
-// raftProto is what this build's FSM applies: protoConfigOps. Writers use a newer format only
-// once every server publishes it (serversSpeak), so a rolling upgrade never hands a server an
-// entry it cannot apply.
-const raftProto = protoConfigOps
+// raftProto is what this build's FSM applies: every format up to protoHomes. Writers use a
+// newer format only once every server publishes it (serversSpeak), so a rolling upgrade never
+// hands a server an entry it cannot apply.
+const raftProto = protoHomes
 
 // Command formats, in the order they appeared.
 const (
 	protoConfigOps = 1 // config changes as single operations (configOp), not whole configs
+	protoHomes     = 2 // the homes table (homesCommand)
 )
 
 // raftPeer is one gossip member as the raft layer sees it.

@@ -312,3 +312,50 @@ func TestRaftFollowerWithoutLeaderFailsFast(t *testing.T) {
 		t.Errorf("Apply took %v", d)
 	}
 }
+
+// LeaderContact is zero before any leader, fresh on the leader and its followers, and stops
+// at the partition on a follower cut off.
+func TestLeaderContact(t *testing.T) {
+	c := newRaftCluster(t, func(cfg *RaftConfig) { cfg.DeadServerGrace = time.Minute })
+	first := c.startRaft(0, 3, "", memAddrOf(0))
+	if lc := first.raft.LeaderContact(); !lc.IsZero() {
+		t.Errorf("before any leader: %v", lc)
+	}
+	nodes := []*raftNode{first, c.startRaft(1, 3, "", memAddrOf(0)), c.startRaft(2, 3, "", memAddrOf(0))}
+	leader := c.waitLeader(nodes, 3)
+	fresh := func(group []*raftNode) func() error {
+		return func() error {
+			for _, rn := range group {
+				if age := time.Since(rn.raft.LeaderContact()); age > 300*time.Millisecond {
+					return fmt.Errorf("%s last knew a leader %v ago", rn.name(), age)
+				}
+			}
+			return nil
+		}
+	}
+	waitFor(t, converge, fresh(nodes))
+
+	cut := follower(nodes, leader)
+	var rest []*raftNode
+	for _, rn := range nodes {
+		if rn != cut {
+			rest = append(rest, rn)
+		}
+	}
+	c.net.Partition(gossipAddrsOf([]*raftNode{cut}), gossipAddrsOf(rest))
+	cutAt := time.Now()
+	waitFor(t, converge, func() error {
+		if age := time.Since(cut.raft.LeaderContact()); age < time.Second {
+			return fmt.Errorf("%s cut off, yet last knew a leader only %v ago", cut.name(), age)
+		}
+		return nil
+	})
+	if lc := cut.raft.LeaderContact(); lc.After(cutAt.Add(100 * time.Millisecond)) {
+		t.Errorf("%s heard a leader %v after the partition", cut.name(), lc.Sub(cutAt))
+	}
+	if err := fresh(rest)(); err != nil {
+		t.Errorf("the majority: %v", err)
+	}
+	c.net.Heal()
+	waitFor(t, converge, fresh(nodes))
+}

@@ -29,6 +29,7 @@ var fastTimers = timers{
 	leaderLease: 100 * time.Millisecond, commit: 5 * time.Millisecond,
 	reconcile: 50 * time.Millisecond, bootstrapFor: 300 * time.Millisecond,
 	stabilize: 300 * time.Millisecond, rpc: 2 * time.Second,
+	homesEvery: 300 * time.Millisecond, homeGone: time.Second, homesFormWait: 500 * time.Millisecond,
 }
 
 // streams is RaftConfig.streams for this network: a node's raft port lives on the network

@@ -130,6 +130,8 @@ type RouterSettings struct {
 	RedisSSLCertfile       string                `yaml:"redis_ssl_certfile"`       // PEM client certificate for a Redis that requires one; default none
 	RedisSSLKeyfile        string                `yaml:"redis_ssl_keyfile"`        // PEM key of redis_ssl_certfile; default: read from redis_ssl_certfile
 	DefaultMaxTokens       *int64                `yaml:"default_max_tokens"`       // herd: tpm reservation when a request names no max_tokens
+	ClusterLimitMode       string                `yaml:"cluster_limit_mode"`       // herd: strict or fast: how the nodes of a cluster share a limit; see ClusterLimitModes
+	ClusterLimitWait       *Seconds              `yaml:"cluster_limit_wait"`       // herd: strict mode: how long a request without rights may wait for a loan; default 5 ms, 0 never
 }
 
 // RoutingStrategyArgs tune latency-based routing.
@@ -247,6 +249,13 @@ const (
 	DefaultMaxRequestSizeMB  = 32.0
 	DefaultMaxResponseSizeMB = 64.0
 	DefaultMaxTokensEstimate = 256 // tpm reserved for a request that names no max_tokens
+	// DefaultClusterLimitMode is strict: it met the utilisation targets (>= 95 % of a limit in
+	// the first minute at 3x demand, balanced or on one node, steady or bursty) and never
+	// exceeded a limit; see docs/architecture.md, "Strict limits", for the measurements.
+	DefaultClusterLimitMode = ClusterLimitStrict
+	// DefaultClusterLimitWait bounds a strict-mode request's wait for a loan of rights: a few
+	// round trips on a LAN.
+	DefaultClusterLimitWait = 5 * time.Millisecond
 	// DefaultMaxCooldownTime caps how long an upstream's Retry-After cools a deployment down.
 	DefaultMaxCooldownTime = 5 * time.Minute
 	// DefaultMaxParallelRequests is the node-wide cap on LLM requests in flight when the config
@@ -262,6 +271,18 @@ const (
 	// of the default 32 MB maximum, hundreds of long-context prompts); herd's memory for them
 	// is about twice this (each body, and the copy sent upstream).
 	DefaultMaxInflightRequestMB = 256.0
+)
+
+// ClusterLimitModes are the valid router_settings.cluster_limit_mode values: strict (a node
+// admits only against rights it holds: the cluster never exceeds a limit, under any fault) and
+// fast (each node admits against its view of the cluster's usage: may exceed a limit by what
+// the cluster admits during one propagation delay, and k x the limit under a k-way partition).
+var ClusterLimitModes = []string{ClusterLimitStrict, ClusterLimitFast}
+
+// The cluster_limit_mode values.
+const (
+	ClusterLimitStrict = "strict"
+	ClusterLimitFast   = "fast"
 )
 
 // RoutingStrategies are the valid router_settings.routing_strategy values.

@@ -155,6 +155,18 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 		d.fail(p+".routing_strategy", "must be one of %s (got %s)%s",
 			strings.Join(RoutingStrategies, ", "), d.shown(p+".routing_strategy", rs.RoutingStrategy), hint)
 	}
+	switch {
+	case rs.ClusterLimitMode == "":
+		rs.ClusterLimitMode = DefaultClusterLimitMode
+	case !slices.Contains(ClusterLimitModes, rs.ClusterLimitMode):
+		d.fail(p+".cluster_limit_mode", "must be one of %s (got %s)", strings.Join(ClusterLimitModes, ", "), d.shown(p+".cluster_limit_mode", rs.ClusterLimitMode))
+	}
+	if w := rs.ClusterLimitWait; w != nil && *w < 0 {
+		d.fail(p+".cluster_limit_wait", "must not be negative")
+	}
+	if rs.ClusterLimitWait == nil {
+		rs.ClusterLimitWait = ptr(Seconds(DefaultClusterLimitWait))
+	}
 	nonNegative(d, p+".routing_strategy_args.lowest_latency_buffer", &rs.RoutingStrategyArgs.LowestLatencyBuffer)
 	positiveSeconds(d, p+".routing_strategy_args.ttl", rs.RoutingStrategyArgs.TTL)
 	nonNegative(d, p+".num_retries", rs.NumRetries)

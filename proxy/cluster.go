@@ -30,6 +30,10 @@ type ConsensusStatus struct {
 	// ConfigError says why this node does not serve ConfigVersion (it does not build here, e.g.
 	// "os.environ/FOO is not set"); "" when it does, or is swapping it in. Never a secret value.
 	ConfigError string
+	// Homes are the nodes holding shares of strict-mode limits (the raft-replicated table), and
+	// HomesVersion its version; empty until the leader wrote the first table.
+	Homes        []string
+	HomesVersion uint64
 }
 
 // deploymentStatus is one deployment's cluster-wide usage in /cluster/status.
@@ -42,6 +46,23 @@ type deploymentStatus struct {
 	TPMLimit    int64  `json:"tpm_limit"` // 0 = unlimited
 	InFlight    int64  `json:"in_flight"`
 	CooledUntil string `json:"cooled_until,omitempty"`
+	// Rights are this node's strict-mode rights for the deployment; absent in fast mode.
+	Rights *RightsStatus `json:"rights,omitempty"`
+}
+
+// RightsStatus is a deployment's strict-mode rights on this node (state/strict): of the rpm
+// limit (and tpm, *_tokens), the share this node holds as a home, what of it is spent and
+// cooling, what is out on loan, and what it holds borrowed from other homes.
+type RightsStatus struct {
+	Home           bool  `json:"home"`
+	Share          int64 `json:"share"`
+	Busy           int64 `json:"busy"`
+	Lent           int64 `json:"lent"`
+	Borrowed       int64 `json:"borrowed"`
+	ShareTokens    int64 `json:"share_tokens"`
+	BusyTokens     int64 `json:"busy_tokens"`
+	LentTokens     int64 `json:"lent_tokens"`
+	BorrowedTokens int64 `json:"borrowed_tokens"`
 }
 
 // clusterStatus answers GET /cluster/status: this node, the members it sees, the state backend,
@@ -58,6 +79,11 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		l, lim := d.counter.Load(), snap.table.Limits(i)
 		ds := deploymentStatus{ID: d.cfg.ID, ModelName: d.cfg.ModelName, RPMUsed: l.Requests, RPMLimit: lim.RPM,
 			TPMUsed: l.Tokens, TPMLimit: lim.TPM, InFlight: l.InFlight}
+		if s.rights != nil {
+			if r, ok := s.rights(d.cfg.ID); ok {
+				ds.Rights = &r
+			}
+		}
 		if u := d.cooldown.Until(); !u.IsZero() && u.After(time.Now()) {
 			ds.CooledUntil = u.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 		}
@@ -82,6 +108,10 @@ func (s *Server) clusterStatus(c echo.Context) error {
 		out["leader"], out["term"], out["voters"], out["config_version"] = cs.Leader, cs.Term, cs.Voters, cs.ConfigVersion
 		// Why served_config_version stays behind config_version, when it does for a reason.
 		out["config_error"] = cs.ConfigError
+		if cs.Homes == nil {
+			cs.Homes = []string{}
+		}
+		out["homes"], out["homes_version"] = cs.Homes, cs.HomesVersion
 	}
 	return c.JSON(http.StatusOK, out)
 }

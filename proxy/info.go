@@ -24,6 +24,14 @@ func liveliness(c echo.Context) error {
 func (s *Server) readiness(c echo.Context) error {
 	snap := s.snap.Load()
 	status, code := "healthy", http.StatusOK
+	reason := ""
+	if s.notReady != nil {
+		if reason = s.notReady(); reason != "" {
+			// Strict limits before any node holds rights: every limited request would be
+			// refused, so a load balancer should wait.
+			status, code = "starting", http.StatusServiceUnavailable
+		}
+	}
 	if s.draining.Load() {
 		status, code = "draining", http.StatusServiceUnavailable
 	}
@@ -33,7 +41,7 @@ func (s *Server) readiness(c echo.Context) error {
 		// serves: readiness reports it but stays 200, or every node would leave the pool at once.
 		mode = s.backendMode()
 	}
-	return c.JSON(code, map[string]any{
+	out := map[string]any{
 		"status":             status,
 		"node":               s.node[0],
 		"state_backend":      s.backend,
@@ -42,7 +50,11 @@ func (s *Server) readiness(c echo.Context) error {
 		"model_groups":       len(snap.table.GroupNames()),
 		"deployments":        snap.table.Len(),
 		"db":                 "Not connected", // LiteLLM's field: herd needs no database
-	})
+	}
+	if reason != "" {
+		out["reason"] = reason
+	}
+	return c.JSON(code, out)
 }
 
 // health records each deployment's recent outcomes from real traffic, so /health can answer

@@ -122,6 +122,9 @@ type exchange struct {
 	group  *routing.Group
 	dep    *deployment
 	ticket state.Ticket
+	// tmu guards ticket while a call may confirm it (state.Confirmer) from the transport's
+	// goroutine, which can outlive a failed round trip.
+	tmu sync.Mutex
 	// unsettled is the ticket's reserved tokens minus the real usage while the settle is
 	// still to come (the answer is written first); the rate-limit headers account for it.
 	unsettled int64
@@ -133,6 +136,13 @@ type exchange struct {
 	fallbacks    int // fallback groups tried
 	triedBuf     [8]int
 	out          *[]byte // the upstream body buffer, reused across attempts
+}
+
+// confirmedTicket is the current attempt's ticket as its call's Confirm left it.
+func (x *exchange) confirmedTicket() state.Ticket {
+	x.tmu.Lock()
+	defer x.tmu.Unlock()
+	return x.ticket
 }
 
 // llm returns the handler for an OpenAI endpoint: read the few fields herd needs, route,
@@ -209,10 +219,11 @@ func (s *Server) reject(e *apiError) error {
 // exchange (nil failure); anything else is a failure to retry elsewhere.
 func (x *exchange) callFailed(err error, reached bool) *failure {
 	kind := provider.KindOf(err)
+	t := x.confirmedTicket()
 	if reached || provider.Sent(err) {
-		x.dep.counter.Settle(x.ticket, state.Usage{PromptTokens: x.ticket.Reserved.Tokens})
+		x.dep.counter.Settle(t, state.Usage{PromptTokens: t.Reserved.Tokens})
 	} else {
-		x.dep.counter.Release(x.ticket)
+		x.dep.counter.Release(t)
 	}
 	if kind == provider.Canceled {
 		_ = x.finish(&apiError{Status: statusClientClosed, Message: "Client closed the request.", Type: "client_closed"})
@@ -317,7 +328,7 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	}
 	status := resp.StatusCode
 	if status >= 400 {
-		x.dep.counter.Settle(x.ticket, state.Usage{})
+		x.dep.counter.Settle(x.confirmedTicket(), state.Usage{})
 		f := &failure{status: status, body: append([]byte(nil), data...), contentType: resp.Header.Get(hdrContentType),
 			retryAfterHdr: resp.Header.Get("Retry-After")}
 		f.retryAfter = parseRetryAfter(f.retryAfterHdr)
@@ -358,7 +369,7 @@ var errResponseTooLarge = errors.New("upstream response is larger than general_s
 
 // succeeded settles a successful call and credits the deployment.
 func (x *exchange) succeeded(u state.Usage, latency, ttft time.Duration) {
-	x.dep.counter.Settle(x.ticket, u)
+	x.dep.counter.Settle(x.confirmedTicket(), u)
 	x.dep.counter.ObserveLatency(latency, ttft)
 	x.dep.cooldown.Succeed()
 	x.dep.health.record(http.StatusOK, time.Now())

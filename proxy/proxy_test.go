@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -732,5 +733,32 @@ func TestPanicBecomesJSONError(t *testing.T) {
 	wantError(t, resp, body, 500, "Internal server error")
 	if strings.Contains(body, "bug in backend") {
 		t.Error("panic value leaked to the client")
+	}
+}
+
+// A backend that cannot admit yet (strict limits before the homes table) makes readiness 503
+// with its reason, and healthy once it can.
+func TestReadinessWaitsForTheBackend(t *testing.T) {
+	cfg, err := config.Parse("test.yaml", []byte("model_list: []\n"), config.MapEnv(nil), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reason atomic.Value
+	reason.Store("strict limits: waiting for the raft leader's homes table")
+	srv, err := New(Options{Config: cfg, State: local.New(local.Options{}), Backend: "gossip", Node: "n", Logger: testLogger(t),
+		BackendNotReady: func() string { return reason.Load().(string) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	t.Cleanup(srv.Close)
+	resp, body := get(t, ts.URL+"/health/readiness")
+	if resp.StatusCode != 503 || gjson.Get(body, "status").String() != "starting" || !strings.Contains(gjson.Get(body, "reason").String(), "homes table") {
+		t.Fatalf("readiness before the backend is ready: %d %s", resp.StatusCode, body)
+	}
+	reason.Store("")
+	if resp, body := get(t, ts.URL+"/health/readiness"); resp.StatusCode != 200 || gjson.Get(body, "reason").Exists() {
+		t.Fatalf("readiness once ready: %d %s", resp.StatusCode, body)
 	}
 }

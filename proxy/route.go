@@ -128,6 +128,15 @@ func (x *exchange) attempt() (*failure, error) {
 	}
 	*x.out = rewrite((*x.out)[:0], x.body, &x.req, dep.modelJSON, addUsage)
 	call := provider.Call{Endpoint: x.ep, Body: *x.out, Stream: x.req.stream}
+	if cf, ok := dep.counter.(state.Confirmer); ok && x.ticket.Rights != 0 {
+		// Strict limits: the rights are checked (and their cooldown started) as the request
+		// leaves, not only when it was admitted.
+		call.Confirm = func() error {
+			x.tmu.Lock()
+			defer x.tmu.Unlock()
+			return cf.Confirm(&x.ticket)
+		}
+	}
 
 	dep.metrics.inFlight.Inc()
 	defer dep.metrics.inFlight.Dec()

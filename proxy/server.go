@@ -40,6 +40,12 @@ type Options struct {
 	// AdminEnv decides which os.environ/ names admin bodies may use, checked before Admin is
 	// called; nil = Admin alone decides.
 	AdminEnv *config.AdminEnv
+	// BackendNotReady says why the state backend cannot admit yet (readiness answers 503 with
+	// it); "" when it can. nil = always ready.
+	BackendNotReady func() string
+	// Rights reports a deployment's strict-mode rights on this node for /cluster/status;
+	// nil, or false, when there are none to show.
+	Rights func(id string) (RightsStatus, bool)
 	// Consensus reports the config consensus for /cluster/status; nil = none.
 	Consensus func() ConsensusStatus
 	// Upstream decides which addresses deployments may reach (the admin API's api_base check
@@ -68,6 +74,8 @@ type Server struct {
 	adminEnv    *config.AdminEnv
 	upstream    *config.UpstreamPolicy
 	consensus   func() ConsensusStatus
+	rights      func(id string) (RightsStatus, bool)
+	notReady    func() string
 	draining    atomic.Bool
 	healths     sync.Map // deployment ID -> *health; survives config changes
 
@@ -115,6 +123,8 @@ func New(opts Options) (*Server, error) {
 		adminEnv:    opts.AdminEnv,
 		upstream:    opts.Upstream,
 		consensus:   opts.Consensus,
+		rights:      opts.Rights,
+		notReady:    opts.BackendNotReady,
 		version:     opts.Version,
 		log:         opts.Logger,
 		allowedNets: gs.AllowedNets,

@@ -113,7 +113,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	if status == http.StatusOK {
 		x.succeeded(usage, time.Since(x.upStart), ttft)
 	} else {
-		x.dep.counter.Settle(x.ticket, usage)
+		x.dep.counter.Settle(x.confirmedTicket(), usage)
 		if status != statusClientClosed {
 			x.failed(&failure{status: status})
 		}

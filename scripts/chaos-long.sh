@@ -2,15 +2,17 @@
 # The long chaos runs behind docs/CHAOS.md's results table: for each mode, one run per nemesis
 # (and one with none, and one with all of them), 5 nodes, several minutes each, several seeds.
 # Needs root. Usage: scripts/chaos-long.sh [--modes "fast strict redis"] [--seeds "1 2"]
-#                    [--time 120s] [--nodes 5] [--out chaos-results/long]
+#                    [--nemeses "none partition ... all"] [--time 120s] [--nodes 5]
+#                    [--out chaos-results/long]
 # Every run's directory stays under --out; the table is printed at the end (herd-chaos table).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-modes="fast strict redis" seeds="1" time=120s nodes=5 out=chaos-results/long
+modes="fast strict redis" seeds="1" time=120s nodes=5 out=chaos-results/long nemeses=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--modes) modes=$2; shift 2 ;;
 	--seeds) seeds=$2; shift 2 ;;
+	--nemeses) nemeses=$2; shift 2 ;;
 	--time) time=$2; shift 2 ;;
 	--nodes) nodes=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
@@ -25,6 +27,7 @@ for mode in $modes; do
 	kinds="none partition loss kill pause clock leader"
 	[ "$mode" = redis ] && kinds="$kinds redis"
 	kinds="$kinds all"
+	[ -n "$nemeses" ] && kinds=$nemeses
 	for kind in $kinds; do
 		for seed in $seeds; do
 			dir="$out/$mode-$kind-$seed"

@@ -86,6 +86,9 @@ type Ticket struct {
 	// at settle time (state/redis: its in-flight lease; 0 for a ticket its local fallback issued
 	// while Redis was unreachable). Backends that need none leave it 0.
 	ID uint64
+	// Rights is where a strict-mode reservation's rights came from (state/strict), so that
+	// Confirm, Settle and Release find them; 0 for a reservation made without rights.
+	Rights uint64
 }
 
 // Backend holds every deployment's usage.
@@ -121,6 +124,16 @@ type Counter interface {
 	// ObserveLatency records a finished call's latency, and for streams the time to first
 	// token (ttft 0 for non-streaming calls).
 	ObserveLatency(latency, ttft time.Duration)
+}
+
+// Confirmer is implemented by counters that must hear of a call just before its request is
+// written to the upstream (state/strict: the rights a reservation holds may have lapsed while
+// the call waited, e.g. through a pause, and a unit's cooldown runs from its use). The proxy
+// calls Confirm when the transport first reads the request body, before any of the request
+// leaves; an error aborts the call, which then never reached the upstream. Confirm may update
+// t, and may be called again for the same call (a retried connection).
+type Confirmer interface {
+	Confirm(t *Ticket) error
 }
 
 // ErrNoCapacity is returned (wrapped in *NoCapacityError) when a deployment has no room.

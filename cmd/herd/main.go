@@ -177,7 +177,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	rejected := newRejectCounter(reg, log, time.Now)
 	ccfg.OnReject = rejected
 	ccfg.Now = now // heartbeats carry the counters' clock, so peers see the offset that matters
-	shared, err := newSharedUsage(cfg, ccfg.NodeName, now, reg, log, rejected)
+	ccfg.Epoch = uint64(time.Now().UnixNano())
+	shared, err := newSharedUsage(cfg, ccfg.NodeName, ccfg.Epoch, now, reg, log, rejected)
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.configPath, err)
 	}
@@ -199,18 +200,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	registerConfigMetrics(reg, store)
 	var consensus atomic.Pointer[cluster.Raft]
 	srv, err := proxy.New(proxy.Options{
-		Config:      cfg,
-		State:       shared.backend,
-		Backend:     shared.name,
-		BackendMode: shared.mode,
-		Node:        ccfg.NodeName,
-		Version:     version,
-		Logger:      log,
-		Registry:    reg,
-		Members:     membership{peers},
-		Admin:       configAdmin{store},
-		AdminEnv:    adminEnv,
-		Consensus:   consensusStatus(&consensus, store),
+		Config:          cfg,
+		State:           shared.backend,
+		Backend:         shared.name,
+		BackendMode:     shared.mode,
+		Node:            ccfg.NodeName,
+		Version:         version,
+		Logger:          log,
+		Registry:        reg,
+		Members:         membership{peers},
+		Admin:           configAdmin{store},
+		AdminEnv:        adminEnv,
+		Consensus:       consensusStatus(&consensus, store),
+		Rights:          shared.rights,
+		BackendNotReady: shared.notReady,
 		// Hosts this file (or OPENAI_BASE_URL, AZURE_API_BASE, ...) names may be anything;
 		// hosts from the admin API may not be link-local or cloud metadata addresses.
 		Upstream: config.NewUpstreamPolicy(cfg, config.OSEnv{}),
@@ -238,6 +241,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	consensus.Store(raftNode)
 	store.Attach(raftNode)
+	if shared.raft != nil {
+		shared.raft(raftNode, store)
+	}
 	defer raftNode.Shutdown()
 
 	if o.pprofAddr != "" {

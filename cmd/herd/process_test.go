@@ -120,7 +120,9 @@ func TestThreeProcessesKeepOneLimit(t *testing.T) {
 	}
 	up, base := fakeupstream.Start(t, fakeupstream.Options{})
 	path := filepath.Join(t.TempDir(), "config.yaml")
-	cfg := "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/shared\n      api_base: " + base + "/v1\n      rpm: 60\n"
+	// Fast mode, whose counts are gossiped (strict_test.go keeps a limit in strict mode).
+	cfg := "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/shared\n      api_base: " + base + "/v1\n      rpm: 60\n" +
+		"router_settings: {cluster_limit_mode: fast}\n"
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -123,7 +123,7 @@ func registerConfigMetrics(reg prometheus.Registerer, store *cluster.ConfigStore
 func consensusStatus(r *atomic.Pointer[cluster.Raft], store *cluster.ConfigStore) func() proxy.ConsensusStatus {
 	return func() proxy.ConsensusStatus {
 		st := store.Status()
-		cs := proxy.ConsensusStatus{ConfigVersion: st.Committed, ConfigError: st.Error}
+		cs := proxy.ConsensusStatus{ConfigVersion: st.Committed, ConfigError: st.Error, Homes: st.Homes.Names(), HomesVersion: st.Homes.Version}
 		if raft := r.Load(); raft != nil {
 			st := raft.Status()
 			cs.Leader, cs.Term, cs.Voters = st.Leader, st.Term, st.Voters

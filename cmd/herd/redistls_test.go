@@ -28,7 +28,7 @@ func startUsage(t *testing.T, yaml string, logs *redistest.Buffer) (*sharedUsage
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(logs, nil))
-	u, err := newSharedUsage(cfg, "n1", time.Now, prometheus.NewRegistry(), log, nil)
+	u, err := newSharedUsage(cfg, "n1", 1, time.Now, prometheus.NewRegistry(), log, nil)
 	if err == nil {
 		t.Cleanup(u.close)
 	}

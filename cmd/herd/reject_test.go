@@ -76,7 +76,7 @@ func TestGossipUsageKeepsConfiguredDeployments(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	var rejected []string
 	cfg := &config.Config{ModelList: []config.Deployment{{ID: "a"}}}
-	shared, err := newSharedUsage(cfg, "n1", time.Now, reg, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)),
+	shared, err := newSharedUsage(cfg, "n1", 1, time.Now, reg, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)),
 		func(reason string) { rejected = append(rejected, reason) })
 	if err != nil {
 		t.Fatal(err)

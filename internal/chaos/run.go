@@ -468,6 +468,8 @@ func (r *runner) config() []byte {
 	switch r.o.Mode {
 	case ModeStrict:
 		rs["cluster_limit_mode"] = "strict"
+	case ModeFast:
+		rs["cluster_limit_mode"] = "fast"
 	case ModeRedis:
 		rs["redis_host"], rs["redis_port"], rs["redis_password"] = ctlHost, redisPort, "os.environ/REDIS_PASSWORD"
 	}

@@ -313,6 +313,12 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	body, readErr := readBody(r)
+	if readErr != nil && !errors.Is(readErr, errBodyTooLarge) {
+		// The client gave up before its body was complete (herd's strict mode aborts a call
+		// whose rights lapsed after the head left): no request to serve, count or bill, as
+		// for a real API.
+		return
+	}
 	req, parsed := parseRequest(body, ep)
 	if !azure {
 		dep = req.model.Str

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -783,5 +785,28 @@ func TestOnArrival(t *testing.T) {
 	}
 	if b := got[1]; b.Deployment != "" || b.User != "" || b.Tokens != 0 {
 		t.Errorf("bad JSON arrival = %+v, want no deployment, user or tokens", b)
+	}
+}
+
+// A request whose client went away before its body was complete never arrived: herd's strict
+// mode aborts a call that way when its rights lapse after the head left.
+func TestCutBodyIsNoArrival(t *testing.T) {
+	var arrivals atomic.Int64
+	u, base := fakeupstream.Start(t, fakeupstream.Options{OnArrival: func(fakeupstream.Arrival) { arrivals.Add(1) }})
+	addr := strings.TrimPrefix(base, "http://")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":\"dep-1\"")
+	c.Close()
+	// A whole request after it, on its own connection, is served and counted.
+	resp, body := do(t, "POST", base+"/v1/chat/completions", `{"model":"dep-1","messages":[{"role":"user","content":"hi"}]}`)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	waitFor(t, "the cut request's handler to end", func() bool { return u.InFlight() == 0 })
+	if n := arrivals.Load(); n != 1 || u.Count("dep-1") != 1 {
+		t.Fatalf("arrivals %d, count %d; want only the whole request", n, u.Count("dep-1"))
 	}
 }

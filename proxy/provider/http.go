@@ -131,10 +131,10 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 		ProtoMajor:    1,
 		ProtoMinor:    1,
 		Header:        u.header,
-		Body:          io.NopCloser(bytes.NewReader(c.Body)),
+		Body:          callBody(c),
 		ContentLength: int64(len(c.Body)),
 		GetBody: func() (io.ReadCloser, error) {
-			return io.NopCloser(bytes.NewReader(c.Body)), nil
+			return callBody(c), nil
 		},
 		Host: u.urls[c.Endpoint].Host,
 	}
@@ -156,6 +156,34 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 	}
 	return resp, nil
 }
+
+// callBody is c's body for the transport. With c.Confirm, the first read confirms the call:
+// net/http reads the body before it flushes the request head (the head waits in the
+// connection's write buffer), so a refusal there means nothing of the request left.
+func callBody(c *Call) io.ReadCloser {
+	if c.Confirm == nil {
+		return io.NopCloser(bytes.NewReader(c.Body))
+	}
+	return &confirmingBody{r: bytes.NewReader(c.Body), confirm: c.Confirm}
+}
+
+type confirmingBody struct {
+	r       *bytes.Reader
+	confirm func() error
+	done    bool
+}
+
+func (b *confirmingBody) Read(p []byte) (int, error) {
+	if !b.done {
+		if err := b.confirm(); err != nil {
+			return 0, err
+		}
+		b.done = true
+	}
+	return b.r.Read(p)
+}
+
+func (b *confirmingBody) Close() error { return nil }
 
 // headSent records, through net/http's client trace, that the transport wrote a request's
 // whole head (request line and headers) to a connection. Bytes leave a connection only after

@@ -52,6 +52,11 @@ func (m *mock) Do(ctx context.Context, c *Call) (*http.Response, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, &Error{Kind: Canceled, Err: err}
 	}
+	if c.Confirm != nil {
+		if err := c.Confirm(); err != nil {
+			return nil, &Error{Kind: Unreachable, Err: err}
+		}
+	}
 	prompt := EstimatePromptTokens(c.Body)
 	id := strconv.FormatUint(m.seq.Add(1), 10)
 	created := strconv.FormatInt(time.Now().Unix(), 10)

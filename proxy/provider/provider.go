@@ -44,6 +44,10 @@ type Call struct {
 	Endpoint Endpoint
 	Body     []byte // the request body as sent upstream; must not change until the response is read
 	Stream   bool   // the client asked for an SSE stream
+	// Confirm, if not nil, is called just before the request leaves for the upstream (when
+	// the transport first reads the body, before any byte of the request is sent). An error
+	// aborts the call, which then fails as unreachable.
+	Confirm func() error
 }
 
 // Upstream sends calls to one deployment.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,4 +168,49 @@ func TestTimeouts(t *testing.T) {
 			t.Fatalf("err = %v (sent %v), want Canceled after the request was sent", err, Sent(err))
 		}
 	})
+}
+
+// Confirm runs before any byte of the request's body leaves (net/http flushes the head of a
+// body it cannot see into first): a refusal there means the upstream never gets a whole
+// request, and a confirmation is what lets it go.
+func TestConfirmGatesTheRequest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c) // until the client closes the connection
+		got <- string(b)
+	}()
+	up, _ := New(httpDeployment("http://"+ln.Addr().String(), time.Minute, time.Minute), NewPool(nil))
+	refused := errors.New("rights lapsed")
+	calls := 0
+	_, err = up.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{"model":"m"}`), Confirm: func() error { calls++; return refused }})
+	if !errors.Is(err, refused) || calls != 1 {
+		t.Fatalf("err = %v after %d confirms; want the confirm's refusal after one", err, calls)
+	}
+	if b := <-got; strings.Contains(b, `"model"`) {
+		t.Fatalf("the upstream received %q of a refused call; want at most the head, never the body", b)
+	}
+
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, `{}`)
+	}))
+	defer srv.Close()
+	up, _ = New(httpDeployment(srv.URL, time.Minute, time.Minute), NewPool(nil))
+	calls = 0
+	resp, err := up.Do(context.Background(), &Call{Endpoint: Completions, Body: []byte(`{}`), Confirm: func() error { calls++; return nil }})
+	if err != nil || calls != 1 {
+		t.Fatalf("err = %v after %d confirms; want a response after one", err, calls)
+	}
+	resp.Body.Close()
 }

@@ -52,7 +52,7 @@ func (c *counter) noteLocked(wall int64, tokens int64) {
 // blockSizeLocked is the block a synchronous admission of r at now (the backend's clock, in
 // ns) should reserve instead: k requests and t tokens, r's own included. k <= 1 means none.
 func (c *counter) blockSizeLocked(lim state.Limits, r state.Reservation, now int64) (k, t int64) {
-	if lim.MaxParallel != 0 || r.Requests != 1 {
+	if lim.MaxParallel != 0 || r.Requests != 1 || c.b.noBlocks {
 		return 0, 0
 	}
 	k = c.ratePrev // admissions in the last whole slot: a burst in this one is not yet a rate
@@ -61,7 +61,7 @@ func (c *counter) blockSizeLocked(lim state.Limits, r state.Reservation, now int
 	if left < int64(blockHorizon) {
 		k = k * left / int64(blockHorizon)
 	}
-	c.ring.Advance(bucket)
+	c.ring.Advance(window.BucketOf(c.b.windowLow().UnixNano()))
 	req, tok := c.ring.Sums()
 	nodes := 2 * c.b.nodes.Load()
 	if lim.RPM > 0 {
@@ -107,8 +107,7 @@ func (c *counter) takeBlock(lim state.Limits, r state.Reservation, now, wall int
 	c.lastUse = b.ticks.Load()
 	var fetch chan struct{}
 	if c.fetching == nil && blk.reqLeft*4 <= blk.size && !b.open.Load() {
-		fetch = make(chan struct{})
-		c.fetching = fetch
+		fetch = c.startFetchLocked()
 	}
 	t := state.Ticket{Reserved: r, Bucket: blk.bucket, ID: blockTicket | b.seq.Add(1)}
 	if blk.reqLeft == 0 && fetch == nil && c.fetching == nil {
@@ -138,7 +137,7 @@ func (c *counter) takeBlock(lim state.Limits, r state.Reservation, now, wall int
 func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b := c.b
 	defer c.fetched(done)
-	now := b.now().UnixNano()
+	now := b.windowNow().UnixNano()
 	c.mu.Lock()
 	k, t := c.blockSizeLocked(lim, state.Reservation{Requests: 1, Tokens: c.meanTok}, now)
 	c.mu.Unlock()
@@ -146,16 +145,19 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 		return
 	}
 	id := b.seq.Add(1)
-	wallMs, until := c.leaseArgs(time.Now())
 	ctx, cancel := b.ctx()
 	defer cancel()
 	var opsBuf [maxEndsPerCall]endOp
-	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
-	kc := c.admitCall(ctx, id, ops, window.BucketOf(now), wallMs, until, lim.RPM, lim.TPM, 0, k, t)
+	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
+	kc := c.admitCall(ctx, id, ops, b.overrideMs(), floor, b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, 0, k, t)
 	defer kc.release()
 	ks := [1]*call{kc}
+	sent := time.Now()
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
+	if err == nil {
+		b.srv.seen(sent, rep.serverUs)
+	}
 	c.mu.Lock()
 	c.confirmEndsLocked(ops, &rep, err)
 	if err != nil {
@@ -166,7 +168,7 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b.stats.blockReserves.Add(1)
 	if rep.status == 1 {
 		c.tickets[id] = struct{}{}
-		c.applyHeaderLocked(&rep)
+		c.admitCountedLocked(&rep, k, t)
 		c.addBlockLocked(lim, rep.head, id, k, t)
 	}
 	c.mu.Unlock()
@@ -208,7 +210,7 @@ func (c *counter) waitFetch() bool {
 // node's block, or adds them to it. A reservation that cannot join the current block (another
 // bucket, other limits) is given back at once.
 func (c *counter) addBlockLocked(lim state.Limits, bucket int64, id uint64, k, t int64) {
-	now := window.BucketOf(c.b.now().UnixNano())
+	now := window.BucketOf(c.b.windowNow().UnixNano())
 	if c.blk != nil && (c.blk.bucket < now || c.blk.lim != lim) {
 		c.retireBlockLocked()
 	}
@@ -275,8 +277,9 @@ func (c *counter) endBlockTicket(t state.Ticket, requests, tokens int64, release
 	}
 	for i := range c.ends {
 		if e := &c.ends[i]; e.adjust && !e.sent && e.bucket == t.Bucket {
-			e.requests += requests
-			e.tokens += tokens
+			// Each within ±maxCount, and so is what a bucket holds: the sum may be kept there.
+			e.requests = min(max(e.requests+requests, -maxCount), maxCount)
+			e.tokens = min(max(e.tokens+tokens, -maxCount), maxCount)
 			c.ring.Add(t.Bucket, requests, tokens)
 			return
 		}

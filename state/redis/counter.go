@@ -48,6 +48,7 @@ type counter struct {
 	blk                         *block
 	blkInFlight                 int64
 	fetching                    chan struct{}
+	fetchSeq                    uint64 // block reservations started, ever: see applyRead
 	rateSlot, rateCur, ratePrev int64
 	meanTok                     int64
 	latency                     window.Samples
@@ -66,7 +67,7 @@ func newCounter(b *Backend, id string) *counter {
 		tickets: make(map[uint64]struct{}),
 		lastUse: b.ticks.Load(),
 	}
-	c.ring.Reset(window.BucketOf(b.now().UnixNano()))
+	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
 	return c
@@ -79,21 +80,16 @@ func (c *counter) member(id uint64) string {
 	return string(m.b[:m.n])
 }
 
-// leaseArgs are the wall-clock now and a lease expiry from now, in Unix milliseconds.
-func (c *counter) leaseArgs(wall time.Time) (now, until int64) {
-	return wall.UnixMilli(), wall.Add(c.b.leaseTTL).UnixMilli()
-}
-
 // Admit checks r against lim and reserves it: in Redis while it answers, else locally at a
 // fair share of lim.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
 	// A negative reservation would give back room nobody used; every backend counts it as 0.
-	r.Requests, r.Tokens = max(r.Requests, 0), max(r.Tokens, 0)
+	// Redis counts in Lua's doubles, exact only below maxCount.
+	r.Requests, r.Tokens = clampCount(r.Requests), clampCount(r.Tokens)
 	b := c.b
-	now := b.now().UnixNano()
-	wall := time.Now()
+	now := b.windowNow().UnixNano()
 	if lim.MaxParallel == 0 {
-		if t, ok := c.takeBlock(lim, r, now, wall.UnixNano()); ok {
+		if t, ok := c.takeBlock(lim, r, now, time.Now().UnixNano()); ok {
 			return t, nil
 		}
 	}
@@ -108,29 +104,36 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.mu.Lock()
 		if c.fetching == nil {
 			if k, tokens = c.blockSizeLocked(lim, r, now); k > 1 {
-				fetch = make(chan struct{})
-				c.fetching = fetch
+				fetch = c.startFetchLocked()
 			}
 		}
 		c.mu.Unlock()
 	}
 	if fetch == nil {
-		t, err := c.admitRedis(lim, r, now, wall, r.Requests, r.Tokens)
+		t, err := c.admitRedis(lim, r, r.Requests, r.Tokens)
 		if err != nil && errors.Is(err, state.ErrNoCapacity) && lim.MaxParallel == 0 && c.waitFetch() {
 			// A block reserved meanwhile may hold what Redis refused.
-			if t, ok := c.takeBlock(lim, r, b.now().UnixNano(), 0); ok {
+			if t, ok := c.takeBlock(lim, r, b.windowNow().UnixNano(), 0); ok {
 				return t, nil
 			}
 		}
 		return t, err
 	}
-	t, err := c.admitRedis(lim, r, now, wall, k, tokens)
+	t, err := c.admitRedis(lim, r, k, tokens)
 	c.fetched(fetch)
 	if err == errBlockRefused {
 		// The block did not fit (other nodes used the room the cache showed): r alone may.
-		return c.admitRedis(lim, r, b.now().UnixNano(), time.Now(), r.Requests, r.Tokens)
+		return c.admitRedis(lim, r, r.Requests, r.Tokens)
 	}
 	return t, err
+}
+
+// startFetchLocked marks a block reservation as on its way; fetched ends it.
+func (c *counter) startFetchLocked() chan struct{} {
+	fetch := make(chan struct{})
+	c.fetching = fetch
+	c.fetchSeq++
+	return fetch
 }
 
 // errBlockRefused is admitRedis's refusal of a block: the caller tries r alone.
@@ -138,25 +141,27 @@ var errBlockRefused = errors.New("block refused")
 
 // admitRedis admits r in one round trip. With k requests and tokens larger than r's, it
 // reserves a block of them instead, r admitted from it.
-func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, wall time.Time, k, tokens int64) (state.Ticket, error) {
+func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens int64) (state.Ticket, error) {
 	b := c.b
 	isBlock := k != r.Requests || tokens != r.Tokens
-	bucket := window.BucketOf(now)
 	id := b.seq.Add(1)
-	wallMs, until := c.leaseArgs(wall)
 	ctx, cancel := b.ctx()
 	defer cancel()
 	// This node's pending ends of the deployment are finished first, in the same script: the
 	// decision counts them, as the caller expects of a Settle that returned, and they cost no
 	// round trip of their own.
 	var opsBuf [maxEndsPerCall]endOp
-	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
+	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
 	kc := c.admitCall(ctx, id, ops,
-		bucket, wallMs, until, lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
+		b.overrideMs(), floor, b.leaseTTL.Milliseconds(), lim.RPM, lim.TPM, lim.MaxParallel, k, tokens)
 	defer kc.release()
 	ks := [1]*call{kc}
+	sent := time.Now()
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
+	if err == nil {
+		b.srv.seen(sent, rep.serverUs)
+	}
 	var w *snapshot
 	if err == nil && rep.status != 1 {
 		// A refusal carries the whole window: the wait is computed from it.
@@ -178,7 +183,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, w
 		c.applyLocked(rep.inFlight, w)
 	} else {
 		c.tickets[id] = struct{}{}
-		c.applyHeaderLocked(&rep)
+		c.admitCountedLocked(&rep, k, tokens)
 		t = state.Ticket{Reserved: r, Bucket: rep.head, ID: id}
 		if isBlock {
 			// r is the block's first admission; the rest is the block (given back at once if
@@ -193,12 +198,14 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, now int64, w
 	b.succeeded()
 	if w != nil {
 		// From the reply's own window, not the cache: the cache may already hold a newer
-		// reply, and the wait must be the one the refusal was made on.
-		w.ring.Advance(bucket)
+		// reply, and the wait must be the one the refusal was made on. The refusal was made at
+		// the window's head, the server's bucket then (or later, if its clock stepped back).
+		now := b.windowNow().UnixNano()
+		w.ring.Advance(window.BucketOf(now))
 		if isBlock {
 			return state.Ticket{}, errBlockRefused
 		}
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: w.ring.RetryAfter(now, rep.inFlight, lim, r)}
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: retryAfter(&w.ring, now, rep.inFlight, lim, r)}
 	}
 	return t, nil
 }
@@ -232,7 +239,7 @@ func (c *counter) localRetryAfter(lim state.Limits, r state.Reservation) time.Du
 // window and this node's local counts; 0 when it fits now. In-flight calls are left out: the
 // cached count includes this node's Redis calls, whose ends Redis may never hear of.
 func (c *counter) cachedWaitLocked(now time.Time, lim state.Limits, r state.Reservation) time.Duration {
-	ns := now.UnixNano()
+	ns := c.b.windowLow().UnixNano()
 	c.ring.Advance(window.BucketOf(ns))
 	local := c.local.LoadAt(now)
 	room := state.Limits{RPM: lim.RPM, TPM: lim.TPM}
@@ -267,10 +274,10 @@ func (b *Backend) fairShare(lim state.Limits) state.Limits {
 // Settle replaces t's reserved tokens with the real usage, in the bucket they were reserved in.
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	if t.ID&blockTicket != 0 {
-		c.endBlockTicket(t, 0, u.Total()-t.Reserved.Tokens, false)
+		c.endBlockTicket(t, 0, clampCount(u.Total())-t.Reserved.Tokens, false)
 		return
 	}
-	c.end(t, 0, u.Total()-t.Reserved.Tokens, func() { c.local.Settle(t, u) })
+	c.end(t, 0, clampCount(u.Total())-t.Reserved.Tokens, func() { c.local.Settle(t, u) })
 }
 
 // Release gives t's reservation back, if its bucket is still in the window.
@@ -318,11 +325,19 @@ type endOp struct {
 	adjust           bool  // an adjustment (escrow), not the end of a lease: frees no in-flight slot
 }
 
-// takeEnds marks up to limit unsent ends as sent and appends them to dst, oldest first. When
-// none is left unsent, the flush timer has nothing to wait for: it stops.
-func (c *counter) takeEnds(dst []endOp, limit int) []endOp {
+// takeEndsFloor is takeEndsLocked, and the floor for a script call: the latest bucket of the server's
+// clock this node has seen (its cached window's head, aged by the lower bound).
+func (c *counter) takeEndsFloor(dst []endOp, limit int) ([]endOp, int64) {
+	low := window.BucketOf(c.b.windowLow().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.ring.Advance(low)
+	return c.takeEndsLocked(dst, limit), c.ring.Head()
+}
+
+// takeEndsLocked marks up to limit unsent ends as sent and appends them to dst, oldest first.
+// When none is left unsent, the flush timer has nothing to wait for: it stops.
+func (c *counter) takeEndsLocked(dst []endOp, limit int) []endOp {
 	n := len(dst)
 	left := false
 	for i := range c.ends {
@@ -358,15 +373,15 @@ func (c *counter) flush() {
 		c.dropEnds()
 		return
 	}
-	ops := c.takeEnds(nil, maxFlush)
+	ops, floor := c.takeEndsFloor(nil, maxFlush)
 	if len(ops) == 0 {
 		return
 	}
 	ctx, cancel := b.ctx()
 	defer cancel()
-	bucket := window.BucketOf(b.now().UnixNano())
-	ks := c.endCalls(ctx, ops, bucket, time.Now().UnixMilli())
+	ks := c.endCalls(ctx, ops, floor)
 	defer releaseCalls(ks)
+	sent := time.Now()
 	b.runCalls(ctx, ks)
 	if err := ks[0].cmd.Err(); err != nil {
 		b.failed(err)
@@ -380,6 +395,7 @@ func (c *counter) flush() {
 		rep, err := k.reply()
 		c.confirmEndsLocked(chunk, &rep, err)
 		if err == nil {
+			b.srv.seen(sent, rep.serverUs)
 			c.applyReplyLocked(&rep)
 		}
 	}
@@ -390,11 +406,11 @@ func (c *counter) flush() {
 }
 
 // endCalls builds the calls of end.lua that finish ops, maxEndsPerCall in each.
-func (c *counter) endCalls(ctx context.Context, ops []endOp, bucket, wallMs int64) []*call {
+func (c *counter) endCalls(ctx context.Context, ops []endOp, floor int64) []*call {
 	ks := make([]*call, 0, (len(ops)+maxEndsPerCall-1)/maxEndsPerCall)
 	for len(ops) > 0 {
 		n := min(len(ops), maxEndsPerCall)
-		ks = append(ks, c.endCall(ctx, ops[:n], bucket, wallMs))
+		ks = append(ks, c.endCall(ctx, ops[:n], floor))
 		ops = ops[n:]
 	}
 	return ks
@@ -433,7 +449,7 @@ func (c *counter) applyReplyLocked(rep *reply) {
 		c.noWindowLocked(rep.inFlight)
 		return
 	}
-	c.applyHeaderLocked(rep)
+	_ = c.applyHeaderLocked(rep) // this node's ends are in the cache already
 }
 
 func (c *counter) forgetEndLocked(id uint64) {
@@ -491,12 +507,16 @@ func (c *counter) inFlightLocked() int64 {
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
-func (c *counter) Load() state.Load { return c.LoadAt(c.b.now()) }
+func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.b.windowLow()) }
 
-// LoadAt is Load as of t from the cache, without a round trip. While degraded it is the local
-// fallback's counts times the node count: an estimate of the cluster's use that makes
-// routing's check against the whole limit agree with admission's check against the share.
-func (c *counter) LoadAt(t time.Time) state.Load {
+// LoadAt is Load as of t (on this node's clock) from the cache, without a round trip. While
+// degraded it is the local fallback's counts times the node count: an estimate of the cluster's
+// use that makes routing's check against the whole limit agree with admission's check against
+// the share.
+func (c *counter) LoadAt(t time.Time) state.Load { return c.loadAt(t, c.b.windowAt(t)) }
+
+// loadAt is LoadAt with t's time on the window's clock too (the server's).
+func (c *counter) loadAt(t, wt time.Time) state.Load {
 	if c.b.open.Load() {
 		l := c.local.LoadAt(t)
 		n := c.b.nodes.Load()
@@ -506,7 +526,7 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 		c.mu.Unlock()
 		return l
 	}
-	now := t.UnixNano()
+	now := wt.UnixNano()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.lastUse = c.b.ticks.Load() // not the clock: routing calls LoadAt for every deployment
@@ -522,7 +542,7 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 	}
 	// A correction counted twice for a moment (see applyHeaderLocked) never reads below zero.
 	l := state.Load{Requests: max(req, 0), Tokens: max(tok, 0), InFlight: c.inFlightLocked()}
-	l.Latency, l.TTFT = c.latencies(now)
+	l.Latency, l.TTFT = c.latencies(t.UnixNano())
 	return l
 }
 
@@ -537,22 +557,26 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	if b.open.Load() {
 		return c.localRetryAfter(lim, r)
 	}
-	now := b.now().UnixNano()
-	wall := time.Now()
 	ctx, cancel := b.ctx()
 	defer cancel()
 	// Pending ends go first, as in Admit: the wait counts them.
 	var opsBuf [maxEndsPerCall]endOp
-	ops := c.takeEnds(opsBuf[:0], maxEndsPerCall)
+	ops, floor := c.takeEndsFloor(opsBuf[:0], maxEndsPerCall)
 	pipe := b.client.Pipeline()
 	var k *call
 	if len(ops) > 0 {
-		k = c.endCall(ctx, ops, window.BucketOf(now), wall.UnixMilli())
+		k = c.endCall(ctx, ops, floor)
 		defer k.release()
 		_ = pipe.Process(ctx, k.cmd)
 	}
-	rc := c.queueRead(ctx, pipe, wall)
+	sent := time.Now()
+	tc := pipe.Time(ctx)
+	rc := c.queueRead(ctx, pipe, b.leaseNow())
 	cmds, _ := pipe.Exec(ctx)
+	if st, err := tc.Result(); err == nil {
+		b.srv.seen(sent, st.UnixMicro())
+	}
+	now := b.windowNow().UnixNano()
 	var inFlight int64
 	var blob string
 	err := pipelineErr(cmds)
@@ -571,7 +595,7 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	}
 	if err != nil {
 		b.failed(err)
-		c.ring.Advance(window.BucketOf(now))
+		c.ring.Advance(window.BucketOf(b.windowLow().UnixNano()))
 		return c.ring.RetryAfter(now, c.inFlightLocked(), lim, r)
 	}
 	b.succeeded()
@@ -580,6 +604,15 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	// only in its sums: the wait must be exact, as Admit's.
 	w.ring.Advance(window.BucketOf(now))
 	return w.ring.RetryAfter(now, inFlight, lim, r)
+}
+
+// retryAfter is w's RetryAfter, but for a refusal no limit explains (the head bucket could not
+// hold r: see lua/admit.lua's MAX), which may be retried in the next bucket.
+func retryAfter(w *window.Ring, now, inFlight int64, lim state.Limits, r state.Reservation) time.Duration {
+	if d := w.RetryAfter(now, inFlight, lim, r); d > 0 {
+		return d
+	}
+	return time.Duration(window.BucketNanos - (now - window.BucketOf(now)*window.BucketNanos))
 }
 
 // ObserveLatency records a finished call's latency, and a stream's time to first token.
@@ -597,9 +630,13 @@ func (c *counter) ObserveLatency(latency, ttft time.Duration) {
 // way to Redis at any time during the read: the window may or may not count them, and the
 // cache, which counts them until their replies confirm them, would count them twice until then.
 // Their replies bring the cache up to date anyway.
+//
+// Likewise while a block reservation was on its way: the window may count the block before its
+// reply has made it the block, and Load would show the whole block as admitted until then.
 func (c *counter) applyRead(r readCmds, inFlight int64, blob string) {
 	c.mu.Lock()
-	raced := r.busy || c.inTransit > 0 || c.endsSent != r.endsSent
+	raced := r.busy || c.inTransit > 0 || c.endsSent != r.endsSent ||
+		c.fetching != nil || c.fetchSeq != r.fetchSeq
 	c.mu.Unlock()
 	if !raced {
 		c.apply(inFlight, blob)
@@ -659,22 +696,35 @@ func (c *counter) olderLocked(head, ver int64) bool {
 // race: a reply from a script that ran after an end whose own reply is not read yet (another
 // goroutine's round trip) counts that end twice, for the moment until confirmEndsLocked takes it
 // out again.
-func (c *counter) applyHeaderLocked(r *reply) {
+//
+// It reports whether the cache had aged past the reply's head (the server's clock moved on while
+// the reply was on its way, or stepped back, or Load ran ahead of the last script): the reply's
+// sums then still count buckets the cache has dropped, and the cache keeps its own sums until the
+// next reply. What the reply's own call reserved is then the caller's to count (admitCounted).
+func (c *counter) applyHeaderLocked(r *reply) (behind bool) {
 	if c.olderLocked(r.head, r.ver) {
-		return
+		return false
 	}
 	c.seen, c.seenHead, c.seenVer = true, r.head, r.ver
 	c.reported = r.inFlight
 	if r.head < c.ring.Head() {
-		// The cache aged past the reply's head while the reply was on its way (the clock just
-		// crossed a bucket edge): the reply's sums still count buckets the cache has dropped.
-		// The cache keeps its own sums until the next reply.
-		return
+		return true
 	}
 	c.ring.Advance(r.head)
 	req, tok := c.ring.Sums()
 	endReq, endTok := c.endSumsLocked()
 	c.ring.Add(r.head, r.requests+endReq-req, r.tokens+endTok-tok)
+	return false
+}
+
+// admitCountedLocked folds the reply to this node's admission of requests and tokens into the
+// cache: the header as applyHeaderLocked does, or, when the cache is ahead of the reply's head,
+// the admission itself, in the bucket Redis counted it in (a newer reply then brings the other
+// nodes' changes). Without that the cache missed it until the next refresh.
+func (c *counter) admitCountedLocked(r *reply, requests, tokens int64) {
+	if c.applyHeaderLocked(r) {
+		c.ring.Add(r.head, requests, tokens)
+	}
 }
 
 // activeSince reports whether the counter was used at or after loop tick t.
@@ -684,15 +734,15 @@ func (c *counter) activeSince(t int64) bool {
 	return c.lastUse >= t
 }
 
-// renew queues the extension of this node's leases on the counter's calls in flight. XX never
-// re-adds a ticket that ended meanwhile.
+// renew queues the extension of this node's leases on the counter's calls in flight to
+// LeaseTTL after wall, the server's time. XX never re-adds a ticket that ended meanwhile.
 func (c *counter) renew(ctx context.Context, pipe goredis.Pipeliner, wall time.Time) {
 	c.mu.Lock()
 	if len(c.tickets) == 0 {
 		c.mu.Unlock()
 		return
 	}
-	_, until := c.leaseArgs(wall)
+	until := wall.Add(c.b.leaseTTL).UnixMilli()
 	members := make([]goredis.Z, 0, len(c.tickets))
 	for id := range c.tickets {
 		members = append(members, goredis.Z{Score: float64(until), Member: c.member(id)})
@@ -706,19 +756,21 @@ func (c *counter) renew(ctx context.Context, pipe goredis.Pipeliner, wall time.T
 type readCmds struct {
 	w        *goredis.StringCmd
 	f        *goredis.IntCmd
-	busy     bool   // ends were on their way to Redis when the read was queued
+	busy     bool   // ends or a block reservation were on their way to Redis when the read was queued
 	endsSent uint64 // the counter's endsSent then
+	fetchSeq uint64 // and its fetchSeq
 }
 
 func (c *counter) queueRead(ctx context.Context, pipe goredis.Pipeliner, wall time.Time) readCmds {
 	c.mu.Lock()
-	busy, sent := c.inTransit > 0, c.endsSent
+	busy, sent, fetches := c.inTransit > 0 || c.fetching != nil, c.endsSent, c.fetchSeq
 	c.mu.Unlock()
 	return readCmds{
 		w:        pipe.Get(ctx, c.keys[0]),
 		f:        pipe.ZCount(ctx, c.keys[1], "("+strconv.FormatInt(wall.UnixMilli(), 10), "+inf"),
 		busy:     busy,
 		endsSent: sent,
+		fetchSeq: fetches,
 	}
 }
 

@@ -6,7 +6,7 @@
 // Each deployment has two keys under one hash tag, so every script touches one Redis Cluster slot:
 //
 //	<prefix>{<id>}:w  string: a 48-byte header and the 61-bucket ring (see lua/window.lua), TTL Window+2s
-//	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (wall-clock ms), TTL 2*LeaseTTL;
+//	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (server ms), TTL 2*LeaseTTL;
 //	                  and "+"-prefixed adjustment ids -> -(expiry) (see Escrow blocks), TTL at least Window+2s
 //
 // The window's TTL is renewed whenever its head bucket moves (the newest counts leave the window
@@ -21,9 +21,21 @@
 // so a call costs the same however full the window is; their integer arguments travel packed in
 // one argument (most admissions need no call at all: see Escrow blocks). An admission's reply is 48
 // bytes: the decision, the in-flight count and the window's header (head, version, sums); only a
-// refusal carries the whole window (1 KB), from which the exact RetryAfter is computed. Time is
-// the caller's Options.Now, passed as an argument (never Redis TIME), so tests move a fake clock
-// and nodes agree on buckets as well as NTP keeps their clocks.
+// refusal carries the whole window (1 KB), from which the exact RetryAfter is computed.
+//
+// # Time is the Redis server's
+//
+// Windows and leases run on one clock, the Redis server's: every script reads TIME (allowed
+// before writes since Redis 5 replicates scripts by their effects; the scripts ask for that on
+// 3.2 and 4). So no node's clock moves a bucket: a node whose clock runs 30 s ahead neither
+// empties the window early for everyone nor sees the others' leases as expired. Options.Now,
+// this node's clock, is used only for what stays on the node: latencies and the local fallback.
+// Where herd itself needs the server's time (is a block's bucket over? how long until a refusal
+// fits? lease renewals), it estimates it from the server time every reply carries, moved on by
+// this process's monotonic clock since the call was sent (serverClock): an upper bound, late by
+// at most one round trip, so a block ends early rather than late. A test moves windows with a
+// fake clock that stands in for the server's (Options.serverNow, unexported); leases then stay
+// on the server's.
 //
 // Settle and Release do not wait for Redis: the cache counts the end at once, and the end rides
 // in the deployment's next Admit from this node, whose script finishes it (frees the in-flight
@@ -38,19 +50,18 @@
 // block is reserved by the same admit.lua call as one admission, for k requests and T tokens at
 // once, with the same atomic check, so it is counted in the window's head bucket b like any
 // admission; the request that reserved it is its first. The node then admits from the block,
-// under the counter's mutex and with no network, while its own clock is still in bucket b (at
-// or before b: a clock behind the head counts its admissions later, never earlier); the tickets
-// carry Bucket b as before. When the clock leaves b (noticed by the next Admit or Load of the
+// under the counter's mutex and with no network, while its estimate of the server's clock is
+// still in bucket b (an upper bound: the node leaves b no later than the server does); the
+// tickets carry Bucket b as before. When the estimate leaves b (noticed by the next Admit or Load of the
 // deployment, or the background loop), on Close, or when the block is used up, the block ends:
 // the unused requests and tokens go back to b in Redis as the end of the block's lease, sent
 // like the ends of calls (riding in the next admit.lua, typically the next block's, or on their
 // own), so the give-back is idempotent per block.
 //
 // The guarantee is unchanged, not approximated: every admission from a block was reserved in
-// Redis, by the atomic check, before it was made, and it is counted in the bucket its node's
+// Redis, by the atomic check, before it was made, and it is counted in the bucket the server's
 // clock was in (or a later one), exactly as a synchronous admission. So the 61-bucket sliding
-// window in Redis always counts at least every admission, overshoot is impossible, and clock
-// skew costs what it costs without blocks. What blocks cost is utilisation: a node's unused
+// window in Redis always counts at least every admission, and overshoot is impossible. What blocks cost is utilisation: a node's unused
 // remainder counts in Redis until the bucket ends (then it comes back), so other nodes may be
 // refused room that was reserved and not used, at most the remainders of one bucket. Blocks are
 // kept small to bound that: k is this node's admissions of the deployment in the last 100 ms of
@@ -86,9 +97,8 @@
 // its slots come back within LeaseTTL (10 s by default). A per-node count would be cheaper but
 // cannot tell a retried settle from a second one; a member per ticket makes every script
 // idempotent (a retry after a lost reply changes nothing), so go-redis may retry safely. Leases
-// use the wall clock, not Options.Now: they measure whether a process is alive, and a test's
-// frozen or jumping clock must not expire a live call. LeaseTTL must therefore exceed the clock
-// skew between nodes.
+// run on the server's clock: the script sets the expiry, and renewals extend it from the
+// server's time as this node estimates it, so nodes' clock skew does not shorten anyone's lease.
 //
 // # Load without a round trip
 //
@@ -192,7 +202,7 @@ type Options struct {
 	ClusterMode bool        // Redis Cluster even with a single seed address (more than one address implies it)
 
 	KeyPrefix       string           // prefix of every key, without braces; default "herd:"
-	Now             func() time.Time // clock for windows; nil means time.Now
+	Now             func() time.Time // this node's clock, for latencies and the local fallback (windows run on Redis's); nil means time.Now
 	LatencyTTL      time.Duration    // latency samples older than this are ignored; default 1h, as state/local
 	Timeout         time.Duration    // deadline of each Redis call; default 50ms
 	BreakerFailures int              // consecutive failed calls that open the breaker; default 3
@@ -201,6 +211,14 @@ type Options struct {
 	LeaseTTL        time.Duration    // in-flight slot of a node that stops renewing it is freed after this; default 10s
 	FairShareNodes  int              // node count for the fair share until SetNodes is called; default 1
 	Logger          *slog.Logger     // mode changes (warn/info) and dropped settles (debug); default slog.Default()
+
+	// serverNow, in this package's tests only, stands in for the Redis server's clock in windows
+	// (never in leases): the scripts get its time instead of reading TIME, so a test moves a fake
+	// clock through a window. Production code never sets it: no node's clock may move a window.
+	serverNow func() time.Time
+	// noBlocks, in this package's tests only, turns escrow blocks off: every admission is a
+	// round trip.
+	noBlocks bool
 }
 
 // LogValue lets Options be logged without the password (or the TLS and client internals).
@@ -280,7 +298,10 @@ type Backend struct {
 	client     goredis.UniversalClient
 	ownsClient bool
 	prefix     string
-	now        func() time.Time
+	now        func() time.Time // this node's clock: latencies and the local fallback only
+	srv        *serverClock     // the Redis server's clock, as replies show it: windows and leases
+	override   func() time.Time // Options.serverNow (tests)
+	noBlocks   bool             // Options.noBlocks (tests)
 	latencyTTL int64
 	timeout    time.Duration
 	leaseTTL   time.Duration
@@ -384,6 +405,9 @@ func New(opts Options) (*Backend, error) {
 		client:     opts.Client,
 		prefix:     opts.KeyPrefix,
 		now:        opts.Now,
+		srv:        newServerClock(),
+		override:   opts.serverNow,
+		noBlocks:   opts.noBlocks,
 		latencyTTL: int64(opts.LatencyTTL),
 		timeout:    opts.Timeout,
 		leaseTTL:   opts.LeaseTTL,
@@ -435,7 +459,7 @@ func New(opts Options) (*Backend, error) {
 	// not a call's deadline, which a TLS handshake on a busy host can exceed. With Redis down
 	// go-redis retries the dial until then, so that is also how long a start can wait.
 	ctx, cancel := context.WithTimeout(context.Background(), max(opts.Timeout, 500*time.Millisecond))
-	err := b.client.Ping(ctx).Err()
+	err := b.readTime(ctx)
 	cancel()
 	if err != nil {
 		if isTLSError(err) {
@@ -553,7 +577,19 @@ func (b *Backend) ctx() (context.Context, context.CancelFunc) {
 func (b *Backend) ping() error {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	return b.client.Ping(ctx).Err()
+	return b.readTime(ctx)
+}
+
+// readTime asks the server its time (TIME, which also tells that it answers) and keeps it for
+// the server clock's estimate.
+func (b *Backend) readTime(ctx context.Context) error {
+	sent := time.Now()
+	t, err := b.client.Time(ctx).Result()
+	if err != nil {
+		return err
+	}
+	b.srv.seen(sent, t.UnixMicro())
+	return nil
 }
 
 // succeeded records a call that worked: the run of failures is over.
@@ -642,7 +678,7 @@ func (b *Backend) loop() {
 // expireBlocks gives back the unused room of blocks whose bucket has ended on this node's
 // clock, for counters no admission has come to since.
 func (b *Backend) expireBlocks() {
-	now := b.now().UnixNano()
+	now := b.windowNow().UnixNano()
 	for _, c := range b.counters.Append(nil) {
 		c.expireBlock(now)
 	}
@@ -652,7 +688,7 @@ func (b *Backend) expireBlocks() {
 // the last activeFor, and with renew also extends the leases of this node's calls in flight.
 // It reports whether the round trip worked.
 func (b *Backend) refreshAll(renew bool) bool {
-	wall := time.Now()
+	wall := b.leaseNow()
 	since := b.ticks.Load() - int64(activeFor/b.tick)
 	active := b.counters.Append(nil)
 	n := 0
@@ -669,6 +705,8 @@ func (b *Backend) refreshAll(renew bool) bool {
 	ctx, cancel := b.ctx()
 	defer cancel()
 	pipe := b.client.Pipeline()
+	sent := time.Now()
+	tc := pipe.Time(ctx) // keeps the server clock's estimate fresh while nothing else is said
 	reads := make([]readCmds, len(active))
 	for i, c := range active {
 		if renew {
@@ -683,6 +721,9 @@ func (b *Backend) refreshAll(renew bool) bool {
 		return false
 	}
 	b.succeeded()
+	if st, err := tc.Result(); err == nil {
+		b.srv.seen(sent, st.UnixMicro())
+	}
 	for i, c := range active {
 		if inFlight, blob, err := reads[i].result(); err == nil {
 			c.applyRead(reads[i], inFlight, blob)

@@ -25,8 +25,19 @@ var prefixes atomic.Int64
 func uniquePrefix() string { return fmt.Sprintf("t%d-%d:", time.Now().UnixNano(), prefixes.Add(1)) }
 
 // newBackend returns a backend on srv with a fresh key prefix (unless opts has one), closed when
-// the test ends. Logs go to t.Log.
+// the test ends. Logs go to t.Log. A fake clock in opts.Now stands in for the server's clock in
+// windows too, so the test moves windows with it; newServerClockBackend keeps the server's.
 func newBackend(t testing.TB, srv *redistest.Server, opts Options) *Backend {
+	t.Helper()
+	if opts.Now != nil && opts.serverNow == nil {
+		opts.serverNow = opts.Now
+	}
+	return newServerClockBackend(t, srv, opts)
+}
+
+// newServerClockBackend is newBackend with windows on the Redis server's clock, whatever
+// opts.Now is: as in production.
+func newServerClockBackend(t testing.TB, srv *redistest.Server, opts Options) *Backend {
 	t.Helper()
 	if len(opts.Addrs) == 0 && opts.Client == nil {
 		opts.Addrs = []string{srv.Addr()}

@@ -50,6 +50,15 @@ type call struct {
 	cmd     *goredis.Cmd
 }
 
+// maxCount bounds a bucket's count in Redis (lua/window.lua's MAX), and so every reservation and
+// correction herd sends: the scripts count in Lua's doubles, exact only up to 2^53, and a
+// window's sums of RingSize buckets plus one reservation must stay exact. About 1.4e14 requests
+// or tokens per second: honest counting never comes near.
+const maxCount = (1 << 53) / (window.RingSize + 2)
+
+// clampCount is n within [0, maxCount].
+func clampCount(n int64) int64 { return min(max(n, 0), maxCount) }
+
 // maxEndsPerCall is the most ended calls one script call finishes.
 const maxEndsPerCall = 16
 
@@ -106,11 +115,11 @@ func (c *counter) admitCall(ctx context.Context, id uint64, ops []endOp, ints ..
 	return k
 }
 
-// endCall builds a call of end.lua finishing ops (at most maxEndsPerCall).
-func (c *counter) endCall(ctx context.Context, ops []endOp, bucket, wallMs int64) *call {
+// endCall builds a call of end.lua finishing ops (at most maxEndsPerCall), floor as in admit.lua.
+func (c *counter) endCall(ctx context.Context, ops []endOp, floor int64) *call {
 	k := calls.Get().(*call)
 	k.ints.n = 0
-	k.ints.add(bucket, wallMs)
+	k.ints.add(c.b.overrideMs(), floor)
 	args := append(k.args[:0], "evalsha", endScript.sha, 2, c.keyArgs[0], c.keyArgs[1], &k.ints)
 	args = append(args, c.b.endArgs...)
 	k.finish(ctx, c.b.node, args, ops, 0)
@@ -200,9 +209,11 @@ func (b *Backend) loadScripts(ctx context.Context) error {
 }
 
 // reply is a script's answer, as lua/window.lua's reply() packs it: a status, the calls in
-// flight, then nothing (there is no window), the window's header, or the whole window.
+// flight, the server's time, then nothing (there is no window), the window's header, or the
+// whole window.
 type reply struct {
 	status, inFlight int64
+	serverUs         int64 // the Redis server's clock when the script ran, Unix microseconds
 	kind             replyKind
 	head, ver        int64  // the header (kind header or whole)
 	requests, tokens int64  // the window's sums (kind header or whole)
@@ -221,6 +232,7 @@ const (
 // head bucket's requests and tokens, then requests and tokens per ring slot (the head's stale),
 // each a little-endian int64. A reply's header is the first four.
 const (
+	replyPrefix      = 24 // status, in flight, server time
 	headerBytes      = 48
 	replyHeaderBytes = 32
 	ringBytes        = headerBytes + 16*int(window.RingSize)
@@ -236,18 +248,19 @@ func le(s string, i int) int64 {
 func parseReply(raw string) (reply, error) {
 	r := reply{}
 	switch len(raw) {
-	case 16:
+	case replyPrefix:
 		r.kind = noWindow
-	case 16 + replyHeaderBytes:
+	case replyPrefix + replyHeaderBytes:
 		r.kind = header
-	case 16 + ringBytes:
-		r.kind, r.whole = whole, raw[16:]
+	case replyPrefix + ringBytes:
+		r.kind, r.whole = whole, raw[replyPrefix:]
 	default:
 		return reply{}, fmt.Errorf("script reply is %d bytes", len(raw))
 	}
-	r.status, r.inFlight = le(raw, 0), le(raw, 8)
+	r.status, r.inFlight, r.serverUs = le(raw, 0), le(raw, 8), le(raw, 16)
 	if r.kind != noWindow {
-		r.head, r.ver, r.requests, r.tokens = le(raw, 16), le(raw, 24), le(raw, 32), le(raw, 40)
+		p := replyPrefix
+		r.head, r.ver, r.requests, r.tokens = le(raw, p), le(raw, p+8), le(raw, p+16), le(raw, p+24)
 	}
 	return r, nil
 }

@@ -18,6 +18,9 @@
 -- bucket leave the window N buckets after the head reached it, so a key whose head has not moved
 -- for the TTL (Window plus two buckets) holds nothing that still counts.
 local N = 61 -- window.RingSize: 60 s plus the bucket a reservation may outlive it by
+-- MAX bounds one bucket's count, as state/redis's maxCount: Lua's numbers are doubles, exact only
+-- up to 2^53, and a window's sums of N buckets plus one reservation must stay exact.
+local MAX = 2 ^ 53 / (N + 2)
 local HEADER = '<i8i8i8i8i8i8'
 local HEADER_BYTES = 48
 local SLOT = '<i8i8'
@@ -76,18 +79,28 @@ local function advance(key, w, b, ttl_ms)
   return true
 end
 
+-- within is old + d kept within [0, MAX], as state/internal/window's Count keeps a bucket.
+local function within(old, d)
+  return math.min(math.max(old + d, 0), math.floor(MAX))
+end
+
 -- add counts requests and tokens (negative to give back) in bucket b if the window still holds
--- it; a correction to a bucket that already left is dropped, as the bucket was.
+-- it; a correction to a bucket that already left is dropped, as the bucket was. A bucket stays
+-- within [0, MAX], and the sums follow what it really changed by.
 local function add(key, w, b, requests, tokens)
   if b > w[1] or w[1] - b >= N then return false end
+  local r0, t0, r, t
   if b == w[1] then
-    w[5], w[6] = w[5] + requests, w[6] + tokens -- saved with the header
+    r0, t0 = w[5], w[6]
+    r, t = within(r0, requests), within(t0, tokens)
+    w[5], w[6] = r, t -- saved with the header
   else
     local off = slot_offset(b)
-    local r, t = struct.unpack(SLOT, redis.call('GETRANGE', key, off, off + 15))
-    redis.call('SETRANGE', key, off, struct.pack(SLOT, r + requests, t + tokens))
+    r0, t0 = struct.unpack(SLOT, redis.call('GETRANGE', key, off, off + 15))
+    r, t = within(r0, requests), within(t0, tokens)
+    redis.call('SETRANGE', key, off, struct.pack(SLOT, r, t))
   end
-  w[3], w[4] = w[3] + requests, w[4] + tokens
+  w[3], w[4] = w[3] + r - r0, w[4] + t - t0
   return true
 end
 
@@ -95,6 +108,26 @@ end
 local function save(key, w)
   w[2] = w[2] + 1
   redis.call('SETRANGE', key, 0, struct.pack(HEADER, w[1], w[2], w[3], w[4], w[5], w[6]))
+end
+
+-- clock reads the Redis server's clock: every node's window and leases run on it, so no node's
+-- clock can move a bucket or expire another node's lease. It returns the window's bucket (Unix
+-- seconds) and the server's time in milliseconds (leases) and microseconds (the reply, from which
+-- herd estimates the server's clock). The bucket is never below floor, the latest bucket of the
+-- server's clock the caller has seen (by its lower bound): if the server's clock steps back, what
+-- is counted after still counts as late as the latest time anyone saw. override_ms, when not 0,
+-- replaces the window's time only: tests move a fake clock through it (state/redis's
+-- Options.serverNow); leases stay on the server's.
+local function clock(override_ms, floor)
+  -- Redis 5 and later replicate a script's effects, never its calls, so TIME before a write is
+  -- allowed; 3.2 and 4 need this first (from 7.0 on it does nothing).
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  local sec, us = tonumber(t[1]), tonumber(t[2])
+  local bucket = sec
+  if override_ms ~= 0 then bucket = math.floor(override_ms / 1000) end
+  if floor > bucket then bucket = floor end
+  return bucket, sec * 1000 + math.floor(us / 1000), sec * 1000000 + us
 end
 
 -- ints returns ARGV[1], the caller's integer arguments as little-endian int64s, as a table.
@@ -142,10 +175,11 @@ local function sweep(now_ms)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], int(-now_ms), '(0')
 end
 
--- reply is what herd gets back: a status, the calls in flight, then w's head, version and sums
--- (nothing when there is no window), or the whole window as stored.
-local function reply(key, status, in_flight, w, whole)
-  local r = struct.pack('<i8i8', status, in_flight)
+-- reply is what herd gets back: a status, the calls in flight, the server's time (microseconds,
+-- see clock), then w's head, version and sums (nothing when there is no window), or the whole
+-- window as stored.
+local function reply(key, status, in_flight, now_us, w, whole)
+  local r = struct.pack('<i8i8i8', status, in_flight, now_us)
   if not w then return r end
   if whole then return r .. redis.call('GET', key) end
   return r .. struct.pack('<i8i8i8i8', w[1], w[2], w[3], w[4])
