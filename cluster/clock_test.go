@@ -46,6 +46,17 @@ func TestPeersClockOffsets(t *testing.T) {
 	if self, ok := offsetOf(a, "node0"); !ok || self != 0 {
 		t.Errorf("own offset %v (%v)", self, ok)
 	}
+	// ClockOffset, which the usage counters align by, says what Members says (up to a newer
+	// heartbeat in between).
+	for _, name := range []string{"node0", "node1"} {
+		want, wantOK := offsetOf(a, name)
+		if got, ok := a.ClockOffset(name); (got-want).Abs() > tolerance || ok != wantOK {
+			t.Errorf("ClockOffset(%s) = %v, %v; Members says %v, %v", name, got, ok, want, wantOK)
+		}
+	}
+	if _, ok := a.ClockOffset("nobody"); ok {
+		t.Error("an offset for a node that is not a member")
+	}
 	waitFor(t, converge, func() error {
 		if !strings.Contains(logs.String(), "a peer's clock is off") || !strings.Contains(logs.String(), "peer=node1") {
 			return fmt.Errorf("no WARN about node1's clock")

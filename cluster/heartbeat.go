@@ -104,6 +104,23 @@ func (m *memberState) observeOffset(d time.Duration, now time.Time) bool {
 	return false
 }
 
+// ClockOffset returns member name's clock minus this node's, as estimated from its heartbeats
+// (see observeOffset: within the network delay, never above the truth), and whether there is an
+// estimate. The usage counters align that member's buckets by it (state/crdt Options.Offset).
+// A member that died or left keeps its last estimate until it is forgotten.
+func (n *Node) ClockOffset(name string) (time.Duration, bool) {
+	if name == n.cfg.NodeName {
+		return 0, true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m := n.members[name]
+	if m == nil {
+		return 0, false
+	}
+	return m.offset, m.offsetKnown
+}
+
 // statusLocked is m's status as /cluster/status shows it: alive members this node has not
 // heard from lately are suspect.
 func (n *Node) statusLocked(m *memberState, now time.Time) string {

@@ -128,3 +128,57 @@ func TestClockOffsetIsShown(t *testing.T) {
 		t.Error("no WARN about b's clock")
 	}
 }
+
+// TestSkewedPeerAlignedAndReported: the usage counters align a peer's buckets by the offset
+// membership estimates (Options.Offset, wired in usage.go), and a peer beyond the 30 s they
+// accept is reported as clock_offset in herd_cluster_rejected_messages_total. Without the wiring
+// the counters know no offset and report nothing.
+func TestSkewedPeerAlignedAndReported(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes; skipped with -short")
+	}
+	_, base := fakeupstream.Start(t, fakeupstream.Options{})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.yaml")
+	cfg := "model_list:\n  - model_name: m\n    litellm_params:\n      model: openai/m\n      api_base: " + base + "/v1\n      rpm: 100000\n"
+	skewFile := filepath.Join(dir, "skew")
+	for file, data := range map[string]string{path: cfg, skewFile: "45s"} {
+		if err := os.WriteFile(file, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	common := []string{"--config", path, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0"}
+	a := startProcess(t, "a", append(common, "--node-name", "a")...)
+	b := startProcessEnv(t, "b", []string{testClockEnv + "=" + skewFile}, append(common, "--node-name", "b", "--join", a.gossipAddr)...)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+	reported := regexp.MustCompile(`herd_cluster_rejected_messages_total\{reason="clock_offset"\} [1-9]`)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		// b's usage reaches a as deltas; a reports them once heartbeats told it b's offset.
+		resp, err := http.Post("http://"+b.addr+"/v1/chat/completions", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		m, err := http.Get("http://" + a.addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := io.ReadAll(m.Body)
+		_ = m.Body.Close()
+		if reported.Match(text) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a never reported b's clock, 45 s ahead, as clock_offset")
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+	waitFor := time.Now().Add(10 * time.Second)
+	for !a.logged("clock_offset=") {
+		if time.Now().After(waitFor) {
+			t.Fatal("no WARN naming clock_offset")
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+}

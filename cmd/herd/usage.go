@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,8 +51,17 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 		// The file's deployments are known before the node joins, so the join's push-pull keeps
 		// their counts; deployments only the cluster's config has are learned at the first
 		// push-pull after raft applies it.
+		// Peers' buckets are aligned by the clock offsets membership estimates from heartbeats
+		// (which carry this same clock); none are known before the node has joined.
+		var members atomic.Pointer[cluster.Node]
+		offset := func(peer string) (time.Duration, bool) {
+			if m := members.Load(); m != nil {
+				return m.ClockOffset(peer)
+			}
+			return 0, false
+		}
 		cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg), Now: now,
-			Deployments: deploymentIDs(cfg), OnReject: onReject,
+			Deployments: deploymentIDs(cfg), OnReject: onReject, Offset: offset,
 			OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
 		sb := strict.New(strict.Options{Node: node, Epoch: epoch, Inner: cb, OnReject: onReject,
 			Wait: limitWait(cfg), LeaderContact: func() time.Time { return time.Time{} }})
@@ -71,6 +81,7 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 				sb.SetWait(limitWait(c))
 			},
 			joined: func(peers *cluster.Node) {
+				members.Store(peers)
 				cb.SetNetwork(peers)
 				sb.SetNetwork(peers)
 				peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })

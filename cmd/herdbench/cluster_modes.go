@@ -31,9 +31,6 @@ const (
 	modeFast   = config.ClusterLimitFast
 	modeStrict = config.ClusterLimitStrict
 
-	spreadBalanced = "balanced" // round-robin over the nodes, as the accuracy mode always did
-	spreadHot      = "hot"      // all on the first node
-
 	// The issue's targets. Strict mode: never over the limit in any 60 s, and at least 95 % of
 	// it admitted in the first minute whenever demand is 3x or more. Fast mode: overshoot at
 	// most 1 % of the limit (at least one request), steady demand above the limit using 98 %.
@@ -50,9 +47,8 @@ const (
 
 // modeOptions are the flags of --modes.
 type modeOptions struct {
-	modes   []string // router_settings.cluster_limit_mode of each cluster, in the order given
-	spreads []string // how the load is spread over the nodes
-	cost    bool     // --rate given: latency and CPU per request instead of accuracy
+	modes []string // router_settings.cluster_limit_mode of each cluster, in the order given
+	cost  bool     // --rate given: latency and CPU per request instead of accuracy
 	// limitWait is router_settings.cluster_limit_wait of every cluster; nil leaves herd's.
 	limitWait *time.Duration
 	tpm       int64 // cost: each deployment's tpm, 0 for none
@@ -74,21 +70,18 @@ func parseList(name, s string, valid ...string) ([]string, error) {
 	return out, nil
 }
 
-// parseModes reads --modes, --spread, --limit-wait and --tpm for parseClusterFlags; set holds
-// the flags given.
-func parseModes(modes, spread string, wait time.Duration, tpm int64, set map[string]bool) (modeOptions, error) {
+// parseModes reads --modes, --limit-wait and --tpm for parseClusterFlags; set holds the flags
+// given.
+func parseModes(modes string, wait time.Duration, tpm int64, set map[string]bool) (modeOptions, error) {
 	m := modeOptions{tpm: tpm}
 	switch {
 	case modes == "":
-		return m, usageError{"--spread, --limit-wait and --tpm only apply with --modes"}
+		return m, usageError{"--limit-wait and --tpm only apply with --modes"}
 	case set["keys"]:
 		return m, usageError{"--modes and --keys measure different things: give one of them"}
 	}
 	var err error
 	if m.modes, err = parseList("--modes", modes, modeFast, modeStrict); err != nil {
-		return m, err
-	}
-	if m.spreads, err = parseList("--spread", spread, spreadBalanced, spreadHot); err != nil {
 		return m, err
 	}
 	if set["limit-wait"] {
@@ -230,9 +223,8 @@ func (env *clusterEnv) homesVersions(ctx context.Context) ([]uint64, error) {
 
 // modeRun is one accuracy measurement of one mode.
 type modeRun struct {
-	Mode   string `json:"mode"`
-	Spread string `json:"spread"`
-	clusterRun
+	Mode       string `json:"mode"`
+	clusterRun        // its Spread: balanced or hot
 	// FirstMinute is what reached the upstream in the 60 s from the first request sent, and
 	// FirstMinutePct that over the limit.
 	FirstMinute    int     `json:"admitted_first_60s"`
@@ -433,13 +425,13 @@ func measureModeAccuracy(ctx context.Context, o clusterOptions, n int, mode, her
 	for _, s := range o.spreads {
 		for _, p := range o.patterns {
 			for _, d := range o.demands {
-				r := modeRun{Mode: mode, Spread: s}
+				r := modeRun{Mode: mode}
 				if r.HomesBefore, err = env.homesVersions(ctx); err != nil {
 					return runs, err
 				}
 				m := model(s, p, d)
 				var out []outcome
-				if r.clusterRun, out, err = env.measureOn(ctx, o, n, p, d, m, loadNodes(env.nodes, s)); err != nil {
+				if r.clusterRun, out, err = env.measureOn(ctx, o, n, s, p, d, m); err != nil {
 					return runs, err
 				}
 				r.utilise(out, env.upstream.times(m))

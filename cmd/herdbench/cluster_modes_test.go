@@ -69,7 +69,7 @@ func TestParseModesFlags(t *testing.T) {
 		{"--modes", "fast,"},
 		{"--modes", "fast", "--spread", "warm"},
 		{"--modes", "fast", "--spread", "hot,hot"},
-		{"--spread", "hot"},     // --modes flags are refused without --modes
+		{"--limit-wait", "5ms"}, // --modes flags are refused without --modes
 		{"--limit-wait", "5ms"}, //
 		{"--modes", "fast", "--limit-wait", "-1ms"},
 		{"--modes", "fast", "--keys", "off,on"},
@@ -323,8 +323,8 @@ func TestWaitMode(t *testing.T) {
 
 func accuracyRun(mode, spread, pattern string, nodes, demand, maxIn60s int, firstPct, overallPct float64) modeRun {
 	const limit = 600
-	r := modeRun{Mode: mode, Spread: spread, FirstMinutePct: firstPct, OverallPct: overallPct, FirstMinute: int(firstPct * limit / 100),
-		clusterRun: clusterRun{Nodes: nodes, Pattern: pattern, Demand: demand, Limit: limit, MaxIn60s: maxIn60s}}
+	r := modeRun{Mode: mode, FirstMinutePct: firstPct, OverallPct: overallPct, FirstMinute: int(firstPct * limit / 100),
+		clusterRun: clusterRun{Nodes: nodes, Spread: spread, Pattern: pattern, Demand: demand, Limit: limit, MaxIn60s: maxIn60s}}
 	r.Overshoot = max(maxIn60s-limit, 0)
 	r.OvershootPct = 100 * float64(r.Overshoot) / limit
 	return r

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
+	"io"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,9 +105,41 @@ func TestClusterChecks(t *testing.T) {
 	if f := clusterChecks([]clusterRun{small}); len(f) != 0 {
 		t.Errorf("one request of slack for a small limit, failed: %v", f)
 	}
-	bursty := bad
-	bursty.Pattern = patternBursty
-	if f := clusterChecks([]clusterRun{bursty}); len(f) != 0 {
-		t.Errorf("bursty rows are reported, not checked: %v", f)
+	// Bursts and a hot node are held to the overshoot target only (issue 13).
+	for i, r := range []clusterRun{bad, bad} {
+		r.Pattern = patternBursty
+		if i == 1 {
+			r.Spread = spreadHot
+		}
+		if f := clusterChecks([]clusterRun{r}); len(f) != 1 || !strings.Contains(f[0], "overshoot 7 > 6") {
+			t.Errorf("%s %s: want only the overshoot missed, got %v", r.Spread, r.Pattern, f)
+		}
+		r.Overshoot = 6
+		if f := clusterChecks([]clusterRun{r}); len(f) != 0 {
+			t.Errorf("%s %s: utilisation and propagation are reported, not checked: %v", r.Spread, r.Pattern, f)
+		}
+	}
+	hot := bad
+	hot.Spread = spreadHot
+	if f := clusterChecks([]clusterRun{hot}); len(f) != 1 {
+		t.Errorf("steady hot: want only the overshoot missed, got %v", f)
+	}
+}
+
+func TestSpreadsFlag(t *testing.T) {
+	o, err := parseClusterFlags(nil, io.Discard)
+	if err != nil || !slices.Equal(o.spreads, []string{spreadBalanced}) {
+		t.Fatalf("default spreads %v, %v", o.spreads, err)
+	}
+	o, err = parseClusterFlags([]string{"--spread", "balanced,hot"}, io.Discard)
+	if err != nil || !slices.Equal(o.spreads, []string{spreadBalanced, spreadHot}) {
+		t.Fatalf("spreads %v, %v", o.spreads, err)
+	}
+	var uerr usageError
+	if _, err := parseClusterFlags([]string{"--spread", "lukewarm"}, io.Discard); !errors.As(err, &uerr) {
+		t.Fatalf("a spread that is none: %v", err)
+	}
+	if groupName(spreadHot, patternBursty, 3) == groupName(spreadBalanced, patternBursty, 3) {
+		t.Fatal("hot and balanced runs share a model group, and so a counter")
 	}
 }

@@ -300,7 +300,10 @@ func (tl *Timeline) fastFactor(t int64) int {
 // An edge a-b is missing while (or less than Repair after) a partition separates them, a loss
 // fault affects both, or either is paused or has its clock skewed. Kills remove no edge: a
 // restarted node must learn the cluster's counts before it serves, and that promise is checked
-// at its tightest.
+// at its tightest. A skewed clock still removes its node's edges although peers now align its
+// buckets by the offset they estimate (state/crdt, "# Clocks"): the nemesis steps the clock,
+// and a step is what alignment cannot fix (a node jumping ahead by s drops s seconds of its own
+// window at once, and its peers move its earlier counts s seconds early with the new offset).
 func (tl *Timeline) hears(t int64) []uint64 {
 	n := len(tl.Nodes)
 	adj := make([]uint64, n)

@@ -76,11 +76,13 @@ const (
 	reasonUnknownDeployment                // a deployment the current config does not have
 	reasonTooManyNodes                     // a new incarnation over maxNodes or maxIncsPerNode
 	reasonTooManyDeployments               // a new deployment over maxCounters while no config is known
+	reasonClockOffset                      // from a node whose clock is over maxOffset off: merged, aligned by only that
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
 	"malformed", "too_large", "invariant", "stale", "unknown_deployment", "too_many_nodes", "too_many_deployments",
+	"clock_offset",
 }
 
 // RejectReasons returns every reason Options.OnReject reports, so metrics can show each at 0.
@@ -171,6 +173,17 @@ func (t *incTable) expire(now int64) {
 			}
 		}
 	}
+}
+
+// nodeNames returns the node names the table holds.
+func (t *incTable) nodeNames() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]string, 0, len(t.names))
+	for n := range t.names {
+		out = append(out, n)
+	}
+	return out
 }
 
 // len returns how many incarnations the table holds.

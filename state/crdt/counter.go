@@ -9,13 +9,8 @@ import (
 	"github.com/herd-proxy/herd/state/internal/window"
 )
 
-const (
-	// ringSize is the window's bucket count (state/internal/window): cells are kept per bucket.
-	ringSize = window.RingSize
-	// maxAhead is how many buckets ahead of this node's newest a peer's cell may be and still
-	// move the window forward (clock skew tolerated). Further ahead, it waits for push-pull.
-	maxAhead = 2
-)
+// ringSize is the window's bucket count (state/internal/window): cells are kept per bucket.
+const ringSize = window.RingSize
 
 // incKey names one incarnation of one node: the key of its cells.
 type incKey struct {
@@ -32,12 +27,15 @@ type cell struct {
 func (c *cell) requests() int64 { return c.reqP - c.reqN }
 func (c *cell) tokens() int64   { return c.tokP - c.tokN }
 
-// incState is what a counter knows of one incarnation: a ring of cells (a cell whose bucket
-// has left the window is empty) and its in-flight count.
+// incState is what a counter knows of one incarnation: a ring of cells under the
+// incarnation's own bucket numbers (its clock), and its in-flight count. Its cell for bucket b
+// counts in this node's bucket b-shift (see "# Clocks" in the package doc), or in the head while
+// that is still ahead of the head.
 type incState struct {
 	key      incKey
 	cells    [ringSize]cell
-	newest   int64  // newest bucket ever stored; the incarnation is gone once it leaves the window
+	newest   int64  // newest bucket ever stored, its numbering; gone once that leaves the window
+	shift    int64  // its bucket numbers minus ours, in buckets: 0 for this node's own
 	inFlight int64  // calls in flight on that incarnation
 	ifVer    uint64 // version of inFlight; 0 means never heard
 	ifSeen   int64  // our bucket when ifVer last grew; a count not refreshed for a window expires
@@ -59,6 +57,21 @@ type counter struct {
 	dirty uint64               // slots of own cells changed since the last flush
 	ifDue bool                 // own in-flight changed since the last flush
 	ifAt  int64                // bucket of the last in-flight announcement
+	// ahead is the latest of our buckets a peer's cell maps to that was ahead of the head when
+	// it merged: such cells count in the head until the head reaches them (advance).
+	ahead int64
+	// sent and ifSent are the own cells' slots, and whether the in-flight count, that changed
+	// in this bucket ([0]) and the one before ([1]); takeDelta sends them again at resentAt's
+	// next bucket.
+	sent     [2]uint64
+	ifSent   [2]bool
+	resentAt int64
+
+	recent    recent    // own and peers' admissions of the last horizon (share.go)
+	refusedAt int64     // Unix ns of this node's last refusal; 0 for none (share.go)
+	share     shareMemo // this node's share of the remaining, memoised per bucket (share.go)
+	names     int64     // node names among incs (share.go); namesOf != len(incs) means recount
+	namesOf   int
 
 	latency, ttft window.Samples
 
@@ -73,16 +86,65 @@ func newCounter(b *Backend, id string) *counter {
 	c := &counter{b: b, id: id, own: own, incs: map[incKey]*incState{b.self: own}}
 	c.w.Reset(window.BucketOf(b.now().UnixNano()))
 	c.gcAt = c.w.Head()
+	c.ahead = c.w.Head()
 	return c
 }
 
 func (c *counter) tick() int64 {
 	now := c.b.now().UnixNano()
-	c.w.Advance(window.BucketOf(now))
+	c.advance(window.BucketOf(now))
 	return now
 }
 
-// cellAt returns inc's cell for bucket x, emptied if it held an older bucket. x must be held.
+// advance makes bucket x the head. Peers' cells that were ahead of the old head move from it
+// to their own bucket, or to the new head while that is still behind them.
+func (c *counter) advance(x int64) {
+	old := c.w.Head()
+	if x <= old {
+		return
+	}
+	c.w.Advance(x)
+	if c.ahead > old {
+		c.moveAhead(old)
+	}
+}
+
+// moveAhead re-places every peer cell that counted in bucket old (the head before an advance)
+// because it mapped beyond it. Once per bucket, and only while some peer is ahead.
+func (c *counter) moveAhead(old int64) {
+	head := c.w.Head()
+	for _, inc := range c.incs {
+		if inc == c.own || inc.newest-inc.shift <= old {
+			continue
+		}
+		for b := max(old+inc.shift+1, inc.newest-ringSize+1); b <= inc.newest; b++ {
+			cl := &inc.cells[window.Slot(b)]
+			if cl.bucket != b {
+				continue
+			}
+			if c.w.Holds(old) {
+				c.w.Add(old, -cl.requests(), -cl.tokens())
+			}
+			c.w.Add(min(b-inc.shift, head), cl.requests(), cl.tokens())
+		}
+	}
+}
+
+// pos is where a cell of inc for its bucket b counts in the merged window: its bucket in our
+// numbering, or the head while that is behind it. ok is false once it left the window.
+func (c *counter) pos(inc *incState, b int64) (x int64, ok bool) {
+	x = min(b-inc.shift, c.w.Head())
+	return x, c.w.Holds(x)
+}
+
+// live reports whether inc still has a bucket in the window.
+func (c *counter) live(inc *incState) bool {
+	_, ok := c.pos(inc, inc.newest)
+	return ok
+}
+
+// cellAt returns this node's own cell for bucket x, emptied if it held an older bucket (which
+// has left the window: own buckets are the head's). x must be held.
 func (c *counter) cellAt(inc *incState, x int64) *cell {
 	cl := &inc.cells[window.Slot(x)]
 	if cl.bucket != x {
@@ -92,6 +154,55 @@ func (c *counter) cellAt(inc *incState, x int64) *cell {
 		inc.newest = x
 	}
 	return cl
+}
+
+// peerCellAt returns peer incarnation inc's cell for its bucket b, which must not be older than
+// its newest bucket minus the window. An incarnation's cells are those of its newest bucket and
+// the ringSize-1 before it: a newer bucket first uncounts the cells it pushes out of that range,
+// which with a clock ahead of ours may still be in our window.
+func (c *counter) peerCellAt(inc *incState, b int64) *cell {
+	if b > inc.newest {
+		for x := inc.newest - ringSize + 1; x <= min(b-ringSize, inc.newest); x++ {
+			if cl := &inc.cells[window.Slot(x)]; cl.bucket == x {
+				c.count(inc, cl, -1)
+			}
+		}
+		inc.newest = b
+	}
+	cl := &inc.cells[window.Slot(b)]
+	if cl.bucket != b {
+		*cl = cell{bucket: b}
+	}
+	return cl
+}
+
+// count adds (sign 1) or removes (-1) peer cell cl of inc in the merged window, where pos puts it.
+func (c *counter) count(inc *incState, cl *cell, sign int64) {
+	if x, ok := c.pos(inc, cl.bucket); ok {
+		c.w.Add(x, sign*cl.requests(), sign*cl.tokens())
+		if cl.bucket-inc.shift > c.w.Head() {
+			c.ahead = max(c.ahead, cl.bucket-inc.shift)
+		}
+	}
+}
+
+// reshift moves every cell of peer incarnation inc in the merged window to where shift (a new
+// estimate of its clock offset) puts it.
+func (c *counter) reshift(inc *incState, shift int64) {
+	if shift == inc.shift {
+		return
+	}
+	for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
+		if cl := &inc.cells[window.Slot(b)]; cl.bucket == b {
+			c.count(inc, cl, -1)
+		}
+	}
+	inc.shift = shift
+	for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
+		if cl := &inc.cells[window.Slot(b)]; cl.bucket == b {
+			c.count(inc, cl, 1)
+		}
+	}
 }
 
 // addOwn counts a change of this node's requests and tokens in bucket x, if still held. The
@@ -134,15 +245,25 @@ func (c *counter) load() state.Load {
 	return state.Load{Requests: req, Tokens: tok, InFlight: c.ifSum}
 }
 
-// Admit checks r against the merged view and, if it fits, reserves it in the newest bucket.
+// Admit checks r against the merged view and, if it fits and is within this node's share of
+// what remains (share.go), reserves it in the newest bucket.
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
 	r = window.Sane(r)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.tick()
 	if !c.load().Fits(lim, r) {
+		c.refusedAt = now
 		return state.Ticket{}, &state.NoCapacityError{RetryAfter: c.retryAfter(now, lim, r)}
 	}
+	g := c.b.slotOf(now)
+	c.recent.advance(g)
+	if (lim.RPM > 0 || lim.TPM > 0) && !c.withinShare(now, lim, r) {
+		// Room comes back as this node's recent admissions leave the horizon, a slot at a time.
+		c.refusedAt = now
+		return state.Ticket{}, &state.NoCapacityError{RetryAfter: time.Duration((g+1)<<c.b.slotShift - now)}
+	}
+	c.recent.add(g, ownReq, r.Requests, r.Tokens)
 	c.addOwn(c.w.Head(), r.Requests, r.Tokens)
 	c.setOwnInFlight(c.own.inFlight + 1)
 	return state.Ticket{Reserved: r, Bucket: c.w.Head()}, nil
@@ -181,7 +302,7 @@ func (c *counter) LoadAt(t time.Time) state.Load {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := t.UnixNano()
-	c.w.Advance(window.BucketOf(now))
+	c.advance(window.BucketOf(now))
 	l := c.load()
 	l.Latency = c.latency.Mean(now, c.b.ttl)
 	l.TTFT = c.ttft.Mean(now, c.b.ttl)
@@ -212,11 +333,12 @@ func (c *counter) ObserveLatency(latency, ttft time.Duration) {
 	}
 }
 
-// housekeep advances to bucket now and, once per bucket, forgets incarnations whose cells all
-// left the window and expires in-flight counts not refreshed for a window, so memory follows
-// the live cluster, not uptime or churn.
+// housekeep advances to bucket now and, once per bucket, moves peers' cells to the latest
+// estimate of their clock offsets, forgets incarnations whose cells all left the window and
+// expires in-flight counts not refreshed for a window, so memory follows the live cluster, not
+// uptime or churn.
 func (c *counter) housekeep(now int64) {
-	c.w.Advance(now)
+	c.advance(now)
 	if c.w.Head() == c.gcAt {
 		return
 	}
@@ -225,18 +347,23 @@ func (c *counter) housekeep(now int64) {
 		if inc == c.own {
 			continue
 		}
+		if shift, ok := c.b.offsets.cached(k.node); ok {
+			c.reshift(inc, shift)
+		}
 		if inc.ifVer != 0 && c.w.Head()-inc.ifSeen >= ringSize {
 			c.ifSum -= inc.inFlight
 			inc.inFlight, inc.ifVer = 0, 0
 		}
-		if inc.ifVer == 0 && !c.w.Holds(inc.newest) {
+		if inc.ifVer == 0 && !c.live(inc) {
 			delete(c.incs, k)
+			c.namesOf = -1
 		}
 	}
 }
 
 // takeDelta encodes this node's cells changed since the last call, and its in-flight count if
-// it changed or is due for a refresh, then forgets them. cells is scratch space.
+// it changed or is due for a refresh, then forgets them; once per bucket it repeats what
+// changed in the two buckets before. cells is scratch space.
 func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -245,6 +372,20 @@ func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
 		c.own.ifVer++ // a refresh: peers count a grown version as fresh
 		c.ifDue = true
 	}
+	changed, ifChanged := c.dirty, c.ifDue
+	if c.w.Head() != c.resentAt {
+		// Once per bucket, what changed in the two buckets before goes again: a delta lost
+		// (a peer's receive queue overflows in a burst, and drops the newest) heals within a
+		// second or two instead of at the next push-pull, before the next burst meets a view
+		// short of it. Cells carry totals, so a repeat changes nothing where nothing was lost.
+		c.resentAt = c.w.Head()
+		c.dirty |= c.sent[0] | c.sent[1]
+		c.ifDue = c.ifDue || c.ifSent[0] || c.ifSent[1]
+		c.sent[1], c.sent[0] = c.sent[0], 0
+		c.ifSent[1], c.ifSent[0] = c.ifSent[0], false
+	}
+	c.sent[0] |= changed
+	c.ifSent[0] = c.ifSent[0] || ifChanged
 	if c.dirty == 0 && !c.ifDue {
 		return cells
 	}
@@ -275,9 +416,13 @@ func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
 	c.housekeep(now)
 	for _, inc := range c.incs {
 		cells = cells[:0]
-		for x := c.w.Head() - ringSize + 1; x <= c.w.Head(); x++ {
-			if cl := inc.cells[window.Slot(x)]; cl.bucket == x {
-				cells = append(cells, cl)
+		// Under the incarnation's own bucket numbers: each receiver aligns them by its own
+		// estimate of that node's clock.
+		for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
+			if cl := inc.cells[window.Slot(b)]; cl.bucket == b {
+				if _, ok := c.pos(inc, b); ok {
+					cells = append(cells, cl)
+				}
 			}
 		}
 		var ifVer uint64
@@ -292,43 +437,57 @@ func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
 }
 
 // merge takes the per-counter maximum of a peer's view of incarnation k, which is not this
-// node's own and whose record passed checkRecord. It refuses a new incarnation when the counter
-// already holds maxIncs peers' (a fuse behind Backend.incs, which may lag a bucket).
-func (c *counter) merge(now int64, k incKey, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
+// node's own and whose record passed checkRecord. a is the node's clock alignment (see
+// "# Clocks"): without an estimate its cells stay where they are. sent is, for a record that
+// came in a delta, the delta's send time in this node's time (else < 0): what it adds counts as
+// the peers' recent admissions (share.go) as of then; ns is now. It refuses a new incarnation
+// when the counter already holds maxIncs peers' (a fuse behind Backend.incs, which may lag a
+// bucket).
+func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.w.Advance(now)
+	c.advance(now)
 	inc := c.incs[k]
 	if inc == nil && len(c.incs) > maxIncs {
 		return false
 	}
-	for i := range cells {
-		if x := cells[i].bucket; x > c.w.Head() && x-c.w.Head() <= maxAhead {
-			c.w.Advance(x)
-		}
-	}
 	if inc == nil {
-		inc = &incState{key: k, newest: c.w.Head() - ringSize}
+		inc = &incState{key: k, shift: a.shift, newest: c.w.Head() + a.shift - ringSize}
 		c.incs[k] = inc
+		c.namesOf = -1
+	}
+	if a.known {
+		c.reshift(inc, a.shift)
+	}
+	c.recent.advance(c.b.slotOf(ns))
+	g := int64(-1 << 62) // full state: nothing is recent
+	if sent >= 0 {
+		g = c.b.slotOf(sent)
 	}
 	for i := range cells {
 		in := &cells[i]
-		if !c.w.Holds(in.bucket) {
-			continue
+		x, ok := c.pos(inc, in.bucket)
+		if !ok || in.bucket <= inc.newest-ringSize {
+			continue // left our window, or older than what the incarnation still holds
 		}
-		cl := c.cellAt(inc, in.bucket)
+		cl := c.peerCellAt(inc, in.bucket)
 		r0, t0 := cl.requests(), cl.tokens()
 		cl.reqP, cl.reqN = max(cl.reqP, in.reqP), max(cl.reqN, in.reqN)
 		cl.tokP, cl.tokN = max(cl.tokP, in.tokP), max(cl.tokN, in.tokN)
 		dr, dt := cl.requests()-r0, cl.tokens()-t0
-		c.w.Add(in.bucket, dr, dt)
+		c.w.Add(x, dr, dt)
+		if in.bucket-inc.shift > c.w.Head() {
+			c.ahead = max(c.ahead, in.bucket-inc.shift)
+		}
+		c.recent.add(g, peerReq, dr, dt)
 	}
 	if ifVer > inc.ifVer {
 		c.ifSum += inFlight - inc.inFlight
 		inc.inFlight, inc.ifVer, inc.ifSeen = inFlight, ifVer, c.w.Head()
 	}
-	if inc.ifVer == 0 && !c.w.Holds(inc.newest) {
+	if inc.ifVer == 0 && !c.live(inc) {
 		delete(c.incs, k) // nothing in the window: do not keep it
+		c.namesOf = -1
 	}
 	return true
 }

@@ -29,21 +29,44 @@
 // packets (Network.SendToAll), each under maxMessage (1200) bytes so it fits one UDP datagram.
 // Flushes follow changes, not a clock: the first change after a flush arms a timer, and the
 // flush runs FlushEvery (1 ms) later with every change made meanwhile, so a delta waits at most
-// FlushEvery and an idle node does not wake for it. Only the in-flight re-announcement and
-// garbage collection run periodically, once per bucket (1 s, see housekeepEvery). At herd's
-// scale (3-50 nodes) this is at most 49 small packets per node per flush, and a delta reaches
-// every peer in one hop (about FlushEvery plus one network delay). Gossip
-// piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of 200 ms, and
-// the admission overshoot grows with that delay. A lost packet is repaired by memberlist's
-// periodic full-state push-pull (LocalState / MergeRemoteState), which also seeds a joining node.
+// FlushEvery and an idle node does not wake for it. Only the in-flight re-announcement, the
+// repeats below and garbage collection run periodically, once per bucket (1 s, see
+// housekeepEvery). At herd's scale (3-50 nodes) this is at most 49 small packets per node per
+// flush, and a delta reaches every peer in one hop (about FlushEvery plus one network delay).
+// Gossip piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of
+// 200 ms, and the admission overshoot grows with that delay.
+//
+// Packets get lost, and a burst loses the worst ones: memberlist's receive queue drops the
+// newest message once 1024 wait, and since a cell carries totals, the newest is the one that
+// matters. So once per bucket a node sends again the cells (and in-flight count) it changed in
+// the two buckets before: a lost delta heals within one or two seconds, before the next burst
+// meets a view short of it. memberlist's periodic full-state push-pull (LocalState /
+// MergeRemoteState) repairs the rest and seeds a joining node.
 //
 // # Overshoot
 //
 // The cluster is eventually consistent: a node admits against peers' counts as of their last
-// delta. The excess over a limit is bounded by the admissions the rest of the cluster makes
-// during one propagation delay: aggregate request rate x (FlushEvery + network delay), e.g.
-// 1000 req/s x 2 ms = 2 requests over an rpm limit, more while packets are lost (until the next
-// push-pull) or the cluster is partitioned (each side admits up to the limit on its own).
+// delta, so near a limit every node sees the same free slots for one propagation delay. Alone,
+// that bounds the excess by the admissions the rest of the cluster makes during one delay:
+// aggregate request rate x (FlushEvery + network delay), 2 requests at 1000 req/s x 2 ms, but
+// 28 % of an rpm-600 limit when a burst of 450 requests reached 3 nodes at once.
+//
+// So near a limit each node admits only its share of what remains (share.go). The recent
+// counts are what was admitted within the last horizon H (2.15 s, on a time grid every node
+// shares; peers' counts by the send time their delta carries), the base is everything older,
+// and a node admits while its own recent admissions stay within its share of limit - base:
+// a quarter split evenly over the live nodes, three quarters by each node's admissions in the
+// window's buckets older than H. Every node knows the same base and the same shares, and the
+// shares add up to 1, so while deltas arrive within H the cluster's admissions within a horizon
+// stay within what the base leaves: no overshoot, in a burst or a steady stream. The exceptions
+// are small: a node that saw no admission for a horizon and refused none may admit one request
+// on the merged window alone (else a share below one request would strand the last units of a
+// small limit), so a burst that meets a nearly full window can go n-1 over; and under
+// contention up to n-1 units (4n-1 if all demand sits on a node that has none in the window)
+// stay unused until the window slides. The share check only ever refuses more than the merged
+// window: while deltas take longer than H or are lost (until repeated) the excess grows towards
+// what it was without it, and under a k-way partition each side still admits up to the limit
+// on its own, k x limit in all.
 //
 // # Trust
 //
@@ -57,12 +80,35 @@
 //
 // # Clocks
 //
-// Bucket numbers are Unix seconds, so nodes must agree on time to within about a second (NTP).
-// A cell from a peer up to maxAhead buckets ahead moves this node's window forward; a cell
-// further ahead is ignored until this node's clock catches up, and the next push-pull brings it.
+// Bucket numbers are Unix seconds of each node's own clock, and clocks disagree. A peer 10 s
+// behind would have its counts leave this node's window 10 s early, and a peer ahead would have
+// them counted too long (or, before, ignored until this node's clock caught up). So every peer
+// incarnation's cells are kept under its own bucket numbers and counted in this node's bucket
+// b - shift, where shift = floor(offset / 1 s) and offset is the peer's clock minus this node's
+// as the cluster estimates it from heartbeats (Options.Offset). The estimate errs low by the
+// network delay, and floor rounds down, so a count is never placed earlier than it belongs: it
+// is counted from its arrival until at least a window after it was made, and leaves at most a
+// bucket (plus the estimate's error) after this node's own count of the same moment would. A
+// cell that maps beyond this node's newest bucket (a peer a little ahead, or one whose offset
+// is not known yet) counts in the newest bucket and moves to its own when that begins, instead
+// of moving the window forward. When the estimate changes, the peer's cells move at the next
+// housekeeping (once per bucket). Peers' cells are relayed in push-pull under their owner's
+// numbers, so every receiver aligns them by its own estimate. The share check's time grid
+// (share.go) runs on each node's own clock: nodes whose clocks differ draw the horizon's line
+// up to a slot (268 ms) apart, and that check loosens by what the cluster admits in that time
+// (the window's check does not).
+//
+// Offsets are accepted up to maxOffset (30 s); beyond it a peer is aligned by 30 s only, and
+// every message from it is reported (OnReject, clock_offset). What alignment cannot fix is a
+// clock that steps. A node whose clock steps forward by s drops s seconds of its window at once,
+// and its peers align all of its cells by the new offset, those made before the step too, so
+// those leave their windows s early as well. A step back keeps counts longer, which is safe (the
+// estimate, the largest of the last few samples, follows it within five heartbeats; until then
+// the peer's new counts sit s buckets early, still counted, and then move).
 package crdt
 
 import (
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,8 +143,15 @@ type Options struct {
 	// receiving goroutine and must not block.
 	OnReject func(reason string)
 
+	// Offset, if not nil, returns a peer node's clock minus this node's and whether it is
+	// known (cmd: the cluster's estimate from heartbeats). Peers' cells are aligned by it (see
+	// "# Clocks"); nil aligns nothing. It is called at most once per node and bucket, never
+	// under a counter's lock, and must not block.
+	Offset func(node string) (time.Duration, bool)
+
 	maxNodes, maxCounters int           // tests only: the caps; 0 means defaultMaxNodes, defaultMaxCounters
 	housekeepEvery        time.Duration // tests only: the periodic flush interval; 0 means housekeepEvery
+	shareHorizon          time.Duration // tests only: the share check's horizon, at least this (slots are powers of two); 0 means shareHorizon
 }
 
 const (
@@ -130,6 +183,12 @@ type Backend struct {
 	deps atomic.Pointer[deploymentSet]
 	// incs caps the peer incarnations merged across every deployment.
 	incs *incTable
+	// offsets aligns peers' buckets by their clock offsets.
+	offsets offsets
+	// horizon is how long an admission counts as recent for the share check (ns), and a slot
+	// of the time grid it is counted in is 2^slotShift ns (share.go).
+	horizon   int64
+	slotShift uint
 
 	net atomic.Pointer[netBox]
 
@@ -140,6 +199,7 @@ type Backend struct {
 	cells   []cell
 	visit   []*counter
 	gcAt    int64 // bucket of the last collection of incarnations and counters
+	offAt   int64 // bucket of the last refresh of clock offsets
 
 	// armed is set by the first change after a flush, which then wakes the loop (nil without a
 	// loop) to start the flush timer; the loop clears it just before that flush.
@@ -212,10 +272,16 @@ func New(opts Options) *Backend {
 		maxNodes:    opts.maxNodes,
 		maxCounters: opts.maxCounters,
 		incs:        newIncTable(opts.maxNodes),
+		offsets:     offsets{fn: opts.Offset, m: map[string]alignment{}},
+		slotShift:   slotShift,
 		enc:         encoder{limit: maxMessage},
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
+	if opts.shareHorizon > 0 {
+		b.slotShift = uint(bits.Len64(uint64(opts.shareHorizon/(recentSlots-1) - 1))) // rounded up
+	}
+	b.horizon = (recentSlots - 1) << b.slotShift
 	b.deps.Store(&deploymentSet{gen: 1})
 	if opts.Deployments != nil {
 		b.SetDeployments(opts.Deployments)
@@ -376,6 +442,11 @@ func (b *Backend) Flush() {
 		stamp = first
 	}
 	b.enc.reset(true, stamp)
+	if now != b.offAt {
+		// Before the counters' housekeeping, which moves peers' cells by these estimates.
+		b.offAt = now
+		b.offsets.refresh(b.incs.nodeNames(), now)
+	}
 	b.visit = b.all(b.visit[:0])
 	for _, c := range b.visit {
 		b.cells = c.takeDelta(now, b.cells[:0], &b.enc)
@@ -442,22 +513,37 @@ func (b *Backend) merge(buf []byte, delta bool) {
 	now := window.BucketOf(ns)
 	deps := b.deps.Load()
 	var bad reasons
+	sent, stamped := sentAt(buf)
 	_ = decode(buf, maxIncs, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
-		if r, ok := b.mergeRecord(now, deps, k, id, ifVer, inFlight, cells); !ok {
+		var a alignment
+		if k != b.self {
+			a = b.offsets.of(k.node, now)
+		}
+		if a.capped {
+			bad.add(reasonClockOffset)
+		}
+		at := int64(-1) // not a delta: nothing in it is recent
+		if delta {
+			// When the sender flushed, in this node's time (a peer 10 s behind sent 10 s later
+			// than its stamp says); a delta without a stamp counts as sent now.
+			at = ns
+			if stamped {
+				at = sent - a.ns
+			}
+		}
+		if r, ok := b.mergeRecord(now, ns, at, deps, k, a, id, ifVer, inFlight, cells); !ok {
 			bad.add(r)
 		}
 	})
-	if delta && b.onDelay != nil {
-		if sent, ok := sentAt(buf); ok {
-			b.onDelay(time.Duration(max(ns-sent, 0)))
-		}
+	if stamped && delta && b.onDelay != nil {
+		b.onDelay(time.Duration(max(ns-sent, 0)))
 	}
 	b.reject(bad)
 }
 
 // mergeRecord checks one record and merges it, or returns why not. The checks that need no
 // state come first, so a record that fails them costs no lookup and takes no table slot.
-func (b *Backend) mergeRecord(now int64, deps *deploymentSet, k incKey, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
+func (b *Backend) mergeRecord(now, ns, sent int64, deps *deploymentSet, k incKey, a alignment, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
 	if k == b.self {
 		// Our own cells and in-flight count are ours alone: a peer's copy is at best an echo.
 		return 0, true
@@ -476,7 +562,7 @@ func (b *Backend) mergeRecord(now int64, deps *deploymentSet, k incKey, id strin
 	}
 	for {
 		c := b.counter(id)
-		if !c.merge(now, k, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
+		if !c.merge(now, ns, sent, k, a, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
 			return reasonTooManyNodes, false
 		}
 		// A collection may have removed c (holding nothing) since the lookup: merge again

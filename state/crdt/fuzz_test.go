@@ -64,7 +64,7 @@ func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(
 	}
 	known := base.LocalState() // honest counts the input lands on
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		configured := New(Options{Node: "dst", Now: clock.Now, FlushEvery: -1, Deployments: fuzzDeployments})
+		configured := New(Options{Node: "dst", Now: clock.Now, FlushEvery: -1, Deployments: fuzzDeployments, Offset: fuzzOffset})
 		unknown := New(Options{Node: "dst", Now: clock.Now, FlushEvery: -1, maxNodes: 4, maxCounters: 4})
 		for _, dst := range []*Backend{configured, unknown} {
 			dst.MergeRemoteState(known)
@@ -93,6 +93,20 @@ func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(
 			t.Fatalf("%d counters, cap %d", n, unknown.maxCounters)
 		}
 	})
+}
+
+// fuzzOffset gives every node name a clock offset, from 26 s behind to 26 s ahead in steps
+// that are no whole number of buckets, and to some beyond maxOffset, so that merged records are
+// aligned every way (the "unknown" destination aligns none).
+func fuzzOffset(node string) (time.Duration, bool) {
+	switch n := len(node); {
+	case n%11 == 0:
+		return 0, false
+	case n%7 == 0:
+		return -time.Duration(n) * 17 * time.Second, true
+	default:
+		return time.Duration(n%5-2)*13*time.Second + time.Duration(n)*70*time.Millisecond, true
+	}
 }
 
 // fuzzSnapshot lists every counter's merged counts, sorted.

@@ -69,8 +69,9 @@ func checkInvariants(b *Backend) error {
 			if inc.key != k {
 				errs = append(errs, fmt.Errorf("%s: incarnation %v filed under %v", c.id, inc.key, k))
 			}
-			for _, cl := range inc.cells {
-				if !c.w.Holds(cl.bucket) {
+			for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
+				cl := inc.cells[window.Slot(b)]
+				if _, ok := c.pos(inc, b); cl.bucket != b || !ok {
 					continue
 				}
 				if cl.reqN < 0 || cl.reqN > cl.reqP || cl.reqP > maxCellRequests ||
