@@ -770,21 +770,14 @@ func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Write
 		env.stop()
 	}
 
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
+	cmd := commandLine("herdbench cluster", args)
 	writeClusterMarkdown(stdout, cmd, machine, o, runs)
 	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
+		if err := writeJSON(o.jsonPath, struct {
 			Command string       `json:"command"`
 			Machine machineInfo  `json:"machine"`
 			Runs    []clusterRun `json:"runs"`
-		}{cmd, machine, runs}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+		}{cmd, machine, runs}); err != nil {
 			return err
 		}
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -165,38 +164,22 @@ func runKeysBench(ctx context.Context, o clusterOptions, args []string, stdout, 
 		}
 	}
 
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
+	cmd := commandLine("herdbench cluster", args)
 	sums := summariseKeys(runs)
 	checks := keysChecks(sums)
 	writeKeysMarkdown(stdout, cmd, machine, o, runs, sums, checks)
 	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
+		if err := writeJSON(o.jsonPath, struct {
 			Command string        `json:"command"`
 			Machine machineInfo   `json:"machine"`
 			Runs    []keysRun     `json:"runs"`
 			Summary []keysSummary `json:"summary"`
 			Checks  []check       `json:"checks"`
-		}{cmd, machine, runs, sums, checks}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+		}{cmd, machine, runs, sums, checks}); err != nil {
 			return err
 		}
 	}
-	var failed []string
-	for _, c := range checks {
-		if c.Verdict != "PASS" {
-			failed = append(failed, c.What)
-		}
-	}
-	if len(failed) > 0 {
-		return errors.New("targets missed: " + strings.Join(failed, "; "))
-	}
-	return nil
+	return failedChecks(checks)
 }
 
 // measureKeys starts one n-node cluster per --keys value, all running side by side, and

@@ -358,23 +358,16 @@ func runModesBench(ctx context.Context, o clusterOptions, args []string, stdout,
 		}
 	}
 
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
+	cmd := commandLine("herdbench cluster", args)
 	checks := modeChecks(runs)
 	writeModesMarkdown(stdout, cmd, machine, o, runs, checks)
 	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
+		if err := writeJSON(o.jsonPath, struct {
 			Command string      `json:"command"`
 			Machine machineInfo `json:"machine"`
 			Runs    []modeRun   `json:"runs"`
 			Checks  []check     `json:"checks"`
-		}{cmd, machine, runs, checks}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+		}{cmd, machine, runs, checks}); err != nil {
 			return err
 		}
 	}

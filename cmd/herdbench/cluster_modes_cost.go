@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -63,25 +62,18 @@ func runModesCost(ctx context.Context, o clusterOptions, args []string, stdout, 
 		}
 	}
 
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
+	cmd := commandLine("herdbench cluster", args)
 	sums := summariseModes(runs, o.upLatency)
 	checks := modeCostChecks(sums)
 	writeModesCostMarkdown(stdout, cmd, machine, o, runs, sums, checks)
 	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
+		if err := writeJSON(o.jsonPath, struct {
 			Command string            `json:"command"`
 			Machine machineInfo       `json:"machine"`
 			Runs    []modeCostRun     `json:"runs"`
 			Summary []modeCostSummary `json:"summary"`
 			Checks  []check           `json:"checks"`
-		}{cmd, machine, runs, sums, checks}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+		}{cmd, machine, runs, sums, checks}); err != nil {
 			return err
 		}
 	}
