@@ -722,66 +722,56 @@ func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Write
 	if len(o.modes) > 0 {
 		return runModesBench(ctx, o, args, stdout, stderr)
 	}
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
 	perCluster := len(o.spreads) * len(o.patterns) * len(o.demands)
-	budget := time.Duration(len(o.nodes)) * (time.Duration(perCluster)*(o.duration+30*time.Second) + time.Minute)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-")
+	return runSuite(ctx, o, args, clusterSuite[clusterRun, struct{}]{
+		tmpPrefix:    "herdbench-cluster-",
+		measurements: len(o.nodes) * perCluster,
+		each:         o.duration + 30*time.Second,
+		setup:        time.Minute,
+		plan:         fmt.Sprintf("%d measurements of %s each", len(o.nodes)*perCluster, o.duration),
+		measure:      measureAccuracy,
+		report:       reportAccuracy,
+	}, stdout, stderr)
+}
+
+// measureAccuracy starts one n-node cluster and runs every accuracy measurement on it, each
+// on its own model group.
+func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]clusterRun, error) {
+	var groups []string
+	for _, sp := range o.spreads {
+		for _, p := range o.patterns {
+			for _, d := range o.demands {
+				groups = append(groups, groupName(sp, p, d))
+			}
+		}
+	}
+	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.RemoveAll(tmpDir)
-	fmt.Fprintf(stderr, "herdbench: %d measurements of %s each; every child is stopped within %s\n",
-		len(o.nodes)*perCluster, o.duration, budget)
-
+	defer env.stop()
 	var runs []clusterRun
-	for _, n := range o.nodes {
-		var groups []string
-		for _, sp := range o.spreads {
-			for _, p := range o.patterns {
-				for _, d := range o.demands {
-					groups = append(groups, groupName(sp, p, d))
+	for _, sp := range o.spreads {
+		for _, p := range o.patterns {
+			for _, d := range o.demands {
+				r, err := env.measure(ctx, o, n, sp, p, d, groupName(sp, p, d))
+				if err != nil {
+					return nil, err
 				}
+				fmt.Fprintf(progress, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
+					n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
+				runs = append(runs, r)
 			}
 		}
-		env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{})
-		if err != nil {
-			return err
-		}
-		for _, sp := range o.spreads {
-			for _, p := range o.patterns {
-				for _, d := range o.demands {
-					r, err := env.measure(ctx, o, n, sp, p, d, groupName(sp, p, d))
-					if err != nil {
-						env.stop()
-						return err
-					}
-					fmt.Fprintf(stderr, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
-						n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
-					runs = append(runs, r)
-				}
-			}
-		}
-		env.stop()
 	}
+	return runs, nil
+}
 
-	cmd := commandLine("herdbench cluster", args)
-	writeClusterMarkdown(stdout, cmd, machine, o, runs)
-	if o.jsonPath != "" {
-		if err := writeJSON(o.jsonPath, struct {
-			Command string       `json:"command"`
-			Machine machineInfo  `json:"machine"`
-			Runs    []clusterRun `json:"runs"`
-		}{cmd, machine, runs}); err != nil {
-			return err
-		}
-	}
-	if failed := clusterChecks(runs); len(failed) > 0 {
+// reportAccuracy judges every run (clusterSuite.report); this report names only the targets
+// missed, not every check.
+func reportAccuracy(w io.Writer, o clusterOptions, rep *clusterReport[clusterRun, struct{}]) error {
+	writeClusterMarkdown(w, rep.Command, rep.Machine, o, rep.Runs)
+	if failed := clusterChecks(rep.Runs); len(failed) > 0 {
 		return errors.New("targets missed: " + strings.Join(failed, "; "))
 	}
 	return nil

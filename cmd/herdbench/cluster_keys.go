@@ -133,53 +133,17 @@ func newClusterKey(ctx context.Context, herdPath string) (string, error) {
 }
 
 func runKeysBench(ctx context.Context, o clusterOptions, args []string, stdout, stderr io.Writer) error {
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
-	measurements := len(o.nodes) * o.rounds * len(o.keys)
-	budget := time.Duration(len(o.nodes))*time.Minute + time.Duration(measurements)*(o.warmup+o.duration+20*time.Second)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-keys-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	if o.profileDir != "" {
-		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(stderr, "herdbench: %d measurements of %s (after %s of warm-up) at %d req/s; every child is stopped within %s\n",
-		measurements, o.duration, o.warmup, o.rate, budget)
+	s := costSuite[keysRun, keysSummary](o, "herdbench-cluster-keys-", len(o.nodes)*o.rounds*len(o.keys), time.Minute)
+	s.measure, s.report = measureKeys, reportKeys
+	return runSuite(ctx, o, args, s, stdout, stderr)
+}
 
-	var runs []keysRun
-	for _, n := range o.nodes {
-		rs, err := measureKeys(ctx, o, n, herdPath, tmpDir, stderr)
-		runs = append(runs, rs...)
-		if err != nil {
-			return err
-		}
-	}
-
-	cmd := commandLine("herdbench cluster", args)
-	sums := summariseKeys(runs)
-	checks := keysChecks(sums)
-	writeKeysMarkdown(stdout, cmd, machine, o, runs, sums, checks)
-	if o.jsonPath != "" {
-		if err := writeJSON(o.jsonPath, struct {
-			Command string        `json:"command"`
-			Machine machineInfo   `json:"machine"`
-			Runs    []keysRun     `json:"runs"`
-			Summary []keysSummary `json:"summary"`
-			Checks  []check       `json:"checks"`
-		}{cmd, machine, runs, sums, checks}); err != nil {
-			return err
-		}
-	}
-	return failedChecks(checks)
+// reportKeys summarises the rounds of each node count and judges them (clusterSuite.report).
+func reportKeys(w io.Writer, o clusterOptions, rep *clusterReport[keysRun, keysSummary]) error {
+	rep.Summary = summariseKeys(rep.Runs)
+	rep.Checks = keysChecks(rep.Summary)
+	writeKeysMarkdown(w, rep.Command, rep.Machine, o, rep.Runs, rep.Summary, rep.Checks)
+	return failedChecks(rep.Checks)
 }
 
 // measureKeys starts one n-node cluster per --keys value, all running side by side, and

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -329,49 +328,37 @@ func runModesBench(ctx context.Context, o clusterOptions, args []string, stdout,
 	if o.cost {
 		return runModesCost(ctx, o, args, stdout, stderr)
 	}
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
 	perCluster := len(o.spreads) * len(o.patterns) * len(o.demands)
-	clusters := len(o.nodes) * len(o.modes)
-	budget := time.Duration(clusters) * (time.Duration(perCluster)*(o.duration+30*time.Second) + 2*time.Minute)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-modes-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	fmt.Fprintf(stderr, "herdbench: %d clusters (modes %s) of %d measurements of %s each; every child is stopped within %s\n",
-		clusters, strings.Join(o.modes, ","), perCluster, o.duration, budget)
+	return runSuite(ctx, o, args, clusterSuite[modeRun, struct{}]{
+		tmpPrefix:    "herdbench-cluster-modes-",
+		measurements: len(o.nodes) * len(o.modes) * perCluster,
+		each:         o.duration + 30*time.Second,
+		setup:        time.Duration(len(o.modes)) * 2 * time.Minute,
+		plan: fmt.Sprintf("%d clusters (modes %s) of %d measurements of %s each",
+			len(o.nodes)*len(o.modes), strings.Join(o.modes, ","), perCluster, o.duration),
+		measure: measureModes,
+		report:  reportModes,
+	}, stdout, stderr)
+}
 
+// measureModes measures n nodes in each mode, one cluster after the other.
+func measureModes(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]modeRun, error) {
 	var runs []modeRun
-	for _, n := range o.nodes {
-		for _, mode := range o.modes {
-			rs, err := measureModeAccuracy(ctx, o, n, mode, herdPath, tmpDir, stderr)
-			runs = append(runs, rs...)
-			if err != nil {
-				return fmt.Errorf("%d nodes, %s mode: %w", n, mode, err)
-			}
+	for _, mode := range o.modes {
+		rs, err := measureModeAccuracy(ctx, o, n, mode, herdPath, tmpDir, progress)
+		if err != nil {
+			return nil, fmt.Errorf("%d nodes, %s mode: %w", n, mode, err)
 		}
+		runs = append(runs, rs...)
 	}
+	return runs, nil
+}
 
-	cmd := commandLine("herdbench cluster", args)
-	checks := modeChecks(runs)
-	writeModesMarkdown(stdout, cmd, machine, o, runs, checks)
-	if o.jsonPath != "" {
-		if err := writeJSON(o.jsonPath, struct {
-			Command string      `json:"command"`
-			Machine machineInfo `json:"machine"`
-			Runs    []modeRun   `json:"runs"`
-			Checks  []check     `json:"checks"`
-		}{cmd, machine, runs, checks}); err != nil {
-			return err
-		}
-	}
-	return failedChecks(checks)
+// reportModes judges every run (clusterSuite.report).
+func reportModes(w io.Writer, o clusterOptions, rep *clusterReport[modeRun, struct{}]) error {
+	rep.Checks = modeChecks(rep.Runs)
+	writeModesMarkdown(w, rep.Command, rep.Machine, o, rep.Runs, rep.Checks)
+	return failedChecks(rep.Checks)
 }
 
 // failedChecks is an error naming every check that did not pass, or nil.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -31,53 +30,18 @@ type modeCostRun struct {
 }
 
 func runModesCost(ctx context.Context, o clusterOptions, args []string, stdout, stderr io.Writer) error {
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
-	measurements := len(o.nodes) * o.rounds * len(o.modes) * len(o.spreads)
-	budget := time.Duration(len(o.nodes))*2*time.Minute + time.Duration(measurements)*(o.warmup+o.duration+20*time.Second)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-modes-cost-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	if o.profileDir != "" {
-		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(stderr, "herdbench: %d measurements of %s (after %s of warm-up) at %d req/s; every child is stopped within %s\n",
-		measurements, o.duration, o.warmup, o.rate, budget)
+	s := costSuite[modeCostRun, modeCostSummary](o, "herdbench-cluster-modes-cost-", len(o.nodes)*o.rounds*len(o.modes)*len(o.spreads), 2*time.Minute)
+	s.measure, s.report = measureModesCost, reportModesCost
+	return runSuite(ctx, o, args, s, stdout, stderr)
+}
 
-	var runs []modeCostRun
-	for _, n := range o.nodes {
-		rs, err := measureModesCost(ctx, o, n, herdPath, tmpDir, stderr)
-		runs = append(runs, rs...)
-		if err != nil {
-			return err
-		}
-	}
-
-	cmd := commandLine("herdbench cluster", args)
-	sums := summariseModes(runs, o.upLatency)
-	checks := modeCostChecks(sums)
-	writeModesCostMarkdown(stdout, cmd, machine, o, runs, sums, checks)
-	if o.jsonPath != "" {
-		if err := writeJSON(o.jsonPath, struct {
-			Command string            `json:"command"`
-			Machine machineInfo       `json:"machine"`
-			Runs    []modeCostRun     `json:"runs"`
-			Summary []modeCostSummary `json:"summary"`
-			Checks  []check           `json:"checks"`
-		}{cmd, machine, runs, sums, checks}); err != nil {
-			return err
-		}
-	}
-	return failedChecks(checks)
+// reportModesCost summarises the rounds of each node count and spread, and judges them
+// (clusterSuite.report).
+func reportModesCost(w io.Writer, o clusterOptions, rep *clusterReport[modeCostRun, modeCostSummary]) error {
+	rep.Summary = summariseModes(rep.Runs, o.upLatency)
+	rep.Checks = modeCostChecks(rep.Summary)
+	writeModesCostMarkdown(w, rep.Command, rep.Machine, o, rep.Runs, rep.Summary, rep.Checks)
+	return failedChecks(rep.Checks)
 }
 
 // costModel is the deployment a spread's load goes to: one each, so a hot run's borrowing
