@@ -462,13 +462,7 @@ func fmtNodeCPU(each []float64) string {
 }
 
 func writeKeysMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []keysRun, sums []keysSummary, checks []check) {
-	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
-	rev := m.HerdRevision
-	if rev == "" {
-		rev = "unknown (the binary carries no VCS stamp)"
-	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
+	fmt.Fprintf(w, "Command: `%s`\n\nMachine: %s.\n\n", cmd, fmtMachine(m))
 	fmt.Fprintf(w, "Per node count, two clusters run side by side on loopback: keys off (no cluster key) and keys on (cluster_settings.cluster_key: gossip encrypted, mutual TLS on the raft port; checked in every node's log, and every node saw all members alive and all of them raft voters). One deployment, rpm %d and tpm %d, so every request is admitted, reserved and settled, and its usage gossiped. Each measurement: %s of warm-up (discarded), then %d req/s for %s, round-robin over the nodes; fake upstream latency %s. The clusters take turns, the order alternating by round. Herd CPU is user+system time from /proc/PID/stat of every node, read right before and right after the measured load.\n\n",
 		o.limit, keysTPM, o.warmup, o.rate, o.duration, o.upLatency)
 	fmt.Fprintln(w, "| nodes | round | keys | sent | success | achieved | p50 | p99 | herd CPU per request | per node | herd CPU, % of a core | herdbench CPU per request | machine busy | deltas merged | propagation p99 |")
@@ -495,8 +489,5 @@ func writeKeysMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions,
 				s.Nodes, s.Ratio, fmtRatios(s.Ratios), slices.Min(s.Ratios), slices.Max(s.Ratios), s.RatioOfMedians)
 		}
 	}
-	fmt.Fprintln(w, "\nChecks:")
-	for _, c := range checks {
-		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
-	}
+	writeChecks(w, checks)
 }

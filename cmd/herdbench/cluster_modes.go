@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -361,20 +360,6 @@ func reportModes(w io.Writer, o clusterOptions, rep *clusterReport[modeRun, stru
 	return failedChecks(rep.Checks)
 }
 
-// failedChecks is an error naming every check that did not pass, or nil.
-func failedChecks(checks []check) error {
-	var failed []string
-	for _, c := range checks {
-		if c.Verdict != "PASS" {
-			failed = append(failed, c.What)
-		}
-	}
-	if len(failed) > 0 {
-		return errors.New("targets missed: " + strings.Join(failed, "; "))
-	}
-	return nil
-}
-
 // measureModeAccuracy starts one n-node cluster in mode and runs every accuracy measurement on
 // it, each on its own deployment.
 func measureModeAccuracy(ctx context.Context, o clusterOptions, n int, mode, herdPath, tmpDir string, progress io.Writer) ([]modeRun, error) {
@@ -499,13 +484,8 @@ func modeRows(runs []modeRun) []modeRow {
 }
 
 func writeModesMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []modeRun, checks []check) {
-	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
-	rev := m.HerdRevision
-	if rev == "" {
-		rev = "unknown (the binary carries no VCS stamp)"
-	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One cluster per mode and node count, run one after the other (every node a raft voter, strict clusters measured once every node applied a homes table of all nodes). One deployment per row, rpm %d; %s of load per row; balanced: round-robin over the nodes, hot: all on node n0; fake upstream latency %s; bursts every %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date, o.limit, o.duration, o.upLatency, o.burstGap, fmtLimitWait(o.limitWait))
+	fmt.Fprintf(w, "Command: `%s`\n\nMachine: %s. One cluster per mode and node count, run one after the other (every node a raft voter, strict clusters measured once every node applied a homes table of all nodes). One deployment per row, rpm %d; %s of load per row; balanced: round-robin over the nodes, hot: all on node n0; fake upstream latency %s; bursts every %s; %s.\n\n",
+		cmd, fmtMachine(m), o.limit, o.duration, o.upLatency, o.burstGap, fmtLimitWait(o.limitWait))
 	fmt.Fprint(w, "| nodes | spread | pattern | demand |")
 	for _, md := range o.modes {
 		fmt.Fprintf(w, " %s: max in any 60 s | %s: overshoot | %s: first minute | %s: overall |", md, md, md, md)
@@ -537,10 +517,7 @@ func writeModesMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions
 				r.Nodes, r.Spread, r.Pattern, r.Demand, r.Mode, r.Offered, r.Admitted, r.Ideal, r.Refused, fmtErrors(r.Errors, r.Codes), r.PropP99, r.CPUPerRequest, fmtVersions(r.HomesBefore, r.HomesAfter))
 		}
 	}
-	fmt.Fprintln(w, "\nChecks:")
-	for _, c := range checks {
-		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
-	}
+	writeChecks(w, checks)
 }
 
 // fmtErrors shows the error count and, when there are any, the statuses behind them (neither

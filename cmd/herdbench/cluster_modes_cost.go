@@ -264,13 +264,7 @@ func fmtUSs(xs []float64) string {
 }
 
 func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []modeCostRun, sums []modeCostSummary, checks []check) {
-	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
-	rev := m.HerdRevision
-	if rev == "" {
-		rev = "unknown (the binary carries no VCS stamp)"
-	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
+	fmt.Fprintf(w, "Command: `%s`\n\nMachine: %s.\n\n", cmd, fmtMachine(m))
 	tpm := "no tpm"
 	if o.tpm > 0 {
 		tpm = fmt.Sprintf("tpm %d", o.tpm)
@@ -304,8 +298,5 @@ func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOpt
 			s.Nodes, s.Spread, s.CPURatio, fmtRatios(s.CPURatios), slices.Min(s.CPURatios), slices.Max(s.CPURatios),
 			fmtSignedUS(s.P50Diff), fmtSignedUS(s.P99Diff), fmtUSs(s.P50Diffs), fmtUSs(s.P99Diffs))
 	}
-	fmt.Fprintln(w, "\nChecks:")
-	for _, c := range checks {
-		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
-	}
+	writeChecks(w, checks)
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -92,4 +94,36 @@ func costSuite[R, S any](o clusterOptions, tmpPrefix string, measurements int, s
 		setup:        setup,
 		plan:         fmt.Sprintf("%d measurements of %s (after %s of warm-up) at %d req/s", measurements, o.duration, o.warmup, o.rate),
 	}
+}
+
+// failedChecks is an error naming every check that did not pass, or nil.
+func failedChecks(checks []check) error {
+	var failed []string
+	for _, c := range checks {
+		if c.Verdict != "PASS" {
+			failed = append(failed, c.What)
+		}
+	}
+	if len(failed) > 0 {
+		return errors.New("targets missed: " + strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// writeChecks ends a cluster report with every check and its verdict.
+func writeChecks(w io.Writer, checks []check) {
+	fmt.Fprintln(w, "\nChecks:")
+	for _, c := range checks {
+		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
+	}
+}
+
+// fmtMachine describes the machine a cluster report was measured on. A herd built without
+// VCS stamps says so, rather than leave the reader to wonder which herd it was.
+func fmtMachine(m machineInfo) string {
+	rev := m.HerdRevision
+	if rev == "" {
+		rev = "unknown (the binary carries no VCS stamp)"
+	}
+	return fmt.Sprintf("%s, %d CPUs, load average %s at start, %s; herd revision %s; %s", m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
 }

@@ -134,3 +134,15 @@ func TestRunSuite(t *testing.T) {
 		t.Errorf("a report after a failed measurement: %q, JSON %v", stdout.String(), err)
 	}
 }
+
+// TestFmtMachine: a report names herd's revision, or says it cannot.
+func TestFmtMachine(t *testing.T) {
+	m := machineInfo{CPUModel: "AMD EPYC", NumCPU: 2, LoadAvg: "1.00 0.50 0.25", GoVersion: "go1.26", HerdRevision: "b17a708c0ffe", Date: "2025-12-01T00:00:00Z"}
+	if got, want := fmtMachine(m), "AMD EPYC, 2 CPUs, load average 1.00 0.50 0.25 at start, go1.26; herd revision b17a708c0ffe; 2025-12-01T00:00:00Z"; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	m.HerdRevision = ""
+	if got := fmtMachine(m); !strings.Contains(got, "herd revision unknown (the binary carries no VCS stamp);") {
+		t.Errorf("no revision: %s", got)
+	}
+}
