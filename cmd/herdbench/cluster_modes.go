@@ -327,17 +327,11 @@ func runModesBench(ctx context.Context, o clusterOptions, args []string, stdout,
 	if o.cost {
 		return runModesCost(ctx, o, args, stdout, stderr)
 	}
-	perCluster := len(o.spreads) * len(o.patterns) * len(o.demands)
-	return runSuite(ctx, o, args, clusterSuite[modeRun, struct{}]{
-		tmpPrefix:    "herdbench-cluster-modes-",
-		measurements: len(o.nodes) * len(o.modes) * perCluster,
-		each:         o.duration + 30*time.Second,
-		setup:        time.Duration(len(o.modes)) * 2 * time.Minute,
-		plan: fmt.Sprintf("%d clusters (modes %s) of %d measurements of %s each",
-			len(o.nodes)*len(o.modes), strings.Join(o.modes, ","), perCluster, o.duration),
-		measure: measureModes,
-		report:  reportModes,
-	}, stdout, stderr)
+	s := accuracySuite[modeRun](o, "herdbench-cluster-modes-", len(o.modes), 2*time.Minute)
+	s.plan = fmt.Sprintf("%d clusters (modes %s) of %d measurements of %s each",
+		len(o.nodes)*len(o.modes), strings.Join(o.modes, ","), len(accuracyCases(o)), o.duration)
+	s.measure, s.report = measureModes, reportModes
+	return runSuite(ctx, o, args, s, stdout, stderr)
 }
 
 // measureModes measures n nodes in each mode, one cluster after the other.
@@ -367,12 +361,8 @@ func measureModeAccuracy(ctx context.Context, o clusterOptions, n int, mode, her
 		return fmt.Sprintf("%s-%s-%dx", spread, pattern, demand)
 	}
 	var groups []string
-	for _, s := range o.spreads {
-		for _, p := range o.patterns {
-			for _, d := range o.demands {
-				groups = append(groups, model(s, p, d))
-			}
-		}
+	for _, c := range accuracyCases(o) {
+		groups = append(groups, model(c.spread, c.pattern, c.demand))
 	}
 	// Both modes run raft with every node a voter, so that the only difference is the mode.
 	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{name: mode, raft: true, mode: mode, limitWait: o.limitWait})
@@ -387,32 +377,29 @@ func measureModeAccuracy(ctx context.Context, o clusterOptions, n int, mode, her
 	fmt.Fprintf(progress, "herdbench: %d-node cluster, %s mode: all %d members alive, %d raft voters, every node reports %s; homes table version %d\n",
 		n, mode, n, n, mode, version)
 	var runs []modeRun
-	for _, s := range o.spreads {
-		for _, p := range o.patterns {
-			for _, d := range o.demands {
-				r := modeRun{Mode: mode}
-				if r.HomesBefore, err = env.homesVersions(ctx); err != nil {
-					return runs, err
-				}
-				m := model(s, p, d)
-				var out []outcome
-				if r.clusterRun, out, err = env.measureOn(ctx, o, n, s, p, d, m); err != nil {
-					return runs, err
-				}
-				r.utilise(out, env.upstream.times(m))
-				if r.HomesAfter, err = env.homesVersions(ctx); err != nil {
-					return runs, err
-				}
-				for _, c := range env.nodes {
-					if err := c.exited(); err != nil {
-						return runs, err
-					}
-				}
-				runs = append(runs, r)
-				fmt.Fprintf(progress, "herdbench: %d nodes %s %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d; ideal %d), first minute %.1f%%, overall %.1f%%, %d refused, errors %s; propagation p99 %.2f ms; homes versions %v -> %v\n",
-					n, mode, s, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.Ideal, r.FirstMinutePct, r.OverallPct, r.Refused, fmtErrors(r.Errors, r.Codes), r.PropP99, r.HomesBefore, r.HomesAfter)
+	for _, c := range accuracyCases(o) {
+		s, p, d := c.spread, c.pattern, c.demand
+		r := modeRun{Mode: mode}
+		if r.HomesBefore, err = env.homesVersions(ctx); err != nil {
+			return runs, err
+		}
+		m := model(s, p, d)
+		var out []outcome
+		if r.clusterRun, out, err = env.measureOn(ctx, o, n, s, p, d, m); err != nil {
+			return runs, err
+		}
+		r.utilise(out, env.upstream.times(m))
+		if r.HomesAfter, err = env.homesVersions(ctx); err != nil {
+			return runs, err
+		}
+		for _, node := range env.nodes {
+			if err := node.exited(); err != nil {
+				return runs, err
 			}
 		}
+		runs = append(runs, r)
+		fmt.Fprintf(progress, "herdbench: %d nodes %s %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d; ideal %d), first minute %.1f%%, overall %.1f%%, %d refused, errors %s; propagation p99 %.2f ms; homes versions %v -> %v\n",
+			n, mode, s, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.Ideal, r.FirstMinutePct, r.OverallPct, r.Refused, fmtErrors(r.Errors, r.Codes), r.PropP99, r.HomesBefore, r.HomesAfter)
 	}
 	return runs, nil
 }
