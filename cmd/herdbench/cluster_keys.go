@@ -342,60 +342,61 @@ type keysSummary struct {
 
 // keysModeResult is one cluster's measurements, folded over rounds.
 type keysModeResult struct {
-	Keys    string  `json:"keys"`
-	Rounds  int     `json:"rounds"`
-	CPU     float64 `json:"herd_cpu_us_per_request_median"`
-	CPUMin  float64 `json:"herd_cpu_us_per_request_min"`
-	CPUMax  float64 `json:"herd_cpu_us_per_request_max"`
-	P50     float64 `json:"latency_p50_us_median"`
-	P99     float64 `json:"latency_p99_us_median"`
+	Keys string `json:"keys"`
+	costFigures
 	Sent    uint64  `json:"sent"`
 	OK      uint64  `json:"ok_2xx"`
 	PropP99 float64 `json:"propagation_p99_ms_median"`
 }
 
+// costFigures are what every cost report (--keys, --modes with --rate) gives for one cluster
+// over its rounds, under the same names: herd CPU per request and the client's latency.
+type costFigures struct {
+	Rounds int     `json:"rounds"`
+	CPU    float64 `json:"herd_cpu_us_per_request_median"`
+	CPUMin float64 `json:"herd_cpu_us_per_request_min"`
+	CPUMax float64 `json:"herd_cpu_us_per_request_max"`
+	P50    float64 `json:"latency_p50_us_median"`
+	P99    float64 `json:"latency_p99_us_median"`
+}
+
+// costRun is a cost measurement's result: a keysRun, or one that embeds it (modeCostRun).
+type costRun interface{ measurement() keysRun }
+
+func (r keysRun) measurement() keysRun { return r }
+
+// foldCost is the costFigures of one cluster's rounds.
+func foldCost[R costRun](rounds []R) costFigures {
+	var cpu, p50, p99 []float64
+	for _, x := range rounds {
+		r := x.measurement()
+		cpu = append(cpu, r.HerdCPU)
+		p50 = append(p50, r.Result.Latency.P50)
+		p99 = append(p99, r.Result.Latency.P99)
+	}
+	return costFigures{Rounds: len(rounds), CPU: median(cpu), CPUMin: slices.Min(cpu), CPUMax: slices.Max(cpu), P50: median(p50), P99: median(p99)}
+}
+
 // summariseKeys folds the runs by node count (in the order they first appear) and key mode.
 func summariseKeys(runs []keysRun) []keysSummary {
 	var out []keysSummary
-	for _, r := range runs {
-		if !slices.ContainsFunc(out, func(s keysSummary) bool { return s.Nodes == r.Nodes }) {
-			out = append(out, keysSummary{Nodes: r.Nodes})
-		}
-	}
-	for i := range out {
-		s := &out[i]
-		byMode := map[string][]keysRun{}
-		var modes []string
-		for _, r := range runs {
-			if r.Nodes != s.Nodes {
-				continue
-			}
-			if _, ok := byMode[r.Keys]; !ok {
-				modes = append(modes, r.Keys)
-			}
-			byMode[r.Keys] = append(byMode[r.Keys], r)
-		}
+	counts, byCount := groupBy(runs, func(r keysRun) int { return r.Nodes })
+	for _, n := range counts {
+		s := keysSummary{Nodes: n}
+		modes, byMode := groupBy(byCount[n], func(r keysRun) string { return r.Keys })
 		for _, k := range modes {
-			m := keysModeResult{Keys: k, Rounds: len(byMode[k])}
-			var cpu, p50, p99, prop []float64
+			m := keysModeResult{Keys: k, costFigures: foldCost(byMode[k])}
+			var prop []float64
 			for _, r := range byMode[k] {
-				cpu = append(cpu, r.HerdCPU)
-				p50 = append(p50, r.Result.Latency.P50)
-				p99 = append(p99, r.Result.Latency.P99)
 				prop = append(prop, r.PropP99)
 				m.Sent += r.Result.Sent
 				m.OK += r.Result.OK
 			}
-			m.CPU, m.CPUMin, m.CPUMax = median(cpu), slices.Min(cpu), slices.Max(cpu)
-			m.P50, m.P99, m.PropP99 = median(p50), median(p99), median(prop)
+			m.PropP99 = median(prop)
 			s.Modes = append(s.Modes, m)
 		}
-		off, on := byMode[keysOff], byMode[keysOn]
-		if len(off) == 0 || len(on) == 0 {
-			continue
-		}
-		for _, a := range on {
-			for _, b := range off {
+		for _, a := range byMode[keysOn] {
+			for _, b := range byMode[keysOff] {
 				if a.Round == b.Round && b.HerdCPU > 0 {
 					s.Ratios = append(s.Ratios, a.HerdCPU/b.HerdCPU)
 				}
@@ -404,9 +405,10 @@ func summariseKeys(runs []keysRun) []keysSummary {
 		if len(s.Ratios) > 0 {
 			s.Ratio = median(s.Ratios)
 		}
-		if mOff := s.mode(keysOff); mOff.CPU > 0 {
-			s.RatioOfMedians = s.mode(keysOn).CPU / mOff.CPU
+		if mOff, mOn := s.mode(keysOff), s.mode(keysOn); mOff.CPU > 0 && mOn.Rounds > 0 {
+			s.RatioOfMedians = mOn.CPU / mOff.CPU
 		}
+		out = append(out, s)
 	}
 	return out
 }

@@ -130,13 +130,8 @@ type modeCostSummary struct {
 
 // modeCostResult is one cluster's measurements, folded over rounds (medians).
 type modeCostResult struct {
-	Mode   string  `json:"mode"`
-	Rounds int     `json:"rounds"`
-	CPU    float64 `json:"herd_cpu_us_per_request_median"`
-	CPUMin float64 `json:"herd_cpu_us_per_request_min"`
-	CPUMax float64 `json:"herd_cpu_us_per_request_max"`
-	P50    float64 `json:"latency_p50_us_median"`
-	P99    float64 `json:"latency_p99_us_median"`
+	Mode string `json:"mode"`
+	costFigures
 	// AddedP50 and AddedP99 are the client's latency minus the fake upstream's (a fixed sleep,
 	// so it comes off every request alike); SelfP50 and SelfP99 herd's own overhead header.
 	AddedP50 float64 `json:"added_p50_us_median"`
@@ -151,41 +146,26 @@ type modeCostResult struct {
 // summariseModes folds runs by node count and spread (in the order they first appear) and mode.
 // upstream is the fake upstream's latency, taken off the client's for the added latency.
 func summariseModes(runs []modeCostRun, upstream time.Duration) []modeCostSummary {
-	var out []modeCostSummary
-	for _, r := range runs {
-		if !slices.ContainsFunc(out, func(s modeCostSummary) bool { return s.Nodes == r.Nodes && s.Spread == r.Spread }) {
-			out = append(out, modeCostSummary{Nodes: r.Nodes, Spread: r.Spread})
-		}
+	type where struct {
+		nodes  int
+		spread string
 	}
+	var out []modeCostSummary
 	up := float64(upstream) / float64(time.Microsecond)
-	for i := range out {
-		s := &out[i]
-		byMode := map[string][]modeCostRun{}
-		var modes []string
-		for _, r := range runs {
-			if r.Nodes != s.Nodes || r.Spread != s.Spread {
-				continue
-			}
-			if _, ok := byMode[r.Mode]; !ok {
-				modes = append(modes, r.Mode)
-			}
-			byMode[r.Mode] = append(byMode[r.Mode], r)
-		}
+	places, byPlace := groupBy(runs, func(r modeCostRun) where { return where{r.Nodes, r.Spread} })
+	for _, at := range places {
+		s := modeCostSummary{Nodes: at.nodes, Spread: at.spread}
+		modes, byMode := groupBy(byPlace[at], func(r modeCostRun) string { return r.Mode })
 		for _, md := range modes {
-			m := modeCostResult{Mode: md, Rounds: len(byMode[md])}
-			var cpu, p50, p99, s50, s99, busy []float64
+			m := modeCostResult{Mode: md, costFigures: foldCost(byMode[md])}
+			var s50, s99, busy []float64
 			for _, r := range byMode[md] {
-				cpu = append(cpu, r.HerdCPU)
-				p50 = append(p50, r.Result.Latency.P50)
-				p99 = append(p99, r.Result.Latency.P99)
 				s50 = append(s50, selfOverhead(r.Result).P50)
 				s99 = append(s99, selfOverhead(r.Result).P99)
 				busy = append(busy, r.Busy)
 				m.Sent += r.Result.Sent
 				m.OK += r.Result.OK
 			}
-			m.CPU, m.CPUMin, m.CPUMax = median(cpu), slices.Min(cpu), slices.Max(cpu)
-			m.P50, m.P99 = median(p50), median(p99)
 			m.AddedP50, m.AddedP99 = m.P50-up, m.P99-up
 			m.SelfP50, m.SelfP99 = median(s50), median(s99)
 			m.Busy = median(busy)
@@ -209,6 +189,7 @@ func summariseModes(runs []modeCostRun, upstream time.Duration) []modeCostSummar
 		if len(s.P50Diffs) > 0 {
 			s.P50Diff, s.P99Diff = median(s.P50Diffs), median(s.P99Diffs)
 		}
+		out = append(out, s)
 	}
 	return out
 }
