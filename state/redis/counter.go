@@ -75,7 +75,7 @@ type counter struct {
 var _ state.Counter = (*counter)(nil)
 
 func newCounter(b *Backend, id string) *counter {
-	tag := b.prefix + "{" + id + "}"
+	tag := b.prefix + hashTag(id)
 	c := &counter{
 		b:        b,
 		keys:     []string{tag + ":w", tag + ":f"},

@@ -220,6 +220,9 @@ type Options struct {
 	TLS         *tls.Config // non-nil dials with TLS (rediss://)
 	MasterName  string      // sentinel master name: Addrs are sentinels
 	ClusterMode bool        // Redis Cluster even with a single seed address (more than one address implies it)
+	// SentinelPassword authenticates to the Sentinels (with MasterName), whose requirepass is
+	// their own; empty: no AUTH. Never logged.
+	SentinelPassword string
 
 	KeyPrefix       string           // prefix of every key, without braces; default "herd:"
 	Now             func() time.Time // this node's clock, for latencies and the local fallback (windows run on Redis's); nil means time.Now
@@ -309,6 +312,11 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("lease TTL %v: must be at least 3ms", o.LeaseTTL)
 	case o.FairShareNodes < 0:
 		return fmt.Errorf("fair-share nodes %d: must not be negative", o.FairShareNodes)
+	case o.MasterName != "" && o.ClusterMode:
+		return fmt.Errorf("sentinel master %q and cluster mode: Sentinel watches a single master, choose one", o.MasterName)
+	case o.DB != 0 && o.Client == nil && o.MasterName == "" && (o.ClusterMode || len(o.Addrs) > 1):
+		// go-redis's cluster client would silently use database 0.
+		return fmt.Errorf("database %d: Redis Cluster has only database 0 (several addresses, or cluster mode, mean a cluster)", o.DB)
 	}
 	return nil
 }
@@ -473,6 +481,8 @@ func New(opts Options) (*Backend, error) {
 			// Enterprise feature) need RESP3; they are off.
 			Protocol:                 2,
 			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+
+			SentinelPassword: opts.SentinelPassword,
 		})
 		b.ownsClient = true
 	}
@@ -481,6 +491,13 @@ func New(opts Options) (*Backend, error) {
 	// go-redis retries the dial until then, so that is also how long a start can wait.
 	ctx, cancel := context.WithTimeout(context.Background(), max(opts.Timeout, 500*time.Millisecond))
 	err := b.readTime(ctx)
+	if err == nil {
+		// The scripts too (on every node of a Redis Cluster, replicas included), so that the
+		// first admissions do not spend their deadline on NOSCRIPT and a reload.
+		if lerr := b.loadScripts(ctx); lerr != nil {
+			b.log.Debug("redis state backend: loading the scripts at start failed; the first calls will", "err", lerr)
+		}
+	}
 	cancel()
 	if err != nil {
 		if isTLSError(err) {
@@ -605,9 +622,21 @@ func (b *Backend) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.timeout)
 }
 
+// ping asks Redis whether it answers. A Redis Cluster answers when every master does, so the
+// probe does not close the breaker while some slots' master is gone; and asking every master
+// makes go-redis reload the slot map first, which is how it learns that a replica has taken
+// over a dead master's slots (by itself it reloads on a redirect, which a dead master never
+// sends, and once a minute).
 func (b *Backend) ping() error {
 	ctx, cancel := b.ctx()
 	defer cancel()
+	if cc, ok := b.client.(*goredis.ClusterClient); ok {
+		// Every master: a dead one sends no redirect, so a ping that reached any live node
+		// would close the breaker on a cluster that still fails its calls.
+		if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error { return m.Ping(ctx).Err() }); err != nil {
+			return err
+		}
+	}
 	return b.readTime(ctx)
 }
 
@@ -633,6 +662,11 @@ func (b *Backend) succeeded() {
 // failed records a failed call and opens the breaker after maxFails in a row.
 func (b *Backend) failed(err error) {
 	b.stats.errors.Add(1)
+	if cc, ok := b.client.(*goredis.ClusterClient); ok {
+		// The master the call went to may be dead and its slots served by a replica now:
+		// reload the slot map in the background (go-redis runs one reload at a time).
+		cc.ReloadState(context.Background())
+	}
 	if isTimeout(err) {
 		b.stats.timeouts.Add(1)
 	}
