@@ -258,7 +258,7 @@ func (c *counter) giveBackLocked(id uint64, bucket, k, t int64) {
 		c.b.stats.droppedEnds.Add(1)
 		return
 	}
-	c.queueEndLocked(endOp{id: id, bucket: bucket, requests: -k, tokens: -t})
+	c.queueEndLocked(endOp{id: id, bucket: bucket, requests: -k, tokens: -t, giveBack: k > 0 || t > 0})
 }
 
 // endBlockTicket ends a ticket admitted from a block. A release while the block is still of the

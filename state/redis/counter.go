@@ -46,6 +46,10 @@ type counter struct {
 	tickets           map[uint64]struct{} // this node's Redis tickets in flight: their leases are renewed
 	lastUse           int64               // Backend.ticks at the last use; keeps the counter in the background refresh
 	adjusts           int                 // adjustments among ends (they free no in-flight slot)
+	// Block remainders this node gave back (giveBack ends) whose round trips have replied, ever,
+	// and a channel closed (and replaced) at each such reply: see recheck.
+	backs     uint64
+	backsDone chan struct{}
 
 	// Local admissions (outage.go): what this node admitted while Redis was unreachable and Redis
 	// does not count yet (outage, per second of the outage clock; unpushed is set whenever it may
@@ -77,13 +81,14 @@ var _ state.Counter = (*counter)(nil)
 func newCounter(b *Backend, id string) *counter {
 	tag := b.prefix + hashTag(id)
 	c := &counter{
-		b:        b,
-		keys:     []string{tag + ":w", tag + ":f"},
-		keyArgs:  [2]any{tag + ":w", tag + ":f"},
-		local:    b.local.Counter(id),
-		tickets:  make(map[uint64]struct{}),
-		localTix: make(map[uint64]localAdmission),
-		lastUse:  b.ticks.Load(),
+		b:         b,
+		keys:      []string{tag + ":w", tag + ":f"},
+		keyArgs:   [2]any{tag + ":w", tag + ":f"},
+		local:     b.local.Counter(id),
+		tickets:   make(map[uint64]struct{}),
+		localTix:  make(map[uint64]localAdmission),
+		lastUse:   b.ticks.Load(),
+		backsDone: make(chan struct{}),
 	}
 	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
 	c.outage.Reset(window.BucketOf(b.outageNow()))
@@ -131,22 +136,96 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.mu.Unlock()
 	}
 	if fetch == nil {
-		t, err := c.admitRedis(lim, r, r.Requests, r.Tokens)
-		if err != nil && errors.Is(err, state.ErrNoCapacity) && lim.MaxParallel == 0 && c.waitFetch() {
-			// A block reserved meanwhile may hold what Redis refused.
-			if t, ok := c.takeBlock(lim, r, b.windowNow().UnixNano(), 0); ok {
-				return t, nil
-			}
-		}
-		return t, err
+		return c.admitOne(lim, r)
 	}
 	t, err := c.admitRedis(lim, r, k, tokens)
 	c.fetched(fetch)
 	if err == errBlockRefused {
 		// The block did not fit (other nodes used the room the cache showed): r alone may.
-		return c.admitRedis(lim, r, r.Requests, r.Tokens)
+		return c.admitOne(lim, r)
 	}
 	return t, err
+}
+
+// admitOne admits r alone in Redis. A refusal stands only once this node has no room of its
+// own left for r: see recheck.
+func (c *counter) admitOne(lim state.Limits, r state.Reservation) (state.Ticket, error) {
+	backs := c.backsNow()
+	t, err := c.admitRedis(lim, r, r.Requests, r.Tokens)
+	if err == nil || lim.MaxParallel != 0 || !errors.Is(err, state.ErrNoCapacity) {
+		return t, err
+	}
+	return c.recheck(lim, r, backs, t, err)
+}
+
+// maxRechecks bounds the round trips recheck adds to one admission.
+const maxRechecks = 3
+
+// recheck is a refused admission's look at the room this node holds itself. Redis refused
+// because the window was full as its script ran, but part of what fills it may be this
+// node's own escrow: a block reservation on its way or just made (its reply came before the
+// refusal's), or a block's remainder this node gives back (the block's second ended, or the
+// block came back too late to use) that Redis had not counted when it refused, because the
+// give-back had not been sent yet or went in another round trip. That room is for this node's
+// admissions, and the node's callers, refused, may not ask again: nobody would use it. So the
+// caller waits for the block reservation and takes from the block, and while a remainder
+// given back may not have been counted when backs was read (see backsNow) asks Redis again,
+// the give-back riding in that call or its round trip awaited first. Then the refusal stands.
+// backs was read before the refused call was sent.
+func (c *counter) recheck(lim state.Limits, r state.Reservation, backs uint64, t state.Ticket, err error) (state.Ticket, error) {
+	for range maxRechecks {
+		c.waitFetch()
+		if bt, ok := c.takeBlock(lim, r, c.b.windowNow().UnixNano(), 0); ok {
+			return bt, nil
+		}
+		now, again := c.waitGiveBacks(backs)
+		if !again {
+			break
+		}
+		backs = now
+		if t, err = c.admitRedis(lim, r, r.Requests, r.Tokens); err == nil || !errors.Is(err, state.ErrNoCapacity) {
+			return t, err
+		}
+	}
+	return t, err
+}
+
+// backsNow is how many of this node's block give-backs Redis has confirmed (or failed) so far.
+func (c *counter) backsNow() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.backs
+}
+
+// waitGiveBacks reports whether a block remainder this node gave back may be missing from a
+// refusal whose call was sent when backsNow was backs: one is still to be sent (the next call
+// carries it), or one's round trip replied since. One on its way in another round trip is
+// waited for (at most the call timeout). It also returns backsNow.
+func (c *counter) waitGiveBacks(backs uint64) (uint64, bool) {
+	c.mu.Lock()
+	unsent, sent := false, false
+	for _, e := range c.ends {
+		if e.giveBack {
+			unsent = unsent || !e.sent
+			sent = sent || e.sent
+		}
+	}
+	n, done := c.backs, c.backsDone
+	c.mu.Unlock()
+	if unsent || n != backs {
+		return n, true
+	}
+	if !sent {
+		return n, false
+	}
+	timer := time.NewTimer(c.b.timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+	}
+	n = c.backsNow()
+	return n, n != backs
 }
 
 // startFetchLocked marks a block reservation as on its way; fetched ends it.
@@ -368,6 +447,7 @@ type endOp struct {
 	cachedReq, cachedTok int64
 	sent                 bool // in a round trip whose reply is not read yet
 	adjust               bool // an adjustment (escrow), not the end of a lease: frees no in-flight slot
+	giveBack             bool // a block's unused remainder going back (see recheck)
 }
 
 // takeEndsFloor is takeEndsLocked, and the floor for a script call: the latest bucket of the server's
@@ -517,6 +597,9 @@ func (c *counter) readReplyLocked(trip uint64, ops []endOp, requests, tokens int
 	}
 	var e effect
 	c.inTransit -= len(ops)
+	if slices.ContainsFunc(ops, func(op endOp) bool { return op.giveBack }) {
+		c.backedLocked()
+	}
 	for i, op := range ops {
 		// The cached amounts as they are now: a whole window read meanwhile counted them anew.
 		ops[i] = c.forgetEndLocked(op.id)
@@ -566,6 +649,14 @@ func (c *counter) readReplyLocked(trip uint64, ops []endOp, requests, tokens int
 		}
 	}
 	c.releaseHeldLocked()
+}
+
+// backedLocked records that a round trip carrying block give-backs has replied (or failed),
+// and wakes the admissions that wait for it (waitGiveBacks).
+func (c *counter) backedLocked() {
+	c.backs++
+	close(c.backsDone)
+	c.backsDone = make(chan struct{})
 }
 
 // effect is what one of this node's scripts changed, as the cache counted it: the requests and
@@ -659,11 +750,12 @@ func (c *counter) addEndLocked(bucket, requests, tokens int64) (cachedReq, cache
 func (c *counter) dropEnds() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
+	n, backs := 0, false
 	c.ends = slices.DeleteFunc(c.ends, func(e endOp) bool {
 		if e.sent {
 			return false
 		}
+		backs = backs || e.giveBack
 		c.ring.Add(e.bucket, -e.cachedReq, -e.cachedTok)
 		if e.adjust {
 			c.adjusts--
@@ -672,6 +764,9 @@ func (c *counter) dropEnds() {
 		return true
 	})
 	c.b.stats.droppedEnds.Add(int64(n))
+	if backs {
+		c.backedLocked() // nobody waits for them any more
+	}
 }
 
 // endSumsLocked are the corrections of the unconfirmed ends that the cached ring still holds.

@@ -74,9 +74,12 @@
 // limit) admission is synchronous, one round trip each, as without blocks: near the limit every
 // decision is exact in Redis. When a block is three quarters used the next one is reserved in
 // the background, so steady traffic does not wait; a request that does not fit what is left (a
-// large token reservation, another rpm) is admitted synchronously. A synchronous refusal while
-// a block reservation is on its way waits for it and tries the block again, so a block is
-// never left unused while the node refuses.
+// large token reservation, another rpm) is admitted synchronously. A synchronous refusal is
+// final only once the node holds no room of its own: it waits for a block reservation on its
+// way and tries the block, and asks Redis again when a block remainder it gave back may not
+// have been counted yet (the give-back rides in that call). So a node never refuses while
+// room it reserved lies unused, and a give-back never lands after every caller gave up
+// (counter.recheck).
 //
 // Ends of calls admitted from a block hold no lease of their own. A release in the block's
 // bucket, while the block lasts, puts the room back in the block; every other end (settles'
