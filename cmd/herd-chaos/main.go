@@ -91,7 +91,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Nodes, "nodes", 3, "herd nodes, each in its own network namespace (1-9)")
 	fs.DurationVar(&o.Time, "time", 120*time.Second, "how long the workload runs")
 	fs.StringVar(&nemesis, "nemesis", "all", "faults: comma list of partition, loss, kill, pause, clock, leader, redis, redis-pause; all; or none")
-	fs.StringVar(&o.Mode, "mode", chaos.ModeFast, "cluster limit mode: fast, strict, or redis (usage in a redis-server the suite runs)")
+	fs.StringVar(&o.Mode, "mode", chaos.ModeStrict, "cluster limit mode: strict (herd's default), fast, or redis (usage in a redis-server the suite runs)")
 	fs.StringVar(&o.Redis, "redis", chaos.RedisSingle, "redis mode's Redis: single (the redis nemesis kills and restarts it, empty), "+
 		"cluster (3 masters with a replica each) or sentinel (a master, a replica, 3 Sentinels); with cluster and sentinel the redis nemesis kills a master and a replica takes over")
 	fs.Int64Var(&o.RPM, "rpm", 600, "rpm of the main deployment (the two others get half)")

@@ -535,10 +535,7 @@ func runProxyBench(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	rep := buildReport(o, machine, samples)
-	rep.Command = "herdbench proxy " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		rep.Command = c // set by scripts/bench-proxy.sh
-	}
+	rep.Command = commandLine("herdbench proxy", args)
 	rep.ExpectedUpstreamRequests = uint64(env.probes)
 	for _, s := range samples {
 		rep.ExpectedUpstreamRequests += s.Result.Sent
@@ -562,11 +559,7 @@ func runProxyBench(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+		if err := writeJSON(o.jsonPath, rep); err != nil {
 			return err
 		}
 		fmt.Fprintln(stderr, "herdbench: raw numbers written to", o.jsonPath)
@@ -579,6 +572,25 @@ func addrOf(c *child) string {
 		return "(not started)"
 	}
 	return c.addr
+}
+
+// commandLine is the command a report says it came from: sub (e.g. "herdbench proxy") and
+// args, unless $HERDBENCH_COMMAND names the one a script ran (scripts/bench-proxy.sh), which is
+// what a reader should paste to measure again.
+func commandLine(sub string, args []string) string {
+	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
+		return c
+	}
+	return sub + " " + shellJoin(args)
+}
+
+// writeJSON writes v, indented, to path: the raw numbers behind a report.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // shellJoin quotes args for a shell, for showing the command line.

@@ -71,6 +71,19 @@ func TestShellJoin(t *testing.T) {
 	}
 }
 
+// TestCommandLine: a report names the command that made it, or the one the script that ran
+// herdbench says to paste.
+func TestCommandLine(t *testing.T) {
+	t.Setenv("HERDBENCH_COMMAND", "")
+	if got, want := commandLine("herdbench cluster", []string{"--keys", "off,on", "--json", "a b.json"}), `herdbench cluster --keys off,on --json 'a b.json'`; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	t.Setenv("HERDBENCH_COMMAND", "scripts/bench-proxy.sh --rates 1000")
+	if got := commandLine("herdbench proxy", []string{"--rates", "1000"}); got != "scripts/bench-proxy.sh --rates 1000" {
+		t.Errorf("with $HERDBENCH_COMMAND: %s", got)
+	}
+}
+
 func TestWorkersFor(t *testing.T) {
 	for rate, want := range map[int]uint64{100: 10, 1000: 20, 3000: 60, 1_000_000: 1000} {
 		if got := workersFor(rate); got != want {

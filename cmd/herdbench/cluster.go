@@ -722,73 +722,76 @@ func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Write
 	if len(o.modes) > 0 {
 		return runModesBench(ctx, o, args, stdout, stderr)
 	}
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
-	perCluster := len(o.spreads) * len(o.patterns) * len(o.demands)
-	budget := time.Duration(len(o.nodes)) * (time.Duration(perCluster)*(o.duration+30*time.Second) + time.Minute)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	fmt.Fprintf(stderr, "herdbench: %d measurements of %s each; every child is stopped within %s\n",
-		len(o.nodes)*perCluster, o.duration, budget)
+	s := accuracySuite[clusterRun](o, "herdbench-cluster-", 1, time.Minute)
+	s.plan = fmt.Sprintf("%d measurements of %s each", s.measurements, o.duration)
+	s.measure, s.report = measureAccuracy, reportAccuracy
+	return runSuite(ctx, o, args, s, stdout, stderr)
+}
 
+// accuracyCase is one accuracy measurement's load: how it is spread over the nodes, its
+// pattern, and its demand as a multiple of the limit.
+type accuracyCase struct {
+	spread, pattern string
+	demand          int
+}
+
+// accuracyCases are the measurements an accuracy run makes on each cluster, in the order they
+// are made and reported.
+func accuracyCases(o clusterOptions) []accuracyCase {
+	var out []accuracyCase
+	for _, s := range o.spreads {
+		for _, p := range o.patterns {
+			for _, d := range o.demands {
+				out = append(out, accuracyCase{s, p, d})
+			}
+		}
+	}
+	return out
+}
+
+// accuracySuite is what the accuracy suites (plain and --modes) share: per node count,
+// clusters one after the other, each started within setup and measured once per accuracy
+// case, a measurement given 30 s beyond its load to settle and be read.
+func accuracySuite[R any](o clusterOptions, tmpPrefix string, clusters int, setup time.Duration) clusterSuite[R, struct{}] {
+	return clusterSuite[R, struct{}]{
+		tmpPrefix:    tmpPrefix,
+		measurements: len(o.nodes) * clusters * len(accuracyCases(o)),
+		each:         o.duration + 30*time.Second,
+		setup:        time.Duration(clusters) * setup,
+	}
+}
+
+// measureAccuracy starts one n-node cluster and runs every accuracy measurement on it, each
+// on its own model group.
+func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]clusterRun, error) {
+	var groups []string
+	for _, c := range accuracyCases(o) {
+		groups = append(groups, groupName(c.spread, c.pattern, c.demand))
+	}
+	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{})
+	if err != nil {
+		return nil, err
+	}
+	defer env.stop()
 	var runs []clusterRun
-	for _, n := range o.nodes {
-		var groups []string
-		for _, sp := range o.spreads {
-			for _, p := range o.patterns {
-				for _, d := range o.demands {
-					groups = append(groups, groupName(sp, p, d))
-				}
-			}
-		}
-		env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{})
+	for _, c := range accuracyCases(o) {
+		sp, p, d := c.spread, c.pattern, c.demand
+		r, err := env.measure(ctx, o, n, sp, p, d, groupName(sp, p, d))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		for _, sp := range o.spreads {
-			for _, p := range o.patterns {
-				for _, d := range o.demands {
-					r, err := env.measure(ctx, o, n, sp, p, d, groupName(sp, p, d))
-					if err != nil {
-						env.stop()
-						return err
-					}
-					fmt.Fprintf(stderr, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
-						n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
-					runs = append(runs, r)
-				}
-			}
-		}
-		env.stop()
+		fmt.Fprintf(progress, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
+			n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
+		runs = append(runs, r)
 	}
+	return runs, nil
+}
 
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
-	writeClusterMarkdown(stdout, cmd, machine, o, runs)
-	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
-			Command string       `json:"command"`
-			Machine machineInfo  `json:"machine"`
-			Runs    []clusterRun `json:"runs"`
-		}{cmd, machine, runs}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
-	}
-	if failed := clusterChecks(runs); len(failed) > 0 {
+// reportAccuracy judges every run (clusterSuite.report); this report names only the targets
+// missed, not every check.
+func reportAccuracy(w io.Writer, o clusterOptions, rep *clusterReport[clusterRun, struct{}]) error {
+	writeClusterMarkdown(w, rep.Command, rep.Machine, o, rep.Runs)
+	if failed := clusterChecks(rep.Runs); len(failed) > 0 {
 		return errors.New("targets missed: " + strings.Join(failed, "; "))
 	}
 	return nil

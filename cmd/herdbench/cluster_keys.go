@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -134,69 +133,17 @@ func newClusterKey(ctx context.Context, herdPath string) (string, error) {
 }
 
 func runKeysBench(ctx context.Context, o clusterOptions, args []string, stdout, stderr io.Writer) error {
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
-	measurements := len(o.nodes) * o.rounds * len(o.keys)
-	budget := time.Duration(len(o.nodes))*time.Minute + time.Duration(measurements)*(o.warmup+o.duration+20*time.Second)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-keys-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	if o.profileDir != "" {
-		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(stderr, "herdbench: %d measurements of %s (after %s of warm-up) at %d req/s; every child is stopped within %s\n",
-		measurements, o.duration, o.warmup, o.rate, budget)
+	s := costSuite[keysRun, keysSummary](o, "herdbench-cluster-keys-", len(o.nodes)*o.rounds*len(o.keys), time.Minute)
+	s.measure, s.report = measureKeys, reportKeys
+	return runSuite(ctx, o, args, s, stdout, stderr)
+}
 
-	var runs []keysRun
-	for _, n := range o.nodes {
-		rs, err := measureKeys(ctx, o, n, herdPath, tmpDir, stderr)
-		runs = append(runs, rs...)
-		if err != nil {
-			return err
-		}
-	}
-
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
-	sums := summariseKeys(runs)
-	checks := keysChecks(sums)
-	writeKeysMarkdown(stdout, cmd, machine, o, runs, sums, checks)
-	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
-			Command string        `json:"command"`
-			Machine machineInfo   `json:"machine"`
-			Runs    []keysRun     `json:"runs"`
-			Summary []keysSummary `json:"summary"`
-			Checks  []check       `json:"checks"`
-		}{cmd, machine, runs, sums, checks}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
-	}
-	var failed []string
-	for _, c := range checks {
-		if c.Verdict != "PASS" {
-			failed = append(failed, c.What)
-		}
-	}
-	if len(failed) > 0 {
-		return errors.New("targets missed: " + strings.Join(failed, "; "))
-	}
-	return nil
+// reportKeys summarises the rounds of each node count and judges them (clusterSuite.report).
+func reportKeys(w io.Writer, o clusterOptions, rep *clusterReport[keysRun, keysSummary]) error {
+	rep.Summary = summariseKeys(rep.Runs)
+	rep.Checks = keysChecks(rep.Summary)
+	writeKeysMarkdown(w, rep.Command, rep.Machine, o, rep.Runs, rep.Summary, rep.Checks)
+	return failedChecks(rep.Checks)
 }
 
 // measureKeys starts one n-node cluster per --keys value, all running side by side, and
@@ -395,60 +342,61 @@ type keysSummary struct {
 
 // keysModeResult is one cluster's measurements, folded over rounds.
 type keysModeResult struct {
-	Keys    string  `json:"keys"`
-	Rounds  int     `json:"rounds"`
-	CPU     float64 `json:"herd_cpu_us_per_request_median"`
-	CPUMin  float64 `json:"herd_cpu_us_per_request_min"`
-	CPUMax  float64 `json:"herd_cpu_us_per_request_max"`
-	P50     float64 `json:"latency_p50_us_median"`
-	P99     float64 `json:"latency_p99_us_median"`
+	Keys string `json:"keys"`
+	costFigures
 	Sent    uint64  `json:"sent"`
 	OK      uint64  `json:"ok_2xx"`
 	PropP99 float64 `json:"propagation_p99_ms_median"`
 }
 
+// costFigures are what every cost report (--keys, --modes with --rate) gives for one cluster
+// over its rounds, under the same names: herd CPU per request and the client's latency.
+type costFigures struct {
+	Rounds int     `json:"rounds"`
+	CPU    float64 `json:"herd_cpu_us_per_request_median"`
+	CPUMin float64 `json:"herd_cpu_us_per_request_min"`
+	CPUMax float64 `json:"herd_cpu_us_per_request_max"`
+	P50    float64 `json:"latency_p50_us_median"`
+	P99    float64 `json:"latency_p99_us_median"`
+}
+
+// costRun is a cost measurement's result: a keysRun, or one that embeds it (modeCostRun).
+type costRun interface{ measurement() keysRun }
+
+func (r keysRun) measurement() keysRun { return r }
+
+// foldCost is the costFigures of one cluster's rounds.
+func foldCost[R costRun](rounds []R) costFigures {
+	var cpu, p50, p99 []float64
+	for _, x := range rounds {
+		r := x.measurement()
+		cpu = append(cpu, r.HerdCPU)
+		p50 = append(p50, r.Result.Latency.P50)
+		p99 = append(p99, r.Result.Latency.P99)
+	}
+	return costFigures{Rounds: len(rounds), CPU: median(cpu), CPUMin: slices.Min(cpu), CPUMax: slices.Max(cpu), P50: median(p50), P99: median(p99)}
+}
+
 // summariseKeys folds the runs by node count (in the order they first appear) and key mode.
 func summariseKeys(runs []keysRun) []keysSummary {
 	var out []keysSummary
-	for _, r := range runs {
-		if !slices.ContainsFunc(out, func(s keysSummary) bool { return s.Nodes == r.Nodes }) {
-			out = append(out, keysSummary{Nodes: r.Nodes})
-		}
-	}
-	for i := range out {
-		s := &out[i]
-		byMode := map[string][]keysRun{}
-		var modes []string
-		for _, r := range runs {
-			if r.Nodes != s.Nodes {
-				continue
-			}
-			if _, ok := byMode[r.Keys]; !ok {
-				modes = append(modes, r.Keys)
-			}
-			byMode[r.Keys] = append(byMode[r.Keys], r)
-		}
+	counts, byCount := groupBy(runs, func(r keysRun) int { return r.Nodes })
+	for _, n := range counts {
+		s := keysSummary{Nodes: n}
+		modes, byMode := groupBy(byCount[n], func(r keysRun) string { return r.Keys })
 		for _, k := range modes {
-			m := keysModeResult{Keys: k, Rounds: len(byMode[k])}
-			var cpu, p50, p99, prop []float64
+			m := keysModeResult{Keys: k, costFigures: foldCost(byMode[k])}
+			var prop []float64
 			for _, r := range byMode[k] {
-				cpu = append(cpu, r.HerdCPU)
-				p50 = append(p50, r.Result.Latency.P50)
-				p99 = append(p99, r.Result.Latency.P99)
 				prop = append(prop, r.PropP99)
 				m.Sent += r.Result.Sent
 				m.OK += r.Result.OK
 			}
-			m.CPU, m.CPUMin, m.CPUMax = median(cpu), slices.Min(cpu), slices.Max(cpu)
-			m.P50, m.P99, m.PropP99 = median(p50), median(p99), median(prop)
+			m.PropP99 = median(prop)
 			s.Modes = append(s.Modes, m)
 		}
-		off, on := byMode[keysOff], byMode[keysOn]
-		if len(off) == 0 || len(on) == 0 {
-			continue
-		}
-		for _, a := range on {
-			for _, b := range off {
+		for _, a := range byMode[keysOn] {
+			for _, b := range byMode[keysOff] {
 				if a.Round == b.Round && b.HerdCPU > 0 {
 					s.Ratios = append(s.Ratios, a.HerdCPU/b.HerdCPU)
 				}
@@ -457,9 +405,10 @@ func summariseKeys(runs []keysRun) []keysSummary {
 		if len(s.Ratios) > 0 {
 			s.Ratio = median(s.Ratios)
 		}
-		if mOff := s.mode(keysOff); mOff.CPU > 0 {
-			s.RatioOfMedians = s.mode(keysOn).CPU / mOff.CPU
+		if mOff, mOn := s.mode(keysOff), s.mode(keysOn); mOff.CPU > 0 && mOn.Rounds > 0 {
+			s.RatioOfMedians = mOn.CPU / mOff.CPU
 		}
+		out = append(out, s)
 	}
 	return out
 }
@@ -515,13 +464,7 @@ func fmtNodeCPU(each []float64) string {
 }
 
 func writeKeysMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []keysRun, sums []keysSummary, checks []check) {
-	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
-	rev := m.HerdRevision
-	if rev == "" {
-		rev = "unknown (the binary carries no VCS stamp)"
-	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
+	fmt.Fprintf(w, "Command: `%s`\n\nMachine: %s.\n\n", cmd, fmtMachine(m))
 	fmt.Fprintf(w, "Per node count, two clusters run side by side on loopback: keys off (no cluster key) and keys on (cluster_settings.cluster_key: gossip encrypted, mutual TLS on the raft port; checked in every node's log, and every node saw all members alive and all of them raft voters). One deployment, rpm %d and tpm %d, so every request is admitted, reserved and settled, and its usage gossiped. Each measurement: %s of warm-up (discarded), then %d req/s for %s, round-robin over the nodes; fake upstream latency %s. The clusters take turns, the order alternating by round. Herd CPU is user+system time from /proc/PID/stat of every node, read right before and right after the measured load.\n\n",
 		o.limit, keysTPM, o.warmup, o.rate, o.duration, o.upLatency)
 	fmt.Fprintln(w, "| nodes | round | keys | sent | success | achieved | p50 | p99 | herd CPU per request | per node | herd CPU, % of a core | herdbench CPU per request | machine busy | deltas merged | propagation p99 |")
@@ -548,8 +491,5 @@ func writeKeysMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions,
 				s.Nodes, s.Ratio, fmtRatios(s.Ratios), slices.Min(s.Ratios), slices.Max(s.Ratios), s.RatioOfMedians)
 		}
 	}
-	fmt.Fprintln(w, "\nChecks:")
-	for _, c := range checks {
-		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
-	}
+	writeChecks(w, checks)
 }

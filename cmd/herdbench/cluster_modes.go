@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -329,70 +327,31 @@ func runModesBench(ctx context.Context, o clusterOptions, args []string, stdout,
 	if o.cost {
 		return runModesCost(ctx, o, args, stdout, stderr)
 	}
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
-	perCluster := len(o.spreads) * len(o.patterns) * len(o.demands)
-	clusters := len(o.nodes) * len(o.modes)
-	budget := time.Duration(clusters) * (time.Duration(perCluster)*(o.duration+30*time.Second) + 2*time.Minute)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-modes-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	fmt.Fprintf(stderr, "herdbench: %d clusters (modes %s) of %d measurements of %s each; every child is stopped within %s\n",
-		clusters, strings.Join(o.modes, ","), perCluster, o.duration, budget)
-
-	var runs []modeRun
-	for _, n := range o.nodes {
-		for _, mode := range o.modes {
-			rs, err := measureModeAccuracy(ctx, o, n, mode, herdPath, tmpDir, stderr)
-			runs = append(runs, rs...)
-			if err != nil {
-				return fmt.Errorf("%d nodes, %s mode: %w", n, mode, err)
-			}
-		}
-	}
-
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
-	checks := modeChecks(runs)
-	writeModesMarkdown(stdout, cmd, machine, o, runs, checks)
-	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
-			Command string      `json:"command"`
-			Machine machineInfo `json:"machine"`
-			Runs    []modeRun   `json:"runs"`
-			Checks  []check     `json:"checks"`
-		}{cmd, machine, runs, checks}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
-	}
-	return failedChecks(checks)
+	s := accuracySuite[modeRun](o, "herdbench-cluster-modes-", len(o.modes), 2*time.Minute)
+	s.plan = fmt.Sprintf("%d clusters (modes %s) of %d measurements of %s each",
+		len(o.nodes)*len(o.modes), strings.Join(o.modes, ","), len(accuracyCases(o)), o.duration)
+	s.measure, s.report = measureModes, reportModes
+	return runSuite(ctx, o, args, s, stdout, stderr)
 }
 
-// failedChecks is an error naming every check that did not pass, or nil.
-func failedChecks(checks []check) error {
-	var failed []string
-	for _, c := range checks {
-		if c.Verdict != "PASS" {
-			failed = append(failed, c.What)
+// measureModes measures n nodes in each mode, one cluster after the other.
+func measureModes(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]modeRun, error) {
+	var runs []modeRun
+	for _, mode := range o.modes {
+		rs, err := measureModeAccuracy(ctx, o, n, mode, herdPath, tmpDir, progress)
+		if err != nil {
+			return nil, fmt.Errorf("%d nodes, %s mode: %w", n, mode, err)
 		}
+		runs = append(runs, rs...)
 	}
-	if len(failed) > 0 {
-		return errors.New("targets missed: " + strings.Join(failed, "; "))
-	}
-	return nil
+	return runs, nil
+}
+
+// reportModes judges every run (clusterSuite.report).
+func reportModes(w io.Writer, o clusterOptions, rep *clusterReport[modeRun, struct{}]) error {
+	rep.Checks = modeChecks(rep.Runs)
+	writeModesMarkdown(w, rep.Command, rep.Machine, o, rep.Runs, rep.Checks)
+	return failedChecks(rep.Checks)
 }
 
 // measureModeAccuracy starts one n-node cluster in mode and runs every accuracy measurement on
@@ -402,12 +361,8 @@ func measureModeAccuracy(ctx context.Context, o clusterOptions, n int, mode, her
 		return fmt.Sprintf("%s-%s-%dx", spread, pattern, demand)
 	}
 	var groups []string
-	for _, s := range o.spreads {
-		for _, p := range o.patterns {
-			for _, d := range o.demands {
-				groups = append(groups, model(s, p, d))
-			}
-		}
+	for _, c := range accuracyCases(o) {
+		groups = append(groups, model(c.spread, c.pattern, c.demand))
 	}
 	// Both modes run raft with every node a voter, so that the only difference is the mode.
 	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{name: mode, raft: true, mode: mode, limitWait: o.limitWait})
@@ -422,32 +377,29 @@ func measureModeAccuracy(ctx context.Context, o clusterOptions, n int, mode, her
 	fmt.Fprintf(progress, "herdbench: %d-node cluster, %s mode: all %d members alive, %d raft voters, every node reports %s; homes table version %d\n",
 		n, mode, n, n, mode, version)
 	var runs []modeRun
-	for _, s := range o.spreads {
-		for _, p := range o.patterns {
-			for _, d := range o.demands {
-				r := modeRun{Mode: mode}
-				if r.HomesBefore, err = env.homesVersions(ctx); err != nil {
-					return runs, err
-				}
-				m := model(s, p, d)
-				var out []outcome
-				if r.clusterRun, out, err = env.measureOn(ctx, o, n, s, p, d, m); err != nil {
-					return runs, err
-				}
-				r.utilise(out, env.upstream.times(m))
-				if r.HomesAfter, err = env.homesVersions(ctx); err != nil {
-					return runs, err
-				}
-				for _, c := range env.nodes {
-					if err := c.exited(); err != nil {
-						return runs, err
-					}
-				}
-				runs = append(runs, r)
-				fmt.Fprintf(progress, "herdbench: %d nodes %s %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d; ideal %d), first minute %.1f%%, overall %.1f%%, %d refused, errors %s; propagation p99 %.2f ms; homes versions %v -> %v\n",
-					n, mode, s, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.Ideal, r.FirstMinutePct, r.OverallPct, r.Refused, fmtErrors(r.Errors, r.Codes), r.PropP99, r.HomesBefore, r.HomesAfter)
+	for _, c := range accuracyCases(o) {
+		s, p, d := c.spread, c.pattern, c.demand
+		r := modeRun{Mode: mode}
+		if r.HomesBefore, err = env.homesVersions(ctx); err != nil {
+			return runs, err
+		}
+		m := model(s, p, d)
+		var out []outcome
+		if r.clusterRun, out, err = env.measureOn(ctx, o, n, s, p, d, m); err != nil {
+			return runs, err
+		}
+		r.utilise(out, env.upstream.times(m))
+		if r.HomesAfter, err = env.homesVersions(ctx); err != nil {
+			return runs, err
+		}
+		for _, node := range env.nodes {
+			if err := node.exited(); err != nil {
+				return runs, err
 			}
 		}
+		runs = append(runs, r)
+		fmt.Fprintf(progress, "herdbench: %d nodes %s %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d; ideal %d), first minute %.1f%%, overall %.1f%%, %d refused, errors %s; propagation p99 %.2f ms; homes versions %v -> %v\n",
+			n, mode, s, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.Ideal, r.FirstMinutePct, r.OverallPct, r.Refused, fmtErrors(r.Errors, r.Codes), r.PropP99, r.HomesBefore, r.HomesAfter)
 	}
 	return runs, nil
 }
@@ -519,13 +471,8 @@ func modeRows(runs []modeRun) []modeRow {
 }
 
 func writeModesMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []modeRun, checks []check) {
-	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
-	rev := m.HerdRevision
-	if rev == "" {
-		rev = "unknown (the binary carries no VCS stamp)"
-	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One cluster per mode and node count, run one after the other (every node a raft voter, strict clusters measured once every node applied a homes table of all nodes). One deployment per row, rpm %d; %s of load per row; balanced: round-robin over the nodes, hot: all on node n0; fake upstream latency %s; bursts every %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date, o.limit, o.duration, o.upLatency, o.burstGap, fmtLimitWait(o.limitWait))
+	fmt.Fprintf(w, "Command: `%s`\n\nMachine: %s. One cluster per mode and node count, run one after the other (every node a raft voter, strict clusters measured once every node applied a homes table of all nodes). One deployment per row, rpm %d; %s of load per row; balanced: round-robin over the nodes, hot: all on node n0; fake upstream latency %s; bursts every %s; %s.\n\n",
+		cmd, fmtMachine(m), o.limit, o.duration, o.upLatency, o.burstGap, fmtLimitWait(o.limitWait))
 	fmt.Fprint(w, "| nodes | spread | pattern | demand |")
 	for _, md := range o.modes {
 		fmt.Fprintf(w, " %s: max in any 60 s | %s: overshoot | %s: first minute | %s: overall |", md, md, md, md)
@@ -557,10 +504,7 @@ func writeModesMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions
 				r.Nodes, r.Spread, r.Pattern, r.Demand, r.Mode, r.Offered, r.Admitted, r.Ideal, r.Refused, fmtErrors(r.Errors, r.Codes), r.PropP99, r.CPUPerRequest, fmtVersions(r.HomesBefore, r.HomesAfter))
 		}
 	}
-	fmt.Fprintln(w, "\nChecks:")
-	for _, c := range checks {
-		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
-	}
+	writeChecks(w, checks)
 }
 
 // fmtErrors shows the error count and, when there are any, the statuses behind them (neither

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -32,60 +30,18 @@ type modeCostRun struct {
 }
 
 func runModesCost(ctx context.Context, o clusterOptions, args []string, stdout, stderr io.Writer) error {
-	herdPath, err := findBinary(o.herd, "herd")
-	if err != nil {
-		return err
-	}
-	measurements := len(o.nodes) * o.rounds * len(o.modes) * len(o.spreads)
-	budget := time.Duration(len(o.nodes))*2*time.Minute + time.Duration(measurements)*(o.warmup+o.duration+20*time.Second)
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-cluster-modes-cost-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmpDir)
-	if o.profileDir != "" {
-		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(stderr, "herdbench: %d measurements of %s (after %s of warm-up) at %d req/s; every child is stopped within %s\n",
-		measurements, o.duration, o.warmup, o.rate, budget)
+	s := costSuite[modeCostRun, modeCostSummary](o, "herdbench-cluster-modes-cost-", len(o.nodes)*o.rounds*len(o.modes)*len(o.spreads), 2*time.Minute)
+	s.measure, s.report = measureModesCost, reportModesCost
+	return runSuite(ctx, o, args, s, stdout, stderr)
+}
 
-	var runs []modeCostRun
-	for _, n := range o.nodes {
-		rs, err := measureModesCost(ctx, o, n, herdPath, tmpDir, stderr)
-		runs = append(runs, rs...)
-		if err != nil {
-			return err
-		}
-	}
-
-	cmd := "herdbench cluster " + shellJoin(args)
-	if c := os.Getenv("HERDBENCH_COMMAND"); c != "" {
-		cmd = c
-	}
-	sums := summariseModes(runs, o.upLatency)
-	checks := modeCostChecks(sums)
-	writeModesCostMarkdown(stdout, cmd, machine, o, runs, sums, checks)
-	if o.jsonPath != "" {
-		b, err := json.MarshalIndent(struct {
-			Command string            `json:"command"`
-			Machine machineInfo       `json:"machine"`
-			Runs    []modeCostRun     `json:"runs"`
-			Summary []modeCostSummary `json:"summary"`
-			Checks  []check           `json:"checks"`
-		}{cmd, machine, runs, sums, checks}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
-			return err
-		}
-	}
-	return failedChecks(checks)
+// reportModesCost summarises the rounds of each node count and spread, and judges them
+// (clusterSuite.report).
+func reportModesCost(w io.Writer, o clusterOptions, rep *clusterReport[modeCostRun, modeCostSummary]) error {
+	rep.Summary = summariseModes(rep.Runs, o.upLatency)
+	rep.Checks = modeCostChecks(rep.Summary)
+	writeModesCostMarkdown(w, rep.Command, rep.Machine, o, rep.Runs, rep.Summary, rep.Checks)
+	return failedChecks(rep.Checks)
 }
 
 // costModel is the deployment a spread's load goes to: one each, so a hot run's borrowing
@@ -174,13 +130,8 @@ type modeCostSummary struct {
 
 // modeCostResult is one cluster's measurements, folded over rounds (medians).
 type modeCostResult struct {
-	Mode   string  `json:"mode"`
-	Rounds int     `json:"rounds"`
-	CPU    float64 `json:"herd_cpu_us_per_request_median"`
-	CPUMin float64 `json:"herd_cpu_us_per_request_min"`
-	CPUMax float64 `json:"herd_cpu_us_per_request_max"`
-	P50    float64 `json:"latency_p50_us_median"`
-	P99    float64 `json:"latency_p99_us_median"`
+	Mode string `json:"mode"`
+	costFigures
 	// AddedP50 and AddedP99 are the client's latency minus the fake upstream's (a fixed sleep,
 	// so it comes off every request alike); SelfP50 and SelfP99 herd's own overhead header.
 	AddedP50 float64 `json:"added_p50_us_median"`
@@ -195,41 +146,26 @@ type modeCostResult struct {
 // summariseModes folds runs by node count and spread (in the order they first appear) and mode.
 // upstream is the fake upstream's latency, taken off the client's for the added latency.
 func summariseModes(runs []modeCostRun, upstream time.Duration) []modeCostSummary {
-	var out []modeCostSummary
-	for _, r := range runs {
-		if !slices.ContainsFunc(out, func(s modeCostSummary) bool { return s.Nodes == r.Nodes && s.Spread == r.Spread }) {
-			out = append(out, modeCostSummary{Nodes: r.Nodes, Spread: r.Spread})
-		}
+	type where struct {
+		nodes  int
+		spread string
 	}
+	var out []modeCostSummary
 	up := float64(upstream) / float64(time.Microsecond)
-	for i := range out {
-		s := &out[i]
-		byMode := map[string][]modeCostRun{}
-		var modes []string
-		for _, r := range runs {
-			if r.Nodes != s.Nodes || r.Spread != s.Spread {
-				continue
-			}
-			if _, ok := byMode[r.Mode]; !ok {
-				modes = append(modes, r.Mode)
-			}
-			byMode[r.Mode] = append(byMode[r.Mode], r)
-		}
+	places, byPlace := groupBy(runs, func(r modeCostRun) where { return where{r.Nodes, r.Spread} })
+	for _, at := range places {
+		s := modeCostSummary{Nodes: at.nodes, Spread: at.spread}
+		modes, byMode := groupBy(byPlace[at], func(r modeCostRun) string { return r.Mode })
 		for _, md := range modes {
-			m := modeCostResult{Mode: md, Rounds: len(byMode[md])}
-			var cpu, p50, p99, s50, s99, busy []float64
+			m := modeCostResult{Mode: md, costFigures: foldCost(byMode[md])}
+			var s50, s99, busy []float64
 			for _, r := range byMode[md] {
-				cpu = append(cpu, r.HerdCPU)
-				p50 = append(p50, r.Result.Latency.P50)
-				p99 = append(p99, r.Result.Latency.P99)
 				s50 = append(s50, selfOverhead(r.Result).P50)
 				s99 = append(s99, selfOverhead(r.Result).P99)
 				busy = append(busy, r.Busy)
 				m.Sent += r.Result.Sent
 				m.OK += r.Result.OK
 			}
-			m.CPU, m.CPUMin, m.CPUMax = median(cpu), slices.Min(cpu), slices.Max(cpu)
-			m.P50, m.P99 = median(p50), median(p99)
 			m.AddedP50, m.AddedP99 = m.P50-up, m.P99-up
 			m.SelfP50, m.SelfP99 = median(s50), median(s99)
 			m.Busy = median(busy)
@@ -253,6 +189,7 @@ func summariseModes(runs []modeCostRun, upstream time.Duration) []modeCostSummar
 		if len(s.P50Diffs) > 0 {
 			s.P50Diff, s.P99Diff = median(s.P50Diffs), median(s.P99Diffs)
 		}
+		out = append(out, s)
 	}
 	return out
 }
@@ -308,13 +245,7 @@ func fmtUSs(xs []float64) string {
 }
 
 func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptions, runs []modeCostRun, sums []modeCostSummary, checks []check) {
-	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
-	rev := m.HerdRevision
-	if rev == "" {
-		rev = "unknown (the binary carries no VCS stamp)"
-	}
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s.\n\n",
-		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, rev, m.Date)
+	fmt.Fprintf(w, "Command: `%s`\n\nMachine: %s.\n\n", cmd, fmtMachine(m))
 	tpm := "no tpm"
 	if o.tpm > 0 {
 		tpm = fmt.Sprintf("tpm %d", o.tpm)
@@ -348,8 +279,5 @@ func writeModesCostMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOpt
 			s.Nodes, s.Spread, s.CPURatio, fmtRatios(s.CPURatios), slices.Min(s.CPURatios), slices.Max(s.CPURatios),
 			fmtSignedUS(s.P50Diff), fmtSignedUS(s.P99Diff), fmtUSs(s.P50Diffs), fmtUSs(s.P99Diffs))
 	}
-	fmt.Fprintln(w, "\nChecks:")
-	for _, c := range checks {
-		fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
-	}
+	writeChecks(w, checks)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"slices"
@@ -141,5 +142,25 @@ func TestSpreadsFlag(t *testing.T) {
 	}
 	if groupName(spreadHot, patternBursty, 3) == groupName(spreadBalanced, patternBursty, 3) {
 		t.Fatal("hot and balanced runs share a model group, and so a counter")
+	}
+}
+
+// TestAccuracyCases: every spread, pattern and demand once, spread first and demand last, the
+// order the tables list them in.
+func TestAccuracyCases(t *testing.T) {
+	o, err := parseClusterFlags([]string{"--spread", "balanced,hot", "--patterns", "steady,bursty", "--demands", "1,3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range accuracyCases(o) {
+		got = append(got, fmt.Sprintf("%s %s %d", c.spread, c.pattern, c.demand))
+	}
+	want := []string{
+		"balanced steady 1", "balanced steady 3", "balanced bursty 1", "balanced bursty 3",
+		"hot steady 1", "hot steady 3", "hot bursty 1", "hot bursty 3",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("cases %q\nwant  %q", got, want)
 	}
 }

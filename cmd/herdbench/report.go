@@ -101,6 +101,20 @@ func median(xs []float64) float64 {
 	}
 }
 
+// groupBy splits xs by key: the keys in the order they first appear, each group in xs's order.
+func groupBy[T any, K comparable](xs []T, key func(T) K) ([]K, map[K][]T) {
+	var keys []K
+	groups := map[K][]T{}
+	for _, x := range xs {
+		k := key(x)
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], x)
+	}
+	return keys, groups
+}
+
 func spread(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -181,5 +182,17 @@ func TestBuildReport(t *testing.T) {
 	}
 	if _, err := json.Marshal(rep); err != nil {
 		t.Errorf("report does not marshal: %v", err)
+	}
+}
+
+// TestGroupBy: keys in the order they first appear, as the reports list them; each group in
+// its original order, as the rounds ran.
+func TestGroupBy(t *testing.T) {
+	keys, groups := groupBy([]string{"b1", "a1", "b2", "c1", "a2"}, func(s string) byte { return s[0] })
+	if string(keys) != "bac" || !slices.Equal(groups['b'], []string{"b1", "b2"}) || !slices.Equal(groups['a'], []string{"a1", "a2"}) || !slices.Equal(groups['c'], []string{"c1"}) {
+		t.Errorf("groupBy = %q, %q", keys, groups)
+	}
+	if keys, groups := groupBy(nil, func(s string) string { return s }); len(keys) != 0 || len(groups) != 0 {
+		t.Errorf("nothing: %q, %q", keys, groups)
 	}
 }

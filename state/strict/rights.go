@@ -69,16 +69,25 @@ func (o *outbox) send(b *Backend) {
 }
 
 // held is what this node could still admit on without asking: its own share's free units and
-// its loans' unspent ones.
-func (c *counter) held(now int64) (req, tok int64) {
+// its loans' unspent ones, as far as they fit requests like need. A request takes all it needs
+// from one place, so tokens where no request unit is left (or request units where no tokens
+// are) admit nothing: counting them would stop this node asking while it refuses every request.
+func (c *counter) held(now int64, need state.Reservation) (req, tok int64) {
+	add := func(r, t int64) {
+		r, t = max(r, 0), max(t, 0)
+		if c.lim.RPM > 0 && c.lim.TPM > 0 && need.Tokens > 0 {
+			n := min(r, t/need.Tokens)
+			r, t = n, n*need.Tokens
+		}
+		req += r
+		tok += t
+	}
 	if c.b.homes.Load().self >= 0 {
-		req, tok = c.ownFree(now)
-		req, tok = max(req, 0), max(tok, 0)
+		add(c.ownFree(now))
 	}
 	for _, l := range c.loans {
 		if !l.closed && now < l.deadline {
-			req += l.req - l.spentReq
-			tok += l.tok - l.spentTok
+			add(l.req-l.spentReq, l.tok-l.spentTok)
 		}
 	}
 	return req, tok
@@ -90,7 +99,7 @@ func (c *counter) prefetch(now int64, need state.Reservation, out *outbox) {
 		return
 	}
 	dReq, dTok := c.dem.rate(now)
-	hReq, hTok := c.held(now)
+	hReq, hTok := c.held(now, need)
 	lowReq := max(need.Requests, int64(math.Ceil(dReq*prefetchFor)))
 	lowTok := max(need.Tokens, int64(math.Ceil(dTok*prefetchFor)))
 	if (c.lim.RPM > 0 && hReq < lowReq) || (c.lim.TPM > 0 && hTok < lowTok) {
@@ -118,7 +127,7 @@ func (c *counter) ask(now int64, need state.Reservation, out *outbox) bool {
 		return false
 	}
 	dReq, dTok := c.dem.rate(now)
-	hReq, hTok := c.held(now)
+	hReq, hTok := c.held(now, need)
 	wReq, wTok := int64(0), int64(0)
 	if c.lim.RPM > 0 {
 		wReq = max(need.Requests, int64(math.Ceil(dReq*askFor))-hReq, 1)
@@ -221,6 +230,13 @@ func (c *counter) onWant(from string, r *record, now int64, out *outbox) {
 		freeTok := c.b.share(c.lim.TPM, now) - busyTok - c.lentTok
 		gReq = min(r.req, freeReq-f.keepReq-(f.reserveReq-f.dueReq[from]))
 		gTok = min(r.tok, freeTok-f.keepTok-(f.reserveTok-f.dueTok[from]))
+		if c.lim.RPM > 0 && c.lim.TPM > 0 && r.req > 0 && r.tok > 0 {
+			// Only whole requests' worth, in the proportion asked: units of one kind without
+			// the other would sit on the borrower unused.
+			per := (r.tok + r.req - 1) / r.req
+			n := min(gReq, gTok/per)
+			gReq, gTok = n, n*per
+		}
 		if c.lim.RPM > 0 && gReq <= 0 || c.lim.TPM > 0 && gTok <= 0 {
 			gReq, gTok = 0, 0
 		}

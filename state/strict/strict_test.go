@@ -81,6 +81,46 @@ func TestHotNodeBorrowsTheRest(t *testing.T) {
 	}
 }
 
+// A hot node at 1,000 requests a second that also reserve tokens keeps borrowing once its own
+// share is spent: its share's spare tokens, with no request units beside them, must not count
+// as held (they once stopped it asking, and it admitted nothing for the rest of the minute).
+func TestHotNodeBorrowsAtAHighRateWithTokens(t *testing.T) {
+	cl := newCluster(t, 3, 5, nil)
+	lim := state.Limits{RPM: 90000, TPM: 1_000_000_000_000}
+	var log []arrival
+	offered := 0
+	for range 60 * 100 { // 10 ms steps of 10 requests
+		confirmAll(cl.clock.Now(), cl.load("node0", "d", lim, 10, 300), &log)
+		offered += 10
+		cl.advance(10 * time.Millisecond)
+	}
+	req, tok := maxInWindow(log, time.Minute)
+	if len(log) < offered*99/100 || req > lim.RPM || tok > lim.TPM {
+		t.Fatalf("hot node at 1000/s under rpm %d: %d of %d through, %d in the busiest minute", lim.RPM, len(log), offered, req)
+	}
+}
+
+// A home lends request and token units in the proportion asked, whole requests only: tokens
+// for half the requests come with half the request units, not all of them.
+func TestLoansComeInWholeRequests(t *testing.T) {
+	var grant record
+	b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Network: netFuncs{to: func(_ string, m []byte) bool {
+		_ = decode(m, func(_ string, r *record) {
+			if r.kind == kindGrant {
+				grant = *r
+			}
+		})
+		return true
+	}}, noLoop: true})
+	b.SetHomes(1, []Home{{Name: "peer", Epoch: 1}, {Name: "self", Epoch: 1}})
+	// This home's share of rpm 1000, tpm 6000: 500 requests, 3000 tokens; enough tokens for 10
+	// requests of 300, not the 20 asked.
+	b.HandleMessage(encodeOne("peer", record{kind: kindWant, dep: "d", id: 1, req: 20, tok: 6000, dReq: 20, dTok: 6000, rpm: 1000, tpm: 6000}))
+	if grant.req != 10 || grant.tok != 3000 {
+		t.Fatalf("granted %d requests, %d tokens; want 10 and 3000", grant.req, grant.tok)
+	}
+}
+
 // Done when: with one node cut off and both sides loaded at once, the upstream sees at most
 // the limit, and both sides served some.
 func TestPartitionedSidesShareTheLimit(t *testing.T) {

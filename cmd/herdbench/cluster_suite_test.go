@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// suiteRun stands for one measurement's result in TestRunSuite.
+type suiteRun struct {
+	Nodes int `json:"nodes"`
+}
+
+// TestRunSuite: every node count is measured in order, under the budget, in a temp dir that is
+// gone afterwards; the report sees every run, its JSON file holds what the report filled in,
+// and the report's verdict is the run's. A failed measurement ends the run with no report.
+func TestRunSuite(t *testing.T) {
+	t.Setenv("HERDBENCH_COMMAND", "")
+	exe, err := os.Executable() // stands in for herd: runSuite only reads its build info
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	o := clusterOptions{herd: exe, nodes: []int{3, 5}, jsonPath: filepath.Join(dir, "report.json"), profileDir: filepath.Join(dir, "profiles")}
+	var measured []int
+	var tmpDirs []string
+	suite := clusterSuite[suiteRun, string]{
+		tmpPrefix:    "herdbench-suite-test-",
+		measurements: 4,
+		each:         10 * time.Second,
+		setup:        time.Minute,
+		plan:         "4 measurements of nothing",
+		measure: func(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]suiteRun, error) {
+			if herdPath != exe {
+				t.Errorf("herd %q, want %q", herdPath, exe)
+			}
+			if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > 2*time.Minute+40*time.Second {
+				t.Errorf("no deadline within the budget: %v, %v", deadline, ok)
+			}
+			if st, err := os.Stat(tmpDir); err != nil || !st.IsDir() {
+				t.Errorf("temp dir %q: %v", tmpDir, err)
+			}
+			if st, err := os.Stat(o.profileDir); err != nil || !st.IsDir() {
+				t.Errorf("profile dir %q: %v", o.profileDir, err)
+			}
+			measured, tmpDirs = append(measured, n), append(tmpDirs, tmpDir)
+			return []suiteRun{{Nodes: n}, {Nodes: n}}, nil
+		},
+		report: func(w io.Writer, o clusterOptions, rep *clusterReport[suiteRun, string]) error {
+			rep.Summary = []string{fmt.Sprintf("%d runs", len(rep.Runs))}
+			rep.Checks = []check{{Verdict: "FAIL", What: "a target"}}
+			fmt.Fprintf(w, "Command: `%s`\n%d runs\n", rep.Command, len(rep.Runs))
+			return failedChecks(rep.Checks)
+		},
+	}
+	var stdout, stderr strings.Builder
+	err = runSuite(context.Background(), o, []string{"--nodes", "3,5"}, suite, &stdout, &stderr)
+	if err == nil || err.Error() != "targets missed: a target" {
+		t.Errorf("runSuite = %v, want the report's verdict", err)
+	}
+	if !slices.Equal(measured, []int{3, 5}) {
+		t.Errorf("measured %v, want 3 then 5 nodes", measured)
+	}
+	if want := "herdbench: 4 measurements of nothing; every child is stopped within 2m40s\n"; stderr.String() != want {
+		t.Errorf("progress %q, want %q", stderr.String(), want)
+	}
+	if want := "Command: `herdbench cluster --nodes 3,5`\n4 runs\n"; stdout.String() != want {
+		t.Errorf("report %q, want %q", stdout.String(), want)
+	}
+	if _, err := os.Stat(tmpDirs[0]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temp dir left behind: %v", err)
+	}
+	var got map[string]json.RawMessage
+	b, err := os.ReadFile(o.jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	for field, want := range map[string]string{
+		"command": `"herdbench cluster --nodes 3,5"`,
+		"runs":    `[{"nodes":3},{"nodes":3},{"nodes":5},{"nodes":5}]`,
+		"summary": `["4 runs"]`,
+		"checks":  `[{"verdict":"FAIL","what":"a target","detail":""}]`,
+	} {
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, got[field]); err != nil || compact.String() != want {
+			t.Errorf("%s = %s (%v), want %s", field, got[field], err, want)
+		}
+	}
+	if len(got) != 5 || got["machine"] == nil {
+		t.Errorf("JSON fields %v, want command, machine, runs, summary, checks", slices.Sorted(maps.Keys(got)))
+	}
+
+	// Nothing to summarise or check: the file has neither (the accuracy report's shape).
+	suite.report = func(w io.Writer, o clusterOptions, rep *clusterReport[suiteRun, string]) error { return nil }
+	if err := runSuite(context.Background(), o, nil, suite, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(o.jsonPath)
+	got = nil
+	if err := json.Unmarshal(b, &got); err != nil || len(got) != 3 || got["summary"] != nil || got["checks"] != nil {
+		t.Errorf("JSON without summary or checks: %s (%v)", b, err)
+	}
+
+	// A failed measurement: its error, and no report at all.
+	os.Remove(o.jsonPath)
+	stdout.Reset()
+	suite.measure = func(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]suiteRun, error) {
+		if n == 5 {
+			return nil, errors.New("5 nodes did not start")
+		}
+		return []suiteRun{{Nodes: n}}, nil
+	}
+	suite.report = func(w io.Writer, o clusterOptions, rep *clusterReport[suiteRun, string]) error {
+		t.Error("report written after a failed measurement")
+		return nil
+	}
+	if err := runSuite(context.Background(), o, nil, suite, &stdout, io.Discard); err == nil || err.Error() != "5 nodes did not start" {
+		t.Errorf("runSuite = %v, want the measurement's error", err)
+	}
+	if _, err := os.Stat(o.jsonPath); !errors.Is(err, os.ErrNotExist) || stdout.Len() > 0 {
+		t.Errorf("a report after a failed measurement: %q, JSON %v", stdout.String(), err)
+	}
+}
+
+// TestFmtMachine: a report names herd's revision, or says it cannot.
+func TestFmtMachine(t *testing.T) {
+	m := machineInfo{CPUModel: "AMD EPYC", NumCPU: 2, LoadAvg: "1.00 0.50 0.25", GoVersion: "go1.26", HerdRevision: "b17a708c0ffe", Date: "2025-12-01T00:00:00Z"}
+	if got, want := fmtMachine(m), "AMD EPYC, 2 CPUs, load average 1.00 0.50 0.25 at start, go1.26; herd revision b17a708c0ffe; 2025-12-01T00:00:00Z"; got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	m.HerdRevision = ""
+	if got := fmtMachine(m); !strings.Contains(got, "herd revision unknown (the binary carries no VCS stamp);") {
+		t.Errorf("no revision: %s", got)
+	}
+}
