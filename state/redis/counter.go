@@ -21,8 +21,9 @@ import (
 // this node's latency samples (routing reads its own view of latency; nothing to share).
 type counter struct {
 	b       *Backend
-	keys    []string // window, in-flight ZSET: one hash tag
-	keyArgs [2]any   // keys, boxed once for the scripts' arguments
+	keys    []string     // window, in-flight ZSET: one hash tag
+	keyArgs [2]any       // keys, boxed once for the scripts' arguments
+	srv     *serverClock // the clock of the server the keys live on (see clock.go)
 	local   state.Counter
 
 	mu sync.Mutex
@@ -90,7 +91,8 @@ func newCounter(b *Backend, id string) *counter {
 		lastUse:   b.ticks.Load(),
 		backsDone: make(chan struct{}),
 	}
-	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
+	c.srv = b.masterClock(c.keys[0]).fork()
+	c.ring.Reset(window.BucketOf(c.windowLow().UnixNano()))
 	c.outage.Reset(window.BucketOf(b.outageNow()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
@@ -111,7 +113,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	// Redis counts in Lua's doubles, exact only below maxCount.
 	r.Requests, r.Tokens = clampCount(r.Requests), clampCount(r.Tokens)
 	b := c.b
-	now := b.windowNow().UnixNano()
+	now := c.windowNow().UnixNano()
 	if lim.MaxParallel == 0 {
 		if t, ok := c.takeBlock(lim, r, now, time.Now().UnixNano()); ok {
 			return t, nil
@@ -175,7 +177,7 @@ const maxRechecks = 3
 func (c *counter) recheck(lim state.Limits, r state.Reservation, backs uint64, t state.Ticket, err error) (state.Ticket, error) {
 	for range maxRechecks {
 		c.waitFetch()
-		if bt, ok := c.takeBlock(lim, r, c.b.windowNow().UnixNano(), 0); ok {
+		if bt, ok := c.takeBlock(lim, r, c.windowNow().UnixNano(), 0); ok {
 			return bt, nil
 		}
 		now, again := c.waitGiveBacks(backs)
@@ -264,7 +266,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
 	if err == nil {
-		b.srv.seen(sent, rep.serverUs)
+		c.sawServer(sent, rep.serverUs)
 	}
 	var w *snapshot
 	if err == nil && rep.status != 1 {
@@ -304,7 +306,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		// From the reply's own window, not the cache: the cache may already hold a newer
 		// reply, and the wait must be the one the refusal was made on. The refusal was made at
 		// the window's head, the server's bucket then (or later, if its clock stepped back).
-		now := b.windowNow().UnixNano()
+		now := c.windowNow().UnixNano()
 		w.ring.Advance(window.BucketOf(now))
 		if isBlock {
 			return state.Ticket{}, errBlockRefused
@@ -357,7 +359,7 @@ func (c *counter) localRetryAfter(lim state.Limits, r state.Reservation) time.Du
 // window and this node's local counts; 0 when it fits now. In-flight calls are left out: the
 // cached count includes this node's Redis calls, whose ends Redis may never hear of.
 func (c *counter) cachedWaitLocked(now time.Time, lim state.Limits, r state.Reservation) time.Duration {
-	ns := c.b.windowLow().UnixNano()
+	ns := c.windowLow().UnixNano()
 	c.ring.Advance(window.BucketOf(ns))
 	local := c.local.LoadAt(now)
 	room := state.Limits{RPM: lim.RPM, TPM: lim.TPM}
@@ -456,7 +458,7 @@ type endOp struct {
 // reply has made the block, a reply whose script ran after it would show the whole block as
 // admitted (see readReplyLocked).
 func (c *counter) takeEndsFloor(dst []endOp, limit int, block bool) (ops []endOp, floor int64, trip uint64) {
-	low := window.BucketOf(c.b.windowLow().UnixNano())
+	low := window.BucketOf(c.windowLow().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.ring.Advance(low)
@@ -546,7 +548,7 @@ func (c *counter) flushNow() bool {
 		chunk := ops[i*maxEndsPerCall : min((i+1)*maxEndsPerCall, len(ops))]
 		rep, err := k.reply()
 		if err == nil {
-			b.srv.seen(sent, rep.serverUs)
+			c.sawServer(sent, rep.serverUs)
 		}
 		c.readReplyLocked(trip, chunk, 0, 0, false, &rep, err, nil)
 	}
@@ -793,13 +795,13 @@ func (c *counter) inFlightLocked() int64 {
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
-func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.b.windowLow()) }
+func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.windowLow()) }
 
 // LoadAt is Load as of t (on this node's clock) from the cache, without a round trip. While
 // degraded it is the local fallback's counts times the node count: an estimate of the cluster's
 // use that makes routing's check against the whole limit agree with admission's check against
 // the share.
-func (c *counter) LoadAt(t time.Time) state.Load { return c.loadAt(t, c.b.windowAt(t)) }
+func (c *counter) LoadAt(t time.Time) state.Load { return c.loadAt(t, c.windowAt(t)) }
 
 // loadAt is LoadAt with t's time on the window's clock too (the server's).
 func (c *counter) loadAt(t, wt time.Time) state.Load {
@@ -857,13 +859,13 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 		_ = pipe.Process(ctx, k.cmd)
 	}
 	sent := time.Now()
-	tc := pipe.Time(ctx)
-	rc := c.queueRead(ctx, pipe, b.leaseNow())
+	tc := pipe.Time(ctx) // any server's, in a Redis Cluster: the backend's estimate only
+	rc := c.queueRead(ctx, pipe, c.leaseNow())
 	cmds, _ := pipe.Exec(ctx)
 	if st, err := tc.Result(); err == nil {
 		b.srv.seen(sent, st.UnixMicro())
 	}
-	now := b.windowNow().UnixNano()
+	now := c.windowNow().UnixNano()
 	var inFlight int64
 	var blob string
 	err := pipelineErr(cmds)
@@ -878,11 +880,14 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	defer c.mu.Unlock()
 	if k != nil {
 		rep, kerr := k.reply()
+		if kerr == nil {
+			c.sawServer(sent, rep.serverUs)
+		}
 		c.readReplyLocked(trip, ops, 0, 0, false, &rep, kerr, nil)
 	}
 	if err != nil {
 		b.failed(err)
-		c.ring.Advance(window.BucketOf(b.windowLow().UnixNano()))
+		c.ring.Advance(window.BucketOf(c.windowLow().UnixNano()))
 		return c.ring.RetryAfter(now, c.inFlightLocked(), lim, r)
 	}
 	b.succeeded()

@@ -104,3 +104,42 @@ func TestSentinelKeepsLimits(t *testing.T) {
 			SentinelPassword: s.SentinelPassword(), Now: clock.Now, KeyPrefix: prefix, Timeout: 5 * time.Second})
 	}, []string{"a", "b", "c"})
 }
+
+// A deployment's window runs on the clock of the master its keys live on, from its first call:
+// a node whose last reply came from a master 2 minutes ahead (here: told so) starts using a
+// deployment of another master on that master's clock, read when the backend started, and
+// finds the window the other node filled still full.
+func TestClusterDeploymentStartsOnItsMastersClock(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	prefix := uniquePrefix()
+	open := func() *Backend {
+		return newServerClockBackend(t, nil, Options{Addrs: c.Addrs(), ClusterMode: true, Password: c.Password(),
+			KeyPrefix: prefix, Timeout: 5 * time.Second})
+	}
+	a, b := open(), open()
+	owners := map[*redistest.Server]bool{}
+	var ids []string
+	for i := 0; len(owners) < 3; i++ {
+		id := fmt.Sprintf("dep-%d", i)
+		if m := c.MasterOf(hashTag(id)); !owners[m] {
+			owners[m] = true
+			ids = append(ids, id)
+		}
+	}
+	lim := state.Limits{RPM: 10}
+	r := state.Reservation{Requests: 1}
+	for _, id := range ids {
+		for i := range 10 {
+			if _, err := a.Counter(id).Admit(lim, r); err != nil {
+				t.Fatalf("%s: a's admission %d: %v", id, i+1, err)
+			}
+		}
+	}
+	for _, id := range ids {
+		// What a reply from a master 2 minutes ahead leaves in b's estimate.
+		b.srv.seen(time.Now(), time.Now().Add(2*time.Minute).UnixMicro())
+		if _, err := b.Counter(id).Admit(lim, r); !errors.Is(err, state.ErrNoCapacity) {
+			t.Errorf("%s: b admitted an 11th at rpm 10 (err %v): it started on another master's clock and moved the window on", id, err)
+		}
+	}
+}

@@ -33,7 +33,10 @@
 // Where herd itself needs the server's time (is a block's bucket over? how long until a refusal
 // fits? lease renewals), it estimates it from the server time every reply carries, moved on by
 // this process's monotonic clock since the call was sent (serverClock): an upper bound, late by
-// at most one round trip, so a block ends early rather than late. A test moves windows with a
+// at most one round trip, so a block ends early rather than late. "The server" is the one the
+// deployment's keys live on: each counter keeps its own estimate from its own replies, since
+// the masters of a Redis Cluster are different hosts whose clocks may differ, and a reply
+// from one must not move the windows of deployments on another. A test moves windows with a
 // fake clock that stands in for the server's (Options.serverNow, unexported); leases then stay
 // on the server's.
 //
@@ -330,7 +333,8 @@ type Backend struct {
 	ownsClient bool
 	prefix     string
 	now        func() time.Time // this node's clock: latencies and the local fallback only
-	srv        *serverClock     // the Redis server's clock, as replies show it: windows and leases
+	srv        *serverClock     // a Redis server's clock, as replies show it: seeds the counters' (clock.go)
+	masters    sync.Map         // Redis Cluster: master address -> *serverClock, read by readTime
 	override   func() time.Time // Options.serverNow (tests)
 	noBlocks   bool             // Options.noBlocks (tests)
 	latencyTTL int64
@@ -633,19 +637,28 @@ func (b *Backend) ctx() (context.Context, context.CancelFunc) {
 func (b *Backend) ping() error {
 	ctx, cancel := b.ctx()
 	defer cancel()
-	if cc, ok := b.client.(*goredis.ClusterClient); ok {
-		// Every master: a dead one sends no redirect, so a ping that reached any live node
-		// would close the breaker on a cluster that still fails its calls.
-		if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error { return m.Ping(ctx).Err() }); err != nil {
-			return err
-		}
-	}
 	return b.readTime(ctx)
 }
 
 // readTime asks the server its time (TIME, which also tells that it answers) and keeps it for
-// the server clock's estimate.
+// the server clock's estimate. In a Redis Cluster it asks every master (ping: a dead one sends
+// no redirect, so an answer from any live node would close the breaker on a cluster that still
+// fails its calls) and keeps each master's time apart, for the deployments whose keys it serves
+// (masterClock).
 func (b *Backend) readTime(ctx context.Context) error {
+	if cc, ok := b.client.(*goredis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error {
+			sent := time.Now()
+			t, err := m.Time(ctx).Result()
+			if err != nil {
+				return err
+			}
+			s, _ := b.masters.LoadOrStore(m.Options().Addr, &serverClock{base: b.srv.base})
+			s.(*serverClock).seen(sent, t.UnixMicro())
+			b.srv.seen(sent, t.UnixMicro())
+			return nil
+		})
+	}
 	sent := time.Now()
 	t, err := b.client.Time(ctx).Result()
 	if err != nil {
@@ -653,6 +666,31 @@ func (b *Backend) readTime(ctx context.Context) error {
 	}
 	b.srv.seen(sent, t.UnixMicro())
 	return nil
+}
+
+// masterClock is the clock a counter whose keys include key starts on: in a Redis Cluster the
+// clock readTime read from the master that serves key's slot now, when it has (go-redis knows
+// the slot map then, so finding the master costs no round trip); else the backend's.
+func (b *Backend) masterClock(key string) *serverClock {
+	cc, ok := b.client.(*goredis.ClusterClient)
+	if !ok {
+		return b.srv
+	}
+	known := false
+	b.masters.Range(func(_, _ any) bool { known = true; return false })
+	if !known {
+		return b.srv
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	m, err := cc.MasterForKey(ctx, key)
+	if err != nil {
+		return b.srv
+	}
+	if s, ok := b.masters.Load(m.Options().Addr); ok {
+		return s.(*serverClock)
+	}
+	return b.srv
 }
 
 // succeeded records a call that worked: the run of failures is over.
@@ -753,9 +791,8 @@ func (b *Backend) loop() {
 // expireBlocks gives back the unused room of blocks whose bucket has ended on this node's
 // clock, for counters no admission has come to since.
 func (b *Backend) expireBlocks() {
-	now := b.windowNow().UnixNano()
 	for _, c := range b.counters.Append(nil) {
-		c.expireBlock(now)
+		c.expireBlock(c.windowNow().UnixNano())
 	}
 }
 
@@ -763,7 +800,6 @@ func (b *Backend) expireBlocks() {
 // the last activeFor, and with renew also extends the leases of this node's calls in flight.
 // It reports whether the round trip worked.
 func (b *Backend) refreshAll(renew bool) bool {
-	wall := b.leaseNow()
 	since := b.ticks.Load() - int64(activeFor/b.tick)
 	active := b.counters.Append(nil)
 	n := 0
@@ -781,9 +817,10 @@ func (b *Backend) refreshAll(renew bool) bool {
 	defer cancel()
 	pipe := b.client.Pipeline()
 	sent := time.Now()
-	tc := pipe.Time(ctx) // keeps the server clock's estimate fresh while nothing else is said
+	tc := pipe.Time(ctx) // keeps the backend's estimate fresh while nothing else is said
 	reads := make([]readCmds, len(active))
 	for i, c := range active {
+		wall := c.leaseNow() // the clock of the server its keys live on
 		if renew {
 			c.renew(ctx, pipe, wall)
 		}
