@@ -128,9 +128,10 @@ func (x *exchange) attempt() (*failure, error) {
 	}
 	*x.out = rewrite((*x.out)[:0], x.body, &x.req, dep.modelJSON, addUsage)
 	call := provider.Call{Endpoint: x.ep, Body: *x.out, Stream: x.req.stream}
-	if cf, ok := dep.counter.(state.Confirmer); ok && x.ticket.Rights != 0 {
-		// Strict limits: the rights are checked (and their cooldown started) as the request
-		// leaves, not only when it was admitted.
+	if cf, ok := dep.counter.(state.Confirmer); ok {
+		// The reservation is counted as the request leaves, not only when it was admitted:
+		// strict limits check the rights (and start their cooldown) there, and the gossip
+		// counters move it to the bucket the upstream will count it in.
 		call.Confirm = func() error {
 			x.tmu.Lock()
 			defer x.tmu.Unlock()

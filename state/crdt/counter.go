@@ -269,6 +269,24 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	return state.Ticket{Reserved: r, Bucket: c.w.Head()}, nil
 }
 
+// Confirm moves t's reservation to the bucket its request leaves in, when that is a later one
+// than it was admitted in: an upstream counts a request when it arrives, and one that waited
+// after admission (a burst queued on the node) would otherwise leave this window before the
+// upstream's, letting the next window's requests in while the upstream still counts it. The
+// proxy calls it on the transport's first read of the body.
+func (c *counter) Confirm(t *state.Ticket) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tick()
+	if head := c.w.Head(); t.Bucket != head {
+		r := window.Sane(t.Reserved)
+		c.addOwn(t.Bucket, -r.Requests, -r.Tokens)
+		c.addOwn(head, r.Requests, r.Tokens)
+		t.Bucket = head
+	}
+	return nil
+}
+
 // Settle replaces t's reserved tokens with the real usage in t's bucket, if still held.
 func (c *counter) Settle(t state.Ticket, u state.Usage) {
 	c.mu.Lock()

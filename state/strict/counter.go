@@ -287,8 +287,25 @@ func needOf(t state.Ticket) state.Reservation {
 // a loan must not have passed its deadline by more than confirmSlack.
 func (c *counter) Confirm(t *state.Ticket) error {
 	if t.Rights == 0 {
-		return nil
+		return c.confirmInner(t) // fast mode, or no limits
 	}
+	if err := c.confirmRights(t); err != nil {
+		return err
+	}
+	return c.confirmInner(t)
+}
+
+// confirmInner lets the wrapped backend restamp its own count of t (crdt moves it to the
+// bucket the request leaves in).
+func (c *counter) confirmInner(t *state.Ticket) error {
+	if cf, ok := c.in().(state.Confirmer); ok {
+		return cf.Confirm(t)
+	}
+	return nil
+}
+
+// confirmRights is Confirm for a reservation made on rights.
+func (c *counter) confirmRights(t *state.Ticket) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.b.mono()
