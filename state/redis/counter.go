@@ -153,9 +153,9 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 // own left for r: see recheck.
 func (c *counter) admitOne(lim state.Limits, r state.Reservation) (state.Ticket, error) {
 	backs := c.backsNow()
-	t, err := c.admitRedis(lim, r, r.Requests, r.Tokens)
-	if err == nil || lim.MaxParallel != 0 || !errors.Is(err, state.ErrNoCapacity) {
-		return t, err
+	t, local, err := c.admitRedisOrLocal(lim, r, r.Requests, r.Tokens)
+	if err == nil || local || lim.MaxParallel != 0 || !errors.Is(err, state.ErrNoCapacity) {
+		return t, err // a local refusal (Redis failed) is the fair share's, not Redis's
 	}
 	return c.recheck(lim, r, backs, t, err)
 }
@@ -185,7 +185,8 @@ func (c *counter) recheck(lim state.Limits, r state.Reservation, backs uint64, t
 			break
 		}
 		backs = now
-		if t, err = c.admitRedis(lim, r, r.Requests, r.Tokens); err == nil || !errors.Is(err, state.ErrNoCapacity) {
+		var local bool
+		if t, local, err = c.admitRedisOrLocal(lim, r, r.Requests, r.Tokens); err == nil || local || !errors.Is(err, state.ErrNoCapacity) {
 			return t, err
 		}
 	}
@@ -242,13 +243,21 @@ func (c *counter) startFetchLocked() chan struct{} {
 var errBlockRefused = errors.New("block refused")
 
 // admitRedis admits r in one round trip. With k requests and tokens larger than r's, it
-// reserves a block of them instead, r admitted from it.
+// reserves a block of them instead, r admitted from it. When the call fails, the local fallback
+// decides.
 func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens int64) (state.Ticket, error) {
+	t, _, err := c.admitRedisOrLocal(lim, r, k, tokens)
+	return t, err
+}
+
+// admitRedisOrLocal is admitRedis, and reports whether the local fallback decided.
+func (c *counter) admitRedisOrLocal(lim state.Limits, r state.Reservation, k, tokens int64) (_ state.Ticket, local bool, _ error) {
 	b := c.b
 	isBlock := k != r.Requests || tokens != r.Tokens
 	if err := c.pushPending(); err != nil {
 		b.failed(err)
-		return c.admitLocal(lim, r, true)
+		t, err := c.admitLocal(lim, r, true)
+		return t, true, err
 	}
 	id := b.seq.Add(1)
 	ctx, cancel := b.ctx()
@@ -282,7 +291,8 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		// The script may have run: its reservation then counts until it ages out, and its
 		// lease, which nobody renews, frees the slot within LeaseTTL.
 		b.failed(err)
-		return c.admitLocal(lim, r, true)
+		t, err := c.admitLocal(lim, r, true)
+		return t, true, err
 	}
 	var t state.Ticket
 	if w != nil {
@@ -309,11 +319,11 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		now := c.windowNow().UnixNano()
 		w.ring.Advance(window.BucketOf(now))
 		if isBlock {
-			return state.Ticket{}, errBlockRefused
+			return state.Ticket{}, false, errBlockRefused
 		}
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: retryAfter(&w.ring, now, rep.inFlight, lim, r)}
+		return state.Ticket{}, false, &state.NoCapacityError{RetryAfter: retryAfter(&w.ring, now, rep.inFlight, lim, r)}
 	}
-	return t, nil
+	return t, false, nil
 }
 
 // admitLocal admits against the local backend at this node's fair share of lim, and only while
