@@ -123,6 +123,7 @@ type RouterSettings struct {
 	RedisDB                *int                  `yaml:"redis_db"`                 // Redis logical database
 	RedisSentinelMaster    string                `yaml:"redis_sentinel_master"`    // herd: Sentinel master name; redis_host then lists the sentinels
 	RedisCluster           bool                  `yaml:"redis_cluster"`            // herd: Redis Cluster even with one seed in redis_host (several imply it)
+	RedisSentinelPassword  Secret                `yaml:"redis_sentinel_password"`  // herd: the Sentinels' own password (with redis_sentinel_master); default none
 	RedisFairShareNodes    *int                  `yaml:"redis_fair_share_nodes"`   // herd: while Redis is down each node admits limit/N; N is at least this (default: gossip members)
 	RedisSSL               bool                  `yaml:"redis_ssl"`                // TLS to Redis, server verified; default false (a rediss:// redis_url implies true)
 	RedisSSLCertReqs       string                `yaml:"redis_ssl_cert_reqs"`      // required (default): verify chain and host; optional: chain only; none: no check (WARN)
@@ -175,12 +176,24 @@ type CacheParams struct {
 	DB       *int     `yaml:"db"`
 	TTL      *Seconds `yaml:"ttl"`
 
+	// Redis Cluster and Sentinel, as LiteLLM names them (redis-py's RedisCluster and Sentinel).
+	RedisStartupNodes []RedisNode `yaml:"redis_startup_nodes"` // Redis Cluster seeds, [{host, port}]; password applies to every node
+	SentinelNodes     [][]string  `yaml:"sentinel_nodes"`      // Sentinels, [[host, port]]; needs service_name
+	ServiceName       string      `yaml:"service_name"`        // the master's name the Sentinels watch
+	SentinelPassword  Secret      `yaml:"sentinel_password"`   // the Sentinels' own password; default none (password is the master's)
+
 	// TLS, as redis-py's keyword arguments (LiteLLM passes cache_params through to it).
 	SSL         bool   `yaml:"ssl"`           // TLS to Redis, server verified; default false (a rediss:// url implies true)
 	SSLCertReqs string `yaml:"ssl_cert_reqs"` // required (default): verify chain and host; optional: chain only; none: no check (WARN)
 	SSLCACerts  string `yaml:"ssl_ca_certs"`  // PEM file of the CA(s) that sign Redis's certificate; default the system roots
 	SSLCertfile string `yaml:"ssl_certfile"`  // PEM client certificate for a Redis that requires one; default none
 	SSLKeyfile  string `yaml:"ssl_keyfile"`   // PEM key of ssl_certfile; default: read from ssl_certfile
+}
+
+// RedisNode is one Redis Cluster seed in cache_params.redis_startup_nodes.
+type RedisNode struct {
+	Host string `yaml:"host"` // host name or address
+	Port string `yaml:"port"` // port (number or os.environ/); default 6379
 }
 
 // GeneralSettings are the general_settings keys herd uses.

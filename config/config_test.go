@@ -860,3 +860,82 @@ router_settings:
 		}
 	}
 }
+
+// LiteLLM's Redis Cluster and Sentinel keys in cache_params are read (not warned about as
+// unused), and checked: one way to name Redis, [host, port] pairs, a master name.
+func TestRedisTopologyKeys(t *testing.T) {
+	const model = "model_list: [{model_name: m, litellm_params: {model: openai/m}}]\n"
+	cfg, _ := mustParse(t, model+`
+litellm_settings:
+  cache_params:
+    type: redis
+    redis_startup_nodes: [{host: 10.0.0.1, port: "7001"}, {host: 10.0.0.2, port: 7002}]
+    password: pw
+`, MapEnv{})
+	if got := cfg.LiteLLMSettings.CacheParams.RedisStartupNodes; len(got) != 2 || got[1] != (RedisNode{Host: "10.0.0.2", Port: "7002"}) {
+		t.Errorf("redis_startup_nodes = %+v", got)
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("warnings: %q", cfg.Warnings)
+	}
+	cfg, _ = mustParse(t, model+`
+router_settings:
+  redis_host: s1:26379,s2:26379
+  redis_sentinel_master: mymaster
+  redis_sentinel_password: os.environ/SENTINEL_PW
+litellm_settings:
+  cache_params:
+    type: redis
+    sentinel_nodes: [["s1", 26379], [s2, "26380"]]
+    service_name: mymaster
+    sentinel_password: os.environ/SENTINEL_PW
+`, MapEnv{"SENTINEL_PW": "spw"})
+	cp := cfg.LiteLLMSettings.CacheParams
+	if len(cp.SentinelNodes) != 2 || !slices.Equal(cp.SentinelNodes[1], []string{"s2", "26380"}) || cp.ServiceName != "mymaster" ||
+		cp.SentinelPassword.Reveal() != "spw" || cfg.RouterSettings.RedisSentinelPassword.Reveal() != "spw" {
+		t.Errorf("sentinel keys: %+v, router %q", cp, cfg.RouterSettings.RedisSentinelPassword.Reveal())
+	}
+	if len(cfg.Warnings) != 0 {
+		t.Errorf("warnings: %q", cfg.Warnings)
+	}
+
+	// Sentinel settings without Sentinels do nothing, and say so.
+	cfg, _ = mustParse(t, model+`
+router_settings:
+  redis_host: r1
+  redis_sentinel_password: spw
+litellm_settings:
+  cache_params: {type: redis, host: c1, service_name: m}
+`, MapEnv{})
+	want := []string{
+		"test.yaml:5: router_settings.redis_sentinel_password: has no effect without router_settings.redis_sentinel_master",
+		"test.yaml:7: litellm_settings.cache_params.service_name: has no effect without litellm_settings.cache_params.sentinel_nodes",
+	}
+	if !slices.Equal(cfg.Warnings, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(cfg.Warnings, "\n"), strings.Join(want, "\n"))
+	}
+
+	_, err := Parse("test.yaml", []byte(model+`
+litellm_settings:
+  cache_params:
+    type: redis
+    host: c1
+    redis_startup_nodes: [{port: 7001}, {host: n2, port: 70000}]
+    sentinel_nodes: [[s1], ["", 1], [s2, 26379]]
+`), MapEnv{}, nil)
+	if err == nil {
+		t.Fatal("bad topology keys accepted")
+	}
+	for _, w := range []string{
+		"test.yaml:4: litellm_settings.cache_params: names Redis more than one way: set one of url (or host), redis_startup_nodes and sentinel_nodes",
+		"litellm_settings.cache_params.redis_startup_nodes[0].host: is required",
+		`litellm_settings.cache_params.redis_startup_nodes[1].port: must be a port number from 1 to 65535 (got "70000")`,
+		"test.yaml:8: litellm_settings.cache_params.sentinel_nodes[0]: must be a [host, port] pair",
+		"litellm_settings.cache_params.sentinel_nodes[1]: must be a [host, port] pair",
+		"litellm_settings.cache_params.service_name: is required with sentinel_nodes",
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+}

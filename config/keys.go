@@ -56,8 +56,7 @@ var litellmOnly = map[reflect.Type][]string{
 		"internal_user_budget_duration", "disable_add_prefix_to_prompt", "log_raw_request_response",
 	},
 	reflect.TypeFor[CacheParams](): {
-		"namespace", "supported_call_types", "mode", "redis_startup_nodes", "service_name",
-		"sentinel_nodes", "sentinel_password", "s3_bucket_name", "s3_region_name",
+		"namespace", "supported_call_types", "mode", "s3_bucket_name", "s3_region_name",
 		"s3_api_version", "s3_endpoint_url", "s3_aws_access_key_id", "s3_aws_secret_access_key",
 		"similarity_threshold", "redis_semantic_cache_embedding_model", "qdrant_collection_name",
 		"qdrant_api_base", "qdrant_api_key", "qdrant_quantization_config",

@@ -184,6 +184,10 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 	d.port(p+".redis_port", rs.RedisPort)
 	d.placeholder(p+".redis_password", rs.RedisPassword.Reveal(), true)
 	d.redisURL(p+".redis_url", rs.RedisURL)
+	d.placeholder(p+".redis_sentinel_password", rs.RedisSentinelPassword.Reveal(), true)
+	if rs.RedisSentinelPassword != "" && rs.RedisSentinelMaster == "" {
+		d.warn(p+".redis_sentinel_password", "Redis Sentinel setting without Sentinels", "has no effect without "+p+".redis_sentinel_master")
+	}
 	d.redisTLS(p+".redis_ssl", p+".redis_", rs.RedisSSL, rs.RedisURL, &rs.RedisSSLCertReqs, rs.RedisSSLCACerts, rs.RedisSSLCertfile, rs.RedisSSLKeyfile)
 
 	// Defaults. The pointer fields are non-nil after Load, so callers need no fallbacks of their
@@ -227,6 +231,7 @@ func (d *decoder) litellmSettings(ls *LiteLLMSettings) {
 		nonNegative(d, cp+".db", c.DB)
 		positiveSeconds(d, cp+".ttl", c.TTL)
 		d.redisTLS(cp+".ssl", cp+".", c.SSL, c.URL, &c.SSLCertReqs, c.SSLCACerts, c.SSLCertfile, c.SSLKeyfile)
+		d.redisTopology(cp, c)
 	}
 	d.sslVerify(p+".ssl_verify", ls)
 	if ls.DropParams {
@@ -235,6 +240,47 @@ func (d *decoder) litellmSettings(ls *LiteLLMSettings) {
 	}
 	if ls.Cache {
 		d.warn(p+".cache", "LiteLLM setting not supported by herd", "has no effect: herd does not cache responses")
+	}
+}
+
+// redisTopology validates cache_params' Redis Cluster and Sentinel keys: one way to name the
+// Redis, host and port for every node, and a master name for the Sentinels.
+func (d *decoder) redisTopology(cp string, c *CacheParams) {
+	named := 0
+	for _, set := range []bool{c.URL != "" || c.Host != "", len(c.RedisStartupNodes) > 0, len(c.SentinelNodes) > 0} {
+		if set {
+			named++
+		}
+	}
+	if named > 1 {
+		d.fail(cp, "names Redis more than one way: set one of url (or host), redis_startup_nodes and sentinel_nodes")
+	}
+	for i, n := range c.RedisStartupNodes {
+		path := cp + ".redis_startup_nodes[" + strconv.Itoa(i) + "]"
+		if strings.TrimSpace(n.Host) == "" {
+			d.fail(path+".host", "is required: the address of a Redis Cluster node")
+		}
+		d.placeholder(path+".host", n.Host, false)
+		d.port(path+".port", n.Port)
+	}
+	for i, n := range c.SentinelNodes {
+		path := cp + ".sentinel_nodes[" + strconv.Itoa(i) + "]"
+		if len(n) != 2 || strings.TrimSpace(n[0]) == "" || strings.TrimSpace(n[1]) == "" {
+			d.fail(path, "must be a [host, port] pair, e.g. [\"sentinel-1\", 26379]")
+			continue
+		}
+		d.placeholder(path+"[0]", n[0], false)
+		d.port(path+"[1]", n[1])
+	}
+	if len(c.SentinelNodes) > 0 && c.ServiceName == "" {
+		d.fail(cp+".service_name", "is required with sentinel_nodes: the name the Sentinels watch the master under")
+	}
+	if len(c.SentinelNodes) == 0 {
+		for _, k := range []struct{ name, value string }{{"service_name", c.ServiceName}, {"sentinel_password", c.SentinelPassword.Reveal()}} {
+			if k.value != "" {
+				d.warn(cp+"."+k.name, "Redis Sentinel setting without Sentinels", "has no effect without "+cp+".sentinel_nodes")
+			}
+		}
 	}
 }
 

@@ -2,7 +2,7 @@
 // namespaces, partitions, kills, pauses and skews them on a seeded schedule, and checks what held.
 //
 //	herd-chaos run [--herd PATH] [--nodes 3] [--time 120s] [--nemesis LIST] [--mode fast|strict|redis]
-//	               [--rpm 600] [--tpm N] [--demand 3] [--seed N] [--out DIR]
+//	               [--redis single|cluster|sentinel] [--rpm 600] [--tpm N] [--demand 3] [--seed N] [--out DIR]
 //	herd-chaos analyze DIR
 //	herd-chaos table DIR...
 //
@@ -92,6 +92,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Time, "time", 120*time.Second, "how long the workload runs")
 	fs.StringVar(&nemesis, "nemesis", "all", "faults: comma list of partition, loss, kill, pause, clock, leader, redis, redis-pause; all; or none")
 	fs.StringVar(&o.Mode, "mode", chaos.ModeStrict, "cluster limit mode: strict (herd's default), fast, or redis (usage in a redis-server the suite runs)")
+	fs.StringVar(&o.Redis, "redis", chaos.RedisSingle, "redis mode's Redis: single (the redis nemesis kills and restarts it, empty), "+
+		"cluster (3 masters with a replica each) or sentinel (a master, a replica, 3 Sentinels); with cluster and sentinel the redis nemesis kills a master and a replica takes over")
 	fs.Int64Var(&o.RPM, "rpm", 600, "rpm of the main deployment (the two others get half)")
 	fs.Int64Var(&o.TPM, "tpm", 0, "tpm of the token-limited deployments (default rpm x 30)")
 	fs.Float64Var(&o.Demand, "demand", 3, "offered load as a multiple of the limits")

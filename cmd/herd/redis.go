@@ -35,16 +35,21 @@ type redisTLSKeys struct {
 
 // redisSettings returns the Redis a LiteLLM config names for shared usage: router_settings
 // (redis_url, else redis_host/redis_port/redis_password, with redis_ssl and its CA and client
-// certificate keys), else litellm_settings.cache_params with type redis (LiteLLM users rely on
-// the cache's Redis being used by the router too; TLS as redis-py's ssl, ssl_ca_certs, ...).
-// ok is false when the config names none. Certificate files are read here, so a missing one
-// stops startup naming its key.
+// certificate keys; redis_host may list Redis Cluster seeds, or Sentinels with
+// redis_sentinel_master), else litellm_settings.cache_params with type redis (LiteLLM users
+// rely on the cache's Redis being used by the router too: url or host, redis_startup_nodes for
+// Redis Cluster, or sentinel_nodes and service_name for Sentinel; TLS as redis-py's ssl,
+// ssl_ca_certs, ...). ok is false when the config names none. Certificate files are read
+// here, so a missing one stops startup naming its key.
 func redisSettings(cfg *config.Config) (src redisSource, ok bool, err error) {
 	rs := cfg.RouterSettings
 	var (
 		url config.Secret
 		tk  redisTLSKeys
 		db  *int // cache_params.db (router_settings.redis_db wins)
+		// The topology: a Sentinel master name and the Sentinels' password, or Redis Cluster.
+		master, sentinelPW string
+		cluster            bool
 	)
 	switch {
 	case rs.RedisURL != "" || rs.RedisHost != "":
@@ -56,16 +61,39 @@ func redisSettings(cfg *config.Config) (src redisSource, ok bool, err error) {
 			src.opts = redis.Options{Addrs: redisAddrs(rs.RedisHost, rs.RedisPort), Password: rs.RedisPassword.Reveal()}
 			src.from = "router_settings.redis_host"
 		}
+		master, sentinelPW, cluster = rs.RedisSentinelMaster, rs.RedisSentinelPassword.Reveal(), rs.RedisCluster
+		if master != "" && cluster {
+			return src, true, errors.New("router_settings.redis_sentinel_master and router_settings.redis_cluster: " +
+				"Sentinel watches a single master, not a Redis Cluster; set one")
+		}
 	default:
 		cp := cfg.LiteLLMSettings.CacheParams
-		if cp == nil || (cp.Type != "" && cp.Type != "redis") || (cp.URL == "" && cp.Host == "") {
+		if cp == nil || (cp.Type != "" && cp.Type != "redis") ||
+			(cp.URL == "" && cp.Host == "" && len(cp.RedisStartupNodes) == 0 && len(cp.SentinelNodes) == 0) {
 			return redisSource{}, false, nil
 		}
 		src.from, src.keys = "litellm_settings.cache_params", "litellm_settings.cache_params."
 		tk = redisTLSKeys{cp.SSL, cp.SSLCertReqs, cp.SSLCACerts, cp.SSLCertfile, cp.SSLKeyfile}
-		if cp.URL != "" {
+		// config allows one of the three ways to name Redis.
+		switch {
+		case len(cp.RedisStartupNodes) > 0:
+			src.from += ".redis_startup_nodes"
+			var addrs []string
+			for _, n := range cp.RedisStartupNodes {
+				addrs = append(addrs, redisAddrs(n.Host, n.Port)...)
+			}
+			src.opts, cluster = redis.Options{Addrs: addrs, Password: cp.Password.Reveal()}, true
+		case len(cp.SentinelNodes) > 0:
+			src.from += ".sentinel_nodes"
+			var addrs []string
+			for _, n := range cp.SentinelNodes {
+				addrs = append(addrs, net.JoinHostPort(strings.TrimSpace(n[0]), strings.TrimSpace(n[1])))
+			}
+			src.opts = redis.Options{Addrs: addrs, Password: cp.Password.Reveal()}
+			master, sentinelPW = cp.ServiceName, cp.SentinelPassword.Reveal()
+		case cp.URL != "":
 			url = cp.URL
-		} else {
+		default:
 			src.opts = redis.Options{Addrs: redisAddrs(cp.Host, cp.Port), Password: cp.Password.Reveal()}
 		}
 		db = cp.DB
@@ -84,8 +112,7 @@ func redisSettings(cfg *config.Config) (src redisSource, ok bool, err error) {
 	if rs.RedisDB != nil {
 		src.opts.DB = *rs.RedisDB
 	}
-	src.opts.MasterName = rs.RedisSentinelMaster
-	src.opts.ClusterMode = rs.RedisCluster
+	src.opts.MasterName, src.opts.SentinelPassword, src.opts.ClusterMode = master, sentinelPW, cluster
 	if n := rs.RedisFairShareNodes; n != nil {
 		src.opts.FairShareNodes = *n
 	}

@@ -51,6 +51,43 @@ func TestRedisSettings(t *testing.T) {
 		{"router db wins over cache db", "router_settings:\n  redis_db: 4\nlitellm_settings:\n  cache_params:\n    type: redis\n    url: redis://c1:7000/2\n    db: 3\n",
 			"litellm_settings.cache_params", []string{"c1:7000"}, "", 4, false, true},
 	}
+	// Redis Cluster and Sentinel, in herd's router_settings and in LiteLLM's cache_params.
+	topo := []struct {
+		name, yaml, from, master, sentinelPW string
+		addrs                                []string
+		cluster                              bool
+	}{
+		{"router cluster seeds", "router_settings:\n  redis_host: a:7000,b:7001\n  redis_password: pw\n",
+			"router_settings.redis_host", "", "", []string{"a:7000", "b:7001"}, false},
+		{"router one cluster seed", "router_settings:\n  redis_host: a:7000\n  redis_cluster: true\n  redis_password: pw\n",
+			"router_settings.redis_host", "", "", []string{"a:7000"}, true},
+		{"router sentinel", "router_settings:\n  redis_host: s1,s2:26380\n  redis_port: 26379\n  redis_sentinel_master: mm\n  redis_sentinel_password: os.environ/REDIS_PASSWORD\n  redis_password: pw\n",
+			"router_settings.redis_host", "mm", "pw-from-env", []string{"s1:26379", "s2:26380"}, false},
+		{"cache params startup nodes", "litellm_settings:\n  cache_params:\n    type: redis\n    redis_startup_nodes: [{host: c1, port: 7001}, {host: c2}]\n    password: cpw\n",
+			"litellm_settings.cache_params.redis_startup_nodes", "", "", []string{"c1:7001", "c2:6379"}, true},
+		{"cache params sentinel", "litellm_settings:\n  cache_params:\n    type: redis\n    sentinel_nodes: [[s1, 26379], [s2, 26380]]\n    service_name: mm\n    sentinel_password: spw\n    password: cpw\n",
+			"litellm_settings.cache_params.sentinel_nodes", "mm", "spw", []string{"s1:26379", "s2:26380"}, false},
+	}
+	for _, tt := range topo {
+		src, ok, err := redisSettings(parse(tt.yaml))
+		if err != nil || !ok {
+			t.Errorf("%s: ok=%v err=%v", tt.name, ok, err)
+			continue
+		}
+		o := src.opts
+		if src.from != tt.from || fmt.Sprint(o.Addrs) != fmt.Sprint(tt.addrs) || o.MasterName != tt.master ||
+			o.SentinelPassword != tt.sentinelPW || o.ClusterMode != tt.cluster {
+			t.Errorf("%s: from %q addrs %v master %q sentinel password %q cluster %v", tt.name, src.from, o.Addrs, o.MasterName, o.SentinelPassword, o.ClusterMode)
+		}
+		if (tt.master != "" || tt.cluster) && o.Password == "" {
+			t.Errorf("%s: the nodes' password was dropped", tt.name)
+		}
+	}
+	if _, _, err := redisSettings(parse("router_settings:\n  redis_host: s1\n  redis_sentinel_master: mm\n  redis_cluster: true\n")); err == nil ||
+		!strings.Contains(err.Error(), "redis_sentinel_master and router_settings.redis_cluster") {
+		t.Errorf("sentinel master and cluster: %v", err)
+	}
+
 	for _, tt := range tests {
 		src, ok, err := redisSettings(parse(tt.yaml))
 		opts, from := src.opts, src.from

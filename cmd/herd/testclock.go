@@ -61,8 +61,9 @@ func newClock(ctx context.Context, getenv func(string) string, log *slog.Logger)
 			if err != nil || int64(d) == offset.Load() {
 				continue
 			}
-			offset.Store(int64(d))
+			// Logged first: whoever sees the clock move finds the line already written.
 			log.Warn("TEST ONLY: clock offset changed", "file", path, "offset", d)
+			offset.Store(int64(d))
 		}
 	}()
 	return func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }, nil

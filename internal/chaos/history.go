@@ -113,8 +113,8 @@ const (
 	KindPause      = "pause"
 	KindClock      = "clock"
 	KindLeader     = "leader"      // kill the raft leader: recorded with Kind "kill" and Leader true
-	KindRedis      = "redis"       // kill redis-server and restart it empty, as a crashed cache comes back
-	KindRedisPause = "redis-pause" // freeze redis-server (SIGSTOP): unreachable, but it keeps its data
+	KindRedis      = "redis"       // kill a Redis master: single restarts empty, as a crashed cache comes back; cluster and sentinel fail over
+	KindRedisPause = "redis-pause" // freeze a Redis master (SIGSTOP): unreachable, but it keeps its data (until a replica takes over)
 )
 
 // Fault is one injected fault, as its start and stop ops carry it.
@@ -131,6 +131,9 @@ type Fault struct {
 	Loss float64 `json:"loss,omitempty"`
 	// clock: the offset applied to Nodes.
 	Offset time.Duration `json:"offset,omitempty"`
+	// redis, redis-pause: the Redis process killed or paused (host:port): the master of a
+	// deployment's keys in a Redis Cluster, the master the Sentinels named.
+	Target string `json:"target,omitempty"`
 }
 
 // Arrival is one line of upstream.jsonl: one request the fake upstream received.

@@ -20,6 +20,18 @@ func fxRedisOutage(kind string, during int) *Run {
 	return r
 }
 
+// fxFailoverRun is a redis-mode run on setup whose master is killed at 100 s and healed at
+// `to` (-1: never): 600 arrivals in the 50 s before, then `after` in the 9 s after the kill
+// (the nodes' local shares, and what the new master admits once a replica took over).
+func fxFailoverRun(setup string, to float64, after int) *Run {
+	r := fxRun("redis", 3)
+	r.Info.Redis = setup
+	r.fxFault(&Fault{Kind: KindRedis, Target: "198.51.100.1:7001"}, 100, to)
+	r.fxArrivals("alpha-1", "b", 600, 50, 100, 1)
+	r.fxArrivals("alpha-1", "a", after, 100, 109, 1)
+	return r
+}
+
 var fxHalves = fxPartition("halves", []string{"n1", "n2"}, []string{"n3", "n4", "n5"})
 
 func TestCheckLimitsVerdicts(t *testing.T) {
@@ -158,6 +170,51 @@ func TestCheckLimitsVerdicts(t *testing.T) {
 				return r
 			},
 			want: False, problem: "700 requests in the 60 s from 150.0 s, bound 601 (limit 600 x 1 view + 1 in flight)", m: 1,
+		},
+		{
+			// The old master's 600, the local shares' 600 and a new master's 600 that lost
+			// every write it had not received: 3 epochs before the outage ends.
+			name:  "1800 in a window ending 10 s into a cluster failover",
+			build: func() *Run { return fxFailoverRun(RedisCluster, 130, 1200) },
+			want:  True,
+		},
+		{
+			name:  "1800 in a window ending 10 s into a sentinel failover that never healed",
+			build: func() *Run { return fxFailoverRun(RedisSentinel, -1, 1200) },
+			want:  True,
+		},
+		{
+			// A single Redis comes back only at the restart (130 s): 2 epochs in that window.
+			name:  "1800 in a window ending 10 s into a single Redis's outage",
+			build: func() *Run { return fxFailoverRun(RedisSingle, 130, 1200) },
+			want:  False, problem: "1800 requests in the 60 s from 50.0 s, bound 1214 (limit 600 x 2 views + 14 in flight)", m: 2,
+		},
+		{
+			// 1400 after the kill's first second (when escrow blocks reserved in the old master
+			// may still admit): more than the local shares and a new master together.
+			name: "2000 in a window ending 10 s into a cluster failover",
+			build: func() *Run {
+				r := fxRun("redis", 3)
+				r.Info.Redis = RedisCluster
+				r.fxFault(&Fault{Kind: KindRedis, Target: "198.51.100.1:7001"}, 100, 130)
+				r.fxArrivals("alpha-1", "b", 600, 50, 100, 1)
+				r.fxArrivals("alpha-1", "a", 1400, 101, 110, 1)
+				return r
+			},
+			want: False, problem: "1400 requests in the 60 s from 101.0 s, bound 1216 (limit 600 x 2 views + 16 in flight)", m: 2,
+		},
+		{
+			// After the kill there is no old master's epoch: the local shares and the new
+			// master's, 2.
+			name: "1300 in 60 s after a master was killed",
+			build: func() *Run {
+				r := fxRun("redis", 3)
+				r.Info.Redis = RedisSentinel
+				r.fxFault(&Fault{Kind: KindRedis}, 100, 130)
+				r.fxArrivals("alpha-1", "a", 1300, 101, 125, 1)
+				return r
+			},
+			want: False, problem: "1300 requests in the 60 s from 101.0 s, bound 1206 (limit 600 x 2 views + 6 in flight)", m: 2,
 		},
 		{
 			name: "1200 in 60 s in redis mode under a partition",

@@ -33,7 +33,7 @@ type nemesis struct {
 	rec       *recorder
 	cli       *client
 	clockSkew time.Duration
-	redis     *redisServer // nil unless mode redis
+	redis     *redisSetup // nil unless mode redis
 
 	active *Fault // the fault in force, if any
 }
@@ -127,9 +127,9 @@ func (n *nemesis) start(ctx context.Context, kind string) (*Fault, error) {
 	case KindClock:
 		err = target.setClock(f.Offset)
 	case KindRedis:
-		err = n.redis.kill(ctx)
+		err = n.redis.killMaster(ctx)
 	case KindRedisPause:
-		err = n.redis.signal(syscall.SIGSTOP)
+		err = n.redis.pauseMaster()
 	}
 	return f, err
 }
@@ -149,6 +149,15 @@ func (n *nemesis) choose(ctx context.Context, kind string) (*Fault, *node) {
 		target = up[n.rng.IntN(len(up))]
 	}
 	switch kind {
+	case KindRedis, KindRedisPause:
+		target, err := n.redis.pickMaster(ctx, n.rng)
+		if err != nil {
+			// Nothing to kill or pause that serves the run: the fault is skipped, not half-made.
+			n.redis.log.Warn("redis nemesis: no master to fault", "kind", kind, "err", err)
+			return nil, nil
+		}
+		f.Target = target
+		return f, nil
 	case KindPartition:
 		f.Shape = shapes[n.rng.IntN(len(shapes))]
 		f.Grudge = grudge(f.Shape, names, n.rng)
@@ -176,7 +185,8 @@ func (n *nemesis) choose(ctx context.Context, kind string) (*Fault, *node) {
 }
 
 // heal ends the fault in force, if any, and records that: after it is undone, except for a
-// Redis restart, recorded before (Redis is empty from the moment it answers again).
+// Redis restart, recorded before (Redis is empty from the moment it answers again; in a
+// setup that fails over, after the failover, before the killed master comes back).
 func (n *nemesis) heal(ctx context.Context) error {
 	f := n.active
 	if f == nil {
@@ -199,10 +209,9 @@ func (n *nemesis) heal(ctx context.Context) error {
 	case KindClock:
 		err = n.byName(f.Nodes[0]).setClock(0)
 	case KindRedisPause:
-		err = n.redis.signal(syscall.SIGCONT)
+		err = n.redis.resume(ctx)
 	case KindRedis:
-		stop()
-		if err := n.redis.start(ctx); err != nil {
+		if err := n.redis.heal(ctx, stop); err != nil {
 			return fmt.Errorf("healing %s: %w", f.Kind, err)
 		}
 		return nil

@@ -115,19 +115,25 @@ func TestOptionsValidate(t *testing.T) {
 		return Options{Nodes: 3, Time: 60e9, Mode: ModeFast, RPM: 600, Demand: 3}
 	}
 	o := good()
-	if err := o.Validate(); err != nil || o.TPM != 600*30 || o.Log == nil {
-		t.Fatalf("defaults: %v, tpm %d", err, o.TPM)
+	if err := o.Validate(); err != nil || o.TPM != 600*30 || o.Log == nil || o.Redis != "" {
+		t.Fatalf("defaults: %v, tpm %d, redis %q", err, o.TPM, o.Redis)
+	}
+	o.Mode = ModeRedis
+	if err := o.Validate(); err != nil || o.Redis != RedisSingle {
+		t.Fatalf("redis mode: %v, setup %q, want single by default", err, o.Redis)
 	}
 	for name, edit := range map[string]func(*Options){
-		"no nodes":                  func(o *Options) { o.Nodes = 0 },
-		"too many nodes":            func(o *Options) { o.Nodes = 10 },
-		"too short":                 func(o *Options) { o.Time = 1e9 },
-		"unknown mode":              func(o *Options) { o.Mode = "eventual" },
-		"unknown nemesis":           func(o *Options) { o.Nemeses = []string{"flood"} },
-		"redis without redis":       func(o *Options) { o.Nemeses = []string{KindRedis} },
-		"redis-pause without redis": func(o *Options) { o.Nemeses = []string{KindRedisPause} },
-		"no demand":                 func(o *Options) { o.Demand = 0 },
-		"clock without skew":        func(o *Options) { o.Nemeses, o.ClockSkew = []string{KindClock}, 500e6 },
+		"no nodes":                    func(o *Options) { o.Nodes = 0 },
+		"too many nodes":              func(o *Options) { o.Nodes = 10 },
+		"too short":                   func(o *Options) { o.Time = 1e9 },
+		"unknown mode":                func(o *Options) { o.Mode = "eventual" },
+		"unknown nemesis":             func(o *Options) { o.Nemeses = []string{"flood"} },
+		"redis without redis":         func(o *Options) { o.Nemeses = []string{KindRedis} },
+		"redis-pause without redis":   func(o *Options) { o.Nemeses = []string{KindRedisPause} },
+		"a redis setup without redis": func(o *Options) { o.Redis = RedisCluster },
+		"unknown redis setup":         func(o *Options) { o.Mode, o.Redis = ModeRedis, "replicated" },
+		"no demand":                   func(o *Options) { o.Demand = 0 },
+		"clock without skew":          func(o *Options) { o.Nemeses, o.ClockSkew = []string{KindClock}, 500e6 },
 	} {
 		o := good()
 		edit(&o)

@@ -318,6 +318,9 @@ func repCommand(info *RunInfo) string {
 		nemeses = "none" // the flag's default is all
 	}
 	fmt.Fprintf(&b, " --nemesis %s --mode %s", nemeses, info.Mode)
+	if info.Redis != "" && info.Redis != RedisSingle {
+		fmt.Fprintf(&b, " --redis %s", info.Redis)
+	}
 	if len(info.Deployments) > 0 {
 		fmt.Fprintf(&b, " --rpm %d", info.Deployments[0].RPM)
 	}

@@ -54,7 +54,7 @@ ul.links li{margin:2px 0}
 <div class="head">
   <div class="verdict {{.Verdict}}">{{.Verdict}}</div>
   <dl class="params">
-    <dt>mode</dt><dd>{{.Info.Mode}}</dd>
+    <dt>mode</dt><dd>{{.Info.Mode}}{{with .Info.Redis}} ({{.}} Redis){{end}}</dd>
     <dt>nodes</dt><dd>{{range $i, $n := .Info.Nodes}}{{if $i}}, {{end}}{{$n.Name}} <code>{{$n.Addr}}</code>{{end}}</dd>
     <dt>nemeses</dt><dd>{{range $i, $n := .Info.Nemeses}}{{if $i}}, {{end}}{{$n}}{{else}}none{{end}}</dd>
     <dt>duration</dt><dd>{{.Duration}}{{with .Start}} from {{.}}{{end}}</dd>

@@ -9,8 +9,11 @@ import (
 
 // RunInfo is run.json: what was run, so a stored run can be analysed again without its flags.
 type RunInfo struct {
-	Seed     int64         `json:"seed"`
-	Mode     string        `json:"mode"` // fast, strict or redis
+	Seed int64  `json:"seed"`
+	Mode string `json:"mode"` // fast, strict or redis
+	// Redis is redis mode's setup: single, cluster or sentinel (RedisSetups); empty in runs
+	// from before it existed, which were single.
+	Redis    string        `json:"redis,omitempty"`
 	Nodes    []NodeInfo    `json:"nodes"`
 	Nemeses  []string      `json:"nemeses"`  // the fault kinds scheduled (KindPartition, ...)
 	Duration time.Duration `json:"duration"` // how long the workload ran

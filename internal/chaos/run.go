@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"net/http"
 	"os"
@@ -33,6 +34,7 @@ type Options struct {
 	Time      time.Duration // how long the workload runs
 	Nemeses   []string      // fault kinds to schedule (none: a run without faults)
 	Mode      string        // fast, strict or redis
+	Redis     string        // redis mode's setup: single, cluster or sentinel (RedisSetups); default single
 	RPM       int64         // the main deployment's rpm; the others get half
 	TPM       int64         // tpm of the token-limited deployments (0: rpm x 30)
 	Demand    float64       // offered load as a multiple of the limits
@@ -75,6 +77,16 @@ func (o *Options) Validate() error {
 	case ModeFast, ModeStrict, ModeRedis:
 	default:
 		return fmt.Errorf("--mode %q: fast, strict or redis", o.Mode)
+	}
+	switch {
+	case o.Mode != ModeRedis && o.Redis != "" && o.Redis != RedisSingle:
+		return fmt.Errorf("--redis %s needs --mode redis", o.Redis)
+	case o.Mode != ModeRedis:
+		o.Redis = ""
+	case o.Redis == "":
+		o.Redis = RedisSingle
+	case !slices.Contains(RedisSetups, o.Redis):
+		return fmt.Errorf("--redis %q: %s", o.Redis, strings.Join(RedisSetups, ", "))
 	}
 	if o.RPM < 2 || o.Demand <= 0 {
 		return fmt.Errorf("--rpm must be at least 2 and --demand above 0")
@@ -144,6 +156,9 @@ func Execute(ctx context.Context, o Options) (*Results, error) {
 		if _, err := exec.LookPath("redis-server"); err != nil {
 			return nil, errors.New("--mode redis needs redis-server (apt-get install redis-server)")
 		}
+		if _, err := exec.LookPath("redis-cli"); err != nil && o.Redis != RedisSingle {
+			return nil, fmt.Errorf("--redis %s needs redis-cli (apt-get install redis-tools)", o.Redis)
+		}
 	}
 	if err := CleanStale(); err != nil {
 		o.Log.Warn("removing an earlier run's leftovers", "err", err)
@@ -209,7 +224,7 @@ type runner struct {
 	ckey  string // the cluster key: gossip and the raft port are encrypted and authenticated, as a user must run them
 	net   *Net
 	nodes []*node
-	redis *redisServer
+	redis *redisSetup
 	up    *http.Server
 	arr   *arrivals
 	rec   *recorder
@@ -251,11 +266,12 @@ func (r *runner) setUp(ctx context.Context) error {
 
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
 	if o.Mode == ModeRedis {
-		r.redis = &redisServer{ns: r.net.Ctl, password: randomHex(16), logPath: filepath.Join(o.Out, NodesDir, "redis.log")}
+		r.redis = newRedisSetup(o.Redis, r.net.Ctl, filepath.Join(o.Out, NodesDir), redisKeys(o.deployments()), o.Log)
+		o.Log.Info("starting Redis", "setup", o.Redis)
 		if err := r.redis.start(ctx); err != nil {
 			return err
 		}
-		env = append(env, "REDIS_PASSWORD="+r.redis.password)
+		env = append(env, r.redis.env()...)
 	}
 	cfgPath := filepath.Join(o.Out, "config.yaml")
 	if err := os.WriteFile(cfgPath, r.config(), 0o600); err != nil {
@@ -265,7 +281,7 @@ func (r *runner) setUp(ctx context.Context) error {
 		nd := newNode(o.Out, r.herd, cfgPath, i+1, names, r.net, env)
 		r.nodes = append(r.nodes, nd)
 	}
-	r.info = RunInfo{Seed: o.Seed, Mode: o.Mode, Nemeses: o.Nemeses, Duration: o.Time, Demand: o.Demand, ClockSkew: o.ClockSkew,
+	r.info = RunInfo{Seed: o.Seed, Mode: o.Mode, Redis: o.Redis, Nemeses: o.Nemeses, Duration: o.Time, Demand: o.Demand, ClockSkew: o.ClockSkew,
 		Deployments: o.deployments(), ManagedPrefix: managedPrefix, Propagation: propagationAllowance,
 		Repair: repairTime, ConvergeWithin: convergeWithin, HerdVersion: herdVersion(r.herd)}
 	addrs := map[string]string{}
@@ -432,7 +448,7 @@ func (r *runner) close() error {
 		}
 		wg.Wait()
 		if r.redis != nil {
-			_ = r.redis.kill(ctx)
+			r.redis.stop(ctx)
 		}
 		if r.up != nil {
 			_ = r.up.Close()
@@ -471,7 +487,11 @@ func (r *runner) config() []byte {
 	case ModeFast:
 		rs["cluster_limit_mode"] = "fast"
 	case ModeRedis:
-		rs["redis_host"], rs["redis_port"], rs["redis_password"] = ctlHost, redisPort, "os.environ/REDIS_PASSWORD"
+		setup := r.redis
+		if setup == nil { // the config alone (tests)
+			setup = newRedisSetup(r.o.Redis, "", "", nil, nil)
+		}
+		maps.Copy(rs, setup.routerSettings())
 	}
 	cfg := map[string]any{
 		"model_list":       models,
@@ -481,6 +501,16 @@ func (r *runner) config() []byte {
 	}
 	out, _ := yaml.Marshal(cfg)
 	return append([]byte("# written by herd-chaos for one run\n"), out...)
+}
+
+// redisKeys are the Redis keys of deps' windows, as herd names them (state/redis: the default
+// prefix, the deployment id as the hash tag).
+func redisKeys(deps []DeploymentInfo) []string {
+	var keys []string
+	for _, d := range deps {
+		keys = append(keys, "herd:{"+d.ID+"}:w")
+	}
+	return keys
 }
 
 func writeJSON(path string, v any) error {

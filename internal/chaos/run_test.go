@@ -12,17 +12,31 @@ import (
 // TestNodeConfigLoads: the config every node is started with is one herd accepts, with the
 // deployments and limits run.json records, and the mode's settings.
 func TestNodeConfigLoads(t *testing.T) {
-	for _, mode := range []string{ModeFast, ModeStrict, ModeRedis} {
+	for _, mode := range []string{ModeFast, ModeStrict, ModeRedis, ModeRedis + " " + RedisCluster, ModeRedis + " " + RedisSentinel} {
 		t.Run(mode, func(t *testing.T) {
-			o := Options{Nodes: 3, Time: 60e9, Mode: mode, RPM: 600, Demand: 3}
+			mode, setup, _ := strings.Cut(mode, " ")
+			o := Options{Nodes: 3, Time: 60e9, Mode: mode, Redis: setup, RPM: 600, Demand: 3}
 			if err := o.Validate(); err != nil {
 				t.Fatal(err)
 			}
 			r := &runner{o: o, key: "sk-chaos-test"}
 			var logs bytes.Buffer
-			cfg, err := config.Parse("config.yaml", r.config(), config.MapEnv{"REDIS_PASSWORD": "pw"}, slog.New(slog.NewTextHandler(&logs, nil)))
+			cfg, err := config.Parse("config.yaml", r.config(), config.MapEnv{"REDIS_PASSWORD": "pw", "REDIS_SENTINEL_PASSWORD": "spw"},
+				slog.New(slog.NewTextHandler(&logs, nil)))
 			if err != nil {
 				t.Fatal(err)
+			}
+			rs := cfg.RouterSettings
+			switch {
+			case setup == RedisCluster && strings.Count(rs.RedisHost, ",") != 2:
+				t.Errorf("cluster: redis_host %q, want the 3 masters' addresses as seeds", rs.RedisHost)
+			case setup == RedisSentinel && (strings.Count(rs.RedisHost, ",") != 2 || rs.RedisSentinelMaster == "" || rs.RedisSentinelPassword.Reveal() != "spw"):
+				t.Errorf("sentinel: redis_host %q, master %q", rs.RedisHost, rs.RedisSentinelMaster)
+			case mode == ModeRedis && rs.RedisPassword.Reveal() != "pw":
+				t.Error("no Redis password")
+			}
+			if mode == ModeRedis && strings.Contains(logs.String(), "level=WARN") {
+				t.Errorf("herd warns about the config: %s", logs.String())
 			}
 			want := o.deployments()
 			if len(cfg.ModelList) != len(want) {
@@ -55,6 +69,8 @@ func TestRepeatCommand(t *testing.T) {
 			"herd-chaos run --nodes 3 --time 1m0s --nemesis none --mode fast --rpm 600 --tpm 18000 --demand 3 --seed 7"},
 		{RunInfo{Nodes: make([]NodeInfo, 5), Duration: 120e9, Mode: ModeRedis, Nemeses: []string{KindClock}, ClockSkew: 30e9, Deployments: deps, Demand: 2.5, Seed: 1},
 			"herd-chaos run --nodes 5 --time 2m0s --nemesis clock --mode redis --rpm 600 --tpm 18000 --clock-skew 30s --demand 2.5 --seed 1"},
+		{RunInfo{Nodes: make([]NodeInfo, 3), Duration: 60e9, Mode: ModeRedis, Redis: RedisSentinel, Nemeses: []string{KindRedis}, Deployments: deps, Demand: 3, Seed: 2},
+			"herd-chaos run --nodes 3 --time 1m0s --nemesis redis --mode redis --redis sentinel --rpm 600 --tpm 18000 --demand 3 --seed 2"},
 	} {
 		if got := repCommand(&tt.info); got != tt.want {
 			t.Errorf("repCommand =\n%s\nwant\n%s", got, tt.want)

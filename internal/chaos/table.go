@@ -43,10 +43,14 @@ func Table(dirs []string) (string, error) {
 		if slices.Contains(info.Nemeses, KindClock) && info.ClockSkew > 0 {
 			nem += fmt.Sprintf(" (±%s)", info.ClockSkew)
 		}
-		key := info.Mode + "\x00" + nem
+		mode := info.Mode
+		if info.Redis != "" && info.Redis != RedisSingle {
+			mode += " (" + info.Redis + ")"
+		}
+		key := mode + "\x00" + nem
 		r := rows[key]
 		if r == nil {
-			r = &row{mode: info.Mode, nemesis: nem, answered: map[string]float64{}, totals: map[string]float64{}}
+			r = &row{mode: mode, nemesis: nem, answered: map[string]float64{}, totals: map[string]float64{}}
 			rows[key] = r
 			order = append(order, key)
 		}

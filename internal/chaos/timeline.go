@@ -79,7 +79,7 @@ func NewTimeline(r *Run) *Timeline {
 	tl.Faults = faultSpans(r.History, tl.End)
 	switch tl.Mode {
 	case "redis":
-		tl.dists = redisDisturbances(tl.Faults)
+		tl.dists = redisDisturbances(tl.Faults, failsOver(r.Info.Redis))
 	case "strict":
 	default:
 		tl.segs = tl.fastSegments()
@@ -187,6 +187,14 @@ func (tl *Timeline) FaultFactorAt(t int64) int {
 //     the outage and the return may have the limit before, the limit of fair shares and, once
 //     nodes are back, Redis's limit over the pushed counts: 3. Other faults do not change m:
 //     Redis, not the network between nodes, holds the counts.
+//     In a setup that fails over (cluster, sentinel) the outage is a master's death or pause,
+//     and Redis comes back when a replica takes over, at a moment the history does not fix:
+//     replication is asynchronous, so the new master may lack the writes it had not received
+//     (all of them, at worst) and counts as anew. So that return may come anywhere from the
+//     fault to its heal (the restart, when no replica took over), and is its own disturbance
+//     beside the start. A paused master that was replaced may also take writes when it
+//     resumes, until it learns it is a replica now, which the new master never sees: a third.
+//     See redisDisturbances.
 //   - fast: the most m(t) for any t in W (see fastFactor).
 func (tl *Timeline) FaultFactor(s, e int64) int {
 	switch tl.Mode {
@@ -233,26 +241,40 @@ func (d disturbance) touches(s, e int64) bool {
 // redisDisturbances are the times Redis went away (nothing is reserved in it after, and what was
 // is used within redisBlockTail) or came back (the nodes return to it, having pushed their local
 // admissions, within redisRecovery): one disturbance each when a restart emptied it, one for
-// both when it kept its data (see FaultFactor).
-func redisDisturbances(spans []FaultSpan) []disturbance {
+// both when it kept its data (see FaultFactor). With failover, Redis comes back when a replica
+// takes over, which may be at any time before the heal is recorded (the nemesis records it
+// once the setup serves again, or at the restart when no replica took over): that cut spans
+// the whole outage, so every window that touches the outage may hold the new master's view.
+func redisDisturbances(spans []FaultSpan, failover bool) []disturbance {
 	var out []disturbance
+	add := func(d disturbance) {
+		if len(d) > 0 {
+			out = append(out, d)
+		}
+	}
 	for _, f := range spans {
 		if f.Fault.Kind != KindRedis && f.Fault.Kind != KindRedisPause {
 			continue
 		}
-		var cuts disturbance
+		var gone, back disturbance
 		if !f.Orphan {
-			cuts = append(cuts, epochCut{f.Start, f.Start + redisBlockTail})
+			gone = disturbance{{f.Start, f.Start + redisBlockTail}}
 		}
 		if !f.Open {
-			cuts = append(cuts, epochCut{f.End, f.End + redisRecovery})
+			back = disturbance{{f.End, f.End + redisRecovery}}
 		}
-		if f.Fault.Kind == KindRedisPause {
-			out = append(out, cuts)
-			continue
-		}
-		for _, c := range cuts {
-			out = append(out, disturbance{c})
+		switch {
+		case failover:
+			add(gone)
+			add(disturbance{{f.Start, f.End + redisRecovery}})
+			if f.Fault.Kind == KindRedisPause {
+				add(back) // the replaced master resumes, and takes writes until it learns it is one no more
+			}
+		case f.Fault.Kind == KindRedisPause:
+			add(append(gone, back...))
+		default:
+			add(gone)
+			add(back)
 		}
 	}
 	return out

@@ -256,6 +256,57 @@ func TestFaultFactorModes(t *testing.T) {
 		t.Errorf("redis-pause never healed: m over its start = %d, want 2", got)
 	}
 
+	// A master's death in a setup that fails over: the new master's epoch may start anywhere
+	// in the outage, so a window that ends during it gets 3, not 2.
+	for _, setup := range []string{RedisCluster, RedisSentinel} {
+		r := redis()
+		r.Info.Redis = setup
+		tl := NewTimeline(r)
+		for _, c := range []struct {
+			s    float64
+			want int
+		}{{0, 1}, {40, 1}, {41, 3}, {50, 3}, {90, 3}, {100, 3}, {101, 2}, {131, 2}, {132, 1}} {
+			if got := tl.FaultFactor(fxSec(c.s), fxSec(c.s)+LimitWindow); got != c.want {
+				t.Errorf("redis %s: m([%v s, +60 s)) = %d, want %d", setup, c.s, got, c.want)
+			}
+		}
+	}
+	// Still open at the end of the run: single has seen only the kill, failover may have
+	// happened before the end.
+	for setup, want := range map[string]int{RedisSingle: 2, RedisCluster: 3} {
+		r := fxRun("redis", 3)
+		r.Info.Redis = setup
+		r.fxFault(&Fault{Kind: KindRedis}, 100, -1)
+		r.fxArrivals("alpha-1", "a", 10, 0, 200, 1)
+		if got := NewTimeline(r).FaultFactor(fxSec(50), fxSec(110)); got != want {
+			t.Errorf("redis %s, outage never healed: m([50 s, 110 s)) = %d, want %d", setup, got, want)
+		}
+	}
+	// A master paused in a setup that fails over: as a kill, and its return is a third
+	// disturbance, as the replaced master may take writes until it learns it is a replica.
+	for _, setup := range []string{RedisCluster, RedisSentinel} {
+		r := fxRun("redis", 3)
+		r.Info.Redis = setup
+		r.fxFault(&Fault{Kind: KindRedisPause}, 100, 130)
+		tl := NewTimeline(r)
+		for _, c := range []struct {
+			s    float64
+			want int
+		}{
+			{40, 1},  // ends as the pause starts
+			{41, 3},  // its start, and a replica may have taken over
+			{70, 3},  // [70 s, 130 s) ends as it resumes
+			{71, 4},  // start, failover and resume
+			{100, 4}, // the first second, when escrow blocks reserved before may still admit
+			{101, 3}, // failover and resume
+			{131, 3},
+			{132, 1},
+		} {
+			if got := tl.FaultFactor(fxSec(c.s), fxSec(c.s)+LimitWindow); got != c.want {
+				t.Errorf("redis-pause %s: m([%v s, +60 s)) = %d, want %d", setup, c.s, got, c.want)
+			}
+		}
+	}
 	strict := fxRun("strict", 5)
 	strict.fxFault(fxPartition("halves", []string{"n1", "n2"}, []string{"n3", "n4", "n5"}), 0, -1)
 	if got := NewTimeline(strict).FaultFactor(0, fxSec(600)); got != 1 {

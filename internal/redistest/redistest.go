@@ -1,6 +1,8 @@
-// Package redistest runs a real redis-server for tests: on a free loopback port, with a random
-// password, no persistence, stopped when the test ends, optionally TLS only with certificates
-// made for the test (TLS). Tests that use it are skipped with -short.
+// Package redistest runs real redis-server processes for tests: on free loopback ports, with a
+// random password, no persistence, stopped when the test ends, optionally TLS only with
+// certificates made for the test (TLS); alone (Start), as a Redis Cluster (StartCluster) or as
+// a master with replicas watched by Sentinels (StartSentinel). Tests that use it are skipped
+// with -short.
 package redistest
 
 import (
@@ -11,9 +13,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,13 +40,22 @@ type Option func(*config)
 
 type config struct {
 	args       []string
-	tls        bool // TLS only (TLS, TLSClientAuth)
-	clientAuth bool // clients must present a certificate
+	tls        bool   // TLS only (TLS, TLSClientAuth)
+	clientAuth bool   // clients must present a certificate
+	password   string // requirepass; "" means a random one
+	clusterBus bool   // a Redis Cluster node: a free port for its cluster bus too
+	sentinel   string // run as a Sentinel with this configuration file
 }
 
 // Args passes extra redis-server arguments, e.g. Args("--maxmemory", "1mb").
 func Args(args ...string) Option {
 	return func(c *config) { c.args = append(c.args, args...) }
+}
+
+// Password sets the server's requirepass instead of a random one: the nodes of a cluster, a
+// master and its replicas share one.
+func Password(pw string) Option {
+	return func(c *config) { c.password = pw }
 }
 
 // Server is one redis-server process (or, after Stop or Kill, the place one ran).
@@ -52,15 +65,17 @@ type Server struct {
 	dir      string
 	password string
 	args     []string
+	sentinel string // the Sentinel configuration it started with ("" for a data node)
 
 	tls, clientAuth bool
 	certs           certs // PEM files, with TLS
 
-	mu   sync.Mutex
-	port int
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
-	out  *Buffer
+	mu      sync.Mutex
+	port    int
+	busPort int // the cluster bus port of a Redis Cluster node (0 otherwise)
+	cmd     *exec.Cmd
+	done    chan struct{} // closed when cmd has exited
+	out     *Buffer
 }
 
 // Start launches redis-server on a free 127.0.0.1 port and waits until it answers PING. The
@@ -69,22 +84,17 @@ type Server struct {
 // except when CI is set: there it fails, so CI cannot pass by silently skipping the Redis tests.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("redistest: starts redis-server; skipped in -short mode")
-	}
-	bin, err := exec.LookPath(Binary)
-	if err != nil {
-		msg := fmt.Sprintf("redistest: %s not found on PATH: install redis-server (apt-get install -y redis-server) to run the Redis tests: %v", Binary, err)
-		if os.Getenv("CI") == "" {
-			t.Skip(msg)
-		}
-		t.Fatal(msg)
-	}
+	bin := lookPath(t, Binary)
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), password: randomHex(16), args: c.args, tls: c.tls, clientAuth: c.clientAuth}
+	if c.password == "" {
+		c.password = randomHex(16)
+	}
+	var err error
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), password: c.password, args: c.args, tls: c.tls, clientAuth: c.clientAuth,
+		sentinel: c.sentinel}
 	if s.tls {
 		if s.certs, err = makeCerts(s.dir); err != nil {
 			t.Fatalf("redistest: TLS certificates: %v", err)
@@ -97,8 +107,14 @@ func Start(t testing.TB, opts ...Option) *Server {
 		if err != nil {
 			t.Fatalf("redistest: %v", err)
 		}
+		bus := 0
+		if c.clusterBus {
+			if bus, err = freePort(); err != nil {
+				t.Fatalf("redistest: %v", err)
+			}
+		}
 		s.mu.Lock()
-		s.port = port
+		s.port, s.busPort = port, bus
 		lastErr = s.startLocked()
 		s.mu.Unlock()
 		if lastErr == nil {
@@ -112,6 +128,25 @@ func Start(t testing.TB, opts ...Option) *Server {
 	return nil
 }
 
+// lookPath skips the test under -short, and finds bin on PATH. Without it the test is skipped
+// too (so the README's test command works on a machine without Redis), except when CI is set:
+// there it fails, so CI cannot pass by silently skipping the Redis tests.
+func lookPath(t testing.TB, bin string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("redistest: starts redis-server; skipped in -short mode")
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		msg := fmt.Sprintf("redistest: %s not found on PATH: install redis-server and redis-tools (apt-get install -y redis-server) to run the Redis tests: %v", bin, err)
+		if os.Getenv("CI") == "" {
+			t.Skip(msg)
+		}
+		t.Fatal(msg)
+	}
+	return path
+}
+
 // Addr is the server's host:port.
 func (s *Server) Addr() string {
 	s.mu.Lock()
@@ -121,6 +156,21 @@ func (s *Server) Addr() string {
 
 // Password is the server's requirepass.
 func (s *Server) Password() string { return s.password }
+
+// Running reports whether the process runs (not stopped, killed or exited).
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
 
 // Stop ends the server with SIGTERM and waits for it to exit (SIGKILL if it takes too long).
 func (s *Server) Stop() { s.signal(syscall.SIGTERM) }
@@ -201,7 +251,21 @@ func (s *Server) startLocked() error {
 		"--daemonize", "no",
 		"--logfile", "",
 	)
+	if s.busPort != 0 {
+		args = append(args, "--cluster-port", strconv.Itoa(s.busPort))
+	}
 	args = append(args, s.args...)
+	if s.sentinel != "" {
+		// Sentinel rewrites its configuration file as it learns the topology, so the file
+		// is written once and a restart reads what it learnt.
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		if _, err := os.Stat(conf); errors.Is(err, fs.ErrNotExist) {
+			if err := os.WriteFile(conf, []byte(s.sentinel), 0o600); err != nil {
+				return err
+			}
+		}
+		args = append([]string{conf, "--sentinel"}, args...)
+	}
 	cmd := exec.Command(s.bin, args...)
 	out := &Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -61,7 +61,7 @@ func (c *counter) blockSizeLocked(lim state.Limits, r state.Reservation, now int
 	if left < int64(blockHorizon) {
 		k = k * left / int64(blockHorizon)
 	}
-	c.ring.Advance(window.BucketOf(c.b.windowLow().UnixNano()))
+	c.ring.Advance(window.BucketOf(c.windowLow().UnixNano()))
 	req, tok := c.ring.Sums()
 	nodes := 2 * c.b.nodes.Load()
 	if lim.RPM > 0 {
@@ -137,7 +137,7 @@ func (c *counter) takeBlock(lim state.Limits, r state.Reservation, now, wall int
 func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b := c.b
 	defer c.fetched(done)
-	now := b.windowNow().UnixNano()
+	now := c.windowNow().UnixNano()
 	c.mu.Lock()
 	k, t := c.blockSizeLocked(lim, state.Reservation{Requests: 1, Tokens: c.meanTok}, now)
 	c.mu.Unlock()
@@ -160,7 +160,7 @@ func (c *counter) prefetch(lim state.Limits, done chan struct{}) {
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
 	if err == nil {
-		b.srv.seen(sent, rep.serverUs)
+		c.sawServer(sent, rep.serverUs)
 	}
 	c.mu.Lock()
 	if err != nil {
@@ -216,7 +216,7 @@ func (c *counter) waitFetch() bool {
 // node's block, or adds them to it. A reservation that cannot join the current block (another
 // bucket, other limits) is given back at once.
 func (c *counter) addBlockLocked(lim state.Limits, bucket int64, id uint64, k, t int64) {
-	now := c.blockBucketLocked(c.b.windowNow().UnixNano())
+	now := c.blockBucketLocked(c.windowNow().UnixNano())
 	if c.blk != nil && (c.blk.bucket < now || c.blk.lim != lim) {
 		c.retireBlockLocked()
 	}
@@ -258,7 +258,7 @@ func (c *counter) giveBackLocked(id uint64, bucket, k, t int64) {
 		c.b.stats.droppedEnds.Add(1)
 		return
 	}
-	c.queueEndLocked(endOp{id: id, bucket: bucket, requests: -k, tokens: -t})
+	c.queueEndLocked(endOp{id: id, bucket: bucket, requests: -k, tokens: -t, giveBack: k > 0 || t > 0})
 }
 
 // endBlockTicket ends a ticket admitted from a block. A release while the block is still of the

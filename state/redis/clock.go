@@ -22,6 +22,16 @@ type serverClock struct {
 
 func newServerClock() *serverClock { return &serverClock{base: time.Now()} }
 
+// fork is a clock with s's base (so monotonic readings compare) that starts from s's latest
+// sample and then learns on its own.
+func (s *serverClock) fork() *serverClock {
+	f := &serverClock{base: s.base}
+	f.off.Store(s.off.Load())
+	f.offLo.Store(s.offLo.Load())
+	f.sent.Store(s.sent.Load())
+	return f
+}
+
 // seen records that a call sent at sent found the server's clock at serverUs (Unix µs). An
 // older call's sample never replaces a newer one: the server's clock may have been stepped
 // between them. Two racing calls may each store half a sample; both halves are valid bounds
@@ -69,33 +79,47 @@ func (s *serverClock) at(m int64) int64 {
 	return s.off.Load() + m
 }
 
+// Each deployment's keys live on one server: the master of their hash slot. In a Redis Cluster
+// masters are different hosts with clocks of their own, and a deployment's windows and leases
+// run on its master's, so each counter keeps its own estimate (counter.srv), learnt from its own
+// scripts' replies; the backend's (Backend.srv), from any server, only seeds it (single Redis,
+// Sentinel: the one master) or is replaced by the master's own, read at start and by every probe
+// (Backend.masterClock). A reply from another master never moves a deployment's window.
+
+// sawServer records the server time a reply of this counter's carried, for its clock and the
+// backend's.
+func (c *counter) sawServer(sent time.Time, serverUs int64) {
+	c.srv.seen(sent, serverUs)
+	c.b.srv.seen(sent, serverUs)
+}
+
 // leaseNow is the server's time for leases: always the estimate of the server's clock.
-func (b *Backend) leaseNow() time.Time { return b.srv.now() }
+func (c *counter) leaseNow() time.Time { return c.srv.now() }
 
 // windowNow is the server's time for windows, its upper bound (blocks, waits), or in tests the
 // clock that stands in for the server's (Options.serverNow).
-func (b *Backend) windowNow() time.Time {
-	if b.override != nil {
-		return b.override()
+func (c *counter) windowNow() time.Time {
+	if c.b.override != nil {
+		return c.b.override()
 	}
-	return b.srv.now()
+	return c.srv.now()
 }
 
 // windowLow is windowNow's lower bound, which the cached window ages by.
-func (b *Backend) windowLow() time.Time {
-	if b.override != nil {
-		return b.override()
+func (c *counter) windowLow() time.Time {
+	if c.b.override != nil {
+		return c.b.override()
 	}
-	return b.srv.low()
+	return c.srv.low()
 }
 
 // windowAt is the window time (lower bound) of t, a time on this node's clock (Options.Now): the
 // server's time now, moved by t's distance from this node's now.
-func (b *Backend) windowAt(t time.Time) time.Time {
-	if b.override != nil {
+func (c *counter) windowAt(t time.Time) time.Time {
+	if c.b.override != nil {
 		return t
 	}
-	return b.srv.low().Add(t.Sub(b.now()))
+	return c.srv.low().Add(t.Sub(c.b.now()))
 }
 
 // overrideMs is the scripts' window clock override: 0 (the server's clock) but in tests.

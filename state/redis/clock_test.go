@@ -80,7 +80,7 @@ func TestServerClockEstimate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		est := b.windowNow()
+		est := b.counter("d").windowNow()
 		after, err := rc.Time(context.Background()).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -89,5 +89,30 @@ func TestServerClockEstimate(t *testing.T) {
 		if est.Before(before) || est.After(after.Add(200*time.Millisecond)) {
 			t.Fatalf("estimate %v outside the server's [%v, %v + 200ms]", est, before, after)
 		}
+	}
+}
+
+// In a Redis Cluster each master has its own clock, and a deployment's window runs on the clock
+// of the master its keys live on. A reply from another master, whose clock is 2 minutes ahead,
+// moves no other deployment's window: with one estimate for every server (herd before it kept
+// one per deployment), the counter's floor followed that master, its next admission moved the
+// head 2 minutes on and the window came back empty, 10 more admitted at rpm 10.
+func TestOtherServersClockMovesNoWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	b := newServerClockBackend(t, srv, Options{Timeout: 5 * time.Second})
+	lim := state.Limits{RPM: 10}
+	c := b.Counter("d")
+	for i := range 10 {
+		if _, err := c.Admit(lim, one); err != nil {
+			t.Fatalf("admission %d: %v", i, err)
+		}
+	}
+	// What a reply from a master 2 minutes ahead tells the backend.
+	b.srv.seen(time.Now(), time.Now().Add(2*time.Minute).UnixMicro())
+	if _, err := c.Admit(lim, one); !errors.Is(err, state.ErrNoCapacity) {
+		t.Fatalf("admitted over rpm after another server's clock was seen (err %v): the window moved on", err)
+	}
+	if l := c.Load(); l.Requests != 10 {
+		t.Errorf("Load %+v, want the 10 admitted", l)
 	}
 }

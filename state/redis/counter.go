@@ -21,8 +21,9 @@ import (
 // this node's latency samples (routing reads its own view of latency; nothing to share).
 type counter struct {
 	b       *Backend
-	keys    []string // window, in-flight ZSET: one hash tag
-	keyArgs [2]any   // keys, boxed once for the scripts' arguments
+	keys    []string     // window, in-flight ZSET: one hash tag
+	keyArgs [2]any       // keys, boxed once for the scripts' arguments
+	srv     *serverClock // the clock of the server the keys live on (see clock.go)
 	local   state.Counter
 
 	mu sync.Mutex
@@ -46,6 +47,10 @@ type counter struct {
 	tickets           map[uint64]struct{} // this node's Redis tickets in flight: their leases are renewed
 	lastUse           int64               // Backend.ticks at the last use; keeps the counter in the background refresh
 	adjusts           int                 // adjustments among ends (they free no in-flight slot)
+	// Block remainders this node gave back (giveBack ends) whose round trips have replied, ever,
+	// and a channel closed (and replaced) at each such reply: see recheck.
+	backs     uint64
+	backsDone chan struct{}
 
 	// Local admissions (outage.go): what this node admitted while Redis was unreachable and Redis
 	// does not count yet (outage, per second of the outage clock; unpushed is set whenever it may
@@ -75,17 +80,19 @@ type counter struct {
 var _ state.Counter = (*counter)(nil)
 
 func newCounter(b *Backend, id string) *counter {
-	tag := b.prefix + "{" + id + "}"
+	tag := b.prefix + hashTag(id)
 	c := &counter{
-		b:        b,
-		keys:     []string{tag + ":w", tag + ":f"},
-		keyArgs:  [2]any{tag + ":w", tag + ":f"},
-		local:    b.local.Counter(id),
-		tickets:  make(map[uint64]struct{}),
-		localTix: make(map[uint64]localAdmission),
-		lastUse:  b.ticks.Load(),
+		b:         b,
+		keys:      []string{tag + ":w", tag + ":f"},
+		keyArgs:   [2]any{tag + ":w", tag + ":f"},
+		local:     b.local.Counter(id),
+		tickets:   make(map[uint64]struct{}),
+		localTix:  make(map[uint64]localAdmission),
+		lastUse:   b.ticks.Load(),
+		backsDone: make(chan struct{}),
 	}
-	c.ring.Reset(window.BucketOf(b.windowLow().UnixNano()))
+	c.srv = b.masterClock(c.keys[0]).fork()
+	c.ring.Reset(window.BucketOf(c.windowLow().UnixNano()))
 	c.outage.Reset(window.BucketOf(b.outageNow()))
 	c.flushTimer = time.AfterFunc(time.Hour, c.flush)
 	c.flushTimer.Stop()
@@ -106,7 +113,7 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 	// Redis counts in Lua's doubles, exact only below maxCount.
 	r.Requests, r.Tokens = clampCount(r.Requests), clampCount(r.Tokens)
 	b := c.b
-	now := b.windowNow().UnixNano()
+	now := c.windowNow().UnixNano()
 	if lim.MaxParallel == 0 {
 		if t, ok := c.takeBlock(lim, r, now, time.Now().UnixNano()); ok {
 			return t, nil
@@ -131,22 +138,97 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		c.mu.Unlock()
 	}
 	if fetch == nil {
-		t, err := c.admitRedis(lim, r, r.Requests, r.Tokens)
-		if err != nil && errors.Is(err, state.ErrNoCapacity) && lim.MaxParallel == 0 && c.waitFetch() {
-			// A block reserved meanwhile may hold what Redis refused.
-			if t, ok := c.takeBlock(lim, r, b.windowNow().UnixNano(), 0); ok {
-				return t, nil
-			}
-		}
-		return t, err
+		return c.admitOne(lim, r)
 	}
 	t, err := c.admitRedis(lim, r, k, tokens)
 	c.fetched(fetch)
 	if err == errBlockRefused {
 		// The block did not fit (other nodes used the room the cache showed): r alone may.
-		return c.admitRedis(lim, r, r.Requests, r.Tokens)
+		return c.admitOne(lim, r)
 	}
 	return t, err
+}
+
+// admitOne admits r alone in Redis. A refusal stands only once this node has no room of its
+// own left for r: see recheck.
+func (c *counter) admitOne(lim state.Limits, r state.Reservation) (state.Ticket, error) {
+	backs := c.backsNow()
+	t, local, err := c.admitRedisOrLocal(lim, r, r.Requests, r.Tokens)
+	if err == nil || local || lim.MaxParallel != 0 || !errors.Is(err, state.ErrNoCapacity) {
+		return t, err // a local refusal (Redis failed) is the fair share's, not Redis's
+	}
+	return c.recheck(lim, r, backs, t, err)
+}
+
+// maxRechecks bounds the round trips recheck adds to one admission.
+const maxRechecks = 3
+
+// recheck is a refused admission's look at the room this node holds itself. Redis refused
+// because the window was full as its script ran, but part of what fills it may be this
+// node's own escrow: a block reservation on its way or just made (its reply came before the
+// refusal's), or a block's remainder this node gives back (the block's second ended, or the
+// block came back too late to use) that Redis had not counted when it refused, because the
+// give-back had not been sent yet or went in another round trip. That room is for this node's
+// admissions, and the node's callers, refused, may not ask again: nobody would use it. So the
+// caller waits for the block reservation and takes from the block, and while a remainder
+// given back may not have been counted when backs was read (see backsNow) asks Redis again,
+// the give-back riding in that call or its round trip awaited first. Then the refusal stands.
+// backs was read before the refused call was sent.
+func (c *counter) recheck(lim state.Limits, r state.Reservation, backs uint64, t state.Ticket, err error) (state.Ticket, error) {
+	for range maxRechecks {
+		c.waitFetch()
+		if bt, ok := c.takeBlock(lim, r, c.windowNow().UnixNano(), 0); ok {
+			return bt, nil
+		}
+		now, again := c.waitGiveBacks(backs)
+		if !again {
+			break
+		}
+		backs = now
+		var local bool
+		if t, local, err = c.admitRedisOrLocal(lim, r, r.Requests, r.Tokens); err == nil || local || !errors.Is(err, state.ErrNoCapacity) {
+			return t, err
+		}
+	}
+	return t, err
+}
+
+// backsNow is how many of this node's block give-backs Redis has confirmed (or failed) so far.
+func (c *counter) backsNow() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.backs
+}
+
+// waitGiveBacks reports whether a block remainder this node gave back may be missing from a
+// refusal whose call was sent when backsNow was backs: one is still to be sent (the next call
+// carries it), or one's round trip replied since. One on its way in another round trip is
+// waited for (at most the call timeout). It also returns backsNow.
+func (c *counter) waitGiveBacks(backs uint64) (uint64, bool) {
+	c.mu.Lock()
+	unsent, sent := false, false
+	for _, e := range c.ends {
+		if e.giveBack {
+			unsent = unsent || !e.sent
+			sent = sent || e.sent
+		}
+	}
+	n, done := c.backs, c.backsDone
+	c.mu.Unlock()
+	if unsent || n != backs {
+		return n, true
+	}
+	if !sent {
+		return n, false
+	}
+	timer := time.NewTimer(c.b.timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+	}
+	n = c.backsNow()
+	return n, n != backs
 }
 
 // startFetchLocked marks a block reservation as on its way; fetched ends it.
@@ -161,13 +243,21 @@ func (c *counter) startFetchLocked() chan struct{} {
 var errBlockRefused = errors.New("block refused")
 
 // admitRedis admits r in one round trip. With k requests and tokens larger than r's, it
-// reserves a block of them instead, r admitted from it.
+// reserves a block of them instead, r admitted from it. When the call fails, the local fallback
+// decides.
 func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens int64) (state.Ticket, error) {
+	t, _, err := c.admitRedisOrLocal(lim, r, k, tokens)
+	return t, err
+}
+
+// admitRedisOrLocal is admitRedis, and reports whether the local fallback decided.
+func (c *counter) admitRedisOrLocal(lim state.Limits, r state.Reservation, k, tokens int64) (_ state.Ticket, local bool, _ error) {
 	b := c.b
 	isBlock := k != r.Requests || tokens != r.Tokens
 	if err := c.pushPending(); err != nil {
 		b.failed(err)
-		return c.admitLocal(lim, r, true)
+		t, err := c.admitLocal(lim, r, true)
+		return t, true, err
 	}
 	id := b.seq.Add(1)
 	ctx, cancel := b.ctx()
@@ -185,7 +275,7 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 	b.runCalls(ctx, ks[:])
 	rep, err := kc.reply()
 	if err == nil {
-		b.srv.seen(sent, rep.serverUs)
+		c.sawServer(sent, rep.serverUs)
 	}
 	var w *snapshot
 	if err == nil && rep.status != 1 {
@@ -201,7 +291,8 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		// The script may have run: its reservation then counts until it ages out, and its
 		// lease, which nobody renews, frees the slot within LeaseTTL.
 		b.failed(err)
-		return c.admitLocal(lim, r, true)
+		t, err := c.admitLocal(lim, r, true)
+		return t, true, err
 	}
 	var t state.Ticket
 	if w != nil {
@@ -225,14 +316,14 @@ func (c *counter) admitRedis(lim state.Limits, r state.Reservation, k, tokens in
 		// From the reply's own window, not the cache: the cache may already hold a newer
 		// reply, and the wait must be the one the refusal was made on. The refusal was made at
 		// the window's head, the server's bucket then (or later, if its clock stepped back).
-		now := b.windowNow().UnixNano()
+		now := c.windowNow().UnixNano()
 		w.ring.Advance(window.BucketOf(now))
 		if isBlock {
-			return state.Ticket{}, errBlockRefused
+			return state.Ticket{}, false, errBlockRefused
 		}
-		return state.Ticket{}, &state.NoCapacityError{RetryAfter: retryAfter(&w.ring, now, rep.inFlight, lim, r)}
+		return state.Ticket{}, false, &state.NoCapacityError{RetryAfter: retryAfter(&w.ring, now, rep.inFlight, lim, r)}
 	}
-	return t, nil
+	return t, false, nil
 }
 
 // admitLocal admits against the local backend at this node's fair share of lim, and only while
@@ -278,7 +369,7 @@ func (c *counter) localRetryAfter(lim state.Limits, r state.Reservation) time.Du
 // window and this node's local counts; 0 when it fits now. In-flight calls are left out: the
 // cached count includes this node's Redis calls, whose ends Redis may never hear of.
 func (c *counter) cachedWaitLocked(now time.Time, lim state.Limits, r state.Reservation) time.Duration {
-	ns := c.b.windowLow().UnixNano()
+	ns := c.windowLow().UnixNano()
 	c.ring.Advance(window.BucketOf(ns))
 	local := c.local.LoadAt(now)
 	room := state.Limits{RPM: lim.RPM, TPM: lim.TPM}
@@ -368,6 +459,7 @@ type endOp struct {
 	cachedReq, cachedTok int64
 	sent                 bool // in a round trip whose reply is not read yet
 	adjust               bool // an adjustment (escrow), not the end of a lease: frees no in-flight slot
+	giveBack             bool // a block's unused remainder going back (see recheck)
 }
 
 // takeEndsFloor is takeEndsLocked, and the floor for a script call: the latest bucket of the server's
@@ -376,7 +468,7 @@ type endOp struct {
 // reply has made the block, a reply whose script ran after it would show the whole block as
 // admitted (see readReplyLocked).
 func (c *counter) takeEndsFloor(dst []endOp, limit int, block bool) (ops []endOp, floor int64, trip uint64) {
-	low := window.BucketOf(c.b.windowLow().UnixNano())
+	low := window.BucketOf(c.windowLow().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.ring.Advance(low)
@@ -466,7 +558,7 @@ func (c *counter) flushNow() bool {
 		chunk := ops[i*maxEndsPerCall : min((i+1)*maxEndsPerCall, len(ops))]
 		rep, err := k.reply()
 		if err == nil {
-			b.srv.seen(sent, rep.serverUs)
+			c.sawServer(sent, rep.serverUs)
 		}
 		c.readReplyLocked(trip, chunk, 0, 0, false, &rep, err, nil)
 	}
@@ -517,6 +609,9 @@ func (c *counter) readReplyLocked(trip uint64, ops []endOp, requests, tokens int
 	}
 	var e effect
 	c.inTransit -= len(ops)
+	if slices.ContainsFunc(ops, func(op endOp) bool { return op.giveBack }) {
+		c.backedLocked()
+	}
 	for i, op := range ops {
 		// The cached amounts as they are now: a whole window read meanwhile counted them anew.
 		ops[i] = c.forgetEndLocked(op.id)
@@ -566,6 +661,14 @@ func (c *counter) readReplyLocked(trip uint64, ops []endOp, requests, tokens int
 		}
 	}
 	c.releaseHeldLocked()
+}
+
+// backedLocked records that a round trip carrying block give-backs has replied (or failed),
+// and wakes the admissions that wait for it (waitGiveBacks).
+func (c *counter) backedLocked() {
+	c.backs++
+	close(c.backsDone)
+	c.backsDone = make(chan struct{})
 }
 
 // effect is what one of this node's scripts changed, as the cache counted it: the requests and
@@ -659,11 +762,12 @@ func (c *counter) addEndLocked(bucket, requests, tokens int64) (cachedReq, cache
 func (c *counter) dropEnds() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
+	n, backs := 0, false
 	c.ends = slices.DeleteFunc(c.ends, func(e endOp) bool {
 		if e.sent {
 			return false
 		}
+		backs = backs || e.giveBack
 		c.ring.Add(e.bucket, -e.cachedReq, -e.cachedTok)
 		if e.adjust {
 			c.adjusts--
@@ -672,6 +776,9 @@ func (c *counter) dropEnds() {
 		return true
 	})
 	c.b.stats.droppedEnds.Add(int64(n))
+	if backs {
+		c.backedLocked() // nobody waits for them any more
+	}
 }
 
 // endSumsLocked are the corrections of the unconfirmed ends that the cached ring still holds.
@@ -698,13 +805,13 @@ func (c *counter) inFlightLocked() int64 {
 }
 
 // Load returns the window's counts as of now, in-flight calls and mean recent latencies.
-func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.b.windowLow()) }
+func (c *counter) Load() state.Load { return c.loadAt(c.b.now(), c.windowLow()) }
 
 // LoadAt is Load as of t (on this node's clock) from the cache, without a round trip. While
 // degraded it is the local fallback's counts times the node count: an estimate of the cluster's
 // use that makes routing's check against the whole limit agree with admission's check against
 // the share.
-func (c *counter) LoadAt(t time.Time) state.Load { return c.loadAt(t, c.b.windowAt(t)) }
+func (c *counter) LoadAt(t time.Time) state.Load { return c.loadAt(t, c.windowAt(t)) }
 
 // loadAt is LoadAt with t's time on the window's clock too (the server's).
 func (c *counter) loadAt(t, wt time.Time) state.Load {
@@ -762,13 +869,13 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 		_ = pipe.Process(ctx, k.cmd)
 	}
 	sent := time.Now()
-	tc := pipe.Time(ctx)
-	rc := c.queueRead(ctx, pipe, b.leaseNow())
+	tc := pipe.Time(ctx) // any server's, in a Redis Cluster: the backend's estimate only
+	rc := c.queueRead(ctx, pipe, c.leaseNow())
 	cmds, _ := pipe.Exec(ctx)
 	if st, err := tc.Result(); err == nil {
 		b.srv.seen(sent, st.UnixMicro())
 	}
-	now := b.windowNow().UnixNano()
+	now := c.windowNow().UnixNano()
 	var inFlight int64
 	var blob string
 	err := pipelineErr(cmds)
@@ -783,11 +890,14 @@ func (c *counter) RetryAfter(lim state.Limits, r state.Reservation) time.Duratio
 	defer c.mu.Unlock()
 	if k != nil {
 		rep, kerr := k.reply()
+		if kerr == nil {
+			c.sawServer(sent, rep.serverUs)
+		}
 		c.readReplyLocked(trip, ops, 0, 0, false, &rep, kerr, nil)
 	}
 	if err != nil {
 		b.failed(err)
-		c.ring.Advance(window.BucketOf(b.windowLow().UnixNano()))
+		c.ring.Advance(window.BucketOf(c.windowLow().UnixNano()))
 		return c.ring.RetryAfter(now, c.inFlightLocked(), lim, r)
 	}
 	b.succeeded()

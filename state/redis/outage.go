@@ -64,11 +64,11 @@ func (b *Backend) outageNow() int64 {
 
 // serverBucket is the latest bucket of the server's clock a count made in second x of the
 // outage clock can have been made in.
-func (b *Backend) serverBucket(x int64) int64 {
-	if b.override != nil {
+func (c *counter) serverBucket(x int64) int64 {
+	if c.b.override != nil {
 		return x
 	}
-	return window.BucketOf(b.srv.at((x+1)*window.BucketNanos - 1))
+	return window.BucketOf(c.srv.at((x+1)*window.BucketNanos - 1))
 }
 
 // countLocalLocked counts a local admission of requests and tokens in the outage ring and
@@ -142,7 +142,7 @@ func (c *counter) snapshotLocked() []pushOp {
 		if req == 0 && tok == 0 {
 			continue
 		}
-		ops = append(ops, pushOp{second: x, bucket: c.b.serverBucket(x), requests: req, tokens: tok})
+		ops = append(ops, pushOp{second: x, bucket: c.serverBucket(x), requests: req, tokens: tok})
 	}
 	c.outage.Reset(head)
 	c.gen++
@@ -233,7 +233,7 @@ func (c *counter) startPushLocked() *push {
 	if ops == nil {
 		return nil
 	}
-	c.ring.Advance(window.BucketOf(c.b.windowLow().UnixNano()))
+	c.ring.Advance(window.BucketOf(c.windowLow().UnixNano()))
 	return &push{c: c, trip: c.newTripLocked(), ops: ops, floor: c.ring.Head()}
 }
 
@@ -285,7 +285,7 @@ func (b *Backend) runPushes(ps []*push) error {
 		rep, err := parseCmd(p.cmd)
 		var w snapshot
 		if err == nil {
-			b.srv.seen(sent, rep.serverUs)
+			p.c.sawServer(sent, rep.serverUs)
 			if rep.kind == whole {
 				err = w.decode(rep.whole)
 			}

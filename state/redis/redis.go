@@ -33,7 +33,10 @@
 // Where herd itself needs the server's time (is a block's bucket over? how long until a refusal
 // fits? lease renewals), it estimates it from the server time every reply carries, moved on by
 // this process's monotonic clock since the call was sent (serverClock): an upper bound, late by
-// at most one round trip, so a block ends early rather than late. A test moves windows with a
+// at most one round trip, so a block ends early rather than late. "The server" is the one the
+// deployment's keys live on: each counter keeps its own estimate from its own replies, since
+// the masters of a Redis Cluster are different hosts whose clocks may differ, and a reply
+// from one must not move the windows of deployments on another. A test moves windows with a
 // fake clock that stands in for the server's (Options.serverNow, unexported); leases then stay
 // on the server's.
 //
@@ -74,9 +77,12 @@
 // limit) admission is synchronous, one round trip each, as without blocks: near the limit every
 // decision is exact in Redis. When a block is three quarters used the next one is reserved in
 // the background, so steady traffic does not wait; a request that does not fit what is left (a
-// large token reservation, another rpm) is admitted synchronously. A synchronous refusal while
-// a block reservation is on its way waits for it and tries the block again, so a block is
-// never left unused while the node refuses.
+// large token reservation, another rpm) is admitted synchronously. A synchronous refusal is
+// final only once the node holds no room of its own: it waits for a block reservation on its
+// way and tries the block, and asks Redis again when a block remainder it gave back may not
+// have been counted yet (the give-back rides in that call). So a node never refuses while
+// room it reserved lies unused, and a give-back never lands after every caller gave up
+// (counter.recheck).
 //
 // Ends of calls admitted from a block hold no lease of their own. A release in the block's
 // bucket, while the block lasts, puts the room back in the block; every other end (settles'
@@ -220,6 +226,9 @@ type Options struct {
 	TLS         *tls.Config // non-nil dials with TLS (rediss://)
 	MasterName  string      // sentinel master name: Addrs are sentinels
 	ClusterMode bool        // Redis Cluster even with a single seed address (more than one address implies it)
+	// SentinelPassword authenticates to the Sentinels (with MasterName), whose requirepass is
+	// their own; empty: no AUTH. Never logged.
+	SentinelPassword string
 
 	KeyPrefix       string           // prefix of every key, without braces; default "herd:"
 	Now             func() time.Time // this node's clock, for latencies and the local fallback (windows run on Redis's); nil means time.Now
@@ -309,6 +318,11 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("lease TTL %v: must be at least 3ms", o.LeaseTTL)
 	case o.FairShareNodes < 0:
 		return fmt.Errorf("fair-share nodes %d: must not be negative", o.FairShareNodes)
+	case o.MasterName != "" && o.ClusterMode:
+		return fmt.Errorf("sentinel master %q and cluster mode: Sentinel watches a single master, choose one", o.MasterName)
+	case o.DB != 0 && o.Client == nil && o.MasterName == "" && (o.ClusterMode || len(o.Addrs) > 1):
+		// go-redis's cluster client would silently use database 0.
+		return fmt.Errorf("database %d: Redis Cluster has only database 0 (several addresses, or cluster mode, mean a cluster)", o.DB)
 	}
 	return nil
 }
@@ -319,7 +333,8 @@ type Backend struct {
 	ownsClient bool
 	prefix     string
 	now        func() time.Time // this node's clock: latencies and the local fallback only
-	srv        *serverClock     // the Redis server's clock, as replies show it: windows and leases
+	srv        *serverClock     // a Redis server's clock, as replies show it: seeds the counters' (clock.go)
+	masters    sync.Map         // Redis Cluster: master address -> *serverClock, read by readTime
 	override   func() time.Time // Options.serverNow (tests)
 	noBlocks   bool             // Options.noBlocks (tests)
 	latencyTTL int64
@@ -473,6 +488,8 @@ func New(opts Options) (*Backend, error) {
 			// Enterprise feature) need RESP3; they are off.
 			Protocol:                 2,
 			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+
+			SentinelPassword: opts.SentinelPassword,
 		})
 		b.ownsClient = true
 	}
@@ -481,6 +498,13 @@ func New(opts Options) (*Backend, error) {
 	// go-redis retries the dial until then, so that is also how long a start can wait.
 	ctx, cancel := context.WithTimeout(context.Background(), max(opts.Timeout, 500*time.Millisecond))
 	err := b.readTime(ctx)
+	if err == nil {
+		// The scripts too (on every node of a Redis Cluster, replicas included), so that the
+		// first admissions do not spend their deadline on NOSCRIPT and a reload.
+		if lerr := b.loadScripts(ctx); lerr != nil {
+			b.log.Debug("redis state backend: loading the scripts at start failed; the first calls will", "err", lerr)
+		}
+	}
 	cancel()
 	if err != nil {
 		if isTLSError(err) {
@@ -605,6 +629,11 @@ func (b *Backend) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), b.timeout)
 }
 
+// ping asks Redis whether it answers. A Redis Cluster answers when every master does, so the
+// probe does not close the breaker while some slots' master is gone; and asking every master
+// makes go-redis reload the slot map first, which is how it learns that a replica has taken
+// over a dead master's slots (by itself it reloads on a redirect, which a dead master never
+// sends, and once a minute).
 func (b *Backend) ping() error {
 	ctx, cancel := b.ctx()
 	defer cancel()
@@ -612,8 +641,24 @@ func (b *Backend) ping() error {
 }
 
 // readTime asks the server its time (TIME, which also tells that it answers) and keeps it for
-// the server clock's estimate.
+// the server clock's estimate. In a Redis Cluster it asks every master (ping: a dead one sends
+// no redirect, so an answer from any live node would close the breaker on a cluster that still
+// fails its calls) and keeps each master's time apart, for the deployments whose keys it serves
+// (masterClock).
 func (b *Backend) readTime(ctx context.Context) error {
+	if cc, ok := b.client.(*goredis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error {
+			sent := time.Now()
+			t, err := m.Time(ctx).Result()
+			if err != nil {
+				return err
+			}
+			s, _ := b.masters.LoadOrStore(m.Options().Addr, &serverClock{base: b.srv.base})
+			s.(*serverClock).seen(sent, t.UnixMicro())
+			b.srv.seen(sent, t.UnixMicro())
+			return nil
+		})
+	}
 	sent := time.Now()
 	t, err := b.client.Time(ctx).Result()
 	if err != nil {
@@ -621,6 +666,31 @@ func (b *Backend) readTime(ctx context.Context) error {
 	}
 	b.srv.seen(sent, t.UnixMicro())
 	return nil
+}
+
+// masterClock is the clock a counter whose keys include key starts on: in a Redis Cluster the
+// clock readTime read from the master that serves key's slot now, when it has (go-redis knows
+// the slot map then, so finding the master costs no round trip); else the backend's.
+func (b *Backend) masterClock(key string) *serverClock {
+	cc, ok := b.client.(*goredis.ClusterClient)
+	if !ok {
+		return b.srv
+	}
+	known := false
+	b.masters.Range(func(_, _ any) bool { known = true; return false })
+	if !known {
+		return b.srv
+	}
+	ctx, cancel := b.ctx()
+	defer cancel()
+	m, err := cc.MasterForKey(ctx, key)
+	if err != nil {
+		return b.srv
+	}
+	if s, ok := b.masters.Load(m.Options().Addr); ok {
+		return s.(*serverClock)
+	}
+	return b.srv
 }
 
 // succeeded records a call that worked: the run of failures is over.
@@ -633,6 +703,11 @@ func (b *Backend) succeeded() {
 // failed records a failed call and opens the breaker after maxFails in a row.
 func (b *Backend) failed(err error) {
 	b.stats.errors.Add(1)
+	if cc, ok := b.client.(*goredis.ClusterClient); ok {
+		// The master the call went to may be dead and its slots served by a replica now:
+		// reload the slot map in the background (go-redis runs one reload at a time).
+		cc.ReloadState(context.Background())
+	}
 	if isTimeout(err) {
 		b.stats.timeouts.Add(1)
 	}
@@ -716,9 +791,8 @@ func (b *Backend) loop() {
 // expireBlocks gives back the unused room of blocks whose bucket has ended on this node's
 // clock, for counters no admission has come to since.
 func (b *Backend) expireBlocks() {
-	now := b.windowNow().UnixNano()
 	for _, c := range b.counters.Append(nil) {
-		c.expireBlock(now)
+		c.expireBlock(c.windowNow().UnixNano())
 	}
 }
 
@@ -726,7 +800,6 @@ func (b *Backend) expireBlocks() {
 // the last activeFor, and with renew also extends the leases of this node's calls in flight.
 // It reports whether the round trip worked.
 func (b *Backend) refreshAll(renew bool) bool {
-	wall := b.leaseNow()
 	since := b.ticks.Load() - int64(activeFor/b.tick)
 	active := b.counters.Append(nil)
 	n := 0
@@ -744,9 +817,10 @@ func (b *Backend) refreshAll(renew bool) bool {
 	defer cancel()
 	pipe := b.client.Pipeline()
 	sent := time.Now()
-	tc := pipe.Time(ctx) // keeps the server clock's estimate fresh while nothing else is said
+	tc := pipe.Time(ctx) // keeps the backend's estimate fresh while nothing else is said
 	reads := make([]readCmds, len(active))
 	for i, c := range active {
+		wall := c.leaseNow() // the clock of the server its keys live on
 		if renew {
 			c.renew(ctx, pipe, wall)
 		}

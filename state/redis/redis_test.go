@@ -270,7 +270,9 @@ func TestKeysShareASlotAndExpire(t *testing.T) {
 	prefix := uniquePrefix()
 	b := newBackend(t, srv, Options{KeyPrefix: prefix, Timeout: 2 * time.Second})
 	lim := state.Limits{RPM: 100, TPM: 10000, MaxParallel: 10}
-	ids := []string{"gpt-4o/eastus", "a", "with}brace", "{odd"}
+	// An id Redis would not take as a hash tag ("", "}x") is escaped, without taking the keys of
+	// another ("~}x").
+	ids := []string{"gpt-4o/eastus", "a", "with}brace", "{odd", "}x", "~}x", ""}
 	for _, id := range ids {
 		c := b.Counter(id)
 		t1 := mustAdmit(t, c, lim, state.Reservation{Requests: 1, Tokens: 10})
@@ -591,10 +593,22 @@ func TestOptionsValidate(t *testing.T) {
 		{KeyPrefix: "a{b"},
 		{Timeout: -1},
 		{LeaseTTL: time.Millisecond},
+		{Addrs: []string{"a:1", "b:1"}, DB: 2}, // a cluster has only database 0
+		{Addrs: []string{"a:1"}, ClusterMode: true, DB: 1},
+		{Addrs: []string{"s:1"}, MasterName: "m", ClusterMode: true},
 	} {
 		o.SetDefaults()
 		if err := o.Validate(); err == nil {
 			t.Fatalf("%+v valid", o)
+		}
+	}
+	for _, o := range []Options{
+		{Addrs: []string{"s1:1", "s2:1"}, MasterName: "m", DB: 2}, // Sentinel: a database is fine
+		{Addrs: []string{"a:1", "b:1"}},
+	} {
+		o.SetDefaults()
+		if err := o.Validate(); err != nil {
+			t.Fatalf("%+v: %v", o, err)
 		}
 	}
 	var o Options
