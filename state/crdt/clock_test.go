@@ -100,10 +100,10 @@ func TestPeerAheadNeverHidden(t *testing.T) {
 				t.Fatalf("a counts %d of the 3 a peer 10 s ahead just admitted", got)
 			}
 			// Counted for the window: as a's own count of bucket b would be.
-			if got := s.seenAt(b.Add(state.Window + state.BucketWidth - time.Nanosecond)); got != 3 {
+			if got := s.seenAt(b.Add(state.Span + state.BucketWidth - time.Nanosecond)); got != 3 {
 				t.Fatalf("a counts %d of the 3 just before their window ends", got)
 			}
-			gone := b.Add(state.Window + state.BucketWidth)
+			gone := b.Add(state.Span + state.BucketWidth)
 			if !known {
 				gone = gone.Add(10 * time.Second)
 			}
@@ -129,10 +129,10 @@ func TestPeerBehindKeptForTheWindow(t *testing.T) {
 	if got := s.seenAt(b.Add(51 * time.Second)); got != 3 {
 		t.Fatalf("a counts %d of the 3 after 51 s: a peer 10 s behind had its counts expire early", got)
 	}
-	if got := s.seenAt(b.Add(state.Window + state.BucketWidth - time.Nanosecond)); got != 3 {
+	if got := s.seenAt(b.Add(state.Span + state.BucketWidth - time.Nanosecond)); got != 3 {
 		t.Fatalf("a counts %d of the 3 just before their window ends", got)
 	}
-	if got := s.seenAt(b.Add(state.Window + state.BucketWidth)); got != 0 {
+	if got := s.seenAt(b.Add(state.Span + state.BucketWidth)); got != 0 {
 		t.Fatalf("a counts %d once their window ended, want 0", got)
 	}
 }
@@ -151,10 +151,10 @@ func TestFractionalOffsets(t *testing.T) {
 			if got := s.seenAt(at); got != 1 {
 				t.Fatalf("offset %v, admitted at +%v: not counted on arrival", off, frac)
 			}
-			if got := s.seenAt(at.Add(state.Window - time.Nanosecond)); got != 1 {
+			if got := s.seenAt(at.Add(state.Span - time.Nanosecond)); got != 1 {
 				t.Fatalf("offset %v, admitted at +%v: gone before a window passed", off, frac)
 			}
-			late := bucketStart(at).Add(state.Window + 2*state.BucketWidth)
+			late := bucketStart(at).Add(state.Span + 2*state.BucketWidth)
 			if got := s.seenAt(late); got != 0 {
 				t.Fatalf("offset %v, admitted at +%v: still counted more than a bucket after its window", off, frac)
 			}
@@ -175,7 +175,7 @@ func TestOffsetEstimateChangeMovesCells(t *testing.T) {
 	if got := s.seenAt(b.Add(55 * time.Second)); got != 3 {
 		t.Fatalf("a counts %d of the 3 after 55 s: the new estimate did not move them", got)
 	}
-	if got := s.seenAt(b.Add(state.Window + state.BucketWidth)); got != 0 {
+	if got := s.seenAt(b.Add(state.Span + state.BucketWidth)); got != 0 {
 		t.Fatalf("a counts %d once their window ended, want 0", got)
 	}
 }
@@ -193,7 +193,7 @@ func TestOffsetBeyondBoundReported(t *testing.T) {
 	if got := s.seenAt(t0); got != 3 {
 		t.Fatalf("a counts %d of the 3 a peer 45 s ahead admitted", got)
 	}
-	end := b.Add(state.Window + state.BucketWidth + 45*time.Second - maxOffset)
+	end := b.Add(state.Span + state.BucketWidth + 45*time.Second - maxOffset)
 	if got := s.seenAt(end.Add(-time.Nanosecond)); got != 3 {
 		t.Fatalf("a counts %d of the 3 before the capped alignment lets them go", got)
 	}
@@ -219,10 +219,10 @@ func TestRelayedCellsKeepTheirOwnersNumbers(t *testing.T) {
 		q.Flush()
 		return q.Counter("d").Load().Requests
 	}
-	if got := seen(b.Add(state.Window + state.BucketWidth - time.Nanosecond)); got != 3 {
+	if got := seen(b.Add(state.Span + state.BucketWidth - time.Nanosecond)); got != 3 {
 		t.Fatalf("q counts %d of p's 3 relayed by a, before their window ends", got)
 	}
-	if got := seen(b.Add(state.Window + state.BucketWidth)); got != 0 {
+	if got := seen(b.Add(state.Span + state.BucketWidth)); got != 0 {
 		t.Fatalf("q counts %d of p's relayed 3 after their window, want 0", got)
 	}
 }
@@ -236,20 +236,20 @@ func TestPeerSlightlyAheadDropsNothingEarly(t *testing.T) {
 	if _, err := s.a.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1}); err != nil {
 		t.Fatal(err)
 	}
-	// 60.9 s later a still holds its own count of bucket b; p is already in bucket b+61.
-	s.seenAt(b.Add(state.Window + 900*time.Millisecond))
+	// 61.9 s later a still holds its own count of bucket b; p is already in bucket b+62.
+	s.seenAt(b.Add(state.Span + 900*time.Millisecond))
 	s.admit(1)
 	if got := s.a.Counter("d").Load().Requests; got != 2 {
-		t.Fatalf("a counts %d, want its own of 60.9 s ago and p's new one", got)
+		t.Fatalf("a counts %d, want its own of 61.9 s ago and p's new one", got)
 	}
-	if got := s.seenAt(b.Add(state.Window + state.BucketWidth)); got != 1 {
+	if got := s.seenAt(b.Add(state.Span + state.BucketWidth)); got != 1 {
 		t.Fatalf("a counts %d once its own count's window ended, want p's 1", got)
 	}
-	// p's count, made in a's bucket b+60 but in p's b+61, stays for p's bucket's window.
-	if got := s.seenAt(b.Add(2*(state.Window+state.BucketWidth) - time.Nanosecond)); got != 1 {
+	// p's count, made in a's bucket b+61 but in p's b+62, stays for p's bucket's window.
+	if got := s.seenAt(b.Add(2*(state.Span+state.BucketWidth) - time.Nanosecond)); got != 1 {
 		t.Fatalf("a counts %d of p's 1 before its bucket's window ended", got)
 	}
-	if got := s.seenAt(b.Add(2 * (state.Window + state.BucketWidth))); got != 0 {
+	if got := s.seenAt(b.Add(2 * (state.Span + state.BucketWidth))); got != 0 {
 		t.Fatalf("a counts %d of p's 1 after its window, want 0", got)
 	}
 }

@@ -266,7 +266,7 @@ func TestRestartDoesNotReset(t *testing.T) {
 	c.wantSnapshot(names(1, 2, 3), "d", 10, 70, 0)
 
 	// Both incarnations age out with their buckets.
-	c.clock.Advance(state.Window + state.BucketWidth)
+	c.clock.Advance(state.Span + state.BucketWidth)
 	c.net.flushAll()
 	c.net.pushPull()
 	c.wantSnapshot(names(1, 2, 3), "d", 0, 0, 0)
@@ -289,7 +289,7 @@ func TestDeadNodeAgesOut(t *testing.T) {
 	c.wantSnapshot(names(1, 2), "d", 7, 21, 2)
 	c.net.remove("n3")
 
-	c.clock.Advance(state.Window - time.Second)
+	c.clock.Advance(state.Span - time.Second)
 	c.net.flushAll()
 	c.net.pushPull()
 	c.wantSnapshot(names(1, 2), "d", 7, 21, 2)

@@ -107,7 +107,7 @@ func twoNodeSequence(t *testing.T, hostile bool) {
 			c.clock.Advance(time.Duration(rng.Int64N(int64(2 * time.Second))))
 		default:
 			if rng.IntN(3) == 0 {
-				c.clock.Advance(state.Window + state.BucketWidth)
+				c.clock.Advance(state.Span + state.BucketWidth)
 			} else {
 				c.clock.Advance(-time.Duration(rng.Int64N(int64(3 * time.Second))))
 			}
@@ -119,7 +119,7 @@ func twoNodeSequence(t *testing.T, hostile bool) {
 		// Upper bounds: every ticket of the last window and two buckets, at the most it counted.
 		var maxReq, maxTok int64
 		for _, m := range all {
-			if latest.Sub(m.at) <= state.Window+2*state.BucketWidth {
+			if latest.Sub(m.at) <= state.Span+2*state.BucketWidth {
 				maxReq++
 				maxTok = satAdd(maxTok, m.most)
 			}
@@ -147,7 +147,7 @@ func twoNodeSequence(t *testing.T, hostile bool) {
 			if !m.ended {
 				inFlight++
 			}
-			if !m.release && latest.Sub(m.at) < state.Window-state.BucketWidth {
+			if !m.release && latest.Sub(m.at) < state.Span-state.BucketWidth {
 				minReq++
 				minTok += m.tokens
 			}

@@ -208,7 +208,7 @@ func TestRemovedDeploymentCollected(t *testing.T) {
 	if c.nodes["n2"].counters.Lookup("e") == nil {
 		t.Fatal("counter collected while it still held counts")
 	}
-	c.clock.Advance(state.Window + 2*state.BucketWidth)
+	c.clock.Advance(state.Span + 2*state.BucketWidth)
 	c.net.flushAll()
 	if c.nodes["n2"].counters.Lookup("e") != nil {
 		t.Fatal("removed deployment's counter not collected after a window")
@@ -240,7 +240,7 @@ func TestUnknownDeploymentsCapped(t *testing.T) {
 	if r.get()[reasonNames[reasonTooManyDeployments]] == 0 {
 		t.Fatalf("nothing counted over the cap: %v", r.get())
 	}
-	clock.Advance(state.Window + 2*state.BucketWidth)
+	clock.Advance(state.Span + 2*state.BucketWidth)
 	b.Flush()
 	if all := b.all(nil); len(all) != 1 || all[0] != local {
 		t.Fatalf("%d counters after their counts aged out, want only the one used locally", len(all))

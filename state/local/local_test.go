@@ -26,11 +26,11 @@ func newTest() (*Backend, *statetest.Clock) {
 	return New(Options{Now: clock.Now}), clock
 }
 
-// A reservation counts until the 61st bucket after its own begins: through 12:01:00.999999999
-// for one made at 12:00:00.37, gone at 12:01:01.
+// A reservation counts until the 62nd bucket after its own begins: through 12:01:01.999999999
+// for one made at 12:00:00.37, gone at 12:01:02.
 func TestBucketGeometry(t *testing.T) {
-	if window.RingSize != 61 {
-		t.Fatalf("window.RingSize = %d, want 61", window.RingSize)
+	if window.RingSize != 62 {
+		t.Fatalf("window.RingSize = %d, want 62", window.RingSize)
 	}
 	b, clock := newTest()
 	c := b.Counter("d")
@@ -38,7 +38,7 @@ func TestBucketGeometry(t *testing.T) {
 	if _, err := c.Admit(lim, state.Reservation{Requests: 1}); err != nil {
 		t.Fatal(err)
 	}
-	clock.Advance(60*time.Second + 630*time.Millisecond - 1)
+	clock.Advance(61*time.Second + 630*time.Millisecond - 1)
 	if l := c.Load(); l.Requests != 1 {
 		t.Fatalf("at %v: %d requests, want 1", clock.Now(), l.Requests)
 	}
@@ -82,7 +82,7 @@ func TestClockBackwardsUsesHead(t *testing.T) {
 		t.Fatalf("buckets %d then %d, want the head for both", first.Bucket, second.Bucket)
 	}
 	// From the stepped-back clock, the wait runs to the head bucket's exit.
-	if ra, want := c.RetryAfter(lim, one), 30*time.Second+61*time.Second-370*time.Millisecond; ra != want {
+	if ra, want := c.RetryAfter(lim, one), 30*time.Second+62*time.Second-370*time.Millisecond; ra != want {
 		t.Fatalf("RetryAfter = %v, want %v", ra, want)
 	}
 }

@@ -83,8 +83,8 @@ func newCounter(b *Backend, id string) *counter {
 	tag := b.prefix + hashTag(id)
 	c := &counter{
 		b:         b,
-		keys:      []string{tag + ":w", tag + ":f"},
-		keyArgs:   [2]any{tag + ":w", tag + ":f"},
+		keys:      []string{tag + windowKey, tag + ":f"},
+		keyArgs:   [2]any{tag + windowKey, tag + ":f"},
 		local:     b.local.Counter(id),
 		tickets:   make(map[uint64]struct{}),
 		localTix:  make(map[uint64]localAdmission),

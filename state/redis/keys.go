@@ -1,5 +1,11 @@
 package redis
 
+import (
+	"strconv"
+
+	"github.com/herd-proxy/herd/state/internal/window"
+)
+
 // hashTag is the part of a deployment's keys that Redis Cluster hashes, braces included: the
 // deployment id, so that the keys of one script call share a slot (no CROSSSLOT). Redis takes
 // the tag from the first '{' to the next '}', and hashes the whole key when nothing lies
@@ -12,3 +18,8 @@ func hashTag(id string) string {
 	}
 	return "{" + id + "}"
 }
+
+// windowKey ends a deployment's window key, and names the ring's length: nodes built with
+// another geometry (a rolling upgrade across a change of it) keep a window of their own
+// instead of misreading this one.
+var windowKey = ":w" + strconv.FormatInt(window.RingSize, 10)

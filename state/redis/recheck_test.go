@@ -144,6 +144,23 @@ func admitUntilRefused(t *testing.T, c *counter, lim state.Limits) int {
 // the block and given the remainder back. Without that, the room is lost to every node until
 // someone asks again (TestClusterKeepsLimits and TestSentinelKeepsLimits, racing until refused,
 // found the limit short by up to 42 of 300).
+// admitHeld starts one admission on a and returns its result's channel once the admission's
+// call reached Redis (where hook holds it).
+func admitHeld(t *testing.T, a state.Counter, lim state.Limits, hook *holdHook) <-chan error {
+	t.Helper()
+	res := make(chan error, 1)
+	go func() {
+		_, err := a.Admit(lim, state.Reservation{Requests: 1})
+		res <- err
+	}()
+	select {
+	case <-hook.singleRan:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a's admission never reached Redis")
+	}
+	return res
+}
+
 func TestRefusalLooksAtOwnEscrow(t *testing.T) {
 	t.Run("a block reserved while the refusal was on its way", func(t *testing.T) {
 		clock := statetest.NewClock(time.Date(2025, 6, 2, 12, 0, 0, 370_000_000, time.UTC))
@@ -153,16 +170,7 @@ func TestRefusalLooksAtOwnEscrow(t *testing.T) {
 		// one request, which the block's reservation left no room for. Its refusal comes back
 		// only after the block did.
 		close(hook.singleArmed)
-		res := make(chan error, 1)
-		go func() {
-			_, err := a.Admit(lim, state.Reservation{Requests: 1})
-			res <- err
-		}()
-		select {
-		case <-hook.singleRan:
-		case <-time.After(10 * time.Second):
-			t.Fatal("a's admission never reached Redis")
-		}
+		res := admitHeld(t, a, lim, hook)
 		close(hook.blockGo)
 		waitFor(t, 10*time.Second, "the block reservation to end", func() bool {
 			a.mu.Lock()
@@ -192,16 +200,7 @@ func TestRefusalLooksAtOwnEscrow(t *testing.T) {
 		// had taken the last room).
 		clock.Advance(time.Second)
 		close(hook.singleArmed)
-		res := make(chan error, 1)
-		go func() {
-			_, err := a.Admit(lim, state.Reservation{Requests: 1})
-			res <- err
-		}()
-		select {
-		case <-hook.singleRan:
-		case <-time.After(10 * time.Second):
-			t.Fatal("a's admission never reached Redis")
-		}
+		res := admitHeld(t, a, lim, hook)
 		close(hook.singleGo)
 		close(hook.blockGo)
 		select {

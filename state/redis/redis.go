@@ -5,9 +5,9 @@
 //
 // Each deployment has two keys under one hash tag, so every script touches one Redis Cluster slot:
 //
-//	<prefix>{<id>}:w  string: a 48-byte header and the 61-bucket ring (see lua/window.lua), TTL Window+2s
+//	<prefix>{<id>}:w62  string: a 48-byte header and the 62-bucket ring (see lua/window.lua), TTL Span+2s
 //	<prefix>{<id>}:f  ZSET: in-flight ticket id -> lease expiry (server ms), TTL 2*LeaseTTL;
-//	                  and "+"-prefixed adjustment ids -> -(expiry) (see Escrow blocks), TTL at least Window+2s
+//	                  and "+"-prefixed adjustment ids -> -(expiry) (see Escrow blocks), TTL at least Span+2s
 //
 // The window's TTL is renewed whenever its head bucket moves (the newest counts leave the window
 // a minute after that), the ZSET's by every admission, so a deployment nobody uses leaves
@@ -65,7 +65,7 @@
 //
 // The guarantee is unchanged, not approximated: every admission from a block was reserved in
 // Redis, by the atomic check, before it was made, and it is counted in the bucket the server's
-// clock was in (or a later one), exactly as a synchronous admission. So the 61-bucket sliding
+// clock was in (or a later one), exactly as a synchronous admission. So the 62-bucket sliding
 // window in Redis always counts at least every admission, and overshoot is impossible. What blocks cost is utilisation: a node's unused
 // remainder counts in Redis until the bucket ends (then it comes back), so other nodes may be
 // refused room that was reserved and not used, at most the remainders of one bucket. Blocks are
@@ -199,7 +199,7 @@ const (
 const (
 	// windowTTL outlives the window by the extra bucket and a margin for clock skew: a key
 	// nobody has written for that long holds only buckets that have left.
-	windowTTL = state.Window + 2*state.BucketWidth
+	windowTTL = state.Span + 2*state.BucketWidth
 	// activeFor is how long after its last use a counter stays in the background refresh.
 	activeFor = time.Minute
 	// endDelay is the longest a settle or release waits for a ride to Redis in an Admit of its

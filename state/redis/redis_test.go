@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/herd-proxy/herd/internal/redistest"
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/window"
 	"github.com/herd-proxy/herd/state/statetest"
 )
 
@@ -262,6 +265,21 @@ func slot(key string) uint16 {
 }
 
 // Every key a deployment uses lands in one cluster slot, and every key has a TTL.
+// The Lua scripts keep the same ring as state/internal/window: a script with another length
+// would read every slot of a window at the wrong bucket.
+func TestLuaRingIsWindowRing(t *testing.T) {
+	m := regexp.MustCompile(`(?m)^local N = (\d+)`).FindStringSubmatch(windowLua)
+	if m == nil {
+		t.Fatal("lua/window.lua sets no ring length (local N = ...)")
+	}
+	if n, _ := strconv.ParseInt(m[1], 10, 64); n != window.RingSize {
+		t.Fatalf("lua/window.lua's ring has %d buckets, state/internal/window's %d", n, window.RingSize)
+	}
+	if windowKey != ":w"+m[1] {
+		t.Fatalf("window keys end %q, which does not name the ring's length", windowKey)
+	}
+}
+
 func TestKeysShareASlotAndExpire(t *testing.T) {
 	if got := crc16("123456789"); got != 0x31c3 {
 		t.Fatalf("crc16 check value = %#x, want 0x31c3", got)
@@ -327,7 +345,7 @@ func TestLoadMakesNoRoundTrip(t *testing.T) {
 	if l := c.Load(); l.Requests != 3 || l.InFlight != 3 {
 		t.Fatalf("load %+v, want 3 requests in flight", l)
 	}
-	clock.Advance(31 * time.Second) // the first admission leaves the window
+	clock.Advance(32 * time.Second) // the first admission leaves the window
 	if l := c.Load(); l.Requests != 2 {
 		t.Fatalf("after the first bucket left: %+v, want 2 requests", l)
 	}

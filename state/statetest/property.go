@@ -117,13 +117,13 @@ func runLimits(t *testing.T, e *env, rng *rand.Rand, c state.Counter, lim state.
 
 		l := c.Load()
 		// Bounds from the model: at most everything admitted and not given back (an upper bound
-		// whatever the window has dropped), at least what was admitted less than a window ago.
+		// whatever the window has dropped), at least what was admitted less than a span ago.
 		var maxReq, maxTok, minReq, minTok int64
 		for _, set := range [][]*ticketModel{open, closed} {
 			for _, m := range set {
 				maxReq = satAdd(maxReq, m.tk.Reserved.Requests)
 				maxTok = satAdd(maxTok, m.tokens)
-				if latest.Sub(m.at) < state.Window-state.BucketWidth {
+				if latest.Sub(m.at) < state.Span-state.BucketWidth {
 					minReq += m.tk.Reserved.Requests
 					minTok = satAdd(minTok, m.tokens)
 				}

@@ -80,9 +80,9 @@ type env struct {
 	b     state.Backend
 }
 
-// full is a window's worth of time plus the one bucket a backend may keep counting for:
-// after it, anything counted before has left.
-const full = state.Window + state.BucketWidth
+// full is a span's worth of time (a window and the arrival margin) plus the one bucket a backend
+// may keep counting for: after it, anything counted before has left.
+const full = state.Span + state.BucketWidth
 
 var one = state.Reservation{Requests: 1}
 
@@ -442,7 +442,7 @@ func testIdleReadsZero(t *testing.T, e *env) {
 	t1 := mustAdmit(t, c, lim, r)
 	t2 := mustAdmit(t, c, lim, r)
 	c.Settle(t1, state.Usage{PromptTokens: 150})
-	e.clock.Advance(state.Window - time.Nanosecond) // counted for at least a whole Window
+	e.clock.Advance(state.Span - time.Nanosecond) // counted for at least a whole Span
 	wantLoad(t, c, 2, 250, 1)
 	c.Settle(t2, state.Usage{PromptTokens: 50})
 	wantLoad(t, c, 2, 200, 0)

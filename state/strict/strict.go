@@ -5,9 +5,11 @@
 // # Rights
 //
 // Think of a limit R as R units. A unit, once spent on a request, stays busy for cooldown (a
-// window plus a bucket) on the clock of the node that spent it, then is free again. Every use of
-// a unit is therefore at least a window after its previous use, so no 60-second interval holds
-// more uses than there are units: the limit holds as long as no unit is ever in two places.
+// window, the arrival margin and a bucket: state.Span plus one) on the clock of the node that
+// spent it, then is free again. Every use of a unit is therefore more than a window after its
+// previous use, also as the upstream sees them arrive (state.ArrivalMargin), so no 60-second
+// interval holds more uses than there are units: the limit holds as long as no unit is ever in
+// two places.
 // Tokens are the same with tpm units, spent by the reservation and corrected by the settle.
 //
 // Units live with homes: the raft-replicated table of home nodes (cluster.Homes) splits every
@@ -67,10 +69,11 @@ import (
 )
 
 const (
-	// cooldown is how long a spent unit stays busy: the window plus a bucket, as state/local
-	// counts a reservation. cooldownMargin is the part of it beyond the window that absorbs a
-	// request's way to the upstream and the two clocks' rate difference.
-	cooldown       = state.Window + cooldownMargin
+	// cooldown is how long a spent unit stays busy: the span plus a bucket, as every backend
+	// counts a reservation at most. Of the span, state.ArrivalMargin absorbs the spread of
+	// requests' ways to the upstream; cooldownMargin, the bucket beyond it, the two clocks'
+	// rate difference.
+	cooldown       = state.Span + cooldownMargin
 	cooldownMargin = state.BucketWidth
 
 	// defaultLoan is how long a borrower may spend a loan: short, so units of a borrower that

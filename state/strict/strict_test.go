@@ -54,7 +54,7 @@ func TestBalancedBurstGetsTheLimit(t *testing.T) {
 	if n := total(cl.load("node1", "d", rpm60, 60, 0)); n != 0 {
 		t.Fatalf("admitted %d more within the minute", n)
 	}
-	cl.advance(32 * time.Second)
+	cl.advance(33 * time.Second)
 	if n := total(cl.load("node0", "d", rpm60, 60, 0), cl.load("node1", "d", rpm60, 60, 0), cl.load("node2", "d", rpm60, 60, 0)); n != 60 {
 		t.Fatalf("admitted %d in the next minute; want 60", n)
 	}

@@ -11,17 +11,19 @@ import (
 )
 
 // Geometry. A count made during bucket b counts until bucket b+RingSize begins, so it is counted
-// for at least state.Window and at most state.Window+state.BucketWidth.
+// for at least state.Span and at most state.Span+state.BucketWidth.
 //
-// Why 61 buckets and not 60: take any 60-second interval [a, a+60s). Admissions inside it fall
-// in the buckets floor(a) .. floor(a)+60, at most 61 of them. When the last admission inside the
+// Why 62 buckets: take any 60-second interval [a, a+60s). Admissions inside it fall in the
+// buckets floor(a) .. floor(a)+60, at most 61 of them. When the last admission inside the
 // interval is checked, its window (its own bucket and the 60 before it) still holds every
 // earlier admission of the interval, so the check counts them all and the interval can never
 // exceed rpm (or tpm). With 60 buckets an interval starting late in a bucket would lose its
 // first bucket before its end: up to twice the limit in intervals not aligned to bucket edges.
+// The 62nd is state.ArrivalMargin: the same holds at the upstream while no request takes a
+// second longer to arrive than another.
 const (
 	BucketNanos = int64(state.BucketWidth)
-	RingSize    = int64(state.Window/state.BucketWidth) + 1
+	RingSize    = int64(state.Span/state.BucketWidth) + 1
 )
 
 // MaxCount bounds what one bucket holds, of requests or of tokens, either way: buckets stay

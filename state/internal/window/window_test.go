@@ -18,8 +18,8 @@ func TestBucketOf(t *testing.T) {
 }
 
 func TestSlotWrapsNegativeBuckets(t *testing.T) {
-	if RingSize != 61 {
-		t.Fatalf("RingSize = %d, want 61 (see the geometry comment)", RingSize)
+	if RingSize != 62 {
+		t.Fatalf("RingSize = %d, want 62 (see the geometry comment)", RingSize)
 	}
 	for _, b := range []int64{-1, -61, -62, 0, 60, 61, 1 << 40} {
 		if s := Slot(b); s < 0 || s >= RingSize || (b-s)%RingSize != 0 {
@@ -53,14 +53,14 @@ func TestCountClamps(t *testing.T) {
 	w.Count(99, 2, math.MaxInt64)
 	w.Count(99, 0, math.MaxInt64)
 	check(3, MaxCount)
-	for x := int64(40); x <= 100; x++ { // every bucket full: the sums still fit an int64
+	for x := 100 - RingSize + 1; x <= 100; x++ { // every bucket full: the sums still fit an int64
 		w.Count(x, math.MaxInt64, math.MaxInt64)
 	}
 	check(RingSize*MaxCount, RingSize*MaxCount)
 	if _, tok := w.Sums(); tok > math.MaxInt64-MaxCount {
 		t.Fatalf("a full window (%d) plus one reservation could overflow", tok)
 	}
-	for x := int64(40); x <= 100; x++ {
+	for x := 100 - RingSize + 1; x <= 100; x++ {
 		w.Count(x, math.MinInt64, math.MinInt64)
 	}
 	check(0, 0)
@@ -89,7 +89,7 @@ func TestAddSaturates(t *testing.T) {
 	if r, k := w.Sums(); r != -5 || k != -7 {
 		t.Fatalf("sums %d, %d; want -5, -7", r, k)
 	}
-	for x := int64(40); x <= 100; x++ {
+	for x := 100 - RingSize + 1; x <= 100; x++ {
 		w.Add(x, math.MinInt64, math.MinInt64)
 		w.Add(x, math.MinInt64, math.MinInt64)
 	}

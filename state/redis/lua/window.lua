@@ -16,8 +16,9 @@
 --
 -- The key's TTL is renewed when the head moves, not on every write: the counts of the newest
 -- bucket leave the window N buckets after the head reached it, so a key whose head has not moved
--- for the TTL (Window plus two buckets) holds nothing that still counts.
-local N = 61 -- window.RingSize: 60 s plus the bucket a reservation may outlive it by
+-- for the TTL (Span plus two buckets) holds nothing that still counts.
+local N = 62 -- window.RingSize: state.Span (60 s and a second's arrival margin) plus the bucket
+-- a reservation may outlive it by; a test checks the two agree
 -- MAX bounds one bucket's count, as state/redis's maxCount: Lua's numbers are doubles, exact only
 -- up to 2^53, and a window's sums of N buckets plus one reservation must stay exact.
 local MAX = 2 ^ 53 / (N + 2)
