@@ -77,7 +77,10 @@ type counter struct {
 	ttft                        window.Samples
 }
 
-var _ state.Counter = (*counter)(nil)
+var (
+	_ state.Counter   = (*counter)(nil)
+	_ state.Confirmer = (*counter)(nil)
+)
 
 func newCounter(b *Backend, id string) *counter {
 	tag := b.prefix + hashTag(id)
@@ -417,6 +420,43 @@ func (c *counter) Release(t state.Ticket) {
 		return
 	}
 	c.end(t, -t.Reserved.Requests, -t.Reserved.Tokens, func() { c.local.Release(t) })
+}
+
+// ErrAdmissionLapsed is Confirm's error when a call's count has left Redis's window, or is about
+// to, before its request could leave (the node was paused, or the call stalled, for a minute):
+// sent now, it would reach the upstream beside requests admitted on the room it held.
+var ErrAdmissionLapsed = errors.New("redis limit: the call's admission left the window before its request was sent")
+
+// Confirm moves t's count to the bucket its request leaves in, when that is later than the
+// bucket Redis counted it in: an upstream counts a request when it arrives, and one that waited
+// after its admission (queued behind a burst, or on a node paused between admission and send)
+// would otherwise leave Redis's window while the upstream still counts it, and the room it held
+// would go to the next requests on top of it. The move is two adjustments that ride the next
+// script call, no round trip on the request path: plus in the new bucket, minus in the old (in
+// that order, so a split between calls over-counts for a moment, never under). The new bucket
+// is the latest this node knows the server's clock has reached, which a script never runs
+// behind. The proxy calls Confirm on the transport's first read of the body. A local ticket
+// (admitted while Redis was down) is counted in the local fallback, and pushed as admitted.
+func (c *counter) Confirm(t *state.Ticket) error {
+	if t.ID&localTicket != 0 {
+		return nil
+	}
+	if window.BucketOf(c.windowNow().UnixNano())-t.Bucket >= window.RingSize-1 {
+		return ErrAdmissionLapsed
+	}
+	low := window.BucketOf(c.windowLow().UnixNano())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ring.Advance(low)
+	to := c.ring.Head()
+	r := window.Sane(t.Reserved)
+	if to <= t.Bucket || r == (state.Reservation{}) || c.b.open.Load() {
+		return nil
+	}
+	c.queueEndLocked(endOp{id: c.b.seq.Add(1), bucket: to, requests: r.Requests, tokens: r.Tokens, adjust: true})
+	c.queueEndLocked(endOp{id: c.b.seq.Add(1), bucket: t.Bucket, requests: -r.Requests, tokens: -r.Tokens, adjust: true})
+	t.Bucket = to
+	return nil
 }
 
 // end settles or releases t where it was issued. A Redis ticket's end is counted in the cache at
