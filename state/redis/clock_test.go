@@ -116,3 +116,34 @@ func TestOtherServersClockMovesNoWindow(t *testing.T) {
 		t.Errorf("Load %+v, want the 10 admitted", l)
 	}
 }
+
+// A read of the cache as of a time ahead of the node's own clock ages what it returns and
+// nothing else. Routing and the rate-limit headers read LoadAt at time.Now, which a node whose
+// usage clock is behind (the chaos suite's clock nemesis, -22 s) puts ahead of Options.Now; the
+// cache once moved its head there, and the head is the floor every script counts at, so the
+// next admission moved Redis's window on for every node: 899 through rpm 600 in a minute.
+func TestLoadAheadMovesNoWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	behind := func() time.Time { return time.Now().Add(-70 * time.Second) }
+	b := newServerClockBackend(t, srv, Options{Timeout: 5 * time.Second, Now: behind})
+	lim := state.Limits{RPM: 10}
+	c := b.Counter("d")
+	for i := range 10 {
+		if _, err := c.Admit(lim, one); err != nil {
+			t.Fatalf("admission %d: %v", i, err)
+		}
+	}
+	if l := c.LoadAt(time.Now()); l.Requests != 0 {
+		t.Errorf("LoadAt 70 s after the node's now: %+v, want the window aged empty", l)
+	}
+	if _, err := c.Admit(lim, one); !errors.Is(err, state.ErrNoCapacity) {
+		t.Fatalf("admitted over rpm after a read ahead of the node's clock (err %v): the window moved on", err)
+	}
+	other := newServerClockBackend(t, srv, Options{Timeout: 5 * time.Second, KeyPrefix: b.prefix}).Counter("d")
+	if _, err := other.Admit(lim, one); !errors.Is(err, state.ErrNoCapacity) {
+		t.Fatalf("another node was admitted over rpm (err %v): Redis's window moved on", err)
+	}
+	if l := c.Load(); l.Requests != 10 {
+		t.Errorf("Load %+v, want the 10 admitted", l)
+	}
+}
