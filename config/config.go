@@ -166,6 +166,19 @@ type LiteLLMSettings struct {
 	UpstreamRootCAs *x509.CertPool `yaml:"-" json:"-"`
 }
 
+// UsesRedis reports whether the config shares usage in Redis: router_settings.redis_url or
+// redis_host, else a Redis in litellm_settings.cache_params.
+func (c *Config) UsesRedis() bool { return usesRedis(&c.RouterSettings, &c.LiteLLMSettings) }
+
+func usesRedis(rs *RouterSettings, ls *LiteLLMSettings) bool {
+	if rs.RedisURL != "" || rs.RedisHost != "" {
+		return true
+	}
+	cp := ls.CacheParams
+	return cp != nil && (cp.Type == "" || cp.Type == "redis") &&
+		(cp.URL != "" || cp.Host != "" || len(cp.RedisStartupNodes) > 0 || len(cp.SentinelNodes) > 0)
+}
+
 // CacheParams is litellm_settings.cache_params.
 type CacheParams struct {
 	Type     string   `yaml:"type"`

@@ -155,6 +155,18 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 		d.fail(p+".routing_strategy", "must be one of %s (got %s)%s",
 			strings.Join(RoutingStrategies, ", "), d.shown(p+".routing_strategy", rs.RoutingStrategy), hint)
 	}
+	if usesRedis(rs, ls) {
+		// Redis mode checks every admission in Redis; rights and loans are the gossip cluster's.
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"cluster_limit_mode", rs.ClusterLimitMode != ""}, {"cluster_limit_wait", rs.ClusterLimitWait != nil}} {
+			if k.set {
+				d.warn(p+"."+k.key, "cluster limit setting without effect in Redis mode",
+					"has no effect: usage is shared in Redis, which checks every admission itself; it applies to a cluster without Redis")
+			}
+		}
+	}
 	switch {
 	case rs.ClusterLimitMode == "":
 		rs.ClusterLimitMode = DefaultClusterLimitMode

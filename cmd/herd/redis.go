@@ -68,8 +68,7 @@ func redisSettings(cfg *config.Config) (src redisSource, ok bool, err error) {
 		}
 	default:
 		cp := cfg.LiteLLMSettings.CacheParams
-		if cp == nil || (cp.Type != "" && cp.Type != "redis") ||
-			(cp.URL == "" && cp.Host == "" && len(cp.RedisStartupNodes) == 0 && len(cp.SentinelNodes) == 0) {
+		if !cfg.UsesRedis() {
 			return redisSource{}, false, nil
 		}
 		src.from, src.keys = "litellm_settings.cache_params", "litellm_settings.cache_params."
