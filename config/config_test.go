@@ -942,23 +942,31 @@ litellm_settings:
 
 // Redis mode checks every admission in Redis: the gossip cluster's limit settings are accepted
 // there but do nothing, and the config says so. Without Redis they are silent.
-func TestClusterLimitSettingsWarnInRedisMode(t *testing.T) {
+func TestClusterLimitSettingsInRedisMode(t *testing.T) {
 	const model = "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, api_key: k}\n"
-	limits := "router_settings:\n  cluster_limit_mode: fast\n  cluster_limit_wait: 0.01\n"
-	cfg, _ := mustParse(t, model+limits+"  redis_host: r1\n", MapEnv{})
+	fast := "router_settings:\n  cluster_limit_mode: fast\n  cluster_limit_wait: 0.01\n"
+	cfg, _ := mustParse(t, model+fast+"  redis_host: r1\n", MapEnv{})
 	want := []string{
-		"test.yaml:5: router_settings.cluster_limit_mode: has no effect: usage is shared in Redis, which checks every admission itself; it applies to a cluster without Redis",
-		"test.yaml:6: router_settings.cluster_limit_wait: has no effect: usage is shared in Redis, which checks every admission itself; it applies to a cluster without Redis",
+		"test.yaml:6: router_settings.cluster_limit_wait: has no effect: usage is shared in Redis, which checks every admission itself; the wait for rights applies with cluster_limit_mode: strict",
 	}
 	if !slices.Equal(cfg.Warnings, want) {
 		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(cfg.Warnings, "\n"), strings.Join(want, "\n"))
 	}
-	cfg, _ = mustParse(t, model+"litellm_settings:\n  cache_params: {type: redis, host: c1}\n"+limits, MapEnv{})
-	if len(cfg.Warnings) != 2 {
-		t.Errorf("Redis in cache_params: warnings %q, want the two", cfg.Warnings)
+	cfg, _ = mustParse(t, model+"litellm_settings:\n  cache_params: {type: redis, host: c1}\nrouter_settings:\n  cluster_limit_wait: 0.01\n", MapEnv{})
+	if len(cfg.Warnings) != 1 || cfg.RouterSettings.ClusterLimitMode != ClusterLimitFast {
+		t.Errorf("Redis in cache_params, no mode: warnings %q, mode %q; want the wait's warning and fast (Redis checks)", cfg.Warnings, cfg.RouterSettings.ClusterLimitMode)
 	}
-	cfg, _ = mustParse(t, model+limits, MapEnv{})
+	// Strict with a Redis: rights on top of Redis's check, and the wait is theirs.
+	cfg, _ = mustParse(t, model+"router_settings:\n  cluster_limit_mode: strict\n  cluster_limit_wait: 0.01\n  redis_host: r1\n", MapEnv{})
+	if len(cfg.Warnings) != 0 || cfg.RouterSettings.ClusterLimitMode != ClusterLimitStrict {
+		t.Errorf("strict with Redis: warnings %q, mode %q", cfg.Warnings, cfg.RouterSettings.ClusterLimitMode)
+	}
+	cfg, _ = mustParse(t, model+fast, MapEnv{})
 	if len(cfg.Warnings) != 0 || cfg.RouterSettings.ClusterLimitMode != ClusterLimitFast {
 		t.Errorf("without Redis: warnings %q, mode %q", cfg.Warnings, cfg.RouterSettings.ClusterLimitMode)
+	}
+	cfg, _ = mustParse(t, model, MapEnv{})
+	if cfg.RouterSettings.ClusterLimitMode != DefaultClusterLimitMode {
+		t.Errorf("without Redis or a mode: mode %q, want %q", cfg.RouterSettings.ClusterLimitMode, DefaultClusterLimitMode)
 	}
 }

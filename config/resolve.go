@@ -155,23 +155,20 @@ func (d *decoder) routerSettings(rs *RouterSettings, ls *LiteLLMSettings) {
 		d.fail(p+".routing_strategy", "must be one of %s (got %s)%s",
 			strings.Join(RoutingStrategies, ", "), d.shown(p+".routing_strategy", rs.RoutingStrategy), hint)
 	}
-	if usesRedis(rs, ls) {
-		// Redis mode checks every admission in Redis; rights and loans are the gossip cluster's.
-		for _, k := range []struct {
-			key string
-			set bool
-		}{{"cluster_limit_mode", rs.ClusterLimitMode != ""}, {"cluster_limit_wait", rs.ClusterLimitWait != nil}} {
-			if k.set {
-				d.warn(p+"."+k.key, "cluster limit setting without effect in Redis mode",
-					"has no effect: usage is shared in Redis, which checks every admission itself; it applies to a cluster without Redis")
-			}
-		}
-	}
+	redis := usesRedis(rs, ls)
 	switch {
+	case rs.ClusterLimitMode == "" && redis:
+		// With a Redis, LiteLLM's users' setting, Redis checks every admission; strict rights
+		// on top are asked for by name.
+		rs.ClusterLimitMode = ClusterLimitFast
 	case rs.ClusterLimitMode == "":
 		rs.ClusterLimitMode = DefaultClusterLimitMode
 	case !slices.Contains(ClusterLimitModes, rs.ClusterLimitMode):
 		d.fail(p+".cluster_limit_mode", "must be one of %s (got %s)", strings.Join(ClusterLimitModes, ", "), d.shown(p+".cluster_limit_mode", rs.ClusterLimitMode))
+	}
+	if redis && rs.ClusterLimitWait != nil && rs.ClusterLimitMode != ClusterLimitStrict {
+		d.warn(p+".cluster_limit_wait", "cluster limit setting without effect in Redis mode",
+			"has no effect: usage is shared in Redis, which checks every admission itself; the wait for rights applies with cluster_limit_mode: strict")
 	}
 	if w := rs.ClusterLimitWait; w != nil && *w < 0 {
 		d.fail(p+".cluster_limit_wait", "must not be negative")

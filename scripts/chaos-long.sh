@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The long chaos runs behind docs/CHAOS.md's results table: for each mode, one run per nemesis
 # (and one with none, and one with all of them), 5 nodes, several minutes each, several seeds.
+# Modes: fast, strict, redis, and strict-redis (strict rights over a Redis: --mode strict --redis single).
 # Needs root. Usage: scripts/chaos-long.sh [--modes "fast strict redis"] [--seeds "1 2"]
 #                    [--nemeses "none partition ... all"] [--time 120s] [--nodes 5]
 #                    [--out chaos-results/long]
@@ -25,7 +26,14 @@ go build -race -o "$out/herd" ./cmd/herd || exit 2
 rc=0
 for mode in $modes; do
 	kinds="none partition loss kill pause clock leader"
-	[ "$mode" = redis ] && kinds="$kinds redis"
+	flags=(--mode "$mode")
+	case $mode in
+	redis) kinds="$kinds redis" ;;
+	strict-redis)
+		kinds="$kinds redis"
+		flags=(--mode strict --redis single)
+		;;
+	esac
 	kinds="$kinds all"
 	[ -n "$nemeses" ] && kinds=$nemeses
 	for kind in $kinds; do
@@ -33,7 +41,7 @@ for mode in $modes; do
 			dir="$out/$mode-$kind-$seed"
 			rm -rf "$dir"
 			echo "== $mode / $kind / seed $seed"
-			"$out/herd-chaos" run --herd "$out/herd" --nodes "$nodes" --time "$time" --mode "$mode" \
+			"$out/herd-chaos" run --herd "$out/herd" --nodes "$nodes" --time "$time" "${flags[@]}" \
 				--nemesis "$kind" --seed "$seed" --out "$dir" | tail -n 1
 			code=${PIPESTATUS[0]}
 			[ "$code" -gt "$rc" ] && rc=$code

@@ -91,8 +91,8 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Nodes, "nodes", 3, "herd nodes, each in its own network namespace (1-9)")
 	fs.DurationVar(&o.Time, "time", 120*time.Second, "how long the workload runs")
 	fs.StringVar(&nemesis, "nemesis", "all", "faults: comma list of partition, loss, kill, pause, clock, leader, redis, redis-pause; all; or none")
-	fs.StringVar(&o.Mode, "mode", chaos.ModeStrict, "cluster limit mode: strict (herd's default), fast, or redis (usage in a redis-server the suite runs)")
-	fs.StringVar(&o.Redis, "redis", chaos.RedisSingle, "redis mode's Redis: single (the redis nemesis kills and restarts it, empty), "+
+	fs.StringVar(&o.Mode, "mode", chaos.ModeStrict, "cluster limit mode: strict (herd's default), fast, or redis (usage in a redis-server the suite runs, which checks every admission)")
+	fs.StringVar(&o.Redis, "redis", "", "the Redis of --mode redis (default single), or of strict rights over Redis with --mode strict: single (the redis nemesis kills and restarts it, empty), "+
 		"cluster (3 masters with a replica each) or sentinel (a master, a replica, 3 Sentinels); with cluster and sentinel the redis nemesis kills a master and a replica takes over")
 	fs.Int64Var(&o.RPM, "rpm", 600, "rpm of the main deployment (the two others get half)")
 	fs.Int64Var(&o.TPM, "tpm", 0, "tpm of the token-limited deployments (default rpm x 30)")
@@ -110,7 +110,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "herd-chaos run: unexpected argument %q\n", fs.Arg(0))
 		return exitUnknown
 	}
-	o.Nemeses = chaos.ParseNemeses(nemesis, o.Mode)
+	o.Nemeses = chaos.ParseNemeses(nemesis, o.Mode == chaos.ModeRedis || o.Redis != "")
 	if o.Seed == 0 {
 		o.Seed = time.Now().UnixNano() % 1_000_000_000
 	}

@@ -68,7 +68,7 @@ func admitsInRedis(t *testing.T, u *sharedUsage, logs *redistest.Buffer) {
 		}
 		time.Sleep(5 * time.Millisecond) // poll interval
 	}
-	if st := u.backend.(*redis.Backend).Stats(); st.Errors != 0 || st.LocalAdmits != 0 {
+	if st := u.inner.(*redis.Backend).Stats(); st.Errors != 0 || st.LocalAdmits != 0 {
 		t.Fatalf("Redis calls failed over TLS: %+v", st)
 	}
 }

@@ -19,12 +19,13 @@ import (
 // sharedUsage is the shared-state backend this node counts into, and how it hooks into the cluster.
 type sharedUsage struct {
 	backend  state.Backend
+	inner    state.Backend // what backend (state/strict) wraps: *crdt.Backend or *redis.Backend
 	name     string                                     // "redis" or "gossip", for readiness and /cluster/status
 	mode     func() string                              // the backend's current mode for readiness; nil = name
-	sync     cluster.StateSync                          // what gossip carries for it; nil for Redis
+	sync     cluster.StateSync                          // what gossip carries for it
 	joined   func(*cluster.Node)                        // connects it to membership once the node has started
 	raft     func(*cluster.Raft, *cluster.ConfigStore)  // connects it to raft once raft runs; nil if it needs none
-	rights   func(id string) (proxy.RightsStatus, bool) // strict mode's rights per deployment; nil for Redis
+	rights   func(id string) (proxy.RightsStatus, bool) // strict mode's rights per deployment
 	notReady func() string                              // why it cannot admit yet; nil for Redis
 	applied  func(*config.Config)                       // tells it the deployments of the config now served
 	flush    func()                                     // sends the last counts before leaving
@@ -36,8 +37,9 @@ type sharedUsage struct {
 // now is the clock the counters read (skewed only by the test-only offset file); onReject is told
 // of every peer message the gossip backend drops (newRejectCounter).
 //
-// Gossip mode counts usage in state/crdt, wrapped by state/strict, which admits on rights while
-// router_settings.cluster_limit_mode is strict. Strict mode measures durations on the real
+// Either way usage is counted by state/strict wrapped around the backend: while
+// router_settings.cluster_limit_mode is strict it admits on rights, which move over gossip,
+// and otherwise passes every call through. Strict mode measures durations on the real
 // monotonic clock, never on now: the test-only skew of now must not, and a real clock step
 // cannot, shorten a cooldown. epoch is this process's incarnation (cluster.Config.Epoch).
 func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() time.Time, reg prometheus.Registerer, log *slog.Logger, onReject func(string)) (*sharedUsage, error) {
@@ -45,59 +47,48 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 	if err != nil {
 		return nil, err
 	}
-	ropts, from := src.opts, src.from
-	if !useRedis {
-		delay := newPropagationHistogram(reg)
-		// The file's deployments are known before the node joins, so the join's push-pull keeps
-		// their counts; deployments only the cluster's config has are learned at the first
-		// push-pull after raft applies it.
-		// Peers' buckets are aligned by the clock offsets membership estimates from heartbeats
-		// (which carry this same clock); none are known before the node has joined.
-		var members atomic.Pointer[cluster.Node]
-		offset := func(peer string) (time.Duration, bool) {
-			if m := members.Load(); m != nil {
-				return m.ClockOffset(peer)
-			}
-			return 0, false
-		}
-		cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg), Now: now,
-			Deployments: deploymentIDs(cfg), OnReject: onReject, Offset: offset,
-			OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
-		sb := strict.New(strict.Options{Node: node, Epoch: epoch, Inner: cb, OnReject: onReject,
-			Wait: limitWait(cfg), LeaderContact: func() time.Time { return time.Time{} }})
-		limitMode(sb, cfg)
-		return &sharedUsage{
-			backend: sb, name: "gossip", sync: gossipSync{cb, sb},
-			mode: func() string { return sb.Mode() },
-			rights: func(id string) (proxy.RightsStatus, bool) {
-				r, ok := sb.Rights(id)
-				return proxy.RightsStatus{Home: r.Home, Share: r.Share, Busy: r.Busy, Lent: r.Lent, Borrowed: r.Borrowed,
-					ShareTokens: r.Tokens.Share, BusyTokens: r.Tokens.Busy, LentTokens: r.Tokens.Lent, BorrowedTokens: r.Tokens.Borrowed}, ok
-			},
-			flush: cb.Close, close: func() { sb.Close(); cb.Close() },
-			applied: func(c *config.Config) {
-				cb.SetDeployments(deploymentIDs(c))
-				limitMode(sb, c)
-				sb.SetWait(limitWait(c))
-			},
-			joined: func(peers *cluster.Node) {
-				members.Store(peers)
-				cb.SetNetwork(peers)
-				sb.SetNetwork(peers)
-				peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })
-			},
-			raft: func(r *cluster.Raft, store *cluster.ConfigStore) {
-				sb.SetLeaderContact(r.LeaderContact)
-				store.OnHomes(func(h cluster.Homes) {
-					homes := make([]strict.Home, len(h.Homes))
-					for i, x := range h.Homes {
-						homes[i] = strict.Home{Name: x.Name, Epoch: x.Epoch}
-					}
-					sb.SetHomes(h.Version, homes)
-				})
-			},
-		}, nil
+	if useRedis {
+		return newRedisUsage(cfg, src, node, epoch, now, reg, log, onReject)
 	}
+	delay := newPropagationHistogram(reg)
+	// The file's deployments are known before the node joins, so the join's push-pull keeps
+	// their counts; deployments only the cluster's config has are learned at the first
+	// push-pull after raft applies it.
+	// Peers' buckets are aligned by the clock offsets membership estimates from heartbeats
+	// (which carry this same clock); none are known before the node has joined.
+	var members atomic.Pointer[cluster.Node]
+	offset := func(peer string) (time.Duration, bool) {
+		if m := members.Load(); m != nil {
+			return m.ClockOffset(peer)
+		}
+		return 0, false
+	}
+	cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg), Now: now,
+		Deployments: deploymentIDs(cfg), OnReject: onReject, Offset: offset,
+		OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
+	sb, u := withRights(cfg, node, epoch, cb, false, onReject)
+	u.name, u.sync = "gossip", gossipSync{cb, sb}
+	u.mode = sb.Mode
+	u.flush, u.close = cb.Close, func() { sb.Close(); cb.Close() }
+	applied, joined := u.applied, u.joined
+	u.applied = func(c *config.Config) {
+		cb.SetDeployments(deploymentIDs(c))
+		applied(c)
+	}
+	u.joined = func(peers *cluster.Node) {
+		members.Store(peers)
+		cb.SetNetwork(peers)
+		joined(peers)
+		peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })
+	}
+	return u, nil
+}
+
+// newRedisUsage counts usage in Redis, which checks every admission; in strict mode rights
+// are checked first, and hold the limit where Redis cannot (an outage, a restart that lost
+// the window).
+func newRedisUsage(cfg *config.Config, src redisSource, node string, epoch uint64, now func() time.Time, reg prometheus.Registerer, log *slog.Logger, onReject func(string)) (*sharedUsage, error) {
+	ropts, from := src.opts, src.from
 	configured := ropts.FairShareNodes
 	ropts.Logger, ropts.LatencyTTL, ropts.Now = log, latencyTTL(cfg), now
 	ropts.SetDefaults()
@@ -111,15 +102,59 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 		return nil, src.startError(err)
 	}
 	registerRedisMetrics(reg, rb)
+	sb, u := withRights(cfg, node, epoch, rb, true, onReject)
 	// ropts logs without its password.
-	log.Info("state backend: redis", "from", from, "redis", ropts, "mode", rb.Mode())
-	return &sharedUsage{
-		backend: rb, name: "redis", mode: rb.Mode, flush: func() {}, close: func() { _ = rb.Close() },
-		applied: func(*config.Config) {},
-		joined: func(peers *cluster.Node) {
-			peers.OnMembersChanged(func(alive []cluster.Member) { rb.SetNodes(fairShareNodes(len(alive), configured)) })
+	log.Info("state backend: redis", "from", from, "redis", ropts, "mode", rb.Mode(), "cluster_limit_mode", sb.Mode())
+	u.name, u.sync = "redis", rightsSync{sb}
+	u.mode = func() string { return redisMode(sb.Mode(), rb.Mode()) }
+	u.flush, u.close = func() {}, func() { sb.Close(); _ = rb.Close() }
+	joined := u.joined
+	u.joined = func(peers *cluster.Node) {
+		joined(peers)
+		peers.OnMembersChanged(func(alive []cluster.Member) { rb.SetNodes(fairShareNodes(len(alive), configured)) })
+	}
+	return u, nil
+}
+
+// redisMode is readiness's state_backend_mode in Redis mode: Redis's own ("redis", or
+// "degraded" while unreachable), prefixed "strict-" under strict rights.
+func redisMode(limitMode, redisMode string) string {
+	if limitMode == config.ClusterLimitStrict {
+		return "strict-" + redisMode
+	}
+	return redisMode
+}
+
+// withRights wraps inner in state/strict and returns the sharedUsage parts every backend
+// shares: the cluster limit mode and wait from the config, rights status, the network its
+// messages take and the raft homes table. checkInner: see strict.Options.CheckInner.
+func withRights(cfg *config.Config, node string, epoch uint64, inner state.Backend, checkInner bool, onReject func(string)) (*strict.Backend, *sharedUsage) {
+	sb := strict.New(strict.Options{Node: node, Epoch: epoch, Inner: inner, CheckInner: checkInner, OnReject: onReject,
+		Wait: limitWait(cfg), LeaderContact: func() time.Time { return time.Time{} }})
+	limitMode(sb, cfg)
+	return sb, &sharedUsage{
+		backend: sb, inner: inner,
+		rights: func(id string) (proxy.RightsStatus, bool) {
+			r, ok := sb.Rights(id)
+			return proxy.RightsStatus{Home: r.Home, Share: r.Share, Busy: r.Busy, Lent: r.Lent, Borrowed: r.Borrowed,
+				ShareTokens: r.Tokens.Share, BusyTokens: r.Tokens.Busy, LentTokens: r.Tokens.Lent, BorrowedTokens: r.Tokens.Borrowed}, ok
 		},
-	}, nil
+		applied: func(c *config.Config) {
+			limitMode(sb, c)
+			sb.SetWait(limitWait(c))
+		},
+		joined: func(peers *cluster.Node) { sb.SetNetwork(peers) },
+		raft: func(r *cluster.Raft, store *cluster.ConfigStore) {
+			sb.SetLeaderContact(r.LeaderContact)
+			store.OnHomes(func(h cluster.Homes) {
+				homes := make([]strict.Home, len(h.Homes))
+				for i, x := range h.Homes {
+					homes[i] = strict.Home{Name: x.Name, Epoch: x.Epoch}
+				}
+				sb.SetHomes(h.Version, homes)
+			})
+		},
+	}
 }
 
 // limitMode applies router_settings.cluster_limit_mode.
@@ -152,6 +187,19 @@ func (g gossipSync) HandleMessage(msg []byte) {
 
 func (g gossipSync) LocalState() []byte          { return g.cb.LocalState() }
 func (g gossipSync) MergeRemoteState(buf []byte) { g.cb.MergeRemoteState(buf) }
+
+// rightsSync is what memberlist carries in Redis mode: strict mode's messages only (usage
+// itself is in Redis). Anything else a peer sends is dropped.
+type rightsSync struct{ sb *strict.Backend }
+
+func (r rightsSync) HandleMessage(msg []byte) {
+	if len(msg) > 0 && msg[0] == strict.Magic {
+		r.sb.HandleMessage(msg)
+	}
+}
+
+func (rightsSync) LocalState() []byte      { return nil }
+func (rightsSync) MergeRemoteState([]byte) {}
 
 // deploymentIDs lists cfg's deployment IDs, never nil: an empty config has no deployments.
 func deploymentIDs(cfg *config.Config) []string {

@@ -96,16 +96,16 @@ func TestGrudgeShapes(t *testing.T) {
 }
 
 func TestParseNemeses(t *testing.T) {
-	if got := ParseNemeses("none", ModeFast); got != nil {
+	if got := ParseNemeses("none", false); got != nil {
 		t.Errorf("none = %v", got)
 	}
-	if got := ParseNemeses("all", ModeFast); slices.ContainsFunc(got, redisNemesis) || len(got) != len(AllNemeses)-2 {
-		t.Errorf("all in fast mode = %v: every kind but redis and redis-pause", got)
+	if got := ParseNemeses("all", false); slices.ContainsFunc(got, redisNemesis) || len(got) != len(AllNemeses)-2 {
+		t.Errorf("all without Redis = %v: every kind but redis and redis-pause", got)
 	}
-	if got := ParseNemeses("all", ModeRedis); !slices.Equal(got, AllNemeses) {
-		t.Errorf("all in redis mode = %v", got)
+	if got := ParseNemeses("all", true); !slices.Equal(got, AllNemeses) {
+		t.Errorf("all with Redis = %v", got)
 	}
-	if got := ParseNemeses("kill,pause", ModeFast); !slices.Equal(got, []string{KindKill, KindPause}) {
+	if got := ParseNemeses("kill,pause", false); !slices.Equal(got, []string{KindKill, KindPause}) {
 		t.Errorf("kill,pause = %v", got)
 	}
 }
@@ -121,6 +121,15 @@ func TestOptionsValidate(t *testing.T) {
 	o.Mode = ModeRedis
 	if err := o.Validate(); err != nil || o.Redis != RedisSingle {
 		t.Fatalf("redis mode: %v, setup %q, want single by default", err, o.Redis)
+	}
+	o = good()
+	o.Mode, o.Redis, o.Nemeses = ModeStrict, RedisSentinel, []string{KindRedis}
+	if err := o.Validate(); err != nil || o.Redis != RedisSentinel {
+		t.Fatalf("strict rights over Redis: %v, setup %q", err, o.Redis)
+	}
+	o.Redis = ""
+	if err := o.Validate(); err == nil {
+		t.Fatal("strict mode without a Redis accepted the redis nemesis")
 	}
 	for name, edit := range map[string]func(*Options){
 		"no nodes":                    func(o *Options) { o.Nodes = 0 },

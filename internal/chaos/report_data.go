@@ -318,7 +318,7 @@ func repCommand(info *RunInfo) string {
 		nemeses = "none" // the flag's default is all
 	}
 	fmt.Fprintf(&b, " --nemesis %s --mode %s", nemeses, info.Mode)
-	if info.Redis != "" && info.Redis != RedisSingle {
+	if info.Redis != "" && (info.Redis != RedisSingle || info.Mode != ModeRedis) {
 		fmt.Fprintf(&b, " --redis %s", info.Redis)
 	}
 	if len(info.Deployments) > 0 {

@@ -78,14 +78,13 @@ func (o *Options) Validate() error {
 	default:
 		return fmt.Errorf("--mode %q: fast, strict or redis", o.Mode)
 	}
+	// Redis keeps usage in redis mode, and under strict rights with --redis.
 	switch {
-	case o.Mode != ModeRedis && o.Redis != "" && o.Redis != RedisSingle:
-		return fmt.Errorf("--redis %s needs --mode redis", o.Redis)
-	case o.Mode != ModeRedis:
-		o.Redis = ""
-	case o.Redis == "":
+	case o.Mode == ModeFast && o.Redis != "":
+		return fmt.Errorf("--redis %s needs --mode redis or strict", o.Redis)
+	case o.Mode == ModeRedis && o.Redis == "":
 		o.Redis = RedisSingle
-	case !slices.Contains(RedisSetups, o.Redis):
+	case o.Redis != "" && !slices.Contains(RedisSetups, o.Redis):
 		return fmt.Errorf("--redis %q: %s", o.Redis, strings.Join(RedisSetups, ", "))
 	}
 	if o.RPM < 2 || o.Demand <= 0 {
@@ -98,8 +97,8 @@ func (o *Options) Validate() error {
 		if !slices.Contains(AllNemeses, k) {
 			return fmt.Errorf("--nemesis %q: one of %s, all or none", k, strings.Join(AllNemeses, ", "))
 		}
-		if redisNemesis(k) && o.Mode != ModeRedis {
-			return fmt.Errorf("--nemesis %s needs --mode redis", k)
+		if redisNemesis(k) && o.Redis == "" {
+			return fmt.Errorf("--nemesis %s needs a Redis: --mode redis, or --mode strict --redis", k)
 		}
 	}
 	if slices.Contains(o.Nemeses, KindClock) && o.ClockSkew < time.Second {
@@ -111,15 +110,16 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// ParseNemeses reads --nemesis: a comma list, "all" (every kind the mode has) or "none".
-func ParseNemeses(s, mode string) []string {
+// ParseNemeses reads --nemesis: a comma list, "all" (every kind the run has: Redis's only
+// withRedis) or "none".
+func ParseNemeses(s string, withRedis bool) []string {
 	switch s {
 	case "", "none":
 		return nil
 	case "all":
 		var out []string
 		for _, k := range AllNemeses {
-			if !redisNemesis(k) || mode == ModeRedis {
+			if !redisNemesis(k) || withRedis {
 				out = append(out, k)
 			}
 		}
@@ -152,9 +152,9 @@ func Execute(ctx context.Context, o Options) (*Results, error) {
 			return nil, fmt.Errorf("%s not found: install iproute2 and iptables", tool)
 		}
 	}
-	if o.Mode == ModeRedis {
+	if o.Redis != "" {
 		if _, err := exec.LookPath("redis-server"); err != nil {
-			return nil, errors.New("--mode redis needs redis-server (apt-get install redis-server)")
+			return nil, errors.New("a run with Redis needs redis-server (apt-get install redis-server)")
 		}
 		if _, err := exec.LookPath("redis-cli"); err != nil && o.Redis != RedisSingle {
 			return nil, fmt.Errorf("--redis %s needs redis-cli (apt-get install redis-tools)", o.Redis)
@@ -265,7 +265,7 @@ func (r *runner) setUp(ctx context.Context) error {
 	go func() { _ = r.up.Serve(ln) }()
 
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
-	if o.Mode == ModeRedis {
+	if o.Redis != "" {
 		r.redis = newRedisSetup(o.Redis, r.net.Ctl, filepath.Join(o.Out, NodesDir), redisKeys(o.deployments()), o.Log)
 		o.Log.Info("starting Redis", "setup", o.Redis)
 		if err := r.redis.start(ctx); err != nil {
@@ -486,7 +486,9 @@ func (r *runner) config() []byte {
 		rs["cluster_limit_mode"] = "strict"
 	case ModeFast:
 		rs["cluster_limit_mode"] = "fast"
-	case ModeRedis:
+	}
+	// Redis mode is a config that names a Redis and no cluster_limit_mode, as LiteLLM's do.
+	if r.o.Redis != "" {
 		setup := r.redis
 		if setup == nil { // the config alone (tests)
 			setup = newRedisSetup(r.o.Redis, "", "", nil, nil)

@@ -44,8 +44,12 @@ func Table(dirs []string) (string, error) {
 			nem += fmt.Sprintf(" (±%s)", info.ClockSkew)
 		}
 		mode := info.Mode
-		if info.Redis != "" && info.Redis != RedisSingle {
+		switch {
+		case info.Redis == "" || info.Redis == RedisSingle && info.Mode == ModeRedis:
+		case info.Mode == ModeRedis:
 			mode += " (" + info.Redis + ")"
+		default: // strict rights over Redis
+			mode += " over redis (" + info.Redis + ")"
 		}
 		key := mode + "\x00" + nem
 		r := rows[key]

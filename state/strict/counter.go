@@ -113,7 +113,7 @@ func newCounter(b *Backend, id string) *counter {
 func bucket(mono int64) int64 { return window.BucketOf(mono) }
 
 // Admit reserves r against rights this node holds, waiting up to Options.Wait for a loan when
-// it holds none; Inner counts it (and checks MaxParallel).
+// it holds none; Inner counts it (and checks MaxParallel, or every limit with CheckInner).
 func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, error) {
 	if !c.b.strict.Load() || (lim.RPM == 0 && lim.TPM == 0) {
 		return c.in().Admit(lim, r)
@@ -156,7 +156,11 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 			c.prefetch(now, need, &out)
 			c.mu.Unlock()
 			out.send(c.b)
-			t, err := c.in().Admit(state.Limits{MaxParallel: lim.MaxParallel}, r)
+			innerLim := state.Limits{MaxParallel: lim.MaxParallel}
+			if c.b.o.CheckInner {
+				innerLim = lim
+			}
+			t, err := c.in().Admit(innerLim, r)
 			if err != nil {
 				c.mu.Lock()
 				c.giveBack(rights|flags, need, false)

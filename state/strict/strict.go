@@ -104,7 +104,12 @@ const (
 type Options struct {
 	Node  string        // this node's name, as in the homes table
 	Epoch uint64        // this process's incarnation, as published to the raft leader
-	Inner state.Backend // counts usage for routing and status (state/crdt): called with MaxParallel only
+	Inner state.Backend // counts usage for routing and status (state/crdt or state/redis)
+	// CheckInner has Inner check a strict admission's rpm and tpm too, after the rights: a
+	// Redis checks every admission as in Redis mode, and the rights hold the limit where it
+	// cannot (an outage, a restart that lost the window). Without it Inner sees MaxParallel
+	// only: gossip counts lag, and would refuse what the rights allow.
+	CheckInner bool
 	// Now is the clock durations are measured on. It must be monotonic: cmd passes time.Now,
 	// never a skewed test clock. nil means time.Now.
 	Now func() time.Time

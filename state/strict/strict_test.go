@@ -583,3 +583,55 @@ func TestHomeRecallsIdleLoans(t *testing.T) {
 		t.Fatalf("admitted %d of 14 alternating requests with rpm 10; want 10", len(log))
 	}
 }
+
+// swappable is a Backend whose counts can be lost at once, as a Redis restarted empty loses
+// them: Counter hands out the current backend's counter.
+type swappable struct{ cur *local.Backend }
+
+func (s *swappable) Counter(id string) state.Counter { return s.cur.Counter(id) }
+
+// With CheckInner (a Redis under strict rights) an admission needs both: what Inner refuses
+// (its window holds another cluster's requests) is refused and its rights go back; what the
+// rights refuse (Inner lost its window) is refused although Inner has room. Without
+// CheckInner, Inner's view of the limit is not asked.
+func TestCheckInnerNeedsBothToAgree(t *testing.T) {
+	lim := state.Limits{RPM: 10}
+	one := state.Reservation{Requests: 1}
+	admit := func(c state.Counter, n int) (ok int) {
+		for range n {
+			if _, err := c.Admit(lim, one); err == nil {
+				ok++
+			}
+		}
+		return ok
+	}
+	for _, check := range []bool{true, false} {
+		clock := statetest.NewClock(simStart)
+		inner := &swappable{local.New(local.Options{Now: clock.Now})}
+		b := New(Options{Node: "n", Epoch: 1, Inner: inner, CheckInner: check, Now: clock.Now, noLoop: true})
+		b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+		c := b.Counter("d")
+		if n := admit(c, 1); n != 1 {
+			t.Fatalf("CheckInner %v: the first request was refused", check)
+		}
+		if n := admit(inner.Counter("d"), 4); n != 4 { // another cluster sharing the Redis
+			t.Fatalf("prefill admitted %d", n)
+		}
+		want := 5 // Inner's room
+		if !check {
+			want = 9 // the rights'
+		}
+		if n := admit(c, 10); n != want {
+			t.Fatalf("CheckInner %v: admitted %d of 10 with 1 of rpm 10 spent and 4 more counted in Inner; want %d", check, n, want)
+		}
+		if !check {
+			continue
+		}
+		// The 5 Inner refused went back to the rights: once Inner has room, 4 are left.
+		inner.cur = local.New(local.Options{Now: clock.Now}) // restarted empty
+		c = b.Counter("d")
+		if n := admit(c, 10); n != 4 {
+			t.Fatalf("after Inner lost its window: admitted %d of 10; want the 4 rights left", n)
+		}
+	}
+}
