@@ -277,7 +277,9 @@ const (
 	DefaultMaxTokensEstimate = 256 // tpm reserved for a request that names no max_tokens
 	// DefaultClusterLimitMode is strict: it met the utilisation targets (>= 95 % of a limit in
 	// the first minute at 3x demand, balanced or on one node, steady or bursty) and never
-	// exceeded a limit; see docs/architecture.md, "Strict limits", for the measurements.
+	// exceeded a limit; see docs/architecture.md, "Strict limits", for the measurements. A
+	// config that names a Redis defaults to fast instead: Redis checks every admission, as
+	// LiteLLM's users expect, and strict adds rights on top only when asked for.
 	DefaultClusterLimitMode = ClusterLimitStrict
 	// DefaultClusterLimitWait bounds a strict-mode request's wait for a loan of rights: a few
 	// round trips on a LAN.
@@ -303,6 +305,7 @@ const (
 // admits only against rights it holds: the cluster never exceeds a limit, under any fault) and
 // fast (each node admits against its view of the cluster's usage: may exceed a limit by what
 // the cluster admits during one propagation delay, and k x the limit under a k-way partition).
+// With a Redis, fast is Redis mode (Redis checks every admission) and strict adds the rights.
 var ClusterLimitModes = []string{ClusterLimitStrict, ClusterLimitFast}
 
 // The cluster_limit_mode values.
