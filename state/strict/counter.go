@@ -34,6 +34,12 @@ type counter struct {
 
 	mu      sync.Mutex
 	active  bool         // share charged for the cluster's usage since strict mode came on
+	// before is what the cluster had counted when this counter was made with strict mode
+	// already on, at beforeAt: all activation charges then. Usage counted after it was
+	// admitted on other nodes' rights (a burst reaching every node at once), and charging it
+	// too left units idle.
+	before   *state.Load
+	beforeAt int64
 	lim     state.Limits // the limits last admitted under: a home lends from its share of them
 	busy    window.Ring  // own-share units spent, per bucket of the monotonic clock
 	lent    []*lentLoan  // loans from the own share whose units are not all back
@@ -48,6 +54,9 @@ type counter struct {
 	// reserveReq and reserveTok are own-share units kept for nodes short of their fair part.
 	reserveReq, reserveTok int64
 	arrived                chan struct{} // closed and replaced when a grant arrives
+	// waiters counts admissions waiting for rights: a loan asked for them that arrives when
+	// none is left goes straight back, and one its home asks back early is kept while any is.
+	waiters int
 }
 
 // lentLoan is a loan this home granted. Its units come back at the latest loanFor+cooldown
@@ -60,7 +69,8 @@ type lentLoan struct {
 	closed             bool
 	closedAt           int64
 	spentReq, spentTok int64
-	recalled           bool // asked for back (recall)
+	recalled           bool // asked for back (recall), once it was older than recallAfter
+	recalledFresh      bool // asked for back while younger, when the borrower may keep it
 }
 
 func (l *lentLoan) out(now, loanFor int64) (req, tok int64) {
@@ -84,12 +94,14 @@ type loan struct {
 	spentReq, spentTok int64
 	pending            int // admitted on it, not yet confirmed, settled or released
 	closed             bool
+	askedBack          bool // its home recalled it while admissions here waited: closed once none does
 }
 
 type want struct {
-	to       string
-	at       int64
-	req, tok int64
+	to        string
+	at        int64
+	req, tok  int64
+	forWaiter bool // asked by an admission that waits for it, not ahead of demand
 }
 
 type dropped struct {
@@ -107,6 +119,10 @@ func newCounter(b *Backend, id string) *counter {
 	c := &counter{b: b, id: id, wants: map[uint64]*want{}, refused: map[string]refusal{}, arrived: make(chan struct{})}
 	c.inner.Store(&innerBox{b.o.Inner.Counter(id)})
 	c.busy.Reset(bucket(b.mono()))
+	if b.strict.Load() {
+		l := c.in().Load()
+		c.before, c.beforeAt = &l, b.mono()
+	}
 	return c
 }
 
@@ -133,13 +149,23 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		flags = withTokens
 	}
 	var (
-		timer *time.Timer
-		out   outbox
-		first = true
+		timer   *time.Timer
+		out     outbox
+		first   = true
+		counted bool // in c.waiters
 	)
 	defer func() {
 		if timer != nil {
 			timer.Stop()
+		}
+		if counted {
+			c.mu.Lock()
+			c.waiters--
+			if c.waiters == 0 {
+				c.giveBackAsked(&out)
+			}
+			c.mu.Unlock()
+			out.send(c.b)
 		}
 	}()
 	for {
@@ -170,14 +196,18 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 			t.Rights = rights | flags
 			return t, nil
 		}
-		waiting := c.ask(now, need, &out)
+		wait := time.Duration(c.b.wait.Load())
+		waiting := c.ask(now, need, &out, wait > 0)
 		if c.b.homes.Load().self >= 0 && c.recall(now, &out) {
 			waiting = true
+		}
+		if waiting && wait > 0 && !counted {
+			counted = true
+			c.waiters++
 		}
 		ch := c.arrived
 		c.mu.Unlock()
 		out.send(c.b)
-		wait := time.Duration(c.b.wait.Load())
 		if !waiting || wait <= 0 {
 			break
 		}
@@ -201,13 +231,20 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 
 // activate charges the own share, the first time it is used in strict mode, with its part of
 // what the cluster already counted: switching a running cluster to strict must not admit a
-// second limit on top of the window fast mode filled.
+// second limit on top of the window fast mode filled (nor a node that joins one).
 func (c *counter) activate(now int64) {
 	if c.active {
 		return
 	}
 	c.active = true
 	l := c.in().Load()
+	if c.before != nil {
+		l = *c.before
+		if now-c.beforeAt >= int64(state.Span) {
+			l = state.Load{} // counted over a window ago: gone from every window since
+		}
+		c.before = nil
+	}
 	c.busy.Advance(bucket(now))
 	c.busy.Count(c.busy.Head(), scale(l.Requests, c.b.share(c.lim.RPM, now), c.lim.RPM), scale(l.Tokens, c.b.share(c.lim.TPM, now), c.lim.TPM))
 }

@@ -103,13 +103,14 @@ func (c *counter) prefetch(now int64, need state.Reservation, out *outbox) {
 	lowReq := max(need.Requests, int64(math.Ceil(dReq*prefetchFor)))
 	lowTok := max(need.Tokens, int64(math.Ceil(dTok*prefetchFor)))
 	if (c.lim.RPM > 0 && hReq < lowReq) || (c.lim.TPM > 0 && hTok < lowTok) {
-		c.ask(now, need, out)
+		c.ask(now, need, out, false)
 	}
 }
 
 // ask sends wants for about askFor seconds of demand (at least need) to the homes that might
-// lend, and reports whether any want is still unanswered.
-func (c *counter) ask(now int64, need state.Reservation, out *outbox) bool {
+// lend, and reports whether any want is still unanswered. forWaiter: an admission waits for
+// the answer (else it is asked ahead of demand).
+func (c *counter) ask(now int64, need state.Reservation, out *outbox, forWaiter bool) bool {
 	if len(c.wants) > 0 {
 		return true
 	}
@@ -142,7 +143,7 @@ func (c *counter) ask(now int64, need state.Reservation, out *outbox) bool {
 	}
 	for _, h := range targets {
 		id := c.b.newID()
-		c.wants[id] = &want{to: h, at: now, req: perReq, tok: perTok}
+		c.wants[id] = &want{to: h, at: now, req: perReq, tok: perTok, forWaiter: forWaiter}
 		out.add(h, encodeOne(c.b.o.Node, record{kind: kindWant, dep: c.id, id: id, req: perReq, tok: perTok,
 			dReq: dReq, dTok: dTok, rpm: c.lim.RPM, tpm: c.lim.TPM}))
 	}
@@ -266,7 +267,9 @@ func (c *counter) onGrant(from string, r *record, now int64, out *outbox) {
 	}
 	delete(c.refused, from)
 	l := &loan{id: r.loan & valueMask, home: from, deadline: w.at + int64(c.b.o.Loan), req: min(r.req, w.req), tok: min(r.tok, w.tok)}
-	if now >= l.deadline {
+	// Late for the admissions it was asked for (they gave up): its home may be short itself
+	// (a burst reaching every node at once), so it goes back unspent rather than sit here.
+	if now >= l.deadline || w.forWaiter && c.waiters == 0 {
 		out.add(from, encodeOne(c.b.o.Node, record{kind: kindClose, dep: c.id, loan: l.id}))
 		return
 	}
@@ -274,39 +277,73 @@ func (c *counter) onGrant(from string, r *record, now int64, out *outbox) {
 	c.loans = slices.Insert(c.loans, i, l)
 }
 
-// recallAfter is how long a loan stays with its borrower before a home short of units may ask
-// for what is unspent of it: a borrower that needs its loan has spent it by then.
+// recallAfter is how long a loan stays with its borrower before a home short of units may
+// have back what is unspent of it: a borrower that needs its loan has spent it by then. A
+// younger loan is asked back too, once, by a home that owes no other node units (else what
+// came back would be theirs, not its own); its borrower gives it back when no admission waits
+// there (it may have been granted to a burst that has passed).
 const recallAfter = int64(200 * time.Millisecond)
 
-// recall asks the borrowers of this home's loans older than recallAfter to give back what
-// they have not spent, and reports whether it asked for any: a home that is short itself
-// should not leave units idle in other nodes' loans.
+// recall asks the borrowers of this home's loans to give back what they have not spent, and
+// reports whether an answer may still come: a home that is short itself should not leave
+// units idle in other nodes' loans.
 func (c *counter) recall(now int64, out *outbox) bool {
-	asked := false
+	pending := false
 	for _, l := range c.lent {
-		if !l.closed && !l.recalled && now-l.at >= recallAfter {
-			l.recalled = true
-			asked = true
-			out.add(l.to, encodeOne(c.b.o.Node, record{kind: kindRecall, dep: c.id, loan: l.id}))
+		if l.closed {
+			continue
 		}
+		switch old := now-l.at >= recallAfter; {
+		case old && !l.recalled:
+			l.recalled = true
+		case !old && c.reserveReq == 0 && c.reserveTok == 0 && !l.recalledFresh:
+			l.recalledFresh = true
+		default:
+			// Asked before: an answer may be on its way for a while.
+			pending = pending || (l.recalled || l.recalledFresh) && now-l.at < recallAfter+int64(wantTimeout)
+			continue
+		}
+		pending = true
+		out.add(l.to, encodeOne(c.b.o.Node, record{kind: kindRecall, dep: c.id, loan: l.id}))
 	}
-	return asked
+	return pending
 }
 
 // onRecall closes a loan its home wants back, as soon as no admission on it is still to leave.
+// A loan younger than recallAfter is kept while admissions here wait for rights, and closed
+// when the last of them is done (giveBackAsked).
 func (c *counter) onRecall(from string, r *record, out *outbox) {
-	for i, l := range c.loans {
+	for _, l := range c.loans {
 		if l.id != r.loan&valueMask || l.home != from || l.closed {
 			continue
 		}
-		if l.pending > 0 {
-			l.deadline = min(l.deadline, c.b.mono()) // housekeep closes it once they left
+		if c.waiters > 0 && c.b.mono()-(l.deadline-int64(c.b.o.Loan)) < recallAfter {
+			l.askedBack = true
 			return
 		}
-		l.closed = true
-		out.add(l.home, encodeOne(c.b.o.Node, record{kind: kindClose, dep: c.id, loan: l.id, req: l.spentReq, tok: l.spentTok}))
-		c.loans = slices.Delete(c.loans, i, i+1)
+		c.giveBackLoan(l, out)
 		return
+	}
+}
+
+// giveBackLoan closes l now, or as soon as no admission on it is still to leave.
+func (c *counter) giveBackLoan(l *loan, out *outbox) {
+	if l.pending > 0 {
+		l.deadline = min(l.deadline, c.b.mono()) // housekeep closes it once they left
+		return
+	}
+	l.closed = true
+	out.add(l.home, encodeOne(c.b.o.Node, record{kind: kindClose, dep: c.id, loan: l.id, req: l.spentReq, tok: l.spentTok}))
+	c.loans = slices.DeleteFunc(c.loans, func(x *loan) bool { return x == l })
+}
+
+// giveBackAsked gives back the loans homes asked back while admissions here waited: the last
+// of them is done.
+func (c *counter) giveBackAsked(out *outbox) {
+	for _, l := range slices.Clone(c.loans) {
+		if l.askedBack && !l.closed {
+			c.giveBackLoan(l, out)
+		}
 	}
 }
 

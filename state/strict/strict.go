@@ -258,6 +258,7 @@ func (b *Backend) Strict(on bool) {
 	for _, c := range b.counters.Append(nil) {
 		c.mu.Lock()
 		c.active = false
+		c.before = nil // what the cluster counts now, fast mode's admissions included
 		c.mu.Unlock()
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -633,5 +634,134 @@ func TestCheckInnerNeedsBothToAgree(t *testing.T) {
 		if n := admit(c, 10); n != 4 {
 			t.Fatalf("after Inner lost its window: admitted %d of 10; want the 4 rights left", n)
 		}
+	}
+}
+
+// sent is what a node sent, decoded, for tests that play the other nodes by hand.
+type sent struct {
+	mu   sync.Mutex
+	recs []record
+}
+
+func (s *sent) net(reply func(r record)) netFuncs {
+	return netFuncs{to: func(_ string, m []byte) bool {
+		_ = decode(m, func(_ string, r *record) {
+			s.mu.Lock()
+			s.recs = append(s.recs, *r)
+			s.mu.Unlock()
+			if reply != nil {
+				reply(*r)
+			}
+		})
+		return true
+	}}
+}
+
+func (s *sent) of(kind byte) []record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []record
+	for _, r := range s.recs {
+		if r.kind == kind {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// A loan that arrives after the admissions it was asked for gave up goes straight back to its
+// home, unspent: the home may be short itself (a burst that reaches every node at once), and
+// the units would otherwise sit idle here. One that finds its admission still waiting serves it.
+func TestLateLoanGoesBack(t *testing.T) {
+	var s sent
+	b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Network: s.net(nil), Wait: time.Millisecond, noLoop: true})
+	b.SetHomes(1, []Home{{Name: "home", Epoch: 1}}) // self only borrows
+	c := b.Counter("d")
+	if _, err := c.Admit(rpm60, state.Reservation{Requests: 1}); err == nil {
+		t.Fatal("admitted with no rights and no answer")
+	}
+	wants := s.of(kindWant)
+	if len(wants) != 1 {
+		t.Fatalf("sent %d wants", len(wants))
+	}
+	b.HandleMessage(encodeOne("home", record{kind: kindGrant, dep: "d", id: wants[0].id, loan: 7, req: 3}))
+	if cl := s.of(kindClose); len(cl) != 1 || cl[0].loan != 7 || cl[0].req != 0 {
+		t.Fatalf("closes after a late loan: %+v; want loan 7 closed unspent", cl)
+	}
+
+	// Answered while the admission waits: kept, and spent.
+	var s2 sent
+	var b2 *Backend
+	s2net := s2.net(func(r record) {
+		if r.kind == kindWant {
+			go b2.HandleMessage(encodeOne("home", record{kind: kindGrant, dep: "d", id: r.id, loan: 8, req: 3}))
+		}
+	})
+	b2 = New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Network: s2net, Wait: 10 * time.Second, noLoop: true})
+	b2.SetHomes(1, []Home{{Name: "home", Epoch: 1}})
+	if _, err := b2.Counter("d").Admit(rpm60, state.Reservation{Requests: 1}); err != nil {
+		t.Fatalf("a loan that came while the admission waited: %v", err)
+	}
+	if cl := s2.of(kindClose); len(cl) != 0 {
+		t.Fatalf("closed a loan its admission spent: %+v", cl)
+	}
+}
+
+// A home short of units that owes no other node asks back a loan younger than recallAfter
+// too, and waits for it: a burst reached a peer first and the peer's admissions may be gone.
+func TestShortHomeRecallsAFreshLoan(t *testing.T) {
+	var s sent
+	var b *Backend
+	net := s.net(func(r record) {
+		if r.kind == kindRecall { // the borrower's admissions are done: all of it comes back
+			go b.HandleMessage(encodeOne("peer", record{kind: kindClose, dep: "d", loan: r.loan}))
+		}
+	})
+	b = New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{}), Network: net, Wait: 10 * time.Second, noLoop: true})
+	b.SetHomes(1, []Home{{Name: "self", Epoch: 1}})
+	lim := state.Limits{RPM: 10}
+	b.HandleMessage(encodeOne("peer", record{kind: kindWant, dep: "d", id: 1, req: 10, dReq: 50, rpm: 10}))
+	if g := s.of(kindGrant); len(g) != 1 || g[0].req != 10 {
+		t.Fatalf("grants %+v; want the whole idle share lent", g)
+	}
+	if _, err := b.Counter("d").Admit(lim, state.Reservation{Requests: 1}); err != nil {
+		t.Fatalf("the home's own request with its share lent a moment ago: %v; want it recalled", err)
+	}
+	if r := s.of(kindRecall); len(r) != 1 {
+		t.Fatalf("recalls %+v; want the fresh loan asked back once", r)
+	}
+}
+
+// Activation charges a counter's share with what the cluster counted outside strict mode: on a
+// switch from fast mode, all fast mode admitted; on a counter made in strict mode, what was
+// counted when it was made. Later counts were admitted on other nodes' rights, and charging
+// them too left units idle: a burst reaching three nodes at once got 58-59 of 60.
+func TestActivationChargesWhatCameBeforeStrict(t *testing.T) {
+	lim := state.Limits{RPM: 10}
+	admit := func(c state.Counter, n int) (ok int) {
+		for range n {
+			if _, err := c.Admit(lim, state.Reservation{Requests: 1}); err == nil {
+				ok++
+			}
+		}
+		return ok
+	}
+	inner := local.New(local.Options{})
+	b := New(Options{Node: "n", Epoch: 1, Inner: inner, noLoop: true})
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+	admit(inner.Counter("d"), 2) // counted before this node made its counter
+	c := b.Counter("d")
+	admit(inner.Counter("d"), 3) // counted since: other nodes, on their rights
+	if n := admit(c, 10); n != 8 {
+		t.Fatalf("made in strict mode with 2 counted before and 3 after: admitted %d of 10; want 8", n)
+	}
+	b.Strict(false)
+	c = b.Counter("e")
+	if n := admit(c, 4); n != 4 {
+		t.Fatalf("fast mode admitted %d of 4", n)
+	}
+	b.Strict(true)
+	if n := admit(c, 10); n != 6 {
+		t.Fatalf("after 4 in fast mode, strict admitted %d of 10; want 6", n)
 	}
 }
