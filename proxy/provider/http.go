@@ -23,6 +23,26 @@ type Pool struct {
 	transports map[string]*http.Transport
 	tls        *tls.Config // nil = Go's defaults
 	guard      DialGuard   // nil = connect anywhere (see WithDialGuard)
+	settings   Settings
+}
+
+// Settings are the node-wide settings translating providers honour.
+type Settings struct {
+	MaxResponse int64 // general_settings.max_response_size_mb in bytes; 0 = 32 MB
+	DropParams  bool  // litellm_settings.drop_params: drop parameters a provider lacks instead of refusing them
+}
+
+// WithSettings sets what p's translating upstreams honour, and returns p.
+func (p *Pool) WithSettings(s Settings) *Pool {
+	p.settings = s
+	return p
+}
+
+func (p *Pool) maxResponse() int64 {
+	if p.settings.MaxResponse > 0 {
+		return p.settings.MaxResponse
+	}
+	return 32 << 20
 }
 
 // NewPool returns an empty pool whose transports use tlsConfig for https upstreams (nil: Go's
@@ -111,6 +131,12 @@ func (u *httpUpstream) StreamUsage() bool { return u.streamUsage }
 var errStreamIdle = errors.New("stream_timeout passed with no data from upstream")
 
 func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) {
+	return u.send(ctx, c, u.urls[c.Endpoint], u.header)
+}
+
+// send posts c to target with header (never modified: it may be shared), enforcing the
+// deployment's timeouts on the call and on the body it returns.
+func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, header http.Header) (*http.Response, error) {
 	var (
 		cancel context.CancelCauseFunc
 		timer  *time.Timer
@@ -126,17 +152,17 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 	}
 	req := &http.Request{
 		Method:        http.MethodPost,
-		URL:           u.urls[c.Endpoint],
+		URL:           target,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
-		Header:        u.header,
+		Header:        header,
 		Body:          callBody(c),
 		ContentLength: int64(len(c.Body)),
 		GetBody: func() (io.ReadCloser, error) {
 			return callBody(c), nil
 		},
-		Host: u.urls[c.Endpoint].Host,
+		Host: target.Host,
 	}
 	sent := newHeadSent()
 	resp, err := u.client.Do(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))

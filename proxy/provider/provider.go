@@ -1,5 +1,7 @@
-// Package provider speaks each upstream's wire format (openai and OpenAI-compatible, azure, mock):
-// it builds upstream requests, reads usage from JSON and SSE, and types upstream failures.
+// Package provider speaks each upstream's wire format: OpenAI and OpenAI-compatible, Azure and
+// mock as they are; Anthropic, Gemini, Vertex AI and Bedrock translated to and from OpenAI's
+// (translate.go). It builds upstream requests, reads usage from JSON and SSE, and types
+// upstream failures.
 package provider
 
 import (
@@ -69,6 +71,8 @@ func New(d *config.Deployment, pool *Pool) (Upstream, error) {
 		return newHTTP(d, pool, openAIURL, openAIHeader(d))
 	case "azure":
 		return newHTTP(d, pool, azureURL, azureHeader(d))
+	case "anthropic":
+		return newAnthropic(d, pool)
 	}
 	return nil, fmt.Errorf("deployment %s: unsupported provider %q", d.ID, d.Provider)
 }
