@@ -10,6 +10,11 @@
 //
 //	{"error":{"message":"...","type":"...","param":null,"code":"<status>"}}
 //
+// Providers' own formats ("dialects", dialect.go) are served beside OpenAI's, with the same
+// counting, faults, latency and usage formula, and answers and errors in each provider's shape:
+// Anthropic: POST /v1/messages (deployment: the body's "model"; x-api-key checked against
+// APIKey; anthropic-version and max_tokens required; N includes the system prompt's text).
+//
 // # Deployment key
 //
 // Counters, faults and LastRequest are keyed by deployment: the body's "model" for OpenAI paths,

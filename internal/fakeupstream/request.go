@@ -12,6 +12,7 @@ type request struct {
 	input        gjson.Result // embeddings: the input, walked again to answer
 	hasText      bool         // messages / prompt / input present and usable
 	textBytes    int          // N of the usage formula
+	missing      string       // dialects: the first required field the request lacks
 }
 
 // parseRequest reports false when body is not a JSON object.

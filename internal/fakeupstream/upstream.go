@@ -298,6 +298,10 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.inFlight.Add(1)
 	defer u.inFlight.Add(-1)
 
+	if d := dialectFor(r.URL.Path); d != nil {
+		u.serveDialect(w, r, d)
+		return
+	}
 	ep, dep, azure := route(r.URL.Path)
 	switch {
 	case ep == epUnknown:
@@ -348,14 +352,7 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	delay := u.opts.Latency
-	if u.opts.Jitter > 0 {
-		delay += rand.N(u.opts.Jitter)
-	}
-	if f != nil {
-		delay += f.Delay
-	}
-	if !sleep(ctx, nil, delay) {
+	if !u.wait(ctx, f) {
 		return
 	}
 
@@ -391,6 +388,18 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		a.writeJSON(w, ep)
 	}
+}
+
+// wait sleeps the latency, jitter and f's delay; false when the client left first.
+func (u *Upstream) wait(ctx context.Context, f *fault) bool {
+	delay := u.opts.Latency
+	if u.opts.Jitter > 0 {
+		delay += rand.N(u.opts.Jitter)
+	}
+	if f != nil {
+		delay += f.Delay
+	}
+	return sleep(ctx, nil, delay)
 }
 
 // arrival describes a request for OnArrival, with the usage its answer will carry.
