@@ -104,11 +104,11 @@ type chatTool struct {
 	Type     string `json:"type"`
 	Function struct {
 		Name        string          `json:"name"`
-		Description string          `json:"description"`
-		Parameters  json.RawMessage `json:"parameters"`
-		Strict      *bool           `json:"strict"`
+		Description string          `json:"description,omitempty"`
+		Parameters  json.RawMessage `json:"parameters,omitempty"`
+		Strict      *bool           `json:"strict,omitempty"`
 	} `json:"function"`
-	CacheControl json.RawMessage `json:"cache_control"`
+	CacheControl json.RawMessage `json:"cache_control,omitempty"`
 }
 
 // parts returns a message's content as parts: a string is one text part.
