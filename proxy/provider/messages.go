@@ -140,6 +140,7 @@ type chatOut struct {
 	ParallelToolCalls *bool           `json:"parallel_tool_calls,omitempty"`
 	User              string          `json:"user,omitempty"`
 	ReasoningEffort   string          `json:"reasoning_effort,omitempty"`
+	ResponseFormat    json.RawMessage `json:"response_format,omitempty"`
 }
 
 // outPart is a chat content part as MessagesToChat writes it.
