@@ -24,13 +24,16 @@ const MasterKeyEnv = "LITELLM_MASTER_KEY"
 //
 // Anything else is refused with an *Error naming the variable and the setting, so a master-key
 // holder cannot make herd send, say, a database password or the master key itself to an
-// api_base of their choosing. References elsewhere in the file (general_settings, ...), the
+// api_base of their choosing. For the same reason vertex_credentials other than the file's own
+// (fileCreds) may not be a path, and credentials JSON only of the types that name no file, URL
+// or command (see vertexCredentials). References elsewhere in the file (general_settings, ...), the
 // provider fallbacks (AZURE_API_KEY, OPENAI_API_KEY, ...) and environment_variables are not
 // affected: they come from the file, not from the admin API.
 type AdminEnv struct {
 	Env // where allowed names are looked up, and environment_variables are written
 
 	file      map[string]bool // names the file's model_list and router_settings use
+	fileCreds map[string]bool // vertex_credentials (paths or JSON) the file's model_list holds literally
 	allow     []string        // cluster_settings.admin_env_allow
 	protected map[string]bool // herd's own keys: globs never match them
 }
@@ -38,11 +41,15 @@ type AdminEnv struct {
 // NewAdminEnv returns env restricted for runtime changes. static and file are config.Split of
 // this node's config file; allow is its cluster_settings.admin_env_allow (validated by Parse).
 func NewAdminEnv(env Env, static Static, file Dynamic, allow []string) *AdminEnv {
-	a := &AdminEnv{Env: env, file: map[string]bool{}, allow: slices.Clone(allow),
+	a := &AdminEnv{Env: env, file: map[string]bool{}, fileCreds: map[string]bool{}, allow: slices.Clone(allow),
 		protected: map[string]bool{MasterKeyEnv: true}}
 	add := func(set map[string]bool) func(name string) { return func(name string) { set[name] = true } }
 	for _, m := range file.ModelList {
 		envRefs(m, add(a.file))
+		lp, _ := m["litellm_params"].(map[string]any)
+		if c, ok := lp["vertex_credentials"].(string); ok && !strings.HasPrefix(c, envPrefix) {
+			a.fileCreds[strings.TrimSpace(c)] = true
+		}
 	}
 	envRefs(file.RouterSettings, add(a.file))
 	for _, block := range []string{"general_settings", "cluster_settings"} {

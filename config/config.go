@@ -39,19 +39,39 @@ type Deployment struct {
 	// Resolved by Load; never read from YAML.
 
 	// ID is stable across nodes and restarts for the same config: model_info.id when set,
-	// else a hash of the deployment's identity (group, model, api_base, api_version; never secrets).
+	// else a hash of the deployment's identity (group, model, api_base, api_version, and where
+	// set Region, Project, Location, aws_role_name and aws_profile_name; never secrets).
 	ID string `yaml:"-"`
-	// Provider is the wire format: "openai" (also hosted_vllm and other OpenAI-compatible
-	// prefixes), "azure", or "mock" (also any deployment with mock_response set).
+	// Provider is the wire format: "openai" (also hosted_vllm, groq, mistral and the other
+	// OpenAI-compatible prefixes of docs/providers.md), "azure", "anthropic", "gemini" (Google
+	// AI Studio), "vertex_ai" (also vertex_ai_beta/), "bedrock", or "mock" (also any deployment
+	// with mock_response set).
 	Provider string `yaml:"-"`
 	// UpstreamModel is litellm_params.model without its provider prefix: the model name sent
-	// upstream (openai) or the Azure deployment name (azure).
+	// upstream, the Azure deployment name (azure), or the Bedrock model ID or ARN without
+	// LiteLLM's converse/ or invoke/ route (bedrock). fireworks_ai names are completed to
+	// accounts/fireworks/models/<name>, as LiteLLM sends them.
 	UpstreamModel string `yaml:"-"`
-	// APIBase is the effective base URL without a trailing slash (openai default
-	// https://api.openai.com/v1 when unset; "" for mock).
+	// APIBase is the effective base URL without a trailing slash: litellm_params.api_base, the
+	// provider's base variable, else its default (docs/providers.md; https://api.openai.com/v1
+	// for openai, https://{Location}-aiplatform.googleapis.com for vertex_ai,
+	// https://bedrock-runtime.{Region}.amazonaws.com for bedrock); "" for mock. OpenAI-compatible
+	// families get the path their chat API sits under (ollama's /v1, mistral's /v1) appended.
 	APIBase string `yaml:"-"`
 	// APIVersion is the effective Azure api-version (DefaultAzureAPIVersion when unset).
 	APIVersion string `yaml:"-"`
+	// Region is a bedrock deployment's AWS region, for SigV4 and the default endpoint:
+	// aws_region_name, the region of an ARN model, AWS_REGION_NAME, AWS_REGION,
+	// AWS_DEFAULT_REGION, else DefaultBedrockRegion (LiteLLM's). "" for other providers.
+	Region string `yaml:"-"`
+	// Project is a vertex_ai deployment's Google Cloud project, a URL path segment:
+	// vertex_project, VERTEXAI_PROJECT, VERTEX_PROJECT, the credentials' project_id, else
+	// GOOGLE_CLOUD_PROJECT (none is an error). "" for other providers.
+	Project string `yaml:"-"`
+	// Location is a vertex_ai deployment's region ("global" too), a URL path segment and part of
+	// the default host: vertex_location, VERTEXAI_LOCATION, VERTEX_LOCATION, else
+	// DefaultVertexLocation. "" for other providers.
+	Location string `yaml:"-"`
 	// Limits are the effective rpm/tpm (lookup order: deployment, litellm_params, model_info); 0 = unlimited.
 	Limits Limits `yaml:"-"`
 	// Timeout bounds a whole non-streaming call: litellm_params.timeout, else
@@ -85,6 +105,23 @@ type LiteLLMParams struct {
 	MockResponse        *string           `yaml:"mock_response"`         // answer locally with this text; no upstream call
 	Organization        string            `yaml:"organization"`          // OpenAI-Organization header
 	ExtraHeaders        map[string]string `yaml:"extra_headers"`         // sent upstream with every request
+
+	// Google Vertex AI (vertex_ai/); Deployment.Project and Location hold the resolved values.
+	VertexProject     string `yaml:"vertex_project"`     // Google Cloud project; default VERTEXAI_PROJECT, VERTEX_PROJECT, the credentials' project_id, GOOGLE_CLOUD_PROJECT
+	VertexLocation    string `yaml:"vertex_location"`    // region such as us-central1, or global; default VERTEXAI_LOCATION, VERTEX_LOCATION, else us-central1
+	VertexCredentials Secret `yaml:"vertex_credentials"` // google-auth JSON (service account, ...) or the path of a file holding it; default VERTEXAI_CREDENTIALS, VERTEX_CREDENTIALS, GOOGLE_APPLICATION_CREDENTIALS, else application default credentials; never logged
+
+	// AWS Bedrock (bedrock/); Deployment.Region holds the resolved region. With no credentials
+	// set, the AWS default chain applies (environment, shared files, container or instance role).
+	AWSRegionName             string `yaml:"aws_region_name"`              // region; default the model ARN's, AWS_REGION_NAME, AWS_REGION, AWS_DEFAULT_REGION, else us-west-2
+	AWSAccessKeyID            Secret `yaml:"aws_access_key_id"`            // static credentials, with aws_secret_access_key; never logged
+	AWSSecretAccessKey        Secret `yaml:"aws_secret_access_key"`        // the secret of aws_access_key_id; never logged
+	AWSSessionToken           Secret `yaml:"aws_session_token"`            // session token of temporary aws_access_key_id credentials; never logged
+	AWSRoleName               string `yaml:"aws_role_name"`                // ARN of a role to assume (with aws_web_identity_token: AssumeRoleWithWebIdentity)
+	AWSSessionName            string `yaml:"aws_session_name"`             // role session name for aws_role_name; default chosen by the caller
+	AWSProfileName            string `yaml:"aws_profile_name"`             // profile of the shared AWS config and credentials files
+	AWSWebIdentityToken       Secret `yaml:"aws_web_identity_token"`       // OIDC token (the token itself) to assume aws_role_name with; never logged
+	AWSBedrockRuntimeEndpoint string `yaml:"aws_bedrock_runtime_endpoint"` // endpoint URL in place of https://bedrock-runtime.{region}.amazonaws.com; api_base wins; default AWS_BEDROCK_RUNTIME_ENDPOINT
 }
 
 // ModelInfo is free-form metadata shown by /model/info; herd reads the typed keys.
@@ -272,6 +309,8 @@ const (
 	DefaultMaxFallbacks      = 5
 	DefaultAzureAPIVersion   = "2024-10-21"
 	DefaultOpenAIAPIBase     = "https://api.openai.com/v1"
+	DefaultVertexLocation    = "us-central1" // LiteLLM's default vertex_location
+	DefaultBedrockRegion     = "us-west-2"   // LiteLLM's region when nothing names one
 	DefaultMaxRequestSizeMB  = 32.0
 	DefaultMaxResponseSizeMB = 64.0
 	DefaultMaxTokensEstimate = 256 // tpm reserved for a request that names no max_tokens
@@ -353,3 +392,6 @@ func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() +
 
 // GoString redacts the secret in %#v output.
 func (s Secret) GoString() string { return s.String() }
+
+// MarshalYAML redacts the secret in YAML output, as MarshalJSON does in JSON.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }

@@ -20,11 +20,8 @@ var litellmOnly = map[reflect.Type][]string{
 		"frequency_penalty", "presence_penalty", "response_format", "tools", "tool_choice",
 		"stream", "user", "logit_bias", "reasoning_effort", "drop_params", "additional_drop_params",
 		"num_retries", "merge_reasoning_content_in_choices", "cache_control_injection_points",
-		// providers herd does not speak
-		"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region_name",
-		"aws_role_name", "aws_session_name", "aws_profile_name", "aws_bedrock_runtime_endpoint",
-		"aws_web_identity_token", "vertex_project", "vertex_location", "vertex_credentials",
-		"region_name", "watsonx_region_name", "api_type",
+		// provider settings herd does not read
+		"aws_external_id", "aws_sts_endpoint", "region_name", "watsonx_region_name", "api_type",
 		// cost, budgets and bookkeeping
 		"input_cost_per_token", "output_cost_per_token", "input_cost_per_second",
 		"output_cost_per_second", "input_cost_per_pixel", "output_cost_per_pixel",
@@ -101,6 +98,9 @@ var litellmUnsupported = map[reflect.Type]map[string]string{
 		"azure_username":          "herd authenticates to Azure with api_key only",
 		"azure_password":          "herd authenticates to Azure with api_key only",
 		"headers":                 "herd sends litellm_params.extra_headers",
+		"vertex_ai_project":       "herd reads LiteLLM's other name for it, vertex_project",
+		"vertex_ai_location":      "herd reads LiteLLM's other name for it, vertex_location",
+		"vertex_ai_credentials":   "herd reads LiteLLM's other name for it, vertex_credentials",
 	},
 	reflect.TypeFor[LiteLLMSettings](): {
 		"fallbacks":                "herd reads fallbacks under router_settings",

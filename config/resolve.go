@@ -22,14 +22,21 @@ import (
 )
 
 // providerSpec says how a litellm_params.model prefix is served and where LiteLLM looks for
-// what the deployment leaves out.
+// what the deployment leaves out. The providers table is the one place a prefix is defined:
+// the unknown-provider error, docs/providers.md and the dial guard's trusted variables follow it.
 type providerSpec struct {
 	provider    string   // Deployment.Provider
 	baseEnv     []string // api_base fallbacks, in LiteLLM's order
-	keyEnv      []string // api_key fallbacks
+	keyEnv      []string // api_key fallbacks, in LiteLLM's order
 	versionEnv  string   // api_version fallback
 	needsBase   bool     // no usable default endpoint
-	defaultBase string
+	defaultBase string   // "" with needsBase, or when computed (vertex_ai, bedrock)
+	// baseSuffix is the path the OpenAI-compatible API sits under, appended to an api_base that
+	// does not end in it; baseStrip are LiteLLM endpoint paths removed first (ollama's /api/chat).
+	baseSuffix  string
+	baseStrip   []string
+	modelPrefix string // prepended to a model name that does not start with it (fireworks_ai)
+	keyWarn     string // the provider's name in a WARN when no api_key resolves; "" for none
 }
 
 var openAISpec = providerSpec{
@@ -39,21 +46,97 @@ var openAISpec = providerSpec{
 	defaultBase: DefaultOpenAIAPIBase,
 }
 
-// providers maps a model prefix ("" for a bare model name) to its spec.
+// compatible is an OpenAI-compatible family at a fixed base, served on the OpenAI wire path.
+func compatible(base string, baseEnv, keyEnv []string) providerSpec {
+	return providerSpec{provider: "openai", defaultBase: base, baseEnv: baseEnv, keyEnv: keyEnv}
+}
+
+func vars(names ...string) []string { return names }
+
+// ollamaSpec serves Ollama's OpenAI-compatible API (/v1/chat/completions) where LiteLLM calls
+// its native /api/chat (ollama_chat/) or /api/generate (ollama/): users write the bare host.
+var ollamaSpec = providerSpec{
+	provider: "openai", defaultBase: "http://localhost:11434/v1", baseSuffix: "/v1",
+	baseStrip: []string{"/api/chat", "/api/generate", "/api"},
+	baseEnv:   vars("OLLAMA_API_BASE"), keyEnv: vars("OLLAMA_API_KEY"),
+}
+
+var vertexSpec = providerSpec{provider: "vertex_ai", baseEnv: vars("VERTEXAI_API_BASE", "VERTEX_API_BASE")}
+
+// providers maps a model prefix ("" for a bare model name) to its spec. Bases, variables and
+// their order are LiteLLM's (get_llm_provider and each provider's config); docs/providers.md
+// lists them and says where herd differs.
 var providers = map[string]providerSpec{
 	"":                       openAISpec,
 	"openai":                 openAISpec,
 	"text-completion-openai": openAISpec,
-	"hosted_vllm": {provider: "openai", baseEnv: []string{"HOSTED_VLLM_API_BASE"},
-		keyEnv: []string{"HOSTED_VLLM_API_KEY"}, needsBase: true},
+	"hosted_vllm": {provider: "openai", baseEnv: vars("HOSTED_VLLM_API_BASE"),
+		keyEnv: vars("HOSTED_VLLM_API_KEY"), needsBase: true},
 	"openai_like": {provider: "openai", needsBase: true},
-	"azure": {provider: "azure", baseEnv: []string{"AZURE_API_BASE"},
-		keyEnv: []string{"AZURE_API_KEY"}, versionEnv: "AZURE_API_VERSION", needsBase: true},
+	"litellm_proxy": {provider: "openai", baseEnv: vars("LITELLM_PROXY_API_BASE"),
+		keyEnv: vars("LITELLM_PROXY_API_KEY"), needsBase: true},
+	"azure": {provider: "azure", baseEnv: vars("AZURE_API_BASE"),
+		keyEnv: vars("AZURE_API_KEY"), versionEnv: "AZURE_API_VERSION", needsBase: true, keyWarn: "Azure"},
 	"mock": {provider: "mock"},
+
+	// OpenAI-compatible families.
+	"cerebras":  compatible("https://api.cerebras.ai/v1", vars("CEREBRAS_API_BASE"), vars("CEREBRAS_API_KEY")),
+	"codestral": compatible("https://codestral.mistral.ai/v1", vars("CODESTRAL_API_BASE"), vars("CODESTRAL_API_KEY")),
+	"deepinfra": compatible("https://api.deepinfra.com/v1/openai", vars("DEEPINFRA_API_BASE"), vars("DEEPINFRA_API_KEY")),
+	"deepseek":  compatible("https://api.deepseek.com/beta", vars("DEEPSEEK_API_BASE"), vars("DEEPSEEK_API_KEY")),
+	"featherless_ai": compatible("https://api.featherless.ai/v1", vars("FEATHERLESS_AI_API_BASE", "FEATHERLESS_API_BASE"),
+		vars("FEATHERLESS_AI_API_KEY", "FEATHERLESS_API_KEY")),
+	"fireworks_ai": {provider: "openai", defaultBase: "https://api.fireworks.ai/inference/v1", baseEnv: vars("FIREWORKS_API_BASE"),
+		keyEnv:      vars("FIREWORKS_API_KEY", "FIREWORKS_AI_API_KEY", "FIREWORKSAI_API_KEY", "FIREWORKS_AI_TOKEN"),
+		modelPrefix: "accounts/fireworks/models/"},
+	"friendliai": compatible("https://api.friendli.ai/serverless/v1", vars("FRIENDLI_API_BASE"), vars("FRIENDLIAI_API_KEY", "FRIENDLI_TOKEN")),
+	"github":     compatible("https://models.inference.ai.azure.com", vars("GITHUB_API_BASE"), vars("GITHUB_API_KEY")),
+	"groq":       compatible("https://api.groq.com/openai/v1", vars("GROQ_API_BASE"), vars("GROQ_API_KEY")),
+	"hyperbolic": compatible("https://api.hyperbolic.xyz/v1", vars("HYPERBOLIC_API_BASE"), vars("HYPERBOLIC_API_KEY")),
+	// LiteLLM has no default for LM Studio; herd uses LM Studio's own local server address.
+	"lm_studio":  compatible("http://localhost:1234/v1", vars("LM_STUDIO_API_BASE"), vars("LM_STUDIO_API_KEY")),
+	"meta_llama": compatible("https://api.llama.com/compat/v1", vars("LLAMA_API_BASE"), vars("LLAMA_API_KEY")),
+	"mistral": {provider: "openai", defaultBase: "https://api.mistral.ai/v1", baseSuffix: "/v1",
+		baseEnv: vars("MISTRAL_AZURE_API_BASE", "MISTRAL_API_BASE"), keyEnv: vars("MISTRAL_AZURE_API_KEY", "MISTRAL_API_KEY")},
+	"nebius":      compatible("https://api.studio.nebius.ai/v1", vars("NEBIUS_API_BASE"), vars("NEBIUS_API_KEY")),
+	"novita":      compatible("https://api.novita.ai/v3/openai", vars("NOVITA_API_BASE"), vars("NOVITA_API_KEY")),
+	"nscale":      compatible("https://inference.api.nscale.com/v1", vars("NSCALE_API_BASE"), vars("NSCALE_API_KEY")),
+	"nvidia_nim":  compatible("https://integrate.api.nvidia.com/v1", vars("NVIDIA_NIM_API_BASE"), vars("NVIDIA_NIM_API_KEY")),
+	"ollama":      ollamaSpec,
+	"ollama_chat": ollamaSpec,
+	"openrouter":  compatible("https://openrouter.ai/api/v1", vars("OPENROUTER_API_BASE"), vars("OPENROUTER_API_KEY", "OR_API_KEY")),
+	"perplexity":  compatible("https://api.perplexity.ai", vars("PERPLEXITY_API_BASE"), vars("PERPLEXITYAI_API_KEY", "PERPLEXITY_API_KEY")),
+	"sambanova":   compatible("https://api.sambanova.ai/v1", vars("SAMBANOVA_API_BASE"), vars("SAMBANOVA_API_KEY")),
+	"together_ai": compatible("https://api.together.xyz/v1", vars("TOGETHER_AI_API_BASE"),
+		vars("TOGETHER_API_KEY", "TOGETHER_AI_API_KEY", "TOGETHERAI_API_KEY", "TOGETHER_AI_TOKEN")),
+	"xai": compatible("https://api.x.ai/v1", vars("XAI_API_BASE"), vars("XAI_API_KEY")),
+
+	// Native wire formats.
+	"anthropic": {provider: "anthropic", defaultBase: "https://api.anthropic.com",
+		baseEnv: vars("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"), keyEnv: vars("ANTHROPIC_API_KEY"), keyWarn: "Anthropic"},
+	"gemini": {provider: "gemini", defaultBase: "https://generativelanguage.googleapis.com",
+		baseEnv: vars("GEMINI_API_BASE"), keyEnv: vars("GOOGLE_API_KEY", "GEMINI_API_KEY", "PALM_API_KEY"), keyWarn: "Gemini"},
+	"vertex_ai":      vertexSpec,
+	"vertex_ai_beta": vertexSpec,
+	// Bedrock API keys go as a bearer token; without one, AWS credentials sign the calls.
+	"bedrock": {provider: "bedrock", baseEnv: vars("AWS_BEDROCK_RUNTIME_ENDPOINT"), keyEnv: vars("AWS_BEARER_TOKEN_BEDROCK")},
 }
 
+// prefixList is the known prefixes as the unknown-provider error lists them: sorted, each
+// with its slash.
+var prefixList = func() []string {
+	var out []string
+	for p := range providers {
+		if p != "" {
+			out = append(out, p+"/")
+		}
+	}
+	slices.Sort(out)
+	return out
+}()
+
 // supportedPrefixes is listed in the unknown-provider error.
-const supportedPrefixes = "azure/, openai/, hosted_vllm/, openai_like/, text-completion-openai/, mock/, or a bare OpenAI model name"
+var supportedPrefixes = strings.Join(prefixList, ", ") + ", or a bare OpenAI model name"
 
 // resolve validates the decoded config, applies defaults and computes every deployment's
 // resolved fields. It runs even after decode errors so one pass reports everything; paths
@@ -409,9 +492,12 @@ func (d *decoder) generalSettings(gs *GeneralSettings) {
 // maxCABundle bounds a CA bundle read (a full system bundle is about 200 KB).
 const maxCABundle = 16 << 20
 
-// readCABundle reads a regular file of at most maxCABundle bytes, so a path such as /dev/zero
-// or a FIFO fails instead of hanging startup.
-func readCABundle(name string) ([]byte, error) {
+// readCABundle reads a CA bundle with readSmallFile.
+func readCABundle(name string) ([]byte, error) { return readSmallFile(name, maxCABundle) }
+
+// readSmallFile reads a regular file of at most limit bytes, so a path such as /dev/zero or a
+// FIFO fails instead of hanging startup.
+func readSmallFile(name string, limit int64) ([]byte, error) {
 	f, err := os.Open(name)
 	if err != nil {
 		return nil, err
@@ -424,10 +510,10 @@ func readCABundle(name string) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, errors.New("not a regular file")
 	}
-	if st.Size() > maxCABundle {
-		return nil, fmt.Errorf("larger than %d MB", maxCABundle>>20)
+	if st.Size() > limit {
+		return nil, fmt.Errorf("larger than %d MB", limit>>20)
 	}
-	return io.ReadAll(io.LimitReader(f, maxCABundle))
+	return io.ReadAll(io.LimitReader(f, limit))
 }
 
 // allowedIPs parses general_settings.allowed_ips: IP addresses (LiteLLM's form) or CIDRs.
@@ -600,6 +686,7 @@ func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
 	if !ok {
 		return
 	}
+	d.otherProviderKeys(lp, dep)
 	if dep.Provider == "mock" {
 		// A mock answers locally: no endpoint, no key, no environment fallbacks.
 		if params.APIBase != "" {
@@ -608,7 +695,14 @@ func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
 		dep.APIVersion = params.APIVersion
 		return
 	}
-	d.endpoint(lp, dep, spec)
+	def := spec.defaultBase
+	switch dep.Provider {
+	case "vertex_ai":
+		def = d.vertex(lp, dep)
+	case "bedrock":
+		def = d.bedrock(lp, dep)
+	}
+	d.endpoint(lp, dep, spec, def)
 }
 
 // provider sets Provider and UpstreamModel from litellm_params.model.
@@ -629,11 +723,13 @@ func (d *decoder) provider(lp string, dep *Deployment) (providerSpec, bool) {
 		// LiteLLM answers mock_response without calling the provider, whatever it is.
 		dep.Provider = "mock"
 	case !known:
-		shown := strconv.Quote(truncate(prefix))
+		shown, hint := strconv.Quote(truncate(prefix)), ""
 		if n := d.valAt[path]; n != nil && d.fromEnv[n] != "" {
 			shown = d.shown(path, "")
+		} else if s := suggest(prefix+"/", prefixList); s != "" {
+			hint = fmt.Sprintf("; did you mean %s?", s)
 		}
-		d.fail(path, "unsupported provider %s (supported: %s)", shown, supportedPrefixes)
+		d.fail(path, "unsupported provider %s%s (supported: %s)", shown, hint, supportedPrefixes)
 		return providerSpec{}, false
 	default:
 		dep.Provider = spec.provider
@@ -643,6 +739,10 @@ func (d *decoder) provider(lp string, dep *Deployment) (providerSpec, bool) {
 		d.fail(path, "names no model after the provider prefix %q", prefix+"/")
 		return providerSpec{}, false
 	}
+	// LiteLLM completes a Fireworks name unless it is already under accounts/.
+	if spec.modelPrefix != "" && dep.Provider != "mock" && !strings.HasPrefix(rest, strings.SplitAfter(spec.modelPrefix, "/")[0]) {
+		dep.UpstreamModel = spec.modelPrefix + rest
+	}
 	// A bad model is reported, but the endpoint is still checked: a file copied from the docs
 	// should show all its placeholders at once.
 	switch {
@@ -650,52 +750,76 @@ func (d *decoder) provider(lp string, dep *Deployment) (providerSpec, bool) {
 	case dep.Provider == "azure" && !isURLToken(rest):
 		// The Azure deployment name is a segment of the upstream URL's path.
 		d.fail(path, "the Azure deployment name after azure/ may hold only letters, digits, '-', '_' and '.' (got %s)", d.shown(path, params.Model))
+	case (dep.Provider == "gemini" || dep.Provider == "vertex_ai") && !isModelPath(rest):
+		// The model is part of the upstream URL's path: .../models/{model}:generateContent.
+		d.fail(path, "the model after %s/ may hold only letters, digits and -_.:@/ (no empty, . or .. segments), as it is part of the upstream URL's path (got %s)", prefix, d.shown(path, params.Model))
 	}
 	return spec, true
 }
 
-// endpoint resolves api_base, api_key and api_version, falling back to the environment
-// variables LiteLLM reads for the provider.
-func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec) {
+// lookupFirst returns the first of names set to a non-empty value, and its name. LiteLLM
+// chains its fallbacks with "or", so an empty variable counts as unset.
+func (d *decoder) lookupFirst(names ...string) (value, name string) {
+	for _, n := range names {
+		if v, ok := d.env.Lookup(n); ok && v != "" {
+			return v, n
+		}
+	}
+	return "", ""
+}
+
+// endpoint resolves api_base (def when neither the deployment nor spec's variables name one),
+// api_key and api_version, falling back to the environment variables LiteLLM reads for the
+// provider.
+func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec, def string) {
 	params := &dep.LiteLLMParams
-	base, baseEnv := params.APIBase, ""
-	for _, name := range spec.baseEnv {
-		if base != "" {
-			break
+	base, basePath, baseEnv := params.APIBase, lp+".api_base", ""
+	if dep.Provider == "bedrock" && params.AWSBedrockRuntimeEndpoint != "" {
+		// LiteLLM's order: api_base, aws_bedrock_runtime_endpoint, AWS_BEDROCK_RUNTIME_ENDPOINT.
+		if base == "" {
+			base, basePath = params.AWSBedrockRuntimeEndpoint, lp+".aws_bedrock_runtime_endpoint"
+		} else {
+			d.warn(lp+".aws_bedrock_runtime_endpoint", "setting without effect", "has no effect: api_base is set and wins, as in LiteLLM")
 		}
-		if v, ok := d.env.Lookup(name); ok && v != "" {
-			base, baseEnv = v, name
-		}
+	}
+	if base == "" {
+		base, baseEnv = d.lookupFirst(spec.baseEnv...)
 	}
 	switch {
 	case base != "":
-		dep.APIBase = d.apiBase(lp+".api_base", base, baseEnv)
+		dep.APIBase = spec.normalizeBase(d.apiBase(basePath, base, baseEnv))
+		if dep.Provider == "vertex_ai" && strings.Contains(dep.APIBase, "/projects/") {
+			// LiteLLM takes a custom Vertex api_base as the whole URL up to ":generateContent";
+			// herd builds /v1/projects/... itself.
+			d.fail(basePath, "herd builds the /v1/projects/{project}/locations/... path itself: give the endpoint's scheme and host (and any gateway prefix), e.g. https://us-central1-aiplatform.googleapis.com (got %s)", d.shownBase(basePath, base, baseEnv))
+		}
 	case spec.needsBase:
 		hint := ""
 		if len(spec.baseEnv) > 0 {
 			hint = " (or set " + strings.Join(spec.baseEnv, " or ") + ")"
 		}
 		prefix, _, _ := strings.Cut(params.Model, "/")
-		d.fail(lp+".api_base", "required for %s/ deployments%s", prefix, hint)
+		d.fail(basePath, "required for %s/ deployments%s", prefix, hint)
 	default:
-		dep.APIBase = spec.defaultBase
+		dep.APIBase = def
 	}
 
 	keyEnv := ""
-	for _, name := range spec.keyEnv {
-		if params.APIKey != "" {
-			break
-		}
-		if v, ok := d.env.Lookup(name); ok {
-			params.APIKey, keyEnv = Secret(v), name
-		}
+	if params.APIKey == "" {
+		var v string
+		v, keyEnv = d.lookupFirst(spec.keyEnv...)
+		params.APIKey = Secret(v)
 	}
 	if !d.placeholder(lp+".api_key", params.APIKey.Reveal(), true) {
 		d.apiKeyHeader(lp+".api_key", params.APIKey, keyEnv)
 	}
-	if dep.Provider == "azure" && params.APIKey == "" {
-		d.warn(lp+".api_key", "azure deployment has no api_key",
-			"no api_key and AZURE_API_KEY is not set; Azure will refuse the calls")
+	if spec.keyWarn != "" && params.APIKey == "" {
+		set := "is not set"
+		if len(spec.keyEnv) > 1 {
+			set = "are not set"
+		}
+		d.warn(lp+".api_key", dep.Provider+" deployment has no api_key",
+			fmt.Sprintf("no api_key and %s %s; %s will refuse the calls", strings.Join(spec.keyEnv, ", "), set, spec.keyWarn))
 	}
 
 	dep.APIVersion = params.APIVersion
@@ -709,6 +833,21 @@ func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec) {
 		// It is the api-version query parameter of every Azure call.
 		d.fail(lp+".api_version", "may hold only letters, digits, '-', '_' and '.', e.g. 2024-10-21 (got %s)", d.shown(lp+".api_version", dep.APIVersion))
 	}
+}
+
+// normalizeBase gives an api_base (already validated; "" if it was not) the path suffix the
+// provider's OpenAI-compatible API sits under, after removing LiteLLM-only endpoint paths.
+func (s providerSpec) normalizeBase(base string) string {
+	if base == "" || s.baseSuffix == "" {
+		return base
+	}
+	for _, p := range s.baseStrip {
+		base = strings.TrimSuffix(base, p)
+	}
+	if !strings.HasSuffix(base, s.baseSuffix) {
+		base += s.baseSuffix
+	}
+	return base
 }
 
 // isURLToken reports whether s can sit in a URL path segment or query value as it is: letters,
@@ -770,12 +909,7 @@ func (d *decoder) apiKeyHeader(path string, key Secret, keyEnv string) {
 // apiBase validates an endpoint URL and returns it without trailing slashes. envName is the
 // fallback variable it came from, if any; such values are not shown in errors.
 func (d *decoder) apiBase(path, raw, envName string) string {
-	shown := d.shown(path, raw)
-	if envName != "" {
-		shown = "the value of " + envName
-	} else if strings.Contains(raw, "@") {
-		shown = "a URL with credentials, not shown"
-	}
+	shown := d.shownBase(path, raw, envName)
 	if isPlaceholder(raw) {
 		d.fail(path, "is a placeholder from the docs, not a real value (got %s)", shown)
 		return ""
@@ -792,12 +926,43 @@ func (d *decoder) apiBase(path, raw, envName string) string {
 	return strings.TrimRight(raw, "/")
 }
 
+// shownBase is an endpoint URL as errors show it: not at all when it came from envName or
+// holds credentials.
+func (d *decoder) shownBase(path, raw, envName string) string {
+	switch {
+	case envName != "":
+		return "the value of " + envName
+	case strings.Contains(raw, "@"):
+		return "a URL with credentials, not shown"
+	}
+	return d.shown(path, raw)
+}
+
 // deploymentID hashes what identifies a deployment: its group, model, endpoint and API
-// version. Secrets are left out so rotating a key keeps the ID (and its counters) and the ID
-// reveals nothing about the key. The "v1" leaves room to change the recipe deliberately.
-func deploymentID(modelName, model, apiBase, apiVersion string) string {
-	h := sha256.Sum256([]byte(strings.Join([]string{"herd-deployment-v1", modelName, model, apiBase, apiVersion}, "\x00")))
+// version, and the extra parts (identityExtras) that tell cloud deployments apart. Secrets are
+// left out so rotating a key keeps the ID (and its counters) and the ID reveals nothing about
+// the key. The "v1" leaves room to change the recipe deliberately; extras are appended only
+// when present, so deployments without them keep the IDs they always had.
+func deploymentID(modelName, model, apiBase, apiVersion string, extras ...string) string {
+	parts := append([]string{"herd-deployment-v1", modelName, model, apiBase, apiVersion}, extras...)
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	return hex.EncodeToString(h[:8])
+}
+
+// identityExtras are what, besides the endpoint, names the upstream a cloud deployment reaches:
+// the region it signs for, the project and location in its URL, the role or profile whose
+// account it calls with. Each is labelled, so an empty one leaves no trace.
+func identityExtras(dep *Deployment) []string {
+	var out []string
+	for _, e := range []struct{ label, value string }{
+		{"region", dep.Region}, {"project", dep.Project}, {"location", dep.Location},
+		{"aws_role_name", dep.LiteLLMParams.AWSRoleName}, {"aws_profile_name", dep.LiteLLMParams.AWSProfileName},
+	} {
+		if e.value != "" && (dep.Provider == "bedrock" || dep.Provider == "vertex_ai") {
+			out = append(out, e.label+"="+e.value)
+		}
+	}
+	return out
 }
 
 // assignIDs gives every deployment its ID: model_info.id when set (duplicates are errors), else
@@ -823,7 +988,7 @@ func (d *decoder) assignIDs(list []Deployment) {
 		if dep.ModelInfo.ID != "" {
 			continue
 		}
-		base := deploymentID(dep.ModelName, dep.LiteLLMParams.Model, dep.APIBase, dep.APIVersion)
+		base := deploymentID(dep.ModelName, dep.LiteLLMParams.Model, dep.APIBase, dep.APIVersion, identityExtras(dep)...)
 		id := base
 		for n := 2; ; n++ {
 			if _, taken := owner[id]; !taken {
