@@ -188,7 +188,7 @@ type Alias struct {
 type LiteLLMSettings struct {
 	RequestTimeout *Seconds     `yaml:"request_timeout"` // default per-call timeout, after router_settings.timeout
 	NumRetries     *int         `yaml:"num_retries"`     // used when router_settings.num_retries is unset
-	DropParams     bool         `yaml:"drop_params"`     // accepted; herd passes bodies through
+	DropParams     bool         `yaml:"drop_params"`     // translated providers drop parameters they lack instead of refusing the request; OpenAI-format bodies pass unchanged
 	SetVerbose     bool         `yaml:"set_verbose"`     // debug logging
 	JSONLogs       bool         `yaml:"json_logs"`       // log as JSON
 	Cache          bool         `yaml:"cache"`           // accepted; herd does not cache responses

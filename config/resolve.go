@@ -327,8 +327,8 @@ func (d *decoder) litellmSettings(ls *LiteLLMSettings) {
 	}
 	d.sslVerify(p+".ssl_verify", ls)
 	if ls.DropParams {
-		d.warn(p+".drop_params", "LiteLLM setting not supported by herd",
-			"has no effect: herd passes request bodies to the upstream unchanged")
+		d.warn(p+".drop_params", "LiteLLM setting honoured by translated providers only",
+			"drops unsupported parameters only for deployments whose requests herd translates (anthropic/, gemini/, vertex_ai/, bedrock/); OpenAI-format deployments get request bodies unchanged")
 	}
 	if ls.Cache {
 		d.warn(p+".cache", "LiteLLM setting not supported by herd", "has no effect: herd does not cache responses")
