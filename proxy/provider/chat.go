@@ -142,6 +142,12 @@ func (m *chatMessage) text() string {
 // translates) and ignorable (parameters that change nothing for it) fail with a *BadRequest,
 // unless drop is set (litellm_settings.drop_params), which drops them as LiteLLM does.
 func decodeChat(provider string, body []byte, known, ignorable []string, drop bool) (*chatRequest, error) {
+	return decodeChatChoices(provider, body, known, ignorable, drop, false)
+}
+
+// decodeChatChoices is decodeChat for a provider that may also take n > 1 (choices: it can
+// answer with several choices).
+func decodeChatChoices(provider string, body []byte, known, ignorable []string, drop, choices bool) (*chatRequest, error) {
 	var req chatRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, &BadRequest{Provider: provider, Message: "The request body is not a valid chat completions request: " + err.Error()}
@@ -159,7 +165,7 @@ func decodeChat(provider string, body []byte, known, ignorable []string, drop bo
 		slices.Sort(bad)
 		return nil, unsupported(provider, bad[0], "the parameter(s) "+strings.Join(bad, ", "))
 	}
-	if req.N != nil && *req.N > 1 && !drop {
+	if req.N != nil && *req.N > 1 && !drop && !choices {
 		return nil, unsupported(provider, "n", "n > 1 (several choices in one call)")
 	}
 	if len(req.Messages) == 0 {

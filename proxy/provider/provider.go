@@ -73,6 +73,11 @@ func New(d *config.Deployment, pool *Pool) (Upstream, error) {
 		return newHTTP(d, pool, azureURL, azureHeader(d))
 	case "anthropic":
 		return newAnthropic(d, pool)
+	case "gemini":
+		return newGemini(d, pool, geminiParams{APIBase: d.APIBase, APIKey: d.LiteLLMParams.APIKey.Reveal()})
+	case "vertex_ai":
+		return newVertex(d, pool, vertexParams{APIBase: d.APIBase, Project: d.Project, Location: d.Location,
+			Credentials: d.LiteLLMParams.VertexCredentials.Reveal()})
 	}
 	return nil, fmt.Errorf("deployment %s: unsupported provider %q", d.ID, d.Provider)
 }

@@ -29,6 +29,12 @@ type translator interface {
 	errorBody(status int, body []byte) []byte
 }
 
+// A callResponder is a translator whose answers need the request they answer (an upstream
+// that reports no usage, estimated from the request): Do calls responseTo in place of response.
+type callResponder interface {
+	responseTo(c *Call, body []byte) ([]byte, error)
+}
+
 // outbound is one upstream request a translator built.
 type outbound struct {
 	url    *url.URL
@@ -111,7 +117,12 @@ func (u *translated) Do(ctx context.Context, c *Call) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	converted, err := u.t.response(c.Endpoint, body)
+	var converted []byte
+	if r, ok := u.t.(callResponder); ok {
+		converted, err = r.responseTo(c, body)
+	} else {
+		converted, err = u.t.response(c.Endpoint, body)
+	}
 	if err != nil {
 		return nil, &Error{Kind: Unreachable, Err: err, Sent: true}
 	}

@@ -102,7 +102,13 @@ func runGolden(t *testing.T, dir string, tr translator) {
 	}
 	if in := read("in.response.json"); in != nil {
 		ran = true
-		out, err := tr.response(call.Endpoint, in)
+		var out []byte
+		var err error
+		if r, ok := tr.(callResponder); ok {
+			out, err = r.responseTo(call, in)
+		} else {
+			out, err = tr.response(call.Endpoint, in)
+		}
 		if err != nil {
 			t.Fatalf("response: %v", err)
 		}

@@ -1,0 +1,183 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/auth"
+
+	"github.com/herd-proxy/herd/config"
+)
+
+func init() {
+	goldenTranslators["vertex_ai"] = func(t *testing.T, drop bool) translator {
+		h := http.Header{"Content-Type": {"application/json"}}
+		return &vertex{
+			googleChat: goldenGoogleChat("vertex_ai", drop),
+			anthropic:  &anthropic{now: goldenNow, drop: drop, maxLen: 1 << 20},
+			auth:       &googleAuth{tokens: staticToken("ya29.test")},
+			base:       vertexBase(vertexParams{Project: "my-project", Location: "us-central1"}),
+			header:     h,
+		}
+	}
+}
+
+// staticToken is a token provider that needs no Google.
+type staticToken string
+
+func (s staticToken) Token(context.Context) (*auth.Token, error) {
+	return &auth.Token{Value: string(s), Type: "Bearer", Expiry: time.Now().Add(time.Hour)}, nil
+}
+
+// failingTokens fails every token, counting the attempts.
+type failingTokens struct{ calls atomic.Int32 }
+
+func (f *failingTokens) Token(context.Context) (*auth.Token, error) {
+	f.calls.Add(1)
+	return nil, errors.New("metadata server unreachable")
+}
+
+func TestVertexBase(t *testing.T) {
+	for _, tt := range []struct {
+		p    vertexParams
+		want string
+	}{
+		{vertexParams{Project: "p", Location: "europe-west4"}, "https://europe-west4-aiplatform.googleapis.com/v1/projects/p/locations/europe-west4"},
+		{vertexParams{Project: "p", Location: "global"}, "https://aiplatform.googleapis.com/v1/projects/p/locations/global"},
+		{vertexParams{Project: "p"}, "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1"},
+		{vertexParams{Project: "p", Location: "us-east5", APIBase: "https://gw.example/vertex/"}, "https://gw.example/vertex/v1/projects/p/locations/us-east5"},
+		{vertexParams{Project: "p", Location: "us-east5", APIBase: "https://gw.example/v1beta1"}, "https://gw.example/v1beta1/projects/p/locations/us-east5"},
+	} {
+		if got := vertexBase(tt.p); got != tt.want {
+			t.Errorf("vertexBase(%+v) = %s, want %s", tt.p, got, tt.want)
+		}
+	}
+	u, _ := vertexModelURL("https://h/v1/projects/p/locations/l", "4965075652664360960", ":generateContent")
+	if got, want := u.String(), "https://h/v1/projects/p/locations/l/endpoints/4965075652664360960:generateContent"; got != want {
+		t.Errorf("tuned model URL = %s, want %s", got, want)
+	}
+}
+
+// A token herd cannot get fails the call as unreachable and not sent, so the proxy may try
+// another deployment; application default credentials are looked for again on the next call.
+func TestVertexTokenFailure(t *testing.T) {
+	detects := 0
+	ga := &googleAuth{detect: func() (auth.TokenProvider, error) {
+		detects++
+		return nil, errors.New("could not find default credentials")
+	}}
+	v := &vertex{googleChat: goldenGoogleChat("vertex_ai", false), auth: ga, base: vertexBase(vertexParams{Project: "p"}), header: http.Header{}}
+	call := &Call{Endpoint: ChatCompletions, Body: []byte(`{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}`)}
+	for range 2 {
+		_, err := v.request(context.Background(), call)
+		if KindOf(err) != Unreachable || Sent(err) {
+			t.Fatalf("request without credentials: %v (kind %v, sent %v), want unreachable and not sent", err, KindOf(err), Sent(err))
+		}
+	}
+	if detects != 2 {
+		t.Errorf("credentials detected %d times, want a try per call while none are found", detects)
+	}
+
+	failing := &failingTokens{}
+	ga = &googleAuth{detect: func() (auth.TokenProvider, error) { return failing, nil }}
+	v.auth = ga
+	for range 2 {
+		if _, err := v.request(context.Background(), call); KindOf(err) != Unreachable || Sent(err) || !strings.Contains(err.Error(), "metadata server unreachable") {
+			t.Fatalf("failing token: %v", err)
+		}
+	}
+	if failing.calls.Load() != 2 {
+		t.Errorf("token asked %d times, want once per call", failing.calls.Load())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := v.request(ctx, call); KindOf(err) != Canceled {
+		t.Errorf("canceled call: kind %v, want canceled", KindOf(err))
+	}
+}
+
+func TestVertexCredentials(t *testing.T) {
+	if _, err := newGoogleAuth(`{"project_id":"p"}`); err == nil {
+		t.Error("credentials without a type accepted")
+	}
+	if _, err := newGoogleAuth("/nonexistent/key.json"); err == nil {
+		t.Error("a missing credentials file accepted")
+	}
+	ga, err := newGoogleAuth(`{"type":"authorized_user","client_id":"id","client_secret":"s","refresh_token":"r"}`)
+	if err != nil || ga.tokens == nil {
+		t.Errorf("authorized_user credentials: %v", err)
+	}
+}
+
+// TestVertexUpstream calls a fake Vertex AI through the translated upstream: Google's models
+// at generateContent, Anthropic's at rawPredict, both with the bearer token.
+func TestVertexUpstream(t *testing.T) {
+	var gotPath, gotAuth, gotBody string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		gotPath, gotAuth, gotBody = r.URL.Path, r.Header.Get("Authorization"), string(b)
+		if strings.Contains(r.URL.Path, "/publishers/anthropic/") {
+			io.WriteString(w, `{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}`)
+			return
+		}
+		io.WriteString(w, `{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":1,"totalTokenCount":4}}`)
+	}))
+	defer srv.Close()
+	d := &config.Deployment{ID: "v", Timeout: 5 * time.Second, StreamTimeout: 5 * time.Second}
+	up, err := newVertex(d, NewPool(nil), vertexParams{APIBase: srv.URL, Project: "proj", Location: "us-east5", Credentials: `{"type":"authorized_user","client_id":"id","client_secret":"s","refresh_token":"r"}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.(*translated).t.(*vertex).auth = &googleAuth{tokens: staticToken("ya29.abc")}
+	for model, wantPath := range map[string]string{
+		"gemini-2.5-pro":           "/v1/projects/proj/locations/us-east5/publishers/google/models/gemini-2.5-pro:generateContent",
+		"claude-sonnet-4@20250514": "/v1/projects/proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict",
+	} {
+		resp, err := up.Do(context.Background(), &Call{Endpoint: ChatCompletions, Body: []byte(`{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if gotPath != wantPath || gotAuth != "Bearer ya29.abc" {
+			t.Errorf("%s: called %s with %q, want %s", model, gotPath, gotAuth, wantPath)
+		}
+		if u, ok := ParseUsage(body); !ok || u.PromptTokens != 3 || u.CompletionTokens != 1 {
+			t.Errorf("%s: answer %s", model, body)
+		}
+		if strings.HasPrefix(model, "claude") && (!strings.Contains(gotBody, `"anthropic_version":"vertex-2023-10-16"`) || strings.Contains(gotBody, `"model"`)) {
+			t.Errorf("%s: body %s, want anthropic_version and no model", model, gotBody)
+		}
+	}
+}
+
+// New builds Google's deployments from resolved config values; Vertex without credentials
+// looks for application default credentials only when a call needs a token.
+func TestNewGoogleProviders(t *testing.T) {
+	pool := NewPool(nil)
+	g, err := New(&config.Deployment{ID: "g", Provider: "gemini", UpstreamModel: "gemini-2.5-flash", APIBase: "https://generativelanguage.googleapis.com", Timeout: time.Second, StreamTimeout: time.Second}, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := g.(*translated).t.(*gemini).header; h.Get("X-Goog-Api-Key") != "" {
+		t.Errorf("a key header without a key: %v", h)
+	}
+	v, err := New(&config.Deployment{ID: "v", Provider: "vertex_ai", UpstreamModel: "gemini-2.5-pro", APIBase: "https://europe-west4-aiplatform.googleapis.com", Project: "p", Location: "europe-west4", Timeout: time.Second, StreamTimeout: time.Second}, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := v.(*translated).t.(*vertex).base, "https://europe-west4-aiplatform.googleapis.com/v1/projects/p/locations/europe-west4"; got != want {
+		t.Errorf("vertex base %s, want %s", got, want)
+	}
+	if v.(*translated).t.(*vertex).auth.tokens != nil {
+		t.Error("application default credentials detected before any call")
+	}
+}
