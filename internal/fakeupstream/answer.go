@@ -18,9 +18,10 @@ type answer struct {
 	st      *depState
 	id      uint64
 	created int64
-	model   string // JSON string literal
-	prompt  int    // prompt_tokens
-	usage   bool   // false under Fault.NoUsage
+	model   string   // JSON string literal
+	prompt  int      // prompt_tokens
+	usage   bool     // false under Fault.NoUsage
+	req     *request // dialects: the request answered (embeddings read its input)
 }
 
 // head appends the fields every chat/completions body and chunk starts with, up to "choices":[.

@@ -65,7 +65,10 @@ func (u *Upstream) serveDialect(w http.ResponseWriter, r *http.Request, d dialec
 	if u.opts.OnArrival != nil {
 		a := Arrival{Time: time.Now(), Deployment: strings.Clone(dep)}
 		if parsed && req.hasText {
-			a.Tokens = int64(max(1, req.textBytes/4) + u.opts.StreamChunks)
+			a.Tokens = int64(max(1, req.textBytes/4))
+			if !req.embeddings {
+				a.Tokens += int64(u.opts.StreamChunks)
+			}
 		}
 		u.opts.OnArrival(a)
 	}
@@ -115,7 +118,7 @@ func (u *Upstream) serveDialect(w http.ResponseWriter, r *http.Request, d dialec
 		return
 	}
 	a := &answer{st: st, id: u.nextID.Add(1), created: time.Now().Unix(), model: st.model,
-		prompt: max(1, req.textBytes/4), usage: f == nil || !f.NoUsage}
+		prompt: max(1, req.textBytes/4), usage: f == nil || !f.NoUsage, req: &req}
 	if req.stream {
 		cut := 0
 		if f != nil {

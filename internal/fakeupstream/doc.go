@@ -14,6 +14,18 @@
 // counting, faults, latency and usage formula, and answers and errors in each provider's shape:
 // Anthropic: POST /v1/messages (deployment: the body's "model"; x-api-key checked against
 // APIKey; anthropic-version and max_tokens required; N includes the system prompt's text).
+// Gemini API: POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse and
+// :batchEmbedContents, also under /v1/ (deployment: the model from the path; the key in
+// x-goog-api-key or ?key=, checked against APIKey: none is a 403, a wrong one a 400, as Google
+// answers them; N counts the text parts of contents and systemInstruction and the "content" of
+// functionResponse responses; embeddings report no usage). Vertex AI: the same methods, and
+// :predict for embeddings (token_count per input, summing to prompt_tokens), under
+// /v1/projects/{p}/locations/{l}/publishers/google/models/{model}, and Anthropic's body at
+// .../publishers/anthropic/models/{model}:rawPredict and :streamRawPredict (anthropic_version
+// vertex-2023-10-16 required); every Vertex call needs a bearer token, equal to APIKey when set.
+// Google's errors are {"error":{"code":...,"message":...,"status":"RESOURCE_EXHAUSTED"}}
+// (rawPredict's 400s are Anthropic's). Streams send the usage on every event, the prompt alone
+// until the last, which has finishReason STOP and no text.
 //
 // # Deployment key
 //

@@ -13,6 +13,7 @@ type request struct {
 	hasText      bool         // messages / prompt / input present and usable
 	textBytes    int          // N of the usage formula
 	missing      string       // dialects: the first required field the request lacks
+	embeddings   bool         // dialects: an embeddings call (no completion tokens)
 }
 
 // parseRequest reports false when body is not a JSON object.

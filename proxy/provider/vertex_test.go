@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"cloud.google.com/go/auth"
+	"github.com/tidwall/gjson"
 
 	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/internal/fakeupstream"
 )
 
 func init() {
@@ -179,5 +181,74 @@ func TestNewGoogleProviders(t *testing.T) {
 	}
 	if v.(*translated).t.(*vertex).auth.tokens != nil {
 		t.Error("application default credentials detected before any call")
+	}
+}
+
+// TestGoogleAgainstFakeUpstream runs herd's Google translations against fakeupstream's Google
+// dialects: both ends agree on paths, credentials and the usage formula.
+func TestGoogleAgainstFakeUpstream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server; skipped with -short")
+	}
+	_, base := fakeupstream.Start(t, fakeupstream.Options{APIKey: "k", StreamChunks: 3})
+	d := &config.Deployment{ID: "d", Timeout: 5 * time.Second, StreamTimeout: 5 * time.Second}
+	pool := NewPool(nil)
+	gem, err := newGemini(d, pool, geminiParams{APIBase: base, APIKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vtx, err := newVertex(d, pool, vertexParams{APIBase: base, Project: "p", Location: "europe-west4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vtx.(*translated).t.(*vertex).auth = &googleAuth{tokens: staticToken("k")}
+	// "You are terse." + "Say hi" = 20 bytes: 5 prompt tokens, and 3 completion tokens.
+	chat := func(model string, stream bool) []byte {
+		b := `{"model":"` + model + `","max_tokens":64,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hi"}]`
+		if stream {
+			b += `,"stream":true,"stream_options":{"include_usage":true}`
+		}
+		return []byte(b + "}")
+	}
+	for _, tt := range []struct {
+		name  string
+		up    Upstream
+		model string
+	}{
+		{"gemini", gem, "gemini-2.5-flash"},
+		{"vertex", vtx, "gemini-2.5-pro"},
+		{"vertex anthropic", vtx, "claude-sonnet-4@20250514"},
+	} {
+		for _, stream := range []bool{false, true} {
+			resp, err := tt.up.Do(context.Background(), &Call{Endpoint: ChatCompletions, Body: chat(tt.model, stream), Stream: stream})
+			if err != nil {
+				t.Fatalf("%s: %v", tt.name, err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%s stream=%v: %d %v %s", tt.name, stream, resp.StatusCode, err, body)
+			}
+			usage := body
+			if stream {
+				events := strings.Split(strings.TrimSpace(string(body)), "\n\n")
+				if len(events) < 2 || events[len(events)-1] != "data: [DONE]" {
+					t.Fatalf("%s: stream %s", tt.name, body)
+				}
+				usage = []byte(strings.TrimPrefix(events[len(events)-2], "data: "))
+			}
+			if u, ok := ParseUsage(usage); !ok || u.PromptTokens != 5 || u.CompletionTokens != 3 {
+				t.Errorf("%s stream=%v: usage %+v in %s", tt.name, stream, u, body)
+			}
+		}
+	}
+	resp, err := vtx.Do(context.Background(), &Call{Endpoint: Embeddings, Body: []byte(`{"model":"text-embedding-005","input":["abcdefgh","abcd"]}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if u, ok := ParseUsage(body); !ok || u.PromptTokens != 3 || len(gjson.GetBytes(body, "data").Array()) != 2 {
+		t.Errorf("vertex embeddings: %s", body)
 	}
 }
