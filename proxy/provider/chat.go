@@ -2,6 +2,7 @@ package provider
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -172,6 +173,20 @@ func decodeChatChoices(provider string, body []byte, known, ignorable []string, 
 		return nil, &BadRequest{Provider: provider, Param: "messages", Message: "'messages' must be a non-empty array."}
 	}
 	return &req, nil
+}
+
+// toolCallInput is the arguments of tool call tc (in messages[i]) as the JSON object that
+// Messages-style APIs take as a tool use's input: "{}" for none; anything but an object is the
+// client's error.
+func toolCallInput(provider string, i int, tc *toolCall) (json.RawMessage, error) {
+	args := tc.Function.Arguments
+	switch {
+	case strings.TrimSpace(args) == "":
+		return json.RawMessage(`{}`), nil
+	case !gjson.Valid(args) || !gjson.Parse(args).IsObject():
+		return nil, &BadRequest{Provider: provider, Param: fmt.Sprintf("messages[%d].tool_calls", i), Message: "Tool call arguments must be a JSON object for " + provider + " deployments."}
+	}
+	return json.RawMessage(args), nil
 }
 
 // maxTokens is the request's max_completion_tokens or max_tokens, else def.

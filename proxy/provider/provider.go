@@ -73,6 +73,8 @@ func New(d *config.Deployment, pool *Pool) (Upstream, error) {
 		return newHTTP(d, pool, azureURL, azureHeader(d))
 	case "anthropic":
 		return newAnthropic(d, pool)
+	case "bedrock":
+		return newBedrock(d, pool)
 	case "gemini":
 		return newGemini(d, pool, geminiParams{APIBase: d.APIBase, APIKey: d.LiteLLMParams.APIKey.Reveal()})
 	case "vertex_ai":
