@@ -279,7 +279,7 @@ func evaluate(r *report) []check {
 				ratioCheck(rate, "p50", h, p, p50RatioLimit, getP50),
 				ratioCheck(rate, "p99", h, p, p99RatioLimit, getP99))
 		}
-		for _, target := range []string{targetHerd, targetHerdRedis} {
+		for _, target := range []string{targetHerd, targetHerdRedis, targetHerdAnthropic} {
 			h := r.cell(rate, target)
 			if h == nil || h.Sent == 0 {
 				continue
@@ -481,6 +481,14 @@ func writeMarkdown(out io.Writer, r *report) error {
 		if h != nil && h.SelfOverhead != nil {
 			fmt.Fprintf(w, "herd's own X-Litellm-Overhead-Duration-Ms (handler time minus upstream time): p50 %s, p99 %s.\n",
 				fmtUS(h.SelfOverhead.P50), fmtUS(h.SelfOverhead.P99))
+		}
+		if ha := r.cell(rate, targetHerdAnthropic); ha != nil && ha.SelfOverhead != nil {
+			fmt.Fprintf(w, "herd-anthropic's X-Litellm-Overhead-Duration-Ms (translation to and from the Messages API included): p50 %s, p99 %s.\n",
+				fmtUS(ha.SelfOverhead.P50), fmtUS(ha.SelfOverhead.P99))
+			if h != nil && h.Added != nil && ha.Added != nil {
+				fmt.Fprintf(w, "herd-anthropic − herd, added latency: p50 %s, p99 %s.\n",
+					fmtAddedUS(ha.Added.P50-h.Added.P50), fmtAddedUS(ha.Added.P99-h.Added.P99))
+			}
 		}
 		if st.Rounds > 1 {
 			var parts []string
