@@ -36,6 +36,9 @@ type dialectRoute struct {
 // dialects are tried in order; the first match serves the path.
 var dialects = []dialectRoute{
 	{prefix: "/v1/messages", d: anthropicDialect{}},
+	{prefix: "/model/", suffix: "/converse", d: bedrockDialect{}},
+	{prefix: "/model/", suffix: "/converse-stream", d: bedrockDialect{}},
+	{prefix: "/model/", suffix: "/invoke", d: bedrockDialect{}},
 }
 
 func dialectFor(path string) dialect {

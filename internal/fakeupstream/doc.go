@@ -26,6 +26,12 @@
 // Google's errors are {"error":{"code":...,"message":...,"status":"RESOURCE_EXHAUSTED"}}
 // (rawPredict's 400s are Anthropic's). Streams send the usage on every event, the prompt alone
 // until the last, which has finishReason STOP and no text.
+// Bedrock: POST /model/{modelId}/converse and /converse-stream, the stream in AWS's binary
+// event-stream encoding, and /model/{modelId}/invoke for Titan and Cohere embeddings
+// (deployment: the model ID, unescaped from the path; SigV4 signatures by BedrockAccessKeyID
+// verified, or a bearer API key checked against APIKey; N includes the system blocks' and tool
+// results' text; Cohere's embeddings report no usage; errors are {"message"} with
+// x-amzn-ErrorType).
 //
 // # Deployment key
 //

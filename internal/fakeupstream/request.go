@@ -14,6 +14,7 @@ type request struct {
 	textBytes    int          // N of the usage formula
 	missing      string       // dialects: the first required field the request lacks
 	embeddings   bool         // dialects: an embeddings call (no completion tokens)
+	body         string       // dialects whose credentials sign the body (Bedrock's SigV4)
 }
 
 // parseRequest reports false when body is not a JSON object.
