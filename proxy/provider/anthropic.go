@@ -139,7 +139,13 @@ var (
 	anthropicIgnorable = []string{"stream_options", "logprobs", "store", "metadata"}
 )
 
+// serves: a Messages API request is sent as it is.
+func (a *anthropic) serves(ep Endpoint) bool { return ep == Messages }
+
 func (a *anthropic) request(_ context.Context, c *Call) (*outbound, error) {
+	if c.Endpoint == Messages {
+		return &outbound{url: a.target, body: c.Body, header: a.header, stream: c.Stream}, nil
+	}
 	if c.Endpoint != ChatCompletions {
 		return nil, &BadRequest{Provider: "anthropic", Message: "anthropic deployments serve chat completions only (/v1/chat/completions, or /v1/messages)."}
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,6 +101,7 @@ type httpUpstream struct {
 	timeout       time.Duration
 	streamTimeout time.Duration
 	streamUsage   bool
+	responses     bool // serves the Responses API
 }
 
 func newHTTP(d *config.Deployment, pool *Pool, urlFor func(*config.Deployment, Endpoint) string, h http.Header) (*httpUpstream, error) {
@@ -109,6 +111,7 @@ func newHTTP(d *config.Deployment, pool *Pool, urlFor func(*config.Deployment, E
 		streamTimeout: d.StreamTimeout,
 		// Azure added stream_options in 2024-09-01-preview; asking an older version fails the call.
 		streamUsage: d.Provider != "azure" || d.APIVersion >= "2024-09-01",
+		responses:   servesResponses(d),
 	}
 	for e := Endpoint(0); e < numEndpoints; e++ {
 		parsed, err := url.Parse(urlFor(d, e))
@@ -126,6 +129,19 @@ func newHTTP(d *config.Deployment, pool *Pool, urlFor func(*config.Deployment, E
 }
 
 func (u *httpUpstream) StreamUsage() bool { return u.streamUsage }
+
+func (u *httpUpstream) serves(ep Endpoint) bool { return ep == Responses && u.responses }
+
+// servesResponses: OpenAI (openai/ or a bare model name, as LiteLLM passes those through), and
+// Azure from api-version 2025-03-01-preview; not the OpenAI-compatible families (groq/,
+// hosted_vllm/, ...), many of whose servers answer chat only.
+func servesResponses(d *config.Deployment) bool {
+	if d.Provider == "azure" {
+		return d.APIVersion >= "2025-03-01"
+	}
+	prefix, _, found := strings.Cut(d.LiteLLMParams.Model, "/")
+	return d.Provider == "openai" && (!found || prefix == "openai")
+}
 
 // errStreamIdle is the cancel cause when a stream stays silent longer than stream_timeout.
 var errStreamIdle = errors.New("stream_timeout passed with no data from upstream")

@@ -22,6 +22,12 @@ const (
 	ChatCompletions Endpoint = iota
 	Completions
 	Embeddings
+	// Responses is OpenAI's Responses API, passed through to deployments that serve it
+	// (openai/, and azure/ from api-version 2025-03-01-preview); others get it as chat.
+	Responses
+	// Messages is Anthropic's Messages API, passed through to anthropic/ deployments; others
+	// get it as chat.
+	Messages
 	numEndpoints
 )
 
@@ -34,8 +40,23 @@ func (e Endpoint) Path() string {
 		return "/completions"
 	case Embeddings:
 		return "/embeddings"
+	case Responses:
+		return "/responses"
+	case Messages:
+		return "/messages"
 	}
 	return ""
+}
+
+// Serves reports whether u takes requests of ep in ep's own format. Every upstream serves the
+// OpenAI endpoints (translating where its provider speaks another API); Responses and
+// Messages only where the provider's API is that one.
+func Serves(u Upstream, ep Endpoint) bool {
+	if ep < Responses {
+		return true
+	}
+	n, ok := u.(interface{ serves(Endpoint) bool })
+	return ok && n.serves(ep)
 }
 
 // Streams reports whether the endpoint can answer with an SSE stream.
@@ -90,6 +111,9 @@ func openAIURL(d *config.Deployment, e Endpoint) string { return d.APIBase + e.P
 // that already ends in /openai (as some Azure SDK examples write it) is accepted too.
 func azureURL(d *config.Deployment, e Endpoint) string {
 	base := strings.TrimSuffix(d.APIBase, "/openai")
+	if e == Responses {
+		return base + "/openai/responses?api-version=" + d.APIVersion // the model is in the body
+	}
 	return base + "/openai/deployments/" + d.UpstreamModel + e.Path() + "?api-version=" + d.APIVersion
 }
 

@@ -52,6 +52,8 @@ func TestParseUsage(t *testing.T) {
 		{`{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`, state.Usage{PromptTokens: 10, CompletionTokens: 5}, true},
 		{`{"object":"list","usage":{"prompt_tokens":8,"total_tokens":8}}`, state.Usage{PromptTokens: 8}, true},
 		{`{"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":40}}`, state.Usage{PromptTokens: 10, CompletionTokens: 30}, true},
+		{`{"usage":{"input_tokens":10,"cache_creation_input_tokens":100,"cache_read_input_tokens":1000,"output_tokens":5}}`, state.Usage{PromptTokens: 1110, CompletionTokens: 5}, true},
+		{`{"object":"response","usage":{"input_tokens":10,"input_tokens_details":{"cached_tokens":4},"output_tokens":5,"total_tokens":15}}`, state.Usage{PromptTokens: 10, CompletionTokens: 5}, true},
 		{`{"usage":null}`, state.Usage{}, false},
 		{`{"choices":[]}`, state.Usage{}, false},
 		{`not json`, state.Usage{}, false},
@@ -213,4 +215,61 @@ func TestConfirmGatesTheRequest(t *testing.T) {
 		t.Fatalf("err = %v after %d confirms; want a response after one", err, calls)
 	}
 	resp.Body.Close()
+}
+
+func TestStreamEventUsage(t *testing.T) {
+	var u state.Usage
+	if StreamEventUsage(Messages, []byte(`{"type":"message_start","message":{"usage":{"input_tokens":25,"cache_read_input_tokens":100,"output_tokens":1}}}`), &u) ||
+		u != (state.Usage{PromptTokens: 125, CompletionTokens: 1}) {
+		t.Errorf("message_start: %+v (or final too early)", u)
+	}
+	if StreamEventUsage(Messages, []byte(`{"type":"content_block_delta","delta":{"text":"usage"}}`), &u) {
+		t.Error("a delta is not the end")
+	}
+	if !StreamEventUsage(Messages, []byte(`{"type":"message_delta","usage":{"output_tokens":15}}`), &u) ||
+		u != (state.Usage{PromptTokens: 125, CompletionTokens: 15}) {
+		t.Errorf("message_delta: %+v", u)
+	}
+	u = state.Usage{}
+	if StreamEventUsage(Responses, []byte(`{"type":"response.output_text.delta","delta":"x"}`), &u) ||
+		!StreamEventUsage(Responses, []byte(`{"type":"response.completed","response":{"usage":{"input_tokens":7,"output_tokens":3,"total_tokens":10}}}`), &u) ||
+		u != (state.Usage{PromptTokens: 7, CompletionTokens: 3}) {
+		t.Errorf("responses: %+v", u)
+	}
+}
+
+func TestServesNativeAPIs(t *testing.T) {
+	pool := NewPool(nil)
+	dep := func(provider, model, version string) *config.Deployment {
+		d := &config.Deployment{ID: "x", Provider: provider, UpstreamModel: "m", APIBase: "https://x", APIVersion: version, Timeout: time.Second, StreamTimeout: time.Second}
+		d.LiteLLMParams.Model = model
+		return d
+	}
+	tests := []struct {
+		d                   *config.Deployment
+		responses, messages bool
+	}{
+		{dep("openai", "openai/gpt-4o", ""), true, false},
+		{dep("openai", "gpt-4o", ""), true, false},
+		{dep("openai", "groq/llama", ""), false, false},
+		{dep("azure", "azure/d", "2024-10-21"), false, false},
+		{dep("azure", "azure/d", "2025-03-01-preview"), true, false},
+		{dep("anthropic", "anthropic/claude", ""), false, true},
+		{dep("mock", "mock/x", ""), false, false},
+	}
+	for _, tt := range tests {
+		up, err := New(tt.d, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if Serves(up, Responses) != tt.responses || Serves(up, Messages) != tt.messages || !Serves(up, ChatCompletions) {
+			t.Errorf("%s (%s): Responses %v, Messages %v; want %v, %v", tt.d.LiteLLMParams.Model, tt.d.APIVersion,
+				Serves(up, Responses), Serves(up, Messages), tt.responses, tt.messages)
+		}
+	}
+	az := dep("azure", "azure/d", "2025-03-01-preview")
+	az.UpstreamModel = "d"
+	if got, want := azureURL(az, Responses), "https://x/openai/responses?api-version=2025-03-01-preview"; got != want {
+		t.Errorf("azure responses URL = %s, want %s", got, want)
+	}
 }

@@ -87,10 +87,22 @@ func newTranslated(d *config.Deployment, pool *Pool, base string, t translator) 
 // OpenAI body asks for it (stream_options.include_usage), as OpenAI does.
 func (u *translated) StreamUsage() bool { return true }
 
+// serves: the translator's provider speaks ep's API itself.
+func (u *translated) serves(ep Endpoint) bool {
+	n, ok := u.t.(interface{ serves(Endpoint) bool })
+	return ok && n.serves(ep)
+}
+
 func (u *translated) Do(ctx context.Context, c *Call) (*http.Response, error) {
 	out, err := u.t.request(ctx, c)
 	if err != nil {
 		return nil, err
+	}
+	if u.serves(c.Endpoint) {
+		// The client spoke the provider's own API: its request and the answer pass as they are.
+		call := *c
+		call.Body = out.body
+		return u.http.send(ctx, &call, out.url, out.header)
 	}
 	call := *c
 	call.Body = out.body

@@ -8,7 +8,8 @@ import (
 	"github.com/herd-proxy/herd/state"
 )
 
-// ParseUsage reads the "usage" object of an OpenAI-shaped JSON body or stream chunk.
+// ParseUsage reads the "usage" object of an OpenAI-shaped JSON body or stream chunk (or of a
+// Responses or Messages API answer, whose counts are input_tokens and output_tokens).
 // ok is false when the body carries no usage object (absent or null).
 func ParseUsage(body []byte) (u state.Usage, ok bool) {
 	// Viewing body as a string avoids GetBytes' copy; r does not outlive this call.
@@ -18,6 +19,11 @@ func ParseUsage(body []byte) (u state.Usage, ok bool) {
 	}
 	prompt := r.Get("prompt_tokens").Int()
 	completion := r.Get("completion_tokens").Int()
+	if !r.Get("prompt_tokens").Exists() {
+		// The Responses and Messages APIs' names; Anthropic counts the prompt cache apart.
+		prompt = r.Get("input_tokens").Int() + r.Get("cache_creation_input_tokens").Int() + r.Get("cache_read_input_tokens").Int()
+		completion = r.Get("output_tokens").Int()
+	}
 	if total := r.Get("total_tokens").Int(); total > prompt+completion {
 		// Embeddings report only prompt and total; some servers add reasoning to total only.
 		completion = total - prompt
@@ -79,4 +85,37 @@ func EstimatePromptTokens(body []byte) int64 {
 		count(r)
 	}
 	return EstimateTokens(bytes) + int64(3*parts)
+}
+
+// StreamEventUsage reads the usage a Responses or Messages API stream event carries into u:
+// Anthropic's message_start holds the prompt's counts and message_delta the output so far;
+// the Responses API's response.completed (or .incomplete) holds them all. final reports
+// that the stream's whole usage is now in u.
+func StreamEventUsage(ep Endpoint, data []byte, u *state.Usage) (final bool) {
+	d := unsafe.String(unsafe.SliceData(data), len(data))
+	switch ep {
+	case Messages:
+		switch gjson.Get(d, "type").Str {
+		case "message_start":
+			r := gjson.Get(d, "message.usage")
+			u.PromptTokens = r.Get("input_tokens").Int() + r.Get("cache_creation_input_tokens").Int() + r.Get("cache_read_input_tokens").Int()
+			u.CompletionTokens = r.Get("output_tokens").Int()
+		case "message_delta":
+			r := gjson.Get(d, "usage")
+			u.CompletionTokens = r.Get("output_tokens").Int()
+			if in := r.Get("input_tokens"); in.Exists() {
+				u.PromptTokens = in.Int() + r.Get("cache_creation_input_tokens").Int() + r.Get("cache_read_input_tokens").Int()
+			}
+			return true
+		}
+	case Responses:
+		switch gjson.Get(d, "type").Str {
+		case "response.completed", "response.incomplete", "response.failed":
+			if r := gjson.Get(d, "response.usage"); r.IsObject() {
+				u.PromptTokens, u.CompletionTokens = r.Get("input_tokens").Int(), r.Get("output_tokens").Int()
+				return true
+			}
+		}
+	}
+	return false
 }
