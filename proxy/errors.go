@@ -16,6 +16,7 @@ type apiError struct {
 	Message string
 	Type    string
 	Param   string // "" marshals as null
+	Code    string // "" = the status, as LiteLLM sends it; OpenAI's own codes ("model_not_found") where a client may look for one
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -28,7 +29,10 @@ func (e *apiError) MarshalJSON() ([]byte, error) {
 		Param   *string `json:"param"`
 		Code    string  `json:"code"`
 	}
-	b := body{Message: e.Message, Type: e.Type, Code: strconv.Itoa(e.Status)}
+	b := body{Message: e.Message, Type: e.Type, Code: e.Code}
+	if b.Code == "" {
+		b.Code = strconv.Itoa(e.Status)
+	}
 	if e.Param != "" {
 		b.Param = &e.Param
 	}

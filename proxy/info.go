@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -10,6 +11,30 @@ import (
 
 func (s *Server) models(c echo.Context) error {
 	return c.JSONBlob(http.StatusOK, s.snap.Load().models)
+}
+
+// model answers GET /v1/models/{id} (the SDKs' models.retrieve) for a model group or an alias.
+// A hidden alias is answered too: hiding keeps it out of the list, but a client that names
+// one can already use it, and chat completions would tell it as much. The ID is taken from
+// the decoded path, so a group name with '/' works sent as is or with %2F (Node SDK).
+func (s *Server) model(c echo.Context) error {
+	id := c.Request().URL.Path
+	for _, p := range []string{"/v1/models/", "/models/"} {
+		if strings.HasPrefix(id, p) {
+			id = id[len(p):]
+			break
+		}
+	}
+	if _, err := s.snap.Load().table.Resolve(id); err != nil {
+		return &apiError{
+			Status:  http.StatusNotFound,
+			Message: "The model '" + id + "' does not exist",
+			Type:    "invalid_request_error",
+			Param:   "model",
+			Code:    "model_not_found",
+		}
+	}
+	return c.JSON(http.StatusOK, newModelObject(id))
 }
 
 func (s *Server) modelInfo(c echo.Context) error {

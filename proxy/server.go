@@ -214,6 +214,8 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	}
 	e.GET("/models", authed(s.models))
 	e.GET("/v1/models", authed(s.models))
+	e.GET("/models/*", authed(s.model)) // a wildcard: group names may contain '/'
+	e.GET("/v1/models/*", authed(s.model))
 	e.GET("/model/info", authed(s.modelInfo))
 	e.GET("/v1/model/info", authed(s.modelInfo))
 	e.GET("/health", authed(s.health))

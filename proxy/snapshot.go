@@ -173,20 +173,28 @@ func publicBase(base string) string {
 	return u.String()
 }
 
+// modelObject is OpenAI's model object, as /v1/models lists it and /v1/models/{id} returns it.
+type modelObject struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// newModelObject describes a model group or alias. created and owned_by are LiteLLM's
+// constants: a group has no creation date, and the SDKs require both fields.
+func newModelObject(name string) modelObject {
+	return modelObject{ID: name, Object: "model", Created: 1677610602, OwnedBy: "openai"}
+}
+
 // modelsBody renders /v1/models in OpenAI's list shape.
 func modelsBody(t *routing.Table) ([]byte, error) {
-	type model struct {
-		ID      string `json:"id"`
-		Object  string `json:"object"`
-		Created int64  `json:"created"`
-		OwnedBy string `json:"owned_by"`
-	}
 	list := struct {
-		Object string  `json:"object"`
-		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
+		Object string        `json:"object"`
+		Data   []modelObject `json:"data"`
+	}{Object: "list", Data: []modelObject{}}
 	for _, name := range t.Listed() {
-		list.Data = append(list.Data, model{ID: name, Object: "model", Created: 1677610602, OwnedBy: "openai"})
+		list.Data = append(list.Data, newModelObject(name))
 	}
 	return json.Marshal(list)
 }
