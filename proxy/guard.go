@@ -36,7 +36,7 @@ func (s *Server) limit(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if s.inFlight.n.Add(1) > s.maxInFlight {
 			s.inFlight.n.Add(-1)
-			c.Response().Header().Set("Retry-After", "1")
+			retryInASecond(c.Response().Header())
 			return s.reject(s.errShed)
 		}
 		defer s.inFlight.n.Add(-1)
@@ -89,7 +89,7 @@ func bodyBudgetError(limit int64) *apiError {
 // Retry-After, and the connection closed without reading the rest of the body.
 func (s *Server) shedBody(c echo.Context) error {
 	s.metrics.countUnrouted("", http.StatusServiceUnavailable)
-	c.Response().Header().Set("Retry-After", "1")
+	retryInASecond(c.Response().Header())
 	if refuseUnread(c.Response().Writer, c.Request(), s.errBodyBudget) {
 		return nil
 	}

@@ -191,8 +191,8 @@ general_settings: {global_max_parallel_requests: 2, max_parallel_requests: 5}
 	// (A client with a timeout: were the request not shed, it would wait at the upstream.)
 	resp, body := send(t, clientFrom(t, "127.0.0.1"), http.MethodPost, h.URL+"/v1/chat/completions", `{"model":"m",`+hi+`}`)
 	wantAPIError(t, resp, body, http.StatusServiceUnavailable, "service_unavailable_error")
-	if resp.Header.Get("Retry-After") != "1" {
-		t.Errorf("Retry-After = %q, want 1", resp.Header.Get("Retry-After"))
+	if resp.Header.Get("Retry-After") != "1" || resp.Header.Get("Retry-After-Ms") != "1000" {
+		t.Errorf("Retry-After = %q, retry-after-ms = %q, want 1 and 1000", resp.Header.Get("Retry-After"), resp.Header.Get("Retry-After-Ms"))
 	}
 	if !strings.Contains(body, "limit of 2 requests in flight") {
 		t.Errorf("the 503 should state the limit: %s", body)

@@ -216,8 +216,9 @@ general_settings: {max_request_size_mb: 1, max_inflight_request_mb: 2}
 
 	resp, out := post(t, "http://"+addr+"/v1/chat/completions", `{"model":"m",`+hi+`}`)
 	wantAPIError(t, resp, out, http.StatusServiceUnavailable, "service_unavailable_error")
-	if resp.Header.Get("Retry-After") != "1" || !strings.Contains(out, "max_inflight_request_mb") {
-		t.Errorf("the 503 should carry Retry-After: 1 and name the setting: %q %s", resp.Header.Get("Retry-After"), out)
+	if resp.Header.Get("Retry-After") != "1" || resp.Header.Get("Retry-After-Ms") != "1000" || !strings.Contains(out, "max_inflight_request_mb") {
+		t.Errorf("the 503 should carry Retry-After: 1, retry-after-ms: 1000 and name the setting: %q %q %s",
+			resp.Header.Get("Retry-After"), resp.Header.Get("Retry-After-Ms"), out)
 	}
 	if n := srv.bodyBytes.n.Load(); n != 2*size {
 		t.Errorf("the shed request left %d bytes held, want %d", n, 2*size)

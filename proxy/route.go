@@ -197,19 +197,54 @@ func satMul(a, b int64) int64 {
 }
 
 // noCapacity is LiteLLM's 429 when no deployment of the group has room, with a Retry-After
-// (LiteLLM omits it) of the soonest moment one will.
+// (LiteLLM omits it) of the soonest moment one will, capped (see setRetryAfter).
 func (x *exchange) noCapacity(wait time.Duration) *apiError {
-	secs := int64((wait + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	n := strconv.FormatInt(secs, 10)
-	x.c.Response().Header().Set("Retry-After", n)
+	n := strconv.FormatInt(setRetryAfter(x.c.Response().Header(), wait), 10)
 	return &apiError{
 		Status:  http.StatusTooManyRequests,
 		Message: "No deployments available for selected model, Try again in " + n + " seconds. Passed model=" + x.model,
 		Type:    "rate_limit_error",
 	}
+}
+
+const (
+	hdrRetryAfter   = "Retry-After"
+	hdrRetryAfterMs = "Retry-After-Ms"
+)
+
+// maxClientRetryAfter caps the wait herd itself asks a client for. The OpenAI SDKs obey a
+// server's wait only below a minute (Node: < 60 s, Python: <= 60 s) and otherwise retry after
+// their own backoff of a second or less — at once, into another 429, and give up. A window
+// that has just filled is free again only after a minute, so a client told 59 s may still
+// meet a full group; it is then told the (short) rest, which beats never waiting at all.
+const maxClientRetryAfter = 59 * time.Second
+
+// setRetryAfter asks the client to retry after d (d <= 0: unknown, a second): Retry-After in
+// whole seconds, rounded up, and retry-after-ms, which the OpenAI SDKs read first, in
+// milliseconds, rounded up — both for the same wait, at most maxClientRetryAfter. It returns
+// the seconds sent.
+func setRetryAfter(h http.Header, d time.Duration) int64 {
+	if d <= 0 {
+		d = time.Second
+	}
+	d = min(d, maxClientRetryAfter)
+	secs := int64((d + time.Second - 1) / time.Second)
+	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
+	h[hdrRetryAfter] = []string{strconv.FormatInt(secs, 10)}
+	h[hdrRetryAfterMs] = []string{strconv.FormatInt(ms, 10)}
+	return secs
+}
+
+// Header values for the sheds' fixed one-second wait, shared read-only.
+var (
+	oneSecondHdr   = []string{"1"}
+	oneSecondMsHdr = []string{"1000"}
+)
+
+// retryInASecond is setRetryAfter(h, time.Second) without allocating: sheds happen under load.
+func retryInASecond(h http.Header) {
+	h[hdrRetryAfter] = oneSecondHdr
+	h[hdrRetryAfterMs] = oneSecondMsHdr
 }
 
 // parseRetryAfter reads a Retry-After header in seconds (the HTTP-date form is rare from LLM APIs).
