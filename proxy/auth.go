@@ -28,36 +28,66 @@ func (k keyChecker) ok(presented string) bool {
 	return subtle.ConstantTimeCompare(got[:], k.want[:]) == 1
 }
 
-// presentedKey returns the key a client sent: Authorization: Bearer (OpenAI SDKs),
-// api-key (Azure SDKs) or x-litellm-api-key (LiteLLM clients).
-func presentedKey(r *http.Request) string {
+// keySource is the request header a key was presented in.
+type keySource int
+
+const (
+	noKey          keySource = iota
+	fromLiteLLMKey           // x-litellm-api-key (LiteLLM clients whose Authorization is taken)
+	fromBearer               // Authorization: Bearer (OpenAI SDKs)
+	fromAPIKey               // api-key (Azure SDKs)
+)
+
+// presentedKey returns the key a client sent and the header it came in, in LiteLLM's order:
+// x-litellm-api-key first (it exists for clients whose Authorization carries something else),
+// then Authorization (Bearer, or the bare key), then api-key.
+func presentedKey(r *http.Request) (string, keySource) {
+	if k := r.Header.Get("x-litellm-api-key"); k != "" {
+		return k, fromLiteLLMKey
+	}
 	if a := r.Header.Get("Authorization"); a != "" {
 		if len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
-			return strings.TrimSpace(a[7:])
+			return strings.TrimSpace(a[7:]), fromBearer
 		}
-		return strings.TrimSpace(a)
+		return strings.TrimSpace(a), fromBearer
 	}
 	if k := r.Header.Get("api-key"); k != "" {
-		return k
+		return k, fromAPIKey
 	}
-	return r.Header.Get("x-litellm-api-key")
+	return "", noKey
 }
 
-var errUnauthorized = &apiError{
-	Status:  http.StatusUnauthorized,
-	Message: "Authentication Error, invalid or missing API key. Pass the proxy's key as 'Authorization: Bearer <key>'.",
-	Type:    "auth_error",
+// unauthorized is the 401 for each place a key can be presented: it says what herd read, and
+// where the key belongs.
+var unauthorized = [...]*apiError{
+	noKey:          authError("no API key was sent." + useBearer),
+	fromLiteLLMKey: authError("the key in the 'x-litellm-api-key' header is not valid." + useBearer),
+	fromBearer:     authError("invalid API key." + useBearer),
+	// An Azure SDK sends its api_key as api-key, which is often the Azure resource's key
+	// rather than the proxy's: say where the proxy's key belongs.
+	fromAPIKey: authError("the key in the 'api-key' header is not the proxy's key." + useBearer +
+		" (herd also reads it from 'api-key', as LiteLLM does for Azure SDKs.)"),
+}
+
+const useBearer = " Pass the proxy's key as 'Authorization: Bearer <key>'."
+
+func authError(what string) *apiError {
+	return &apiError{Status: http.StatusUnauthorized, Message: "Authentication Error, " + what, Type: "auth_error"}
 }
 
 // requireKey rejects requests without the master key; with no master key set it lets all
 // through. It runs before anything reads the body, and a refused request's body is never read.
 func (s *Server) requireKey(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if s.key.set && !s.key.ok(presentedKey(c.Request())) {
-			if refuseUnread(c.Response().Writer, c.Request(), errUnauthorized) {
+		if !s.key.set {
+			return next(c)
+		}
+		if key, from := presentedKey(c.Request()); !s.key.ok(key) {
+			e := unauthorized[from]
+			if refuseUnread(c.Response().Writer, c.Request(), e) {
 				return nil
 			}
-			return errUnauthorized
+			return e
 		}
 		return next(c)
 	}
