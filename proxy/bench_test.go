@@ -126,3 +126,15 @@ func BenchmarkRouteAdmit(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkChatUpstreamStream is a streamed request through herd to the fake upstream for a
+// client that did not ask for usage: herd asks for it, counts it, and takes the "usage":null
+// it brings out of every chunk.
+func BenchmarkChatUpstreamStream(b *testing.B) {
+	_, base := fakeupstream.Start(b, fakeupstream.Options{})
+	srv := benchServer(b, `
+model_list:
+  - {model_name: bench, litellm_params: {model: openai/up, api_base: "`+base+`/v1", api_key: sk-x}}
+`)
+	runChat(b, srv, strings.Replace(benchBody, `"max_tokens":64`, `"max_tokens":64,"stream":true`, 1))
+}

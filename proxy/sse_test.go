@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tidwall/gjson"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -75,3 +77,31 @@ model_list:
 }
 
 func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestNullUsageSpan(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"usage":null}`:                      `{}`,
+		`{ "usage" : null }`:                  `{  }`,
+		`{"usage":null,"id":"a"}`:             `{"id":"a"}`,
+		`{"usage" :null , "id":"a"}`:          `{"id":"a"}`,
+		`{"id":"a","usage":null}`:             `{"id":"a"}`,
+		`{"id":"a" , "usage":	null	}`:         `{"id":"a" 	}`,
+		`{"id":"a","usage":null,"b":[1]}`:     `{"id":"a","b":[1]}`,
+		`{"a":{"usage":null},"usage":null}`:   `{"a":{"usage":null}}`,
+		`{"a":"\"usage\":null","usage":null}`: `{"a":"\"usage\":null"}`,
+		// Left alone: no top-level null usage, or one not written plainly.
+		`{"a":{"usage":null}}`:         `{"a":{"usage":null}}`,
+		`{"usage":{"total_tokens":1}}`: `{"usage":{"total_tokens":1}}`,
+		`{"us\u0061ge":null}`:          `{"us\u0061ge":null}`,
+		`{"usage":nul}`:                `{"usage":nul}`,
+	} {
+		got := in
+		r := gjson.Get(in, "usage")
+		if from, to, ok := nullUsageSpan([]byte(in), r.Index); ok {
+			got = in[:from] + in[to:]
+		}
+		if got != want {
+			t.Errorf("%s -> %s, want %s", in, got, want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 
@@ -20,8 +21,9 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<
 var usageKey = []byte(`"usage"`)
 
 // relayStream passes an SSE stream through event by event, flushing each as it arrives. It
-// reads usage from the stream, and drops the usage-only chunk herd asked for (addedUsage) when
-// the client did not ask for it itself. Without usage from the upstream, tokens are estimated.
+// reads usage from the stream, and when herd asked for usage (addedUsage) that the client did
+// not, drops the usage-only chunk and the "usage":null asking for it puts in every other.
+// Without usage from the upstream, tokens are estimated.
 func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	w := x.c.Response()
 	h := w.Header()
@@ -77,15 +79,31 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 				if ttft == 0 {
 					ttft = time.Since(x.upStart)
 				}
+				cutFrom, cutTo := 0, 0
 				if bytes.Contains(data, usageKey) {
-					if u, ok := provider.ParseUsage(data); ok {
-						usage, gotUsage = u, true
-						skipping = addedUsage && emptyChoices(data)
-						forward = !skipping
+					// data is not kept past this iteration, so r may view it without a copy.
+					r := gjson.Get(unsafe.String(unsafe.SliceData(data), len(data)), "usage")
+					switch {
+					case r.IsObject():
+						if u, ok := provider.ParseUsage(data); ok {
+							usage, gotUsage = u, true
+							skipping = addedUsage && emptyChoices(data)
+							forward = !skipping
+						}
+					case addedUsage && r.Type == gjson.Null && r.Raw == "null":
+						// "usage":null is in every chunk only because herd asked for usage.
+						cutFrom, cutTo, _ = nullUsageSpan(data, r.Index)
 					}
 				}
 				if !gotUsage {
 					contentBytes += len(gjson.GetBytes(data, contentPath).Str)
+				}
+				if cutTo > 0 {
+					// Edited in place: the bytes are the reader's, already consumed, and
+					// never read again. data is a slice of line, so its offset in line is
+					// the difference of their capacities.
+					off := cap(line) - cap(data)
+					line = append(line[:off+cutFrom], line[off+cutTo:]...)
 				}
 			}
 			if forward {
@@ -141,6 +159,51 @@ func (x *exchange) streamBroke(err error) int {
 	_, _ = w.Write(body)
 	_, _ = w.Write([]byte("\n\n"))
 	return e.Status
+}
+
+// nullUsageSpan finds what to cut from a chunk to remove its top-level "usage":null member,
+// whose value starts at offset at (gjson's Index): the member, and the comma that joins it to
+// a neighbour — the one before it, or for the first member the one after, with the spaces up
+// to the next member. What is left is valid JSON with every other byte as it was. ok is false,
+// and the chunk is best left alone, when the member is not written plainly as "usage".
+func nullUsageSpan(data []byte, at int) (from, to int, ok bool) {
+	const key = `"usage"`
+	if at <= 0 || !hasAt(data, at, "null") {
+		return 0, 0, false
+	}
+	to = at + 4
+	i := skipWSBack(data, at-1)
+	if i < 0 || data[i] != ':' {
+		return 0, 0, false
+	}
+	i = skipWSBack(data, i-1)
+	if i+1 < len(key) || string(data[i+1-len(key):i+1]) != key {
+		return 0, 0, false
+	}
+	from = i + 1 - len(key)
+	j := skipWSBack(data, from-1)
+	switch {
+	case j >= 0 && data[j] == ',':
+		return j, to, true
+	case j >= 0 && data[j] == '{':
+		if k := skipWS(data, to); k < len(data) && data[k] == ',' {
+			to = skipWS(data, k+1)
+		}
+		return from, to, true
+	}
+	return 0, 0, false
+}
+
+// skipWSBack returns the index of the last non-whitespace byte of b at or before i, or -1.
+func skipWSBack(b []byte, i int) int {
+	for ; i >= 0; i-- {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+		default:
+			return i
+		}
+	}
+	return i
 }
 
 // ssePayload returns the value of a "data:" line without its line ending, or nil.
