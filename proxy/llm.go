@@ -329,8 +329,9 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	status := resp.StatusCode
 	if status >= 400 {
 		x.dep.counter.Settle(x.confirmedTicket(), state.Usage{})
-		f := &failure{status: status, body: append([]byte(nil), data...), contentType: resp.Header.Get(hdrContentType),
-			retryAfterHdr: resp.Header.Get("Retry-After")}
+		f := &failure{status: status, body: append([]byte(nil), data...), header: resp.Header,
+			contentType: resp.Header.Get(hdrContentType), retryAfterHdr: resp.Header.Get(hdrRetryAfter),
+			retryAfterMs: resp.Header.Get(hdrRetryAfterMs)}
 		f.retryAfter = parseRetryAfter(f.retryAfterHdr)
 		f.contextWindow = status == http.StatusBadRequest && isContextWindowError(data)
 		if routing.Cools(status) || f.contextWindow {
@@ -346,6 +347,7 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	w := x.c.Response()
 	h := w.Header()
 	x.unsettled = x.ticket.Reserved.Tokens - usage.Total()
+	copyProviderHeaders(h, resp.Header)
 	if ct := resp.Header[hdrContentType]; len(ct) > 0 {
 		h[hdrContentType] = ct
 	} else {
@@ -383,8 +385,12 @@ func (x *exchange) fail(f *failure) error {
 	}
 	w := x.c.Response()
 	h := w.Header()
+	copyProviderHeaders(h, f.header)
 	if f.retryAfterHdr != "" {
-		h.Set("Retry-After", f.retryAfterHdr)
+		h[hdrRetryAfter] = []string{f.retryAfterHdr}
+	}
+	if f.retryAfterMs != "" {
+		h[hdrRetryAfterMs] = []string{f.retryAfterMs}
 	}
 	if validJSON(f.body) != nil {
 		return x.finish(&apiError{Status: f.status, Message: "Upstream returned " + strconv.Itoa(f.status) + ": " + snippet(f.body), Type: "api_error"})

@@ -16,10 +16,12 @@ import (
 // error (unreachable, timeout) or the upstream's error answer, kept to pass on if it is the last.
 type failure struct {
 	status        int
-	apiErr        *apiError // herd's own error; nil when the upstream answered
-	body          []byte    // the upstream's error body
+	apiErr        *apiError   // herd's own error; nil when the upstream answered
+	body          []byte      // the upstream's error body
+	header        http.Header // the upstream's response headers, passed on as llm_provider-*
 	contentType   string
-	retryAfterHdr string
+	retryAfterHdr string // the upstream's Retry-After and retry-after-ms, passed on as they are
+	retryAfterMs  string
 	retryAfter    time.Duration // the upstream's Retry-After, parsed
 	contextWindow bool          // a 400 saying the prompt is too long for the model
 }

@@ -205,7 +205,7 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	authed := func(h echo.HandlerFunc) echo.HandlerFunc { return guard(s.requireKey(h)) }
 
 	for _, ep := range []provider.Endpoint{provider.ChatCompletions, provider.Completions, provider.Embeddings} {
-		h := authed(s.limit(s.llm(ep)))
+		h := guard(withCallID(s.requireKey(s.limit(s.llm(ep)))))
 		p := ep.Path()
 		e.POST(p, h)
 		e.POST("/v1"+p, h)

@@ -27,6 +27,7 @@ var usageKey = []byte(`"usage"`)
 func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	w := x.c.Response()
 	h := w.Header()
+	copyProviderHeaders(h, resp.Header)
 	h[hdrContentType] = eventStreamHdr
 	h["Cache-Control"] = noCacheHdr
 	h["X-Accel-Buffering"] = noBufferHdr // tell nginx-style proxies in front of herd not to buffer
