@@ -36,11 +36,13 @@ const (
 	fromLiteLLMKey           // x-litellm-api-key (LiteLLM clients whose Authorization is taken)
 	fromBearer               // Authorization: Bearer (OpenAI SDKs)
 	fromAPIKey               // api-key (Azure SDKs)
+	fromXAPIKey              // x-api-key (Anthropic's clients, on the Messages API only)
 )
 
 // presentedKey returns the key a client sent and the header it came in, in LiteLLM's order:
 // x-litellm-api-key first (it exists for clients whose Authorization carries something else),
-// then Authorization (Bearer, or the bare key), then api-key.
+// then Authorization (Bearer, or the bare key), then api-key, then, on /v1/messages only,
+// Anthropic's x-api-key.
 func presentedKey(r *http.Request) (string, keySource) {
 	if k := r.Header.Get("x-litellm-api-key"); k != "" {
 		return k, fromLiteLLMKey
@@ -53,6 +55,9 @@ func presentedKey(r *http.Request) (string, keySource) {
 	}
 	if k := r.Header.Get("api-key"); k != "" {
 		return k, fromAPIKey
+	}
+	if k := r.Header.Get("x-api-key"); k != "" && strings.HasSuffix(r.URL.Path, "/messages") {
+		return k, fromXAPIKey
 	}
 	return "", noKey
 }
@@ -67,6 +72,7 @@ var unauthorized = [...]*apiError{
 	// rather than the proxy's: say where the proxy's key belongs.
 	fromAPIKey: authError("the key in the 'api-key' header is not the proxy's key." + useBearer +
 		" (herd also reads it from 'api-key', as LiteLLM does for Azure SDKs.)"),
+	fromXAPIKey: authError("the key in the 'x-api-key' header is not the proxy's key. Anthropic clients: set the proxy's key as the API key (ANTHROPIC_API_KEY)."),
 }
 
 const useBearer = " Pass the proxy's key as 'Authorization: Bearer <key>'."

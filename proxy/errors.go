@@ -41,6 +41,21 @@ func (e *apiError) MarshalJSON() ([]byte, error) {
 	}{b})
 }
 
+// body is the error's JSON.
+func (e *apiError) body() []byte {
+	b, _ := e.MarshalJSON()
+	return b
+}
+
+// writeRaw sends a JSON error body as it is. Only for responses whose headers are not yet written.
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
 func badRequest(msg, param string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Message: msg, Type: "invalid_request_error", Param: param}
 }

@@ -107,16 +107,41 @@ var (
 
 var errTooLarge = errors.New("body too large")
 
+// clientFormat is the API a client spoke: OpenAI's, or one herd reads as chat and answers
+// in (provider/messages.go, provider/responses.go).
+type clientFormat uint8
+
+const (
+	formatOpenAI    clientFormat = iota
+	formatMessages               // Anthropic's Messages API, /v1/messages
+	formatResponses              // OpenAI's Responses API, /v1/responses
+)
+
+// clientStream rewrites chat chunks as the client format's stream events.
+type clientStream interface {
+	Chunk(dst, data []byte) []byte
+	End(dst []byte) []byte
+}
+
 // exchange is one LLM request on its way through herd, across its retries and fallbacks.
 type exchange struct {
-	s     *Server
-	c     echo.Context
-	ep    provider.Endpoint
-	start time.Time
-	body  []byte // the client's body, untouched
-	req   request
-	snap  *snapshot
-	model string // the model as the client named it
+	s      *Server
+	c      echo.Context
+	ep     provider.Endpoint
+	format clientFormat
+	// The client's own body and its fields, for a client of another API (format); body and
+	// req are then the chat request it was read as.
+	clientBody []byte
+	clientReq  request
+	// native: the current attempt's deployment speaks the client's API (nativeEP), and gets
+	// and answers the client's own body.
+	native   bool
+	nativeEP provider.Endpoint
+	start    time.Time
+	body     []byte // the client's body, untouched
+	req      request
+	snap     *snapshot
+	model    string // the model as the client named it
 
 	// The current attempt.
 	group  *routing.Group
@@ -147,54 +172,87 @@ func (x *exchange) confirmedTicket() state.Ticket {
 
 // llm returns the handler for an OpenAI endpoint: read the few fields herd needs, route,
 // admit, call the upstream, pass its answer back, settle usage.
-func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		x := &exchange{s: s, c: c, ep: ep, start: time.Now()}
-		r := c.Request()
-		snap := s.snap.Load()
+func (s *Server) llm(ep provider.Endpoint) echo.HandlerFunc { return s.llmAs(ep, formatOpenAI) }
 
-		if r.ContentLength > s.maxBody {
-			return s.reject(x.tooLarge())
+// llmAs is llm for a client format read as chat (ep ChatCompletions) and answered in kind.
+func (s *Server) llmAs(ep provider.Endpoint, format clientFormat) echo.HandlerFunc {
+	serve := s.serveLLM
+	if format == formatMessages {
+		serve = s.serveMessages
+	}
+	return func(c echo.Context) error {
+		return serve(&exchange{s: s, c: c, ep: ep, format: format, start: time.Now()})
+	}
+}
+
+// serveMessages is serveLLM for a Messages API client: errors refused before routing come
+// in the Messages shape too.
+func (s *Server) serveMessages(x *exchange) error {
+	err := s.serveLLM(x)
+	var ae *apiError
+	if !errors.As(err, &ae) || x.c.Response().Committed {
+		return err
+	}
+	writeRaw(x.c.Response(), ae.Status, provider.MessagesError(ae.Status, ae.body()))
+	return nil
+}
+
+func (s *Server) serveLLM(x *exchange) error {
+	c, format := x.c, x.format
+	r := c.Request()
+	snap := s.snap.Load()
+
+	if r.ContentLength > s.maxBody {
+		return s.reject(x.tooLarge())
+	}
+	bp := getBuf()
+	defer putBuf(bp)
+	hold := bodyHold{s: s}
+	defer hold.release()
+	if !hold.take(int64(cap(*bp))) {
+		return s.shedBody(c)
+	}
+	body, err := readAll(r.Body, *bp, s.maxBody, r.ContentLength, &hold)
+	*bp = body
+	switch {
+	case errors.Is(err, errTooLarge):
+		return s.reject(x.tooLarge())
+	case errors.Is(err, errBusy):
+		return s.shedBody(c)
+	case err != nil:
+		return s.reject(s.bodyReadError(err))
+	}
+	x.body = body
+	if format != formatOpenAI {
+		if x.body, err = toChat(format, body); err != nil {
+			return x.reject(err)
 		}
-		bp := getBuf()
-		defer putBuf(bp)
-		hold := bodyHold{s: s}
-		defer hold.release()
-		if !hold.take(int64(cap(*bp))) {
-			return s.shedBody(c)
-		}
-		body, err := readAll(r.Body, *bp, s.maxBody, r.ContentLength, &hold)
-		*bp = body
-		switch {
-		case errors.Is(err, errTooLarge):
-			return s.reject(x.tooLarge())
-		case errors.Is(err, errBusy):
-			return s.shedBody(c)
-		case err != nil:
-			return s.reject(s.bodyReadError(err))
-		}
-		x.body = body
 		var bad *apiError
-		if x.req, bad = parseRequest(body); bad != nil {
+		if x.clientReq, bad = parseRequest(body); bad != nil {
 			return s.reject(bad)
 		}
-		model := x.req.model
-		if p := c.Param("model"); p != "" {
-			model = p // /engines/{model}/... and Azure-style /openai/deployments/{model}/...
-		}
-		if model == "" {
-			return s.reject(badRequest("'model' is required: name a model group. Call /v1/models to view available models.", "model"))
-		}
-		g, err := snap.table.Resolve(model)
-		if err != nil {
-			return s.reject(badRequest(err.Error(), "model"))
-		}
-		x.snap, x.model = snap, model
-		ob := getBuf()
-		defer putBuf(ob)
-		x.out = ob
-		return x.serve(g)
+		x.clientBody = body
 	}
+	var bad *apiError
+	if x.req, bad = parseRequest(x.body); bad != nil {
+		return s.reject(bad)
+	}
+	model := x.req.model
+	if p := c.Param("model"); p != "" {
+		model = p // /engines/{model}/... and Azure-style /openai/deployments/{model}/...
+	}
+	if model == "" {
+		return s.reject(badRequest("'model' is required: name a model group. Call /v1/models to view available models.", "model"))
+	}
+	g, err := snap.table.Resolve(model)
+	if err != nil {
+		return s.reject(badRequest(err.Error(), "model"))
+	}
+	x.snap, x.model = snap, model
+	ob := getBuf()
+	defer putBuf(ob)
+	x.out = ob
+	return x.serve(g)
 }
 
 func (x *exchange) tooLarge() *apiError {
@@ -266,6 +324,10 @@ func (x *exchange) finish(e *apiError) error {
 	x.record(e.Status, state.Usage{}, time.Since(x.start))
 	if e.Status == statusClientClosed {
 		return nil // nobody is listening
+	}
+	if x.format == formatMessages {
+		writeRaw(x.c.Response(), e.Status, provider.MessagesError(e.Status, e.body()))
+		return nil
 	}
 	writeError(x.c.Response(), e)
 	return nil
@@ -344,6 +406,14 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 	if !ok {
 		usage = state.Usage{PromptTokens: x.req.promptTokens, CompletionTokens: provider.EstimateTokens(len(data))}
 	}
+	if x.format != formatOpenAI && !x.native {
+		converted, err := fromChat(x.format, data)
+		if err != nil {
+			return x.callFailed(&provider.Error{Kind: provider.Unreachable, Err: err, Sent: true}, true), nil
+		}
+		data = converted
+		resp.Header.Del(hdrContentType)
+	}
 	w := x.c.Response()
 	h := w.Header()
 	x.unsettled = x.ticket.Reserved.Tokens - usage.Total()
@@ -399,6 +469,10 @@ func (x *exchange) fail(f *failure) error {
 	if f.contentType != "" {
 		h.Set(hdrContentType, f.contentType)
 	}
+	if x.format == formatMessages {
+		f.body = provider.MessagesError(f.status, f.body)
+		h[hdrContentType] = jsonHdr
+	}
 	h["Content-Length"] = []string{strconv.Itoa(len(f.body))}
 	overhead := time.Since(x.start)
 	x.setHeaders(overhead)
@@ -427,4 +501,48 @@ func snippet(b []byte) string {
 func isEventStream(h http.Header) bool {
 	ct := h.Get(hdrContentType)
 	return len(ct) >= 17 && ct[:17] == "text/event-stream"
+}
+
+// endpoint is the API a client format is, for deployments that speak it.
+func (f clientFormat) endpoint() provider.Endpoint {
+	if f == formatMessages {
+		return provider.Messages
+	}
+	return provider.Responses
+}
+
+// toChat reads a client format's request as an OpenAI chat request.
+func toChat(f clientFormat, body []byte) ([]byte, error) {
+	if f == formatMessages {
+		return provider.MessagesToChat(body)
+	}
+	return provider.ResponsesToChat(body)
+}
+
+// fromChat writes a chat answer in the client's format.
+func fromChat(f clientFormat, body []byte) ([]byte, error) {
+	if f == formatMessages {
+		return provider.ChatToMessages(body)
+	}
+	return provider.ChatToResponse(body)
+}
+
+// newClientStream is the stream conversion for a client format; nil for OpenAI's.
+func newClientStream(f clientFormat) clientStream {
+	switch f {
+	case formatMessages:
+		return provider.NewMessagesStream()
+	case formatResponses:
+		return provider.NewResponsesStream()
+	}
+	return nil
+}
+
+// reject answers a request refused before routing; a *provider.BadRequest is a 400.
+func (x *exchange) reject(err error) error {
+	var bad *provider.BadRequest
+	if errors.As(err, &bad) {
+		return x.s.reject(badRequest(bad.Message, bad.Param))
+	}
+	return x.s.reject(badRequest(err.Error(), ""))
 }

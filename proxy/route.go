@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -123,13 +124,20 @@ func (x *exchange) pause(d time.Duration) bool {
 // attempt makes one upstream call on x.dep. A nil failure means the client has been answered.
 func (x *exchange) attempt() (*failure, error) {
 	dep := x.dep
-	addUsage := x.req.stream && !x.req.includeUsage && dep.up.StreamUsage()
-	if need := len(x.body) + len(dep.modelJSON) + rewriteRoom; cap(*x.out) < need {
+	ep, body, req := x.ep, x.body, &x.req
+	// A client of another API whose deployment speaks that API gets it untranslated.
+	x.native = x.format != formatOpenAI && provider.Serves(dep.up, x.format.endpoint())
+	if x.native {
+		ep, body, req = x.format.endpoint(), x.clientBody, &x.clientReq
+		x.nativeEP = ep
+	}
+	addUsage := !x.native && x.req.stream && !x.req.includeUsage && dep.up.StreamUsage()
+	if need := len(body) + len(dep.modelJSON) + rewriteRoom; cap(*x.out) < need {
 		// Sized once, where append would grow a large body's copy step by step.
 		*x.out = make([]byte, 0, need)
 	}
-	*x.out = rewrite((*x.out)[:0], x.body, &x.req, dep.modelJSON, addUsage)
-	call := provider.Call{Endpoint: x.ep, Body: *x.out, Stream: x.req.stream}
+	*x.out = rewrite((*x.out)[:0], body, req, dep.modelJSON, addUsage)
+	call := provider.Call{Endpoint: ep, Body: *x.out, Stream: x.req.stream}
 	if cf, ok := dep.counter.(state.Confirmer); ok {
 		// The reservation is counted as the request leaves, not only when it was admitted:
 		// strict limits check the rights (and start their cooldown) there, and the gossip
@@ -145,6 +153,13 @@ func (x *exchange) attempt() (*failure, error) {
 	defer dep.metrics.inFlight.Dec()
 	x.upStart = time.Now()
 	resp, err := dep.up.Do(x.c.Request().Context(), &call)
+	var bad *provider.BadRequest
+	if errors.As(err, &bad) {
+		// The deployment's provider has no equivalent for something the client asked: the
+		// client's error, and nothing reached the upstream.
+		dep.counter.Release(x.confirmedTicket())
+		return nil, x.finish(badRequest(bad.Message, bad.Param))
+	}
 	if err != nil {
 		return x.callFailed(err, false), nil
 	}
@@ -268,10 +283,12 @@ func parseRetryAfter(v string) time.Duration {
 	return 0
 }
 
-// isContextWindowError recognises OpenAI's and Azure's "prompt too long" 400.
+// isContextWindowError recognises OpenAI's and Azure's "prompt too long" 400, and Anthropic's
+// (a Messages API request passed through; translations map theirs to OpenAI's code).
 func isContextWindowError(body []byte) bool {
 	return bytes.Contains(body, []byte("context_length_exceeded")) ||
-		bytes.Contains(body, []byte("maximum context length"))
+		bytes.Contains(body, []byte("maximum context length")) ||
+		bytes.Contains(body, []byte("prompt is too long"))
 }
 
 // smallInts are header values for retry and fallback counts, shared read-only.

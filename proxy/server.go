@@ -108,9 +108,11 @@ func New(opts Options) (*Server, error) {
 		opts.Upstream = config.NewUpstreamPolicy(opts.Config, config.MapEnv{})
 	}
 	s := &Server{
-		cooldowns:   routing.NewCooldowns(),
-		state:       opts.State,
-		pool:        provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)).WithDialGuard(opts.Upstream),
+		cooldowns: routing.NewCooldowns(),
+		state:     opts.State,
+		pool: provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)).WithDialGuard(opts.Upstream).
+			WithSettings(provider.Settings{MaxResponse: megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
+				DropParams: opts.Config.LiteLLMSettings.DropParams}),
 		metrics:     newMetrics(opts.Registry),
 		key:         newKeyChecker(gs.MasterKey.Reveal()),
 		maxBody:     megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
@@ -211,6 +213,12 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 		e.POST("/v1"+p, h)
 		e.POST("/engines/:model"+p, h)
 		e.POST("/openai/deployments/:model"+p, h)
+	}
+	for _, p := range []string{"/v1/messages", "/anthropic/v1/messages"} {
+		e.POST(p, authed(s.limit(s.llmAs(provider.ChatCompletions, formatMessages))))
+	}
+	for _, p := range []string{"/v1/responses", "/responses"} {
+		e.POST(p, authed(s.limit(s.llmAs(provider.ChatCompletions, formatResponses))))
 	}
 	e.GET("/models", authed(s.models))
 	e.GET("/v1/models", authed(s.models))

@@ -40,6 +40,14 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	br.Reset(resp.Body)
 	defer func() { br.Reset(nil); readerPool.Put(br) }()
 
+	// A client of another API either gets the deployment's stream as it is (native: the
+	// deployment speaks that API, and usage is read from its events) or chunks rewritten as
+	// that API's events (conv).
+	var conv clientStream
+	if !x.native {
+		conv = newClientStream(x.format)
+	}
+	var converted []byte // conv's events for the current chunk
 	var (
 		usage        state.Usage
 		gotUsage     bool
@@ -81,6 +89,12 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					ttft = time.Since(x.upStart)
 				}
 				cutFrom, cutTo := 0, 0
+				if x.native {
+					if bytes.Contains(data, usageKey) && provider.StreamEventUsage(x.nativeEP, data, &usage) {
+						gotUsage = true
+					}
+					break
+				}
 				if bytes.Contains(data, usageKey) {
 					// data is not kept past this iteration, so r may view it without a copy.
 					r := gjson.Get(unsafe.String(unsafe.SliceData(data), len(data)), "usage")
@@ -106,6 +120,20 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					off := cap(line) - cap(data)
 					line = append(line[:off+cutFrom], line[off+cutTo:]...)
 				}
+				if conv != nil && string(data) != "[DONE]" {
+					// The client reads another API's events: each chunk becomes those.
+					converted = conv.Chunk(converted[:0], data)
+					if _, werr := w.Write(converted); werr != nil {
+						status = statusClientClosed // the loop ends below
+					}
+					w.Flush()
+				}
+			}
+			if status == statusClientClosed {
+				break
+			}
+			if conv != nil {
+				forward = false
 			}
 			if forward {
 				if _, werr := w.Write(line); werr != nil {
@@ -124,6 +152,9 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 			status = x.streamBroke(err)
 			break
 		}
+	}
+	if conv != nil && status == http.StatusOK {
+		_, _ = w.Write(conv.End(converted[:0]))
 	}
 	w.Flush()
 	if !gotUsage {
@@ -156,6 +187,14 @@ func (x *exchange) streamBroke(err error) int {
 	}
 	body, _ := e.MarshalJSON()
 	w := x.c.Response()
+	switch x.format {
+	case formatMessages:
+		_, _ = w.Write(provider.NewMessagesStream().Error(nil, e.Status, body))
+		return e.Status
+	case formatResponses:
+		_, _ = w.Write(provider.NewResponsesStream().Error(nil, body))
+		return e.Status
+	}
 	_, _ = w.Write([]byte("\n\ndata: "))
 	_, _ = w.Write(body)
 	_, _ = w.Write([]byte("\n\n"))

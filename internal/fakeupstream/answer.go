@@ -81,11 +81,7 @@ func (a *answer) writeJSON(w http.ResponseWriter, ep endpoint) {
 // stream sends the answer as server-sent events, flushed one by one. cut > 0 aborts the
 // connection after that many content events, as an upstream dying mid-stream would.
 func (a *answer) stream(ctx context.Context, w http.ResponseWriter, ep endpoint, includeUsage bool, delay time.Duration, cut int) {
-	h := w.Header()
-	h["Content-Type"] = eventType
-	h["Cache-Control"] = noCache
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
+	rc := startEventStream(w)
 
 	includeUsage = includeUsage && a.usage
 	// Every event shares "data: " + head; only the tail after "choices":[ changes.
@@ -106,11 +102,8 @@ func (a *answer) stream(ctx context.Context, w http.ResponseWriter, ep endpoint,
 		return rc.Flush() == nil
 	}
 
-	var timer *time.Timer
-	if delay > 0 {
-		timer = time.NewTimer(time.Hour)
-		defer timer.Stop()
-	}
+	timer := eventTimer(delay)
+	defer stopTimer(timer)
 	if ep == epChat && !send(appendRoleChoice) {
 		return
 	}

@@ -102,11 +102,7 @@ func (anthropicDialect) writeJSON(w http.ResponseWriter, a *answer) {
 }
 
 func (anthropicDialect) stream(ctx context.Context, w http.ResponseWriter, a *answer, delay time.Duration, cut int) {
-	h := w.Header()
-	h["Content-Type"] = eventType
-	h["Cache-Control"] = noCache
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
+	rc := startEventStream(w)
 	buf := getBuf()
 	defer putBuf(buf)
 	send := func(event string, data ...string) bool {
@@ -131,11 +127,8 @@ func (anthropicDialect) stream(ctx context.Context, w http.ResponseWriter, a *an
 		!send("ping", `{"type":"ping"}`) {
 		return
 	}
-	var timer *time.Timer
-	if delay > 0 {
-		timer = time.NewTimer(time.Hour)
-		defer timer.Stop()
-	}
+	timer := eventTimer(delay)
+	defer stopTimer(timer)
 	for i, piece := range a.st.pieces {
 		if !sleep(ctx, timer, delay) {
 			return

@@ -242,11 +242,8 @@ func (bedrockDialect) stream(ctx context.Context, w http.ResponseWriter, a *answ
 	if !send("messageStart", `{"role":"assistant"}`) {
 		return
 	}
-	var timer *time.Timer
-	if delay > 0 {
-		timer = time.NewTimer(time.Hour)
-		defer timer.Stop()
-	}
+	timer := eventTimer(delay)
+	defer stopTimer(timer)
 	for i, piece := range a.st.pieces {
 		if !sleep(ctx, timer, delay) {
 			return

@@ -36,6 +36,8 @@ type dialectRoute struct {
 // dialects are tried in order; the first match serves the path.
 var dialects = []dialectRoute{
 	{prefix: "/v1/messages", d: anthropicDialect{}},
+	{prefix: "/v1/responses", d: responsesDialect{}},
+	{prefix: "/openai/responses", d: responsesDialect{}},
 	{prefix: "/model/", suffix: "/converse", d: bedrockDialect{}},
 	{prefix: "/model/", suffix: "/converse-stream", d: bedrockDialect{}},
 	{prefix: "/model/", suffix: "/invoke", d: bedrockDialect{}},
@@ -131,4 +133,28 @@ func (u *Upstream) serveDialect(w http.ResponseWriter, r *http.Request, d dialec
 		return
 	}
 	d.writeJSON(w, a)
+}
+
+// startEventStream sends a stream's headers and returns what flushes its events.
+func startEventStream(w http.ResponseWriter) *http.ResponseController {
+	h := w.Header()
+	h["Content-Type"] = eventType
+	h["Cache-Control"] = noCache
+	w.WriteHeader(http.StatusOK)
+	return http.NewResponseController(w)
+}
+
+// eventTimer is the timer a stream reuses to wait delay before its events (see sleep); nil
+// without a delay. Stop it with stopTimer.
+func eventTimer(delay time.Duration) *time.Timer {
+	if delay <= 0 {
+		return nil
+	}
+	return time.NewTimer(time.Hour)
+}
+
+func stopTimer(t *time.Timer) {
+	if t != nil {
+		t.Stop()
+	}
 }

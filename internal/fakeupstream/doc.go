@@ -14,6 +14,9 @@
 // counting, faults, latency and usage formula, and answers and errors in each provider's shape:
 // Anthropic: POST /v1/messages (deployment: the body's "model"; x-api-key checked against
 // APIKey; anthropic-version and max_tokens required; N includes the system prompt's text).
+// OpenAI's Responses API: POST /v1/responses, and Azure's /openai/responses?api-version=
+// (deployment: the body's "model"; N is the text of instructions and input; the usage is in
+// the response object, and in a stream's response.completed event).
 // Gemini API: POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse and
 // :batchEmbedContents, also under /v1/ (deployment: the model from the path; the key in
 // x-goog-api-key or ?key=, checked against APIKey: none is a 403, a wrong one a 400, as Google

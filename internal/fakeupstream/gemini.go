@@ -270,11 +270,7 @@ func (d geminiDialect) writeEmbeddings(w http.ResponseWriter, a *answer) {
 // holding the prompt only), then one with finishReason STOP and the whole usage. Google marks
 // no end: the body ends.
 func (d geminiDialect) stream(ctx context.Context, w http.ResponseWriter, a *answer, delay time.Duration, cut int) {
-	h := w.Header()
-	h["Content-Type"] = eventType
-	h["Cache-Control"] = noCache
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
+	rc := startEventStream(w)
 	buf := getBuf()
 	defer putBuf(buf)
 	send := func(text, finish string, complete bool) bool {
@@ -287,11 +283,8 @@ func (d geminiDialect) stream(ctx context.Context, w http.ResponseWriter, a *ans
 		}
 		return rc.Flush() == nil
 	}
-	var timer *time.Timer
-	if delay > 0 {
-		timer = time.NewTimer(time.Hour)
-		defer timer.Stop()
-	}
+	timer := eventTimer(delay)
+	defer stopTimer(timer)
 	for i, piece := range a.st.pieces {
 		if !sleep(ctx, timer, delay) || !send(piece, "", false) {
 			return
