@@ -154,6 +154,9 @@ type exchange struct {
 	// still to come (the answer is written first); the rate-limit headers account for it.
 	unsettled int64
 	upStart   time.Time
+	// translated is the current attempt's time spent translating to and from its provider's
+	// format: inside the upstream call's time, but herd's overhead.
+	translated time.Duration
 
 	reserve      state.Reservation // computed once: every deployment reserves the same
 	reserveReady bool
@@ -424,7 +427,7 @@ func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
 		h[hdrContentType] = jsonHdr
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(data))}
-	overhead := time.Since(x.start) - upstream
+	overhead := time.Since(x.start) - upstream + x.translated
 	x.setHeaders(overhead)
 	w.WriteHeader(status)
 	_, _ = w.Write(data)

@@ -153,6 +153,7 @@ func (x *exchange) attempt() (*failure, error) {
 	defer dep.metrics.inFlight.Dec()
 	x.upStart = time.Now()
 	resp, err := dep.up.Do(x.c.Request().Context(), &call)
+	x.translated = call.Translated
 	var bad *provider.BadRequest
 	if errors.As(err, &bad) {
 		// The deployment's provider has no equivalent for something the client asked: the

@@ -31,7 +31,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	h[hdrContentType] = eventStreamHdr
 	h["Cache-Control"] = noCacheHdr
 	h["X-Accel-Buffering"] = noBufferHdr // tell nginx-style proxies in front of herd not to buffer
-	overhead := time.Since(x.start) - time.Since(x.upStart)
+	overhead := time.Since(x.start) - time.Since(x.upStart) + x.translated
 	x.setHeaders(overhead)
 	w.WriteHeader(http.StatusOK)
 	w.Flush()

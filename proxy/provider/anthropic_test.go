@@ -56,9 +56,13 @@ func TestAnthropicAgainstFakeUpstream(t *testing.T) {
 	const want = "Hello from claude-x."
 
 	t.Run("answer", func(t *testing.T) {
-		resp, err := up.Do(context.Background(), &Call{Endpoint: ChatCompletions, Body: []byte(body)})
+		call := &Call{Endpoint: ChatCompletions, Body: []byte(body)}
+		resp, err := up.Do(context.Background(), call)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if call.Translated <= 0 {
+			t.Error("Do reported no translation time: herd's overhead header would leave it out")
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/herd-proxy/herd/config"
 )
@@ -71,6 +72,9 @@ type Call struct {
 	// the transport first reads the body, before any byte of the request is sent). An error
 	// aborts the call, which then fails as unreachable.
 	Confirm func() error
+	// Translated is set by Do: the time spent translating the request, and a complete
+	// answer, to and from the provider's format; herd's own time, not the upstream's.
+	Translated time.Duration
 }
 
 // Upstream sends calls to one deployment.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/herd-proxy/herd/config"
 )
@@ -94,7 +95,9 @@ func (u *translated) serves(ep Endpoint) bool {
 }
 
 func (u *translated) Do(ctx context.Context, c *Call) (*http.Response, error) {
+	start := time.Now()
 	out, err := u.t.request(ctx, c)
+	c.Translated = time.Since(start)
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +133,8 @@ func (u *translated) Do(ctx context.Context, c *Call) (*http.Response, error) {
 		return nil, err
 	}
 	var converted []byte
+	start = time.Now()
+	defer func() { c.Translated += time.Since(start) }()
 	if r, ok := u.t.(callResponder); ok {
 		converted, err = r.responseTo(c, body)
 	} else {
