@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	anthropicopt "github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
@@ -91,6 +93,44 @@ func TestSDKWaitsAsHerdSays(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("the SDK gave up: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrivals) != 2 || up.Count("a") != 1 {
+		t.Fatalf("herd saw %d requests, the upstream %d; want 2 and 1", len(arrivals), up.Count("a"))
+	}
+	if gap := arrivals[1].Sub(arrivals[0]); gap < cool-200*time.Millisecond || gap >= 1900*time.Millisecond {
+		t.Errorf("the SDK retried after %v, want about %v (retry-after-ms)", gap, cool)
+	}
+}
+
+// TestAnthropicSDKWaitsAsHerdSays: the same for Anthropic's SDK on /v1/messages, whose 429 is
+// in the Messages shape and whose retry reads retry-after-ms too.
+func TestAnthropicSDKWaitsAsHerdSays(t *testing.T) {
+	needsServers(t)
+	up, base := fakeupstream.Start(t, fakeupstream.Options{})
+	h := startHerd(t, `model_list: [{model_name: m, litellm_params: {model: anthropic/a, api_base: "{{UP}}", api_key: k}}]`, base, nil)
+	var (
+		mu       sync.Mutex
+		arrivals []time.Time
+	)
+	at := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		h.srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(at.Close)
+
+	const cool = 1200 * time.Millisecond
+	h.srv.snap.Load().deps[0].cooldown.Fail(time.Now(), routing.CooldownPolicy{Time: cool}, 429, 0)
+	c := anthropic.NewClient(anthropicopt.WithBaseURL(at.URL), anthropicopt.WithHeader("X-Api-Key", "unused"), anthropicopt.WithMaxRetries(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	msg, err := c.Messages.New(ctx, anthropic.MessageNewParams{Model: "m", MaxTokens: 10,
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))}})
+	if err != nil || len(msg.Content) != 1 || msg.Content[0].Text != "Hello from a." {
+		t.Fatalf("the SDK gave up: %v %+v", err, msg)
 	}
 	mu.Lock()
 	defer mu.Unlock()
