@@ -33,6 +33,7 @@ type AdminEnv struct {
 	Env // where allowed names are looked up, and environment_variables are written
 
 	file      map[string]bool // names the file's model_list and router_settings use
+	endpoints map[string]bool // the api_base of every deployment of the file, as resolved
 	fileCreds map[string]bool // vertex_credentials (paths or JSON) the file's model_list holds literally
 	allow     []string        // cluster_settings.admin_env_allow
 	protected map[string]bool // herd's own keys: globs never match them
@@ -52,6 +53,12 @@ func NewAdminEnv(env Env, static Static, file Dynamic, allow []string) *AdminEnv
 		}
 	}
 	envRefs(file.RouterSettings, add(a.file))
+	a.endpoints = map[string]bool{}
+	if cfg, err := Build("the config file", static, file, env, nil); err == nil {
+		for _, dep := range cfg.ModelList {
+			a.endpoints[dep.APIBase] = true
+		}
+	}
 	for _, block := range []string{"general_settings", "cluster_settings"} {
 		envRefs(static[block], add(a.protected))
 	}
@@ -143,3 +150,7 @@ func validGlob(p string) string {
 	}
 	return ""
 }
+
+// fileEndpoint: the node's config file (or its environment) names apiBase, so the node's
+// own credentials may go there (see guardAmbient).
+func (a *AdminEnv) fileEndpoint(apiBase string) bool { return a.endpoints[apiBase] }

@@ -158,3 +158,55 @@ func TestAdminEnvAllowValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestRuntimeChangesSendNoAmbientCredentialsElsewhere: a deployment added at runtime may use
+// the node's own credentials (a provider's key variable, Google's or AWS's credential chain)
+// only toward the provider's default endpoint, an endpoint the node's file names, or one the
+// node's environment gives; to any other api_base only with credentials of its own. The file
+// itself is trusted as written.
+func TestRuntimeChangesSendNoAmbientCredentialsElsewhere(t *testing.T) {
+	env := adminTestEnv()
+	env["ANTHROPIC_API_KEY"] = "sk-ant-node-secret"
+	env["OPENAI_API_KEY"] = "sk-openai-node-secret"
+	env["AZURE_API_KEY"] = "sk-azure-node-secret"
+	static, dyn, admin := adminEnvFixture(t, adminEnvFile, env)
+	add := func(params map[string]any) error {
+		_, err := Build("change", static, dyn.AddModel(map[string]any{"model_name": "x", "litellm_params": params}), admin, nil)
+		return err
+	}
+	refused := []map[string]any{
+		{"model": "anthropic/claude", "api_base": "https://collector.example"},
+		{"model": "openai/gpt-4o", "api_base": "https://collector.example/v1"},
+		{"model": "azure/eu-2", "api_base": "https://collector.example"},
+		{"model": "vertex_ai/gemini-1.5-pro", "vertex_project": "p", "api_base": "https://collector.example"},
+		{"model": "bedrock/anthropic.claude-3", "aws_region_name": "us-east-1", "api_base": "https://collector.example"},
+	}
+	for _, p := range refused {
+		err := add(p)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Key != "model_list[1].litellm_params.api_base" || !strings.Contains(ce.Reason, "its own credentials") {
+			t.Errorf("%v: err = %v, want a refusal on api_base", p["model"], err)
+		}
+		if err != nil && strings.Contains(err.Error(), "node-secret") {
+			t.Errorf("the refusal shows the secret: %v", err)
+		}
+	}
+	allowed := []map[string]any{
+		{"model": "anthropic/claude"}, // the default endpoint
+		{"model": "anthropic/claude", "api_base": "https://collector.example", "api_key": "sk-their-own"},
+		{"model": "openai/gpt-4o"},
+		{"model": "bedrock/anthropic.claude-3", "aws_region_name": "us-east-1", "api_base": "https://collector.example",
+			"aws_access_key_id": "AKIDTHEIRS", "aws_secret_access_key": "theirs"},
+		{"model": "azure/eu-2", "api_base": "https://eu.example.com"}, // the file's endpoint, with the node's AZURE_API_KEY
+	}
+	for _, p := range allowed {
+		if err := add(p); err != nil {
+			t.Errorf("%v: %v", p, err)
+		}
+	}
+	// The file itself may point anywhere with the node's keys.
+	file := "model_list:\n  - {model_name: x, litellm_params: {model: anthropic/claude, api_base: \"https://collector.example\"}}\n"
+	if _, err := Parse("node.yaml", []byte(file), env, nil); err != nil {
+		t.Errorf("the file itself: %v", err)
+	}
+}

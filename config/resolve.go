@@ -695,6 +695,7 @@ func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
 		dep.APIVersion = params.APIVersion
 		return
 	}
+	ambient := d.ambientCredential(dep, spec)
 	def := spec.defaultBase
 	switch dep.Provider {
 	case "vertex_ai":
@@ -702,7 +703,48 @@ func (d *decoder) deployment(i int, dep *Deployment, rs *RouterSettings) {
 	case "bedrock":
 		def = d.bedrock(lp, dep)
 	}
-	d.endpoint(lp, dep, spec, def)
+	if baseEnv := d.endpoint(lp, dep, spec, def); baseEnv == "" {
+		d.guardAmbient(lp, dep, def, ambient) // an endpoint from the node's environment is the node's choice
+	}
+}
+
+// ambientCredential names the credential of the node's own that dep would be sent with, since
+// it names none itself: an API key from the provider's environment variables, or Google's or
+// AWS's credential chain; "" when it carries its own (or none would be sent).
+func (d *decoder) ambientCredential(dep *Deployment, spec providerSpec) string {
+	p := &dep.LiteLLMParams
+	switch {
+	case dep.Provider == "vertex_ai" && p.VertexCredentials == "":
+		return "the node's Google credentials (VERTEXAI_CREDENTIALS, GOOGLE_APPLICATION_CREDENTIALS or application default credentials)"
+	case dep.Provider == "bedrock" && p.AWSAccessKeyID == "" && p.APIKey == "":
+		return "the node's AWS credentials (AWS_BEARER_TOKEN_BEDROCK or the default credential chain)"
+	case p.APIKey == "":
+		if _, name := d.lookupFirst(spec.keyEnv...); name != "" {
+			return "the node's " + name
+		}
+	}
+	return ""
+}
+
+// An endpointGuard decides which endpoints may receive a node's own credentials: those the
+// node's config file (or its environment) names. It is the env of runtime config changes
+// (AdminEnv); a config file itself is trusted, and not guarded.
+type endpointGuard interface {
+	fileEndpoint(apiBase string) bool
+}
+
+// guardAmbient refuses a deployment from a runtime change that would send the node's own
+// credentials (ambient) to an endpoint of its choosing: a master-key holder may route to any
+// api_base, but only with credentials given in the change itself, or the node's own only to the
+// provider's default endpoint or one the node's file names. Otherwise adding
+// {model: anthropic/x, api_base: https://attacker} would hand them ANTHROPIC_API_KEY, and a
+// vertex_ai/ one the node's Google access token.
+func (d *decoder) guardAmbient(lp string, dep *Deployment, def, ambient string) {
+	g, ok := d.env.(endpointGuard)
+	if !ok || ambient == "" || dep.APIBase == "" || dep.APIBase == def || g.fileEndpoint(dep.APIBase) {
+		return
+	}
+	d.fail(lp+".api_base", "a deployment added or changed at runtime may send %s only to the provider's default endpoint or to one this node's config file names; give the deployment its own credentials (api_key, aws_access_key_id or vertex_credentials) to use another endpoint", ambient)
 }
 
 // provider sets Provider and UpstreamModel from litellm_params.model.
@@ -770,10 +812,10 @@ func (d *decoder) lookupFirst(names ...string) (value, name string) {
 
 // endpoint resolves api_base (def when neither the deployment nor spec's variables name one),
 // api_key and api_version, falling back to the environment variables LiteLLM reads for the
-// provider.
-func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec, def string) {
+// provider. It returns the variable api_base came from, if one did.
+func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec, def string) (baseEnv string) {
 	params := &dep.LiteLLMParams
-	base, basePath, baseEnv := params.APIBase, lp+".api_base", ""
+	base, basePath := params.APIBase, lp+".api_base"
 	if dep.Provider == "bedrock" && params.AWSBedrockRuntimeEndpoint != "" {
 		// LiteLLM's order: api_base, aws_bedrock_runtime_endpoint, AWS_BEDROCK_RUNTIME_ENDPOINT.
 		if base == "" {
@@ -833,6 +875,7 @@ func (d *decoder) endpoint(lp string, dep *Deployment, spec providerSpec, def st
 		// It is the api-version query parameter of every Azure call.
 		d.fail(lp+".api_version", "may hold only letters, digits, '-', '_' and '.', e.g. 2024-10-21 (got %s)", d.shown(lp+".api_version", dep.APIVersion))
 	}
+	return baseEnv
 }
 
 // normalizeBase gives an api_base (already validated; "" if it was not) the path suffix the
