@@ -100,6 +100,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&o.Seed, "seed", 0, "fixes the fault schedule and the workload's choices (default: random)")
 	fs.StringVar(&o.Out, "out", "", "run directory (default chaos-results/<time>)")
 	fs.DurationVar(&o.ClockSkew, "clock-skew", 10*time.Second, "the clock nemesis skews a node by up to this much, either way")
+	fs.StringVar(&o.Provider, "provider", "openai", "every deployment's provider: openai, or anthropic (herd translates each request to the fake upstream's Messages API)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitValid

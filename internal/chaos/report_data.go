@@ -321,6 +321,9 @@ func repCommand(info *RunInfo) string {
 	if info.Redis != "" && (info.Redis != RedisSingle || info.Mode != ModeRedis) {
 		fmt.Fprintf(&b, " --redis %s", info.Redis)
 	}
+	if info.Provider != "" && info.Provider != "openai" {
+		fmt.Fprintf(&b, " --provider %s", info.Provider)
+	}
 	if len(info.Deployments) > 0 {
 		fmt.Fprintf(&b, " --rpm %d", info.Deployments[0].RPM)
 	}

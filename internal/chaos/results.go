@@ -14,6 +14,9 @@ type RunInfo struct {
 	// Redis is redis mode's setup: single, cluster or sentinel (RedisSetups); empty in runs
 	// from before it existed, which were single.
 	Redis    string        `json:"redis,omitempty"`
+	// Provider is the deployments' provider (Providers); empty in runs from before it
+	// existed, which were openai.
+	Provider string        `json:"provider,omitempty"`
 	Nodes    []NodeInfo    `json:"nodes"`
 	Nemeses  []string      `json:"nemeses"`  // the fault kinds scheduled (KindPartition, ...)
 	Duration time.Duration `json:"duration"` // how long the workload ran

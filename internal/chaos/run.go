@@ -41,6 +41,7 @@ type Options struct {
 	Seed      int64         // fixes the fault schedule and the workload's choices
 	Out       string        // run directory (created)
 	ClockSkew time.Duration // the clock nemesis skews a node by up to this much either way
+	Provider  string        // every deployment's provider (Providers): openai (default) or anthropic, translated by herd
 	Log       *slog.Logger  // progress
 }
 
@@ -50,6 +51,18 @@ const (
 	ModeStrict = "strict"
 	ModeRedis  = "redis"
 )
+
+// Providers the chaos suite's deployments can be: the fake upstream speaks both.
+var Providers = []string{"openai", "anthropic"}
+
+// deploymentParams are litellm_params for deployment id of o.Provider on the fake upstream
+// at base (http://host:port).
+func (o *Options) deploymentParams(id, base string, rpm int64) map[string]any {
+	if o.Provider == "anthropic" {
+		return map[string]any{"model": "anthropic/" + id, "api_base": base, "api_key": "sk-chaos-upstream", "rpm": rpm}
+	}
+	return map[string]any{"model": "openai/" + id, "api_base": base + "/v1", "api_key": "sk-chaos-upstream", "rpm": rpm}
+}
 
 // ErrNotRoot: the suite creates network namespaces and packet filters, which needs root.
 var ErrNotRoot = errors.New("herd-chaos run needs root: it creates network namespaces, veth pairs and iptables rules (try sudo)")
@@ -86,6 +99,12 @@ func (o *Options) Validate() error {
 		o.Redis = RedisSingle
 	case o.Redis != "" && !slices.Contains(RedisSetups, o.Redis):
 		return fmt.Errorf("--redis %q: %s", o.Redis, strings.Join(RedisSetups, ", "))
+	}
+	if o.Provider == "" {
+		o.Provider = "openai"
+	}
+	if !slices.Contains(Providers, o.Provider) {
+		return fmt.Errorf("--provider %q: %s", o.Provider, strings.Join(Providers, ", "))
 	}
 	if o.RPM < 2 || o.Demand <= 0 {
 		return fmt.Errorf("--rpm must be at least 2 and --demand above 0")
@@ -281,7 +300,7 @@ func (r *runner) setUp(ctx context.Context) error {
 		nd := newNode(o.Out, r.herd, cfgPath, i+1, names, r.net, env)
 		r.nodes = append(r.nodes, nd)
 	}
-	r.info = RunInfo{Seed: o.Seed, Mode: o.Mode, Redis: o.Redis, Nemeses: o.Nemeses, Duration: o.Time, Demand: o.Demand, ClockSkew: o.ClockSkew,
+	r.info = RunInfo{Seed: o.Seed, Mode: o.Mode, Redis: o.Redis, Provider: o.Provider, Nemeses: o.Nemeses, Duration: o.Time, Demand: o.Demand, ClockSkew: o.ClockSkew,
 		Deployments: o.deployments(), ManagedPrefix: managedPrefix, Propagation: propagationAllowance,
 		Repair: repairTime, ConvergeWithin: convergeWithin, HerdVersion: herdVersion(r.herd)}
 	addrs := map[string]string{}
@@ -289,12 +308,12 @@ func (r *runner) setUp(ctx context.Context) error {
 		r.info.Nodes = append(r.info.Nodes, NodeInfo{Name: nd.name, Addr: nd.addr})
 		addrs[nd.name] = nd.addr
 	}
-	upBase := fmt.Sprintf("http://%s:%d/v1", ctlHost, upstreamPort)
+	upBase := fmt.Sprintf("http://%s:%d", ctlHost, upstreamPort)
 	start := time.Now()
 	if r.rec, err = newRecorder(filepath.Join(o.Out, HistoryFile), start); err != nil {
 		return err
 	}
-	r.cli = newClient(r.net.Ctl, r.key, names, addrs, upBase, managedPrefix, r.rec)
+	r.cli = newClient(&r.o, r.net.Ctl, r.key, names, addrs, upBase, managedPrefix, r.rec)
 	for _, nd := range r.nodes {
 		nd.onCrash = func(n *node, how string) {
 			r.rec.add(Op{Type: Info, F: FExit, Process: NemesisProcess, Node: n.name, Value: Value{Exit: how}})
@@ -471,10 +490,10 @@ func (r *runner) close() error {
 // config is the nodes' config.yaml: the chat deployments against the fake upstream, a master
 // key, a cluster key, and the mode's router settings.
 func (r *runner) config() []byte {
-	up := fmt.Sprintf("http://%s:%d/v1", ctlHost, upstreamPort)
+	up := fmt.Sprintf("http://%s:%d", ctlHost, upstreamPort)
 	var models []map[string]any
 	for _, d := range r.o.deployments() {
-		params := map[string]any{"model": "openai/" + d.ID, "api_base": up, "api_key": "sk-chaos-upstream", "rpm": d.RPM}
+		params := r.o.deploymentParams(d.ID, up, d.RPM)
 		if d.TPM > 0 {
 			params["tpm"] = d.TPM
 		}

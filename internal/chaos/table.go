@@ -51,6 +51,9 @@ func Table(dirs []string) (string, error) {
 		default: // strict rights over Redis
 			mode += " over redis (" + info.Redis + ")"
 		}
+		if info.Provider != "" && info.Provider != "openai" {
+			mode += ", " + info.Provider + " deployments"
+		}
 		key := mode + "\x00" + nem
 		r := rows[key]
 		if r == nil {

@@ -35,13 +35,14 @@ type client struct {
 	nextProc  atomic.Int64 // Jepsen's process numbers: a process whose op ended as info is retired
 	maxWrite  atomic.Uint64
 	managed   string       // ID prefix of config-managed deployments
+	o         *Options     // the run's: the provider of the deployments it adds
 	skipped   atomic.Int64 // chat requests not sent because every process of their node was busy
 	chatCount atomic.Int64
 }
 
-func newClient(ctlNS, key string, nodes []string, addrs map[string]string, upstream, managed string, rec *recorder) *client {
+func newClient(o *Options, ctlNS, key string, nodes []string, addrs map[string]string, upstream, managed string, rec *recorder) *client {
 	tr := &http.Transport{DialContext: DialerIn(ctlNS), MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second}
-	c := &client{http: &http.Client{Transport: tr}, key: key, nodes: nodes, base: map[string]string{},
+	c := &client{o: o, http: &http.Client{Transport: tr}, key: key, nodes: nodes, base: map[string]string{},
 		upstream: upstream, rec: rec, managed: managed}
 	for _, n := range nodes {
 		c.base[n] = fmt.Sprintf("http://%s:%d", addrs[n], httpPort)
@@ -270,7 +271,7 @@ func (c *client) write(ctx context.Context, p *Process, node, f, id string, rpm 
 	case FAdd:
 		path = "/model/new"
 		body = map[string]any{"model_name": managedGroup,
-			"litellm_params": map[string]any{"model": "openai/" + id, "api_base": c.upstream, "api_key": "sk-chaos-upstream", "rpm": rpm},
+			"litellm_params": c.o.deploymentParams(id, c.upstream, rpm),
 			"model_info":     map[string]any{"id": id}}
 	case FUpdate:
 		path = "/model/update"

@@ -28,6 +28,7 @@ func anthropicRequest(body string, req *request) string {
 	root := gjson.Parse(body)
 	req.stream = root.Get("stream").Type == gjson.True
 	req.model = root.Get("model")
+	req.user = root.Get("metadata.user_id").Str
 	n, ok := anthropicText(root.Get("system"))
 	msgs := root.Get("messages")
 	msgs.ForEach(func(_, m gjson.Result) bool {

@@ -68,7 +68,7 @@ func (u *Upstream) serveDialect(w http.ResponseWriter, r *http.Request, d dialec
 	st := u.state(dep)
 	st.count.Add(1)
 	if u.opts.OnArrival != nil {
-		a := Arrival{Time: time.Now(), Deployment: strings.Clone(dep)}
+		a := Arrival{Time: time.Now(), Deployment: strings.Clone(dep), User: strings.Clone(req.user)}
 		if parsed && req.hasText {
 			a.Tokens = int64(max(1, req.textBytes/4))
 			if !req.embeddings {

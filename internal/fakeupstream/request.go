@@ -13,6 +13,7 @@ type request struct {
 	hasText      bool         // messages / prompt / input present and usable
 	textBytes    int          // N of the usage formula
 	missing      string       // dialects: the first required field the request lacks
+	user         string       // dialects: the end-user ID the request names (Arrival.User)
 	embeddings   bool         // dialects: an embeddings call (no completion tokens)
 	body         string       // dialects whose credentials sign the body (Bedrock's SigV4)
 }
