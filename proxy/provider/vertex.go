@@ -151,6 +151,7 @@ type vertex struct {
 	auth      *googleAuth
 	base      string // vertexBase
 	header    http.Header
+	claude    bool // the deployment's model is one of Anthropic's: it takes Messages API requests
 }
 
 func newVertex(d *config.Deployment, pool *Pool, p vertexParams) (Upstream, error) {
@@ -167,6 +168,7 @@ func newVertex(d *config.Deployment, pool *Pool, p vertexParams) (Upstream, erro
 		auth:       ga,
 		base:       base,
 		header:     baseHeader(d),
+		claude:     strings.HasPrefix(d.UpstreamModel, "claude"),
 	}
 	v.anthropic = &anthropic{now: time.Now, drop: v.drop, maxLen: v.maxLen}
 	return newTranslated(d, pool, base, v)
@@ -185,6 +187,9 @@ func vertexModelURL(base, model, method string) (*url.URL, error) {
 	return joinURL(base, "/publishers/google/models/"+modelPath(model)+method)
 }
 
+// serves: a Messages API request goes to an Anthropic model's rawPredict as it is.
+func (v *vertex) serves(ep Endpoint) bool { return ep == Messages && v.claude }
+
 func (v *vertex) request(ctx context.Context, c *Call) (*outbound, error) {
 	var (
 		body   []byte
@@ -193,6 +198,8 @@ func (v *vertex) request(ctx context.Context, c *Call) (*outbound, error) {
 		err    error
 	)
 	switch {
+	case c.Endpoint == Messages:
+		body, u, stream, err = v.messagesRequest(c)
 	case isVertexAnthropic(c.Body):
 		body, u, stream, err = v.anthropicRequest(c)
 	case c.Endpoint == ChatCompletions:
@@ -226,6 +233,28 @@ type vertexAnthropicRequest struct {
 	*anthropicRequest
 	Model            string `json:"model,omitempty"` // hides the Messages body's model
 	AnthropicVersion string `json:"anthropic_version"`
+}
+
+// messagesRequest is a client's own Messages body for an Anthropic model's rawPredict: the
+// model moves to the URL, and Vertex's anthropic_version is set; nothing else changes.
+func (v *vertex) messagesRequest(c *Call) (body []byte, u *url.URL, stream bool, err error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(c.Body, &m); err != nil {
+		return nil, nil, false, &BadRequest{Provider: v.provider, Message: "The request body is not a valid Messages API request: " + err.Error()}
+	}
+	model := gjson.GetBytes(m["model"], "@this").Str
+	delete(m, "model")
+	m["anthropic_version"] = json.RawMessage(`"` + VertexAnthropicVersion + `"`)
+	stream = gjson.ParseBytes(m["stream"]).Bool()
+	if body, err = json.Marshal(m); err != nil {
+		return nil, nil, false, err
+	}
+	method := ":rawPredict"
+	if stream {
+		method = ":streamRawPredict"
+	}
+	u, err = joinURL(v.base, "/publishers/anthropic/models/"+modelPath(model)+method)
+	return body, u, stream, err
 }
 
 // anthropicRequest builds the rawPredict call of an Anthropic model.

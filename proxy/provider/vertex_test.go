@@ -252,3 +252,27 @@ func TestGoogleAgainstFakeUpstream(t *testing.T) {
 		t.Errorf("vertex embeddings: %s", body)
 	}
 }
+
+// A Messages API request to a Vertex deployment of an Anthropic model goes to rawPredict as
+// the client wrote it: model in the URL, Vertex's anthropic_version added, the rest untouched.
+func TestVertexTakesMessagesForClaude(t *testing.T) {
+	v := goldenTranslators["vertex_ai"](t, false).(*vertex)
+	if v.serves(Messages) {
+		t.Error("a Gemini deployment claims the Messages API")
+	}
+	v.claude = true
+	if !v.serves(Messages) || v.serves(Responses) {
+		t.Error("a Claude deployment does not take the Messages API (or takes Responses)")
+	}
+	body := `{"model":"claude-sonnet-4@20250514","max_tokens":10,"stream":true,"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"d"}}]}]}`
+	out, err := v.request(t.Context(), &Call{Endpoint: Messages, Body: []byte(body), Stream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(out.url.Path, "/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict") || !out.stream ||
+		gjson.GetBytes(out.body, "model").Exists() || gjson.GetBytes(out.body, "anthropic_version").Str != VertexAnthropicVersion ||
+		gjson.GetBytes(out.body, "messages.0.content.0.type").Str != "document" || gjson.GetBytes(out.body, "system.0.cache_control.type").Str != "ephemeral" ||
+		out.header.Get("Authorization") != "Bearer ya29.test" {
+		t.Errorf("%s stream=%v %s %v", out.url, out.stream, out.body, out.header)
+	}
+}
