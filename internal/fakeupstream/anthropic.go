@@ -106,7 +106,7 @@ func (anthropicDialect) stream(ctx context.Context, w http.ResponseWriter, a *an
 	rc := startEventStream(w)
 	buf := getBuf()
 	defer putBuf(buf)
-	send := func(event string, data ...string) bool {
+	anthropicEvents(ctx, a, delay, cut, func(event string, data ...string) bool {
 		b := append(buf.b[:0], "event: "...)
 		b = append(b, event...)
 		b = append(b, "\ndata: "...)
@@ -119,7 +119,12 @@ func (anthropicDialect) stream(ctx context.Context, w http.ResponseWriter, a *an
 			return false
 		}
 		return rc.Flush() == nil
-	}
+	})
+}
+
+// anthropicEvents sends a Messages stream's events with send, each as its type and its JSON
+// in parts, until send fails; cut > 0 aborts the connection after that many content events.
+func anthropicEvents(ctx context.Context, a *answer, delay time.Duration, cut int, send func(event string, data ...string) bool) {
 	id := "msg_fake" + strconv.FormatUint(a.id, 10)
 	prompt := strconv.Itoa(a.prompt)
 	if !send("message_start", `{"type":"message_start","message":{"id":"`, id, `","type":"message","role":"assistant","content":[],"model":`, a.model,

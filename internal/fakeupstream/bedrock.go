@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"net/http"
 	"net/url"
@@ -27,7 +28,8 @@ const (
 // bedrockDialect is Amazon Bedrock's Converse API: POST /model/{modelId}/converse, or
 // /converse-stream for an answer in AWS's event-stream encoding; and InvokeModel
 // (/model/{modelId}/invoke) for embeddings in Titan's body ({"inputText"}) or Cohere's
-// ({"texts"}). The deployment is the model ID from the path (escaped there: IDs hold ':', ARNs
+// ({"texts"}), or for Anthropic's models (bedrockClaude) Anthropic's Messages body, at /invoke
+// and /invoke-with-response-stream. The deployment is the model ID from the path (escaped there: IDs hold ':', ARNs
 // '/'). A request must be signed with SigV4 by BedrockAccessKeyID (the signature is checked),
 // or carry a Bedrock API key ("Authorization: Bearer <APIKey>"; any key when APIKey is empty).
 // N of the usage formula counts the text of system blocks, text blocks and tool results, or
@@ -37,16 +39,26 @@ type bedrockDialect struct{}
 func (bedrockDialect) parse(_ *http.Request, path, body string) (string, request, bool) {
 	req := request{body: body}
 	rest, _ := strings.CutPrefix(path, "/model/")
-	dep, stream := strings.CutSuffix(rest, "/converse-stream")
-	if !stream {
-		dep, req.embeddings = strings.CutSuffix(rest, "/invoke")
-		dep = strings.TrimSuffix(dep, "/converse")
+	// An ARN's '/' is in the unescaped path too: the operation is the last segment.
+	i := strings.LastIndexByte(rest, '/')
+	dep, op := rest, ""
+	if i >= 0 {
+		dep, op = rest[:i], rest[i+1:]
 	}
-	req.stream = stream
+	switch op {
+	case "converse-stream", "invoke-with-response-stream":
+		req.stream = true
+	case "invoke":
+		req.embeddings = !bedrockClaude(dep)
+	}
 	if !gjson.Valid(body) || !gjson.Parse(body).IsObject() {
 		return dep, req, false
 	}
 	root := gjson.Parse(body)
+	if strings.HasPrefix(op, "invoke") && bedrockClaude(dep) {
+		bedrockMessages(dep, root, &req)
+		return dep, req, true
+	}
 	if req.embeddings {
 		if req.input = root.Get("inputText"); req.input.Type != gjson.String {
 			req.input = root.Get("texts")
@@ -71,6 +83,34 @@ func (bedrockDialect) parse(_ *http.Request, path, body string) (string, request
 	return dep, req, true
 }
 
+// bedrockClaude: the model ID is one of Anthropic's (through a cross-region prefix or an ARN),
+// whose InvokeModel takes Anthropic's Messages body.
+func bedrockClaude(model string) bool { return strings.Contains(model, "anthropic.claude") }
+
+// bedrockAnthropicVersion is the anthropic_version Bedrock's Anthropic models require.
+const bedrockAnthropicVersion = "bedrock-2023-05-31"
+
+// bedrockMessages reads InvokeModel's Messages body for an Anthropic model: Anthropic's, with
+// anthropic_version bedrock-2023-05-31 and neither model (in the path) nor stream (the
+// operation says it), which Bedrock refuses as extraneous keys.
+func bedrockMessages(dep string, root gjson.Result, req *request) {
+	req.messages = true
+	stream := req.stream
+	anthropicRequest(root.Raw, req)
+	req.stream = stream
+	req.model = gjson.Result{Type: gjson.String, Str: dep}
+	switch {
+	case req.missing != "":
+		req.missing = "required key [" + req.missing + "] not found"
+	case root.Get("anthropic_version").Str != bedrockAnthropicVersion:
+		req.missing = "anthropic_version: must be " + bedrockAnthropicVersion
+	case root.Get("model").Exists():
+		req.missing = "extraneous key [model] is not permitted"
+	case root.Get("stream").Exists():
+		req.missing = "extraneous key [stream] is not permitted"
+	}
+}
+
 // bedrockText sums the text of content blocks: text, and tool results' text.
 func bedrockText(blocks gjson.Result) int {
 	n := 0
@@ -88,7 +128,10 @@ func (bedrockDialect) invalid(u *Upstream, r *http.Request, req *request) (int, 
 	if status, msg := bedrockAuth(u, r, req.body); status != 0 {
 		return status, msg
 	}
-	if req.missing != "" {
+	switch {
+	case req.messages && req.missing != "":
+		return http.StatusBadRequest, "Malformed input request: #: " + req.missing + ", please reformat your input and try again."
+	case req.missing != "":
 		return http.StatusBadRequest, "The model returned the following errors: " + req.missing + " is required"
 	}
 	return 0, ""
@@ -158,6 +201,10 @@ func forEachText(v gjson.Result, f func(string)) {
 }
 
 func (bedrockDialect) writeJSON(w http.ResponseWriter, a *answer) {
+	if a.req.messages {
+		anthropicDialect{}.writeJSON(w, a)
+		return
+	}
 	if a.req.embeddings {
 		writeBedrockEmbeddings(w, a)
 		return
@@ -222,22 +269,17 @@ var eventStreamType = []string{"application/vnd.amazon.eventstream"}
 func (bedrockDialect) stream(ctx context.Context, w http.ResponseWriter, a *answer, delay time.Duration, cut int) {
 	w.Header()["Content-Type"] = eventStreamType
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	enc := eventstream.NewEncoder()
-	var msg bytes.Buffer
-	send := func(event string, payload ...string) bool {
-		m := eventstream.Message{Payload: []byte(strings.Join(payload, ""))}
-		m.Headers.Set(":message-type", eventstream.StringValue("event"))
-		m.Headers.Set(":event-type", eventstream.StringValue(event))
-		m.Headers.Set(":content-type", eventstream.StringValue("application/json"))
-		msg.Reset()
-		if enc.Encode(&msg, m) != nil {
-			return false
-		}
-		if _, err := w.Write(msg.Bytes()); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
+	send := bedrockSender(w)
+	if a.req.messages {
+		// InvokeModelWithResponseStream: each of Anthropic's events in a chunk, base64.
+		var chunk []byte
+		anthropicEvents(ctx, a, delay, cut, func(_ string, data ...string) bool {
+			chunk = append(chunk[:0], `{"bytes":"`...)
+			chunk = base64.StdEncoding.AppendEncode(chunk, []byte(strings.Join(data, "")))
+			chunk = append(chunk, `"}`...)
+			return send("chunk", string(chunk))
+		})
+		return
 	}
 	if !send("messageStart", `{"role":"assistant"}`) {
 		return
@@ -263,6 +305,28 @@ func (bedrockDialect) stream(ctx context.Context, w http.ResponseWriter, a *answ
 	}
 	usage := appendBedrockUsage(nil, a)
 	_ = send("metadata", `{`, string(usage), `,"metrics":{"latencyMs":1}}`)
+}
+
+// bedrockSender returns what sends one event-stream event, its JSON payload in parts, and
+// flushes it; false when the client is gone.
+func bedrockSender(w http.ResponseWriter) func(event string, payload ...string) bool {
+	rc := http.NewResponseController(w)
+	enc := eventstream.NewEncoder()
+	var msg bytes.Buffer
+	return func(event string, payload ...string) bool {
+		m := eventstream.Message{Payload: []byte(strings.Join(payload, ""))}
+		m.Headers.Set(":message-type", eventstream.StringValue("event"))
+		m.Headers.Set(":event-type", eventstream.StringValue(event))
+		m.Headers.Set(":content-type", eventstream.StringValue("application/json"))
+		msg.Reset()
+		if enc.Encode(&msg, m) != nil {
+			return false
+		}
+		if _, err := w.Write(msg.Bytes()); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
 }
 
 // writeError sends {"message":...} with the exception's name in x-amzn-ErrorType.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"io"
 	"net/http"
@@ -19,12 +20,16 @@ import (
 	"github.com/herd-proxy/herd/internal/fakeupstream"
 )
 
-// bedrockCall posts body to the model's Converse path, signed with secret (or with the given
+// bedrockCall posts body to the operation op of the model anthropic.claude-v2:1 (or of the
+// escaped model ID op names as "model/op"), signed with secret (or with the given
 // Authorization when auth is not "").
 func bedrockCall(t *testing.T, base, op, body, secret, auth string) *http.Response {
 	t.Helper()
-	// The model ID "anthropic.claude-v2:1" escaped as the SDKs send it.
-	req, err := http.NewRequest("POST", base+"/model/anthropic.claude-v2%3A1/"+op, strings.NewReader(body))
+	if !strings.Contains(op, "/") {
+		// The model ID "anthropic.claude-v2:1" escaped as the SDKs send it.
+		op = "anthropic.claude-v2%3A1/" + op
+	}
+	req, err := http.NewRequest("POST", base+"/model/"+op, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,13 +143,13 @@ func TestBedrockDialect(t *testing.T) {
 
 	t.Run("embeddings", func(t *testing.T) {
 		// Titan: N = 8, 2 tokens.
-		resp := bedrockCall(t, base, "invoke", `{"inputText":"abcdefgh"}`, fakeupstream.BedrockSecretAccessKey, "")
+		resp := bedrockCall(t, base, "amazon.titan-embed-text-v2%3A0/invoke", `{"inputText":"abcdefgh"}`, fakeupstream.BedrockSecretAccessKey, "")
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 200 || len(gjson.GetBytes(b, "embedding").Array()) != 8 || gjson.GetBytes(b, "inputTextTokenCount").Int() != 2 {
 			t.Errorf("titan: %d %s", resp.StatusCode, b)
 		}
-		resp = bedrockCall(t, base, "invoke", `{"texts":["a","b","a"],"input_type":"search_query"}`, fakeupstream.BedrockSecretAccessKey, "")
+		resp = bedrockCall(t, base, "cohere.embed-english-v3/invoke", `{"texts":["a","b","a"],"input_type":"search_query"}`, fakeupstream.BedrockSecretAccessKey, "")
 		b, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
 		vs := gjson.GetBytes(b, "embeddings").Array()
@@ -153,7 +158,68 @@ func TestBedrockDialect(t *testing.T) {
 		}
 	})
 
-	if n := u.Count(dep); n != 11 {
-		t.Errorf("count = %d, want 11 (every request is counted, by its unescaped model ID)", n)
+	t.Run("messages", func(t *testing.T) {
+		// InvokeModel of an Anthropic model takes Anthropic's body: N = 4 + 8 + 4 = 16 again.
+		msgs := `{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"system":"abcd","messages":[{"role":"user","content":[{"type":"text","text":"abcdefgh"},{"type":"tool_result","tool_use_id":"t","content":"wxyz"}]}]}`
+		resp := bedrockCall(t, base, "invoke", msgs, fakeupstream.BedrockSecretAccessKey, "")
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || gjson.GetBytes(b, "type").Str != "message" || gjson.GetBytes(b, "model").Str != dep ||
+			gjson.GetBytes(b, "content.0.text").Str != "Hello from "+dep+"." ||
+			gjson.GetBytes(b, "usage.input_tokens").Int() != 4 || gjson.GetBytes(b, "usage.output_tokens").Int() != 5 {
+			t.Errorf("invoke: %d %s", resp.StatusCode, b)
+		}
+		for _, bad := range []string{
+			strings.Replace(msgs, `"bedrock-2023-05-31"`, `"2023-06-01"`, 1),
+			strings.Replace(msgs, `{"anthropic_version"`, `{"model":"claude","anthropic_version"`, 1),
+			strings.Replace(msgs, `{"anthropic_version"`, `{"stream":true,"anthropic_version"`, 1),
+			strings.Replace(msgs, `"max_tokens":10,`, ``, 1),
+		} {
+			resp := bedrockCall(t, base, "invoke", bad, fakeupstream.BedrockSecretAccessKey, "")
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 400 || !strings.HasPrefix(resp.Header.Get("X-Amzn-Errortype"), "ValidationException:") {
+				t.Errorf("%s: %d %s", bad, resp.StatusCode, b)
+			}
+		}
+
+		resp = bedrockCall(t, base, "invoke-with-response-stream", msgs, fakeupstream.BedrockSecretAccessKey, "")
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.amazon.eventstream" {
+			t.Fatalf("%d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		var types []string
+		var text strings.Builder
+		var in, out int64
+		dec := eventstream.NewDecoder()
+		r := bufio.NewReader(resp.Body)
+		for {
+			m, err := dec.Decode(r, nil)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := base64.StdEncoding.DecodeString(gjson.GetBytes(m.Payload, "bytes").Str)
+			if err != nil || m.Headers.Get(":event-type").String() != "chunk" {
+				t.Fatalf("%v %v %s", err, m.Headers, m.Payload)
+			}
+			ev := gjson.ParseBytes(raw)
+			types = append(types, ev.Get("type").Str)
+			text.WriteString(ev.Get("delta.text").Str)
+			in += ev.Get("message.usage.input_tokens").Int()
+			if ev.Get("type").Str == "message_delta" {
+				out = ev.Get("usage.output_tokens").Int()
+			}
+		}
+		want := "message_start content_block_start ping content_block_delta content_block_delta content_block_delta content_block_delta content_block_delta content_block_stop message_delta message_stop"
+		if strings.Join(types, " ") != want || text.String() != "Hello from "+dep+"." || in != 4 || out != 5 {
+			t.Errorf("events %v, text %q, usage %d + %d", types, text.String(), in, out)
+		}
+	})
+
+	if n := u.Count(dep); n != 15 {
+		t.Errorf("count = %d, want 15 (every request is counted, by its unescaped model ID)", n)
 	}
 }

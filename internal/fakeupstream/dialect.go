@@ -41,6 +41,7 @@ var dialects = []dialectRoute{
 	{prefix: "/model/", suffix: "/converse", d: bedrockDialect{}},
 	{prefix: "/model/", suffix: "/converse-stream", d: bedrockDialect{}},
 	{prefix: "/model/", suffix: "/invoke", d: bedrockDialect{}},
+	{prefix: "/model/", suffix: "/invoke-with-response-stream", d: bedrockDialect{}},
 }
 
 func dialectFor(path string) dialect {

@@ -30,7 +30,10 @@
 // (rawPredict's 400s are Anthropic's). Streams send the usage on every event, the prompt alone
 // until the last, which has finishReason STOP and no text.
 // Bedrock: POST /model/{modelId}/converse and /converse-stream, the stream in AWS's binary
-// event-stream encoding, and /model/{modelId}/invoke for Titan and Cohere embeddings
+// event-stream encoding, and /model/{modelId}/invoke for Titan and Cohere embeddings; for
+// Anthropic model IDs (containing "anthropic.claude") /invoke and /invoke-with-response-stream
+// take Anthropic's Messages body (anthropic_version bedrock-2023-05-31; no model, no stream)
+// and answer Anthropic's JSON, or its stream events base64 in event-stream "chunk" events
 // (deployment: the model ID, unescaped from the path; SigV4 signatures by BedrockAccessKeyID
 // verified, or a bearer API key checked against APIKey; N includes the system blocks' and tool
 // results' text; Cohere's embeddings report no usage; errors are {"message"} with

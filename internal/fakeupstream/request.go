@@ -15,6 +15,7 @@ type request struct {
 	missing      string       // dialects: the first required field the request lacks
 	user         string       // dialects: the end-user ID the request names (Arrival.User)
 	embeddings   bool         // dialects: an embeddings call (no completion tokens)
+	messages     bool         // dialects: Anthropic's Messages body behind another API (Bedrock's InvokeModel)
 	body         string       // dialects whose credentials sign the body (Bedrock's SigV4)
 }
 

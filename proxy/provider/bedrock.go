@@ -31,7 +31,8 @@ type bedrock struct {
 	header [2]http.Header   // [0] for a JSON answer, [1] for an event stream; copied to sign
 	signer *sigv4           // nil: the header carries a bearer token
 	drop   bool
-	maxLen int // the longest stream message read
+	maxLen int  // the longest stream message read
+	claude bool // one of Anthropic's models: it takes Messages API requests (bedrock_messages.go)
 }
 
 func newBedrock(d *config.Deployment, pool *Pool) (Upstream, error) {
@@ -65,7 +66,8 @@ func newBedrockTranslator(base, model string, header http.Header, auth bedrockAu
 	if p := u.Port(); (p == "443" && u.Scheme == "https") || (p == "80" && u.Scheme == "http") {
 		u.Host = u.Hostname()
 	}
-	b := &bedrock{now: time.Now, newID: randomID, base: strings.TrimSuffix(u.String(), "/"), model: model, drop: drop, maxLen: maxLen}
+	b := &bedrock{now: time.Now, newID: randomID, base: strings.TrimSuffix(u.String(), "/"), model: model, drop: drop, maxLen: maxLen,
+		claude: bedrockFamily(model) == "anthropic"}
 	for i, accept := range []string{"application/json", "application/vnd.amazon.eventstream"} {
 		h := header.Clone()
 		h.Set("Accept", accept)
@@ -117,6 +119,10 @@ func (b *bedrock) request(ctx context.Context, c *Call) (*outbound, error) {
 			return nil, err
 		}
 		op = "/invoke"
+	case Messages:
+		if body, op, stream, err = b.messagesRequest(c.Body); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, &BadRequest{Provider: "bedrock", Message: "bedrock deployments serve chat completions and embeddings only."}
 	}

@@ -163,3 +163,91 @@ func TestBedrockEmbeddingsAgainstFakeUpstream(t *testing.T) {
 		}
 	}
 }
+
+// A Messages API request to an Anthropic model through InvokeModel against the fake, signed:
+// Anthropic's JSON back as it is, and the stream as Anthropic's SSE, with the exact usage.
+func TestBedrockMessagesAgainstFakeUpstream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server; skipped with -short")
+	}
+	fake, base := fakeupstream.Start(t, fakeupstream.Options{})
+	const model = "us.anthropic.claude-x-v1:0"
+	d := &config.Deployment{ID: "b", Provider: "bedrock", UpstreamModel: model, APIBase: base, Region: "us-east-1",
+		Timeout: 5 * time.Second, StreamTimeout: 5 * time.Second}
+	d.LiteLLMParams.AWSAccessKeyID = config.Secret(fakeupstream.BedrockAccessKeyID)
+	d.LiteLLMParams.AWSSecretAccessKey = config.Secret(fakeupstream.BedrockSecretAccessKey)
+	up, err := New(d, NewPool(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Serves(up, Messages) {
+		t.Fatal("an Anthropic model on Bedrock does not take the Messages API")
+	}
+	// "You are terse." + "Say hi": N = 20, so 5 input tokens; 5 output tokens.
+	body := `{"model":"` + model + `","max_tokens":64,"system":"You are terse.","messages":[{"role":"user","content":"Say hi"}]}`
+	const want = "Hello from " + model + "."
+	five := state.Usage{PromptTokens: 5, CompletionTokens: 5}
+
+	t.Run("answer", func(t *testing.T) {
+		resp, err := up.Do(context.Background(), &Call{Endpoint: Messages, Body: []byte(body)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || gjson.GetBytes(b, "type").Str != "message" || gjson.GetBytes(b, "content.0.text").Str != want {
+			t.Fatalf("answer %d %s", resp.StatusCode, b)
+		}
+		if u, ok := ParseUsage(b); !ok || u != five {
+			t.Errorf("usage = %+v, %v; want 5 + 5", u, ok)
+		}
+		got, _ := fake.LastRequest(model)
+		if got.Path != "/model/"+model+"/invoke" || gjson.GetBytes(got.Body, "anthropic_version").Str != "bedrock-2023-05-31" {
+			t.Errorf("upstream got %s %s", got.Path, got.Body)
+		}
+	})
+	t.Run("stream", func(t *testing.T) {
+		sb := strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1)
+		resp, err := up.Do(context.Background(), &Call{Endpoint: Messages, Body: []byte(sb), Stream: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("stream: %v, %d %s %s", err, resp.StatusCode, resp.Header.Get("Content-Type"), b)
+		}
+		var text strings.Builder
+		var usage state.Usage
+		var types []string
+		for _, ev := range strings.Split(strings.TrimSuffix(string(b), "\n\n"), "\n\n") {
+			typ, data, ok := strings.Cut(strings.TrimPrefix(ev, "event: "), "\ndata: ")
+			if !ok || gjson.Get(data, "type").Str != typ {
+				t.Fatalf("not an Anthropic SSE event: %q", ev)
+			}
+			types = append(types, typ)
+			text.WriteString(gjson.Get(data, "delta.text").Str)
+			StreamEventUsage(Messages, []byte(data), &usage)
+		}
+		if text.String() != want || usage != five || types[0] != "message_start" || types[len(types)-1] != "message_stop" {
+			t.Errorf("stream text %q, usage %+v, events %v\n%s", text.String(), usage, types, b)
+		}
+		got, _ := fake.LastRequest(model)
+		if got.Path != "/model/"+model+"/invoke-with-response-stream" || gjson.GetBytes(got.Body, "stream").Exists() {
+			t.Errorf("upstream got %s %s", got.Path, got.Body)
+		}
+	})
+	t.Run("stream cut", func(t *testing.T) {
+		fake.SetFault(model, fakeupstream.Fault{StreamCut: 2})
+		defer fake.SetFault(model, fakeupstream.Fault{})
+		resp, err := up.Do(context.Background(), &Call{Endpoint: Messages, Body: []byte(strings.Replace(body, `{"model"`, `{"stream":true,"model"`, 1)), Stream: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Error("a stream cut after 2 events read as complete")
+		}
+	})
+}

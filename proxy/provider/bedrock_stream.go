@@ -19,22 +19,29 @@ import (
 
 func (b *bedrock) stream(c *Call, body io.Reader) chunkSource {
 	return &bedrockStream{
-		r:       bufio.NewReaderSize(body, 16<<10),
-		dec:     eventstream.NewDecoder(),
-		max:     b.maxLen,
-		usage:   includeUsage(c.Body),
-		id:      "chatcmpl-" + b.newID(),
-		model:   b.model,
-		created: b.now().Unix(),
+		eventReader: newEventReader(body, b.maxLen),
+		usage:       includeUsage(c.Body),
+		id:          "chatcmpl-" + b.newID(),
+		model:       b.model,
+		created:     b.now().Unix(),
 	}
+}
+
+// eventReader reads an event stream's messages, each bounded by max_response_size_mb.
+type eventReader struct {
+	r       *bufio.Reader
+	dec     *eventstream.Decoder
+	payload []byte
+	max     int // the longest message accepted
+}
+
+func newEventReader(body io.Reader, max int) eventReader {
+	return eventReader{r: bufio.NewReaderSize(body, 16<<10), dec: eventstream.NewDecoder(), max: max}
 }
 
 // bedrockStream converts ConverseStream events into OpenAI chunks.
 type bedrockStream struct {
-	r       *bufio.Reader
-	dec     *eventstream.Decoder
-	payload []byte
-	max     int  // the longest message accepted
+	eventReader
 	usage   bool // the client asked for the usage chunk
 	id      string
 	model   string
@@ -63,14 +70,13 @@ type bedrockEvent struct {
 	} `json:"delta"`
 	StopReason string         `json:"stopReason"`
 	Usage      *converseUsage `json:"usage"`
-	Message    string         `json:"message"` // exceptions
 }
 
 // errStreamMessageTooLarge is an event-stream message longer than max_response_size_mb.
 var errStreamMessageTooLarge = errors.New("upstream stream message is larger than general_settings.max_response_size_mb")
 
 // message reads the next event-stream message; io.EOF at a clean end between messages.
-func (s *bedrockStream) message() (eventstream.Message, error) {
+func (s *eventReader) message() (eventstream.Message, error) {
 	// The decoder allocates what a message's prelude claims: check it against the bound first.
 	prelude, err := s.r.Peek(4)
 	switch {
@@ -92,6 +98,34 @@ func (s *bedrockStream) message() (eventstream.Message, error) {
 	return m, err
 }
 
+// event reads the next event message. The stream's end is io.EOF when it may end there
+// (ended), else io.ErrUnexpectedEOF: it was cut; an exception or error message is its failure.
+func (s *eventReader) event(ended bool) (eventstream.Message, error) {
+	for {
+		m, err := s.message()
+		switch {
+		case err == io.EOF && ended:
+			return m, io.EOF
+		case err == io.EOF:
+			return m, io.ErrUnexpectedEOF
+		case err != nil:
+			return m, fmt.Errorf("bedrock stream: %w", err)
+		}
+		switch headerString(m, eventstreamapi.MessageTypeHeader) {
+		case eventstreamapi.EventMessageType:
+			return m, nil
+		case eventstreamapi.ExceptionMessageType:
+			var ev struct {
+				Message string `json:"message"`
+			}
+			_ = json.Unmarshal(m.Payload, &ev)
+			return m, &StreamError{Provider: "bedrock", Type: headerString(m, eventstreamapi.ExceptionTypeHeader), Message: ev.Message}
+		case eventstreamapi.ErrorMessageType:
+			return m, &StreamError{Provider: "bedrock", Type: headerString(m, eventstreamapi.ErrorCodeHeader), Message: headerString(m, eventstreamapi.ErrorMessageHeader)}
+		}
+	}
+}
+
 // headerString is a string header's value, or "".
 func headerString(m eventstream.Message, name string) string {
 	v, _ := m.Headers.Get(name).(eventstream.StringValue)
@@ -109,26 +143,9 @@ func (s *bedrockStream) chunk(dst []byte, delta *chatAnswer, finish *string, usa
 
 func (s *bedrockStream) next(dst []byte) ([]byte, error) {
 	for {
-		m, err := s.message()
-		if err == io.EOF {
-			if s.stopped {
-				return dst, io.EOF // metadata is optional
-			}
-			return dst, io.ErrUnexpectedEOF // no messageStop: the stream was cut
-		}
+		m, err := s.event(s.stopped) // after messageStop, metadata is optional
 		if err != nil {
-			return dst, fmt.Errorf("bedrock stream: %w", err)
-		}
-		switch headerString(m, eventstreamapi.MessageTypeHeader) {
-		case eventstreamapi.ExceptionMessageType:
-			var ev bedrockEvent
-			_ = json.Unmarshal(m.Payload, &ev)
-			return dst, &StreamError{Provider: "bedrock", Type: headerString(m, eventstreamapi.ExceptionTypeHeader), Message: ev.Message}
-		case eventstreamapi.ErrorMessageType:
-			return dst, &StreamError{Provider: "bedrock", Type: headerString(m, eventstreamapi.ErrorCodeHeader), Message: headerString(m, eventstreamapi.ErrorMessageHeader)}
-		case eventstreamapi.EventMessageType:
-		default:
-			continue
+			return dst, err
 		}
 		var ev bedrockEvent
 		if err := json.Unmarshal(m.Payload, &ev); err != nil {

@@ -36,6 +36,14 @@ type callResponder interface {
 	responseTo(c *Call, body []byte) ([]byte, error)
 }
 
+// A nativeStreamer is a translator whose provider answers a served API (see serves) with a
+// stream in a framing of its own: Do hands it a successful stream of such a call, and
+// nativeStream yields the API's own SSE events ("event: <type>\ndata: {...}\n\n"), with no
+// OpenAI [DONE] after them.
+type nativeStreamer interface {
+	nativeStream(c *Call, body io.Reader) chunkSource
+}
+
 // outbound is one upstream request a translator built.
 type outbound struct {
 	url    *url.URL
@@ -105,7 +113,14 @@ func (u *translated) Do(ctx context.Context, c *Call) (*http.Response, error) {
 		// The client spoke the provider's own API: its request and the answer pass as they are.
 		call := *c
 		call.Body = out.body
-		return u.http.send(ctx, &call, out.url, out.header)
+		resp, err := u.http.send(ctx, &call, out.url, out.header)
+		if err != nil {
+			return nil, err
+		}
+		if n, ok := u.t.(nativeStreamer); ok && out.stream && resp.StatusCode == http.StatusOK {
+			u.streamAs(resp, &chunkReader{src: n.nativeStream(c, resp.Body), rc: resp.Body, native: true})
+		}
+		return resp, nil
 	}
 	call := *c
 	call.Body = out.body
@@ -122,10 +137,7 @@ func (u *translated) Do(ctx context.Context, c *Call) (*http.Response, error) {
 		}
 		return u.replace(resp, u.t.errorBody(resp.StatusCode, body), "application/json"), nil
 	case out.stream && resp.StatusCode == http.StatusOK:
-		resp.Body = &chunkReader{src: u.t.stream(c, resp.Body), rc: resp.Body}
-		resp.ContentLength = -1
-		resp.Header.Del("Content-Length")
-		resp.Header.Set("Content-Type", "text/event-stream")
+		u.streamAs(resp, &chunkReader{src: u.t.stream(c, resp.Body), rc: resp.Body})
 		return resp, nil
 	}
 	body, err := u.readAll(resp)
@@ -168,6 +180,14 @@ func (u *translated) readAll(resp *http.Response) ([]byte, error) {
 // ErrResponseTooLarge is an upstream answer over general_settings.max_response_size_mb.
 var ErrResponseTooLarge = errors.New("upstream response is larger than general_settings.max_response_size_mb")
 
+// streamAs gives resp the SSE body r, which reads resp's own body as it goes.
+func (u *translated) streamAs(resp *http.Response, r *chunkReader) {
+	resp.Body = r
+	resp.ContentLength = -1
+	resp.Header.Del("Content-Length")
+	resp.Header.Set("Content-Type", "text/event-stream")
+}
+
 // replace gives resp a new, complete body; resp's own body has been read and closed.
 func (u *translated) replace(resp *http.Response, body []byte, contentType string) *http.Response {
 	resp.Body = io.NopCloser(bytes.NewReader(body))
@@ -195,14 +215,16 @@ func appendEvent(dst, data []byte) []byte {
 	return append(dst, "\n\n"...)
 }
 
-// chunkReader reads a chunkSource as an SSE body; Close closes the upstream body.
+// chunkReader reads a chunkSource as an SSE body, ending an OpenAI stream with [DONE]; Close
+// closes the upstream body.
 type chunkReader struct {
-	src  chunkSource
-	rc   io.Closer
-	buf  []byte
-	off  int
-	err  error // the source's end (io.EOF) or failure, returned once buf is drained
-	done bool  // [DONE] appended
+	src    chunkSource
+	rc     io.Closer
+	buf    []byte
+	off    int
+	err    error // the source's end (io.EOF) or failure, returned once buf is drained
+	done   bool  // [DONE] appended
+	native bool  // the source yields a provider API's own events, which end without [DONE]
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -212,7 +234,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		}
 		r.buf, r.off = r.buf[:0], 0
 		r.buf, r.err = r.src.next(r.buf)
-		if r.err == io.EOF && !r.done {
+		if r.err == io.EOF && !r.done && !r.native {
 			r.buf = append(r.buf, doneEvent...)
 			r.done = true
 		}
