@@ -13,7 +13,7 @@ type RunInfo struct {
 	Mode string `json:"mode"` // fast, strict or redis
 	// Redis is redis mode's setup: single, cluster or sentinel (RedisSetups); empty in runs
 	// from before it existed, which were single.
-	Redis    string        `json:"redis,omitempty"`
+	Redis string `json:"redis,omitempty"`
 	// Provider is the deployments' provider (Providers); empty in runs from before it
 	// existed, which were openai.
 	Provider string        `json:"provider,omitempty"`

@@ -346,7 +346,10 @@ func messagesID(id string) string {
 // MessagesError turns an OpenAI error body (herd's or a deployment's) into a Messages API
 // error: {"type":"error","error":{"type":...,"message":...}}.
 func MessagesError(status int, body []byte) []byte {
-	msg := gjson.GetBytes(body, "error.message").Str
+	msg := gjson.GetBytes(body, "error.message").Str // OpenAI's, Anthropic's and Google's shape
+	if msg == "" {
+		msg = gjson.GetBytes(body, "message").Str // Bedrock's
+	}
 	if msg == "" {
 		msg = http.StatusText(status)
 	}
