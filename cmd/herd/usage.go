@@ -19,7 +19,7 @@ import (
 // sharedUsage is the shared-state backend this node counts into, and how it hooks into the cluster.
 type sharedUsage struct {
 	backend  state.Backend
-	inner    state.Backend // what backend (state/strict) wraps: *crdt.Backend or *redis.Backend
+	inner    state.Backend                              // what backend (state/strict) wraps: *crdt.Backend or *redis.Backend
 	name     string                                     // "redis" or "gossip", for readiness and /cluster/status
 	mode     func() string                              // the backend's current mode for readiness; nil = name
 	sync     cluster.StateSync                          // what gossip carries for it

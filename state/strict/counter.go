@@ -32,25 +32,25 @@ type counter struct {
 	id    string
 	inner atomic.Pointer[innerBox] // Inner's counter, taken again on every Backend.Counter
 
-	mu      sync.Mutex
-	active  bool         // share charged for the cluster's usage since strict mode came on
+	mu     sync.Mutex
+	active bool // share charged for the cluster's usage since strict mode came on
 	// before is what the cluster had counted when this counter was made with strict mode
 	// already on, at beforeAt: all activation charges then. Usage counted after it was
 	// admitted on other nodes' rights (a burst reaching every node at once), and charging it
 	// too left units idle.
 	before   *state.Load
 	beforeAt int64
-	lim     state.Limits // the limits last admitted under: a home lends from its share of them
-	busy    window.Ring  // own-share units spent, per bucket of the monotonic clock
-	lent    []*lentLoan  // loans from the own share whose units are not all back
-	lentReq int64        // units of lent not back yet
-	lentTok int64
-	loans   []*loan            // loans this node holds
-	wants   map[uint64]*want   // asked, not answered yet, by request ID
-	dropped []dropped          // wants peers abandoned before this home saw them
-	refused map[string]refusal // homes that last had nothing to lend
-	dem     demandRate
-	need    state.Reservation // the last request's: a loan whose rest cannot fit it is closed
+	lim      state.Limits // the limits last admitted under: a home lends from its share of them
+	busy     window.Ring  // own-share units spent, per bucket of the monotonic clock
+	lent     []*lentLoan  // loans from the own share whose units are not all back
+	lentReq  int64        // units of lent not back yet
+	lentTok  int64
+	loans    []*loan            // loans this node holds
+	wants    map[uint64]*want   // asked, not answered yet, by request ID
+	dropped  []dropped          // wants peers abandoned before this home saw them
+	refused  map[string]refusal // homes that last had nothing to lend
+	dem      demandRate
+	need     state.Reservation // the last request's: a loan whose rest cannot fit it is closed
 	// reserveReq and reserveTok are own-share units kept for nodes short of their fair part.
 	reserveReq, reserveTok int64
 	arrived                chan struct{} // closed and replaced when a grant arrives
