@@ -220,6 +220,11 @@ func (s *scan) run() *apiError {
 func (s *scan) keyAt(start, end int) *apiError {
 	raw := s.body[start+1 : end-1]
 	if s.top && s.depth == 1 {
+		if !utf8.Valid(raw) {
+			// Decoders replace invalid bytes with U+FFFD, each their own way, so two keys
+			// that differ here could be one key upstream: the duplicate check would not hold.
+			return errKeyNotUTF8
+		}
 		key := unsafe.String(unsafe.SliceData(raw), len(raw))
 		if hasByte(raw, '\\') {
 			key = unquote(s.body[start:end])

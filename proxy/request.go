@@ -41,6 +41,7 @@ var (
 	errModelType    = badRequest("'model' must be a string.", "model")
 	errStreamType   = badRequest("'stream' must be a boolean.", "stream")
 	errStreamOption = badRequest("'stream_options' must be an object.", "stream_options")
+	errKeyNotUTF8   = badRequest("The request body has a top-level key that is not valid UTF-8.", "")
 )
 
 // parseRequest reads the fields herd needs from body without decoding the rest.
