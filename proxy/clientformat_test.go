@@ -162,7 +162,8 @@ model_list:
 		t.Errorf("gpt counted %d tokens, want 20 (10 per call, read from the Responses API's usage)", got)
 	}
 
-	client := anthropic.NewClient(option.WithBaseURL(h.URL), option.WithHeader("X-Api-Key", "unused: no master key"), option.WithMaxRetries(0))
+	client := anthropic.NewClient(option.WithBaseURL(h.URL), option.WithHeader("X-Api-Key", "unused: no master key"),
+		option.WithHeader("Anthropic-Beta", "interleaved-thinking-2025-05-14"), option.WithMaxRetries(0))
 	params := anthropic.MessageNewParams{Model: "claude", MaxTokens: 100,
 		System:   []anthropic.TextBlockParam{{Text: "You are terse."}},
 		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("Say hi"))}}
@@ -172,8 +173,9 @@ model_list:
 	}
 	got, _ = up.LastRequest("claude-x")
 	if got.Path != "/v1/messages" || got.Header.Get("X-Api-Key") != "sk-ant-upstream" || gjson.GetBytes(got.Body, "max_tokens").Int() != 100 ||
+		got.Header.Get("Anthropic-Beta") != "interleaved-thinking-2025-05-14" || got.Header.Get("Anthropic-Version") == "" ||
 		gjson.GetBytes(got.Body, "system.0.text").Str != "You are terse." {
-		t.Errorf("upstream got %s %s", got.Path, got.Body)
+		t.Errorf("upstream got %s %s %v", got.Path, got.Body, got.Header)
 	}
 	stream := client.Messages.NewStreaming(context.Background(), params)
 	var acc anthropic.Message

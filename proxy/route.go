@@ -138,6 +138,9 @@ func (x *exchange) attempt() (*failure, error) {
 	}
 	*x.out = rewrite((*x.out)[:0], body, req, dep.modelJSON, addUsage)
 	call := provider.Call{Endpoint: ep, Body: *x.out, Stream: x.req.stream}
+	if x.native {
+		call.ClientHeader = x.c.Request().Header
+	}
 	if cf, ok := dep.counter.(state.Confirmer); ok {
 		// The reservation is counted as the request leaves, not only when it was admitted:
 		// strict limits check the rights (and start their cooldown) there, and the gossip

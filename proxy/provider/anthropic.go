@@ -50,6 +50,23 @@ func newAnthropic(d *config.Deployment, pool *Pool) (Upstream, error) {
 	return newTranslated(d, pool, target.String(), a)
 }
 
+// withClientVersion is h with the anthropic-version and anthropic-beta a Messages API client
+// sent (Claude Code asks for betas it depends on), or h itself when it sent neither.
+func withClientVersion(h, client http.Header) http.Header {
+	v, beta := client.Values("Anthropic-Version"), client.Values("Anthropic-Beta")
+	if len(v) == 0 && len(beta) == 0 {
+		return h
+	}
+	h = h.Clone()
+	if len(v) > 0 {
+		h["Anthropic-Version"] = v
+	}
+	if len(beta) > 0 {
+		h["Anthropic-Beta"] = beta
+	}
+	return h
+}
+
 // anthropicMessagesURL is the Messages endpoint under api_base, which LiteLLM users write as
 // the host (https://api.anthropic.com), with /v1, or as the whole endpoint.
 func anthropicMessagesURL(base string) string {
@@ -144,7 +161,7 @@ func (a *anthropic) serves(ep Endpoint) bool { return ep == Messages }
 
 func (a *anthropic) request(_ context.Context, c *Call) (*outbound, error) {
 	if c.Endpoint == Messages {
-		return &outbound{url: a.target, body: c.Body, header: a.header, stream: c.Stream}, nil
+		return &outbound{url: a.target, body: c.Body, header: withClientVersion(a.header, c.ClientHeader), stream: c.Stream}, nil
 	}
 	if c.Endpoint != ChatCompletions {
 		return nil, &BadRequest{Provider: "anthropic", Message: "anthropic deployments serve chat completions only (/v1/chat/completions, or /v1/messages)."}

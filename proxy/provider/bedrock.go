@@ -120,7 +120,7 @@ func (b *bedrock) request(ctx context.Context, c *Call) (*outbound, error) {
 		}
 		op = "/invoke"
 	case Messages:
-		if body, op, stream, err = b.messagesRequest(c.Body); err != nil {
+		if body, op, stream, err = b.messagesRequest(c.Body, c.ClientHeader); err != nil {
 			return nil, err
 		}
 	default:

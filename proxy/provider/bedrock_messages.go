@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws/protocol/eventstream/eventstreamapi"
 	"github.com/tidwall/gjson"
@@ -25,7 +27,7 @@ func (b *bedrock) serves(ep Endpoint) bool { return ep == Messages && b.claude }
 
 // messagesRequest is a client's own Messages body for InvokeModel: without model (in the URL)
 // and stream (the operation says it), with Bedrock's anthropic_version; the rest untouched.
-func (b *bedrock) messagesRequest(body []byte) (out []byte, op string, stream bool, err error) {
+func (b *bedrock) messagesRequest(body []byte, client http.Header) (out []byte, op string, stream bool, err error) {
 	if !b.claude {
 		return nil, "", false, &BadRequest{Provider: "bedrock", Message: "bedrock deployments take Messages API requests for Anthropic's models only."}
 	}
@@ -37,6 +39,20 @@ func (b *bedrock) messagesRequest(body []byte) (out []byte, op string, stream bo
 	delete(m, "model")
 	delete(m, "stream")
 	m["anthropic_version"] = json.RawMessage(`"` + BedrockAnthropicVersion + `"`)
+	if _, set := m["anthropic_beta"]; !set {
+		// Bedrock takes the client's anthropic-beta header as a list in the body.
+		var betas []string
+		for _, v := range client.Values("Anthropic-Beta") {
+			for b := range strings.SplitSeq(v, ",") {
+				if b = strings.TrimSpace(b); b != "" {
+					betas = append(betas, b)
+				}
+			}
+		}
+		if len(betas) > 0 {
+			m["anthropic_beta"], _ = json.Marshal(betas)
+		}
+	}
 	if out, err = json.Marshal(m); err != nil {
 		return nil, "", false, err
 	}

@@ -35,9 +35,13 @@ func TestBedrockTakesMessagesForClaude(t *testing.T) {
 		if stream {
 			body = `{"model":"` + bedrockGoldenModel + `","stream":true,` + rest + `}`
 		}
-		out, err := b.request(t.Context(), &Call{Endpoint: Messages, Body: []byte(body), Stream: stream})
+		client := http.Header{"Anthropic-Beta": {"interleaved-thinking-2025-05-14, token-efficient-tools-2025-02-19"}}
+		out, err := b.request(t.Context(), &Call{Endpoint: Messages, Body: []byte(body), Stream: stream, ClientHeader: client})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if got := gjson.GetBytes(out.body, "anthropic_beta").Raw; got != `["interleaved-thinking-2025-05-14","token-efficient-tools-2025-02-19"]` {
+			t.Errorf("stream %v: anthropic_beta = %s, want the client's anthropic-beta header as a list", stream, got)
 		}
 		op, accept := "/invoke", "application/json"
 		if stream {

@@ -72,6 +72,10 @@ type Call struct {
 	// the transport first reads the body, before any byte of the request is sent). An error
 	// aborts the call, which then fails as unreachable.
 	Confirm func() error
+	// ClientHeader, on a call of the client's own API (Messages, Responses) to a provider
+	// that speaks it, is the client's request header: the provider's version and beta
+	// headers in it are forwarded (anthropic-version, anthropic-beta). nil otherwise.
+	ClientHeader http.Header
 	// Translated is set by Do: the time spent translating the request, and a complete
 	// answer, to and from the provider's format; herd's own time, not the upstream's.
 	Translated time.Duration

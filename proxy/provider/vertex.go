@@ -221,7 +221,11 @@ func (v *vertex) request(ctx context.Context, c *Call) (*outbound, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := v.auth.header(ctx, v.header)
+	base := v.header
+	if c.Endpoint == Messages {
+		base = withClientVersion(base, http.Header{"Anthropic-Beta": c.ClientHeader.Values("Anthropic-Beta")}) // the version is the body's
+	}
+	h, err := v.auth.header(ctx, base)
 	if err != nil {
 		return nil, err
 	}

@@ -265,14 +265,16 @@ func TestVertexTakesMessagesForClaude(t *testing.T) {
 		t.Error("a Claude deployment does not take the Messages API (or takes Responses)")
 	}
 	body := `{"model":"claude-sonnet-4@20250514","max_tokens":10,"stream":true,"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"d"}}]}]}`
-	out, err := v.request(t.Context(), &Call{Endpoint: Messages, Body: []byte(body), Stream: true})
+	out, err := v.request(t.Context(), &Call{Endpoint: Messages, Body: []byte(body), Stream: true,
+		ClientHeader: http.Header{"Anthropic-Beta": {"context-1m-2025-08-07"}, "Anthropic-Version": {"2023-06-01"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasSuffix(out.url.Path, "/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict") || !out.stream ||
 		gjson.GetBytes(out.body, "model").Exists() || gjson.GetBytes(out.body, "anthropic_version").Str != VertexAnthropicVersion ||
 		gjson.GetBytes(out.body, "messages.0.content.0.type").Str != "document" || gjson.GetBytes(out.body, "system.0.cache_control.type").Str != "ephemeral" ||
-		out.header.Get("Authorization") != "Bearer ya29.test" {
+		out.header.Get("Authorization") != "Bearer ya29.test" || out.header.Get("Anthropic-Beta") != "context-1m-2025-08-07" ||
+		out.header.Get("Anthropic-Version") != "" {
 		t.Errorf("%s stream=%v %s %v", out.url, out.stream, out.body, out.header)
 	}
 }
