@@ -229,59 +229,23 @@ func (a *anthropic) convert(req *chatRequest) (*anthropicRequest, error) {
 	}
 	ar.ToolChoice = tc
 
-	for i := range req.Messages {
-		m := &req.Messages[i]
-		var (
-			role   string
-			blocks []anthropicBlock
-		)
-		switch m.Role {
-		case "system", "developer":
-			sys, err := anthropicBlocks(m, i, false)
-			if err != nil {
-				return nil, err
-			}
-			ar.System = append(ar.System, sys...)
-			continue
-		case "user":
-			role = "user"
-			if blocks, err = anthropicBlocks(m, i, true); err != nil {
-				return nil, err
-			}
-		case "assistant":
-			role = "assistant"
-			if blocks, err = anthropicBlocks(m, i, false); err != nil {
-				return nil, err
-			}
-			for _, tc := range m.ToolCalls {
-				input := json.RawMessage(tc.Function.Arguments)
-				if strings.TrimSpace(tc.Function.Arguments) == "" {
-					input = json.RawMessage(`{}`)
-				} else if !gjson.Valid(tc.Function.Arguments) || !gjson.Parse(tc.Function.Arguments).IsObject() {
-					return nil, &BadRequest{Provider: "anthropic", Param: fmt.Sprintf("messages[%d].tool_calls", i), Message: "Tool call arguments must be a JSON object for anthropic deployments."}
-				}
-				blocks = append(blocks, anthropicBlock{Type: "tool_use", ID: tc.ID, Name: tc.Function.Name, Input: input})
-			}
-		case "tool":
-			role = "user"
+	system, turns, _, err := walkTurns(req.Messages, turnCodec[anthropicBlock]{
+		provider: "anthropic",
+		blocks:   anthropicBlocks,
+		toolUse: func(tc *toolCall, input json.RawMessage) anthropicBlock {
+			return anthropicBlock{Type: "tool_use", ID: tc.ID, Name: tc.Function.Name, Input: input}
+		},
+		toolResult: func(m *chatMessage) anthropicBlock {
 			content, _ := json.Marshal(m.text())
-			blocks = []anthropicBlock{{Type: "tool_result", ToolUseID: m.ToolCallID, Content: content}}
-		default:
-			return nil, &BadRequest{Provider: "anthropic", Param: fmt.Sprintf("messages[%d].role", i), Message: "Unsupported message role " + quote(m.Role) + " for anthropic deployments."}
-		}
-		if len(blocks) == 0 {
-			continue
-		}
-		// The Messages API alternates user and assistant turns: consecutive messages of one
-		// role (several tool results, say) become one turn.
-		if n := len(ar.Messages); n > 0 && ar.Messages[n-1].Role == role {
-			ar.Messages[n-1].Content = append(ar.Messages[n-1].Content, blocks...)
-			continue
-		}
-		ar.Messages = append(ar.Messages, anthropicMessage{Role: role, Content: blocks})
+			return anthropicBlock{Type: "tool_result", ToolUseID: m.ToolCallID, Content: content}
+		},
+	})
+	if err != nil {
+		return nil, err
 	}
-	if len(ar.Messages) == 0 {
-		return nil, &BadRequest{Provider: "anthropic", Param: "messages", Message: "anthropic deployments need at least one user or assistant message besides system messages."}
+	ar.System = system
+	for _, t := range turns {
+		ar.Messages = append(ar.Messages, anthropicMessage{Role: t.role, Content: t.blocks})
 	}
 	return ar, nil
 }

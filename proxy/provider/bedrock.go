@@ -304,60 +304,23 @@ func (b *bedrock) convert(req *chatRequest, model string) (*converseRequest, err
 	}
 	cr.ToolConfig = tc
 
-	hasToolBlocks := false
-	for i := range req.Messages {
-		m := &req.Messages[i]
-		var (
-			role   string
-			blocks []converseBlock
-		)
-		switch m.Role {
-		case "system", "developer":
-			sys, err := converseBlocks(m, i, false)
-			if err != nil {
-				return nil, err
-			}
-			cr.System = append(cr.System, sys...)
-			continue
-		case "user":
-			role = "user"
-			if blocks, err = converseBlocks(m, i, true); err != nil {
-				return nil, err
-			}
-		case "assistant":
-			role = "assistant"
-			if blocks, err = converseBlocks(m, i, false); err != nil {
-				return nil, err
-			}
-			for _, tc := range m.ToolCalls {
-				input, err := toolCallInput("bedrock", i, &tc)
-				if err != nil {
-					return nil, err
-				}
-				blocks = append(blocks, converseBlock{ToolUse: &converseToolUse{ToolUseID: tc.ID, Name: tc.Function.Name, Input: input}})
-				hasToolBlocks = true
-			}
-		case "tool":
-			role = "user"
+	system, turns, hasToolBlocks, err := walkTurns(req.Messages, turnCodec[converseBlock]{
+		provider: "bedrock",
+		blocks:   converseBlocks,
+		toolUse: func(tc *toolCall, input json.RawMessage) converseBlock {
+			return converseBlock{ToolUse: &converseToolUse{ToolUseID: tc.ID, Name: tc.Function.Name, Input: input}}
+		},
+		toolResult: func(m *chatMessage) converseBlock {
 			text := m.text()
-			blocks = []converseBlock{{ToolResult: &converseToolResult{ToolUseID: m.ToolCallID, Content: []converseBlock{{Text: &text}}}}}
-			hasToolBlocks = true
-		default:
-			return nil, &BadRequest{Provider: "bedrock", Param: fmt.Sprintf("messages[%d].role", i), Message: "Unsupported message role " + quote(m.Role) + " for bedrock deployments."}
-		}
-		if len(blocks) == 0 {
-			continue
-		}
-		// Converse alternates user and assistant turns: consecutive messages of one role
-		// (several tool results, say) become one turn.
-		if n := len(cr.Messages); n > 0 && cr.Messages[n-1].Role == role {
-			cr.Messages[n-1].Content = append(cr.Messages[n-1].Content, blocks...)
-			continue
-		}
-		cr.Messages = append(cr.Messages, converseMessage{Role: role, Content: blocks})
+			return converseBlock{ToolResult: &converseToolResult{ToolUseID: m.ToolCallID, Content: []converseBlock{{Text: &text}}}}
+		},
+	})
+	if err != nil {
+		return nil, err
 	}
-	if len(cr.Messages) == 0 {
-		return nil, &BadRequest{Provider: "bedrock", Param: "messages", Message: "bedrock deployments need at least one user or assistant message besides system messages."}
+	cr.System = system
+	for _, t := range turns {
+		cr.Messages = append(cr.Messages, converseMessage{Role: t.role, Content: t.blocks})
 	}
 	if hasToolBlocks && cr.ToolConfig == nil {
 		return nil, &BadRequest{Provider: "bedrock", Param: "tools", Message: "bedrock deployments need 'tools' in a request whose messages hold tool calls or tool results (Converse refuses them without a tool configuration)."}

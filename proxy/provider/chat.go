@@ -316,3 +316,76 @@ func openAIErrorType(status int) string {
 	}
 	return "invalid_request_error"
 }
+
+// turnCodec is what a provider with user and assistant turns (Anthropic's Messages API,
+// Bedrock's Converse) makes of chat messages, in its own content blocks B.
+type turnCodec[B any] struct {
+	provider   string
+	blocks     func(m *chatMessage, i int, images bool) ([]B, error) // a message's content; images only in user turns
+	toolUse    func(tc *toolCall, input json.RawMessage) B           // an assistant's tool call
+	toolResult func(m *chatMessage) B                                // a tool message's answer
+}
+
+// turn is one user or assistant turn of such a provider.
+type turn[B any] struct {
+	role   string
+	blocks []B
+}
+
+// walkTurns splits chat messages into system blocks and turns. Those APIs alternate user and
+// assistant turns, so consecutive messages of one role (several tool results, say) become one
+// turn; tool results are the user's. tools reports whether any tool call or result was seen.
+func walkTurns[B any](msgs []chatMessage, c turnCodec[B]) (system []B, turns []turn[B], tools bool, err error) {
+	for i := range msgs {
+		m := &msgs[i]
+		var (
+			role   string
+			blocks []B
+		)
+		switch m.Role {
+		case "system", "developer":
+			sys, err := c.blocks(m, i, false)
+			if err != nil {
+				return nil, nil, false, err
+			}
+			system = append(system, sys...)
+			continue
+		case "user":
+			role = "user"
+			if blocks, err = c.blocks(m, i, true); err != nil {
+				return nil, nil, false, err
+			}
+		case "assistant":
+			role = "assistant"
+			if blocks, err = c.blocks(m, i, false); err != nil {
+				return nil, nil, false, err
+			}
+			for _, tc := range m.ToolCalls {
+				input, err := toolCallInput(c.provider, i, &tc)
+				if err != nil {
+					return nil, nil, false, err
+				}
+				blocks = append(blocks, c.toolUse(&tc, input))
+				tools = true
+			}
+		case "tool":
+			role = "user"
+			blocks = []B{c.toolResult(m)}
+			tools = true
+		default:
+			return nil, nil, false, &BadRequest{Provider: c.provider, Param: fmt.Sprintf("messages[%d].role", i), Message: "Unsupported message role " + quote(m.Role) + " for " + c.provider + " deployments."}
+		}
+		if len(blocks) == 0 {
+			continue
+		}
+		if n := len(turns); n > 0 && turns[n-1].role == role {
+			turns[n-1].blocks = append(turns[n-1].blocks, blocks...)
+			continue
+		}
+		turns = append(turns, turn[B]{role: role, blocks: blocks})
+	}
+	if len(turns) == 0 {
+		return nil, nil, false, &BadRequest{Provider: c.provider, Param: "messages", Message: c.provider + " deployments need at least one user or assistant message besides system messages."}
+	}
+	return system, turns, tools, nil
+}
