@@ -390,12 +390,7 @@ func (a *anthropic) response(_ Endpoint, body []byte) ([]byte, error) {
 			msg.ToolCalls = append(msg.ToolCalls, tc)
 		}
 	}
-	if text.Len() > 0 || len(msg.ToolCalls) == 0 {
-		msg.Content = strPtr(text.String())
-	}
-	if thinking.Len() > 0 {
-		msg.ReasoningContent = strPtr(thinking.String())
-	}
+	msg.setText(text.String(), thinking.String())
 	out := chatCompletion{
 		ID:      r.ID,
 		Object:  "chat.completion",
@@ -484,12 +479,7 @@ func (e *StreamError) Error() string {
 }
 
 func (s *anthropicStream) chunk(dst []byte, delta *chatAnswer, finish *string, usage *chatUsage) []byte {
-	c := chatCompletion{ID: s.id, Object: "chat.completion.chunk", Created: s.created, Model: s.model, Choices: []chatChoice{}, Usage: usage}
-	if delta != nil {
-		c.Choices = []chatChoice{{Index: 0, Delta: delta, FinishReason: finish}}
-	}
-	b, _ := json.Marshal(c)
-	return appendEvent(dst, b)
+	return appendChunk(dst, s.id, s.model, s.created, 0, delta, finish, usage)
 }
 
 func (s *anthropicStream) next(dst []byte) ([]byte, error) {

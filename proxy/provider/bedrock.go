@@ -499,12 +499,7 @@ func (b *bedrock) responseTo(c *Call, body []byte) ([]byte, error) {
 			}
 		}
 	}
-	if text.Len() > 0 || len(msg.ToolCalls) == 0 {
-		msg.Content = strPtr(text.String())
-	}
-	if reasoning.Len() > 0 {
-		msg.ReasoningContent = strPtr(reasoning.String())
-	}
+	msg.setText(text.String(), reasoning.String())
 	out := chatCompletion{
 		ID:      "chatcmpl-" + b.newID(),
 		Object:  "chat.completion",

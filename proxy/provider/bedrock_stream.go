@@ -133,12 +133,7 @@ func headerString(m eventstream.Message, name string) string {
 }
 
 func (s *bedrockStream) chunk(dst []byte, delta *chatAnswer, finish *string, usage *chatUsage) []byte {
-	c := chatCompletion{ID: s.id, Object: "chat.completion.chunk", Created: s.created, Model: s.model, Choices: []chatChoice{}, Usage: usage}
-	if delta != nil {
-		c.Choices = []chatChoice{{Index: 0, Delta: delta, FinishReason: finish}}
-	}
-	out, _ := json.Marshal(c)
-	return appendEvent(dst, out)
+	return appendChunk(dst, s.id, s.model, s.created, 0, delta, finish, usage)
 }
 
 func (s *bedrockStream) next(dst []byte) ([]byte, error) {

@@ -235,6 +235,17 @@ type chatAnswer struct {
 	ToolCalls        []toolCall `json:"tool_calls,omitempty"`
 }
 
+// setText sets an answer's content and reasoning: content is absent only beside tool calls,
+// as OpenAI answers.
+func (a *chatAnswer) setText(text, reasoning string) {
+	if text != "" || len(a.ToolCalls) == 0 {
+		a.Content = strPtr(text)
+	}
+	if reasoning != "" {
+		a.ReasoningContent = strPtr(reasoning)
+	}
+}
+
 type chatUsage struct {
 	PromptTokens        int64 `json:"prompt_tokens"`
 	CompletionTokens    int64 `json:"completion_tokens"`
@@ -388,4 +399,15 @@ func walkTurns[B any](msgs []chatMessage, c turnCodec[B]) (system []B, turns []t
 		return nil, nil, false, &BadRequest{Provider: c.provider, Param: "messages", Message: c.provider + " deployments need at least one user or assistant message besides system messages."}
 	}
 	return system, turns, tools, nil
+}
+
+// appendChunk appends the stream event of one chat.completion.chunk: choice index's delta and
+// finish reason, or, with a nil delta, the usage chunk's empty choices.
+func appendChunk(dst []byte, id, model string, created int64, index int, delta *chatAnswer, finish *string, usage *chatUsage) []byte {
+	c := chatCompletion{ID: id, Object: "chat.completion.chunk", Created: created, Model: model, Choices: []chatChoice{}, Usage: usage}
+	if delta != nil {
+		c.Choices = []chatChoice{{Index: index, Delta: delta, FinishReason: finish}}
+	}
+	b, _ := json.Marshal(c)
+	return appendEvent(dst, b)
 }

@@ -828,12 +828,7 @@ type geminiChoice struct {
 }
 
 func (s *geminiStream) chunk(dst []byte, index int, delta *chatAnswer, finish *string, usage *chatUsage) []byte {
-	c := chatCompletion{ID: s.id, Object: "chat.completion.chunk", Created: s.created, Model: s.model, Choices: []chatChoice{}, Usage: usage}
-	if delta != nil {
-		c.Choices = []chatChoice{{Index: index, Delta: delta, FinishReason: finish}}
-	}
-	b, _ := json.Marshal(c)
-	return appendEvent(dst, b)
+	return appendChunk(dst, s.id, s.model, s.created, index, delta, finish, usage)
 }
 
 // choice returns the state of candidate i, sending its role chunk when it is new.
