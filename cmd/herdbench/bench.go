@@ -140,6 +140,20 @@ func (o benchOptions) budget() time.Duration {
 	return time.Duration(o.attacks())*per + time.Minute
 }
 
+// benchBinaries resolves the fakeupstream binary, and herd's when a target's name starts with
+// "herd" ("" otherwise).
+func benchBinaries(fakeupstreamFlag, herdFlag string, targets []string) (fuPath, herdPath string, err error) {
+	if fuPath, err = findBinary(fakeupstreamFlag, "fakeupstream"); err != nil {
+		return "", "", err
+	}
+	if slices.ContainsFunc(targets, func(t string) bool { return strings.HasPrefix(t, "herd") }) {
+		if herdPath, err = findBinary(herdFlag, "herd"); err != nil {
+			return "", "", err
+		}
+	}
+	return fuPath, herdPath, nil
+}
+
 // findBinary resolves a --herd / --fakeupstream flag: as given, else next to this executable,
 // else on $PATH.
 func findBinary(flagVal, name string) (string, error) {
@@ -520,15 +534,9 @@ func runProxyBench(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	fuPath, err := findBinary(o.fakeupstream, "fakeupstream")
+	fuPath, herdPath, err := benchBinaries(o.fakeupstream, o.herd, o.targets)
 	if err != nil {
 		return err
-	}
-	var herdPath string
-	if slices.ContainsFunc(o.targets, func(t string) bool { return strings.HasPrefix(t, "herd") }) {
-		if herdPath, err = findBinary(o.herd, "herd"); err != nil {
-			return err
-		}
 	}
 	budget := o.budget()
 	ctx, cancel := context.WithTimeout(ctx, budget)

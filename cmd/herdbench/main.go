@@ -56,6 +56,9 @@ Usage:
       the accuracy measurement on one cluster per cluster_limit_mode, side by side.
   herdbench cluster --modes fast,strict --rate 1000 [--nodes 3] [--duration 20s] [--rounds 3]
       herd latency and CPU per request in each cluster_limit_mode, measured in turn.
+  herdbench streams [--concurrency 500,2000,5000] [--duration 20s] [--rounds 3] [--targets direct,floor,herd,herd-limits]
+      what long streams cost through herd vs a bare httputil.ReverseProxy: streams/s, added time to
+      first event, CPU and memory per stream, write syscalls per event.
   herdbench reverseproxy --listen 127.0.0.1:0 --target http://HOST:PORT
       a bare httputil.ReverseProxy with herd's upstream transport settings.
 
@@ -73,6 +76,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runProxyBench(ctx, args[1:], stdout, stderr)
 	case "cluster":
 		return runClusterBench(ctx, args[1:], stdout, stderr)
+	case "streams":
+		return runStreamBench(ctx, args[1:], stdout, stderr)
 	case "reverseproxy":
 		return runReverseProxy(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":

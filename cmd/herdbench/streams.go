@@ -1,0 +1,517 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// `herdbench streams` measures what a proxy costs long streams: C streams kept in flight
+// against a fake upstream that answers like an LLM (a pause to the first event, then events a
+// fixed gap apart), through each target in turn. It reports, per target and C, the streams
+// completed per second, the time to first event and the gaps between events as the client saw
+// them (and what the proxy added to the direct upstream's), the proxy's CPU per 1,000 streams,
+// its peak memory per stream in flight, and its write syscalls per event relayed.
+
+// Stream targets.
+const (
+	streamDirect     = "direct"      // the fake upstream itself
+	streamFloor      = "floor"       // a bare httputil.ReverseProxy: what any Go proxy pays
+	streamHerd       = "herd"        // herd, no limits
+	streamHerdLimits = "herd-limits" // herd with rpm/tpm limits far above the load (admission and settling per stream)
+)
+
+var allStreamTargets = []string{streamDirect, streamFloor, streamHerd, streamHerdLimits}
+
+// streamOptions are the flags of `herdbench streams`.
+type streamOptions struct {
+	herd, fakeupstream string
+	concurrency        []int
+	duration, warmup   time.Duration
+	rounds             int
+	targets            []string
+	ttft, gap          time.Duration // the upstream's pause before the first event, and between events
+	events             int           // content events per stream
+	jsonPath           string
+}
+
+func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
+	var o streamOptions
+	fs := flag.NewFlagSet("herdbench streams", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.herd, "herd", "", "herd binary (default: next to herdbench, else $PATH)")
+	fs.StringVar(&o.fakeupstream, "fakeupstream", "", "fakeupstream binary (default: next to herdbench, else $PATH)")
+	conc := fs.String("concurrency", "500,2000,5000", "comma-separated numbers of streams kept in flight, each measured in turn")
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "measured length per target, concurrency and round")
+	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "discarded load before each measured one (0 = none)")
+	fs.IntVar(&o.rounds, "rounds", 3, "measure every (concurrency, target) this many times; cells report the median and the spread")
+	targets := fs.String("targets", strings.Join(allStreamTargets, ","), "which targets to measure (added figures need direct): "+strings.Join(allStreamTargets, ","))
+	fs.DurationVar(&o.ttft, "upstream-ttft", 200*time.Millisecond, "the fake upstream's pause before a stream's first event")
+	fs.DurationVar(&o.gap, "upstream-gap", 20*time.Millisecond, "the fake upstream's pause between events")
+	fs.IntVar(&o.events, "events", 50, "content events per stream")
+	fs.StringVar(&o.jsonPath, "json", "", "also write all raw numbers to this JSON file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return o, usageError{fmt.Sprintf("streams: unexpected argument %q", fs.Arg(0))}
+	}
+	var err error
+	if o.concurrency, err = parseRates(*conc); err != nil {
+		return o, usageError{"streams: --concurrency: " + err.Error()}
+	}
+	for _, f := range strings.Split(*targets, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(allStreamTargets, f) {
+			return o, usageError{fmt.Sprintf("streams: --targets: unknown target %q (want some of %s)", f, strings.Join(allStreamTargets, ","))}
+		}
+		if !slices.Contains(o.targets, f) {
+			o.targets = append(o.targets, f)
+		}
+	}
+	switch {
+	case o.duration < time.Second:
+		return o, usageError{"streams: --duration must be at least 1s"}
+	case o.warmup < 0 || o.ttft < 0 || o.gap < 0:
+		return o, usageError{"streams: durations must not be negative"}
+	case o.rounds < 1:
+		return o, usageError{"streams: --rounds must be at least 1"}
+	case o.events < 1:
+		return o, usageError{"streams: --events must be at least 1"}
+	}
+	return o, nil
+}
+
+// streamLength is how long one stream lasts at the upstream.
+func (o streamOptions) streamLength() time.Duration {
+	return o.ttft + time.Duration(o.events)*o.gap
+}
+
+// budget bounds the whole run: every load (warm-up and measured) plus a stream's length and a
+// request timeout to drain, plus a minute for starting and stopping.
+func (o streamOptions) budget() time.Duration {
+	per := o.duration + o.warmup + 2*(o.streamLength()+requestTimeout)
+	return time.Duration(len(o.concurrency)*o.rounds*len(o.targets))*per + time.Minute
+}
+
+// streamTarget is one thing under stream load.
+type streamTarget struct {
+	name   string
+	url    string
+	body   []byte
+	client *http.Client
+	proc   *child // nil for direct
+}
+
+// streamBody asks for a stream; the client does not ask for usage.
+func streamBody(model string) []byte {
+	return []byte(`{"model":"` + model + `","stream":true,"messages":[{"role":"system","content":"You are a helpful assistant."},` +
+		`{"role":"user","content":"Write a paragraph about load balancers."}]}`)
+}
+
+// newStreamClient keeps up to c connections alive to one target.
+func newStreamClient(c int) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: c,
+		DisableCompression:  true,
+	}}
+}
+
+// streamLoad is what one load measured at the client.
+type streamLoad struct {
+	completed, failed atomic.Int64 // streams that ended in the window: complete, or failed
+	events            atomic.Int64 // events received by the streams completed in the window
+
+	mu   sync.Mutex
+	ttft *histogram // request sent to first event
+	gaps *histogram // between consecutive events
+	errs map[string]int
+}
+
+func newStreamLoad() *streamLoad {
+	return &streamLoad{ttft: newHistogram(), gaps: newHistogram(), errs: map[string]int{}}
+}
+
+// runStreams keeps c streams in flight against t for warmup+d, then waits for the streams in
+// flight to end. The window is the last d: the load is already steady when it opens. A stream
+// counts as completed when it ends inside the window, and its timings count when it also
+// started inside it. at, if set, is called when the window opens and when it closes.
+func runStreams(ctx context.Context, t *streamTarget, c int, warmup, d time.Duration, l *streamLoad, at func(closing bool)) {
+	open := time.Now().Add(warmup)
+	end := open.Add(d)
+	edges := make(chan struct{})
+	go func() {
+		defer close(edges)
+		for i, when := range []time.Time{open, end} {
+			t := time.NewTimer(time.Until(when))
+			select {
+			case <-t.C:
+				if at != nil {
+					at(i == 1)
+				}
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+	}()
+	defer func() { <-edges }()
+	var wg sync.WaitGroup
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			gaps := make([]time.Duration, 0, 64)
+			for ctx.Err() == nil && time.Now().Before(end) {
+				gaps = gaps[:0]
+				began := time.Now()
+				ttft, events, err := oneStream(ctx, t, &gaps)
+				done := time.Now()
+				if done.Before(open) || began.After(end) {
+					continue
+				}
+				l.mu.Lock()
+				if err != nil {
+					l.failed.Add(1)
+					if len(l.errs) < 20 {
+						l.errs[err.Error()]++
+					}
+				} else if !done.After(end) {
+					l.completed.Add(1)
+					l.events.Add(int64(events))
+					if !began.Before(open) {
+						l.ttft.add(ttft)
+						for _, g := range gaps {
+							l.gaps.add(g)
+						}
+					}
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// oneStream sends one streaming request and reads it to the end: it returns the time to the
+// first event, the number of events (data lines, [DONE] included), and appends the gaps
+// between events to gaps.
+func oneStream(ctx context.Context, t *streamTarget, gaps *[]time.Duration) (time.Duration, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout+time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, bytes.NewReader(t.body))
+	if err != nil {
+		return 0, 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	sent := time.Now()
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return 0, 0, errors.New("request failed")
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+		return 0, 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return readEvents(resp.Body, sent, gaps)
+}
+
+// readEvents reads an SSE body until "data: [DONE]", timing each data line.
+func readEvents(body io.Reader, sent time.Time, gaps *[]time.Duration) (time.Duration, int, error) {
+	r := bufio.NewReaderSize(body, 4096)
+	var ttft time.Duration
+	var last time.Time
+	events := 0
+	for {
+		line, err := r.ReadSlice('\n')
+		// Classify the line before reading on: ReadSlice's next call overwrites it.
+		data, isData := bytes.CutPrefix(line, []byte("data:"))
+		done := isData && bytes.Equal(bytes.TrimSpace(data), []byte("[DONE]"))
+		for err == bufio.ErrBufferFull { // a long line: only its start matters
+			_, err = r.ReadSlice('\n')
+		}
+		if isData {
+			now := time.Now()
+			if events == 0 {
+				ttft = now.Sub(sent)
+			} else {
+				*gaps = append(*gaps, now.Sub(last))
+			}
+			last = now
+			events++
+			if done {
+				return ttft, events, nil
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				return ttft, events, errors.New("stream ended without [DONE]")
+			}
+			return ttft, events, errors.New("stream read failed")
+		}
+	}
+}
+
+// streamSample is one measured load of one target at one concurrency.
+type streamSample struct {
+	Concurrency int            `json:"concurrency"`
+	Round       int            `json:"round"`
+	Target      string         `json:"target"`
+	Position    int            `json:"position"`
+	Seconds     float64        `json:"seconds"`
+	Completed   int64          `json:"completed"`
+	Failed      int64          `json:"failed"`
+	Errors      map[string]int `json:"errors,omitempty"`
+	PerSecond   float64        `json:"streams_per_second"`
+	TTFT        latencyUS      `json:"ttft_us"`
+	Gap         latencyUS      `json:"gap_us"`
+	Events      int64          `json:"events"`
+	// The proxy process (absent for direct): CPU seconds per 1,000 completed streams, peak RSS
+	// over the load (VmHWM, reset before it) above the RSS before it, per stream in flight, and
+	// write syscalls per event the client received.
+	CPUPer1000     float64 `json:"cpu_s_per_1000_streams,omitempty"`
+	HWMKB          int64   `json:"vm_hwm_kb,omitempty"`
+	KiBPerStream   float64 `json:"kib_per_stream,omitempty"`
+	WritesPerEvent float64 `json:"writes_per_event,omitempty"`
+	MachineBusy    float64 `json:"machine_busy_pct"`
+}
+
+// procIO reads syscw (write syscalls) from /proc/PID/io.
+func procIO(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseSyscw(string(b))
+}
+
+func parseSyscw(s string) (int64, error) {
+	for line := range strings.Lines(s) {
+		if v, ok := strings.CutPrefix(line, "syscw:"); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("no syscw in /proc/PID/io")
+}
+
+// resetHWM makes VmHWM start again from the current RSS (Linux: "5" to clear_refs).
+func resetHWM(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// measureStream runs one load of t at c (warm-up, then the measured window) and reads what its
+// process used in the window.
+func measureStream(ctx context.Context, t *streamTarget, c int, warmup, d time.Duration) (streamSample, error) {
+	s := streamSample{Concurrency: c, Target: t.name}
+	pid := 0
+	if t.proc != nil {
+		pid = t.proc.pid()
+	}
+	// Read at the window's edges, on timer goroutines; runStreams returns after both ran.
+	type reading struct {
+		machine cpuTimes
+		cpu     time.Duration
+		writes  int64
+		mem     memKB
+		err     error
+	}
+	var edge [2]reading
+	read := func(closing bool) {
+		r := &edge[0]
+		if closing {
+			r = &edge[1]
+		}
+		if r.machine, r.err = readMachineCPU(); r.err != nil || pid == 0 {
+			return
+		}
+		if r.mem, r.err = readMem(pid); r.err != nil {
+			return
+		}
+		if !closing {
+			if r.err = resetHWM(pid); r.err != nil {
+				r.err = fmt.Errorf("reset VmHWM: %w", r.err)
+				return
+			}
+		}
+		if r.cpu, r.err = readProcCPU(pid); r.err != nil {
+			return
+		}
+		r.writes, r.err = procIO(pid)
+	}
+	l := newStreamLoad()
+	runStreams(ctx, t, c, warmup, d, l, read)
+	if err := ctx.Err(); err != nil {
+		return s, err
+	}
+	if err := errors.Join(edge[0].err, edge[1].err); err != nil {
+		return s, err
+	}
+	s.Seconds = d.Seconds()
+	s.Completed, s.Failed, s.Events = l.completed.Load(), l.failed.Load(), l.events.Load()
+	s.PerSecond = float64(s.Completed) / s.Seconds
+	s.TTFT, s.Gap = latencyOf(l.ttft), latencyOf(l.gaps)
+	if len(l.errs) > 0 {
+		s.Errors = l.errs
+	}
+	s.MachineBusy, _ = edge[0].machine.busy(edge[1].machine, d)
+	if pid != 0 {
+		s.HWMKB = edge[1].mem.HWM
+		s.KiBPerStream = float64(edge[1].mem.HWM-edge[0].mem.RSS) / float64(c)
+		if s.Completed > 0 {
+			s.CPUPer1000 = (edge[1].cpu - edge[0].cpu).Seconds() * 1000 / float64(s.Completed)
+		}
+		if s.Events > 0 {
+			s.WritesPerEvent = float64(edge[1].writes-edge[0].writes) / float64(s.Events)
+		}
+	}
+	return s, nil
+}
+
+// runStreamBench is `herdbench streams`.
+func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseStreamFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	fuPath, herdPath, err := benchBinaries(o.fakeupstream, o.herd, o.targets)
+	if err != nil {
+		return err
+	}
+	budget := o.budget()
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	machine := readMachineInfo(herdPath, time.Now())
+	tmpDir, err := os.MkdirTemp("", "herdbench-streams-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmpDir)
+
+	maxC := slices.Max(o.concurrency)
+	targets, children, err := startStreamTargets(ctx, o, fuPath, herdPath, tmpDir, budget, maxC)
+	defer func() {
+		for _, c := range children {
+			_ = c.stop()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "herdbench streams: %d loads of %s (+%s warm-up), streams of %d events over %s; every child is stopped within %s\n",
+		len(o.concurrency)*o.rounds*len(targets), o.duration, o.warmup, o.events, o.streamLength(), budget)
+
+	var samples []streamSample
+	for _, c := range o.concurrency {
+		for round := 1; round <= o.rounds; round++ {
+			for pos := range targets {
+				t := targets[(pos+round-1)%len(targets)]
+				for _, ch := range children {
+					if err := ch.exited(); err != nil {
+						return err
+					}
+				}
+				s, err := measureStream(ctx, t, c, o.warmup, o.duration)
+				if err != nil {
+					return fmt.Errorf("%s at C=%d: %w", t.name, c, err)
+				}
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("interrupted: %w", err)
+				}
+				s.Round, s.Position = round, pos
+				samples = append(samples, s)
+				fmt.Fprintf(stderr, "C=%d round %d/%d %-11s %7.1f streams/s  ok %d failed %d  ttft p50 %s p99 %s  gap p99 %s  cpu %.3f s/1000  %.1f KiB/stream  %.2f writes/event  machine %.0f%%\n",
+					c, round, o.rounds, t.name, s.PerSecond, s.Completed, s.Failed, fmtMs(s.TTFT.P50), fmtMs(s.TTFT.P99), fmtMs(s.Gap.P99),
+					s.CPUPer1000, s.KiBPerStream, s.WritesPerEvent, s.MachineBusy)
+			}
+		}
+	}
+	rep := streamReport{Command: commandLine("herdbench streams", args), Machine: machine, Options: streamOptionsJSON(o), Samples: samples}
+	if err := writeStreamMarkdown(stdout, rep); err != nil {
+		return err
+	}
+	if o.jsonPath != "" {
+		if err := writeJSON(o.jsonPath, rep); err != nil {
+			return err
+		}
+		fmt.Fprintln(stderr, "herdbench: raw numbers written to", o.jsonPath)
+	}
+	return nil
+}
+
+// startStreamTargets starts the fake upstream and every proxy target in front of it.
+func startStreamTargets(ctx context.Context, o streamOptions, fuPath, herdPath, tmpDir string, budget time.Duration, maxC int) ([]*streamTarget, []*child, error) {
+	var children []*child
+	lifetime := budget.String()
+	up, err := startChild(ctx, "fakeupstream", fuPath,
+		[]string{"--addr", "127.0.0.1:0", "--latency", o.ttft.String(), "--chunk-delay", o.gap.String(),
+			"--stream-chunks", strconv.Itoa(o.events), "--max-lifetime", lifetime},
+		readyPrefix("fakeupstream listening on "), readyTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	children = append(children, up)
+	var targets []*streamTarget
+	for _, name := range o.targets {
+		t := &streamTarget{name: name, client: newStreamClient(maxC)}
+		switch name {
+		case streamDirect:
+			t.url, t.body = "http://"+up.addr+"/v1/chat/completions", streamBody(upstreamModel)
+		case streamFloor:
+			self, err := os.Executable()
+			if err != nil {
+				return nil, children, err
+			}
+			c, err := startChild(ctx, name, self,
+				[]string{"reverseproxy", "--listen", "127.0.0.1:0", "--target", "http://" + up.addr, "--max-lifetime", lifetime},
+				readyPrefix("listening on "), readyTimeout)
+			if err != nil {
+				return nil, children, err
+			}
+			children = append(children, c)
+			t.url, t.body, t.proc = "http://"+c.addr+"/v1/chat/completions", streamBody(upstreamModel), c
+		case streamHerd, streamHerdLimits:
+			cfg := filepath.Join(tmpDir, name+".yaml")
+			if err := os.WriteFile(cfg, []byte(herdConfig(up.addr, name == streamHerdLimits, "")), 0o600); err != nil {
+				return nil, children, err
+			}
+			c, err := startChild(ctx, name, herdPath,
+				[]string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", "bench-" + name},
+				herdReady, readyTimeout)
+			if err != nil {
+				return nil, children, err
+			}
+			children = append(children, c)
+			t.url, t.body, t.proc = "http://"+c.addr+"/v1/chat/completions", streamBody(benchModel), c
+		}
+		// One stream through every target first, so a misconfiguration fails fast.
+		var gaps []time.Duration
+		if _, _, err := oneStream(ctx, t, &gaps); err != nil {
+			msg := fmt.Sprintf("%s (%s) does not stream: %v", t.name, t.url, err)
+			if t.proc != nil {
+				msg += "\nits output:\n" + t.proc.log.Tail()
+			}
+			return nil, children, errors.New(msg)
+		}
+		targets = append(targets, t)
+	}
+	return targets, children, nil
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+)
+
+// streamReport is everything `herdbench streams` measured.
+type streamReport struct {
+	Command string         `json:"command"`
+	Machine machineInfo    `json:"machine"`
+	Options map[string]any `json:"options"`
+	Samples []streamSample `json:"samples"`
+}
+
+func streamOptionsJSON(o streamOptions) map[string]any {
+	return map[string]any{
+		"concurrency": o.concurrency, "duration": o.duration.String(), "warmup": o.warmup.String(), "rounds": o.rounds,
+		"targets": o.targets, "upstream_ttft": o.ttft.String(), "upstream_gap": o.gap.String(), "events": o.events,
+	}
+}
+
+// overRounds is a figure over rounds: the median and the range.
+type overRounds struct{ med, lo, hi float64 }
+
+func roundsOf(v []float64) overRounds {
+	if len(v) == 0 {
+		return overRounds{math.NaN(), math.NaN(), math.NaN()}
+	}
+	return overRounds{median(v), slices.Min(v), slices.Max(v)}
+}
+
+// fmtRounds prints a figure over rounds with format f: "med (lo–hi)", or just the median for one round.
+func fmtRounds(s overRounds, f string) string {
+	if math.IsNaN(s.med) {
+		return "n/a"
+	}
+	if s.lo == s.hi {
+		return fmt.Sprintf(f, s.med)
+	}
+	return fmt.Sprintf(f+" ("+f+"–"+f+")", s.med, s.lo, s.hi)
+}
+
+// streamCell is one target at one concurrency, over its rounds.
+type streamCell struct {
+	perSecond, success, ttftP50, ttftP99, addedP50, addedP99, addedGapP99 []float64
+	cpu, kib, writes                                                      []float64
+}
+
+// streamCells groups samples by concurrency and target. Added figures subtract the direct
+// upstream's from the same round, so both saw the same machine moment as nearly as possible.
+func streamCells(samples []streamSample) map[int]map[string]*streamCell {
+	direct := map[[2]int]streamSample{}
+	for _, s := range samples {
+		if s.Target == streamDirect {
+			direct[[2]int{s.Concurrency, s.Round}] = s
+		}
+	}
+	out := map[int]map[string]*streamCell{}
+	for _, s := range samples {
+		if out[s.Concurrency] == nil {
+			out[s.Concurrency] = map[string]*streamCell{}
+		}
+		c := out[s.Concurrency][s.Target]
+		if c == nil {
+			c = &streamCell{}
+			out[s.Concurrency][s.Target] = c
+		}
+		c.perSecond = append(c.perSecond, s.PerSecond)
+		if n := s.Completed + s.Failed; n > 0 {
+			c.success = append(c.success, 100*float64(s.Completed)/float64(n))
+		}
+		c.ttftP50, c.ttftP99 = append(c.ttftP50, s.TTFT.P50/1000), append(c.ttftP99, s.TTFT.P99/1000)
+		if d, ok := direct[[2]int{s.Concurrency, s.Round}]; ok && s.Target != streamDirect {
+			c.addedP50 = append(c.addedP50, (s.TTFT.P50-d.TTFT.P50)/1000)
+			c.addedP99 = append(c.addedP99, (s.TTFT.P99-d.TTFT.P99)/1000)
+			c.addedGapP99 = append(c.addedGapP99, (s.Gap.P99-d.Gap.P99)/1000)
+		}
+		if s.Target != streamDirect {
+			c.cpu, c.kib, c.writes = append(c.cpu, s.CPUPer1000), append(c.kib, s.KiBPerStream), append(c.writes, s.WritesPerEvent)
+		}
+	}
+	return out
+}
+
+// medianRatio is a's median over b's, "n/a" when either is missing or b's is not positive.
+func medianRatio(a, b []float64) string { return fmtRatio(ratio(median(a), median(b))) }
+
+func writeStreamMarkdown(out io.Writer, r streamReport) error {
+	w := bufio.NewWriter(out)
+	m := r.Machine
+	fmt.Fprintf(w, "## Streams: herd vs a bare httputil.ReverseProxy (the floor) vs direct\n\n")
+	fmt.Fprintf(w, "- Date: %s\n- Machine: %s, nproc %d (GOMAXPROCS %d), Linux %s, %s; herd built with %s at %s\n",
+		m.Date, m.CPUModel, m.NumCPU, m.GOMAXPROCS, m.Kernel, m.MemTotal, m.HerdGoVersion, m.HerdRevision)
+	fmt.Fprintf(w, "- Command: `%s`\n", r.Command)
+	fmt.Fprintf(w, "- Upstream: first event after %v, then %v content events %v apart (plus usage and [DONE]); the client keeps C streams in flight and does not ask for usage.\n",
+		r.Options["upstream_ttft"], r.Options["events"], r.Options["upstream_gap"])
+	fmt.Fprintf(w, "- Each cell: the median over %v rounds, the range in parentheses. Added = the target's figure minus direct's in the same round. CPU is the proxy process's per 1,000 completed streams; KiB per stream is its peak RSS during the load above its RSS before, divided by C; writes per event are its write syscalls (/proc/PID/io syscw) per event the client received.\n\n",
+		r.Options["rounds"])
+	cells := streamCells(r.Samples)
+	concs := make([]int, 0, len(cells))
+	for c := range cells {
+		concs = append(concs, c)
+	}
+	slices.Sort(concs)
+	targets, _ := r.Options["targets"].([]string)
+	for _, c := range concs {
+		fmt.Fprintf(w, "### C = %d\n\n", c)
+		fmt.Fprintln(w, "| target | streams/s | success | TTFT p50 | TTFT p99 | added TTFT p50 | added TTFT p99 | added gap p99 | CPU s / 1000 streams | KiB / stream | writes / event |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+		for _, t := range targets {
+			x := cells[c][t]
+			if x == nil {
+				continue
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t,
+				fmtRounds(roundsOf(x.perSecond), "%.0f"), fmtRounds(roundsOf(x.success), "%.2f %%"),
+				fmtRounds(roundsOf(x.ttftP50), "%.1f ms"), fmtRounds(roundsOf(x.ttftP99), "%.1f ms"),
+				fmtRounds(roundsOf(x.addedP50), "%+.2f ms"), fmtRounds(roundsOf(x.addedP99), "%+.2f ms"),
+				fmtRounds(roundsOf(x.addedGapP99), "%+.2f ms"),
+				fmtRounds(roundsOf(x.cpu), "%.3f"), fmtRounds(roundsOf(x.kib), "%.0f"), fmtRounds(roundsOf(x.writes), "%.2f"))
+		}
+		floor := cells[c][streamFloor]
+		for _, t := range targets {
+			x := cells[c][t]
+			if x == nil || floor == nil || !strings.HasPrefix(t, "herd") {
+				continue
+			}
+			fmt.Fprintf(w, "\n%s ÷ floor at C=%d: CPU %s, KiB/stream %s, added TTFT p99 %s, streams/s %s, writes/event %s\n", t, c,
+				medianRatio(x.cpu, floor.cpu), medianRatio(x.kib, floor.kib), medianRatio(x.addedP99, floor.addedP99), medianRatio(x.perSecond, floor.perSecond),
+				medianRatio(x.writes, floor.writes))
+		}
+		fmt.Fprintln(w)
+	}
+	return w.Flush()
+}

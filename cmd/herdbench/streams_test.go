@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseStreamFlags(t *testing.T) {
+	o, err := parseStreamFlags([]string{"--concurrency", "10,20", "--targets", "herd,direct", "--rounds", "2", "--events", "5"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.concurrency, []int{10, 20}) || !slices.Equal(o.targets, []string{"herd", "direct"}) || o.rounds != 2 || o.events != 5 {
+		t.Errorf("options = %+v", o)
+	}
+	if got, want := o.streamLength(), 200*time.Millisecond+5*20*time.Millisecond; got != want {
+		t.Errorf("stream length %v, want %v", got, want)
+	}
+	for _, bad := range [][]string{{"--targets", "nginx"}, {"--concurrency", "0"}, {"--rounds", "0"}, {"--events", "0"}, {"--duration", "10ms"}, {"extra"}} {
+		if _, err := parseStreamFlags(bad, io.Discard); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// sseServer streams n events gap apart after ttft, then [DONE] unless cut.
+func sseServer(t *testing.T, ttft, gap time.Duration, n int, cut bool) *httptest.Server {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		f := w.(http.Flusher)
+		f.Flush()
+		next := time.Now().Add(ttft)
+		for i := range n {
+			<-time.After(time.Until(next)) // the upstream's pacing, not a test wait
+			fmt.Fprintf(w, "data: {\"i\":%d,\"pad\":%q}\n\n", i, strings.Repeat("x", 5000*(i%2)))
+			f.Flush()
+			next = next.Add(gap)
+		}
+		if !cut {
+			fmt.Fprint(w, "data: [DONE]\n\n")
+		}
+	}))
+	t.Cleanup(ts.Close)
+	return ts
+}
+
+// readEvents times what the client sees: the first event after the upstream's pause, the gaps
+// between events (long lines included), and a stream cut before [DONE] is a failure.
+func TestStreamTimings(t *testing.T) {
+	ts := sseServer(t, 60*time.Millisecond, 15*time.Millisecond, 4, false)
+	tg := &streamTarget{name: "x", url: ts.URL, body: []byte(`{}`), client: newStreamClient(4)}
+	var gaps []time.Duration
+	ttft, events, err := oneStream(context.Background(), tg, &gaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if events != 5 || len(gaps) != 4 {
+		t.Fatalf("events %d gaps %v, want 5 events (4 and [DONE]) and 4 gaps", events, gaps)
+	}
+	if ttft < 60*time.Millisecond || ttft > 2*time.Second {
+		t.Errorf("ttft %v, want about 60ms", ttft)
+	}
+	for _, g := range gaps[:3] {
+		if g < 10*time.Millisecond {
+			t.Errorf("gap %v between paced events, want about 15ms (gaps %v)", g, gaps)
+		}
+	}
+
+	cut := sseServer(t, 0, time.Millisecond, 3, true)
+	tg.url = cut.URL
+	if _, _, err := oneStream(context.Background(), tg, &gaps); err == nil || !strings.Contains(err.Error(), "[DONE]") {
+		t.Errorf("a stream without [DONE]: %v", err)
+	}
+}
+
+// runStreams counts only what ends inside the window, keeps c streams in flight, and calls at
+// at both edges.
+func TestRunStreamsWindow(t *testing.T) {
+	ts := sseServer(t, 20*time.Millisecond, 5*time.Millisecond, 4, false) // 40ms streams
+	tg := &streamTarget{name: "x", url: ts.URL, body: []byte(`{}`), client: newStreamClient(8)}
+	l := newStreamLoad()
+	var edges []bool
+	start := time.Now()
+	runStreams(context.Background(), tg, 8, 100*time.Millisecond, 400*time.Millisecond, l, func(closing bool) { edges = append(edges, closing) })
+	if took := time.Since(start); took < 500*time.Millisecond {
+		t.Errorf("returned after %v, before warm-up and window were over", took)
+	}
+	if !slices.Equal(edges, []bool{false, true}) {
+		t.Errorf("edges %v, want open then close", edges)
+	}
+	// 8 workers × 400ms / ~40ms a stream: about 80; far fewer means streams were lost, more
+	// means the warm-up's were counted.
+	if n := l.completed.Load(); n < 20 || n > 8*400/40+8 {
+		t.Errorf("%d streams completed in the window", n)
+	}
+	if l.failed.Load() != 0 || l.events.Load() != 5*l.completed.Load() {
+		t.Errorf("failed %d, events %d for %d streams", l.failed.Load(), l.events.Load(), l.completed.Load())
+	}
+	if l.ttft.n == 0 || l.ttft.n > uint64(l.completed.Load()) {
+		t.Errorf("%d TTFT samples for %d completed streams", l.ttft.n, l.completed.Load())
+	}
+}
+
+func TestParseSyscw(t *testing.T) {
+	io := "rchar: 323934931\nwchar: 323929600\nsyscr: 632687\nsyscw: 632675\nread_bytes: 0\n"
+	if n, err := parseSyscw(io); err != nil || n != 632675 {
+		t.Errorf("syscw = %d, %v", n, err)
+	}
+	if _, err := parseSyscw("rchar: 1\n"); err == nil {
+		t.Error("no syscw line accepted")
+	}
+	if n, err := procIO(os.Getpid()); err != nil || n <= 0 {
+		t.Errorf("this process's syscw = %d, %v", n, err)
+	}
+}
+
+// The report subtracts direct's figures round by round and prints herd ÷ floor from medians.
+func TestStreamReport(t *testing.T) {
+	sample := func(target string, round int, ttftP99, cpu, kib, writes float64) streamSample {
+		return streamSample{Concurrency: 500, Round: round, Target: target, Completed: 1000, PerSecond: 400,
+			TTFT: latencyUS{P50: 200_000, P99: ttftP99}, Gap: latencyUS{P99: 21_000}, CPUPer1000: cpu, KiBPerStream: kib, WritesPerEvent: writes}
+	}
+	var samples []streamSample
+	for round, d := range []float64{200_000, 210_000, 205_000} {
+		samples = append(samples,
+			sample(streamDirect, round+1, d, 0, 0, 0),
+			sample(streamFloor, round+1, d+10_000, 1.0, 160, 0.6),
+			sample(streamHerd, round+1, d+5_000, 1.2, 200, 0.5))
+	}
+	var b strings.Builder
+	rep := streamReport{Command: "herdbench streams", Options: map[string]any{"targets": []string{streamDirect, streamFloor, streamHerd}, "rounds": 3}, Samples: samples}
+	if err := writeStreamMarkdown(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"### C = 500",
+		"| floor | 400 | 100.00 % | 200.0 ms | 215.0 ms (210.0 ms–220.0 ms) | +0.00 ms | +10.00 ms |",
+		"| herd | 400 | 100.00 % | 200.0 ms | 210.0 ms (205.0 ms–215.0 ms) | +0.00 ms | +5.00 ms |",
+		"herd ÷ floor at C=500: CPU 1.20×, KiB/stream 1.25×, added TTFT p99 0.50×, streams/s 1.00×, writes/event 0.83×",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
