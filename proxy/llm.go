@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -163,7 +164,16 @@ type exchange struct {
 	retries      int // retries made in the current group
 	fallbacks    int // fallback groups tried
 	triedBuf     [8]int
-	out          *[]byte // the upstream body buffer, reused across attempts
+
+	// Buffers from bufPool: the client's body (in) and the upstream body (out, reused across
+	// attempts), and the share of the node's body budget they hold (releaseBodies).
+	in, out *[]byte
+	hold    bodyHold
+	// attempts numbers the upstream calls; sent is the number of the last call whose request
+	// was completely written (provider.Call.Sent, set from the transport's goroutine, which
+	// can report a call that has already failed while the next one runs).
+	attempts int64
+	sent     atomic.Int64
 }
 
 // confirmedTicket is the current attempt's ticket as its call's Confirm left it.
@@ -209,13 +219,12 @@ func (s *Server) serveLLM(x *exchange) error {
 		return s.reject(x.tooLarge())
 	}
 	bp := getBuf()
-	defer putBuf(bp)
-	hold := bodyHold{s: s}
-	defer hold.release()
-	if !hold.take(int64(cap(*bp))) {
+	x.in, x.hold = bp, bodyHold{s: s}
+	defer x.releaseBodies()
+	if !x.hold.take(int64(cap(*bp))) {
 		return s.shedBody(c)
 	}
-	body, err := readAll(r.Body, *bp, s.maxBody, r.ContentLength, &hold)
+	body, err := readAll(r.Body, *bp, s.maxBody, r.ContentLength, &x.hold)
 	*bp = body
 	switch {
 	case errors.Is(err, errTooLarge):
@@ -252,10 +261,25 @@ func (s *Server) serveLLM(x *exchange) error {
 		return s.reject(badRequest(err.Error(), "model"))
 	}
 	x.snap, x.model = snap, model
-	ob := getBuf()
-	defer putBuf(ob)
-	x.out = ob
+	x.out = getBuf()
 	return x.serve(g)
+}
+
+// releaseBodies returns the request and upstream body buffers to their pool and their bytes to
+// the node's body budget. A stream does it as soon as its request has been sent (the transport
+// never reads a sent body again, and no other attempt follows), so a stream in flight holds
+// neither; every exchange does it when it ends. The request's fields that view the body go too.
+func (x *exchange) releaseBodies() {
+	if x.in != nil {
+		putBuf(x.in)
+		x.in = nil
+	}
+	if x.out != nil {
+		putBuf(x.out)
+		x.out = nil
+	}
+	x.hold.release()
+	x.body, x.clientBody, x.req.model, x.clientReq.model, x.model = nil, nil, "", "", ""
 }
 
 func (x *exchange) tooLarge() *apiError {

@@ -138,6 +138,11 @@ func (x *exchange) attempt() (*failure, error) {
 	}
 	*x.out = rewrite((*x.out)[:0], body, req, dep.modelJSON, addUsage)
 	call := provider.Call{Endpoint: ep, Body: *x.out, Stream: x.req.stream}
+	x.attempts++
+	if x.req.stream {
+		n := x.attempts
+		call.Sent = func() { x.sent.Store(n) }
+	}
 	if x.native {
 		call.ClientHeader = x.c.Request().Header
 	}
@@ -169,6 +174,11 @@ func (x *exchange) attempt() (*failure, error) {
 	}
 	defer resp.Body.Close()
 	if x.req.stream && resp.StatusCode == http.StatusOK && isEventStream(resp.Header) {
+		if x.sent.Load() == x.attempts {
+			// The stream is this exchange's answer: no attempt follows, and this one's
+			// request is out. Its buffers serve other requests while the stream lasts.
+			x.releaseBodies()
+		}
 		return nil, x.relayStream(resp, addUsage)
 	}
 	return x.relayBody(resp)

@@ -105,3 +105,56 @@ func TestNullUsageSpan(t *testing.T) {
 		}
 	}
 }
+
+// nullUsageAt finds the top-level "usage":null without parsing the chunk: where it finds one,
+// gjson must find the same member, and it must find every one written plainly.
+func TestNullUsageAt(t *testing.T) {
+	for in, found := range map[string]bool{
+		`{"id":"a","choices":[],"usage":null}`:                      true,
+		`{"usage":null,"id":"a"}`:                                   true,
+		`{"a":{"usage":null},"usage":null}`:                         true,
+		`{"a":"\"usage\":null","usage":null}`:                       true,
+		`{"a":"x\\","usage":null}`:                                  true,
+		`{"choices":[{"delta":{"content":"\"usage\":null"}}]}`:      false,
+		`{"a":{"usage":null}}`:                                      false,
+		`{"a":[{"usage":null}]}`:                                    false,
+		`{"usage":{"total_tokens":1}}`:                              false,
+		`{"usage" : null}`:                                          false, // not plain: left to gjson
+		`{"choices":[{"delta":{"content":"{\"usage\":null}"}}]}`:    false,
+		`{"id":"[{","usage":null,"choices":[{"delta":{}}],"x":"}"}`: true,
+	} {
+		at := nullUsageAt([]byte(in))
+		if (at > 0) != found {
+			t.Errorf("%s: found at %d, want found=%v", in, at, found)
+			continue
+		}
+		if r := gjson.Get(in, "usage"); found && (r.Type != gjson.Null || r.Index != at) {
+			t.Errorf("%s: at %d, gjson's usage is %s at %d", in, at, r.Raw, r.Index)
+		}
+	}
+}
+
+func FuzzNullUsageAt(f *testing.F) {
+	for _, s := range []string{`{"id":"a","usage":null}`, `{"a":{"usage":null},"usage":null}`, `{"a":"\"usage\":null"}`, `{"usage":{}}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		at := nullUsageAt([]byte(in))
+		if at == 0 || !gjson.Valid(in) {
+			return
+		}
+		usages := 0
+		gjson.Parse(in).ForEach(func(k, _ gjson.Result) bool {
+			if k.Str == "usage" {
+				usages++
+			}
+			return true
+		})
+		if usages > 1 {
+			return // a duplicate key: gjson reads the first, an upstream that sends one is broken
+		}
+		if r := gjson.Get(in, "usage"); r.Type != gjson.Null || r.Index != at {
+			t.Fatalf("%q: nullUsageAt %d, gjson's usage %q at %d", in, at, r.Raw, r.Index)
+		}
+	})
+}

@@ -16,14 +16,25 @@ import (
 	"github.com/herd-proxy/herd/state"
 )
 
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+// readerPool holds the stream readers. Their buffer is sized for SSE lines, which are far
+// shorter (a chunk is a few hundred bytes), and for a few events that arrive together; a
+// longer line is assembled apart (relayStream's long), so a stream holds more only while it
+// has one.
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, streamReaderSize) }}
 
-var usageKey = []byte(`"usage"`)
+const streamReaderSize = 8 << 10
 
-// relayStream passes an SSE stream through event by event, flushing each as it arrives. It
-// reads usage from the stream, and when herd asked for usage (addedUsage) that the client did
-// not, drops the usage-only chunk and the "usage":null asking for it puts in every other.
-// Without usage from the upstream, tokens are estimated.
+var (
+	usageKey  = []byte(`"usage"`)
+	nullUsage = []byte(`"usage":null`)
+)
+
+// relayStream passes an SSE stream through event by event. An event is flushed to the client
+// as soon as it is complete, unless another complete event is already waiting in the reader:
+// events that arrived together leave in one write, and a lone event leaves at once. It reads
+// usage from the stream, and when herd asked for usage (addedUsage) that the client did not,
+// drops the usage-only chunk and the "usage":null asking for it puts in every other. Without
+// usage from the upstream, tokens are estimated.
 func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	w := x.c.Response()
 	h := w.Header()
@@ -95,9 +106,16 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					}
 					break
 				}
-				if bytes.Contains(data, usageKey) {
-					// data is not kept past this iteration, so r may view it without a copy.
-					r := gjson.Get(unsafe.String(unsafe.SliceData(data), len(data)), "usage")
+				// data is not kept past this iteration, so gjson may view it without a copy.
+				text := unsafe.String(unsafe.SliceData(data), len(data))
+				if at := nullUsageAt(data); at > 0 {
+					// Every chunk but the last carries "usage":null once include_usage is on,
+					// because herd asked for usage: found without parsing the chunk.
+					if addedUsage {
+						cutFrom, cutTo, _ = nullUsageSpan(data, at)
+					}
+				} else if bytes.Contains(data, usageKey) {
+					r := gjson.Get(text, "usage")
 					switch {
 					case r.IsObject():
 						if u, ok := provider.ParseUsage(data); ok {
@@ -106,12 +124,11 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 							forward = !skipping
 						}
 					case addedUsage && r.Type == gjson.Null && r.Raw == "null":
-						// "usage":null is in every chunk only because herd asked for usage.
 						cutFrom, cutTo, _ = nullUsageSpan(data, r.Index)
 					}
 				}
 				if !gotUsage {
-					contentBytes += len(gjson.GetBytes(data, contentPath).Str)
+					contentBytes += len(gjson.Get(text, contentPath).Str)
 				}
 				if cutTo > 0 {
 					// Edited in place: the bytes are the reader's, already consumed, and
@@ -126,7 +143,9 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					if _, werr := w.Write(converted); werr != nil {
 						status = statusClientClosed // the loop ends below
 					}
-					w.Flush()
+					if !eventWaiting(br) {
+						w.Flush()
+					}
 				}
 			}
 			if status == statusClientClosed {
@@ -140,7 +159,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					status = statusClientClosed
 					break
 				}
-				if isBlankLine(line) {
+				if isBlankLine(line) && !eventWaiting(br) {
 					w.Flush()
 				}
 			}
@@ -199,6 +218,57 @@ func (x *exchange) streamBroke(err error) int {
 	_, _ = w.Write(body)
 	_, _ = w.Write([]byte("\n\n"))
 	return e.Status
+}
+
+// eventWaiting reports whether br holds a complete SSE event already (one ending in a blank
+// line): the flush of the event before it can wait for it without delaying anything.
+func eventWaiting(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\n\n")) || bytes.Contains(b, []byte("\n\r\n"))
+}
+
+// nullUsageAt returns the offset of the value of data's top-level "usage":null member, written
+// plainly, or 0. The byte sequence cannot occur inside a JSON string (its quotes would be
+// escaped), so a match outside any nested value is the member itself.
+func nullUsageAt(data []byte) int {
+	for off := 0; ; {
+		i := bytes.Index(data[off:], nullUsage)
+		if i < 0 {
+			return 0
+		}
+		i += off
+		if depthAt(data, i) == 1 {
+			return i + len(nullUsage) - len("null")
+		}
+		off = i + len(nullUsage)
+	}
+}
+
+// depthAt is the nesting depth of the JSON text data just before offset i: 1 inside the
+// top-level object, outside any nested value. Strings are skipped.
+func depthAt(data []byte, i int) int {
+	depth, inString := 0, false
+	for j := 0; j < i; j++ {
+		c := data[j]
+		if inString {
+			switch c {
+			case '\\':
+				j++
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		}
+	}
+	return depth
 }
 
 // nullUsageSpan finds what to cut from a chunk to remove its top-level "usage":null member,

@@ -181,6 +181,13 @@ func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, heade
 		Host: target.Host,
 	}
 	sent := newHeadSent()
+	if c.Sent != nil {
+		sent.trace.WroteRequest = func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				c.Sent()
+			}
+		}
+	}
 	resp, err := u.client.Do(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))
 	if err != nil {
 		if timer != nil {

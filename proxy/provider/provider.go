@@ -72,6 +72,12 @@ type Call struct {
 	// the transport first reads the body, before any byte of the request is sent). An error
 	// aborts the call, which then fails as unreachable.
 	Confirm func() error
+	// Sent, if not nil, is called once the whole request, head and body, has been written to
+	// the upstream's connection, from the transport's goroutine. A call whose response has
+	// come back after that never reads Body again (net/http replays a body only before any
+	// response), so its owner may reuse Body from then on. Upstreams that never write the
+	// request to a connection (mock) do not call it.
+	Sent func()
 	// ClientHeader, on a call of the client's own API (Messages, Responses) to a provider
 	// that speaks it, is the client's request header: the provider's version and beta
 	// headers in it are forwarded (anthropic-version, anthropic-beta). nil otherwise.

@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const streamModel = `
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/up, api_base: "{{UP}}"}
+`
+
+const streamRequest = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+
+func chunk(i int) string {
+	return fmt.Sprintf("data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w%d \"}}],\"usage\":null}\n\n", i)
+}
+
+// An upstream that sends one event and waits for the client to have it before sending the
+// next: herd must pass each on at once, never hold one for company.
+func TestStreamEventsGoOutOneByOne(t *testing.T) {
+	needsServers(t)
+	const n = 5
+	got := make(chan int, n)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range n {
+			fmt.Fprint(w, chunk(i))
+			w.(http.Flusher).Flush()
+			select {
+			case j := <-got:
+				if j != i {
+					t.Errorf("client got event %d while the upstream sent %d", j, i)
+				}
+			case <-time.After(5 * time.Second):
+				t.Errorf("event %d did not reach the client within 5s: herd held it", i)
+				return
+			}
+		}
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer up.Close()
+	h := startHerd(t, streamModel, up.URL, nil)
+
+	resp, err := http.Post(h.URL+"/v1/chat/completions", "application/json", strings.NewReader(streamRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	events := 0
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") || line == "data: [DONE]" {
+			continue
+		}
+		if strings.Contains(line, `"usage"`) {
+			t.Errorf("the client did not ask for usage but got %s", line)
+		}
+		got <- events
+		events++
+	}
+	if events != n {
+		t.Errorf("client got %d events, want %d", events, n)
+	}
+}
+
+// flushCounter is a ResponseWriter that counts flushes and what was written before each.
+type flushCounter struct {
+	mu      sync.Mutex
+	h       http.Header
+	pending int      // bytes written since the last flush
+	flushes []string // per flush: how many events it carried
+	body    strings.Builder
+}
+
+func (f *flushCounter) Header() http.Header { return f.h }
+func (f *flushCounter) WriteHeader(int)     {}
+func (f *flushCounter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pending += strings.Count(string(p), "data: ")
+	f.body.Write(p)
+	return len(p), nil
+}
+
+func (f *flushCounter) Flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pending > 0 {
+		f.flushes = append(f.flushes, fmt.Sprint(f.pending))
+	}
+	f.pending = 0
+}
+
+// Events that reach herd together leave together: one flush (one write to the client) for a
+// burst, where there used to be one per event. An event alone is still flushed at once.
+func TestStreamEventsThatArriveTogetherLeaveTogether(t *testing.T) {
+	needsServers(t)
+	release, abort := make(chan struct{}), make(chan struct{})
+	wait := func() bool {
+		select {
+		case <-release:
+			return true
+		case <-abort: // the test failed: let the server close
+			return false
+		}
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		var burst strings.Builder
+		for i := range 10 {
+			burst.WriteString(chunk(i))
+		}
+		_, _ = io.WriteString(w, burst.String()) // one write: one read for herd
+		w.(http.Flusher).Flush()
+		if !wait() {
+			return
+		}
+		fmt.Fprint(w, chunk(10))
+		w.(http.Flusher).Flush()
+		if !wait() {
+			return
+		}
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer up.Close()
+	defer close(abort) // before up.Close, which waits for the handler
+	h := startHerd(t, streamModel, up.URL, nil)
+
+	w := &flushCounter{h: http.Header{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(streamRequest))
+		r.Header.Set("Content-Type", "application/json")
+		h.srv.ServeHTTP(w, r)
+	}()
+	flushed := func(n int) {
+		t.Helper()
+		poll(t, fmt.Sprintf("%d flushes", n), func() bool {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return len(w.flushes) >= n
+		})
+	}
+	flushed(1)
+	release <- struct{}{} // the lone event must go out before the upstream sends anything more
+	flushed(2)
+	release <- struct{}{}
+	<-done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if got := strings.Join(w.flushes, " "); got != "10 1 1" {
+		t.Errorf("events per flush: %s, want 10 1 1 (the burst, the lone event, [DONE])\n%s", got, w.body.String())
+	}
+}
+
+func TestEventWaiting(t *testing.T) {
+	for in, want := range map[string]bool{
+		"data: a\n\ndata: b\n\n":         true,
+		"data: a\n\ndata: b\n":           false, // the next event is incomplete
+		"data: a\n\ndata: b":             false,
+		"data: a\r\n\r\ndata: b\r\n\r\n": true,
+		"data: a\n\n":                    false,
+	} {
+		br := bufio.NewReaderSize(strings.NewReader(in), 64)
+		if _, err := br.ReadSlice('\n'); err != nil { // data: a
+			t.Fatal(err)
+		}
+		if _, err := br.ReadSlice('\n'); err != nil { // the blank line that ends it
+			t.Fatal(err)
+		}
+		if got := eventWaiting(br); got != want {
+			t.Errorf("%q: eventWaiting after the first event = %v, want %v", in, got, want)
+		}
+	}
+}
+
+// A stream in flight holds no body buffer once its request is out: the node's body budget
+// (max_inflight_request_mb) gets its bytes back while the stream goes on.
+func TestStreamReleasesBodiesOnceSent(t *testing.T) {
+	needsServers(t)
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, chunk(0))
+		w.(http.Flusher).Flush()
+		<-release
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer up.Close()
+	var once sync.Once
+	done := func() { once.Do(func() { close(release) }) }
+	defer done() // before up.Close, which waits for the handler
+	h := startHerd(t, streamModel, up.URL, nil)
+	resp, err := http.Post(h.URL+"/v1/chat/completions", "application/json", strings.NewReader(streamRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first event: %q %v", line, err)
+	}
+	poll(t, "the stream's body buffers released", func() bool { return h.srv.bodyBytes.n.Load() == 0 })
+	done()
+	if _, err := io.ReadAll(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+}
