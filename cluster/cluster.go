@@ -42,6 +42,14 @@ type Member struct {
 	// OffsetKnown is false until a heartbeat with a send time arrived.
 	ClockOffset time.Duration
 	OffsetKnown bool
+	// Self marks this node. LastHeard is when its last heartbeat arrived (zero for this node
+	// and for a member not heard from yet).
+	Self      bool
+	LastHeard time.Time
+	// ServedConfig is the config version it publishes that it serves (0: its file's);
+	// ServedKnown is false for a node that runs no raft or has not published it yet.
+	ServedConfig uint64
+	ServedKnown  bool
 }
 
 const (
@@ -183,12 +191,19 @@ func (n *Node) Addr() string { return n.addr }
 // Members returns every node known, including this one and nodes that died or left recently,
 // sorted by name. An alive member not heard from lately shows as suspect (see heartbeat.go).
 func (n *Node) Members() []Member {
+	served := n.raftGossip.servedVersions(n.cfg.NodeName)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := n.snapshotLocked(false)
 	now := time.Now()
 	for i := range out {
-		out[i].Status = n.statusLocked(n.members[out[i].Name], now)
+		m := n.members[out[i].Name]
+		out[i].Status = n.statusLocked(m, now)
+		out[i].Self = m.Name == n.cfg.NodeName
+		if !out[i].Self {
+			out[i].LastHeard = m.heard
+		}
+		out[i].ServedConfig, out[i].ServedKnown = served[m.Name]
 	}
 	return out
 }

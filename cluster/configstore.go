@@ -153,7 +153,9 @@ func (s *ConfigStore) FSM() FSM { return (*configFSM)(s) }
 func (s *ConfigStore) Attach(r *Raft) {
 	s.mu.Lock()
 	s.raft = r
+	served := s.served
 	s.mu.Unlock()
+	r.setServed(served) // a version the log replay served before now
 	r.OnLeader(func(isLeader bool) {
 		if isLeader {
 			go s.seed()
@@ -504,7 +506,11 @@ func (s *ConfigStore) install(index uint64, d config.Dynamic) {
 	}
 	s.mu.Lock()
 	s.served = d.Version
+	r := s.raft
 	s.mu.Unlock()
+	if r != nil {
+		r.setServed(d.Version)
+	}
 }
 
 // maxServeErr bounds the reason Status gives (a version can fail in many places at once).

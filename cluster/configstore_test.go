@@ -47,6 +47,7 @@ func startStores(t *testing.T, c *testCluster, n int) []*storeNode {
 		}
 		node := c.start(i, nil, seed(seeds...))
 		store := NewConfigStore(static, dyn, config.MapEnv{"KEY": "sk-node"}, c.log)
+		store.OnChange(func(*config.Config, uint64) error { return nil }) // serves every version
 		r, err := node.StartRaft(RaftConfig{BootstrapExpect: n, streams: c.net.raftStreams, timers: &fastTimers, ApplyTimeout: time.Second}, store.FSM())
 		if err != nil {
 			t.Fatal(err)
@@ -56,6 +57,32 @@ func startStores(t *testing.T, c *testCluster, n int) []*storeNode {
 		out = append(out, &storeNode{i: i, node: node, raft: r, store: store})
 	}
 	return out
+}
+
+// servedEverywhere waits until every node's member list shows every node serving version v:
+// the version each node serves travels in its gossip metadata, for /cluster/status.
+func servedEverywhere(t *testing.T, nodes []*storeNode, v uint64) {
+	t.Helper()
+	waitFor(t, converge, func() error {
+		for _, n := range nodes {
+			ms := n.node.Members()
+			if len(ms) != len(nodes) {
+				return fmt.Errorf("node%d sees %d members", n.i, len(ms))
+			}
+			for _, m := range ms {
+				if !m.ServedKnown || m.ServedConfig != v {
+					return fmt.Errorf("node%d sees %s serving %d (known %v), want %d", n.i, m.Name, m.ServedConfig, m.ServedKnown, v)
+				}
+				if m.Self != (m.Name == n.node.Name()) {
+					return fmt.Errorf("node%d marks %s self=%v", n.i, m.Name, m.Self)
+				}
+				if !m.Self && m.LastHeard.IsZero() {
+					return fmt.Errorf("node%d has never heard from %s", n.i, m.Name)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // sameConfig waits until every node has applied version v with the same content.
@@ -128,6 +155,7 @@ func TestConfigStoreOverRaft(t *testing.T) {
 		t.Fatalf("the writer had not applied its own write on return: version %d", got)
 	}
 	sameConfig(t, nodes, 2)
+	servedEverywhere(t, nodes, 2)
 
 	// A bad change is refused before raft; nothing moves.
 	if _, err := fol.store.UpdateRouterSettings(ctx, map[string]any{"routing_strategy": "fastest"}); err == nil {

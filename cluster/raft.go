@@ -371,6 +371,13 @@ func (r *Raft) setHasState() {
 	r.publishMeta()
 }
 
+// setServed publishes the config version this node now serves.
+func (r *Raft) setServed(v uint64) {
+	if r.node.raftGossip.setServed(v) {
+		r.publishMeta()
+	}
+}
+
 func (r *Raft) publishMeta() {
 	select {
 	case r.metaNote <- struct{}{}:

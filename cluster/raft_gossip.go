@@ -23,6 +23,7 @@ type raftMeta struct {
 	Boot     string `json:"b,omitempty"` // hash of the configuration it bootstrapped, "" if it did not (this run)
 	Proto    int    `json:"p,omitempty"` // the command formats its FSM applies (raftProto); 0: a herd from before they were numbered
 	Epoch    uint64 `json:"i,omitempty"` // its incarnation (Config.Epoch), which the leader records in a Home; 0: a herd from before homes
+	Served   uint64 `json:"v,omitempty"` // the config version it serves (0: its file's), for /cluster/status
 }
 
 // raftProto is what this build's FSM applies: every format up to protoHomes. Writers use a
@@ -48,6 +49,7 @@ type raftPeer struct {
 type gossipRaft struct {
 	mu     sync.Mutex
 	local  *raftMeta
+	served uint64 // published with local (setServed)
 	peers  map[string]*raftPeer
 	notify chan struct{} // cap 1
 }
@@ -83,6 +85,35 @@ func (g *gossipRaft) setLocal(m *raftMeta) {
 	g.local = m
 }
 
+// setServed records the config version this node serves, which its metadata carries from now
+// on; it reports whether that changed (the caller then asks memberlist to gossip it). It is kept
+// apart from setLocal, which raft calls with fresh metadata at start, after the log replay
+// may already have served a version.
+func (g *gossipRaft) setServed(v uint64) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	changed := g.served != v
+	g.served = v
+	return changed && g.local != nil
+}
+
+// servedVersions is the config version every node publishes that it serves, this one included;
+// a node that runs no raft (or publishes no metadata yet) is missing.
+func (g *gossipRaft) servedVersions(self string) map[string]uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]uint64, len(g.peers)+1)
+	for name, p := range g.peers {
+		if p.meta != nil {
+			out[name] = p.meta.Served
+		}
+	}
+	if g.local != nil {
+		out[self] = g.served
+	}
+	return out
+}
+
 func (g *gossipRaft) localMeta() *raftMeta {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -102,6 +133,10 @@ func (g *gossipRaft) encode(leaving bool, limit int) []byte {
 	}
 	g.mu.Lock()
 	local := g.local
+	if local != nil {
+		c := *local
+		c.Served, local = g.served, &c
+	}
 	g.mu.Unlock()
 	if local == nil {
 		if leaving {

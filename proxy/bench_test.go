@@ -138,3 +138,47 @@ model_list:
 `)
 	runChat(b, srv, strings.Replace(benchBody, `"max_tokens":64`, `"max_tokens":64,"stream":true`, 1))
 }
+
+// BenchmarkClusterStatus500 is what the dashboard asks every second of a large cluster: 50
+// members and 500 deployments, plain and with the first poll's 180 s of history.
+func BenchmarkClusterStatus500(b *testing.B) {
+	var yaml strings.Builder
+	yaml.WriteString("model_list:\n")
+	for i := range 500 {
+		fmt.Fprintf(&yaml, "  - model_name: group-%d\n    litellm_params: {model: mock/m%d, rpm: 1000, tpm: 100000}\n", i/5, i)
+	}
+	cfg, err := config.Parse("bench.yaml", []byte(yaml.String()), config.MapEnv(nil), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	members := make(fakeMembership, 50)
+	for i := range members {
+		members[i] = Member{Name: fmt.Sprintf("node-%02d", i), Addr: fmt.Sprintf("10.0.0.%d:7946", i), Status: "alive", Self: i == 0, LastHeard: time.Now()}
+	}
+	srv, err := New(Options{Config: cfg, State: local.New(local.Options{}), Node: "node-00", Logger: slog.New(slog.DiscardHandler), Members: members,
+		Consensus: func() ConsensusStatus {
+			return ConsensusStatus{Leader: "node-01", Voters: []string{"node-00", "node-01", "node-02"}}
+		}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(srv.Close)
+	for s := range 200 {
+		srv.history.sample(srv.metrics, time.Unix(1_800_000_000+int64(s), 0))
+	}
+	for _, path := range []string{"/cluster/status", "/cluster/status?history=5", "/cluster/status?history=180"} {
+		b.Run(path, func(b *testing.B) {
+			b.ReportAllocs()
+			var size int
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				srv.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+				if w.Code != 200 {
+					b.Fatalf("%s: %d %s", path, w.Code, w.Body)
+				}
+				size = w.Body.Len()
+			}
+			b.ReportMetric(float64(size)/1024, "KiB/op")
+		})
+	}
+}

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -17,8 +19,9 @@ type metrics struct {
 	tokens   *prometheus.CounterVec
 	failures *prometheus.CounterVec
 
-	mu   sync.Mutex
-	deps map[string]*depMetrics // by deployment ID; survives config changes
+	mu     sync.Mutex
+	deps   map[string]*depMetrics // by model group and deployment ID; survives config changes
+	groups sync.Map               // model group -> *atomic.Int64: herd's own 429s (no deployment had room)
 }
 
 // depMetrics are one deployment's series, resolved once so the hot path does no label lookups.
@@ -31,6 +34,10 @@ type depMetrics struct {
 	promptTokens     prometheus.Counter
 	completionTokens prometheus.Counter
 	byStatus         sync.Map // int -> prometheus.Counter
+
+	// Plain running totals the dashboard's history samples each second (history.go): requests
+	// answered, and the upstream's 429s.
+	answered, throttled atomic.Int64
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -91,6 +98,7 @@ func (m *metrics) deployment(group, id string) *depMetrics {
 
 // count adds one request with status to d's series.
 func (d *depMetrics) count(status int) {
+	d.answered.Add(1)
 	if c, ok := d.byStatus.Load(status); ok {
 		c.(prometheus.Counter).Inc()
 		return
@@ -102,10 +110,20 @@ func (d *depMetrics) count(status int) {
 
 // upstreamFailure counts a failed upstream call (a rare path: no caching).
 func (d *depMetrics) upstreamFailure(status int) {
+	if status == http.StatusTooManyRequests {
+		d.throttled.Add(1)
+	}
 	d.parent.failures.WithLabelValues(d.group, d.id, strconv.Itoa(status)).Inc()
 }
 
 // countUnrouted adds a request that failed before a deployment was chosen.
 func (m *metrics) countUnrouted(group string, status int) {
+	if status == http.StatusTooManyRequests && group != "" {
+		n, ok := m.groups.Load(group)
+		if !ok {
+			n, _ = m.groups.LoadOrStore(group, new(atomic.Int64))
+		}
+		n.(*atomic.Int64).Add(1)
+	}
 	m.requests.WithLabelValues(group, "", strconv.Itoa(status)).Inc()
 }

@@ -31,12 +31,15 @@ type Options struct {
 	// BackendMode reports the backend's current mode for readiness (state/redis: "redis" or
 	// "degraded"); nil = always Backend.
 	BackendMode func() string
-	Node        string               // this node's name, sent as x-herd-node
-	Version     string               // herd's version, shown by readiness
-	Logger      *slog.Logger         // nil = slog.Default()
-	Registry    *prometheus.Registry // where metrics are registered and served from; nil = a new one
-	Members     Membership           // the cluster this node belongs to, for /cluster/status; nil = alone
-	Admin       ConfigAdmin          // runtime config changes (/model/new, ...); nil = not available
+	// BackendHealth reports the limit mode and whether the backend is degraded, for
+	// /cluster/status; nil = fast mode, never degraded.
+	BackendHealth func() BackendHealth
+	Node          string               // this node's name, sent as x-herd-node
+	Version       string               // herd's version, shown by readiness
+	Logger        *slog.Logger         // nil = slog.Default()
+	Registry      *prometheus.Registry // where metrics are registered and served from; nil = a new one
+	Members       Membership           // the cluster this node belongs to, for /cluster/status; nil = alone
+	Admin         ConfigAdmin          // runtime config changes (/model/new, ...); nil = not available
 	// AdminEnv decides which os.environ/ names admin bodies may use, checked before Admin is
 	// called; nil = Admin alone decides.
 	AdminEnv *config.AdminEnv
@@ -55,29 +58,31 @@ type Options struct {
 
 // Server serves the OpenAI-compatible API for the current config.
 type Server struct {
-	echo        *echo.Echo
-	snap        atomic.Pointer[snapshot]
-	state       state.Backend
-	cooldowns   *routing.Cooldowns // keyed by deployment ID; survives config changes
-	pool        *provider.Pool
-	metrics     *metrics
-	key         keyChecker
-	maxBody     int64
-	maxResp     int64
-	node        []string // x-herd-node value
-	backend     string
-	backendMode func() string
-	version     string
-	log         *slog.Logger
-	members     Membership
-	configAdmin ConfigAdmin
-	adminEnv    *config.AdminEnv
-	upstream    *config.UpstreamPolicy
-	consensus   func() ConsensusStatus
-	rights      func(id string) (RightsStatus, bool)
-	notReady    func() string
-	draining    atomic.Bool
-	healths     sync.Map // deployment ID -> *health; survives config changes
+	echo          *echo.Echo
+	snap          atomic.Pointer[snapshot]
+	state         state.Backend
+	cooldowns     *routing.Cooldowns // keyed by deployment ID; survives config changes
+	pool          *provider.Pool
+	metrics       *metrics
+	key           keyChecker
+	maxBody       int64
+	maxResp       int64
+	node          []string // x-herd-node value
+	backend       string
+	backendMode   func() string
+	backendHealth func() BackendHealth
+	history       *history // per-second counts for the dashboard (history.go)
+	version       string
+	log           *slog.Logger
+	members       Membership
+	configAdmin   ConfigAdmin
+	adminEnv      *config.AdminEnv
+	upstream      *config.UpstreamPolicy
+	consensus     func() ConsensusStatus
+	rights        func(id string) (RightsStatus, bool)
+	notReady      func() string
+	draining      atomic.Bool
+	healths       sync.Map // deployment ID -> *health; survives config changes
 
 	// Node-wide bounds, from general_settings at startup (see guard.go).
 	allowedNets []netip.Prefix // allowed_ips; nil = any client
@@ -113,24 +118,26 @@ func New(opts Options) (*Server, error) {
 		pool: provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)).WithDialGuard(opts.Upstream).
 			WithSettings(provider.Settings{MaxResponse: megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
 				DropParams: opts.Config.LiteLLMSettings.DropParams}),
-		metrics:     newMetrics(opts.Registry),
-		key:         newKeyChecker(gs.MasterKey.Reveal()),
-		maxBody:     megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
-		maxResp:     megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
-		node:        []string{opts.Node},
-		backend:     opts.Backend,
-		backendMode: opts.BackendMode,
-		members:     opts.Members,
-		configAdmin: opts.Admin,
-		adminEnv:    opts.AdminEnv,
-		upstream:    opts.Upstream,
-		consensus:   opts.Consensus,
-		rights:      opts.Rights,
-		notReady:    opts.BackendNotReady,
-		version:     opts.Version,
-		log:         opts.Logger,
-		allowedNets: gs.AllowedNets,
-		maxInFlight: int64(gs.ParallelRequestLimit),
+		metrics:       newMetrics(opts.Registry),
+		key:           newKeyChecker(gs.MasterKey.Reveal()),
+		maxBody:       megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),
+		maxResp:       megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
+		node:          []string{opts.Node},
+		backend:       opts.Backend,
+		backendMode:   opts.BackendMode,
+		backendHealth: opts.BackendHealth,
+		history:       newHistory(),
+		members:       opts.Members,
+		configAdmin:   opts.Admin,
+		adminEnv:      opts.AdminEnv,
+		upstream:      opts.Upstream,
+		consensus:     opts.Consensus,
+		rights:        opts.Rights,
+		notReady:      opts.BackendNotReady,
+		version:       opts.Version,
+		log:           opts.Logger,
+		allowedNets:   gs.AllowedNets,
+		maxInFlight:   int64(gs.ParallelRequestLimit),
 	}
 	if s.maxInFlight <= 0 {
 		s.maxInFlight = config.DefaultMaxParallelRequests
@@ -145,6 +152,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.echo = s.routes(promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+	go s.history.run(s.metrics)
 	return s, nil
 }
 
@@ -186,8 +194,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Drain marks the server as shutting down: readiness turns 503 so load balancers stop sending.
 func (s *Server) Drain() { s.draining.Store(true) }
 
-// Close releases idle upstream connections.
-func (s *Server) Close() { s.pool.CloseIdle() }
+// Close releases idle upstream connections and stops the dashboard's sampler.
+func (s *Server) Close() {
+	s.history.close()
+	s.pool.CloseIdle()
+}
 
 func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	e := echo.New()

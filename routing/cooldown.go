@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,9 @@ type Cooldown struct {
 	mu        sync.Mutex
 	fails     int
 	failsFrom time.Time // start of the minute the failures are counted in
+	// Why the current cooldown began or was last extended: the status, and the failures counted
+	// in its minute then (for Reason).
+	whyStatus, whyFails int
 }
 
 // Active reports whether the deployment is cooling down at now.
@@ -112,7 +116,31 @@ func (c *Cooldown) Fail(now time.Time, p CooldownPolicy, status int, retryAfter 
 	if end := now.Add(d).UnixNano(); end > c.until.Load() {
 		c.until.Store(end)
 	}
+	c.whyStatus, c.whyFails = status, c.fails
 	return true
+}
+
+// Reason says why the deployment is cooling down, for people ("" when it is not): the upstream
+// answered 429, or too many failures within a minute, and the last one's status (502 stands for
+// unreachable, 504 for a timeout).
+func (c *Cooldown) Reason(now time.Time) string {
+	if !c.Active(now) {
+		return ""
+	}
+	c.mu.Lock()
+	status, fails := c.whyStatus, c.whyFails
+	c.mu.Unlock()
+	what := "upstream answered " + strconv.Itoa(status)
+	switch status {
+	case 502:
+		what = "upstream unreachable"
+	case 504:
+		what = "upstream timed out"
+	}
+	if status == statusTooManyRequests || fails <= 1 {
+		return what
+	}
+	return strconv.Itoa(fails) + " failures within a minute, the last: " + what
 }
 
 // Succeed records a successful call: the failure count starts over.

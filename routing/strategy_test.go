@@ -139,6 +139,12 @@ func TestCooldowns(t *testing.T) {
 	if !a.Fail(t0.Add(time.Second), p, 502, 0) {
 		t.Fatal("not cooled down after allowed_fails was exceeded")
 	}
+	if got, want := a.Reason(t0.Add(time.Second)), "2 failures within a minute, the last: upstream unreachable"; got != want {
+		t.Errorf("Reason = %q, want %q", got, want)
+	}
+	if got := a.Reason(t0.Add(time.Minute)); got != "" {
+		t.Errorf("Reason after the cooldown ended = %q, want none", got)
+	}
 	// A cooled-down deployment is skipped.
 	wantOnly(t, counts(t, tb, fakeUsage{}, nil, 1000), 1000, "b", "c")
 	if !a.Active(t0.Add(5*time.Second)) || a.Active(t0.Add(6*time.Second)) {
@@ -169,6 +175,9 @@ func TestCooldowns(t *testing.T) {
 	b := tb.Cooldown(1)
 	if !b.Fail(t0, p, 429, 0) {
 		t.Error("429 did not cool down at once")
+	}
+	if got := b.Reason(t0); got != "upstream answered 429" {
+		t.Errorf("Reason after a 429 = %q", got)
 	}
 	// Success resets the failure count; failures older than a minute are forgotten.
 	c := tb.Cooldown(2)

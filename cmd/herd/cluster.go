@@ -147,7 +147,11 @@ func (m membership) Members() []proxy.Member {
 	ms := m.n.Members()
 	out := make([]proxy.Member, len(ms))
 	for i, x := range ms {
-		out[i] = proxy.Member{Name: x.Name, Addr: x.Addr, Status: x.Status}
+		out[i] = proxy.Member{Name: x.Name, Addr: x.Addr, Status: x.Status, Self: x.Self, LastHeard: x.LastHeard}
+		if x.ServedKnown {
+			v := x.ServedConfig
+			out[i].ServedConfigVersion = &v
+		}
 		if x.OffsetKnown {
 			s := x.ClockOffset.Seconds()
 			out[i].ClockOffsetSeconds = &s

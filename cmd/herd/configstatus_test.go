@@ -81,6 +81,22 @@ func TestUnservableVersionIsReported(t *testing.T) {
 	if got, want := configMetrics(t, a.addr), `herd_config_unservable 0 herd_config_version{kind="committed"} 2 herd_config_version{kind="served"} 2`; got != want {
 		t.Errorf("a's metrics: %s, want %s", got, want)
 	}
+	// a's member list shows the version each node serves (from gossip): b is behind.
+	servedSeen := func(st map[string]any) string {
+		var out []string
+		for _, m := range st["members"].([]any) {
+			m := m.(map[string]any)
+			out = append(out, fmt.Sprintf("%v=%v", m["name"], m["served_config_version"]))
+		}
+		return strings.Join(out, " ")
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for got := servedSeen(rawClusterStatus(t, a.addr)); got != "a=2 b=1"; got = servedSeen(rawClusterStatus(t, a.addr)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a's members serve %s, want a=2 b=1", got)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
 
 	if code, body := adminPost(t, a.addr, "/model/delete", `{"id":"only-a"}`); code != 200 {
 		t.Fatalf("/model/delete: %d %s", code, body)

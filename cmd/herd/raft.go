@@ -126,7 +126,7 @@ func consensusStatus(r *atomic.Pointer[cluster.Raft], store *cluster.ConfigStore
 		cs := proxy.ConsensusStatus{ConfigVersion: st.Committed, ConfigError: st.Error, Homes: st.Homes.Names(), HomesVersion: st.Homes.Version}
 		if raft := r.Load(); raft != nil {
 			st := raft.Status()
-			cs.Leader, cs.Term, cs.Voters = st.Leader, st.Term, st.Voters
+			cs.Leader, cs.Term, cs.Voters, cs.NonVoters = st.Leader, st.Term, st.Voters, st.NonVoters
 		}
 		return cs
 	}

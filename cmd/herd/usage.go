@@ -22,6 +22,7 @@ type sharedUsage struct {
 	inner    state.Backend                              // what backend (state/strict) wraps: *crdt.Backend or *redis.Backend
 	name     string                                     // "redis" or "gossip", for readiness and /cluster/status
 	mode     func() string                              // the backend's current mode for readiness; nil = name
+	health   func() proxy.BackendHealth                 // limit mode and degradation, for /cluster/status
 	sync     cluster.StateSync                          // what gossip carries for it
 	joined   func(*cluster.Node)                        // connects it to membership once the node has started
 	raft     func(*cluster.Raft, *cluster.ConfigStore)  // connects it to raft once raft runs; nil if it needs none
@@ -107,6 +108,9 @@ func newRedisUsage(cfg *config.Config, src redisSource, node string, epoch uint6
 	log.Info("state backend: redis", "from", from, "redis", ropts, "mode", rb.Mode(), "cluster_limit_mode", sb.Mode())
 	u.name, u.sync = "redis", rightsSync{sb}
 	u.mode = func() string { return redisMode(sb.Mode(), rb.Mode()) }
+	u.health = func() proxy.BackendHealth {
+		return proxy.BackendHealth{LimitMode: sb.Mode(), Degraded: rb.Mode() == redis.ModeDegraded}
+	}
 	u.flush, u.close = func() {}, func() { sb.Close(); _ = rb.Close() }
 	joined := u.joined
 	u.joined = func(peers *cluster.Node) {
@@ -134,6 +138,7 @@ func withRights(cfg *config.Config, node string, epoch uint64, inner state.Backe
 	limitMode(sb, cfg)
 	return sb, &sharedUsage{
 		backend: sb, inner: inner,
+		health: func() proxy.BackendHealth { return proxy.BackendHealth{LimitMode: sb.Mode()} },
 		rights: func(id string) (proxy.RightsStatus, bool) {
 			r, ok := sb.Rights(id)
 			return proxy.RightsStatus{Home: r.Home, Share: r.Share, Busy: r.Busy, Lent: r.Lent, Borrowed: r.Borrowed,
