@@ -202,7 +202,7 @@
 
   // ---- history -------------------------------------------------------------------------------
   function mergeHistory(h) {
-    if (!h || typeof h.end !== 'number') return;
+    if (!h || typeof h.end !== 'number' || h.end <= 0) return; // 0: the node has no sample yet
     if (hist.end === null) hist.end = h.end;
     if (h.end > hist.end) {
       const shift = Math.min(HISTORY_KEEP, h.end - hist.end);
@@ -261,6 +261,7 @@
   const num = (v) => typeof v === 'number' && isFinite(v);
   const fmt = (v) => (num(v) ? v.toLocaleString('en-US') : '–');
   const pad = (n) => String(n).padStart(2, '0');
+  const ms = (v) => (v < 10 ? v.toFixed(1) : Math.round(v).toLocaleString('en-US'));
   const clock = (d) => pad(d.getHours()) + ':' + pad(d.getMinutes()) + ':' + pad(d.getSeconds());
 
   function bar(kind, used, limit) {
@@ -284,7 +285,7 @@
       wrap.title = 'no history from this node';
       return wrap;
     }
-    const W = 120, H = 22;
+    const W = 150, H = 22;
     const svg = document.createElementNS(SVG_NS, 'svg');
     svg.setAttribute('width', W);
     svg.setAttribute('height', H);
@@ -313,9 +314,13 @@
       run.push((i * step).toFixed(1) + ',' + (H - 1.5 - p * scale).toFixed(1));
     });
     flush();
+    if (max === 0) wrap.classList.add('idle');
     wrap.appendChild(svg);
-    wrap.appendChild(el('span', 'spark-val', latest === null ? '–' : latest));
+    const val = el('span', 'spark-val', latest === null ? '–' : latest + '/s');
+    if (max > 0) val.appendChild(el('span', 'muted', ' max ' + max));
+    wrap.appendChild(val);
     wrap.title = what + ' on this node, per second over the last ' + points.length + ' s: peak ' + max + ', total ' + total;
+    wrap.dataset.total = total;
     return wrap;
   }
 
@@ -477,8 +482,8 @@
     cell(tr, null).appendChild(bar('rpm', rpmUsed, rpmLimit));
     cell(tr, null).appendChild(bar('tpm', tpmUsed, tpmLimit));
     cell(tr, fmt(d.in_flight), 'num');
-    const lat = cell(tr, num(d.latency_ms) && d.latency_ms > 0 ? Math.round(d.latency_ms) : '–', 'num');
-    if (num(d.ttft_ms) && d.ttft_ms > 0) lat.appendChild(el('span', 'ttft', 'TTFT ' + Math.round(d.ttft_ms)));
+    const lat = cell(tr, num(d.latency_ms) && d.latency_ms > 0 ? ms(d.latency_ms) : '–', 'num');
+    if (num(d.ttft_ms) && d.ttft_ms > 0) lat.appendChild(el('span', 'ttft', 'TTFT ' + ms(d.ttft_ms)));
     const until = d.cooled_until ? new Date(d.cooled_until) : null;
     if (until && !isNaN(until)) {
       tr.classList.add('cooling');
