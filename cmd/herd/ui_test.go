@@ -3,7 +3,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -58,12 +60,124 @@ func artifactsDir(t *testing.T) string {
 	return dir
 }
 
+// browser is a headless Chromium tab driven by a dashboard test.
+type browser struct {
+	t     *testing.T
+	ctx   context.Context // the tab, under the test's deadline
+	shots string          // where screenshots go
+
+	mu       sync.Mutex
+	problems []string // console errors, uncaught exceptions and CSP refusals
+}
+
+// newBrowser starts a Chromium (see chromiumPath) with a 1400x1000 window; it is stopped at
+// cleanup. The first Run starts it, on a context without a deadline (a deadline on it would
+// end the browser); the steps then run under one.
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	path := chromiumPath(t)
+	b := &browser{t: t, shots: artifactsDir(t)}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox,
+		chromedp.WindowSize(1400, 1000))
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
+	if err := chromedp.Do(bctx); err != nil {
+		cancelBrowser()
+		cancelAlloc()
+		t.Fatalf("starting %s: %v", path, err)
+	}
+	// Uncaught exceptions, console errors and CSP refusals fail the test; failed requests (the
+	// 401s of signing in) are the network's, and expected.
+	messages := chromedp.Console(bctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.IsException() || m.Source == "security" || (m.Source == "" && m.Type == "error") ||
+				strings.Contains(m.Text, "Content Security Policy") {
+				b.mu.Lock()
+				b.problems = append(b.problems, m.String())
+				b.mu.Unlock()
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(bctx, 4*time.Minute)
+	b.ctx = ctx
+	t.Cleanup(func() {
+		cancel()
+		cancelBrowser()
+		<-done
+		cancelAlloc()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, p := range b.problems {
+			t.Errorf("browser console: %s", p)
+		}
+	})
+	return b
+}
+
+// do runs steps in the tab.
+func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		b.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// eval evaluates a JavaScript expression in the page.
+func eval[T any](b *browser, expr string) T {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		b.t.Fatalf("%s: %v", expr, err)
+	}
+	return v
+}
+
+// waitJS waits until the expression is true in the page.
+func (b *browser) waitJS(what, expr string, timeout time.Duration) {
+	b.t.Helper()
+	if _, err := chromedp.Run(b.ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(100*time.Millisecond),
+		chromedp.WithPollingTimeout(timeout))); err != nil {
+		b.t.Fatalf("waiting for %s: %v\npage: %+v", what, err, b.view())
+	}
+}
+
+// screenshot saves a full-page PNG as name.
+func (b *browser) screenshot(name string) {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	p := filepath.Join(b.shots, name)
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Logf("screenshot %s", p)
+}
+
+// view reads what the page shows.
+func (b *browser) view() dashboardView {
+	b.t.Helper()
+	return eval[dashboardView](b, readView)
+}
+
+// pollsAtLeast is true in the page once it rendered n polls.
+func pollsAtLeast(n int) string {
+	return fmt.Sprintf(`Number(document.getElementById('app').dataset.polls || 0) >= %d`, n)
+}
+
 // dashboardView is what the page shows, read from the DOM.
 type dashboardView struct {
 	Polls       int
 	LoginShown  bool
 	AppShown    bool
-	Members     []struct{ Name, Status string }
+	Members     []struct{ Name, Status, Role string }
 	Deployments []struct {
 		ID       string
 		RPMUsed  int64
@@ -73,6 +187,7 @@ type dashboardView struct {
 		RPMLabel string
 		TPMLabel string
 		RPMFill  string
+		Requests int64 // the total of its requests sparkline (this node, 180 s); -1 without one
 	}
 	Groups     []groupView
 	Sparklines int // polylines drawn in the deployments table
@@ -91,7 +206,8 @@ const readView = `(() => {
     Polls: Number($('#app').dataset.polls || 0),
     LoginShown: !$('#login-panel').hidden,
     AppShown: !$('#app').hidden,
-    Members: all('#members tr[data-member]').map((tr) => ({Name: tr.dataset.member, Status: tr.dataset.status})),
+    Members: all('#members tr[data-member]').map((tr) => ({Name: tr.dataset.member, Status: tr.dataset.status,
+      Role: tr.cells[3].textContent})),
     Deployments: all('#deployments tr[data-deployment]').map((tr) => ({
       ID: tr.dataset.deployment,
       RPMUsed: Number(tr.dataset.rpmUsed), RPMLimit: Number(tr.dataset.rpmLimit),
@@ -99,6 +215,7 @@ const readView = `(() => {
       RPMLabel: tr.querySelector('.bar.rpm .label').textContent,
       TPMLabel: tr.querySelector('.bar.tpm .label').textContent,
       RPMFill: tr.querySelector('.bar.rpm .fill').style.width,
+      Requests: Number(tr.querySelector('.spark.requests').dataset.total ?? -1),
     })),
     Groups: all('#deployments tr.group').map((tr) => ({
       Name: tr.dataset.group, Text: tr.querySelector('th').firstChild.textContent,
@@ -117,8 +234,7 @@ func TestDashboard(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes and a browser; skipped with -short")
 	}
-	browser := chromiumPath(t)
-	shots := artifactsDir(t)
+	b := newBrowser(t)
 	began := time.Now()
 
 	_, base := fakeupstream.Start(t, fakeupstream.Options{})
@@ -143,95 +259,30 @@ func TestDashboard(t *testing.T) {
 	})
 	t.Logf("cluster formed in %v", time.Since(began).Round(time.Millisecond))
 
-	// The browser. The first Run starts it, on a context without a deadline (a deadline on it
-	// would end the browser); the steps then run under one.
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox,
-		chromedp.WindowSize(1400, 1000))
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("starting %s: %v", browser, err)
-	}
-	// Uncaught exceptions, console errors and CSP refusals fail the test; the 401s of the
-	// sign-in are expected network errors.
-	var consoleMu sync.Mutex
-	var problems []string
-	messages := chromedp.Console(bctx)
-	consoleDone := make(chan struct{})
-	go func() {
-		defer close(consoleDone)
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			if m.IsException() || m.Source == "security" || (m.Source == "" && m.Type == "error") ||
-				strings.Contains(m.Text, "Content Security Policy") {
-				consoleMu.Lock()
-				problems = append(problems, m.String())
-				consoleMu.Unlock()
-			}
-		}
-	}()
-	defer func() { cancelBrowser(); <-consoleDone }()
-	ctx, cancel := context.WithTimeout(bctx, 4*time.Minute)
-	defer cancel()
-
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	// waitJS waits until the expression is true in the page.
-	waitJS := func(what, expr string, timeout time.Duration) {
-		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(100*time.Millisecond),
-			chromedp.WithPollingTimeout(timeout))); err != nil {
-			t.Fatalf("waiting for %s: %v\npage: %+v", what, err, view(t, ctx))
-		}
-	}
-	screenshot := func(name string) {
-		t.Helper()
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot %s: %v", name, err)
-		}
-		p := filepath.Join(shots, name)
-		if err := os.WriteFile(p, png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("screenshot %s", p)
-	}
-	const pollsAtLeast = `Number(document.getElementById('app').dataset.polls || 0) >= `
-
 	// Sign in: a wrong key is refused with the server's message, the right one shows the app.
 	ui := "http://" + a.addr + "/ui"
-	do("open /ui", chromedp.Navigate(ui))
-	waitJS("the sign-in form", `!document.getElementById('login-panel').hidden`, 10*time.Second)
-	do("wrong key", chromedp.SendKeys(chromedp.ID("key"), "sk-wrong"), chromedp.Click(chromedp.CSS(`#login button[type=submit]`)))
-	waitJS("the refusal", `!document.getElementById('login-error').hidden`, 10*time.Second)
-	if msg, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.ID("login-error"))); err != nil || !strings.Contains(msg, "Authentication Error") {
+	b.do("open /ui", chromedp.Navigate(ui))
+	b.waitJS("the sign-in form", `!document.getElementById('login-panel').hidden`, 10*time.Second)
+	b.do("wrong key", chromedp.SendKeys(chromedp.ID("key"), "sk-wrong"), chromedp.Click(chromedp.CSS(`#login button[type=submit]`)))
+	b.waitJS("the refusal", `!document.getElementById('login-error').hidden`, 10*time.Second)
+	if msg, err := chromedp.Run(b.ctx, chromedp.TextContent(chromedp.ID("login-error"))); err != nil || !strings.Contains(msg, "Authentication Error") {
 		t.Errorf("#login-error = %q, %v; want the server's authentication error", msg, err)
 	}
-	do("sign in", chromedp.SendKeys(chromedp.ID("key"), "sk-admin"),
+	b.do("sign in", chromedp.SendKeys(chromedp.ID("key"), "sk-admin"),
 		chromedp.Click(chromedp.CSS(`#login button[type=submit]`)))
-	waitJS("three polls", pollsAtLeast+"3", 20*time.Second)
-	v := view(t, ctx)
+	b.waitJS("three polls", pollsAtLeast(3), 20*time.Second)
+	v := b.view()
 	if v.LoginShown || !v.AppShown {
 		t.Fatalf("after signing in: login shown %v, app shown %v", v.LoginShown, v.AppShown)
 	}
-	keyLeft, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.outerHTML.includes('sk-admin') || document.getElementById('key').value !== ''`))
-	if err != nil || keyLeft {
-		t.Errorf("the key is left in the page (%v)", err)
+	if eval[bool](b, `document.documentElement.outerHTML.includes('sk-admin') || document.getElementById('key').value !== ''`) {
+		t.Error("the key is left in the page")
 	}
-	stored, err := chromedp.Run(ctx, chromedp.Evaluate[string](`sessionStorage.getItem('herd-master-key')`))
-	if err != nil || stored != "sk-admin" {
-		t.Errorf("sessionStorage herd-master-key = %q, %v", stored, err)
+	if stored := eval[string](b, `sessionStorage.getItem('herd-master-key')`); stored != "sk-admin" {
+		t.Errorf("sessionStorage herd-master-key = %q", stored)
 	}
-	matchStatus(t, ctx, a.addr, 0)
-	v = view(t, ctx)
+	matchStatus(b, a.addr, 0)
+	v = b.view()
 	for _, d := range v.Deployments {
 		switch d.ID {
 		case "chat-a":
@@ -248,15 +299,16 @@ func TestDashboard(t *testing.T) {
 		v.Groups[i].Text != "x&amp;<y" || v.Groups[i].Elements != 0 {
 		t.Errorf("a group named with markup shows as %+v", v.Groups)
 	}
-	screenshot("1-signed-in.png")
+	b.screenshot("1-signed-in.png")
 
-	// Load: 100 chat requests over the three nodes; the rpm bars rise to them.
+	// Load: 100 chat requests over the three nodes in about 5 s; the rpm bars rise to them.
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for w := range 5 {
 		wg.Go(func() {
 			for i := w; i < 100; i += 5 {
+				time.Sleep(250 * time.Millisecond) // paces the load (20 req/s in all); not a wait for an event
 				req, _ := http.NewRequest(http.MethodPost, "http://"+nodes[i%3].addr+"/v1/chat/completions",
 					strings.NewReader(`{"model":"chat","messages":[{"role":"user","content":"hi"}]}`))
 				req.Header.Set("Authorization", "Bearer sk-admin")
@@ -272,70 +324,97 @@ func TestDashboard(t *testing.T) {
 			}
 		})
 	}
+	b.waitJS("the rpm bars to rise", `[...document.querySelectorAll('#deployments tr[data-deployment^="chat-"]')]
+		.reduce((n, tr) => n + Number(tr.dataset.rpmUsed), 0) >= 30`, 20*time.Second)
+	t.Logf("the page showed 30 requests %v after the load began", time.Since(start).Round(time.Millisecond))
+	b.screenshot("2-under-load.png")
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
 	t.Logf("100 requests in %v", time.Since(start).Round(time.Millisecond))
-	waitJS("the rpm bars to count 100 requests", `[...document.querySelectorAll('#deployments tr[data-deployment^="chat-"]')]
+	b.waitJS("the rpm bars to count 100 requests", `[...document.querySelectorAll('#deployments tr[data-deployment^="chat-"]')]
 		.reduce((n, tr) => n + Number(tr.dataset.rpmUsed), 0) >= 100`, 20*time.Second)
-	t.Logf("the page showed them %v after the load began", time.Since(start).Round(time.Millisecond))
-	matchStatus(t, ctx, a.addr, 0)
-	if _, ok := rawClusterStatus(t, a.addr)["history"]; ok {
-		// The sparklines draw this node's per-second counts once the server sends them.
-		waitJS("sparklines", `document.querySelectorAll('#deployments tr[data-deployment="chat-a"] polyline').length > 0`, 10*time.Second)
-	} else {
-		t.Log("/cluster/status has no history yet: sparklines not checked")
+	t.Logf("the page showed them all %v after the load began", time.Since(start).Round(time.Millisecond))
+	matchStatus(b, a.addr, 0)
+	// The sparklines draw this node's per-second counts: their totals are a's own share.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		want := requestsOnNode(t, a.addr)
+		got := map[string]int64{}
+		for _, d := range b.view().Deployments {
+			got[d.ID] = d.Requests
+		}
+		if fmt.Sprint(got) == fmt.Sprint(want) && want["chat-a"]+want["chat-b"] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the requests sparklines total %v; a's history says %v", got, want)
+		}
+		time.Sleep(200 * time.Millisecond) // poll interval
 	}
-	screenshot("2-under-load.png")
+	b.screenshot("3-after-load.png")
 
 	// Kill c: memberlist's failure detector declares it dead, and the page shows it.
 	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	waitJS("c shown dead", `document.querySelector('#members tr[data-member="c"]')?.dataset.status === 'dead'`, 60*time.Second)
+	b.waitJS("c shown dead", `document.querySelector('#members tr[data-member="c"]')?.dataset.status === 'dead'`, 60*time.Second)
 	t.Logf("c shown dead %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
 	if st := memberStatuses(rawClusterStatus(t, a.addr)); st["c"] != "dead" {
 		t.Errorf("the page shows c dead, /cluster/status says %q", st["c"])
 	}
-	screenshot("3-node-dead.png")
+	b.screenshot("4-node-dead.png")
 
 	// The session survives a reload (sessionStorage), and the key never reached the URL.
-	loc, err := chromedp.Run(ctx, chromedp.Location())
+	loc, err := chromedp.Run(b.ctx, chromedp.Location())
 	if err != nil || strings.Contains(loc, "sk-admin") || loc != ui {
 		t.Errorf("page URL %q (%v); want %s without the key", loc, err, ui)
 	}
-	do("reload", chromedp.Reload())
-	waitJS("polls after the reload without signing in", pollsAtLeast+"2 && document.getElementById('login-panel').hidden", 20*time.Second)
-	matchStatus(t, ctx, a.addr, 5)
+	b.do("reload", chromedp.Reload())
+	b.waitJS("polls after the reload without signing in", pollsAtLeast(2)+" && document.getElementById('login-panel').hidden", 20*time.Second)
+	matchStatus(b, a.addr, 5)
 
 	// Log out: the key is forgotten, and a reload asks for it again.
-	do("log out", chromedp.Click(chromedp.ID("logout")))
-	waitJS("the sign-in form after logging out", `!document.getElementById('login-panel').hidden && document.getElementById('app').hidden`, 10*time.Second)
-	if stored, err := chromedp.Run(ctx, chromedp.Evaluate[*string](`sessionStorage.getItem('herd-master-key')`)); err != nil || stored != nil {
-		t.Errorf("after logging out, sessionStorage still has the key (%v)", err)
+	b.do("log out", chromedp.Click(chromedp.ID("logout")))
+	b.waitJS("the sign-in form after logging out", `!document.getElementById('login-panel').hidden && document.getElementById('app').hidden`, 10*time.Second)
+	if stored := eval[*string](b, `sessionStorage.getItem('herd-master-key')`); stored != nil {
+		t.Error("after logging out, sessionStorage still has the key")
 	}
-	do("reload after logging out", chromedp.Reload())
-	waitJS("the sign-in form after reloading", `!document.getElementById('login-panel').hidden && document.getElementById('app').hidden`, 10*time.Second)
+	b.do("reload after logging out", chromedp.Reload())
+	b.waitJS("the sign-in form after reloading", `!document.getElementById('login-panel').hidden && document.getElementById('app').hidden`, 10*time.Second)
 
-	consoleMu.Lock()
-	defer consoleMu.Unlock()
-	for _, p := range problems {
-		t.Errorf("browser console: %s", p)
-	}
 	t.Logf("dashboard test took %v", time.Since(began).Round(time.Millisecond))
 }
 
-// view reads what the page shows.
-func view(t *testing.T, ctx context.Context) dashboardView {
+// requestsOnNode sums, per deployment, the requests node addr served in the last 180 s, from
+// /cluster/status?history=180.
+func requestsOnNode(t *testing.T, addr string) map[string]int64 {
 	t.Helper()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[dashboardView](readView))
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/cluster/status?history=180", nil)
+	req.Header.Set("Authorization", "Bearer sk-admin")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("reading the page: %v", err)
+		t.Fatal(err)
 	}
-	return v
+	defer resp.Body.Close()
+	var st struct {
+		History struct {
+			Deployments map[string]struct{ Requests []int64 }
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for id, s := range st.History.Deployments {
+		for _, n := range s.Requests {
+			out[id] += n
+		}
+	}
+	return out
 }
 
 // memberStatuses maps member names to statuses in a /cluster/status answer.
@@ -356,22 +435,21 @@ func memberStatuses(st map[string]any) map[string]string {
 // /cluster/status at addr, shows that answer's members and statuses, its deployments with the
 // same limits, and usage within tolerance of it. Page and server are read about a second apart,
 // so a member's status may change between them: the check is repeated until they agree.
-func matchStatus(t *testing.T, ctx context.Context, addr string, tolerance int64) {
+func matchStatus(b *browser, addr string, tolerance int64) {
+	t := b.t
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		before := view(t, ctx).Polls
+		before := b.view().Polls
 		st := rawClusterStatus(t, addr)
 		diff := ""
 		// The page polls once a second: wait for a poll that began after the read.
-		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := chromedp.Run(waitCtx, chromedp.Poll[bool](fmt.Sprintf(`Number(document.getElementById('app').dataset.polls || 0) >= %d`, before+2),
-			chromedp.WithPollingInterval(50*time.Millisecond)))
-		cancel()
+		_, err := chromedp.Run(b.ctx, chromedp.Poll[bool](pollsAtLeast(before+2), chromedp.WithPollingInterval(50*time.Millisecond),
+			chromedp.WithPollingTimeout(5*time.Second)))
 		if err != nil {
 			diff = fmt.Sprintf("no new poll: %v", err)
 		} else {
-			diff = compareView(view(t, ctx), st, tolerance)
+			diff = compareView(b.view(), st, tolerance)
 		}
 		if diff == "" {
 			return
@@ -391,6 +469,20 @@ func compareView(v dashboardView, st map[string]any, tolerance int64) string {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		return fmt.Sprintf("members %v, /cluster/status %v", got, want)
+	}
+	roles := map[string]string{}
+	if members, _ := st["members"].([]any); len(members) == len(v.Members) {
+		for _, m := range members {
+			m, _ := m.(map[string]any)
+			name, _ := m["name"].(string)
+			role, _ := m["raft_role"].(string)
+			roles[name] = cmp.Or(role, "–")
+		}
+	}
+	for _, m := range v.Members {
+		if m.Role != roles[m.Name] {
+			return fmt.Sprintf("%s: raft role %q shown, /cluster/status %q", m.Name, m.Role, roles[m.Name])
+		}
 	}
 	deps, _ := st["deployments"].([]any)
 	if len(deps) != len(v.Deployments) {
