@@ -181,6 +181,7 @@
     lastOK = Date.now();
     status = body;
     mergeHistory(body.history);
+    $('app').dataset.historyEnd = hist.end === null ? '' : String(hist.end);
     render();
     polls++;
     $('app').dataset.polls = String(polls);
@@ -202,7 +203,12 @@
 
   // ---- history -------------------------------------------------------------------------------
   function mergeHistory(h) {
-    if (!h || typeof h.end !== 'number' || h.end <= 0) return; // 0: the node has no sample yet
+    if (!h || typeof h.end !== 'number' || h.end <= 0) { // an older node, or no sample yet
+      hist.end = null;
+      hist.groups.clear();
+      hist.deployments.clear();
+      return;
+    }
     if (hist.end === null) hist.end = h.end;
     if (h.end > hist.end) {
       const shift = Math.min(HISTORY_KEEP, h.end - hist.end);
