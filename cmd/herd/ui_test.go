@@ -355,6 +355,10 @@ func TestDashboard(t *testing.T) {
 		time.Sleep(200 * time.Millisecond) // poll interval
 	}
 	b.screenshot("3-after-load.png")
+	// Strict mode: the rpm bar's tooltip tells this node's rights to the limit (held once used).
+	if title := eval[string](b, `document.querySelector('#deployments tr[data-deployment="chat-a"] .bar.rpm').title`); !strings.Contains(title, "this node: home, share ") {
+		t.Errorf("chat-a's rpm bar title %q does not tell a's rights", title)
+	}
 
 	// Kill c: memberlist's failure detector declares it dead, and the page shows it.
 	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {

@@ -485,8 +485,16 @@
     tr.dataset.tpmLimit = tpmLimit;
     const id = cell(tr, d.id, 'name mono');
     id.title = d.id;
-    cell(tr, null).appendChild(bar('rpm', rpmUsed, rpmLimit));
-    cell(tr, null).appendChild(bar('tpm', tpmUsed, tpmLimit));
+    const rpm = bar('rpm', rpmUsed, rpmLimit), tpm = bar('tpm', tpmUsed, tpmLimit);
+    const r = d.rights;
+    if (r && typeof r === 'object') { // strict mode: this node's rights to the limit
+      rpm.title += '\nthis node: ' + (r.home ? 'home, share ' + r.share : 'not a home') + ', busy ' + r.busy +
+        ', lent ' + r.lent + ', borrowed ' + r.borrowed;
+      tpm.title += '\nthis node: ' + (r.home ? 'home, share ' + r.share_tokens : 'not a home') + ', busy ' +
+        r.busy_tokens + ', lent ' + r.lent_tokens + ', borrowed ' + r.borrowed_tokens;
+    }
+    cell(tr, null).appendChild(rpm);
+    cell(tr, null).appendChild(tpm);
     cell(tr, fmt(d.in_flight), 'num');
     const lat = cell(tr, num(d.latency_ms) && d.latency_ms > 0 ? ms(d.latency_ms) : '–', 'num');
     if (num(d.ttft_ms) && d.ttft_ms > 0) lat.appendChild(el('span', 'ttft', 'TTFT ' + ms(d.ttft_ms)));
