@@ -247,5 +247,8 @@ func (s *Server) routes(metricsHandler http.Handler) *echo.Echo {
 	e.GET("/health/liveness", open(liveliness))
 	e.GET("/health/readiness", open(s.readiness))
 	e.GET("/metrics", open(echo.WrapHandler(metricsHandler)))
+	e.GET("/ui", open(uiPage)) // the dashboard: static, no data; it fetches /cluster/status with the key
+	e.GET("/ui/", open(uiPage))
+	e.GET("/ui/assets/:name", open(uiStatic))
 	return e
 }

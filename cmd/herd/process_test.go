@@ -112,6 +112,39 @@ func startProcessEnv(t *testing.T, name string, env []string, args ...string) *h
 	return p
 }
 
+// startRaftTrio starts herd processes a, b and c on the config at path, each with its own data
+// directory, bootstrapping raft together (b and c join through a), and waits until every node
+// sees three voters and a leader.
+func startRaftTrio(t *testing.T, path string) []*herdProcess {
+	t.Helper()
+	common := []string{"--config", path, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--bootstrap-expect", "3"}
+	a := startProcess(t, "a", append(common, "--node-name", "a", "--data-dir", t.TempDir())...)
+	b := startProcess(t, "b", append(common, "--node-name", "b", "--data-dir", t.TempDir(), "--join", a.gossipAddr)...)
+	c := startProcess(t, "c", append(common, "--node-name", "c", "--data-dir", t.TempDir(), "--join", a.gossipAddr)...)
+	nodes := []*herdProcess{a, b, c}
+	waitAll(t, nodes, "raft did not form", func(st map[string]any) bool {
+		voters, _ := st["voters"].([]any)
+		return len(voters) == 3 && st["leader"] != ""
+	})
+	return nodes
+}
+
+// waitAll polls each node's /cluster/status (30 s at most in all) until ready says yes, and
+// returns the last answer.
+func waitAll(t *testing.T, nodes []*herdProcess, what string, ready func(st map[string]any) bool) (st map[string]any) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range nodes {
+		for st = rawClusterStatus(t, n.addr); !ready(st); st = rawClusterStatus(t, n.addr) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %s: %v", n.addr, what, st)
+			}
+			time.Sleep(50 * time.Millisecond) // poll interval
+		}
+	}
+	return st
+}
+
 // TestThreeProcessesKeepOneLimit starts three herd processes joined over loopback with one
 // deployment of rpm 60 and spreads 120 requests over them: the upstream sees 60 (61 at most).
 func TestThreeProcessesKeepOneLimit(t *testing.T) {

@@ -73,27 +73,9 @@ func TestThreeProcessesChangeConfigThroughRaft(t *testing.T) {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	common := []string{"--config", path, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--bootstrap-expect", "3"}
-	a := startProcess(t, "a", append(common, "--node-name", "a", "--data-dir", t.TempDir())...)
-	b := startProcess(t, "b", append(common, "--node-name", "b", "--data-dir", t.TempDir(), "--join", a.gossipAddr)...)
-	c := startProcess(t, "c", append(common, "--node-name", "c", "--data-dir", t.TempDir(), "--join", a.gossipAddr)...)
-	nodes := []*herdProcess{a, b, c}
-
-	// Raft forms with three voters and the file's config as version 1.
-	var st map[string]any
-	deadline := time.Now().Add(30 * time.Second)
-	for _, n := range nodes {
-		for {
-			st = rawClusterStatus(t, n.addr)
-			if voters, _ := st["voters"].([]any); len(voters) == 3 && st["leader"] != "" && st["config_version"] == 1.0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: raft did not form: %v", n.addr, st)
-			}
-			time.Sleep(50 * time.Millisecond) // poll interval
-		}
-	}
+	nodes := startRaftTrio(t, path)
+	// The file's config is version 1 on every node.
+	st := waitAll(t, nodes, "config version 1 not committed", func(st map[string]any) bool { return st["config_version"] == 1.0 })
 	leader := st["leader"].(string)
 	t.Logf("leader %s, term %v", leader, st["term"])
 
@@ -147,7 +129,7 @@ func TestThreeProcessesChangeConfigThroughRaft(t *testing.T) {
 	}
 	// Every node keeps its peers' counts for the added deployment, which its config file lacks:
 	// the applied config told the gossip backend its deployments.
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for _, n := range nodes {
 		for usedOf(t, n.addr, "added-1") != 3 {
 			if time.Now().After(deadline) {
