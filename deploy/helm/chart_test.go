@@ -66,18 +66,22 @@ var cases = map[string]struct {
 	"servicemonitor.yaml":  {replicas: 3, chartSecret: true, serviceMonitor: true},
 }
 
-// Values the chart must refuse, and the words its message must contain. Every file in
-// testdata/invalid/ must be listed here.
-var invalid = map[string]string{
-	"replicas-zero.yaml":                  "replicaCount must be a whole number of at least 1",
-	"no-cluster-key.yaml":                 "clusterKey is required",
-	"no-master-key.yaml":                  "masterKey is required",
-	"bad-cluster-key.yaml":                "clusterKey must be base64 of 16, 24 or 32 bytes",
-	"bootstrap-expect.yaml":               "config.cluster_settings.bootstrap_expect is set by the chart from replicaCount",
-	"master-key-in-config.yaml":           "config.general_settings.master_key is set by the chart",
-	"literal-redis-password.yaml":         "config.router_settings.redis_password must not be written in the config",
-	"redis-conflict.yaml":                 "config.router_settings.redis_host conflicts with redis.host",
-	"redis-password-existing-secret.yaml": "redis.password with existingSecret",
+// Values the chart must refuse, and the words its message must contain: schema, from
+// values.schema.json; template, from the templates' own checks, which also hold when the schema
+// is skipped (helm install --skip-schema-validation). schema "": the schema lets the values
+// through and the templates refuse them; template "": only the schema refuses them. Every file
+// in testdata/invalid/ must be listed here.
+var invalid = map[string]struct{ schema, template string }{
+	"replicas-zero.yaml":                  {schema: "at '/replicaCount': minimum: got 0, want 1", template: "replicaCount must be a whole number of at least 1"},
+	"misspelt-value.yaml":                 {schema: "additional properties 'replicas' not allowed"},
+	"no-cluster-key.yaml":                 {template: "clusterKey is required"},
+	"no-master-key.yaml":                  {template: "masterKey is required"},
+	"bad-cluster-key.yaml":                {template: "clusterKey must be base64 of 16, 24 or 32 bytes"},
+	"bootstrap-expect.yaml":               {template: "config.cluster_settings.bootstrap_expect is set by the chart from replicaCount"},
+	"master-key-in-config.yaml":           {template: "config.general_settings.master_key is set by the chart"},
+	"literal-redis-password.yaml":         {template: "config.router_settings.redis_password must not be written in the config"},
+	"redis-conflict.yaml":                 {template: "config.router_settings.redis_host conflicts with redis.host"},
+	"redis-password-existing-secret.yaml": {template: "redis.password with existingSecret"},
 }
 
 // serviceMonitor is the part of Prometheus Operator's CRD the chart writes, so that strict
@@ -132,14 +136,15 @@ func render(t *testing.T, c *chart.Chart, valuesFile string) (map[string]string,
 	if err != nil {
 		t.Fatalf("reading %s: %v", valuesFile, err)
 	}
-	return renderValues(t, c, vals.AsMap())
+	return renderValues(t, c, vals.AsMap(), false)
 }
 
-// renderValues renders the chart with the given values; it returns the rendered templates and
+// renderValues renders the chart with the given values (checked against values.schema.json
+// unless skipSchema); it returns the rendered templates and
 // the values they saw (the chart's defaults merged with vals).
-func renderValues(t *testing.T, c *chart.Chart, vals map[string]any) (map[string]string, chartutil.Values, error) {
+func renderValues(t *testing.T, c *chart.Chart, vals map[string]any, skipSchema bool) (map[string]string, chartutil.Values, error) {
 	t.Helper()
-	top, err := chartutil.ToRenderValues(c, vals, chartutil.ReleaseOptions{Name: releaseName, Namespace: namespace, IsInstall: true}, chartutil.DefaultCapabilities)
+	top, err := chartutil.ToRenderValuesWithSchemaValidation(c, vals, chartutil.ReleaseOptions{Name: releaseName, Namespace: namespace, IsInstall: true}, chartutil.DefaultCapabilities, skipSchema)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -258,12 +263,24 @@ func TestChartRejectsBrokenValues(t *testing.T) {
 	c := loadChart(t)
 	for name, want := range invalid {
 		t.Run(name, func(t *testing.T) {
-			out, _, err := render(t, c, filepath.Join("testdata/invalid", name))
-			if err == nil {
-				t.Fatalf("rendered without error; want a failure saying %q; got %d templates", want, len(out))
+			vals, err := chartutil.ReadValuesFile(filepath.Join("testdata/invalid", name))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if !strings.Contains(err.Error(), want) {
-				t.Fatalf("error %q\ndoes not say %q", err, want)
+			for _, skipSchema := range []bool{false, true} {
+				msg := want.template
+				if !skipSchema && want.schema != "" {
+					msg = want.schema
+				}
+				out, _, err := renderValues(t, c, vals.AsMap(), skipSchema)
+				switch {
+				case msg == "" && err != nil:
+					t.Errorf("without the schema: %v; want only the schema to refuse these values", err)
+				case msg != "" && err == nil:
+					t.Errorf("skipSchema=%v: rendered %d templates; want a failure saying %q", skipSchema, len(out), msg)
+				case msg != "" && !strings.Contains(err.Error(), msg):
+					t.Errorf("skipSchema=%v: error %q\ndoes not say %q", skipSchema, err, msg)
+				}
 			}
 		})
 	}
@@ -303,7 +320,7 @@ func TestChartOwnsClusterSettings(t *testing.T) {
 			}
 			vals := base.AsMap()
 			vals["config"] = map[string]any{"cluster_settings": map[string]any{key: value}}
-			_, _, err := renderValues(t, c, vals)
+			_, _, err := renderValues(t, c, vals, false)
 			switch {
 			case users && err != nil:
 				t.Errorf("cluster_settings.%s is the user's, but rendering fails: %v", key, err)
