@@ -82,6 +82,7 @@ var invalid = map[string]struct{ schema, template string }{
 	"literal-redis-password.yaml":         {template: "config.router_settings.redis_password must not be written in the config"},
 	"redis-conflict.yaml":                 {template: "config.router_settings.redis_host conflicts with redis.host"},
 	"redis-password-existing-secret.yaml": {template: "redis.password with existingSecret"},
+	"redis-without-host.yaml":             {template: "redis.existingSecret is set but redis.host is not"},
 }
 
 // serviceMonitor is the part of Prometheus Operator's CRD the chart writes, so that strict

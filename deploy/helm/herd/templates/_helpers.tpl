@@ -89,11 +89,11 @@ template includes it, so `helm template -s` of any one file fails alike. */}}
 {{- if not (regexMatch "^([A-Za-z0-9+/]{22}==|[A-Za-z0-9+/]{32}|[A-Za-z0-9+/]{43}=)$" (trim .Values.clusterKey)) }}
 {{- fail "clusterKey must be base64 of 16, 24 or 32 bytes, as `herd keygen` prints" }}
 {{- end }}
-{{- if and .Values.redis.password (not .Values.redis.host) }}
-{{- fail "redis.password is set but redis.host is not" }}
-{{- end }}
 {{- else if and .Values.redis.host .Values.redis.password (not .Values.redis.existingSecret) }}
 {{- fail "redis.password with existingSecret: the chart makes no Secret to keep it in; put the password in a Secret and set redis.existingSecret (and redis.existingSecretKey)" }}
+{{- end }}
+{{- if and (or .Values.redis.password .Values.redis.existingSecret) (not .Values.redis.host) }}
+{{- fail "redis.password or redis.existingSecret is set but redis.host is not: Redis mode needs redis.host" }}
 {{- end }}
 {{- $p := .Values.ports }}
 {{- if or (eq (int $p.gossip) (int $p.raft)) (eq (int $p.gossip) (int $p.http)) (eq (int $p.raft) (int $p.http)) }}
