@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -51,6 +52,7 @@ var existingSecrets = map[string]map[string]string{
 
 // What each valid values file must produce. Every file in testdata/ must be listed here.
 var cases = map[string]struct {
+	configFile     string // given as config, as --set-file config=FILE would
 	replicas       int32
 	chartSecret    bool   // the chart renders its own Secret
 	redisHost      string // "" = no Redis mode
@@ -64,6 +66,7 @@ var cases = map[string]struct {
 	"existing-secret.yaml": {replicas: 3, redisHost: "redis-master.redis.svc.cluster.local", redisPort: "6380", redisPassword: "EXISTINGREDISPW-90b1", persistence: true},
 	"redis.yaml":           {replicas: 3, chartSecret: true, redisHost: "redis.example.internal", redisPort: "6379", redisPassword: "TESTREDISPW-77ac01", persistence: true},
 	"servicemonitor.yaml":  {replicas: 3, chartSecret: true, serviceMonitor: true},
+	"compose-config.yaml":  {configFile: "../compose/config.yaml", replicas: 3, chartSecret: true, persistence: true},
 }
 
 // Values the chart must refuse, and the words its message must contain: schema, from
@@ -129,19 +132,9 @@ func loadChart(t *testing.T) *chart.Chart {
 	return c
 }
 
-// render renders the chart with the values file as `helm install -f file` would, in strict
-// mode (a template that reads a value that does not exist fails, as with `helm lint --strict`).
-func render(t *testing.T, c *chart.Chart, valuesFile string) (map[string]string, chartutil.Values, error) {
-	t.Helper()
-	vals, err := chartutil.ReadValuesFile(valuesFile)
-	if err != nil {
-		t.Fatalf("reading %s: %v", valuesFile, err)
-	}
-	return renderValues(t, c, vals.AsMap(), false)
-}
-
-// renderValues renders the chart with the given values (checked against values.schema.json
-// unless skipSchema); it returns the rendered templates and
+// renderValues renders the chart with the given values as `helm install` would (checked against
+// values.schema.json unless skipSchema), in strict mode: a template that reads a value that does
+// not exist fails, as with `helm lint --strict`. It returns the rendered templates and
 // the values they saw (the chart's defaults merged with vals).
 func renderValues(t *testing.T, c *chart.Chart, vals map[string]any, skipSchema bool) (map[string]string, chartutil.Values, error) {
 	t.Helper()
@@ -338,7 +331,18 @@ func TestChart(t *testing.T) {
 	c := loadChart(t)
 	for name, want := range cases {
 		t.Run(name, func(t *testing.T) {
-			out, vals, err := render(t, c, filepath.Join("testdata", name))
+			input, err := chartutil.ReadValuesFile(filepath.Join("testdata", name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want.configFile != "" {
+				b, err := os.ReadFile(want.configFile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				input["config"] = string(b)
+			}
+			out, vals, err := renderValues(t, c, input, false)
 			if err != nil {
 				t.Fatalf("render: %v", err)
 			}

@@ -128,12 +128,16 @@ chart owns, or that would put a secret into the ConfigMap. */}}
 {{- $gs := $cfg.general_settings }}
 {{- $cs := $cfg.cluster_settings }}
 {{- $rs := $cfg.router_settings }}
-{{- if hasKey $gs "master_key" }}
+{{- /* The keys: a config may name the variables the chart sets (as LiteLLM's and the
+compose example's do), nothing else. */}}
+{{- if and (hasKey $gs "master_key") (ne (toString (get $gs "master_key")) "os.environ/LITELLM_MASTER_KEY") }}
 {{- fail "config.general_settings.master_key is set by the chart from masterKey or existingSecret (as os.environ/LITELLM_MASTER_KEY); remove it from config" }}
 {{- end }}
+{{- if and (hasKey $cs "cluster_key") (ne (toString (get $cs "cluster_key")) "os.environ/HERD_CLUSTER_KEY") }}
+{{- fail "config.cluster_settings.cluster_key is set by the chart from clusterKey or existingSecret (as os.environ/HERD_CLUSTER_KEY); remove it from config" }}
+{{- end }}
 {{- $owned := dict
-  "cluster_key" "clusterKey or existingSecret (as os.environ/HERD_CLUSTER_KEY)"
-  "gossip_key" "clusterKey or existingSecret (as os.environ/HERD_CLUSTER_KEY)"
+  "gossip_key" "clusterKey or existingSecret (as cluster_key: os.environ/HERD_CLUSTER_KEY)"
   "bootstrap_expect" "replicaCount"
   "join" "the headless Service's DNS name"
   "gossip_addr" "ports.gossip"
