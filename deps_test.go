@@ -36,7 +36,8 @@ func TestImportDirection(t *testing.T) {
 }
 
 // TestHerdShipsNoTestCode: the herd binary carries none of the chaos suite, the fake upstream
-// or the test helpers; only their own commands and tests use them.
+// or the test helpers; only their own commands and tests use them. Nor does it carry Helm or
+// the Kubernetes API types, which only deploy/helm's chart test renders and decodes with.
 func TestHerdShipsNoTestCode(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "./cmd/herd").CombinedOutput()
 	if err != nil {
@@ -46,6 +47,11 @@ func TestHerdShipsNoTestCode(t *testing.T) {
 		for _, b := range []string{"/internal/chaos", "/internal/fakeupstream", "/internal/redistest", "/state/statetest"} {
 			if strings.HasSuffix(dep, "/herd"+b) {
 				t.Errorf("cmd/herd depends on %s", dep)
+			}
+		}
+		for _, b := range []string{"helm.sh/", "k8s.io/", "sigs.k8s.io/"} {
+			if strings.HasPrefix(dep, b) {
+				t.Errorf("cmd/herd depends on %s: only the chart test may", dep)
 			}
 		}
 	}
