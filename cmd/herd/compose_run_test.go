@@ -3,15 +3,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,12 +71,13 @@ func TestComposeClusterRuns(t *testing.T) {
 		name     string
 		shell    map[string]string
 		profiles []string
-		backend  string // /cluster/status's backend_mode once the cluster is up
+		backend  string // /cluster/status's backend_mode once the cluster is up: strict rights (the default cluster_limit_mode) over gossip, or Redis reachable
 	}{
 		{name: "gossip", backend: "strict"},
 		{name: "redis", shell: map[string]string{"HERD_COMPOSE_CONFIG": "config.redis.yaml"}, profiles: []string{"redis"}, backend: "redis"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
 			if slices.Contains(tc.profiles, "redis") {
 				if _, err := exec.LookPath("redis-server"); err != nil {
 					t.Skip("redis-server not installed")
@@ -80,7 +85,7 @@ func TestComposeClusterRuns(t *testing.T) {
 			}
 			up := composeUp(t, loadCompose(t, tc.shell), tc.profiles, fakeupstream)
 			up.waitFormed(t, tc.backend)
-			t.Logf("%s: cluster formed %s after the test began", tc.name, time.Since(began).Round(time.Millisecond))
+			t.Logf("%s: cluster formed in %s", tc.name, time.Since(start).Round(time.Millisecond))
 			for _, name := range herdServices {
 				code, body := up.chat(name)
 				var answer struct {
@@ -91,6 +96,13 @@ func TestComposeClusterRuns(t *testing.T) {
 				}
 			}
 			up.checkSharedLimit(t, len(herdServices))
+			if slices.Contains(tc.profiles, "redis") {
+				// The counts the nodes kept are in Redis (a node that could not reach it would
+				// have reported backend_mode "degraded" and counted alone).
+				if n := up.redisKeys(t); n == 0 {
+					t.Error("the redis service holds no keys after the load")
+				}
+			}
 		})
 	}
 	t.Logf("whole test: %s", time.Since(began).Round(time.Millisecond))
@@ -137,7 +149,8 @@ type composeRun struct {
 	addrs  map[string]string // service -> its address on the bridge
 	procs  map[string]*composeProc
 	client *http.Client // from the controller's namespace
-	config string       // the herd nodes' config, as a path on this machine
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	config string // the herd nodes' config, as a path on this machine
 }
 
 // composeProc is one service's process.
@@ -186,7 +199,8 @@ func composeUp(t *testing.T, spec composeSpec, profiles []string, fakeupstream s
 	if err := cnet.WriteHosts(up.addrs); err != nil {
 		t.Fatal(err)
 	}
-	up.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: chaos.DialerIn(cnet.Ctl)}}
+	up.dial = chaos.DialerIn(cnet.Ctl)
+	up.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: up.dial}}
 
 	dir := t.TempDir()
 	var levels [][]string // services in start order: each level depends only on earlier ones
@@ -270,6 +284,9 @@ func (up *composeRun) commandLine(t *testing.T, name, dir, fakeupstream string) 
 	mounts := map[string]string{} // container path -> path here
 	for _, v := range svc.Volumes {
 		parts := strings.Split(v, ":")
+		if len(parts) < 2 {
+			t.Fatalf("%s: volume %q: want SOURCE:TARGET[:MODE]", name, v)
+		}
 		src := filepath.Join(dir, parts[0]) // a named volume: empty and the service's own
 		if strings.HasPrefix(parts[0], ".") || strings.HasPrefix(parts[0], "/") {
 			abs, err := filepath.Abs(filepath.Join(filepath.Dir(composeFile), parts[0]))
@@ -383,6 +400,28 @@ func (up *composeRun) do(method, url, body string) (int, string) {
 func (up *composeRun) chat(name string) (int, string) {
 	return up.do(http.MethodPost, up.url(name, "4000", "/v1/chat/completions"),
 		`{"model":"demo-model","messages":[{"role":"user","content":"Hello"}]}`)
+}
+
+// redisKeys asks the redis service how many keys it holds (DBSIZE, in RESP).
+func (up *composeRun) redisKeys(t *testing.T) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := up.dial(ctx, "tcp", up.addrs["redis"]+":6379")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "*1\r\n$6\r\nDBSIZE\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	n, perr := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, ":")))
+	if err != nil || perr != nil || !strings.HasPrefix(line, ":") {
+		t.Fatalf("redis DBSIZE: %q (%v)", line, errors.Join(err, perr))
+	}
+	return n
 }
 
 // composeStatus is the part of /cluster/status the test reads.
