@@ -17,10 +17,12 @@ import (
 	"github.com/herd-proxy/herd/config"
 )
 
-// deploy/compose.yaml cannot be run here (no docker in the test environment), so this test
-// checks what would stop it: its herd command lines through herd's own flag parsing and
-// cluster settings, and its mounted configs through config.Parse, with the environment compose
-// would give the containers.
+// deploy/compose.yaml is checked two ways without docker (which the test environment lacks):
+// this file reads it, putting its herd command lines through herd's own flag parsing and
+// cluster settings and its mounted configs through config.Parse, with the environment compose
+// would give the containers; compose_run_test.go (TestComposeClusterRuns) runs its services as
+// processes in network namespaces, one per service, and checks the cluster they form.
+// TestComposeConfigDocker asks docker compose itself where it exists.
 
 const composeFile = "../../deploy/compose.yaml"
 
@@ -42,6 +44,8 @@ type composeService struct {
 	Volumes     []string          `yaml:"volumes"`
 	Profiles    []string          `yaml:"profiles"`
 	DependsOn   []string          `yaml:"depends_on"`
+	// StopGracePeriod is how long compose down waits after SIGTERM before SIGKILL.
+	StopGracePeriod string `yaml:"stop_grace_period"`
 }
 
 var composeVarRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,6 +30,7 @@ const (
 	firstNode = 11                // n1 is 198.51.100.11
 	netmask   = "/24"             // the bridge's subnet
 	netnsDir  = "/var/run/netns/" // where ip netns keeps its names
+	etcNetns  = "/etc/netns/"     // ip netns exec bind-mounts /etc/netns/<name>/* over /etc/*
 )
 
 // Net is one run's network.
@@ -36,6 +39,8 @@ type Net struct {
 	Bridge string // namespace holding the bridge
 	Ctl    string // the controller's namespace
 	nodes  map[string]string
+
+	madeEtcNetns bool // WriteHosts created /etc/netns itself: Close removes it when empty
 }
 
 // NodeAddr is node i's address (i from 1).
@@ -119,9 +124,45 @@ func (n *Net) attach(ctx context.Context, ns, port, addr string) error {
 	return nil
 }
 
-// Close kills whatever still runs in the run's namespaces and deletes them.
+// WriteHosts gives the controller's and every node's namespace an /etc/hosts where each of
+// names resolves to its address, as a container network's DNS resolves service names: ip netns
+// exec bind-mounts /etc/netns/<namespace>/hosts over /etc/hosts for what it starts there
+// (processes started otherwise, and the root namespace, keep the machine's). Close removes the
+// files, and CleanStale those of a run that could not.
+func (n *Net) WriteHosts(names map[string]string) error {
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	for _, name := range slices.Sorted(maps.Keys(names)) {
+		if net.ParseIP(names[name]) == nil || strings.ContainsAny(name, " \t\n#") {
+			return fmt.Errorf("hosts entry %q -> %q: want a name and an IP address", name, names[name])
+		}
+		fmt.Fprintf(&b, "%s\t%s\n", names[name], name)
+	}
+	if _, err := os.Stat(etcNetns); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(etcNetns, 0o755); err != nil {
+			return err
+		}
+		n.madeEtcNetns = true
+	}
+	for _, ns := range append([]string{n.Ctl}, slices.Collect(maps.Values(n.nodes))...) {
+		if err := os.MkdirAll(etcNetns+ns, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(etcNetns+ns+"/hosts", []byte(b.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close kills whatever still runs in the run's namespaces and deletes them, with their
+// /etc/netns directories.
 func (n *Net) Close() error {
-	return removeNamespaces(func(name string) bool { return strings.HasPrefix(name, n.prefix) })
+	err := removeNamespaces(func(name string) bool { return strings.HasPrefix(name, n.prefix) })
+	if n.madeEtcNetns {
+		_ = os.Remove(etcNetns) // only while empty: another run may have put its own there since
+	}
+	return err
 }
 
 var nsName = regexp.MustCompile(`^` + nsPrefix + `(\d+)-`)
@@ -146,16 +187,26 @@ func alive(pid int) bool {
 }
 
 // removeNamespaces deletes every namespace that match selects, killing its processes first
-// (a paused process is killed too: SIGKILL needs no SIGCONT).
+// (a paused process is killed too: SIGKILL needs no SIGCONT), and every /etc/netns directory
+// that match selects, whether its namespace is still there or not.
 func removeNamespaces(match func(string) bool) error {
+	var errs []error
+	if dirs, err := os.ReadDir(etcNetns); err == nil {
+		for _, e := range dirs {
+			if match(e.Name()) {
+				errs = append(errs, os.RemoveAll(etcNetns+e.Name()))
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	names, err := os.ReadDir(netnsDir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return errors.Join(errs...)
 	}
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
-	var errs []error
 	for _, e := range names {
 		name := e.Name()
 		if !match(name) {
