@@ -28,10 +28,13 @@ const (
 	// targetHerdAnthropic is herd with an anthropic/ deployment: OpenAI chat in, translated to
 	// the fake upstream's Messages API and back.
 	targetHerdAnthropic = "herd-anthropic"
+	// targetHerdBaseline is another herd build (--baseline), e.g. the commit before a change,
+	// measured side by side with herd in the same run.
+	targetHerdBaseline = "herd-baseline"
 )
 
 var (
-	allTargets     = []string{targetDirect, targetReverseProxy, targetHerd, targetHerdRedis, targetHerdAnthropic}
+	allTargets     = []string{targetDirect, targetReverseProxy, targetHerd, targetHerdBaseline, targetHerdRedis, targetHerdAnthropic}
 	defaultTargets = []string{targetDirect, targetReverseProxy, targetHerd}
 )
 
@@ -45,6 +48,7 @@ const (
 // benchOptions are the flags of `herdbench proxy`.
 type benchOptions struct {
 	herd            string
+	baseline        string // a second herd binary, for targetHerdBaseline
 	fakeupstream    string
 	rates           []int
 	duration        time.Duration
@@ -62,6 +66,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchOptions, error) {
 	fs := flag.NewFlagSet("herdbench proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.herd, "herd", "", "herd binary (default: next to herdbench, else $PATH)")
+	fs.StringVar(&o.baseline, "baseline", "", "another herd binary, measured as target herd-baseline in the same run (e.g. the commit before a change)")
 	fs.StringVar(&o.fakeupstream, "fakeupstream", "", "fakeupstream binary (default: next to herdbench, else $PATH)")
 	rates := fs.String("rates", "1000,3000", "comma-separated request rates (req/s), each measured in turn")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured attack length per target, rate and round")
@@ -87,6 +92,9 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchOptions, error) {
 	}
 	if o.targets, err = parseTargets(*targets); err != nil {
 		return o, usageError{"proxy: --targets: " + err.Error()}
+	}
+	if (o.baseline != "") != slices.Contains(o.targets, targetHerdBaseline) {
+		return o, usageError{"proxy: --baseline and the target herd-baseline go together"}
 	}
 	switch {
 	case o.duration < time.Second:
@@ -208,6 +216,7 @@ type benchEnv struct {
 	upstream, rp, herd *child
 	herdRedis, redis   *child
 	herdAnthropic      *child
+	herdBaseline       *child
 	targets            []*loadTarget // in o.targets order
 	probes             int           // requests sent by probe
 }
@@ -246,7 +255,7 @@ func startEnv(ctx context.Context, o benchOptions, fuPath, herdPath, tmpDir stri
 				return nil, err
 			}
 			t.url, t.body, t.proc = "http://"+env.rp.addr+"/v1/chat/completions", chatBody(upstreamModel), env.rp
-		case targetHerd, targetHerdRedis, targetHerdAnthropic:
+		case targetHerd, targetHerdBaseline, targetHerdRedis, targetHerdAnthropic:
 			redisAddr := ""
 			if name == targetHerdRedis {
 				if env.redis, err = startRedis(ctx, o.redisServer); err != nil {
@@ -264,7 +273,13 @@ func startEnv(ctx context.Context, o benchOptions, fuPath, herdPath, tmpDir stri
 			}
 			// herd has no lifetime flag: it is stopped at the end, when ctx (bounded by the
 			// budget) ends, or by the kernel if herdbench dies (see childProcAttr).
-			c, err := startChild(ctx, name, herdPath,
+			bin := herdPath
+			if name == targetHerdBaseline {
+				if bin, err = findBinary(o.baseline, "herd"); err != nil {
+					return nil, err
+				}
+			}
+			c, err := startChild(ctx, name, bin,
 				[]string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", "bench-" + name},
 				herdReady, readyTimeout)
 			if err != nil {
@@ -273,6 +288,8 @@ func startEnv(ctx context.Context, o benchOptions, fuPath, herdPath, tmpDir stri
 			switch name {
 			case targetHerd:
 				env.herd = c
+			case targetHerdBaseline:
+				env.herdBaseline = c
 			case targetHerdRedis:
 				env.herdRedis = c
 			default:
@@ -342,6 +359,9 @@ func (env *benchEnv) procs() map[string]int {
 	if env.herdAnthropic != nil {
 		m[targetHerdAnthropic] = env.herdAnthropic.pid()
 	}
+	if env.herdBaseline != nil {
+		m[targetHerdBaseline] = env.herdBaseline.pid()
+	}
 	if env.redis != nil {
 		m["redis-server"] = env.redis.pid()
 	}
@@ -350,7 +370,7 @@ func (env *benchEnv) procs() map[string]int {
 
 func (env *benchEnv) children() []*child {
 	var cs []*child
-	for _, c := range []*child{env.herd, env.herdRedis, env.herdAnthropic, env.rp, env.upstream, env.redis} {
+	for _, c := range []*child{env.herd, env.herdBaseline, env.herdRedis, env.herdAnthropic, env.rp, env.upstream, env.redis} {
 		if c != nil {
 			cs = append(cs, c)
 		}

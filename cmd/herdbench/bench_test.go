@@ -31,6 +31,18 @@ func TestHerdConfig(t *testing.T) {
 	}
 }
 
+func TestBaselineNeedsItsTarget(t *testing.T) {
+	for _, args := range [][]string{{"--targets", "herd,herd-baseline"}, {"--baseline", "/bin/true"}} {
+		if _, err := parseBenchFlags(args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	o, err := parseBenchFlags([]string{"--baseline", "/bin/true", "--targets", "herd-baseline,direct,herd"}, io.Discard)
+	if err != nil || !slices.Equal(o.targets, []string{"direct", "herd", "herd-baseline"}) {
+		t.Errorf("targets %q, %v", o.targets, err)
+	}
+}
+
 func TestParseBenchFlags(t *testing.T) {
 	o, err := parseBenchFlags([]string{"--rates", "1000, 3000", "--rounds", "2", "--targets", "herd,direct", "--warmup", "0"}, io.Discard)
 	if err != nil {

@@ -279,7 +279,7 @@ func evaluate(r *report) []check {
 				ratioCheck(rate, "p50", h, p, p50RatioLimit, getP50),
 				ratioCheck(rate, "p99", h, p, p99RatioLimit, getP99))
 		}
-		for _, target := range []string{targetHerd, targetHerdRedis, targetHerdAnthropic} {
+		for _, target := range []string{targetHerd, targetHerdBaseline, targetHerdRedis, targetHerdAnthropic} {
 			h := r.cell(rate, target)
 			if h == nil || h.Sent == 0 {
 				continue
@@ -473,6 +473,11 @@ func writeMarkdown(out io.Writer, r *report) error {
 				fmtRatio(rr.P99), fmtAddedUS(h.Added.P99), fmtAddedUS(p.Added.P99))
 			fmt.Fprintf(w, "herd − reverseproxy: p50 %s, p90 %s, p99 %s.\n",
 				fmtAddedUS(h.Added.P50-p.Added.P50), fmtAddedUS(h.Added.P90-p.Added.P90), fmtAddedUS(h.Added.P99-p.Added.P99))
+		}
+		if hb := r.cell(rate, targetHerdBaseline); h != nil && hb != nil && h.Added != nil && hb.Added != nil {
+			fmt.Fprintf(w, "herd − herd-baseline (the change's cost): added p50 %s, p90 %s, p99 %s; herd / herd-baseline, added p50 %s.\n",
+				fmtAddedUS(h.Added.P50-hb.Added.P50), fmtAddedUS(h.Added.P90-hb.Added.P90), fmtAddedUS(h.Added.P99-hb.Added.P99),
+				fmtRatio(ratio(h.Added.P50, hb.Added.P50)))
 		}
 		if hr := r.cell(rate, targetHerdRedis); h != nil && hr != nil && h.Added != nil && hr.Added != nil {
 			fmt.Fprintf(w, "herd-redis − herd (Redis mode's cost): p50 %s, p90 %s, p99 %s.\n",

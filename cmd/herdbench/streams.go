@@ -35,11 +35,12 @@ const (
 	streamHerdLimits = "herd-limits" // herd with rpm/tpm limits far above the load (admission and settling per stream)
 )
 
-var allStreamTargets = []string{streamDirect, streamFloor, streamHerd, streamHerdLimits}
+var allStreamTargets = []string{streamDirect, streamFloor, streamHerd, streamHerdLimits, targetHerdBaseline}
 
 // streamOptions are the flags of `herdbench streams`.
 type streamOptions struct {
 	herd, fakeupstream string
+	baseline           string // a second herd binary, for herd-baseline
 	concurrency        []int
 	duration, warmup   time.Duration
 	rounds             int
@@ -55,11 +56,12 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.herd, "herd", "", "herd binary (default: next to herdbench, else $PATH)")
 	fs.StringVar(&o.fakeupstream, "fakeupstream", "", "fakeupstream binary (default: next to herdbench, else $PATH)")
+	fs.StringVar(&o.baseline, "baseline", "", "another herd binary, measured (without limits) as target herd-baseline in the same run")
 	conc := fs.String("concurrency", "500,2000,5000", "comma-separated numbers of streams kept in flight, each measured in turn")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "measured length per target, concurrency and round")
 	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "discarded load before each measured one (0 = none)")
 	fs.IntVar(&o.rounds, "rounds", 3, "measure every (concurrency, target) this many times; cells report the median and the spread")
-	targets := fs.String("targets", strings.Join(allStreamTargets, ","), "which targets to measure (added figures need direct): "+strings.Join(allStreamTargets, ","))
+	targets := fs.String("targets", strings.Join(allStreamTargets[:4], ","), "which targets to measure (added figures need direct): "+strings.Join(allStreamTargets, ","))
 	fs.DurationVar(&o.ttft, "upstream-ttft", 200*time.Millisecond, "the fake upstream's pause before a stream's first event")
 	fs.DurationVar(&o.gap, "upstream-gap", 20*time.Millisecond, "the fake upstream's pause between events")
 	fs.IntVar(&o.events, "events", 50, "content events per stream")
@@ -87,6 +89,8 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 		}
 	}
 	switch {
+	case (o.baseline != "") != slices.Contains(o.targets, targetHerdBaseline):
+		return o, usageError{"streams: --baseline and the target herd-baseline go together"}
 	case o.duration < time.Second:
 		return o, usageError{"streams: --duration must be at least 1s"}
 	case o.warmup < 0 || o.ttft < 0 || o.gap < 0:
@@ -488,12 +492,18 @@ func startStreamTargets(ctx context.Context, o streamOptions, fuPath, herdPath, 
 			}
 			children = append(children, c)
 			t.url, t.body, t.proc = "http://"+c.addr+"/v1/chat/completions", streamBody(upstreamModel), c
-		case streamHerd, streamHerdLimits:
+		case streamHerd, streamHerdLimits, targetHerdBaseline:
 			cfg := filepath.Join(tmpDir, name+".yaml")
 			if err := os.WriteFile(cfg, []byte(herdConfig(up.addr, name == streamHerdLimits, "")), 0o600); err != nil {
 				return nil, children, err
 			}
-			c, err := startChild(ctx, name, herdPath,
+			bin := herdPath
+			if name == targetHerdBaseline {
+				if bin, err = findBinary(o.baseline, "herd"); err != nil {
+					return nil, children, err
+				}
+			}
+			c, err := startChild(ctx, name, bin,
 				[]string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", "bench-" + name},
 				herdReady, readyTimeout)
 			if err != nil {

@@ -24,7 +24,7 @@ func TestParseStreamFlags(t *testing.T) {
 	if got, want := o.streamLength(), 200*time.Millisecond+5*20*time.Millisecond; got != want {
 		t.Errorf("stream length %v, want %v", got, want)
 	}
-	for _, bad := range [][]string{{"--targets", "nginx"}, {"--concurrency", "0"}, {"--rounds", "0"}, {"--events", "0"}, {"--duration", "10ms"}, {"extra"}} {
+	for _, bad := range [][]string{{"--targets", "herd-baseline"}, {"--baseline", "/bin/true"}, {"--targets", "nginx"}, {"--concurrency", "0"}, {"--rounds", "0"}, {"--events", "0"}, {"--duration", "10ms"}, {"extra"}} {
 		if _, err := parseStreamFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -117,6 +117,15 @@ func TestParseSyscw(t *testing.T) {
 	}
 	if _, err := parseSyscw("rchar: 1\n"); err == nil {
 		t.Error("no syscw line accepted")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if _, err := w.Write([]byte{1}); err != nil { // at least one write syscall
+		t.Fatal(err)
 	}
 	if n, err := procIO(os.Getpid()); err != nil || n <= 0 {
 		t.Errorf("this process's syscw = %d, %v", n, err)
