@@ -228,27 +228,29 @@ func eventWaiting(br *bufio.Reader) bool {
 }
 
 // nullUsageAt returns the offset of the value of data's top-level "usage":null member, written
-// plainly, or 0. The byte sequence cannot occur inside a JSON string (its quotes would be
-// escaped), so a match outside any nested value is the member itself.
+// plainly, or 0. In valid JSON that byte sequence is a key and its value (inside a string its
+// quotes would be escaped), and the member is top-level when what follows it closes exactly one
+// more bracket than it opens: a scan of the rest of the chunk, a few bytes where usage comes
+// last, as in OpenAI's chunks.
 func nullUsageAt(data []byte) int {
 	for off := 0; ; {
 		i := bytes.Index(data[off:], nullUsage)
 		if i < 0 {
 			return 0
 		}
-		i += off
-		if depthAt(data, i) == 1 {
-			return i + len(nullUsage) - len("null")
+		end := off + i + len(nullUsage)
+		if netDepth(data[end:]) == -1 {
+			return end - len("null")
 		}
-		off = i + len(nullUsage)
+		off = end
 	}
 }
 
-// depthAt is the nesting depth of the JSON text data just before offset i: 1 inside the
-// top-level object, outside any nested value. Strings are skipped.
-func depthAt(data []byte, i int) int {
+// netDepth is the brackets data opens minus those it closes, outside strings; data must start
+// outside a string.
+func netDepth(data []byte) int {
 	depth, inString := 0, false
-	for j := 0; j < i; j++ {
+	for j := 0; j < len(data); j++ {
 		c := data[j]
 		if inString {
 			switch c {

@@ -40,7 +40,8 @@ var allStreamTargets = []string{streamDirect, streamFloor, streamHerd, streamHer
 // streamOptions are the flags of `herdbench streams`.
 type streamOptions struct {
 	herd, fakeupstream string
-	baseline           string // a second herd binary, for herd-baseline
+	baseline           string   // a second herd binary, for herd-baseline
+	herdArgs           []string // extra arguments for the herd target (not the baseline)
 	concurrency        []int
 	duration, warmup   time.Duration
 	rounds             int
@@ -57,6 +58,7 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 	fs.StringVar(&o.herd, "herd", "", "herd binary (default: next to herdbench, else $PATH)")
 	fs.StringVar(&o.fakeupstream, "fakeupstream", "", "fakeupstream binary (default: next to herdbench, else $PATH)")
 	fs.StringVar(&o.baseline, "baseline", "", "another herd binary, measured (without limits) as target herd-baseline in the same run")
+	herdArgs := fs.String("herd-args", "", "extra space-separated arguments for the herd target, e.g. \"--pprof-addr 127.0.0.1:6060\" to profile it under load")
 	conc := fs.String("concurrency", "500,2000,5000", "comma-separated numbers of streams kept in flight, each measured in turn")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "measured length per target, concurrency and round")
 	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "discarded load before each measured one (0 = none)")
@@ -75,6 +77,7 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 	if fs.NArg() > 0 {
 		return o, usageError{fmt.Sprintf("streams: unexpected argument %q", fs.Arg(0))}
 	}
+	o.herdArgs = strings.Fields(*herdArgs)
 	var err error
 	if o.concurrency, err = parseRates(*conc); err != nil {
 		return o, usageError{"streams: --concurrency: " + err.Error()}
@@ -122,6 +125,9 @@ type streamTarget struct {
 	body   []byte
 	client *http.Client
 	proc   *child // nil for direct
+	// startRSS is the proxy's resident memory when it started (after one probe stream): the
+	// base its peak during a load is measured from.
+	startRSS int64
 }
 
 // streamBody asks for a stream; the client does not ask for usage.
@@ -289,9 +295,9 @@ type streamSample struct {
 	TTFT        latencyUS      `json:"ttft_us"`
 	Gap         latencyUS      `json:"gap_us"`
 	Events      int64          `json:"events"`
-	// The proxy process (absent for direct): CPU seconds per 1,000 completed streams, peak RSS
-	// over the load (VmHWM, reset before it) above the RSS before it, per stream in flight, and
-	// write syscalls per event the client received.
+	// The proxy process (absent for direct): CPU seconds per 1,000 completed streams, its peak
+	// RSS over the load (VmHWM, reset as the warm-up starts) above its RSS when it started, per
+	// stream in flight, and write syscalls per event the client received.
 	CPUPer1000     float64 `json:"cpu_s_per_1000_streams,omitempty"`
 	HWMKB          int64   `json:"vm_hwm_kb,omitempty"`
 	KiBPerStream   float64 `json:"kib_per_stream,omitempty"`
@@ -350,16 +356,16 @@ func measureStream(ctx context.Context, t *streamTarget, c int, warmup, d time.D
 		if r.mem, r.err = readMem(pid); r.err != nil {
 			return
 		}
-		if !closing {
-			if r.err = resetHWM(pid); r.err != nil {
-				r.err = fmt.Errorf("reset VmHWM: %w", r.err)
-				return
-			}
-		}
 		if r.cpu, r.err = readProcCPU(pid); r.err != nil {
 			return
 		}
 		r.writes, r.err = procIO(pid)
+	}
+	if pid != 0 {
+		// The peak covers the warm-up too: memory grows as the C streams open.
+		if err := resetHWM(pid); err != nil {
+			return s, fmt.Errorf("reset VmHWM: %w", err)
+		}
 	}
 	l := newStreamLoad()
 	runStreams(ctx, t, c, warmup, d, l, read)
@@ -379,7 +385,7 @@ func measureStream(ctx context.Context, t *streamTarget, c int, warmup, d time.D
 	s.MachineBusy, _ = edge[0].machine.busy(edge[1].machine, d)
 	if pid != 0 {
 		s.HWMKB = edge[1].mem.HWM
-		s.KiBPerStream = float64(edge[1].mem.HWM-edge[0].mem.RSS) / float64(c)
+		s.KiBPerStream = float64(edge[1].mem.HWM-t.startRSS) / float64(c)
 		if s.Completed > 0 {
 			s.CPUPer1000 = (edge[1].cpu - edge[0].cpu).Seconds() * 1000 / float64(s.Completed)
 		}
@@ -434,6 +440,8 @@ func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer
 					}
 				}
 				s, err := measureStream(ctx, t, c, o.warmup, o.duration)
+				// Every target's idle connections would add up past the file limit at C=5000.
+				t.client.CloseIdleConnections()
 				if err != nil {
 					return fmt.Errorf("%s at C=%d: %w", t.name, c, err)
 				}
@@ -503,9 +511,11 @@ func startStreamTargets(ctx context.Context, o streamOptions, fuPath, herdPath, 
 					return nil, children, err
 				}
 			}
-			c, err := startChild(ctx, name, bin,
-				[]string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", "bench-" + name},
-				herdReady, readyTimeout)
+			args := []string{"--config", cfg, "--host", "127.0.0.1", "--port", "0", "--gossip-addr", "127.0.0.1:0", "--node-name", "bench-" + name}
+			if name == streamHerd {
+				args = append(args, o.herdArgs...)
+			}
+			c, err := startChild(ctx, name, bin, args, herdReady, readyTimeout)
 			if err != nil {
 				return nil, children, err
 			}
@@ -520,6 +530,13 @@ func startStreamTargets(ctx context.Context, o streamOptions, fuPath, herdPath, 
 				msg += "\nits output:\n" + t.proc.log.Tail()
 			}
 			return nil, children, errors.New(msg)
+		}
+		if t.proc != nil {
+			m, err := readMem(t.proc.pid())
+			if err != nil {
+				return nil, children, err
+			}
+			t.startRSS = m.RSS
 		}
 		targets = append(targets, t)
 	}

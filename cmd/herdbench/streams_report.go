@@ -99,7 +99,7 @@ func writeStreamMarkdown(out io.Writer, r streamReport) error {
 	fmt.Fprintf(w, "- Command: `%s`\n", r.Command)
 	fmt.Fprintf(w, "- Upstream: first event after %v, then %v content events %v apart (plus usage and [DONE]); the client keeps C streams in flight and does not ask for usage.\n",
 		r.Options["upstream_ttft"], r.Options["events"], r.Options["upstream_gap"])
-	fmt.Fprintf(w, "- Each cell: the median over %v rounds, the range in parentheses. Added = the target's figure minus direct's in the same round. CPU is the proxy process's per 1,000 completed streams; KiB per stream is its peak RSS during the load above its RSS before, divided by C; writes per event are its write syscalls (/proc/PID/io syscw) per event the client received.\n\n",
+	fmt.Fprintf(w, "- Each cell: the median over %v rounds, the range in parentheses. Added = the target's figure minus direct's in the same round. CPU is the proxy process's per 1,000 completed streams; KiB per stream is its peak RSS during the load (warm-up included) above its RSS at start, divided by C; writes per event are its write syscalls (/proc/PID/io syscw) per event the client received.\n\n",
 		r.Options["rounds"])
 	cells := streamCells(r.Samples)
 	concs := make([]int, 0, len(cells))
