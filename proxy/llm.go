@@ -35,17 +35,50 @@ var (
 	noBufferHdr    = []string{"no"}
 )
 
-// bufPool recycles request and response body buffers; bodies of LLM calls are mostly small.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+// Body buffers are pooled by size class: request and answer bodies of LLM calls are mostly a
+// few KB, and a buffer sized for the body it holds keeps both memory and the body budget
+// (max_inflight_request_mb) to what is needed. A body of unknown length starts in the
+// default class and grows as it must.
+var bufClasses = [...]int{4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20}
 
-func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+const defaultBufClass = 1 // 16 KB, for a body of unknown length
 
+var bufPools [len(bufClasses)]sync.Pool
+
+// getBuf returns an empty buffer with room for size bytes (size < 0: unknown), up to the
+// largest class.
+func getBuf(size int64) *[]byte {
+	c := defaultBufClass
+	if size >= 0 {
+		c = len(bufClasses) - 1
+		for i, n := range bufClasses {
+			if size <= int64(n) {
+				c = i
+				break
+			}
+		}
+	}
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, bufClasses[c])
+	return &b
+}
+
+// putBuf returns b to the class its capacity fills.
 func putBuf(b *[]byte) {
-	if cap(*b) > 1<<20 {
+	n := cap(*b)
+	if n > bufClasses[len(bufClasses)-1] || n < bufClasses[0] {
 		return // let rare huge bodies go to the GC rather than pinning them
 	}
+	c := 0
+	for i, size := range bufClasses {
+		if n >= size {
+			c = i
+		}
+	}
 	*b = (*b)[:0]
-	bufPool.Put(b)
+	bufPools[c].Put(b)
 }
 
 // readAll appends r's content to buf, failing with errTooLarge past maxLen bytes. size is the
@@ -218,7 +251,7 @@ func (s *Server) serveLLM(x *exchange) error {
 	if r.ContentLength > s.maxBody {
 		return s.reject(x.tooLarge())
 	}
-	bp := getBuf()
+	bp := getBuf(r.ContentLength)
 	x.in, x.hold = bp, bodyHold{s: s}
 	defer x.releaseBodies()
 	if !x.hold.take(int64(cap(*bp))) {
@@ -261,7 +294,7 @@ func (s *Server) serveLLM(x *exchange) error {
 		return s.reject(badRequest(err.Error(), "model"))
 	}
 	x.snap, x.model = snap, model
-	x.out = getBuf()
+	x.out = getBuf(int64(len(x.body) + len(model) + rewriteRoom)) // what rewrite writes, model name included
 	return x.serve(g)
 }
 
@@ -404,7 +437,7 @@ func (x *exchange) record(status int, u state.Usage, overhead time.Duration) {
 // for byte; an error the deployment is to blame for (429, 5xx, ...) or a context-window error
 // comes back as a failure to retry elsewhere; any other error is passed to the client.
 func (x *exchange) relayBody(resp *http.Response) (*failure, error) {
-	rb := getBuf()
+	rb := getBuf(resp.ContentLength)
 	defer putBuf(rb)
 	data, err := readAll(resp.Body, *rb, x.s.maxResp, resp.ContentLength, nil)
 	*rb = data

@@ -44,8 +44,9 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	h["X-Accel-Buffering"] = noBufferHdr // tell nginx-style proxies in front of herd not to buffer
 	overhead := time.Since(x.start) - time.Since(x.upStart) + x.translated
 	x.setHeaders(overhead)
+	// The head leaves with the first event, in one write, as from a plain reverse proxy: a
+	// client can do nothing with a stream's head before its first event.
 	w.WriteHeader(http.StatusOK)
-	w.Flush()
 
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(resp.Body)
@@ -66,11 +67,12 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 		skipping     bool   // inside an event herd drops
 		long         []byte // a line longer than the reader's buffer, assembled
 		status       = http.StatusOK
+		contentKey   = contentField
 		contentPath  = "choices.0.delta.content"
 		ttft         time.Duration
 	)
 	if x.ep == provider.Completions {
-		contentPath = "choices.0.text"
+		contentKey, contentPath = textField, "choices.0.text"
 	}
 	for {
 		line, err := br.ReadSlice('\n')
@@ -128,7 +130,11 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					}
 				}
 				if !gotUsage {
-					contentBytes += len(gjson.Get(text, contentPath).Str)
+					if n := plainFieldLen(data, contentKey); n >= 0 {
+						contentBytes += n
+					} else {
+						contentBytes += len(gjson.Get(text, contentPath).Str)
+					}
 				}
 				if cutTo > 0 {
 					// Edited in place: the bytes are the reader's, already consumed, and
@@ -218,6 +224,28 @@ func (x *exchange) streamBroke(err error) int {
 	_, _ = w.Write(body)
 	_, _ = w.Write([]byte("\n\n"))
 	return e.Status
+}
+
+var (
+	contentField = []byte(`"content":"`) // a chat chunk's text: choices[i].delta.content
+	textField    = []byte(`"text":"`)    // a completion chunk's: choices[i].text
+)
+
+// plainFieldLen is the length of the first string value of the member key (`"name":"`,
+// written plainly) in data, or -1 when it has escapes (or none is found) and the caller must
+// parse: the text a chunk carries, for the token estimate of a stream that ends without usage.
+// The key with its quotes cannot occur unescaped inside a string, so one byte search finds it
+// without parsing the chunk.
+func plainFieldLen(data, key []byte) int {
+	i := bytes.Index(data, key)
+	if i < 0 {
+		return -1
+	}
+	v := data[i+len(key):]
+	if j := bytes.IndexAny(v, `"\`); j >= 0 && v[j] == '"' {
+		return j
+	}
+	return -1
 }
 
 // eventWaiting reports whether br holds a complete SSE event already (one ending in a blank

@@ -218,3 +218,42 @@ func TestStreamReleasesBodiesOnceSent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestBodyBuffersBySize(t *testing.T) {
+	for _, tc := range []struct{ size, want int64 }{
+		{0, 4 << 10}, {170, 4 << 10}, {4 << 10, 4 << 10}, {4<<10 + 1, 16 << 10}, {-1, 16 << 10},
+		{100 << 10, 256 << 10}, {32 << 20, 1 << 20},
+	} {
+		b := getBuf(tc.size)
+		if int64(cap(*b)) < tc.want || len(*b) != 0 {
+			t.Errorf("getBuf(%d): len %d cap %d, want an empty buffer of cap %d", tc.size, len(*b), cap(*b), tc.want)
+		}
+		putBuf(b)
+	}
+	// A grown buffer goes back to the class its capacity fills: a 20 KB one serves 16 KB asks.
+	big := make([]byte, 20<<10)
+	putBuf(&big)
+	for range 3 { // sync.Pool may drop it; it never hands out less than the class
+		if b := getBuf(16 << 10); cap(*b) < 16<<10 || len(*b) != 0 {
+			t.Fatalf("getBuf(16 KB) after putting a 20 KB buffer: len %d cap %d", len(*b), cap(*b))
+		}
+	}
+}
+
+// The content length for the token estimate: found by a byte search when the text has no
+// escapes, else left to the parser (-1), whose unescaped length the estimate has always used.
+func TestPlainFieldLen(t *testing.T) {
+	for in, want := range map[string]int{
+		`{"choices":[{"delta":{"content":"hello"}}]}`:                       5,
+		`{"choices":[{"delta":{"role":"assistant","content":""}}]}`:         0,
+		`{"choices":[{"delta":{"content":"a\"b"}}]}`:                        -1,
+		`{"choices":[{"delta":{"content":null}}]}`:                          -1,
+		`{"choices":[{"delta":{"tool_calls":[{"x":"\"content\":\"zz"}]}}]}`: -1,
+		`{"choices":[{"delta":{}}],"usage":{"total_tokens":3}}`:             -1,
+		`{"choices":[{"delta":{"content":"unterminated`:                     -1,
+	} {
+		if got := plainFieldLen([]byte(in), contentField); got != want {
+			t.Errorf("%s: %d, want %d", in, got, want)
+		}
+	}
+}

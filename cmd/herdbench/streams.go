@@ -502,7 +502,11 @@ func startStreamTargets(ctx context.Context, o streamOptions, fuPath, herdPath, 
 			t.url, t.body, t.proc = "http://"+c.addr+"/v1/chat/completions", streamBody(upstreamModel), c
 		case streamHerd, streamHerdLimits, targetHerdBaseline:
 			cfg := filepath.Join(tmpDir, name+".yaml")
-			if err := os.WriteFile(cfg, []byte(herdConfig(up.addr, name == streamHerdLimits, "")), 0o600); err != nil {
+			// herd's node-wide cap on requests in flight (4096 by default) must not shed the
+			// load: the benchmark measures the relay.
+			text := herdConfig(up.addr, name == streamHerdLimits, "") +
+				fmt.Sprintf("general_settings:\n  global_max_parallel_requests: %d\n", 2*maxC)
+			if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 				return nil, children, err
 			}
 			bin := herdPath
