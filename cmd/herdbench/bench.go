@@ -148,6 +148,30 @@ func (o benchOptions) budget() time.Duration {
 	return time.Duration(o.attacks())*per + time.Minute
 }
 
+// benchRun is what `herdbench proxy` and `herdbench streams` start from: the binaries, a
+// context bounded by the run's budget, the machine's facts and a temporary directory. close
+// ends the context and removes the directory.
+type benchRun struct {
+	ctx                      context.Context
+	fuPath, herdPath, tmpDir string
+	machine                  machineInfo
+	close                    func()
+}
+
+func startBenchRun(ctx context.Context, fakeupstreamFlag, herdFlag string, targets []string, budget time.Duration, tmpPrefix string) (*benchRun, error) {
+	fuPath, herdPath, err := benchBinaries(fakeupstreamFlag, herdFlag, targets)
+	if err != nil {
+		return nil, err
+	}
+	tmpDir, err := os.MkdirTemp("", tmpPrefix)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	return &benchRun{ctx: ctx, fuPath: fuPath, herdPath: herdPath, tmpDir: tmpDir, machine: readMachineInfo(herdPath, time.Now()),
+		close: func() { cancel(); os.RemoveAll(tmpDir) }}, nil
+}
+
 // benchBinaries resolves the fakeupstream binary, and herd's when a target's name starts with
 // "herd" ("" otherwise).
 func benchBinaries(fakeupstreamFlag, herdFlag string, targets []string) (fuPath, herdPath string, err error) {
@@ -554,20 +578,13 @@ func runProxyBench(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	fuPath, herdPath, err := benchBinaries(o.fakeupstream, o.herd, o.targets)
-	if err != nil {
-		return err
-	}
 	budget := o.budget()
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-
-	tmpDir, err := os.MkdirTemp("", "herdbench-")
+	run, err := startBenchRun(ctx, o.fakeupstream, o.herd, o.targets, budget, "herdbench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmpDir)
+	defer run.close()
+	ctx, fuPath, herdPath, tmpDir, machine := run.ctx, run.fuPath, run.herdPath, run.tmpDir, run.machine
 
 	fmt.Fprintf(stderr, "herdbench: %d attacks of %s (+%s warm-up) each, about %s; every child is stopped within %s\n",
 		o.attacks(), o.duration, o.warmup, time.Duration(o.attacks())*(o.duration+o.warmup), budget)

@@ -402,19 +402,13 @@ func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	fuPath, herdPath, err := benchBinaries(o.fakeupstream, o.herd, o.targets)
-	if err != nil {
-		return err
-	}
 	budget := o.budget()
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	machine := readMachineInfo(herdPath, time.Now())
-	tmpDir, err := os.MkdirTemp("", "herdbench-streams-")
+	run, err := startBenchRun(ctx, o.fakeupstream, o.herd, o.targets, budget, "herdbench-streams-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmpDir)
+	defer run.close()
+	ctx, fuPath, herdPath, tmpDir, machine := run.ctx, run.fuPath, run.herdPath, run.tmpDir, run.machine
 
 	maxC := slices.Max(o.concurrency)
 	targets, children, err := startStreamTargets(ctx, o, fuPath, herdPath, tmpDir, budget, maxC)
