@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,10 +22,18 @@ import (
 )
 
 // countingListener counts the bytes the server reads from its connections and the connections
-// it closed.
+// it closed, and keeps what it wrote to them, write by write.
 type countingListener struct {
 	net.Listener
 	read, closed atomic.Int64
+	mu           sync.Mutex
+	writes       []string
+}
+
+func (l *countingListener) allWrites() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.writes)
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -45,6 +54,13 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.l.read.Add(int64(n))
 	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.l.mu.Lock()
+	c.l.writes = append(c.l.writes, string(p))
+	c.l.mu.Unlock()
+	return c.Conn.Write(p)
 }
 
 func (c *countingConn) Close() error {

@@ -39,9 +39,9 @@ var (
 // few KB, and a buffer sized for the body it holds keeps both memory and the body budget
 // (max_inflight_request_mb) to what is needed. A body of unknown length starts in the
 // default class and grows as it must.
-var bufClasses = [...]int{4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20}
+var bufClasses = [...]int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20}
 
-const defaultBufClass = 1 // 16 KB, for a body of unknown length
+const defaultBufClass = 2 // 16 KB, for a body of unknown length
 
 var bufPools [len(bufClasses)]sync.Pool
 

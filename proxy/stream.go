@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/labstack/echo/v4"
 	"github.com/tidwall/gjson"
 
 	"github.com/herd-proxy/herd/proxy/provider"
@@ -22,7 +23,7 @@ import (
 // has one.
 var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, streamReaderSize) }}
 
-const streamReaderSize = 8 << 10
+const streamReaderSize = 4 << 10
 
 var (
 	usageKey  = []byte(`"usage"`)
@@ -70,6 +71,8 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 		contentKey   = contentField
 		contentPath  = "choices.0.delta.content"
 		ttft         time.Duration
+		done         bool     // the current event is [DONE]
+		hold         *endHold // [DONE], written and not yet flushed
 	)
 	if x.ep == provider.Completions {
 		contentKey, contentPath = textField, "choices.0.text"
@@ -90,6 +93,11 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 			line, long = long, long[:0]
 		}
 		if len(line) > 0 {
+			if hold != nil {
+				// More after [DONE]: it leaves with what follows, by the usual rule.
+				hold.release()
+				hold = nil
+			}
 			forward := true
 			switch data := ssePayload(line); {
 			case isBlankLine(line):
@@ -98,6 +106,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 			case skipping:
 				forward = false
 			case data != nil:
+				done = string(data) == "[DONE]"
 				if ttft == 0 {
 					ttft = time.Since(x.upStart)
 				}
@@ -143,7 +152,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					off := cap(line) - cap(data)
 					line = append(line[:off+cutFrom], line[off+cutTo:]...)
 				}
-				if conv != nil && string(data) != "[DONE]" {
+				if conv != nil && !done {
 					// The client reads another API's events: each chunk becomes those.
 					converted = conv.Chunk(converted[:0], data)
 					if _, werr := w.Write(converted); werr != nil {
@@ -166,7 +175,11 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					break
 				}
 				if isBlankLine(line) && !eventWaiting(br) {
-					w.Flush()
+					if done {
+						hold = holdEnd(w, endHoldMax)
+					} else {
+						w.Flush()
+					}
 				}
 			}
 		}
@@ -178,10 +191,14 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 			break
 		}
 	}
+	if hold != nil {
+		hold.release()
+	}
 	if conv != nil && status == http.StatusOK {
 		_, _ = w.Write(conv.End(converted[:0]))
 	}
-	w.Flush()
+	// No flush: what is left (the stream's last event) leaves when the handler returns, in one
+	// write with the terminating chunk net/http adds then; the settling below takes microseconds.
 	if !gotUsage {
 		usage = state.Usage{PromptTokens: x.req.promptTokens, CompletionTokens: provider.EstimateTokens(contentBytes)}
 	}
@@ -195,6 +212,45 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	}
 	x.record(status, usage, overhead)
 	return nil
+}
+
+// endHoldMax bounds how long a stream's [DONE] waits for the upstream to end its body: an
+// upstream ends it at once, and [DONE] then leaves with the terminating chunk, in one write.
+// A variable only so that tests can lengthen it.
+var endHoldMax = 5 * time.Millisecond
+
+// endHold keeps a stream's [DONE] unflushed, so that it leaves with the terminating chunk
+// net/http writes when the handler returns (one write to the client, not two), and flushes it
+// from a timer if the upstream is slow to end its body. While it holds, only the timer may
+// touch the response; release ends that.
+type endHold struct {
+	mu    sync.Mutex
+	w     *echo.Response
+	held  bool
+	timer *time.Timer
+}
+
+func holdEnd(w *echo.Response, d time.Duration) *endHold {
+	h := &endHold{w: w, held: true}
+	h.timer = time.AfterFunc(d, h.flush)
+	return h
+}
+
+func (h *endHold) flush() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held {
+		h.held = false
+		h.w.Flush()
+	}
+}
+
+// release hands the response back to the relay, the event flushed or not.
+func (h *endHold) release() {
+	h.timer.Stop()
+	h.mu.Lock() // waits out a flush under way
+	h.held = false
+	h.mu.Unlock()
 }
 
 // streamBroke ends a stream whose upstream failed mid-way: headers are gone, so the client

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -134,6 +135,7 @@ func TestStreamEventsThatArriveTogetherLeaveTogether(t *testing.T) {
 	}))
 	defer up.Close()
 	defer close(abort) // before up.Close, which waits for the handler
+	lengthenEndHold(t)
 	h := startHerd(t, streamModel, up.URL, nil)
 
 	w := &flushCounter{h: http.Header{}}
@@ -159,9 +161,110 @@ func TestStreamEventsThatArriveTogetherLeaveTogether(t *testing.T) {
 	<-done
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if got := strings.Join(w.flushes, " "); got != "10 1 1" {
-		t.Errorf("events per flush: %s, want 10 1 1 (the burst, the lone event, [DONE])\n%s", got, w.body.String())
+	if got := strings.Join(w.flushes, " "); got != "10 1" {
+		t.Errorf("events per flush: %s, want 10 1 (the burst, the lone event; [DONE] is left for the server's last write)\n%s", got, w.body.String())
 	}
+	if !strings.HasSuffix(w.body.String(), "data: [DONE]\n\n") {
+		t.Errorf("the stream does not end with [DONE]:\n%s", w.body.String())
+	}
+}
+
+// lengthenEndHold makes a stream's [DONE] wait as long as a test may take for the upstream
+// to end its body, so that the timer never flushes it in a test about the write it shares.
+func lengthenEndHold(t *testing.T) {
+	old := endHoldMax
+	endHoldMax = time.Minute
+	t.Cleanup(func() { endHoldMax = old })
+}
+
+// A stream's [DONE] and the chunk that ends the response body leave in one write to the
+// client, where a plain reverse proxy flushes [DONE] and then writes the end on its own.
+func TestStreamEndLeavesInOneWrite(t *testing.T) {
+	needsServers(t)
+	got, abort := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 { // one at a time, as a model writes them
+			fmt.Fprint(w, chunk(i))
+			w.(http.Flusher).Flush()
+			select {
+			case <-got:
+			case <-abort:
+				return
+			}
+		}
+		fmt.Fprint(w, "data: [DONE]\n\n")
+		w.(http.Flusher).Flush() // the body's end leaves in a later write
+	}))
+	defer up.Close()
+	defer close(abort) // before up.Close, which waits for the handler
+	lengthenEndHold(t)
+	_, addr, cl := startCounted(t, strings.ReplaceAll(streamModel, "{{UP}}", up.URL))
+
+	resp, err := http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(streamRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := 0; i < 3; {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		if strings.HasPrefix(line, "data: {") {
+			got <- struct{}{}
+			i++
+		}
+	}
+	rest, err := io.ReadAll(br) // to the end of the chunked body
+	if err != nil || !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
+		t.Fatalf("the stream's end %q, %v: want [DONE]", rest, err)
+	}
+	writes := cl.allWrites()
+	last := writes[len(writes)-1]
+	if !strings.Contains(last, "data: [DONE]") || !strings.HasSuffix(last, "0\r\n\r\n") {
+		t.Errorf("the last write to the client is %q; want [DONE] and the end of the body together\nall writes: %q", last, writes)
+	}
+	if n := strings.Count(strings.Join(writes, ""), "data: [DONE]"); n != 1 {
+		t.Errorf("[DONE] written %d times", n)
+	}
+}
+
+// An upstream that sends [DONE] and then keeps its body open does not keep [DONE] from the
+// client for longer than endHoldMax.
+func TestStreamEndIsFlushedWhenTheUpstreamLingers(t *testing.T) {
+	needsServers(t)
+	linger := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, chunk(0)+"data: [DONE]\n\n")
+		w.(http.Flusher).Flush()
+		<-linger
+	}))
+	defer up.Close()
+	defer close(linger) // before up.Close, which waits for the handler
+	h := startHerd(t, streamModel, up.URL, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL+"/v1/chat/completions", strings.NewReader(streamRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req) // the head leaves with the first event, held too
+	if err != nil {
+		t.Fatalf("no answer while the upstream kept its body open: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if sc.Text() == "data: [DONE]" {
+			return
+		}
+	}
+	t.Fatalf("no [DONE] while the upstream kept its body open: %v", sc.Err())
 }
 
 func TestEventWaiting(t *testing.T) {
@@ -221,7 +324,7 @@ func TestStreamReleasesBodiesOnceSent(t *testing.T) {
 
 func TestBodyBuffersBySize(t *testing.T) {
 	for _, tc := range []struct{ size, want int64 }{
-		{0, 4 << 10}, {170, 4 << 10}, {4 << 10, 4 << 10}, {4<<10 + 1, 16 << 10}, {-1, 16 << 10},
+		{0, 1 << 10}, {170, 1 << 10}, {1<<10 + 1, 4 << 10}, {4 << 10, 4 << 10}, {4<<10 + 1, 16 << 10}, {-1, 16 << 10},
 		{100 << 10, 256 << 10}, {32 << 20, 1 << 20},
 	} {
 		b := getBuf(tc.size)

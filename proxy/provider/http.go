@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -155,12 +156,12 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, header http.Header) (*http.Response, error) {
 	var (
 		cancel context.CancelCauseFunc
-		timer  *time.Timer
+		idle   *idleWatch
 	)
 	if c.Stream {
 		// stream_timeout bounds the wait for headers and each silence between events.
 		ctx, cancel = context.WithCancelCause(ctx)
-		timer = time.AfterFunc(u.streamTimeout, func() { cancel(errStreamIdle) })
+		idle = watchIdle(u.streamTimeout, cancel)
 	} else {
 		var cancelTimeout context.CancelFunc
 		ctx, cancelTimeout = context.WithTimeoutCause(ctx, u.timeout, context.DeadlineExceeded)
@@ -190,8 +191,8 @@ func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, heade
 	}
 	resp, err := u.client.Do(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))
 	if err != nil {
-		if timer != nil {
-			timer.Stop()
+		if idle != nil {
+			idle.stop()
 		}
 		// The transport closes the connection before a failed round trip returns, so a head
 		// whose bytes went out was marked before this reads it.
@@ -199,9 +200,9 @@ func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, heade
 		cancel(nil)
 		return nil, e
 	}
-	resp.Body = &timedBody{rc: resp.Body, ctx: ctx, cancel: cancel, timer: timer, idle: u.streamTimeout}
-	if timer != nil {
-		timer.Reset(u.streamTimeout)
+	resp.Body = &timedBody{rc: resp.Body, ctx: ctx, cancel: cancel, idle: idle}
+	if idle != nil {
+		idle.heard()
 	}
 	return resp, nil
 }
@@ -267,20 +268,59 @@ func classify(ctx context.Context, err error, sent bool) *Error {
 	return &Error{Kind: Unreachable, Err: err, Sent: sent}
 }
 
-// timedBody keeps the call's context alive while the body is read, re-arms the stream idle
-// timer on every read, types read failures, and releases the context on Close.
+// idleWatch cancels a streaming call once stream_timeout passes with nothing from the
+// upstream. A read that returns bytes only notes the time (heard); the timer, when it fires,
+// re-arms itself for what is left of the timeout since then, so a stream's reads cost no
+// timer operation each.
+type idleWatch struct {
+	timeout time.Duration
+	cancel  context.CancelCauseFunc
+	start   time.Time
+	last    atomic.Int64 // when the upstream was last heard from: nanoseconds since start
+	stopped atomic.Bool
+	timer   *time.Timer
+}
+
+func watchIdle(timeout time.Duration, cancel context.CancelCauseFunc) *idleWatch {
+	w := &idleWatch{timeout: timeout, cancel: cancel, start: time.Now()}
+	// Armed only once w.timer is set, which fire reads.
+	w.timer = time.AfterFunc(time.Duration(math.MaxInt64), w.fire)
+	w.timer.Reset(timeout)
+	return w
+}
+
+func (w *idleWatch) heard() { w.last.Store(int64(time.Since(w.start))) }
+
+func (w *idleWatch) fire() {
+	quiet := time.Since(w.start) - time.Duration(w.last.Load())
+	if quiet < w.timeout {
+		if !w.stopped.Load() {
+			w.timer.Reset(w.timeout - quiet)
+		}
+		return
+	}
+	w.cancel(errStreamIdle)
+}
+
+func (w *idleWatch) stop() {
+	w.stopped.Store(true)
+	w.timer.Stop()
+}
+
+// timedBody keeps the call's context alive while the body is read, notes every read that
+// brings bytes for the stream idle watch, types read failures, and releases the context on
+// Close.
 type timedBody struct {
 	rc     io.ReadCloser
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	timer  *time.Timer // nil for non-streaming calls
-	idle   time.Duration
+	idle   *idleWatch // nil for non-streaming calls
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if b.timer != nil && n > 0 {
-		b.timer.Reset(b.idle)
+	if b.idle != nil && n > 0 {
+		b.idle.heard()
 	}
 	if err != nil && err != io.EOF {
 		return n, classify(b.ctx, err, true) // a response came: the request had arrived
@@ -289,8 +329,8 @@ func (b *timedBody) Read(p []byte) (int, error) {
 }
 
 func (b *timedBody) Close() error {
-	if b.timer != nil {
-		b.timer.Stop()
+	if b.idle != nil {
+		b.idle.stop()
 	}
 	err := b.rc.Close()
 	b.cancel(nil)

@@ -273,3 +273,38 @@ func TestServesNativeAPIs(t *testing.T) {
 		t.Errorf("azure responses URL = %s, want %s", got, want)
 	}
 }
+
+// The idle watch cuts a stream only after stream_timeout of silence: reads that keep coming
+// more often than that keep it alive however long the stream lasts, without re-arming a timer
+// on each.
+func TestIdleWatchCutsOnlySilence(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real timers: skipped under -short")
+	}
+	const timeout = 300 * time.Millisecond
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	w := watchIdle(timeout, cancel)
+	defer w.stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(4 * timeout); time.Now().Before(end); {
+		<-tick.C
+		w.heard()
+		if ctx.Err() != nil {
+			t.Fatalf("cut while the upstream was heard every 10ms: %v", context.Cause(ctx))
+		}
+	}
+	silent := time.Now()
+	select {
+	case <-ctx.Done():
+	case <-time.After(20 * timeout):
+		t.Fatal("not cut after 20 timeouts of silence")
+	}
+	if got := time.Since(silent); got < timeout-10*time.Millisecond {
+		t.Errorf("cut %v after the upstream fell silent, before the %v timeout", got, timeout)
+	}
+	if !errors.Is(context.Cause(ctx), errStreamIdle) {
+		t.Errorf("cause %v, want errStreamIdle", context.Cause(ctx))
+	}
+}
