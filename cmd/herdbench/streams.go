@@ -61,7 +61,7 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 	herdArgs := fs.String("herd-args", "", "extra space-separated arguments for the herd target, e.g. \"--pprof-addr 127.0.0.1:6060\" to profile it under load")
 	conc := fs.String("concurrency", "500,2000,5000", "comma-separated numbers of streams kept in flight, each measured in turn")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "measured length per target, concurrency and round")
-	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "discarded load before each measured one (0 = none)")
+	fs.DurationVar(&o.warmup, "warmup", 5*time.Second, "discarded load before each measured one, in which the clients start spread over a stream's length (0 = none: all start at once)")
 	fs.IntVar(&o.rounds, "rounds", 3, "measure every (concurrency, target) this many times; cells report the median and the spread")
 	targets := fs.String("targets", strings.Join(allStreamTargets[:4], ","), "which targets to measure (added figures need direct): "+strings.Join(allStreamTargets, ","))
 	fs.DurationVar(&o.ttft, "upstream-ttft", 200*time.Millisecond, "the fake upstream's pause before a stream's first event")
@@ -161,11 +161,15 @@ func newStreamLoad() *streamLoad {
 }
 
 // runStreams keeps c streams in flight against t for warmup+d, then waits for the streams in
-// flight to end. The window is the last d: the load is already steady when it opens. A stream
-// counts as completed when it ends inside the window, and its timings count when it also
-// started inside it. at, if set, is called when the window opens and when it closes.
-func runStreams(ctx context.Context, t *streamTarget, c int, warmup, d time.Duration, l *streamLoad, at func(closing bool)) {
-	open := time.Now().Add(warmup)
+// flight to end. The c clients start spread evenly over ramp (a stream's length), not at once:
+// streams started together would end together and start again together, in waves that make
+// work and the window's count depend on where the waves fall. The window is the last d: the
+// load is already steady when it opens. A stream counts as completed when it ends inside the
+// window, and its timings count when it also started inside it. at, if set, is called when
+// the window opens and when it closes.
+func runStreams(ctx context.Context, t *streamTarget, c int, ramp, warmup, d time.Duration, l *streamLoad, at func(closing bool)) {
+	begin := time.Now()
+	open := begin.Add(warmup)
 	end := open.Add(d)
 	edges := make(chan struct{})
 	go func() {
@@ -185,10 +189,13 @@ func runStreams(ctx context.Context, t *streamTarget, c int, warmup, d time.Dura
 	}()
 	defer func() { <-edges }()
 	var wg sync.WaitGroup
-	for range c {
+	for i := range c {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if !sleepUntil(ctx, begin.Add(ramp*time.Duration(i)/time.Duration(c))) {
+				return
+			}
 			gaps := make([]time.Duration, 0, 64)
 			for ctx.Err() == nil && time.Now().Before(end) {
 				gaps = gaps[:0]
@@ -219,6 +226,22 @@ func runStreams(ctx context.Context, t *streamTarget, c int, warmup, d time.Dura
 		}()
 	}
 	wg.Wait()
+}
+
+// sleepUntil waits until when, or for ctx to end (false).
+func sleepUntil(ctx context.Context, when time.Time) bool {
+	d := time.Until(when)
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // oneStream sends one streaming request and reads it to the end: it returns the time to the
@@ -330,7 +353,7 @@ func resetHWM(pid int) error {
 
 // measureStream runs one load of t at c (warm-up, then the measured window) and reads what its
 // process used in the window.
-func measureStream(ctx context.Context, t *streamTarget, c int, warmup, d time.Duration) (streamSample, error) {
+func measureStream(ctx context.Context, t *streamTarget, c int, ramp, warmup, d time.Duration) (streamSample, error) {
 	s := streamSample{Concurrency: c, Target: t.name}
 	pid := 0
 	if t.proc != nil {
@@ -368,7 +391,7 @@ func measureStream(ctx context.Context, t *streamTarget, c int, warmup, d time.D
 		}
 	}
 	l := newStreamLoad()
-	runStreams(ctx, t, c, warmup, d, l, read)
+	runStreams(ctx, t, c, ramp, warmup, d, l, read)
 	if err := ctx.Err(); err != nil {
 		return s, err
 	}
@@ -433,7 +456,7 @@ func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer
 						return err
 					}
 				}
-				s, err := measureStream(ctx, t, c, o.warmup, o.duration)
+				s, err := measureStream(ctx, t, c, min(o.streamLength(), o.warmup), o.warmup, o.duration)
 				// Every target's idle connections would add up past the file limit at C=5000.
 				t.client.CloseIdleConnections()
 				if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,7 +91,7 @@ func TestRunStreamsWindow(t *testing.T) {
 	l := newStreamLoad()
 	var edges []bool
 	start := time.Now()
-	runStreams(context.Background(), tg, 8, 100*time.Millisecond, 400*time.Millisecond, l, func(closing bool) { edges = append(edges, closing) })
+	runStreams(context.Background(), tg, 8, 40*time.Millisecond, 100*time.Millisecond, 400*time.Millisecond, l, func(closing bool) { edges = append(edges, closing) })
 	if took := time.Since(start); took < 500*time.Millisecond {
 		t.Errorf("returned after %v, before warm-up and window were over", took)
 	}
@@ -159,6 +160,42 @@ func TestStreamReport(t *testing.T) {
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// The clients start spread over the ramp, not all at once: worker i's first request leaves
+// i*ramp/c after the first worker's.
+func TestRunStreamsSpreadsStarts(t *testing.T) {
+	var mu sync.Mutex
+	var arrived []time.Time
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrived = append(arrived, time.Now())
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		// Longer than the load: each worker sends one request, when it starts.
+		timer := time.NewTimer(600 * time.Millisecond)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "data: {}\n\ndata: [DONE]\n\n")
+	}))
+	defer ts.Close()
+	const c, ramp = 4, 400 * time.Millisecond
+	tg := &streamTarget{name: "x", url: ts.URL, body: []byte(`{}`), client: newStreamClient(c)}
+	runStreams(context.Background(), tg, c, ramp, ramp, 10*time.Millisecond, newStreamLoad(), nil)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(arrived) != c {
+		t.Fatalf("%d requests, want one per worker (%d)", len(arrived), c)
+	}
+	slices.SortFunc(arrived, time.Time.Compare)
+	for i := 1; i < c; i++ {
+		if gap := arrived[i].Sub(arrived[i-1]); gap < ramp/c/2 {
+			t.Errorf("worker %d started %v after worker %d; want about %v (ramp/c)", i, gap, i-1, ramp/c)
 		}
 	}
 }
