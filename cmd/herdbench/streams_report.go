@@ -48,7 +48,7 @@ func fmtRounds(s overRounds, f string) string {
 // streamCell is one target at one concurrency, over its rounds.
 type streamCell struct {
 	perSecond, success, ttftP50, ttftP99, addedP50, addedP99, addedGapP99 []float64
-	cpu, kib, writes                                                      []float64
+	cpu, hwm, kib, writes                                                 []float64
 }
 
 // streamCells groups samples by concurrency and target. Added figures subtract the direct
@@ -82,6 +82,7 @@ func streamCells(samples []streamSample) map[int]map[string]*streamCell {
 		}
 		if s.Target != streamDirect {
 			c.cpu, c.kib, c.writes = append(c.cpu, s.CPUPer1000), append(c.kib, s.KiBPerStream), append(c.writes, s.WritesPerEvent)
+			c.hwm = append(c.hwm, float64(s.HWMKB)/1024)
 		}
 	}
 	return out
@@ -99,7 +100,7 @@ func writeStreamMarkdown(out io.Writer, r streamReport) error {
 	fmt.Fprintf(w, "- Command: `%s`\n", r.Command)
 	fmt.Fprintf(w, "- Upstream: first event after %v, then %v content events %v apart (plus usage and [DONE]); the client keeps C streams in flight and does not ask for usage.\n",
 		r.Options["upstream_ttft"], r.Options["events"], r.Options["upstream_gap"])
-	fmt.Fprintf(w, "- Each cell: the median over %v rounds, the range in parentheses. Added = the target's figure minus direct's in the same round. CPU is the proxy process's per 1,000 completed streams; KiB per stream is its peak RSS during the load (warm-up included) above its RSS at start, divided by C; writes per event are its write syscalls (/proc/PID/io syscw) per event the client received.\n\n",
+	fmt.Fprintf(w, "- Each cell: the median over %v rounds, the range in parentheses. Added = the target's figure minus direct's in the same round. The C clients start spread over the first stream's length. CPU is the proxy process's per 1,000 completed streams; peak RSS is its VmHWM over the load (warm-up included), and KiB per stream that peak above its RSS at start, divided by C; writes per event are its write syscalls (/proc/PID/io syscw) per event the client received.\n\n",
 		r.Options["rounds"])
 	cells := streamCells(r.Samples)
 	concs := make([]int, 0, len(cells))
@@ -110,19 +111,20 @@ func writeStreamMarkdown(out io.Writer, r streamReport) error {
 	targets, _ := r.Options["targets"].([]string)
 	for _, c := range concs {
 		fmt.Fprintf(w, "### C = %d\n\n", c)
-		fmt.Fprintln(w, "| target | streams/s | success | TTFT p50 | TTFT p99 | added TTFT p50 | added TTFT p99 | added gap p99 | CPU s / 1000 streams | KiB / stream | writes / event |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| target | streams/s | success | TTFT p50 | TTFT p99 | added TTFT p50 | added TTFT p99 | added gap p99 | CPU s / 1000 streams | peak RSS | KiB / stream | writes / event |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 		for _, t := range targets {
 			x := cells[c][t]
 			if x == nil {
 				continue
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t,
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t,
 				fmtRounds(roundsOf(x.perSecond), "%.0f"), fmtRounds(roundsOf(x.success), "%.2f %%"),
 				fmtRounds(roundsOf(x.ttftP50), "%.1f ms"), fmtRounds(roundsOf(x.ttftP99), "%.1f ms"),
 				fmtRounds(roundsOf(x.addedP50), "%+.2f ms"), fmtRounds(roundsOf(x.addedP99), "%+.2f ms"),
 				fmtRounds(roundsOf(x.addedGapP99), "%+.2f ms"),
-				fmtRounds(roundsOf(x.cpu), "%.3f"), fmtRounds(roundsOf(x.kib), "%.0f"), fmtRounds(roundsOf(x.writes), "%.2f"))
+				fmtRounds(roundsOf(x.cpu), "%.3f"), fmtRounds(roundsOf(x.hwm), "%.0f MiB"), fmtRounds(roundsOf(x.kib), "%.0f"),
+				fmtRounds(roundsOf(x.writes), "%.2f"))
 		}
 		floor := cells[c][streamFloor]
 		for _, t := range targets {

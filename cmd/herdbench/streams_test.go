@@ -137,7 +137,7 @@ func TestParseSyscw(t *testing.T) {
 func TestStreamReport(t *testing.T) {
 	sample := func(target string, round int, ttftP99, cpu, kib, writes float64) streamSample {
 		return streamSample{Concurrency: 500, Round: round, Target: target, Completed: 1000, PerSecond: 400,
-			TTFT: latencyUS{P50: 200_000, P99: ttftP99}, Gap: latencyUS{P99: 21_000}, CPUPer1000: cpu, KiBPerStream: kib, WritesPerEvent: writes}
+			TTFT: latencyUS{P50: 200_000, P99: ttftP99}, Gap: latencyUS{P99: 21_000}, CPUPer1000: cpu, KiBPerStream: kib, HWMKB: int64(kib) * 500, WritesPerEvent: writes}
 	}
 	var samples []streamSample
 	for round, d := range []float64{200_000, 210_000, 205_000} {
@@ -156,6 +156,7 @@ func TestStreamReport(t *testing.T) {
 		"### C = 500",
 		"| floor | 400 | 100.00 % | 200.0 ms | 215.0 ms (210.0 ms–220.0 ms) | +0.00 ms | +10.00 ms |",
 		"| herd | 400 | 100.00 % | 200.0 ms | 210.0 ms (205.0 ms–215.0 ms) | +0.00 ms | +5.00 ms |",
+		"| 1.000 | 78 MiB | 160 | 0.60 |", // the floor's CPU, peak RSS (160 KiB × 500), KiB per stream, writes
 		"herd ÷ floor at C=500: CPU 1.20×, KiB/stream 1.25×, added TTFT p99 0.50×, streams/s 1.00×, writes/event 0.83×",
 	} {
 		if !strings.Contains(out, want) {
