@@ -49,6 +49,7 @@ type streamOptions struct {
 	ttft, gap          time.Duration // the upstream's pause before the first event, and between events
 	events             int           // content events per stream
 	jsonPath           string
+	reportFrom         string // render this saved JSON run instead of measuring
 }
 
 func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
@@ -68,6 +69,7 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 	fs.DurationVar(&o.gap, "upstream-gap", 20*time.Millisecond, "the fake upstream's pause between events")
 	fs.IntVar(&o.events, "events", 50, "content events per stream")
 	fs.StringVar(&o.jsonPath, "json", "", "also write all raw numbers to this JSON file")
+	fs.StringVar(&o.reportFrom, "report", "", "print the report of a run saved with --json, measuring nothing")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -424,6 +426,13 @@ func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer
 	o, err := parseStreamFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.reportFrom != "" {
+		rep, err := readStreamReport(o.reportFrom)
+		if err != nil {
+			return err
+		}
+		return writeStreamMarkdown(stdout, rep)
 	}
 	budget := o.budget()
 	run, err := startBenchRun(ctx, o.fakeupstream, o.herd, o.targets, budget, "herdbench-streams-")

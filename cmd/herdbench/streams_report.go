@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"slices"
 	"strings"
 )
@@ -15,6 +17,29 @@ type streamReport struct {
 	Machine machineInfo    `json:"machine"`
 	Options map[string]any `json:"options"`
 	Samples []streamSample `json:"samples"`
+}
+
+// readStreamReport reads a run saved with --json.
+func readStreamReport(path string) (streamReport, error) {
+	var r streamReport
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("%s: %w", path, err)
+	}
+	// JSON gives the target list back as []any.
+	if ts, ok := r.Options["targets"].([]any); ok {
+		names := make([]string, 0, len(ts))
+		for _, t := range ts {
+			if n, ok := t.(string); ok {
+				names = append(names, n)
+			}
+		}
+		r.Options["targets"] = names
+	}
+	return r, nil
 }
 
 func streamOptionsJSON(o streamOptions) map[string]any {
@@ -49,15 +74,21 @@ func fmtRounds(s overRounds, f string) string {
 type streamCell struct {
 	perSecond, success, ttftP50, ttftP99, addedP50, addedP99, addedGapP99 []float64
 	cpu, hwm, kib, writes                                                 []float64
+	// vsFloor holds, per round, this target's figure over the floor's in the same round:
+	// CPU, KiB per stream, added TTFT p99, streams/s, writes per event.
+	vsFloor [5][]float64
 }
 
 // streamCells groups samples by concurrency and target. Added figures subtract the direct
 // upstream's from the same round, so both saw the same machine moment as nearly as possible.
 func streamCells(samples []streamSample) map[int]map[string]*streamCell {
-	direct := map[[2]int]streamSample{}
+	direct, floor := map[[2]int]streamSample{}, map[[2]int]streamSample{}
 	for _, s := range samples {
-		if s.Target == streamDirect {
+		switch s.Target {
+		case streamDirect:
 			direct[[2]int{s.Concurrency, s.Round}] = s
+		case streamFloor:
+			floor[[2]int{s.Concurrency, s.Round}] = s
 		}
 	}
 	out := map[int]map[string]*streamCell{}
@@ -83,6 +114,19 @@ func streamCells(samples []streamSample) map[int]map[string]*streamCell {
 		if s.Target != streamDirect {
 			c.cpu, c.kib, c.writes = append(c.cpu, s.CPUPer1000), append(c.kib, s.KiBPerStream), append(c.writes, s.WritesPerEvent)
 			c.hwm = append(c.hwm, float64(s.HWMKB)/1024)
+		}
+		f, ok := floor[[2]int{s.Concurrency, s.Round}]
+		if ok && s.Target != streamFloor && s.Target != streamDirect {
+			var added, floorAdded float64 = math.NaN(), math.NaN()
+			if d, ok := direct[[2]int{s.Concurrency, s.Round}]; ok {
+				added, floorAdded = s.TTFT.P99-d.TTFT.P99, f.TTFT.P99-d.TTFT.P99
+			}
+			for i, r := range []*float64{ratio(s.CPUPer1000, f.CPUPer1000), ratio(s.KiBPerStream, f.KiBPerStream),
+				ratio(added, floorAdded), ratio(s.PerSecond, f.PerSecond), ratio(s.WritesPerEvent, f.WritesPerEvent)} {
+				if r != nil {
+					c.vsFloor[i] = append(c.vsFloor[i], *r)
+				}
+			}
 		}
 	}
 	return out
@@ -135,6 +179,12 @@ func writeStreamMarkdown(out io.Writer, r streamReport) error {
 			fmt.Fprintf(w, "\n%s ÷ floor at C=%d: CPU %s, KiB/stream %s, added TTFT p99 %s, streams/s %s, writes/event %s\n", t, c,
 				medianRatio(x.cpu, floor.cpu), medianRatio(x.kib, floor.kib), medianRatio(x.addedP99, floor.addedP99), medianRatio(x.perSecond, floor.perSecond),
 				medianRatio(x.writes, floor.writes))
+			if len(x.vsFloor[0]) > 1 {
+				v := x.vsFloor
+				fmt.Fprintf(w, "Round by round, each over the same round's floor (median, range): CPU %s, KiB/stream %s, added TTFT p99 %s, streams/s %s, writes/event %s\n",
+					fmtRounds(roundsOf(v[0]), "%.2f×"), fmtRounds(roundsOf(v[1]), "%.2f×"), fmtRounds(roundsOf(v[2]), "%.2f×"),
+					fmtRounds(roundsOf(v[3]), "%.2f×"), fmtRounds(roundsOf(v[4]), "%.2f×"))
+			}
 		}
 		fmt.Fprintln(w)
 	}

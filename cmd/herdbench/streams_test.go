@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -140,11 +141,14 @@ func TestStreamReport(t *testing.T) {
 			TTFT: latencyUS{P50: 200_000, P99: ttftP99}, Gap: latencyUS{P99: 21_000}, CPUPer1000: cpu, KiBPerStream: kib, HWMKB: int64(kib) * 500, WritesPerEvent: writes}
 	}
 	var samples []streamSample
+	// The machine is slower in round 2 (everything's CPU doubles) and round 3 is in between:
+	// herd is dearer than the floor in round 1 and cheaper in 2 and 3.
+	floorCPU, herdCPU := []float64{1.0, 2.0, 1.5}, []float64{1.6, 1.8, 1.2}
 	for round, d := range []float64{200_000, 210_000, 205_000} {
 		samples = append(samples,
 			sample(streamDirect, round+1, d, 0, 0, 0),
-			sample(streamFloor, round+1, d+10_000, 1.0, 160, 0.6),
-			sample(streamHerd, round+1, d+5_000, 1.2, 200, 0.5))
+			sample(streamFloor, round+1, d+10_000, floorCPU[round], 160, 0.6),
+			sample(streamHerd, round+1, d+5_000, herdCPU[round], 200, 0.5))
 	}
 	var b strings.Builder
 	rep := streamReport{Command: "herdbench streams", Options: map[string]any{"targets": []string{streamDirect, streamFloor, streamHerd}, "rounds": 3}, Samples: samples}
@@ -152,12 +156,24 @@ func TestStreamReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
+	// The same report again from the run saved as JSON.
+	path := filepath.Join(t.TempDir(), "run.json")
+	if err := writeJSON(path, rep); err != nil {
+		t.Fatal(err)
+	}
+	var again strings.Builder
+	if err := runStreamBench(context.Background(), []string{"--report", path}, &again, io.Discard); err != nil || again.String() != out {
+		t.Errorf("--report of the saved run (%v):\n%s\nwant\n%s", err, again.String(), out)
+	}
 	for _, want := range []string{
 		"### C = 500",
 		"| floor | 400 | 100.00 % | 200.0 ms | 215.0 ms (210.0 ms–220.0 ms) | +0.00 ms | +10.00 ms |",
 		"| herd | 400 | 100.00 % | 200.0 ms | 210.0 ms (205.0 ms–215.0 ms) | +0.00 ms | +5.00 ms |",
-		"| 1.000 | 78 MiB | 160 | 0.60 |", // the floor's CPU, peak RSS (160 KiB × 500), KiB per stream, writes
-		"herd ÷ floor at C=500: CPU 1.20×, KiB/stream 1.25×, added TTFT p99 0.50×, streams/s 1.00×, writes/event 0.83×",
+		"| 1.500 (1.000–2.000) | 78 MiB | 160 | 0.60 |", // the floor's CPU, peak RSS (160 KiB × 500), KiB per stream, writes
+		// Medians over medians: 1.6 / 1.5.
+		"herd ÷ floor at C=500: CPU 1.07×, KiB/stream 1.25×, added TTFT p99 0.50×, streams/s 1.00×, writes/event 0.83×",
+		// Each round's herd over the same round's floor: 1.6, 0.9 and 0.8.
+		"Round by round, each over the same round's floor (median, range): CPU 0.90× (0.80×–1.60×), KiB/stream 1.25×, added TTFT p99 0.50×, streams/s 1.00×, writes/event 0.83×",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
