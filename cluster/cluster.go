@@ -234,6 +234,13 @@ func (n *Node) BytesSent() uint64 { return n.tr.sent.Load() }
 // BytesReceived counts gossip bytes read from the network.
 func (n *Node) BytesReceived() uint64 { return n.tr.received.Load() }
 
+// PacketsSent counts the datagrams this node sent: memberlist's probes and gossip, and every
+// usage delta, once per peer it went to.
+func (n *Node) PacketsSent() uint64 { return n.tr.packetsSent.Load() }
+
+// PacketsReceived counts the datagrams this node received.
+func (n *Node) PacketsReceived() uint64 { return n.tr.packetsReceived.Load() }
+
 // OnMembersChanged sets the one callback that receives the alive members (this node
 // included, sorted by name) after every change. It is called once right away, never
 // concurrently with itself, and coalesces bursts: only the latest snapshot is delivered.

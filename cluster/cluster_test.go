@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func TestFiveNodesJoinThroughOneSeed(t *testing.T) {
@@ -331,5 +333,42 @@ func TestSendToReachesExactlyOneNode(t *testing.T) {
 	})
 	if nodes[0].SendTo("node2", []byte("x")) {
 		t.Error("SendTo a dead member = true")
+	}
+}
+
+// The transport counts each datagram once where it leaves and once where it arrives, with its
+// bytes: the per-node packet rate the cluster's scale is judged by.
+func TestTransportCountsPackets(t *testing.T) {
+	nw := NewNetwork()
+	a := newCountingTransport(nw.Node("127.0.0.1:7001"))
+	b := newCountingTransport(nw.Node("127.0.0.1:7002"))
+	defer a.Shutdown()
+	defer b.Shutdown()
+	for _, msg := range []string{"one", "three"} {
+		if _, err := a.WriteTo([]byte(msg), "127.0.0.1:7002"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.WriteToAddress([]byte("x"), memberlist.Address{Addr: "127.0.0.1:7002"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		select {
+		case <-b.PacketCh():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("packet %d did not arrive", i)
+		}
+	}
+	if got := a.packetsSent.Load(); got != 3 {
+		t.Errorf("a sent %d packets, want 3", got)
+	}
+	if got := a.sent.Load(); got != 9 {
+		t.Errorf("a sent %d bytes, want 9", got)
+	}
+	if got := b.packetsReceived.Load(); got != 3 {
+		t.Errorf("b received %d packets, want 3", got)
+	}
+	if got := a.packetsReceived.Load() + b.packetsSent.Load(); got != 0 {
+		t.Errorf("%d packets counted the other way", got)
 	}
 }

@@ -9,19 +9,21 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// countingTransport counts the bytes every packet and stream carries, in both directions,
-// for the metrics getters. It forwards the inbound channels through goroutines so it can
-// count without the inner transport's help.
+// countingTransport counts the bytes every packet and stream carries, in both directions, and
+// the packets, for the metrics getters. It forwards the inbound channels through goroutines so
+// it can count without the inner transport's help.
 type countingTransport struct {
-	inner     memberlist.NodeAwareTransport
-	sent      atomic.Uint64
-	received  atomic.Uint64
-	packetCh  chan *memberlist.Packet
-	streamCh  chan net.Conn
-	done      chan struct{} // closed when memberlist shuts us down
-	innerDone chan struct{} // closed once inner has shut down; until then keep draining it
-	once      sync.Once
-	wg        sync.WaitGroup
+	inner    memberlist.NodeAwareTransport
+	sent     atomic.Uint64
+	received atomic.Uint64
+	// Packets (UDP datagrams: probes, gossip, usage deltas), not streams.
+	packetsSent, packetsReceived atomic.Uint64
+	packetCh                     chan *memberlist.Packet
+	streamCh                     chan net.Conn
+	done                         chan struct{} // closed when memberlist shuts us down
+	innerDone                    chan struct{} // closed once inner has shut down; until then keep draining it
+	once                         sync.Once
+	wg                           sync.WaitGroup
 }
 
 var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)
@@ -51,6 +53,7 @@ func (t *countingTransport) forwardPackets() {
 		select {
 		case p := <-in:
 			t.received.Add(uint64(len(p.Buf)))
+			t.packetsReceived.Add(1)
 			select {
 			case t.packetCh <- p:
 			case <-t.done: // memberlist stopped reading: drop
@@ -86,11 +89,13 @@ func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int
 
 func (t *countingTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 	t.sent.Add(uint64(len(b)))
+	t.packetsSent.Add(1)
 	return t.inner.WriteTo(b, addr)
 }
 
 func (t *countingTransport) WriteToAddress(b []byte, addr memberlist.Address) (time.Time, error) {
 	t.sent.Add(uint64(len(b)))
+	t.packetsSent.Add(1)
 	return t.inner.WriteToAddress(b, addr)
 }
 

@@ -187,6 +187,14 @@ func registerClusterMetrics(reg prometheus.Registerer, n *cluster.Node) {
 			Name: "herd_gossip_received_bytes_total",
 			Help: "Bytes this node received from peers.",
 		}, func() float64 { return float64(n.BytesReceived()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herd_gossip_sent_packets_total",
+			Help: "Datagrams this node sent to peers (memberlist's probes and gossip, and each usage delta once per peer).",
+		}, func() float64 { return float64(n.PacketsSent()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herd_gossip_received_packets_total",
+			Help: "Datagrams this node received from peers.",
+		}, func() float64 { return float64(n.PacketsReceived()) }),
 		clockOffsets{n},
 	)
 }

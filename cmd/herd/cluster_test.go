@@ -167,7 +167,8 @@ func TestTwoNodesShareLimits(t *testing.T) {
 				t.Errorf("%s: %s", addr, m[0])
 			}
 		}
-		for _, name := range []string{"herd_cluster_members 2", "herd_gossip_sent_bytes_total", "herd_gossip_received_bytes_total"} {
+		for _, name := range []string{"herd_cluster_members 2", "herd_gossip_sent_bytes_total", "herd_gossip_received_bytes_total",
+			"herd_gossip_sent_packets_total", "herd_gossip_received_packets_total"} {
 			if !strings.Contains(string(body), name) {
 				t.Errorf("%s: /metrics lacks %s", addr, name)
 			}
