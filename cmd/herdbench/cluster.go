@@ -165,6 +165,9 @@ type clusterRun struct {
 	// CPUPerRequest is the herd processes' CPU time over the run, summed over nodes, per
 	// request offered (admitted or refused).
 	CPUPerRequest float64 `json:"herd_cpu_us_per_request"`
+	// PacketsPerNode is the gossip datagrams a node sent per second over the run (probes,
+	// gossip and usage deltas; herd_gossip_sent_packets_total), averaged over the nodes.
+	PacketsPerNode float64 `json:"gossip_packets_per_node_per_s"`
 }
 
 // clusterEnv is N herd processes joined through the first, in front of one fake upstream.
@@ -414,23 +417,52 @@ func (env *clusterEnv) cpu() (time.Duration, error) {
 	return sum, nil
 }
 
-// propagation sums every node's herd_cluster_propagation_delay_seconds histogram.
-func (env *clusterEnv) propagation(ctx context.Context) (promHist, error) {
+// propagation sums every node's herd_cluster_propagation_delay_seconds histogram, and its
+// herd_gossip_sent_packets_total.
+func (env *clusterEnv) propagation(ctx context.Context) (promHist, float64, error) {
 	var sum promHist
+	var packets float64
 	for _, c := range env.nodes {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.addr+"/metrics", nil)
 		resp, err := env.client.Do(req)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		h, err := parsePromHist(resp.Body, "herd_cluster_propagation_delay_seconds")
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 		resp.Body.Close()
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", c.name, err)
+			return nil, 0, fmt.Errorf("%s: %w", c.name, err)
 		}
-		sum = sum.add(h)
+		h, err := parsePromHist(bytes.NewReader(body), "herd_cluster_propagation_delay_seconds")
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", c.name, err)
+		}
+		n, err := parsePromCounter(bytes.NewReader(body), "herd_gossip_sent_packets_total")
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", c.name, err)
+		}
+		sum, packets = sum.add(h), packets+n
 	}
-	return sum, nil
+	return sum, packets, nil
+}
+
+// parsePromCounter reads an unlabelled counter or gauge from a /metrics body.
+func parsePromCounter(r io.Reader, name string) (float64, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, fmt.Errorf("bad %s value %q", name, v)
+			}
+			return f, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("no %s", name)
 }
 
 // promHist is a Prometheus histogram's cumulative buckets, by upper bound (+Inf last).
@@ -649,7 +681,7 @@ func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, spr
 // measureOn is measure that also returns what was sent.
 func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, spread, pattern string, demand int, model string) (clusterRun, []outcome, error) {
 	r := clusterRun{Nodes: n, Pattern: pattern, Spread: spread, Demand: demand, Limit: o.limit}
-	before, err := env.propagation(ctx)
+	before, packetsBefore, err := env.propagation(ctx)
 	if err != nil {
 		return r, nil, err
 	}
@@ -668,11 +700,14 @@ func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, s
 	if err != nil {
 		return r, nil, err
 	}
-	after, err := env.propagation(ctx)
+	after, packetsAfter, err := env.propagation(ctx)
 	if err != nil {
 		return r, nil, err
 	}
 	prop := after.sub(before)
+	if secs := time.Since(start).Seconds(); secs > 0 {
+		r.PacketsPerNode = (packetsAfter - packetsBefore) / float64(len(env.nodes)) / secs
+	}
 
 	r.Offered = len(out)
 	if r.Offered > 0 {
@@ -835,16 +870,16 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One deployment, rpm %d; %s of load per row, round-robin over the nodes (hot: all to one node); fake upstream latency %s; bursts every %s.\n\n",
 		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date, o.limit, o.duration, o.upLatency, o.burstGap)
-	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request | gossip packets/s per node |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
 		util := "n/a (demand = limit; " + fmt.Sprintf("%.1f%% admitted", r.AdmittedPct) + ")"
 		if r.Demand > 1 {
 			util = fmt.Sprintf("%.1f%%", r.Utilisation)
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %.2f / %.2f ms | %.0f/s | %.1f | %.0f µs |\n",
+		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %.2f / %.2f ms | %.0f/s | %.1f | %.0f µs | %.0f |\n",
 			r.Nodes, r.Spread, r.Pattern, r.Demand, r.Offered, r.Admitted, r.MaxIn60s, r.Overshoot, r.OvershootPct, util,
-			r.PropP50, r.PropP99, r.PeakRate, r.Bound, r.CPUPerRequest)
+			r.PropP50, r.PropP99, r.PeakRate, r.Bound, r.CPUPerRequest, r.PacketsPerNode)
 	}
 	if failed := clusterChecks(runs); len(failed) > 0 {
 		fmt.Fprintf(w, "\nTargets missed: %s\n", strings.Join(failed, "; "))

@@ -222,7 +222,7 @@ func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *r
 		rec.reset(ls.overheadHeader)
 		attackWith(ctx, env.client, vegeta.NewStaticTargeter(targets...), o.rate, o.warmup, rec)
 	}
-	propBefore, err := env.propagation(ctx)
+	propBefore, _, err := env.propagation(ctx)
 	if err != nil {
 		return r, err
 	}
@@ -254,7 +254,7 @@ func (env *clusterEnv) measureLoad(ctx context.Context, o clusterOptions, rec *r
 	if err := errors.Join(profErrs...); err != nil {
 		return r, err
 	}
-	propAfter, err := env.propagation(ctx)
+	propAfter, _, err := env.propagation(ctx)
 	if err != nil {
 		return r, err
 	}

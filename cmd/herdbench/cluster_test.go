@@ -164,3 +164,30 @@ func TestAccuracyCases(t *testing.T) {
 		t.Errorf("cases %q\nwant  %q", got, want)
 	}
 }
+
+// A node's /metrics gives the gossip packets it sent; a histogram's or another counter's lines
+// that only start with the name do not count.
+func TestParsePromCounter(t *testing.T) {
+	body := "# TYPE herd_gossip_sent_packets_total counter\n" +
+		"herd_gossip_sent_packets_total_extra 5\n" +
+		"herd_gossip_sent_packets_total 1234\n"
+	if v, err := parsePromCounter(strings.NewReader(body), "herd_gossip_sent_packets_total"); err != nil || v != 1234 {
+		t.Errorf("got %v, %v; want 1234", v, err)
+	}
+	if _, err := parsePromCounter(strings.NewReader("other 1\n"), "herd_gossip_sent_packets_total"); err == nil {
+		t.Error("a body without the counter gave no error")
+	}
+	if _, err := parsePromCounter(strings.NewReader("herd_gossip_sent_packets_total x\n"), "herd_gossip_sent_packets_total"); err == nil {
+		t.Error("a bad value gave no error")
+	}
+}
+
+// The accuracy table shows each run's gossip packets per node and second.
+func TestClusterMarkdownShowsPackets(t *testing.T) {
+	var b strings.Builder
+	writeClusterMarkdown(&b, "herdbench cluster", machineInfo{}, clusterOptions{limit: 600},
+		[]clusterRun{{Nodes: 3, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 300, PacketsPerNode: 412.4}})
+	if !strings.Contains(b.String(), "| 300 µs | 412 |") {
+		t.Errorf("no packets per node in:\n%s", b.String())
+	}
+}
