@@ -877,9 +877,13 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 		if r.Demand > 1 {
 			util = fmt.Sprintf("%.1f%%", r.Utilisation)
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %.2f / %.2f ms | %.0f/s | %.1f | %.0f µs | %.0f |\n",
+		prop := fmt.Sprintf("%.2f / %.2f ms", r.PropP50, r.PropP99)
+		if r.Deltas == 0 {
+			prop = "n/a (no deltas)" // one node: nothing to propagate
+		}
+		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %s | %.0f/s | %.1f | %.0f µs | %.0f |\n",
 			r.Nodes, r.Spread, r.Pattern, r.Demand, r.Offered, r.Admitted, r.MaxIn60s, r.Overshoot, r.OvershootPct, util,
-			r.PropP50, r.PropP99, r.PeakRate, r.Bound, r.CPUPerRequest, r.PacketsPerNode)
+			prop, r.PeakRate, r.Bound, r.CPUPerRequest, r.PacketsPerNode)
 	}
 	if failed := clusterChecks(runs); len(failed) > 0 {
 		fmt.Fprintf(w, "\nTargets missed: %s\n", strings.Join(failed, "; "))

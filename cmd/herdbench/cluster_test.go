@@ -182,12 +182,18 @@ func TestParsePromCounter(t *testing.T) {
 	}
 }
 
-// The accuracy table shows each run's gossip packets per node and second.
+// The accuracy table shows each run's gossip packets per node and second, and no propagation
+// for a single node, which has no peers to hear from.
 func TestClusterMarkdownShowsPackets(t *testing.T) {
 	var b strings.Builder
 	writeClusterMarkdown(&b, "herdbench cluster", machineInfo{}, clusterOptions{limit: 600},
-		[]clusterRun{{Nodes: 3, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 300, PacketsPerNode: 412.4}})
-	if !strings.Contains(b.String(), "| 300 µs | 412 |") {
-		t.Errorf("no packets per node in:\n%s", b.String())
+		[]clusterRun{
+			{Nodes: 3, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 300, PacketsPerNode: 412.4, Deltas: 10, PropP50: 1, PropP99: 9.5},
+			{Nodes: 1, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 200},
+		})
+	for _, want := range []string{"| 1.00 / 9.50 ms | 0/s | 0.0 | 300 µs | 412 |", "| n/a (no deltas) | 0/s | 0.0 | 200 µs | 0 |"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("no %q in:\n%s", want, b.String())
+		}
 	}
 }
