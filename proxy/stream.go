@@ -79,6 +79,12 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	}
 	for {
 		line, err := br.ReadSlice('\n')
+		if hold != nil {
+			// Whatever follows [DONE] (more events, a failed read) is handled as usual, by the
+			// relay alone: the timer may not flush while it writes.
+			hold.release()
+			hold = nil
+		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			long = append(long, line...)
 			if int64(len(long)) > x.s.maxResp {
@@ -93,11 +99,6 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 			line, long = long, long[:0]
 		}
 		if len(line) > 0 {
-			if hold != nil {
-				// More after [DONE]: it leaves with what follows, by the usual rule.
-				hold.release()
-				hold = nil
-			}
 			forward := true
 			switch data := ssePayload(line); {
 			case isBlankLine(line):

@@ -360,3 +360,32 @@ func TestPlainFieldLen(t *testing.T) {
 		}
 	}
 }
+
+// An upstream whose connection breaks after [DONE] leaves herd writing on its own: the hold's
+// timer (here as short as it gets, so that it fires while herd handles the failed read) no
+// longer touches the response, and the client has [DONE]. Run with -race.
+func TestStreamBreakAfterDoneIsTheRelaysAlone(t *testing.T) {
+	needsServers(t)
+	old := endHoldMax
+	endHoldMax = time.Nanosecond
+	t.Cleanup(func() { endHoldMax = old })
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, chunk(0))
+		w.(http.Flusher).Flush()
+		fmt.Fprint(w, "data: [DONE]\n\n")
+		w.(http.Flusher).Flush()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close() // no end of the chunked body: herd's next read fails
+		}
+	}))
+	defer up.Close()
+	for range 5 { // a fresh herd each time: the broken stream cools the deployment down
+		h := startHerd(t, streamModel, up.URL, nil)
+		resp, body := post(t, h.URL+"/v1/chat/completions", streamRequest)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, "data: [DONE]") {
+			t.Fatalf("status %d, body %q: want the stream with its [DONE]", resp.StatusCode, body)
+		}
+	}
+}
