@@ -246,6 +246,11 @@ func (c *Config) memberlistConfig() *memberlist.Config {
 		mc.Keyring, _ = memberlist.NewKeyring(c.AcceptKeys, c.Key) // Validate checked the lengths
 	}
 	mc.Label = c.Label
+	// memberlist's compression runs LZW over every packet, with a fresh table each time: for
+	// small usage deltas it cost more CPU than sending them (with the garbage it made, a third
+	// of a 9-node cluster's gossip CPU). state/crdt compresses its full state itself. Peers
+	// still decompress what an older node compresses.
+	mc.EnableCompression = false
 	// memberlist talks a lot at INFO/WARN about routine probing; keep it below herd's logs.
 	var h slog.Handler = c.Logger.Handler()
 	if c.OnReject != nil {

@@ -1,7 +1,9 @@
 package crdt
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -526,4 +528,45 @@ func TestOvershootBound(t *testing.T) {
 		t.Fatalf("%d admitted cluster-wide at rpm %d; want %d..%d", r, rpm, rpm-(nodes-1), rpm)
 	}
 	t.Logf("%d admitted at rpm %d", r, rpm)
+}
+
+// A full state travels compressed, and decompresses to exactly what it held; one that is cut
+// short, has bytes after its end, or expands beyond the limit is refused whole.
+func TestFullStateCompression(t *testing.T) {
+	c := newCluster(t, 2)
+	c.allowRejects = true
+	for i := range 20 {
+		c.admitN("n1", fmt.Sprintf("deployment-%02d", i), state.Limits{}, state.Reservation{Requests: 1, Tokens: 5}, 3)
+	}
+	raw := c.nodes["n1"].fullState()
+	packed := compressState(raw)
+	if sent := c.nodes["n1"].LocalState(); sent[0] != wireFlate || len(packed) >= len(raw)/2 {
+		t.Fatalf("full state of %d bytes sent as %d bytes starting %#x, want compressed to under half", len(raw), len(sent), sent[0])
+	}
+	if got, err := expandState(packed, maxState); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("expand: %v, equal %v", err, bytes.Equal(got, raw))
+	}
+	if got, err := expandState(raw, maxState); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("an uncompressed state must pass as it is: %v", err)
+	}
+	for name, bad := range map[string][]byte{
+		"cut short":     packed[:len(packed)-3],
+		"trailing byte": append(slices.Clone(packed), 0),
+		"only the mark": {wireFlate},
+	} {
+		if _, err := expandState(bad, maxState); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := expandState(packed, len(raw)-1); err == nil {
+		t.Errorf("expanded beyond the limit")
+	}
+	c.nodes["n2"].MergeRemoteState(packed[:len(packed)-3])
+	c.nodes["n2"].MergeRemoteState(packed)
+	for i := range 20 {
+		c.wantSnapshot(names(2), fmt.Sprintf("deployment-%02d", i), 3, 15, 0)
+	}
+	if got := c.rejects.get(); got[reasonNames[reasonMalformed]] != 1 || len(got) != 1 {
+		t.Fatalf("rejections %v, want 1 malformed", got)
+	}
 }

@@ -65,6 +65,33 @@ func TestFlushOnChange(t *testing.T) {
 	waitFor(t, "the second delta", func() bool { return n.sent.Load() == 2 })
 }
 
+// Under a steady stream of changes a node flushes at most once per FlushGap, each flush
+// carrying every change made since the last; none is lost.
+func TestFlushGapBatchesUnderLoad(t *testing.T) {
+	const gap = 40 * time.Millisecond
+	n := &countNet{}
+	b := New(Options{Node: "a", Network: n, FlushEvery: time.Millisecond, FlushGap: gap, housekeepEvery: time.Hour})
+	t.Cleanup(b.Close)
+	c := b.Counter("d")
+	start := time.Now()
+	changes := 0
+	for time.Since(start) < 10*gap {
+		tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1})
+		c.Release(tk)
+		changes++
+	}
+	elapsed := time.Since(start)
+	waitFor(t, "the last flush", func() bool { return !b.armed.Load() })
+	flushes := b.loops.Load()
+	if limit := int64(elapsed/gap) + 2; flushes > limit {
+		t.Fatalf("%d flushes in %v of constant change, want at most %d (one per %v)", flushes, elapsed, limit, gap)
+	}
+	if flushes < 2 {
+		t.Fatalf("%d flushes in %v: the stream was not sent as it came", flushes, elapsed)
+	}
+	t.Logf("%d changes in %v went out in %d flushes", changes, elapsed, flushes)
+}
+
 // The housekeeping flush still re-announces in-flight counts without any change.
 func TestHousekeepingFlush(t *testing.T) {
 	n := &countNet{}

@@ -50,7 +50,8 @@ func fuzzSeeds(clock *statetest.Clock) (deltas, states [][]byte) {
 		forge(record{k: p, id: "d1", ifVer: 3, inFlight: 2, cells: []cell{{bucket: now - 2, reqP: 5, reqN: 1, tokP: 50, tokN: 10}, {bucket: now, reqP: 1}}}),
 		forge(record{k: p, id: "unknown", cells: []cell{{bucket: now, reqP: 1}}}),
 	}
-	return append(sent, forged...), append([][]byte{src.LocalState(), old.LocalState()}, forged...)
+	// Full states compressed, as LocalState sends them, and not, as older nodes did.
+	return append(sent, forged...), append([][]byte{src.LocalState(), old.LocalState(), src.fullState()}, forged...)
 }
 
 func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(*Backend, []byte)) {
@@ -77,7 +78,7 @@ func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(
 			if after := fuzzSnapshot(dst); !slices.Equal(before, after) {
 				t.Fatalf("merging twice changed %v to %v", before, after)
 			}
-			if err := decode(dst.LocalState(), maxMessageIncs, nil); err != nil {
+			if err := decode(dst.fullState(), maxMessageIncs, nil); err != nil {
 				t.Fatalf("own state does not decode: %v", err)
 			}
 			if n := dst.incs.len(); n > dst.maxNodes*maxIncsPerNode {

@@ -1,8 +1,11 @@
 package crdt
 
 import (
+	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math"
 )
 
@@ -36,6 +39,43 @@ const (
 )
 
 var errBadMessage = errors.New("crdt: malformed message")
+
+// wireFlate starts a compressed full state: a raw DEFLATE stream (compress/flate) of a
+// version-1 message follows. A busy cluster's full state is large and repetitive (every
+// incarnation's record repeats the deployment ID, and neighbouring cells hold similar
+// counts), and memberlist refuses a remote state over 20 MiB, so herd compresses it itself;
+// memberlist's own compression, per packet, is off (cluster/config.go). Deltas are never
+// compressed: they are small, and compressing each cost more than sending it.
+// An uncompressed full state (an older sender) is still accepted.
+const wireFlate = 0x80 | wireVersion
+
+// compressState compresses a full-state message.
+func compressState(msg []byte) []byte {
+	var buf bytes.Buffer
+	buf.Grow(len(msg)/4 + 64)
+	buf.WriteByte(wireFlate)
+	w, _ := flate.NewWriter(&buf, flate.BestSpeed) // the level is valid
+	_, _ = w.Write(msg)                               // a bytes.Buffer does not fail
+	_ = w.Close()
+	return buf.Bytes()
+}
+
+// expandState returns the message a full state carries: buf itself when it is not compressed,
+// else the stream decompressed, which must end where buf ends and expand to at most limit
+// bytes.
+func expandState(buf []byte, limit int) ([]byte, error) {
+	if len(buf) == 0 || buf[0] != wireFlate {
+		return buf, nil
+	}
+	in := bytes.NewReader(buf[1:]) // an io.ByteReader: flate reads no further than its stream
+	r := flate.NewReader(in)
+	defer r.Close()
+	out, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	if err != nil || len(out) > limit || in.Len() != 0 {
+		return nil, errBadMessage
+	}
+	return out, nil
+}
 
 // encoder builds messages, reusing their buffers from one Flush to the next.
 type encoder struct {
