@@ -80,7 +80,13 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 		members.Store(peers)
 		cb.SetNetwork(peers)
 		joined(peers)
-		peers.OnMembersChanged(func(alive []cluster.Member) { cb.SetPeers(len(alive) - 1) })
+		peers.OnMembersChanged(func(alive []cluster.Member) {
+			names := make([]string, len(alive))
+			for i, m := range alive {
+				names[i] = m.Name
+			}
+			cb.SetMembers(names)
+		})
 	}
 	return u, nil
 }

@@ -59,6 +59,9 @@ const (
 	// maxDelta bounds a delta packet: an honest one is under maxMessage unless one record
 	// with a maxString ID and node name alone exceeds it, far below this.
 	maxDelta = 64 << 10
+	// maxDeltaIncs bounds the incarnations one delta may define: a relayed delta holds many
+	// origins' records, each at least a few bytes, so a 1200-byte packet defines fewer.
+	maxDeltaIncs = 256
 	// maxState bounds a full state, memberlist's own push-pull limit (20 MiB): about 27,000
 	// records of a busy deployment (61 cells of 3-byte counts, ~750 bytes), e.g. 50 nodes x
 	// 500 deployments all used in every second of the window.

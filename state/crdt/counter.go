@@ -39,6 +39,21 @@ type incState struct {
 	inFlight int64  // calls in flight on that incarnation
 	ifVer    uint64 // version of inFlight; 0 means never heard
 	ifSeen   int64  // our bucket when ifVer last grew; a count not refreshed for a window expires
+
+	// What this node relays of it at the next flush (relay.go): the slots of the cells that
+	// came in relayed deltas, and whether the in-flight count did, the largest span they asked
+	// for and the origin's oldest send time among them.
+	fwd      uint64
+	fwdIf    bool
+	fwdSpan  int
+	fwdStamp int64
+}
+
+// relay is what a delta asks of a record's receiver: forward it to span ring successors under
+// the origin's send time sent (0: the delta had none). span 0 asks nothing.
+type relay struct {
+	sent int64
+	span int
 }
 
 // counter is one deployment's merged usage. One mutex guards everything, so Admit's check
@@ -66,6 +81,7 @@ type counter struct {
 	sent     [2]uint64
 	ifSent   [2]bool
 	resentAt int64
+	relayDue bool // some incarnation has something to relay (incState.fwd)
 
 	recent    recent    // own and peers' admissions of the last horizon (share.go)
 	refusedAt int64     // Unix ns of this node's last refusal; 0 for none (share.go)
@@ -379,10 +395,11 @@ func (c *counter) housekeep(now int64) {
 	}
 }
 
-// takeDelta encodes this node's cells changed since the last call, and its in-flight count if
-// it changed or is due for a refresh, then forgets them; once per bucket it repeats what
-// changed in the two buckets before. cells is scratch space.
-func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
+// takeDelta puts in out this node's cells changed since the last call, and its in-flight
+// count if it changed or is due for a refresh, stamped sent, and what it has to relay; then it
+// forgets them. Once per bucket it repeats what changed in the two buckets before. cells is
+// scratch space.
+func (c *counter) takeDelta(now, sent int64, cells []cell, out *outbox) []cell {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.housekeep(now)
@@ -404,9 +421,13 @@ func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
 	}
 	c.sent[0] |= changed
 	c.ifSent[0] = c.ifSent[0] || ifChanged
+	if c.relayDue {
+		cells = c.takeRelay(sent, cells, out)
+	}
 	if c.dirty == 0 && !c.ifDue {
 		return cells
 	}
+	cells = cells[:0]
 	for x := c.w.Head() - ringSize + 1; x <= c.w.Head(); x++ {
 		if c.dirty&(1<<uint(window.Slot(x))) != 0 && c.own.cells[window.Slot(x)].bucket == x {
 			cells = append(cells, c.own.cells[window.Slot(x)])
@@ -418,9 +439,40 @@ func (c *counter) takeDelta(now int64, cells []cell, enc *encoder) []cell {
 		c.ifAt = c.w.Head()
 	}
 	if len(cells) > 0 || ifVer != 0 {
-		enc.record(c.own.key, c.id, ifVer, c.own.inFlight, cells)
+		out.add(c.own.key, c.id, ifVer, c.own.inFlight, sent, spanAll, cells)
 	}
 	c.dirty, c.ifDue = 0, false
+	return cells
+}
+
+// takeRelay puts in out what peers' relayed deltas brought (relay.go): each incarnation's
+// cells in the slots marked, as merged now, and its in-flight count if one came; then it
+// forgets the marks. now is the flush's time, the send time of a record that came without one.
+func (c *counter) takeRelay(now int64, cells []cell, out *outbox) []cell {
+	for _, inc := range c.incs {
+		if inc.fwd == 0 && !inc.fwdIf {
+			continue
+		}
+		cells = cells[:0]
+		for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
+			if inc.fwd&(1<<uint(window.Slot(b))) != 0 && inc.cells[window.Slot(b)].bucket == b {
+				cells = append(cells, inc.cells[window.Slot(b)])
+			}
+		}
+		var ifVer uint64
+		if inc.fwdIf {
+			ifVer = inc.ifVer
+		}
+		sent := inc.fwdStamp
+		if sent == 0 {
+			sent = now
+		}
+		if len(cells) > 0 || ifVer != 0 {
+			out.add(inc.key, c.id, ifVer, inc.inFlight, sent, inc.fwdSpan, cells)
+		}
+		inc.fwd, inc.fwdIf, inc.fwdSpan, inc.fwdStamp = 0, false, 0, 0
+	}
+	c.relayDue = false
 	return cells
 }
 
@@ -461,7 +513,7 @@ func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
 // the peers' recent admissions (share.go) as of then; ns is now. It refuses a new incarnation
 // when the counter already holds maxIncs peers' (a fuse behind Backend.incs, which may lag a
 // bucket).
-func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64, inFlight int64, cells []cell, maxIncs int) bool {
+func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64, inFlight int64, cells []cell, maxIncs int, fw relay) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.advance(now)
@@ -498,10 +550,22 @@ func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64
 			c.ahead = max(c.ahead, in.bucket-inc.shift)
 		}
 		c.recent.add(g, peerReq, dr, dt)
+		if fw.span > 0 {
+			inc.fwd |= 1 << uint(window.Slot(in.bucket))
+		}
 	}
 	if ifVer > inc.ifVer {
 		c.ifSum += inFlight - inc.inFlight
 		inc.inFlight, inc.ifVer, inc.ifSeen = inFlight, ifVer, c.w.Head()
+		inc.fwdIf = inc.fwdIf || fw.span > 0
+	}
+	if fw.span > 0 && (inc.fwd != 0 || inc.fwdIf) {
+		inc.fwdSpan = max(inc.fwdSpan, fw.span)
+		if inc.fwdStamp == 0 || (fw.sent != 0 && fw.sent < inc.fwdStamp) {
+			inc.fwdStamp = fw.sent
+		}
+		c.relayDue = true
+		c.b.changed()
 	}
 	if inc.ifVer == 0 && !c.live(inc) {
 		delete(c.incs, k) // nothing in the window: do not keep it

@@ -196,12 +196,15 @@ type Backend struct {
 	horizon   int64
 	slotShift uint
 
-	net atomic.Pointer[netBox]
+	net  atomic.Pointer[netBox]
+	ring atomic.Pointer[ring] // the members as membership last said (SetMembers); nil before
 
 	counters registry.Map[counter]
 
 	flushMu sync.Mutex // serialises Flush; guards its scratch space below
-	enc     encoder
+	enc     encoder    // direct sending; fingers' encoders for relaying
+	fingers []encoder
+	out     outbox
 	cells   []cell
 	visit   []*counter
 	gcAt    int64 // bucket of the last collection of incarnations and counters
@@ -363,9 +366,18 @@ func (b *Backend) loop(every, gap, housekeep time.Duration) {
 	}
 }
 
-// SetPeers tells the backend how many other cluster members are alive (membership's callback
-// calls it on every change). While there are none, changes are not flushed: on a single node
-// the flush timer's wake-ups would cost CPU on every request for nothing.
+// SetMembers tells the backend the names of the alive members, this node's among them
+// (membership's callback calls it on every change): whom it sends to when relaying (relay.go),
+// and how many peers it has (SetPeers).
+func (b *Backend) SetMembers(names []string) {
+	r := newRing(b.self.node, names)
+	b.ring.Store(r)
+	b.SetPeers(len(r.names) - 1)
+}
+
+// SetPeers tells the backend how many other cluster members are alive (SetMembers calls it).
+// While there are none, changes are not flushed: on a single node the flush timer's wake-ups
+// would cost CPU on every request for nothing.
 func (b *Backend) SetPeers(n int) {
 	was := b.peers.Swap(int64(n))
 	if was == 0 && n > 0 {
@@ -442,9 +454,9 @@ func (b *Backend) counter(id string) *counter {
 // all appends every counter to cs, so callers can visit them without holding a lock.
 func (b *Backend) all(cs []*counter) []*counter { return b.counters.Append(cs) }
 
-// Flush sends this node's changed cells and in-flight counts to every member now, split into
-// packets under maxMessage bytes. Without a network it only forgets what changed: a node that
-// connects later is seeded by push-pull.
+// Flush sends this node's changed cells and in-flight counts, and what it relays (relay.go),
+// to the members now, split into packets under maxMessage bytes. Without a network it only
+// forgets what changed: a node that connects later is seeded by push-pull.
 func (b *Backend) Flush() {
 	b.flushMu.Lock()
 	defer b.flushMu.Unlock()
@@ -454,15 +466,15 @@ func (b *Backend) Flush() {
 	if first := b.armedAt.Swap(0); first != 0 && first < ns {
 		stamp = first
 	}
-	b.enc.reset(true, stamp)
 	if now != b.offAt {
 		// Before the counters' housekeeping, which moves peers' cells by these estimates.
 		b.offAt = now
 		b.offsets.refresh(b.incs.nodeNames(), now)
 	}
+	b.out.reset()
 	b.visit = b.all(b.visit[:0])
 	for _, c := range b.visit {
-		b.cells = c.takeDelta(now, b.cells[:0], &b.enc)
+		b.cells = c.takeDelta(now, stamp, b.cells[:0], &b.out)
 	}
 	if now != b.gcAt {
 		b.gcAt = now
@@ -470,11 +482,30 @@ func (b *Backend) Flush() {
 	}
 	clear(b.visit)
 	box := b.net.Load()
-	if box == nil {
+	if box == nil || len(b.out.recs) == 0 {
 		return
 	}
-	for _, msg := range b.enc.messages() {
-		box.n.SendToAll(msg)
+	r := b.ring.Load()
+	if r.direct() {
+		b.enc.reset(false, 0)
+		b.out.encode(&b.enc, 0, 0)
+		for _, msg := range b.enc.messages() {
+			box.n.SendToAll(msg)
+		}
+		return
+	}
+	b.out.sort()
+	n := len(r.names)
+	for i, d := 0, 1; d < n; i, d = i+1, d*2 {
+		if i == len(b.fingers) {
+			b.fingers = append(b.fingers, encoder{limit: maxMessage})
+		}
+		enc := &b.fingers[i]
+		enc.reset(false, 0)
+		b.out.encode(enc, n, d)
+		for _, msg := range enc.messages() {
+			box.n.SendTo(r.finger(d), msg)
+		}
 	}
 }
 
@@ -523,7 +554,7 @@ func (b *Backend) HandleMessage(msg []byte) { b.merge(msg, true) }
 func (b *Backend) merge(buf []byte, delta bool) {
 	limit, maxIncs := maxState, maxMessageIncs
 	if delta {
-		limit, maxIncs = maxDelta, 1 // a delta carries its sender's incarnation only
+		limit, maxIncs = maxDelta, maxDeltaIncs
 	}
 	if len(buf) > limit {
 		b.reject(1 << reasonTooLarge)
@@ -537,8 +568,8 @@ func (b *Backend) merge(buf []byte, delta bool) {
 	now := window.BucketOf(ns)
 	deps := b.deps.Load()
 	var bad reasons
-	sent, stamped := sentAt(buf)
-	_ = decode(buf, maxIncs, func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
+	var reported int64 // the send time last reported to onDelay
+	_ = decode(buf, maxIncs, func(m meta, k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
 		var a alignment
 		if k != b.self {
 			a = b.offsets.of(k.node, now)
@@ -546,28 +577,29 @@ func (b *Backend) merge(buf []byte, delta bool) {
 		if a.capped {
 			bad.add(reasonClockOffset)
 		}
-		at := int64(-1) // not a delta: nothing in it is recent
+		at, span := int64(-1), 0 // not a delta: nothing in it is recent, nothing to relay
 		if delta {
-			// When the sender flushed, in this node's time (a peer 10 s behind sent 10 s later
+			// When the origin flushed, in this node's time (a peer 10 s behind sent 10 s later
 			// than its stamp says); a delta without a stamp counts as sent now.
-			at = ns
-			if stamped {
-				at = sent - a.ns
+			at, span = ns, m.span
+			if m.sent != 0 {
+				at = m.sent - a.ns
+				if b.onDelay != nil && m.sent != reported {
+					reported = m.sent
+					b.onDelay(time.Duration(max(ns-m.sent, 0)))
+				}
 			}
 		}
-		if r, ok := b.mergeRecord(now, ns, at, deps, k, a, id, ifVer, inFlight, cells); !ok {
+		if r, ok := b.mergeRecord(now, ns, at, deps, k, a, id, ifVer, inFlight, cells, m.sent, span); !ok {
 			bad.add(r)
 		}
 	})
-	if stamped && delta && b.onDelay != nil {
-		b.onDelay(time.Duration(max(ns-sent, 0)))
-	}
 	b.reject(bad)
 }
 
 // mergeRecord checks one record and merges it, or returns why not. The checks that need no
 // state come first, so a record that fails them costs no lookup and takes no table slot.
-func (b *Backend) mergeRecord(now, ns, sent int64, deps *deploymentSet, k incKey, a alignment, id string, ifVer uint64, inFlight int64, cells []cell) (reason, bool) {
+func (b *Backend) mergeRecord(now, ns, sent int64, deps *deploymentSet, k incKey, a alignment, id string, ifVer uint64, inFlight int64, cells []cell, stamp int64, span int) (reason, bool) {
 	if k == b.self {
 		// Our own cells and in-flight count are ours alone: a peer's copy is at best an echo.
 		return 0, true
@@ -586,7 +618,7 @@ func (b *Backend) mergeRecord(now, ns, sent int64, deps *deploymentSet, k incKey
 	}
 	for {
 		c := b.counter(id)
-		if !c.merge(now, ns, sent, k, a, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode) {
+		if !c.merge(now, ns, sent, k, a, ifVer, inFlight, cells, b.maxNodes*maxIncsPerNode, relay{sent: stamp, span: span}) {
 			return reasonTooManyNodes, false
 		}
 		// A collection may have removed c (holding nothing) since the lookup: merge again

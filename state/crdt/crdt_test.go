@@ -397,7 +397,7 @@ func TestRecordSplit(t *testing.T) {
 		if len(m) > maxMessage {
 			t.Fatalf("%d-byte message", len(m))
 		}
-		err := decode(m, 1, func(k incKey, id string, ifVer uint64, inFlight int64, cs []cell) {
+		err := decode(m, 1, func(_ meta, k incKey, id string, ifVer uint64, inFlight int64, cs []cell) {
 			if k.node != "n" || k.epoch != 1<<62 || id != "d" {
 				t.Fatalf("record of %v %q", k, id)
 			}
@@ -441,7 +441,8 @@ func TestGarbageChangesNothing(t *testing.T) {
 
 type captureNet func([]byte)
 
-func (c captureNet) SendToAll(msg []byte) { c(msg) }
+func (c captureNet) SendToAll(msg []byte)             { c(msg) }
+func (c captureNet) SendTo(_ string, msg []byte) bool { c(msg); return true }
 
 // A lost in-flight update heals at the owner's next refresh, without a push-pull.
 func TestInFlightLostUpdateHeals(t *testing.T) {

@@ -1,6 +1,8 @@
 package crdt
 
 import (
+	"encoding/binary"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,7 +15,8 @@ import (
 // countNet counts the messages sent; safe for the flush loop's goroutine.
 type countNet struct{ sent atomic.Int64 }
 
-func (n *countNet) SendToAll([]byte) { n.sent.Add(1) }
+func (n *countNet) SendToAll([]byte)             { n.sent.Add(1) }
+func (n *countNet) SendTo(string, []byte) bool { n.sent.Add(1); return true }
 
 // waitFor polls cond until it holds or a generous deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -164,19 +167,27 @@ func TestOnDelay(t *testing.T) {
 	}
 }
 
-// The send time is only valid first, and once.
-func TestStampPlacement(t *testing.T) {
+// Send times and spans apply to the records after them, until the next; each must be whole,
+// and a span below maxSpan.
+func TestStampAndSpanItems(t *testing.T) {
 	rec := []byte{tagInc, 1, 'x', 1, tagDep, 0, 1, 'd', 0, 0}
-	stamp := []byte{tagSent, 2}
-	ok := append(append([]byte{wireVersion}, stamp...), rec...)
-	if err := decode(ok, 1, nil); err != nil {
-		t.Fatalf("stamped message: %v", err)
+	msg := func(parts ...[]byte) []byte { return slices.Concat(append([][]byte{{wireVersion}}, parts...)...) }
+	var got []meta
+	collect := func(m meta, _ incKey, _ string, _ uint64, _ int64, _ []cell) { got = append(got, m) }
+	ok := msg([]byte{tagSent, 2}, rec, []byte{tagSpan, 5, tagDep, 0, 1, 'e', 0, 0, tagSent, 4}, []byte{tagDep, 0, 1, 'f', 0, 0})
+	if err := decode(ok, 1, collect); err != nil {
+		t.Fatalf("decode: %v", err)
 	}
+	if want := []meta{{sent: 1}, {sent: 1, span: 5}, {sent: 2, span: 5}}; !slices.Equal(got, want) {
+		t.Fatalf("records' send times and spans %v, want %v", got, want)
+	}
+	var big []byte
+	big = binary.AppendUvarint(append(big, tagSpan), maxSpan)
 	for _, bad := range [][]byte{
-		append(append([]byte{wireVersion}, rec...), stamp...),
-		append(append(append([]byte{wireVersion}, stamp...), stamp...), rec...),
-		{wireVersion, tagSent},
-		{wireVersion, tagSent, 0x80},
+		msg([]byte{tagSent}),
+		msg([]byte{tagSent, 0x80}),
+		msg([]byte{tagSpan}),
+		msg(big, rec),
 	} {
 		if decode(bad, 1, nil) == nil {
 			t.Errorf("accepted % x", bad)

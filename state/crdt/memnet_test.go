@@ -39,7 +39,11 @@ type endpoint struct {
 var _ Network = endpoint{}
 
 func (e endpoint) SendToAll(msg []byte) {
-	e.n.send(e.name, msg)
+	e.n.send(e.name, "", msg)
+}
+
+func (e endpoint) SendTo(name string, msg []byte) bool {
+	return e.n.send(e.name, name, msg) > 0
 }
 
 // add registers (or replaces, for a restart) node name's backend.
@@ -71,27 +75,32 @@ func (n *memNet) heal() { n.partition(map[string]int{}) }
 
 func (n *memNet) reachable(a, b string) bool { return n.side[a] == n.side[b] }
 
-func (n *memNet) send(from string, msg []byte) {
+// send sends msg from node from to node to, or to every other node when to is "", and
+// returns how many it went to.
+func (n *memNet) send(from, to string, msg []byte) int {
 	n.mu.Lock()
 	n.sent++
 	n.maxSize = max(n.maxSize, len(msg))
 	var out []packet
-	for _, to := range n.order {
-		if to == from {
+	for _, name := range n.order {
+		if name == from || (to != "" && name != to) {
 			continue
 		}
+		to := name
 		if n.dropAll || !n.reachable(from, to) {
 			n.dropped++
 			continue
 		}
 		out = append(out, packet{from: from, to: to, msg: slices.Clone(msg)}) // SendToAll may not keep msg
 	}
+	sent := len(out)
 	if n.queue {
 		n.pending = append(n.pending, out...)
 		out = nil
 	}
 	n.mu.Unlock()
 	n.deliver(out)
+	return sent
 }
 
 func (n *memNet) deliver(ps []packet) {

@@ -25,7 +25,7 @@ type record struct {
 }
 
 // forge encodes records into one unstamped message, valid both as a delta and as a full state
-// (unless it defines several incarnations, which only a full state may).
+// (unless it defines more than maxDeltaIncs incarnations, which only a full state may).
 func forge(recs ...record) []byte {
 	var e encoder
 	e.reset(false, 0)
@@ -262,7 +262,10 @@ func TestRejectionsByReason(t *testing.T) {
 	for i := range maxIncsPerNode + 1 {
 		manyIncs = append(manyIncs, record{k: incKey{node: "p", epoch: uint64(i + 1)}, id: "d", cells: []cell{{bucket: now, reqP: 1}}})
 	}
-	twoIncs := forge(good, record{k: incKey{node: "q", epoch: 1}, id: "d", cells: []cell{{bucket: now, reqP: 1}}})
+	crowded := []record{good}
+	for i := range maxDeltaIncs {
+		crowded = append(crowded, record{k: incKey{node: "q", epoch: uint64(i + 1)}, id: "d", cells: []cell{{bucket: now, reqP: 1}}})
+	}
 	for _, tc := range []struct {
 		name   string
 		msg    []byte
@@ -272,7 +275,7 @@ func TestRejectionsByReason(t *testing.T) {
 	}{
 		{"garbage", []byte{wireVersion, 9}, true, "malformed", 0},
 		{"truncated", forge(good)[:8], false, "malformed", 0},
-		{"delta of two incarnations", twoIncs, true, "malformed", 0},
+		{"delta of more incarnations than a relay holds", forge(crowded...), true, "malformed", 0},
 		{"oversized delta", append(forge(good), make([]byte, maxDelta)...), true, "too_large", 0},
 		{"oversized state", append(forge(good), make([]byte, maxState)...), false, "too_large", 0},
 		{"release above reservation", forge(good, bad(cell{bucket: now - 1, reqP: 1, reqN: 2})), false, "invariant", 2},

@@ -11,31 +11,42 @@ import (
 
 // Wire format, version 1. Integers are encoding/binary varints: uv = Uvarint, sv = Varint.
 //
-//	message = version:byte [0x03 sent:sv] item*
+//	message = version:byte item*
 //	item    = 0x01 node:str epoch:uv                      defines the next incarnation index (0, 1, ...)
 //	        | 0x02 inc:uv id:str ifVer:uv [inFlight:uv]   one deployment's counts of incarnation inc;
 //	               n:byte cell*n                          inFlight is present only when ifVer > 0
+//	        | 0x03 sent:sv                                the send time of the records after it
+//	        | 0x04 span:uv                                how many ring successors the receiver forwards
+//	                                                      the records after it to (relay.go)
 //	cell    = bucket reqP:uv reqN:uv tokP:uv tokN:uv      bucket: the first sv absolute, then uv gaps (> 0)
 //	str     = len:uv bytes
 //
-// Deltas and full states share it; a delta holds only the sender's own incarnation. An encoder
-// with a limit splits records (at cell boundaries) so every message stays under it, repeating
-// the incarnation definition in each message: every message decodes on its own.
+// Deltas and full states share it. An encoder with a limit splits records (at cell boundaries)
+// so every message stays under it, repeating the incarnation definition, send time and span in
+// each message: every message decodes on its own.
 //
-// A delta starts with its send time (item 0x03, the sender's Unix nanoseconds at Flush), from
-// which the receiver measures the propagation delay (Options.OnDelay); it may appear only there.
-// Full states never carry it. Decoders older than item 0x03 reject a stamped delta as a whole,
-// as any unknown item, and learn its counts at the next push-pull; they still merge full states.
+// Every delta record is stamped with the time its origin flushed it (item 0x03, the origin's
+// Unix nanoseconds, kept as it is by relays), from which the receiver measures the propagation
+// delay (Options.OnDelay) and places the counts in the share check's time (share.go). A delta
+// from a node sending to every peer itself holds its own records only, one stamp first and no
+// span, as before relaying existed; relayed deltas (clusters of more than directMax+1 nodes)
+// hold many origins' records, each origin's under its own stamp and span. Full states carry
+// neither. Decoders older than item 0x03 reject a stamped delta as a whole, as any unknown
+// item, and learn its counts at the next push-pull; those older than relaying reject relayed
+// deltas so, and still merge direct ones and full states.
 const (
 	wireVersion = 1
 	tagInc      = 1
 	tagDep      = 2
 	tagSent     = 3
+	tagSpan     = 4
 	// maxMessage keeps a delta packet, once framed, within memberlist's 1400-byte UDPBufferSize:
 	// 200 bytes are left for memberlist's message type, cluster label and AES-GCM overhead
 	// (29 bytes) and cluster/'s mux byte.
 	maxMessage = 1200
 	maxString  = 1 << 12 // node names and deployment IDs longer than this are garbage
+	// maxSpan bounds a relay span: the ring successors a receiver covers, fewer than the nodes.
+	maxSpan = 1 << 16
 )
 
 var errBadMessage = errors.New("crdt: malformed message")
@@ -79,20 +90,34 @@ func expandState(buf []byte, limit int) ([]byte, error) {
 
 // encoder builds messages, reusing their buffers from one Flush to the next.
 type encoder struct {
-	limit   int // 0 means unlimited
-	bufs    [][]byte
-	n       int // messages in use
-	incs    map[incKey]uint64
-	stamped bool  // every message starts with a tagSent item for sent
-	sent    int64 // Unix nanoseconds
-	start   int   // length of a message holding only its header
+	limit int // 0 means unlimited
+	bufs  [][]byte
+	n     int // messages in use
+	held  int // records in the last message
+	incs  map[incKey]uint64
+	want  meta // send time and span of the records to come (section)
+	cur   meta // what the last message's items so far set
 }
 
-// reset starts a new batch of messages, stamped with sent if stamped.
+// meta is what a message's items set for the records after them: the send time (0 for none:
+// full states, and deltas of senders older than stamps) and the relay span.
+type meta struct {
+	sent int64
+	span int
+}
+
+// reset starts a new batch of messages; its records are stamped with sent if stamped.
 func (e *encoder) reset(stamped bool, sent int64) {
 	e.n = 0
-	e.stamped, e.sent = stamped, sent
+	e.want = meta{}
+	if stamped {
+		e.want.sent = sent
+	}
 }
+
+// section sets the send time and relay span of the records encoded from now on. A message
+// must not mix stamped records with unstamped ones: sent 0 does not clear a stamp.
+func (e *encoder) section(sent int64, span int) { e.want = meta{sent: sent, span: span} }
 
 // messages returns the encoded messages; they stay valid until the next reset.
 func (e *encoder) messages() [][]byte { return e.bufs[:e.n] }
@@ -101,14 +126,10 @@ func (e *encoder) newMessage() {
 	if e.n == len(e.bufs) {
 		e.bufs = append(e.bufs, make([]byte, 0, max(e.limit, 512)))
 	}
-	buf := append(e.bufs[e.n][:0], wireVersion)
-	if e.stamped {
-		buf = append(buf, tagSent)
-		buf = binary.AppendVarint(buf, e.sent)
-	}
-	e.start = len(buf)
-	e.bufs[e.n] = buf
+	e.bufs[e.n] = append(e.bufs[e.n][:0], wireVersion)
 	e.n++
+	e.held = 0
+	e.cur = meta{}
 	if e.incs == nil {
 		e.incs = make(map[incKey]uint64)
 	}
@@ -125,7 +146,7 @@ func (e *encoder) record(k incKey, id string, ifVer uint64, inFlight int64, cell
 	}
 	for {
 		buf := e.bufs[e.n-1]
-		mark := len(buf) // > e.start: the message already holds other items
+		mark, held, cur := len(buf), e.held, e.cur
 		_, known := e.incs[k]
 		buf = e.header(buf, k, id, ifVer, inFlight)
 		countAt := len(buf)
@@ -135,23 +156,25 @@ func (e *encoder) record(k incKey, id string, ifVer uint64, inFlight int64, cell
 			next := appendCell(buf, cells, written)
 			// A record alone in its message takes at least one cell even if oversized, so
 			// every iteration makes progress.
-			if e.over(next) && (written > 0 || mark > e.start) {
+			if e.over(next) && (written > 0 || held > 0) {
 				break
 			}
 			buf = next
 			written++
 		}
-		if mark > e.start && written == 0 && (len(cells) > 0 || e.over(buf)) {
+		if held > 0 && written == 0 && (len(cells) > 0 || e.over(buf)) {
 			// Nothing of this record fits after what the message holds: redo it in a new one.
 			if !known {
 				delete(e.incs, k)
 			}
+			e.cur = cur
 			e.bufs[e.n-1] = buf[:mark]
 			e.newMessage()
 			continue
 		}
 		buf[countAt] = byte(written)
 		e.bufs[e.n-1] = buf
+		e.held++
 		cells = cells[written:]
 		if len(cells) == 0 {
 			return
@@ -161,8 +184,19 @@ func (e *encoder) record(k incKey, id string, ifVer uint64, inFlight int64, cell
 	}
 }
 
-// header appends the incarnation definition (if this message lacks it) and a record header.
+// header appends the send time and span if they change here, the incarnation definition if
+// this message lacks it, and a record header.
 func (e *encoder) header(buf []byte, k incKey, id string, ifVer uint64, inFlight int64) []byte {
+	if e.want.sent != 0 && e.want.sent != e.cur.sent {
+		buf = append(buf, tagSent)
+		buf = binary.AppendVarint(buf, e.want.sent)
+		e.cur.sent = e.want.sent
+	}
+	if e.want.span != e.cur.span {
+		buf = append(buf, tagSpan)
+		buf = binary.AppendUvarint(buf, uint64(e.want.span))
+		e.cur.span = e.want.span
+	}
 	idx, ok := e.incs[k]
 	if !ok {
 		idx = uint64(len(e.incs))
@@ -269,15 +303,6 @@ func (d *decoder) byte() byte {
 	return c
 }
 
-// sentAt returns the send time of a stamped message, which decode has accepted.
-func sentAt(buf []byte) (int64, bool) {
-	if len(buf) < 2 || buf[1] != tagSent {
-		return 0, false
-	}
-	v, n := binary.Varint(buf[2:])
-	return v, n > 0
-}
-
 // maxBucket bounds bucket numbers (Unix seconds) far beyond any real clock, so that bucket
 // arithmetic cannot overflow.
 const maxBucket = 1 << 40
@@ -286,22 +311,26 @@ const maxBucket = 1 << 40
 const maxMessageIncs = 1 << 16
 
 // decode parses buf, which may define at most maxIncs incarnations, and, when apply is not
-// nil, calls it for every record. With apply nil it only validates: merge calls it that way
-// first so that garbage changes nothing.
-func decode(buf []byte, maxIncs int, apply func(k incKey, id string, ifVer uint64, inFlight int64, cells []cell)) error {
+// nil, calls it for every record with the send time and span the items before it set. With
+// apply nil it only validates: merge calls it that way first so that garbage changes nothing.
+func decode(buf []byte, maxIncs int, apply func(m meta, k incKey, id string, ifVer uint64, inFlight int64, cells []cell)) error {
 	if len(buf) == 0 || buf[0] != wireVersion {
 		return errBadMessage
 	}
 	d := decoder{buf: buf[1:]}
 	var incs []incKey
 	var cells [ringSize]cell
-	for first := true; len(d.buf) > 0 && d.err == nil; first = false {
+	var m meta
+	for len(d.buf) > 0 && d.err == nil {
 		switch d.byte() {
 		case tagSent:
-			if !first {
+			m.sent = d.varint()
+		case tagSpan:
+			span := d.uvarint()
+			if span >= maxSpan {
 				return errBadMessage
 			}
-			d.varint()
+			m.span = int(span)
 		case tagInc:
 			node := d.bytes()
 			epoch := d.uvarint()
@@ -350,7 +379,7 @@ func decode(buf []byte, maxIncs int, apply func(k incKey, id string, ifVer uint6
 				cells[i] = cell{bucket: x, reqP: d.count(), reqN: d.count(), tokP: d.count(), tokN: d.count()}
 			}
 			if d.err == nil && apply != nil {
-				apply(incs[idx], string(id), ifVer, inFlight, cells[:n])
+				apply(m, incs[idx], string(id), ifVer, inFlight, cells[:n])
 			}
 		default:
 			return errBadMessage
