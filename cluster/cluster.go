@@ -118,7 +118,7 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 	if cfg.transport != nil {
 		inner = cfg.transport
 	} else {
-		inner, err = newNetTransport(mc)
+		inner, err = newNetTransport(mc, cfg.Logger)
 		if err != nil {
 			return nil, fmt.Errorf("cluster: listen on %s: %w", cfg.BindAddr, err)
 		}
@@ -156,26 +156,26 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 	return n, nil
 }
 
-// newNetTransport binds real UDP and TCP sockets; with port 0 it retries a few times because
-// the free TCP port may be taken for UDP.
-func newNetTransport(mc *memberlist.Config) (memberlist.Transport, error) {
+// newNetTransport binds real UDP and TCP sockets (nettransport.go); with port 0 it retries a
+// few times because the free TCP port may be taken for UDP.
+func newNetTransport(mc *memberlist.Config, log *slog.Logger) (memberlist.Transport, error) {
+	ip := net.ParseIP(mc.BindAddr)
+	if ip == nil {
+		return nil, fmt.Errorf("bind address %q is not an IP address", mc.BindAddr)
+	}
 	tries := 1
 	if mc.BindPort == 0 {
 		tries = 10
 	}
 	var err error
 	for range tries {
-		var nt *memberlist.NetTransport
-		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{mc.BindAddr},
-			BindPort:  mc.BindPort,
-			Logger:    mc.Logger,
-		})
+		var t *netTransport
+		t, err = listenTransport(ip, mc.BindPort, log)
 		if err == nil {
 			if mc.BindPort == 0 && mc.AdvertiseAddr == "" {
-				mc.AdvertisePort = nt.GetAutoBindPort()
+				mc.AdvertisePort = t.port()
 			}
-			return nt, nil
+			return t, nil
 		}
 	}
 	return nil, err

@@ -81,7 +81,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	fs.IntVar(&o.rate, "rate", 1000, "--keys: requests per second across the cluster")
 	fs.IntVar(&o.rounds, "rounds", 3, "--keys: measure each cluster this many times, alternating which goes first")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "--keys: discarded load before each measurement")
-	fs.StringVar(&o.profileDir, "profile-dir", "", "--keys: start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
+	fs.StringVar(&o.profileDir, "profile-dir", "", "start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
 	modes := fs.String("modes", "", "fast,strict: measure clusters with each router_settings.cluster_limit_mode in turn and report them side by side; with --rate, herd's latency and CPU per request instead of accuracy")
 	spread := fs.String("spread", spreadBalanced, "balanced (requests round-robin over the nodes), hot (all demand on one node), or both: balanced,hot")
 	limitWait := fs.Duration("limit-wait", 0, "--modes: router_settings.cluster_limit_wait of every cluster (default: herd's)")
@@ -112,7 +112,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	if *keys != "" {
 		return parseKeysFlags(o, *keys, *nodes, set)
 	}
-	for _, name := range []string{"rate", "rounds", "warmup", "profile-dir"} {
+	for _, name := range []string{"rate", "rounds", "warmup"} {
 		if set[name] {
 			return o, usageError{fmt.Sprintf("--%s only applies with --keys", name)}
 		}
@@ -691,8 +691,18 @@ func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, s
 	if err != nil {
 		return r, nil, err
 	}
+	var profiles sync.WaitGroup
+	for i, addr := range env.pprof {
+		path := filepath.Join(o.profileDir, fmt.Sprintf("%dnodes-%s-%s-%dx-n%d.pprof", n, spread, pattern, demand, i))
+		profiles.Go(func() {
+			if err := saveProfile(ctx, env.client, addr, o.duration, path); err != nil {
+				fmt.Fprintf(os.Stderr, "herdbench: profile of node %d: %v\n", i, err)
+			}
+		})
+	}
 	start := time.Now()
 	out := env.load(ctx, model, at, loadNodes(env.nodes, spread))
+	profiles.Wait()
 	if err := ctx.Err(); err != nil {
 		return r, nil, err
 	}
@@ -803,7 +813,7 @@ func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmp
 	for _, c := range accuracyCases(o) {
 		groups = append(groups, groupName(c.spread, c.pattern, c.demand))
 	}
-	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{})
+	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{pprof: o.profileDir != ""})
 	if err != nil {
 		return nil, err
 	}
