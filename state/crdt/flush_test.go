@@ -15,7 +15,7 @@ import (
 // countNet counts the messages sent; safe for the flush loop's goroutine.
 type countNet struct{ sent atomic.Int64 }
 
-func (n *countNet) SendToAll([]byte)             { n.sent.Add(1) }
+func (n *countNet) SendToAll([]byte)           { n.sent.Add(1) }
 func (n *countNet) SendTo(string, []byte) bool { n.sent.Add(1); return true }
 
 // waitFor polls cond until it holds or a generous deadline passes.

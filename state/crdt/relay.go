@@ -124,7 +124,7 @@ func (o *outbox) encode(enc *encoder, n, d int) {
 // their items: this node's own first, then by origin.
 func (o *outbox) sort() {
 	slices.SortStableFunc(o.recs, func(a, b outRec) int {
-		return cmp.Or(cmp.Compare(relayed(a), relayed(b)),cmp.Compare(a.k.node, b.k.node), cmp.Compare(a.k.epoch, b.k.epoch), cmp.Compare(a.sent, b.sent), cmp.Compare(a.span, b.span))
+		return cmp.Or(cmp.Compare(relayed(a), relayed(b)), cmp.Compare(a.k.node, b.k.node), cmp.Compare(a.k.epoch, b.k.epoch), cmp.Compare(a.sent, b.sent), cmp.Compare(a.span, b.span))
 	})
 }
 

@@ -66,7 +66,7 @@ func compressState(msg []byte) []byte {
 	buf.Grow(len(msg)/4 + 64)
 	buf.WriteByte(wireFlate)
 	w, _ := flate.NewWriter(&buf, flate.BestSpeed) // the level is valid
-	_, _ = w.Write(msg)                               // a bytes.Buffer does not fail
+	_, _ = w.Write(msg)                            // a bytes.Buffer does not fail
 	_ = w.Close()
 	return buf.Bytes()
 }
