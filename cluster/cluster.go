@@ -77,7 +77,7 @@ type Node struct {
 	cfg  Config
 	log  *slog.Logger
 	ml   *memberlist.Memberlist
-	tr   *countingTransport
+	tr   countedTransport
 	sync StateSync
 	addr string // advertised HOST:PORT
 
@@ -126,7 +126,7 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 	n := &Node{
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.NodeName),
-		tr:      newCountingTransport(inner),
+		tr:      counted(inner),
 		sync:    sync,
 		members: map[string]*memberState{},
 		changed: make(chan struct{}, 1),
@@ -229,17 +229,17 @@ func (n *Node) NumAlive() int { return n.ml.NumMembers() }
 
 // BytesSent counts gossip bytes written to the network (packets and streams, after
 // encryption).
-func (n *Node) BytesSent() uint64 { return n.tr.sent.Load() }
+func (n *Node) BytesSent() uint64 { return n.tr.counts().sent.Load() }
 
 // BytesReceived counts gossip bytes read from the network.
-func (n *Node) BytesReceived() uint64 { return n.tr.received.Load() }
+func (n *Node) BytesReceived() uint64 { return n.tr.counts().received.Load() }
 
 // PacketsSent counts the datagrams this node sent: memberlist's probes and gossip, and every
 // usage delta, once per peer it went to.
-func (n *Node) PacketsSent() uint64 { return n.tr.packetsSent.Load() }
+func (n *Node) PacketsSent() uint64 { return n.tr.counts().packetsSent.Load() }
 
 // PacketsReceived counts the datagrams this node received.
-func (n *Node) PacketsReceived() uint64 { return n.tr.packetsReceived.Load() }
+func (n *Node) PacketsReceived() uint64 { return n.tr.counts().packetsReceived.Load() }
 
 // OnMembersChanged sets the one callback that receives the alive members (this node
 // included, sorted by name) after every change. It is called once right away, never

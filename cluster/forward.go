@@ -123,9 +123,9 @@ func (r *Raft) applyLocal(ctx context.Context, cmd []byte) ([]byte, uint64, erro
 		}
 		return nil, 0, fmt.Errorf("cluster: raft apply: %w", err)
 	}
-	// Followers learn that an entry committed from the next AppendEntries, which an idle leader
-	// sends only with its heartbeat (100 ms on LAN timers): a config change would reach them
-	// that late, and a write forwarded from a follower would wait that long to be applied
+	// Followers learn that an entry committed from the next AppendEntries with entries or a
+	// commit index, which an idle leader sends only every idleCommitEvery (raft.go; raft's
+	// heartbeats carry no commit index): a config change would reach them that late, and a write forwarded from a follower would wait that long to be applied
 	// there. A barrier is a log entry, replicated at once with the new commit index; nobody
 	// waits for it.
 	r.raft.Barrier(0)

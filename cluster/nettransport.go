@@ -23,6 +23,7 @@ import (
 // and collecting those buffers than on the messages in them. Sending parses the address
 // without resolving it (memberlist passes IP:PORT).
 type netTransport struct {
+	traffic
 	log      *slog.Logger
 	tcp      *net.TCPListener
 	udp      *net.UDPConn
@@ -33,7 +34,9 @@ type netTransport struct {
 	wg       sync.WaitGroup
 }
 
-var _ memberlist.NodeAwareTransport = (*netTransport)(nil)
+var _ countedTransport = (*netTransport)(nil)
+
+func (t *netTransport) counts() *traffic { return &t.traffic }
 
 const (
 	// maxDatagram is the largest UDP payload: no packet is cut short.
@@ -115,6 +118,8 @@ func (t *netTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 		to = ua.AddrPort()
 	}
 	_, err = t.udp.WriteToUDPAddrPort(b, to)
+	t.sent.Add(uint64(len(b)))
+	t.packetsSent.Add(1)
 	return time.Now(), err
 }
 
@@ -127,15 +132,19 @@ func (t *netTransport) StreamCh() <-chan net.Conn           { return t.streamCh 
 
 func (t *netTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", addr)
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, t: &t.traffic}, nil
 }
 
 func (t *netTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	return t.DialTimeout(a.Addr, timeout)
 }
 
-// Shutdown closes both sockets and waits for the loops, which memberlist may still be reading
-// from: callers keep draining the channels until it returns (countingTransport does).
+// Shutdown closes both sockets and waits for the loops; one blocked handing over a packet or
+// connection that nobody takes any more drops it.
 func (t *netTransport) Shutdown() error {
 	if t.shutdown.Swap(true) {
 		return nil
@@ -163,8 +172,14 @@ func (t *netTransport) readLoop() {
 		if n < 1 {
 			continue // memberlist needs a message type byte
 		}
+		t.received.Add(uint64(n))
+		t.packetsReceived.Add(1)
 		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		t.packetCh <- &memberlist.Packet{Buf: bytes.Clone(buf[:n]), From: net.UDPAddrFromAddrPort(from), Timestamp: ts}
+		select {
+		case t.packetCh <- &memberlist.Packet{Buf: bytes.Clone(buf[:n]), From: net.UDPAddrFromAddrPort(from), Timestamp: ts}:
+		case <-t.done: // nobody reads any more (memberlist never started)
+			return
+		}
 	}
 }
 
@@ -188,6 +203,11 @@ func (t *netTransport) acceptLoop() {
 			continue
 		}
 		delay = 0
-		t.streamCh <- conn
+		select {
+		case t.streamCh <- &countingConn{Conn: conn, t: &t.traffic}:
+		case <-t.done:
+			_ = conn.Close()
+			return
+		}
 	}
 }

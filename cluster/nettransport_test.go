@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -60,9 +61,17 @@ func TestNetTransportCarriesPacketsAndStreams(t *testing.T) {
 	if _, err := a.WriteTo([]byte("late"), bAddr); err != nil {
 		t.Fatal(err)
 	}
-	drain := newCountingTransport(b) // keeps reading b's channels until b has shut down
-	if err := drain.Shutdown(); err != nil {
+	waitFor(t, 10*time.Second, func() error {
+		if b.packetsReceived.Load() < 4 {
+			return errors.New("the late packet has not been read")
+		}
+		return nil
+	})
+	if err := b.Shutdown(); err != nil {
 		t.Fatal(err)
+	}
+	if sent, got := a.packetsSent.Load(), b.packetsReceived.Load(); sent != 4 || got != 4 || a.sent.Load() != b.received.Load() {
+		t.Fatalf("a counted %d packets and %d bytes sent, b %d and %d received", sent, a.sent.Load(), got, b.received.Load())
 	}
 	if err := a.Shutdown(); err != nil {
 		t.Fatal(err)

@@ -9,15 +9,35 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// countingTransport counts the bytes every packet and stream carries, in both directions, and
-// the packets, for the metrics getters. It forwards the inbound channels through goroutines so
-// it can count without the inner transport's help.
-type countingTransport struct {
-	inner    memberlist.NodeAwareTransport
-	sent     atomic.Uint64
-	received atomic.Uint64
-	// Packets (UDP datagrams: probes, gossip, usage deltas), not streams.
+// traffic counts the bytes every packet and stream carries, in both directions, and the
+// packets (UDP datagrams: probes, gossip, usage deltas; not streams), for the metrics getters.
+type traffic struct {
+	sent, received               atomic.Uint64
 	packetsSent, packetsReceived atomic.Uint64
+}
+
+// countedTransport is a transport that counts its own traffic: netTransport does, and
+// countingTransport counts any other's.
+type countedTransport interface {
+	memberlist.NodeAwareTransport
+	counts() *traffic
+}
+
+// counted returns t if it counts its own traffic, else t wrapped in a countingTransport.
+func counted(t memberlist.Transport) countedTransport {
+	if c, ok := t.(countedTransport); ok {
+		return c
+	}
+	return newCountingTransport(t)
+}
+
+// countingTransport counts another transport's traffic (the in-memory one of tests). It
+// forwards the inbound channels through goroutines so it can count without the inner
+// transport's help; netTransport, which carries real traffic, counts itself instead, and
+// spares every packet that extra hand-off.
+type countingTransport struct {
+	inner memberlist.NodeAwareTransport
+	traffic
 	packetCh                     chan *memberlist.Packet
 	streamCh                     chan net.Conn
 	done                         chan struct{} // closed when memberlist shuts us down
@@ -81,7 +101,9 @@ func (t *countingTransport) forwardStreams() {
 	}
 }
 
-func (t *countingTransport) wrap(c net.Conn) net.Conn { return &countingConn{Conn: c, t: t} }
+func (t *countingTransport) wrap(c net.Conn) net.Conn { return &countingConn{Conn: c, t: &t.traffic} }
+
+func (t *countingTransport) counts() *traffic { return &t.traffic }
 
 func (t *countingTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
 	return t.inner.FinalAdvertiseAddr(ip, port)
@@ -133,7 +155,7 @@ func (t *countingTransport) Shutdown() error {
 
 type countingConn struct {
 	net.Conn
-	t *countingTransport
+	t *traffic
 }
 
 func (c *countingConn) Read(b []byte) (int, error) {

@@ -50,6 +50,9 @@ type counter struct {
 	dropped  []dropped          // wants peers abandoned before this home saw them
 	refused  map[string]refusal // homes that last had nothing to lend
 	dem      demandRate
+	// toldReq and toldTok are the demand last announced, at toldAt (announce).
+	toldReq, toldTok float64
+	toldAt           int64
 	need     state.Reservation // the last request's: a loan whose rest cannot fit it is closed
 	// reserveReq and reserveTok are own-share units kept for nodes short of their fair part.
 	reserveReq, reserveTok int64

@@ -423,15 +423,31 @@ func (c *counter) housekeep(now int64) {
 }
 
 // announce adds this node's demand for the deployment to enc, if it has any worth telling.
+//
+// Every announceEvery it looks, but it tells only a demand that moved by more than
+// demandMoved since it last told, or that peers would forget within the next second: every
+// announcement goes to every peer, so a steady demand told four times a second cost each node
+// 4(N-1) packets a second, most of an idle cluster's traffic, for nothing new.
 func (c *counter) announce(enc *encoder) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	now := c.b.mono()
 	dReq, dTok := c.dem.rate(now)
-	c.mu.Unlock()
-	if dReq >= 0.01 || dTok >= 0.01 {
-		enc.add(record{kind: kindDemand, dep: c.id, dReq: dReq, dTok: dTok})
+	if dReq < 0.01 && dTok < 0.01 {
+		return
 	}
+	if now-c.toldAt < int64(demandTTL-time.Second) && near(dReq, c.toldReq) && near(dTok, c.toldTok) {
+		return
+	}
+	c.toldReq, c.toldTok, c.toldAt = dReq, dTok, now
+	enc.add(record{kind: kindDemand, dep: c.id, dReq: dReq, dTok: dTok})
 }
+
+// demandMoved is how far a demand may move, relative to the larger of the two, before it is
+// told again ahead of its refresh.
+const demandMoved = 0.2
+
+func near(a, b float64) bool { return math.Abs(a-b) <= demandMoved*max(a, b) }
 
 // fair is a home's view of how its share should be divided: keep is what it keeps for its own
 // fair part, due what each short node is still owed by this home, reserve their sum.

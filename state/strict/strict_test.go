@@ -765,3 +765,44 @@ func TestActivationChargesWhatCameBeforeStrict(t *testing.T) {
 		t.Fatalf("after 4 in fast mode, strict admitted %d of 10; want 6", n)
 	}
 }
+
+// A steady demand is told about once a second, well within peers' demandTTL; a demand that
+// jumps is told at the next announcement.
+func TestDemandIsToldWhenItMovesOrAgesOnly(t *testing.T) {
+	clock := statetest.NewClock(simStart)
+	var told []float64 // announced request rates
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+		Network: netFuncs{to: func(string, []byte) bool { return true }, all: func(msg []byte) {
+			if err := decode(msg, func(_ string, r *record) {
+				if r.kind == kindDemand {
+					told = append(told, r.dReq)
+				}
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		LeaderContact: clock.Now, noLoop: true})
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}, {Name: "m", Epoch: 1}})
+	run := func(d time.Duration, perTick int) {
+		for range d / tick {
+			for range perTick {
+				if tk, err := b.Counter("d").Admit(state.Limits{RPM: 1e6}, state.Reservation{Requests: 1}); err == nil {
+					b.Counter("d").Release(tk)
+				}
+			}
+			clock.Advance(tick)
+			b.Tick()
+		}
+	}
+	run(5*time.Second, 2) // settles at 40 requests a second
+	told = nil
+	run(10*time.Second, 2)
+	if len(told) < 10 || len(told) > 11 {
+		t.Fatalf("a steady demand was told %d times in 10 s, want about once a second: %v", len(told), told)
+	}
+	told = nil
+	run(announceEvery, 20) // ten times the demand
+	if len(told) != 1 || told[0] < 60 {
+		t.Fatalf("a demand that jumped from 40/s was told as %v within %v", told, announceEvery)
+	}
+}
