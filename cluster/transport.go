@@ -38,12 +38,12 @@ func counted(t memberlist.Transport) countedTransport {
 type countingTransport struct {
 	inner memberlist.NodeAwareTransport
 	traffic
-	packetCh                     chan *memberlist.Packet
-	streamCh                     chan net.Conn
-	done                         chan struct{} // closed when memberlist shuts us down
-	innerDone                    chan struct{} // closed once inner has shut down; until then keep draining it
-	once                         sync.Once
-	wg                           sync.WaitGroup
+	packetCh  chan *memberlist.Packet
+	streamCh  chan net.Conn
+	done      chan struct{} // closed when memberlist shuts us down
+	innerDone chan struct{} // closed once inner has shut down; until then keep draining it
+	once      sync.Once
+	wg        sync.WaitGroup
 }
 
 var _ memberlist.NodeAwareTransport = (*countingTransport)(nil)

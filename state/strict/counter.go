@@ -53,7 +53,7 @@ type counter struct {
 	// toldReq and toldTok are the demand last announced, at toldAt (announce).
 	toldReq, toldTok float64
 	toldAt           int64
-	need     state.Reservation // the last request's: a loan whose rest cannot fit it is closed
+	need             state.Reservation // the last request's: a loan whose rest cannot fit it is closed
 	// reserveReq and reserveTok are own-share units kept for nodes short of their fair part.
 	reserveReq, reserveTok int64
 	arrived                chan struct{} // closed and replaced when a grant arrives

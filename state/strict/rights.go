@@ -444,8 +444,10 @@ func (c *counter) announce(enc *encoder) {
 }
 
 // demandMoved is how far a demand may move, relative to the larger of the two, before it is
-// told again ahead of its refresh.
-const demandMoved = 0.2
+// told again ahead of its refresh: more than a demand that stopped decays between two looks
+// (1 - e^(-announceEvery/demandTau), 22 %), so a node whose requests stopped does not tell its
+// falling demand every time.
+const demandMoved = 0.25
 
 func near(a, b float64) bool { return math.Abs(a-b) <= demandMoved*max(a, b) }
 
