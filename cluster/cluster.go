@@ -91,9 +91,14 @@ type Node struct {
 
 	leaving      atomic.Bool
 	joinAttempts atomic.Uint64 // seed joins tried, for tests
-	stopOnce     sync.Once
-	lifeMu       sync.Mutex // serialises Leave and Shutdown
-	shutdown     bool
+
+	// Resyncs after a member comes back (resync): at most one per resyncEvery.
+	resyncCh   chan string // cap 1; the member's address, for maintain
+	lastResync atomic.Int64
+	resyncs    atomic.Uint64 // push-pulls run by resync, for tests
+	stopOnce   sync.Once
+	lifeMu     sync.Mutex // serialises Leave and Shutdown
+	shutdown   bool
 
 	raftGossip gossipRaft // raft addresses in gossip metadata (raft_gossip.go)
 
@@ -124,13 +129,14 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 		}
 	}
 	n := &Node{
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.NodeName),
-		tr:      counted(inner),
-		sync:    sync,
-		members: map[string]*memberState{},
-		changed: make(chan struct{}, 1),
-		stop:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.NodeName),
+		tr:       counted(inner),
+		sync:     sync,
+		members:  map[string]*memberState{},
+		changed:  make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		resyncCh: make(chan string, 1),
 
 		tlsServer: tlsServer,
 		tlsClient: tlsClient,
@@ -373,12 +379,16 @@ func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
 	m.port = port
 	m.Addr = net.JoinHostPort(ip.String(), fmt.Sprint(port))
 	changed := m.Status != status
+	back := changed && status == StatusAlive && m.Status != "" // it was dead or had left
 	if changed {
 		m.since = time.Now()
 	}
 	m.Status = status
 	addr := m.Addr
 	n.mu.Unlock()
+	if back && name != n.cfg.NodeName {
+		n.resync(addr)
+	}
 	if changed && name != n.cfg.NodeName {
 		switch status {
 		case StatusAlive:

@@ -69,7 +69,11 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	n.mu.Lock()
 	m := n.members[string(name)] // the conversion in a map index does not allocate
 	var warn bool
+	var back string
 	if m != nil {
+		if !m.heard.IsZero() && now.Sub(m.heard) > suspectAfterBeats*n.heartbeatInterval() {
+			back = m.Addr // silent long enough to be suspect: a partition that healed
+		}
 		m.heard = now
 		if sent != 0 {
 			warn = m.observeOffset(time.Duration(sent-n.cfg.Now().UnixNano()), now)
@@ -80,6 +84,9 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 		offset = m.offset
 	}
 	n.mu.Unlock()
+	if back != "" {
+		n.resync(back)
+	}
 	if warn {
 		n.log.Warn("a peer's clock is off: limits shared with it are counted in the wrong seconds; run NTP on every node",
 			"peer", string(name), "offset", offset.Round(time.Millisecond).String())

@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func TestStatusFromHeartbeats(t *testing.T) {
@@ -61,5 +65,59 @@ func TestSilentMemberIsSuspectBeforeDead(t *testing.T) {
 	}
 	if len(seen) < 3 || seen[0] != StatusAlive || seen[1] != StatusSuspect || seen[len(seen)-1] != StatusDead {
 		t.Fatalf("node2's statuses over the partition = %v, want alive, suspect, ..., dead", seen)
+	}
+}
+
+// When a partition heals, the sides exchange full state at once (resync), without waiting for
+// memberlist's periodic push-pull (off here): the usage deltas sent meanwhile were lost.
+func TestHealedPartitionResyncs(t *testing.T) {
+	c := newTestCluster(t)
+	noPushPull := func(cfg *Config) {
+		cfg.tune = func(mc *memberlist.Config) { fastGossip(mc); mc.PushPullInterval = 0 }
+	}
+	syncs := []*fakeSync{{state: []byte("state0")}, {state: []byte("state1")}, {state: []byte("state2")}}
+	var nodes []*Node
+	for i, s := range syncs {
+		nodes = append(nodes, c.start(i, s, func(cfg *Config) {
+			noPushPull(cfg)
+			if i > 0 {
+				cfg.Join = []string{memAddrOf(0)}
+			}
+		}))
+	}
+	waitFor(t, 10*time.Second, func() error { return allSee(nodes, names(nodes), StatusAlive) })
+	waitFor(t, 10*time.Second, func() error { // heartbeats flow both ways
+		for _, n := range nodes {
+			for _, m := range n.Members() {
+				if !m.Self && m.LastHeard.IsZero() {
+					return fmt.Errorf("%s has not heard %s yet", n.Name(), m.Name)
+				}
+			}
+		}
+		return nil
+	})
+	merged := func(s *fakeSync) int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.merged) }
+	before := [3]int{merged(syncs[0]), merged(syncs[1]), merged(syncs[2])}
+
+	c.net.Partition([]string{memAddrOf(0), memAddrOf(1)}, []string{memAddrOf(2)})
+	waitFor(t, 10*time.Second, func() error {
+		if st := statuses(nodes[0])["node2"]; st == StatusAlive {
+			return errors.New("node0 still hears node2")
+		}
+		return nil
+	})
+	c.net.Heal()
+	waitFor(t, 10*time.Second, func() error {
+		if merged(syncs[2]) == before[2] {
+			return fmt.Errorf("node2 has not merged the other side's state (resyncs %d %d %d, node0 sees %v)",
+				nodes[0].resyncs.Load(), nodes[1].resyncs.Load(), nodes[2].resyncs.Load(), statuses(nodes[0]))
+		}
+		if merged(syncs[0]) == before[0] && merged(syncs[1]) == before[1] {
+			return errors.New("the other side has not merged node2's state")
+		}
+		return nil
+	})
+	if r := nodes[0].resyncs.Load() + nodes[1].resyncs.Load() + nodes[2].resyncs.Load(); r == 0 {
+		t.Fatal("the state moved, but not by a resync")
 	}
 }

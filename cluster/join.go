@@ -83,8 +83,8 @@ func (n *Node) joinSeeds() (retry bool) {
 
 // maintain retries seeds with bounded backoff until all are members, keeps re-resolving
 // them afterwards at the slowest pace (pods come and go), tries to reach one dead member per
-// round so a healed partition merges again (memberlist alone never contacts dead nodes), and
-// forgets long-gone members.
+// round so a healed partition merges again (memberlist alone never contacts dead nodes),
+// resyncs with members that came back, and forgets long-gone members.
 func (n *Node) maintain(retry bool) {
 	defer n.wg.Done()
 	base := n.cfg.RetryJoinEvery
@@ -111,7 +111,33 @@ func (n *Node) maintain(retry bool) {
 		case <-reconnect.C:
 			n.reconnectOne()
 			n.forgetOld()
+		case addr := <-n.resyncCh:
+			n.resyncs.Add(1)
+			if _, err := n.ml.Join([]string{addr}); err != nil {
+				n.log.Debug("resync with a member that came back failed", "addr", addr, "err", err)
+			}
 		}
+	}
+}
+
+// resyncEvery spaces resyncs: after a partition heals, every node hears many members come back
+// at once, and one full-state exchange with any of them brings what that side counted.
+const resyncEvery = 2 * time.Second
+
+// resync runs a full-state exchange (memberlist's push-pull, by joining it) with the member at
+// addr, which came back after a silence: a partition healed, or a paused node woke. The usage
+// deltas sent meanwhile were lost, and the origins repeat only what changed in the last two
+// buckets, so without it their counts would wait for the next periodic push-pull (30 s, with a
+// random member). At most one per resyncEvery; it never blocks the caller.
+func (n *Node) resync(addr string) {
+	now := time.Now().UnixNano()
+	last := n.lastResync.Load()
+	if now-last < int64(resyncEvery) || !n.lastResync.CompareAndSwap(last, now) {
+		return
+	}
+	select {
+	case n.resyncCh <- addr:
+	default:
 	}
 }
 
