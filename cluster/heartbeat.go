@@ -14,6 +14,10 @@ import (
 const (
 	heartbeatEvery    = time.Second
 	suspectAfterBeats = 3
+	// resyncAfterBeats is the silence after which a member that is heard again gets a
+	// full-state exchange (resync, join.go): longer than the two seconds of changes that
+	// state/crdt's origins repeat by themselves.
+	resyncAfterBeats = 2
 )
 
 // msgHeartbeat starts a cluster-internal message; the state backend's messages start with
@@ -71,8 +75,8 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	var warn bool
 	var back string
 	if m != nil {
-		if !m.heard.IsZero() && now.Sub(m.heard) > suspectAfterBeats*n.heartbeatInterval() {
-			back = m.Addr // silent long enough to be suspect: a partition that healed
+		if !m.heard.IsZero() && now.Sub(m.heard) > resyncAfterBeats*n.heartbeatInterval() {
+			back = m.Addr // a partition that healed, or a node that woke
 		}
 		m.heard = now
 		if sent != 0 {

@@ -565,7 +565,7 @@ func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64
 			inc.fwdStamp = fw.sent
 		}
 		c.relayDue = true
-		c.b.changed()
+		c.b.relayed()
 	}
 	if inc.ifVer == 0 && !c.live(inc) {
 		delete(c.incs, k) // nothing in the window: do not keep it

@@ -125,6 +125,7 @@ type Options struct {
 	Network    Network          // where deltas go; nil means not connected yet (see SetNetwork)
 	FlushEvery time.Duration    // delay from a change to its flush; 0 means 1ms, negative means no background loop (tests call Flush)
 	FlushGap   time.Duration    // least time from one flush to the next, so changes batch under load; 0 means defaultFlushGap, negative none
+	RelayWait  time.Duration    // longest a record to relay waits for a flush of this node's own changes to ride with (relay.go); 0 means defaultRelayWait
 	LatencyTTL time.Duration    // latency samples older than this are ignored; 0 means 1h, as state/local
 
 	// OnDelay, if not nil, is called for every delta message received (HandleMessage) with the
@@ -165,6 +166,8 @@ const (
 	// on a quiet node still leaves after FlushEvery. A change waits at most FlushGap, far inside
 	// the share check's horizon (share.go), so overshoot does not grow with it.
 	defaultFlushGap   = 10 * time.Millisecond
+	// defaultRelayWait bounds what a relay hop adds to a delta's delay (relay.go).
+	defaultRelayWait = 50 * time.Millisecond
 	defaultLatencyTTL = state.DefaultLatencyTTL
 	// inFlightRefresh is how often (in buckets) a node re-announces its in-flight count of a
 	// deployment it has used, so that a lost update heals and peers can expire the count of a
@@ -213,6 +216,9 @@ type Backend struct {
 	// armed is set by the first change after a flush, which then wakes the loop (nil without a
 	// loop) to start the flush timer; the loop clears it just before that flush.
 	armed atomic.Bool
+	// relayArmed is set by the first record to relay after a flush, which wakes the loop to
+	// flush within RelayWait unless a change of this node's own arms an earlier flush.
+	relayArmed atomic.Bool
 	// armedAt is when the change that armed the pending flush was made (UnixNano, 0 for none):
 	// the flush stamps its packets with it, so a receiver measures change-to-merge delay.
 	armedAt atomic.Int64
@@ -269,6 +275,9 @@ func New(opts Options) *Backend {
 	if opts.FlushGap == 0 {
 		opts.FlushGap = defaultFlushGap
 	}
+	if opts.RelayWait <= 0 {
+		opts.RelayWait = defaultRelayWait
+	}
 	if opts.maxNodes <= 0 {
 		opts.maxNodes = defaultMaxNodes
 	}
@@ -305,7 +314,7 @@ func New(opts Options) *Backend {
 			opts.housekeepEvery = housekeepEvery
 		}
 		b.wake = make(chan struct{}, 1)
-		go b.loop(opts.FlushEvery, max(opts.FlushGap, 0), opts.housekeepEvery)
+		go b.loop(opts.FlushEvery, max(opts.FlushGap, 0), opts.RelayWait, opts.housekeepEvery)
 	} else {
 		close(b.done)
 	}
@@ -334,34 +343,62 @@ func (b *Backend) changed() {
 	}
 }
 
-// loop flushes every FlushEvery after the first change since the last flush, but no sooner
-// than gap after the last flush, and every housekeep regardless. An idle backend sleeps until
-// housekeep.
-func (b *Backend) loop(every, gap, housekeep time.Duration) {
+// relayed is called (under a counter's mutex) when a peer's record to relay arrived: the first
+// one after a flush wakes the loop to flush within RelayWait. It does not block or allocate.
+func (b *Backend) relayed() {
+	if b.wake == nil || b.relayArmed.Load() || !b.relayArmed.CompareAndSwap(false, true) {
+		return
+	}
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// loop flushes every FlushEvery after the first change since the last flush, or relayWait
+// after the first record to relay, whichever is sooner, but no sooner than gap after the last
+// flush; and every housekeep regardless. An idle backend sleeps until housekeep.
+//
+// Records to relay wait for this node's own changes because a relay's packets per flush grow
+// with the ring (one per finger): flushing for every record relayed would have a node of a
+// large cluster flush as often as the whole cluster changes, and send log2 N packets each
+// time. Riding on its own flushes, a node sends about as many packets as its own load calls
+// for, and a hop adds at most relayWait.
+func (b *Backend) loop(every, gap, relayWait, housekeep time.Duration) {
 	defer close(b.done)
 	flush := time.NewTimer(every)
 	flush.Stop()
 	defer flush.Stop()
 	tick := time.NewTicker(housekeep)
 	defer tick.Stop()
-	var last time.Time // of the last flush
+	var last, due time.Time // of the last flush; of the pending one (zero: none)
+	doFlush := func() {
+		// Cleared before the flush takes the changes: a change made from here on either is
+		// in this flush or arms the next one.
+		b.armed.Store(false)
+		b.relayArmed.Store(false)
+		b.loops.Add(1)
+		last, due = time.Now(), time.Time{}
+		b.Flush()
+	}
 	for {
 		select {
 		case <-b.stop:
 			return
 		case <-b.wake:
-			flush.Reset(max(every, gap-time.Since(last)))
+			wait := relayWait
+			if b.armed.Load() {
+				wait = every
+			}
+			at := time.Now().Add(max(wait, gap-time.Since(last)))
+			if due.IsZero() || at.Before(due) {
+				due = at
+				flush.Reset(time.Until(at))
+			}
 		case <-flush.C:
-			// Cleared before the flush takes the changes: a change made from here on
-			// either is in this flush or arms the next one.
-			b.armed.Store(false)
-			b.loops.Add(1)
-			last = time.Now()
-			b.Flush()
+			doFlush()
 		case <-tick.C:
-			b.loops.Add(1)
-			last = time.Now()
-			b.Flush()
+			doFlush()
 		}
 	}
 }

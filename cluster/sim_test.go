@@ -1,0 +1,316 @@
+package cluster
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/crdt"
+)
+
+// The cluster simulation: many nodes in one process, each a real Node (memberlist over the
+// in-memory Network, heartbeats, resyncs) carrying a real crdt.Backend, wired as cmd/herd
+// wires them, under a generated load. It measures what a node pays for sharing usage as the
+// cluster grows (packets and bytes a second, propagation delay), the limits' overshoot under
+// steady and bursty load, how long the nodes take to agree once the load stops, and once a
+// partition heals.
+//
+// CI runs a brief version (go test, not -short); the full one, 5 and 50 nodes with 500
+// deployments each at 200 requests a second per node (the 10,000 req/s at 50 nodes):
+//
+//	HERD_SIM=full go test -run '^TestSimulation$' -v -timeout 30m ./cluster/   (make sim)
+
+type simConfig struct {
+	nodes       int
+	deployments int           // of which simHot carry the limited demand
+	perNode     float64       // requests a second each node makes
+	duration    time.Duration // of load
+	bursty      bool          // each node sends a second's requests at once, every burstEvery
+	partition   bool          // the nodes split in two halves for the last third of the load
+}
+
+const (
+	simHot       = 10 // deployments that get half of all requests, with limits 5x below demand
+	simOverLimit = 5
+	burstEvery   = 2 * time.Second
+)
+
+type simResult struct {
+	cfg                    simConfig
+	packetsPerNode         float64 // sent, per second
+	bytesPerNode           float64 // sent, per second
+	delayP50, delayP99     time.Duration
+	overshoot              float64 // worst hot deployment's admissions over its limit, in parts of it
+	limit                  int64
+	converged              time.Duration // from the end of the load (and the heal) until every node agrees
+	maxState               int           // largest full state sent (compressed)
+	admitted, offered      int64
+}
+
+type simNode struct {
+	name string
+	node *Node
+	b    *crdt.Backend
+}
+
+// simSync is gossipSync's crdt part, and records the largest full state.
+type simSync struct {
+	b        *crdt.Backend
+	maxState *atomic.Int64
+}
+
+func (s simSync) HandleMessage(msg []byte) { s.b.HandleMessage(msg) }
+func (s simSync) LocalState() []byte {
+	st := s.b.LocalState()
+	for {
+		m := s.maxState.Load()
+		if int64(len(st)) <= m || s.maxState.CompareAndSwap(m, int64(len(st))) {
+			return st
+		}
+	}
+}
+func (s simSync) MergeRemoteState(buf []byte) { s.b.MergeRemoteState(buf) }
+
+// delays collects propagation delays from every node.
+type delays struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (d *delays) add(x time.Duration) {
+	d.mu.Lock()
+	d.d = append(d.d, x)
+	d.mu.Unlock()
+}
+
+func (d *delays) quantile(q float64) time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.d) == 0 {
+		return 0
+	}
+	slices.Sort(d.d)
+	return d.d[min(int(q*float64(len(d.d))), len(d.d)-1)]
+}
+
+func runSim(t *testing.T, cfg simConfig) simResult {
+	t.Helper()
+	res := simResult{cfg: cfg}
+	network := NewNetwork()
+	log := testLogger(t)
+	deps := make([]string, cfg.deployments)
+	for i := range deps {
+		deps[i] = fmt.Sprintf("deployment-%03d", i)
+	}
+	var dl delays
+	var maxState atomic.Int64
+	nodes := make([]*simNode, cfg.nodes)
+	for i := range nodes {
+		name := fmt.Sprintf("node%02d", i)
+		b := crdt.New(crdt.Options{Node: name, Deployments: deps, OnDelay: dl.add})
+		cc := Config{
+			NodeName:       name,
+			BindAddr:       memAddrOf(i),
+			Logger:         log,
+			transport:      network.Node(memAddrOf(i)),
+			RetryJoinEvery: 100 * time.Millisecond,
+		}
+		if i > 0 {
+			cc.Join = []string{memAddrOf(0)}
+		}
+		n, err := New(cc, simSync{b: b, maxState: &maxState})
+		if err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = n.Shutdown(); b.Close() })
+		b.SetNetwork(n)
+		n.OnMembersChanged(func(alive []Member) {
+			names := make([]string, len(alive))
+			for j, m := range alive {
+				names[j] = m.Name
+			}
+			b.SetMembers(names)
+		})
+		nodes[i] = &simNode{name: name, node: n, b: b}
+	}
+	all := make([]*Node, len(nodes))
+	for i, n := range nodes {
+		all[i] = n.node
+	}
+	waitFor(t, time.Minute, func() error {
+		for _, n := range all {
+			if got := n.NumAlive(); got != len(all) {
+				return fmt.Errorf("%s sees %d of %d nodes", n.Name(), got, len(all))
+			}
+		}
+		return nil
+	})
+
+	// Load: half the requests on simHot deployments limited to 1/simOverLimit of their
+	// demand over the run (which is shorter than the 60 s window), the rest spread over the
+	// others without a limit.
+	hotRate := cfg.perNode * float64(cfg.nodes) / 2 / simHot
+	res.limit = max(int64(hotRate*cfg.duration.Seconds()/simOverLimit), 1)
+	admittedBy := make([]atomic.Int64, cfg.deployments)
+	var offered, admitted atomic.Int64
+	request := func(sn *simNode, rng *rand.Rand) {
+		offered.Add(1)
+		var d int
+		var lim state.Limits
+		if rng.IntN(2) == 0 {
+			d, lim = rng.IntN(simHot), state.Limits{RPM: res.limit}
+		} else {
+			d = simHot + rng.IntN(cfg.deployments-simHot)
+		}
+		c := sn.b.Counter(deps[d])
+		tk, err := c.Admit(lim, state.Reservation{Requests: 1, Tokens: 100})
+		if err != nil {
+			return
+		}
+		admitted.Add(1)
+		admittedBy[d].Add(1)
+		c.Settle(tk, state.Usage{PromptTokens: 60, CompletionTokens: int64(rng.IntN(40))})
+	}
+
+	var sentBefore, bytesBefore uint64
+	for _, n := range all {
+		sentBefore += n.PacketsSent()
+		bytesBefore += n.BytesSent()
+	}
+	start := time.Now()
+	end := start.Add(cfg.duration)
+	split := start.Add(2 * cfg.duration / 3) // and heal at the end
+	var half [2][]string
+	for i := range nodes {
+		half[i%2] = append(half[i%2], memAddrOf(i))
+	}
+	var wg sync.WaitGroup
+	for i, sn := range nodes {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(i), 7))
+			if cfg.bursty {
+				perBurst := int(cfg.perNode * burstEvery.Seconds())
+				next := start.Add(time.Duration(rng.Int64N(int64(burstEvery))))
+				for next.Before(end) {
+					waitUntil(next)
+					for range perBurst {
+						request(sn, rng)
+					}
+					next = next.Add(burstEvery)
+				}
+				return
+			}
+			every := time.Duration(float64(time.Second) / cfg.perNode)
+			next := start.Add(time.Duration(rng.Int64N(int64(every))))
+			for next.Before(end) {
+				waitUntil(next)
+				request(sn, rng)
+				next = next.Add(every)
+			}
+		})
+	}
+	if cfg.partition {
+		waitUntil(split)
+		network.Partition(half[0], half[1])
+	}
+	wg.Wait()
+	network.Heal()
+	secs := time.Since(start).Seconds()
+	var sentAfter, bytesAfter uint64
+	for _, n := range all {
+		sentAfter += n.PacketsSent()
+		bytesAfter += n.BytesSent()
+	}
+	res.packetsPerNode = float64(sentAfter-sentBefore) / float64(cfg.nodes) / secs
+	res.bytesPerNode = float64(bytesAfter-bytesBefore) / float64(cfg.nodes) / secs
+	res.delayP50, res.delayP99 = dl.quantile(0.5), dl.quantile(0.99)
+	res.offered, res.admitted = offered.Load(), admitted.Load()
+	for d := range simHot {
+		res.overshoot = max(res.overshoot, float64(admittedBy[d].Load()-res.limit)/float64(res.limit))
+	}
+
+	// Agreement: every node sees on every deployment as many requests as were admitted.
+	from := time.Now()
+	waitFor(t, 2*time.Minute, func() error {
+		for d := range deps {
+			want := admittedBy[d].Load()
+			for _, sn := range nodes {
+				if r, _, _ := sn.b.Snapshot(deps[d]); r != want {
+					return fmt.Errorf("%s sees %d requests on %s, %d were admitted", sn.name, r, deps[d], want)
+				}
+			}
+		}
+		return nil
+	})
+	res.converged = time.Since(from)
+	res.maxState = int(maxState.Load())
+	return res
+}
+
+// waitUntil blocks until the wall clock reaches at: the load generator's pacing.
+func waitUntil(at time.Time) {
+	if d := time.Until(at); d > 0 {
+		<-time.After(d)
+	}
+}
+
+func (r simResult) row() string {
+	pattern := "steady"
+	if r.cfg.bursty {
+		pattern = "bursty"
+	}
+	if r.cfg.partition {
+		pattern += ", split"
+	}
+	return fmt.Sprintf("| %d | %d | %.0f/s | %s | %.0f | %.1f KB | %.1f / %.1f ms | %d | %.2f%% | %.2f s | %d KB |",
+		r.cfg.nodes, r.cfg.deployments, r.cfg.perNode, pattern, r.packetsPerNode, r.bytesPerNode/1000,
+		float64(r.delayP50.Microseconds())/1000, float64(r.delayP99.Microseconds())/1000,
+		r.limit, 100*r.overshoot, r.converged.Seconds(), r.maxState/1000)
+}
+
+const simHeader = "| nodes | deployments | per node | load | packets/s per node | bytes/s per node | propagation p50 / p99 | hot limit | overshoot | agree after | largest full state |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|"
+
+func TestSimulation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts many nodes: not in -short")
+	}
+	small, large := simConfig{nodes: 5, deployments: 100, perNode: 50, duration: 6 * time.Second},
+		simConfig{nodes: 20, deployments: 100, perNode: 50, duration: 6 * time.Second}
+	if os.Getenv("HERD_SIM") == "full" {
+		small = simConfig{nodes: 5, deployments: 500, perNode: 200, duration: 30 * time.Second}
+		large = small
+		large.nodes = 50
+	}
+	var rows []string
+	report := func(r simResult) {
+		rows = append(rows, r.row())
+		t.Log(r.row())
+	}
+	smallSteady := runSim(t, small)
+	report(smallSteady)
+	largeSteady := runSim(t, large)
+	report(largeSteady)
+	bursty := large
+	bursty.bursty = true
+	report(runSim(t, bursty))
+	split := large
+	split.partition = true
+	splitRes := runSim(t, split)
+	report(splitRes)
+	t.Log("\n" + simHeader + "\n" + strings.Join(rows, "\n"))
+
+	if ratio := largeSteady.packetsPerNode / smallSteady.packetsPerNode; ratio > 2 {
+		t.Errorf("a node of %d sends %.0f packets a second, %.1fx what one of %d sends (%.0f) at the same load; want at most 2x",
+			large.nodes, largeSteady.packetsPerNode, ratio, small.nodes, smallSteady.packetsPerNode)
+	}
+	if splitRes.converged > 10*time.Second {
+		t.Errorf("after the partition healed the nodes took %v to agree, want a few seconds", splitRes.converged)
+	}
+}
