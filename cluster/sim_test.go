@@ -43,15 +43,15 @@ const (
 )
 
 type simResult struct {
-	cfg                    simConfig
-	packetsPerNode         float64 // sent, per second
-	bytesPerNode           float64 // sent, per second
-	delayP50, delayP99     time.Duration
-	overshoot              float64 // worst hot deployment's admissions over its limit, in parts of it
-	limit                  int64
-	converged              time.Duration // from the end of the load (and the heal) until every node agrees
-	maxState               int           // largest full state sent (compressed)
-	admitted, offered      int64
+	cfg                simConfig
+	packetsPerNode     float64 // sent, per second
+	bytesPerNode       float64 // sent, per second
+	delayP50, delayP99 time.Duration
+	overshoot          float64 // worst hot deployment's admissions over its limit, in parts of it
+	limit              int64
+	converged          time.Duration // from the end of the load (and the heal) until every node agrees
+	maxState           int           // largest full state sent (compressed)
+	admitted, offered  int64
 }
 
 type simNode struct {

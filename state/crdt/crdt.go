@@ -165,9 +165,9 @@ const (
 	// sends each peer at most 100 packets a second whatever its request rate, while a change
 	// on a quiet node still leaves after FlushEvery. A change waits at most FlushGap, far inside
 	// the share check's horizon (share.go), so overshoot does not grow with it.
-	defaultFlushGap   = 10 * time.Millisecond
+	defaultFlushGap = 10 * time.Millisecond
 	// defaultRelayWait bounds what a relay hop adds to a delta's delay (relay.go).
-	defaultRelayWait = 50 * time.Millisecond
+	defaultRelayWait  = 50 * time.Millisecond
 	defaultLatencyTTL = state.DefaultLatencyTTL
 	// inFlightRefresh is how often (in buckets) a node re-announces its in-flight count of a
 	// deployment it has used, so that a lost update heals and peers can expire the count of a
