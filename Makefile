@@ -1,7 +1,7 @@
 # One entry per habit; CI (.ci/run) runs the same test command the README shows.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test race vet bench bench-proxy fuzz chaos chaos-short clean
+.PHONY: build test race vet bench bench-proxy fuzz sim chaos chaos-short clean
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/herd ./cmd/herd
@@ -27,6 +27,9 @@ bench-proxy:     # fixed-rate load: upstream direct vs httputil.ReverseProxy vs 
 fuzz:
 	go test ./config -run '^$$' -fuzz FuzzParse -fuzztime 30s
 	go test ./proxy -run '^$$' -fuzz FuzzRequest -fuzztime 30s
+
+sim:             # the cluster simulation in full: 5 and 50 nodes x 500 deployments (CI runs a brief one)
+	HERD_SIM=full go test -run '^TestSimulation$$' -v -timeout 30m ./cluster/
 
 chaos-short:     # the chaos run CI does: 3 nodes, 75 s, partition/kill/pause/clock, a random seed (root)
 	go run ./cmd/herd-chaos run --nodes 3 --time 75s --nemesis partition,kill,pause,clock

@@ -22,7 +22,7 @@ import (
 // StateSync is what the cluster carries for the shared-state backend (state/crdt).
 type StateSync interface {
 	HandleMessage(msg []byte)    // a peer's message arrived
-	LocalState() []byte          // full state for push-pull
+	LocalState(join bool) []byte // state for push-pull: with a joining node (join), or periodic
 	MergeRemoteState(buf []byte) // a peer's full state from push-pull
 }
 

@@ -31,7 +31,7 @@ func (d *delegate) LocalState(join bool) []byte {
 	if d.n.sync == nil {
 		return nil
 	}
-	return d.n.sync.LocalState()
+	return d.n.sync.LocalState(join)
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {

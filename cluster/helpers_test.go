@@ -48,7 +48,7 @@ func (f *fakeSync) HandleMessage(msg []byte) {
 	f.msgs = append(f.msgs, msg)
 }
 
-func (f *fakeSync) LocalState() []byte { return f.state }
+func (f *fakeSync) LocalState(bool) []byte { return f.state }
 
 func (f *fakeSync) MergeRemoteState(buf []byte) {
 	f.mu.Lock()

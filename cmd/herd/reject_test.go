@@ -90,12 +90,12 @@ func TestGossipUsageKeepsConfiguredDeployments(t *testing.T) {
 	}
 	requests := func(id string) int64 { return shared.backend.Counter(id).Load().Requests }
 
-	shared.sync.MergeRemoteState(peer.LocalState())
+	shared.sync.MergeRemoteState(peer.LocalState(true))
 	if requests("a") != 1 || requests("b") != 0 || len(rejected) != 1 || rejected[0] != "unknown_deployment" {
 		t.Fatalf("a %d, b %d requests, rejected %v; want 1, 0, [unknown_deployment]", requests("a"), requests("b"), rejected)
 	}
 	shared.applied(&config.Config{ModelList: []config.Deployment{{ID: "a"}, {ID: "b"}}})
-	shared.sync.MergeRemoteState(peer.LocalState())
+	shared.sync.MergeRemoteState(peer.LocalState(true))
 	if requests("b") != 1 || len(rejected) != 1 {
 		t.Fatalf("after the config added b: b %d requests, rejected %v", requests("b"), rejected)
 	}

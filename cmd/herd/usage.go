@@ -196,7 +196,7 @@ func (g gossipSync) HandleMessage(msg []byte) {
 	g.cb.HandleMessage(msg)
 }
 
-func (g gossipSync) LocalState() []byte          { return g.cb.LocalState() }
+func (g gossipSync) LocalState(join bool) []byte { return g.cb.LocalState(join) }
 func (g gossipSync) MergeRemoteState(buf []byte) { g.cb.MergeRemoteState(buf) }
 
 // rightsSync is what memberlist carries in Redis mode: strict mode's messages only (usage
@@ -209,7 +209,7 @@ func (r rightsSync) HandleMessage(msg []byte) {
 	}
 }
 
-func (rightsSync) LocalState() []byte      { return nil }
+func (rightsSync) LocalState(bool) []byte  { return nil }
 func (rightsSync) MergeRemoteState([]byte) {}
 
 // deploymentIDs lists cfg's deployment IDs, never nil: an empty config has no deployments.

@@ -14,7 +14,7 @@ func TestNoAllocs(t *testing.T) {
 	b := New(Options{Node: "a", FlushEvery: -1})
 	peer := New(Options{Node: "p", FlushEvery: -1})
 	peer.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 5})
-	b.MergeRemoteState(peer.LocalState())
+	b.MergeRemoteState(peer.LocalState(true))
 	c := b.Counter("d")
 	lim := state.Limits{RPM: 1 << 40, TPM: 1 << 40, MaxParallel: 1 << 20}
 	r := state.Reservation{Requests: 1, Tokens: 100}

@@ -21,7 +21,7 @@ func benchBackend(b *testing.B) (*Backend, state.Counter) {
 			tk, _ := peer.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 100})
 			peer.Counter("d").Settle(tk, state.Usage{PromptTokens: 80})
 		}
-		be.MergeRemoteState(peer.LocalState())
+		be.MergeRemoteState(peer.LocalState(true))
 	}
 	return be, be.Counter("d")
 }

@@ -213,7 +213,7 @@ func TestRelayedCellsKeepTheirOwnersNumbers(t *testing.T) {
 	est.set("p", 10*time.Second)
 	cq := statetest.NewClock(t0)
 	q := New(Options{Node: "q", Now: cq.Now, FlushEvery: -1, Offset: est.offset})
-	q.MergeRemoteState(s.a.LocalState())
+	q.MergeRemoteState(s.a.LocalState(true))
 	seen := func(at time.Time) int64 {
 		cq.Advance(at.Sub(cq.Now()))
 		q.Flush()

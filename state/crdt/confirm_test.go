@@ -35,7 +35,7 @@ func TestConfirmCountsARequestWhenItLeaves(t *testing.T) {
 	if _, err := c.Admit(lim, state.Reservation{Requests: 1}); err == nil {
 		t.Fatal("a second request fit while the upstream's window still held the first")
 	}
-	peer.MergeRemoteState(b.LocalState())
+	peer.MergeRemoteState(b.LocalState(true))
 	if l := peer.Counter("d").Load(); l.Requests != 1 {
 		t.Fatalf("the peer sees %d requests, want the moved one", l.Requests)
 	}

@@ -476,15 +476,19 @@ func (c *counter) takeRelay(now int64, cells []cell, out *outbox) []cell {
 	return cells
 }
 
-// encodeAll encodes every incarnation's cells in the window, and this node's in-flight count.
+// encodeAll encodes every incarnation's cells in the window (this node's only, if own), and
+// this node's in-flight count.
 // Peers' in-flight counts are not relayed: only their owner refreshes them, so the count of a
 // node that died expires a window after its last word, instead of two survivors handing it
 // back and forth forever. (Cells cannot come back that way: they age out by bucket number.)
-func (c *counter) encodeAll(now int64, cells []cell, enc *encoder) []cell {
+func (c *counter) encodeAll(now int64, own bool, cells []cell, enc *encoder) []cell {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.housekeep(now)
 	for _, inc := range c.incs {
+		if own && inc != c.own {
+			continue
+		}
 		cells = cells[:0]
 		// Under the incarnation's own bucket numbers: each receiver aligns them by its own
 		// estimate of that node's clock.

@@ -428,7 +428,7 @@ func TestGarbageChangesNothing(t *testing.T) {
 	c.allowRejects = true
 	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 5}, 3)
 	c.net.flushAll()
-	good := c.nodes["n1"].LocalState()
+	good := c.nodes["n1"].LocalState(true)
 	for _, bad := range [][]byte{nil, {}, {2}, {wireVersion, 9}, good[:len(good)-1], append(append([]byte{}, good...), tagDep)} {
 		c.nodes["n2"].HandleMessage(bad)
 		c.nodes["n2"].MergeRemoteState(bad)
@@ -539,9 +539,9 @@ func TestFullStateCompression(t *testing.T) {
 	for i := range 20 {
 		c.admitN("n1", fmt.Sprintf("deployment-%02d", i), state.Limits{}, state.Reservation{Requests: 1, Tokens: 5}, 3)
 	}
-	raw := c.nodes["n1"].fullState()
+	raw := c.nodes["n1"].fullState(false)
 	packed := compressState(raw)
-	if sent := c.nodes["n1"].LocalState(); sent[0] != wireFlate || len(packed) >= len(raw)/2 {
+	if sent := c.nodes["n1"].LocalState(true); sent[0] != wireFlate || len(packed) >= len(raw)/2 {
 		t.Fatalf("full state of %d bytes sent as %d bytes starting %#x, want compressed to under half", len(raw), len(sent), sent[0])
 	}
 	if got, err := expandState(packed, maxState); err != nil || !bytes.Equal(got, raw) {
@@ -569,5 +569,30 @@ func TestFullStateCompression(t *testing.T) {
 	}
 	if got := c.rejects.get(); got[reasonNames[reasonMalformed]] != 1 || len(got) != 1 {
 		t.Fatalf("rejections %v, want 1 malformed", got)
+	}
+}
+
+// The periodic push-pull carries a node's own counts only; a joining node gets everyone's.
+func TestPeriodicStateIsOwnOnly(t *testing.T) {
+	c := newCluster(t, 2)
+	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 5}, 3)
+	c.admitN("n2", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 5}, 2)
+	c.net.flushAll()
+	origins := func(join bool) map[string]bool {
+		msg, err := expandState(c.nodes["n1"].LocalState(join), maxState)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		if err := decode(msg, maxMessageIncs, func(_ meta, k incKey, _ string, _ uint64, _ int64, _ []cell) { got[k.node] = true }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := origins(false); len(got) != 1 || !got["n1"] {
+		t.Fatalf("periodic state holds the counts of %v, want n1's only", got)
+	}
+	if got := origins(true); len(got) != 2 {
+		t.Fatalf("a joining node's state holds the counts of %v, want n1's and n2's", got)
 	}
 }

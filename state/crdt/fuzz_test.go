@@ -41,8 +41,8 @@ func fuzzSeeds(clock *statetest.Clock) (deltas, states [][]byte) {
 	}
 	src.Counter("d0").Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 100}) // one in flight
 	src.Flush()
-	src.MergeRemoteState(old.LocalState())
-	src.MergeRemoteState(peer.LocalState())
+	src.MergeRemoteState(old.LocalState(true))
+	src.MergeRemoteState(peer.LocalState(true))
 	now := window.BucketOf(clock.Now().UnixNano())
 	p := incKey{node: "p", epoch: 1}
 	forged := [][]byte{
@@ -51,7 +51,7 @@ func fuzzSeeds(clock *statetest.Clock) (deltas, states [][]byte) {
 		forge(record{k: p, id: "unknown", cells: []cell{{bucket: now, reqP: 1}}}),
 	}
 	// Full states compressed, as LocalState sends them, and not, as older nodes did.
-	return append(sent, forged...), append([][]byte{src.LocalState(), old.LocalState(), src.fullState()}, forged...)
+	return append(sent, forged...), append([][]byte{src.LocalState(true), old.LocalState(true), src.fullState(false)}, forged...)
 }
 
 func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(*Backend, []byte)) {
@@ -63,7 +63,7 @@ func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(
 	for _, s := range seeds {
 		base.MergeRemoteState(s)
 	}
-	known := base.LocalState() // honest counts the input lands on
+	known := base.LocalState(true) // honest counts the input lands on
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		configured := New(Options{Node: "dst", Now: clock.Now, FlushEvery: -1, Deployments: fuzzDeployments, Offset: fuzzOffset})
 		unknown := New(Options{Node: "dst", Now: clock.Now, FlushEvery: -1, maxNodes: 4, maxCounters: 4})
@@ -78,7 +78,7 @@ func fuzzMerge(f *testing.F, seeds [][]byte, clock *statetest.Clock, merge func(
 			if after := fuzzSnapshot(dst); !slices.Equal(before, after) {
 				t.Fatalf("merging twice changed %v to %v", before, after)
 			}
-			if err := decode(dst.fullState(), maxMessageIncs, nil); err != nil {
+			if err := decode(dst.fullState(false), maxMessageIncs, nil); err != nil {
 				t.Fatalf("own state does not decode: %v", err)
 			}
 			if n := dst.incs.len(); n > dst.maxNodes*maxIncsPerNode {

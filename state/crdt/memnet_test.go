@@ -114,7 +114,7 @@ func (n *memNet) deliver(ps []packet) {
 		}
 		to.HandleMessage(p.msg)
 		if echo && from != nil {
-			from.MergeRemoteState(to.LocalState())
+			from.MergeRemoteState(to.LocalState(true))
 		}
 	}
 }
@@ -140,7 +140,7 @@ func (n *memNet) pushPull() {
 			na, nb, ok := n.nodes[a], n.nodes[b], n.reachable(a, b)
 			n.mu.Unlock()
 			if ok {
-				sa, sb := na.LocalState(), nb.LocalState()
+				sa, sb := na.LocalState(true), nb.LocalState(true)
 				nb.MergeRemoteState(sa)
 				na.MergeRemoteState(sb)
 			}
