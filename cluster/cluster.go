@@ -92,9 +92,10 @@ type Node struct {
 	leaving      atomic.Bool
 	joinAttempts atomic.Uint64 // seed joins tried, for tests
 
-	// Resyncs after a member comes back (resync): at most one per resyncEvery.
-	resyncCh   chan string // cap 1; the member's address, for maintain
-	lastResync atomic.Int64
+	// Resyncs with members that came back (resync, join.go): their addresses, waiting.
+	resyncMu   sync.Mutex
+	resyncWait map[string]struct{}
+	resyncKick chan struct{} // cap 1: wakes maintain
 	resyncs    atomic.Uint64 // push-pulls run by resync, for tests
 	stopOnce   sync.Once
 	lifeMu     sync.Mutex // serialises Leave and Shutdown
@@ -136,7 +137,8 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 		members:  map[string]*memberState{},
 		changed:  make(chan struct{}, 1),
 		stop:     make(chan struct{}),
-		resyncCh: make(chan string, 1),
+		resyncWait: map[string]struct{}{},
+		resyncKick: make(chan struct{}, 1),
 
 		tlsServer: tlsServer,
 		tlsClient: tlsClient,

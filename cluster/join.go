@@ -97,6 +97,9 @@ func (n *Node) maintain(retry bool) {
 	defer seedTimer.Stop()
 	reconnect := time.NewTicker(5 * base)
 	defer reconnect.Stop()
+	cooldown := time.NewTimer(0)
+	defer cooldown.Stop()
+	var resting bool // a resync brought news lately: wait for cooldown before the next
 	for {
 		select {
 		case <-n.stop:
@@ -111,35 +114,88 @@ func (n *Node) maintain(retry bool) {
 		case <-reconnect.C:
 			n.reconnectOne()
 			n.forgetOld()
-		case addr := <-n.resyncCh:
-			n.resyncs.Add(1)
-			if _, err := n.ml.Join([]string{addr}); err != nil {
-				n.log.Debug("resync with a member that came back failed", "addr", addr, "err", err)
+		case <-cooldown.C:
+			resting = false
+			n.kickResync()
+		case <-n.resyncKick:
+			if !resting && n.resyncOne() {
+				resting = true
+				cooldown.Reset(resyncEvery)
 			}
 		}
 	}
 }
 
-// resyncEvery spaces resyncs: after a partition heals, every node hears many members come back
-// at once, and one full-state exchange with any of them brings what that side counted.
+// resyncEvery is how long a node waits after a resync that brought news before it starts
+// another: after a partition heals every node hears many members come back at once, and one
+// full-state exchange with any member of the other side brings all that side counted.
 const resyncEvery = 2 * time.Second
 
-// resync runs a full-state exchange (memberlist's push-pull, by joining it) with the member at
-// addr, which came back after a silence: a partition healed, or a paused node woke. The usage
+// maxResyncWaiting bounds the members waiting for a resync.
+const maxResyncWaiting = 64
+
+// resync asks for a full-state exchange (memberlist's push-pull, by joining it) with the member
+// at addr, which came back after a silence: a partition healed, or a paused node woke. The usage
 // deltas sent meanwhile were lost, and the origins repeat only what changed in the last two
-// buckets, so without it their counts would wait for the next periodic push-pull (30 s, with a
-// random member). At most one per resyncEvery; it never blocks the caller.
+// seconds, so without it their counts would wait for a periodic push-pull, which carries only
+// its sender's own (state/crdt). It never blocks the caller.
 func (n *Node) resync(addr string) {
-	now := time.Now().UnixNano()
-	last := n.lastResync.Load()
-	if now-last < int64(resyncEvery) || !n.lastResync.CompareAndSwap(last, now) {
-		return
+	n.resyncMu.Lock()
+	if len(n.resyncWait) < maxResyncWaiting {
+		n.resyncWait[addr] = struct{}{}
 	}
+	n.resyncMu.Unlock()
+	n.kickResync()
+}
+
+func (n *Node) kickResync() {
 	select {
-	case n.resyncCh <- addr:
+	case n.resyncKick <- struct{}{}:
 	default:
 	}
 }
+
+// resyncOne exchanges full state with the waiting members one after another until one
+// brings news, and reports whether one did. A member that brought news was on the other side
+// of what healed, and so, most likely, are the others waiting: they are dropped, and whoever
+// comes back later asks again. One that brought nothing was on this side (memberlist's
+// suspicion reaches a node's own side too when a partition heals) and costs one exchange.
+// Without a StateSync that tells news (StateNews), the first exchange counts as news.
+func (n *Node) resyncOne() bool {
+	for {
+		n.resyncMu.Lock()
+		var addr string
+		for a := range n.resyncWait {
+			addr = a
+			break
+		}
+		delete(n.resyncWait, addr)
+		n.resyncMu.Unlock()
+		if addr == "" {
+			return false
+		}
+		var before uint64
+		news, ok := n.sync.(stateNews)
+		if ok {
+			before = news.StateNews()
+		}
+		n.resyncs.Add(1)
+		if _, err := n.ml.Join([]string{addr}); err != nil {
+			n.log.Debug("resync with a member that came back failed", "addr", addr, "err", err)
+			continue
+		}
+		if !ok || news.StateNews() != before {
+			n.resyncMu.Lock()
+			clear(n.resyncWait)
+			n.resyncMu.Unlock()
+			return true
+		}
+	}
+}
+
+// stateNews is a StateSync that counts the full states it merged that changed its state
+// (state/crdt's Backend does).
+type stateNews interface{ StateNews() uint64 }
 
 func (n *Node) reconnectOne() {
 	n.mu.Lock()

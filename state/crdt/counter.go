@@ -545,6 +545,7 @@ func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64
 			continue // left our window, or older than what the incarnation still holds
 		}
 		cl := c.peerCellAt(inc, in.bucket)
+		was := *cl
 		r0, t0 := cl.requests(), cl.tokens()
 		cl.reqP, cl.reqN = max(cl.reqP, in.reqP), max(cl.reqN, in.reqN)
 		cl.tokP, cl.tokN = max(cl.tokP, in.tokP), max(cl.tokN, in.tokN)
@@ -554,6 +555,9 @@ func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64
 			c.ahead = max(c.ahead, in.bucket-inc.shift)
 		}
 		c.recent.add(g, peerReq, dr, dt)
+		if sent < 0 && *cl != was {
+			c.b.news.Add(1) // a full state taught something (StateNews)
+		}
 		if fw.span > 0 {
 			inc.fwd |= 1 << uint(window.Slot(in.bucket))
 		}

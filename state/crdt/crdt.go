@@ -25,14 +25,14 @@
 //
 // # Transport
 //
-// Each node sends only its own changed cells, batched, straight to every member as best-effort
-// packets (Network.SendToAll), each under maxMessage (1200) bytes so it fits one UDP datagram.
-// Flushes follow changes, not a clock: the first change after a flush arms a timer, and the
-// flush runs FlushEvery (1 ms) later with every change made meanwhile, so a delta waits at most
-// FlushEvery and an idle node does not wake for it. Only the in-flight re-announcement, the
-// repeats below and garbage collection run periodically, once per bucket (1 s, see
-// housekeepEvery). At herd's scale (3-50 nodes) this is at most 49 small packets per node per
-// flush, and a delta reaches every peer in one hop (about FlushEvery plus one network delay).
+// Each node sends only its own changed cells, batched, as best-effort packets, each under
+// maxMessage (1200) bytes so it fits one UDP datagram: to every peer itself up to directMax
+// peers (Network.SendToAll), over a ring of fingers beyond (relay.go). Flushes follow changes,
+// not a clock: the first change after a flush arms a timer, and the flush runs FlushEvery
+// (1 ms) later, but no sooner than FlushGap (10 ms) after the last flush, with every change
+// made meanwhile; so a quiet node's delta waits FlushEvery, a busy node sends at most every
+// FlushGap, and an idle node does not wake. Only the in-flight re-announcement, the repeats
+// below and garbage collection run periodically, once per bucket (1 s, see housekeepEvery).
 // Gossip piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of
 // 200 ms, and the admission overshoot grows with that delay.
 //
@@ -40,8 +40,8 @@
 // newest message once 1024 wait, and since a cell carries totals, the newest is the one that
 // matters. So once per bucket a node sends again the cells (and in-flight count) it changed in
 // the two buckets before: a lost delta heals within one or two seconds, before the next burst
-// meets a view short of it. memberlist's periodic full-state push-pull (LocalState /
-// MergeRemoteState) repairs the rest and seeds a joining node.
+// meets a view short of it. memberlist's push-pull (LocalState / MergeRemoteState) repairs
+// the rest and seeds a joining node.
 //
 // # Overshoot
 //
@@ -199,6 +199,7 @@ type Backend struct {
 	horizon   int64
 	slotShift uint
 
+	news atomic.Uint64 // full-state records that changed a cell (StateNews)
 	net  atomic.Pointer[netBox]
 	ring atomic.Pointer[ring] // the members as membership last said (SetMembers); nil before
 
@@ -589,6 +590,10 @@ func (b *Backend) MergeRemoteState(buf []byte) {
 	}
 	b.merge(msg, false)
 }
+
+// StateNews counts the records of merged full states (MergeRemoteState) that changed a count
+// here: cluster's resync tells by it whether an exchange brought what this node lacked.
+func (b *Backend) StateNews() uint64 { return b.news.Load() }
 
 // HandleMessage merges a peer's delta packet and reports its delay to Options.OnDelay. Garbage
 // is ignored as a whole, records that fail a check one by one (see check.go).

@@ -596,3 +596,24 @@ func TestPeriodicStateIsOwnOnly(t *testing.T) {
 		t.Fatalf("a joining node's state holds the counts of %v, want n1's and n2's", got)
 	}
 }
+
+// StateNews counts full states that taught this node something, not those it already knew.
+func TestStateNews(t *testing.T) {
+	c := newCluster(t, 2)
+	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 5}, 3)
+	st := c.nodes["n1"].LocalState(true)
+	n2 := c.nodes["n2"]
+	if n2.StateNews() != 0 {
+		t.Fatal("news before any merge")
+	}
+	n2.MergeRemoteState(st)
+	first := n2.StateNews()
+	if first == 0 {
+		t.Fatal("a state with counts n2 lacked brought no news")
+	}
+	n2.MergeRemoteState(st)
+	n2.MergeRemoteState(n2.LocalState(true))
+	if got := n2.StateNews(); got != first {
+		t.Fatalf("states n2 already knew counted as news (%d, then %d)", first, got)
+	}
+}
