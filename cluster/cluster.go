@@ -130,13 +130,13 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 		}
 	}
 	n := &Node{
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", cfg.NodeName),
-		tr:       counted(inner),
-		sync:     sync,
-		members:  map[string]*memberState{},
-		changed:  make(chan struct{}, 1),
-		stop:     make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With("node", cfg.NodeName),
+		tr:         counted(inner),
+		sync:       sync,
+		members:    map[string]*memberState{},
+		changed:    make(chan struct{}, 1),
+		stop:       make(chan struct{}),
 		resyncWait: map[string]struct{}{},
 		resyncKick: make(chan struct{}, 1),
 
