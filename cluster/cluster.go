@@ -200,13 +200,14 @@ func (n *Node) Addr() string { return n.addr }
 // sorted by name. An alive member not heard from lately shows as suspect (see heartbeat.go).
 func (n *Node) Members() []Member {
 	served := n.raftGossip.servedVersions(n.cfg.NodeName)
+	beat := n.heartbeatInterval() // before n.mu: see statusLocked
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := n.snapshotLocked(false)
 	now := time.Now()
 	for i := range out {
 		m := n.members[out[i].Name]
-		out[i].Status = n.statusLocked(m, now)
+		out[i].Status = n.statusLocked(m, now, beat)
 		out[i].Self = m.Name == n.cfg.NodeName
 		if !out[i].Self {
 			out[i].LastHeard = m.heard

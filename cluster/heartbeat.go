@@ -8,8 +8,8 @@ import (
 // Suspicion. memberlist keeps its own suspect state private (v0.7 reports only join, update and
 // leave), so /cluster/status derives one the SRE way: a member that memberlist still counts as
 // alive but that this node has not heard from for suspectAfter is "suspect". Every node sends a
-// tiny heartbeat to every other alive member each heartbeatEvery; at 3–50 nodes that is at most
-// 49 packets of ~20 bytes a second per node, far below the usage deltas under load. memberlist's
+// tiny heartbeat to every other alive member each heartbeat interval (heartbeatEvery, longer
+// beyond 8 peers: heartbeatInterval), at most 8 packets of ~20 bytes a second per node. memberlist's
 // failure detector still decides "dead"; a suspect member keeps getting usage deltas.
 const (
 	heartbeatEvery    = time.Second
@@ -40,14 +40,29 @@ const (
 	offsetWarnGap  = 5 * time.Minute // at most once per peer per this
 )
 
-func (n *Node) heartbeatInterval() time.Duration { return n.cfg.heartbeat }
+// heartbeatsPerBeat is how many members a node heartbeats each interval at most: in a larger
+// cluster the interval grows with it (heartbeatInterval), so a node sends at most this many
+// heartbeats a second, not one to each of 49 peers, whatever the cluster's size.
+const heartbeatsPerBeat = 8
+
+// heartbeatInterval is how often a node heartbeats each member: heartbeatEvery up to
+// heartbeatsPerBeat peers, and proportionally longer beyond (7 s at 50 nodes), so suspicion
+// and resyncs after a silence take longer in a large cluster; memberlist still declares a
+// node dead as fast as before. Every node derives it from the members it sees, alike.
+func (n *Node) heartbeatInterval() time.Duration {
+	peers := 0
+	if n.ml != nil {
+		peers = n.ml.NumMembers() - 1
+	}
+	return n.cfg.heartbeat * time.Duration(max(1, (peers+heartbeatsPerBeat-1)/heartbeatsPerBeat))
+}
 
 // heartbeat sends this node's name to every other alive member until the node stops.
 func (n *Node) heartbeat() {
 	defer n.wg.Done()
 	msg := append(make([]byte, 10), n.cfg.NodeName...)
 	msg[0], msg[1] = msgHeartbeat, heartbeatTimed
-	t := time.NewTicker(n.heartbeatInterval())
+	t := time.NewTimer(n.heartbeatInterval())
 	defer t.Stop()
 	for {
 		select {
@@ -56,6 +71,7 @@ func (n *Node) heartbeat() {
 		case <-t.C:
 			binary.BigEndian.PutUint64(msg[2:], uint64(n.cfg.Now().UnixNano()))
 			n.SendToAll(msg)
+			t.Reset(n.heartbeatInterval())
 		}
 	}
 }
@@ -70,12 +86,13 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 		name, sent = msg[10:], int64(binary.BigEndian.Uint64(msg[2:]))
 	}
 	now := time.Now()
+	beat := n.heartbeatInterval() // before n.mu: see statusLocked
 	n.mu.Lock()
 	m := n.members[string(name)] // the conversion in a map index does not allocate
 	var warn bool
 	var back string
 	if m != nil {
-		if !m.heard.IsZero() && now.Sub(m.heard) > resyncAfterBeats*n.heartbeatInterval() {
+		if !m.heard.IsZero() && now.Sub(m.heard) > resyncAfterBeats*beat {
 			back = m.Addr // a partition that healed, or a node that woke
 		}
 		m.heard = now
@@ -134,7 +151,9 @@ func (n *Node) ClockOffset(name string) (time.Duration, bool) {
 
 // statusLocked is m's status as /cluster/status shows it: alive members this node has not
 // heard from lately are suspect.
-func (n *Node) statusLocked(m *memberState, now time.Time) string {
+// beat is heartbeatInterval, read before n.mu is taken: memberlist calls setMember, which
+// takes n.mu, under its node lock, which NumMembers takes too.
+func (n *Node) statusLocked(m *memberState, now time.Time, beat time.Duration) string {
 	if m.Status != StatusAlive || m.Name == n.cfg.NodeName {
 		return m.Status
 	}
@@ -142,7 +161,7 @@ func (n *Node) statusLocked(m *memberState, now time.Time) string {
 	if m.heard.After(last) {
 		last = m.heard
 	}
-	if now.Sub(last) > suspectAfterBeats*n.heartbeatInterval() {
+	if now.Sub(last) > suspectAfterBeats*beat {
 		return StatusSuspect
 	}
 	return StatusAlive

@@ -27,7 +27,7 @@ func TestStatusFromHeartbeats(t *testing.T) {
 		{"left stays left", memberState{Member: Member{Name: "a", Status: StatusLeft}, heard: now}, StatusLeft},
 	}
 	for _, tt := range tests {
-		if got := n.statusLocked(&tt.m, now); got != tt.want {
+		if got := n.statusLocked(&tt.m, now, beat); got != tt.want {
 			t.Errorf("%s: status %q, want %q", tt.name, got, tt.want)
 		}
 	}

@@ -49,6 +49,22 @@ type incState struct {
 	fwdStamp int64
 }
 
+// lateRepeat is how many buckets after a change its cell is sent a last time. The repeats one
+// and two buckets on heal a packet lost on the way; those lateRepeat/2 and lateRepeat buckets
+// on heal what a short partition cut off, or a relay that died before membership noticed
+// (about 7 s at 50 nodes), within a few seconds of its end: heartbeats, which trigger a
+// full-state exchange after a silence, come only every few seconds in a large cluster. A
+// partition that lasts longer makes memberlist declare the other side dead, and its end
+// triggers one (cluster's resync).
+const lateRepeat = 10
+
+// sentMark is what changed of a counter's own in one bucket.
+type sentMark struct {
+	bucket   int64
+	cells    uint64 // slots
+	inFlight bool
+}
+
 // relay is what a delta asks of a record's receiver: forward it to span ring successors under
 // the origin's send time sent (0: the delta had none). span 0 asks nothing.
 type relay struct {
@@ -75,11 +91,10 @@ type counter struct {
 	// ahead is the latest of our buckets a peer's cell maps to that was ahead of the head when
 	// it merged: such cells count in the head until the head reaches them (advance).
 	ahead int64
-	// sent and ifSent are the own cells' slots, and whether the in-flight count, that changed
-	// in this bucket ([0]) and the one before ([1]); takeDelta sends them again at resentAt's
-	// next bucket.
-	sent     [2]uint64
-	ifSent   [2]bool
+	// sent holds, for each of the last few buckets, the own cells' slots and whether the
+	// in-flight count changed in it; takeDelta sends them again (repeats) one, two, lateRepeat/2
+	// and lateRepeat buckets later. resentAt is the bucket it last did.
+	sent     [lateRepeat + 1]sentMark
 	resentAt int64
 	relayDue bool // some incarnation has something to relay (incState.fwd)
 
@@ -408,19 +423,27 @@ func (c *counter) takeDelta(now, sent int64, cells []cell, out *outbox) []cell {
 		c.ifDue = true
 	}
 	changed, ifChanged := c.dirty, c.ifDue
-	if c.w.Head() != c.resentAt {
+	head := c.w.Head()
+	if head != c.resentAt {
 		// Once per bucket, what changed in the two buckets before goes again: a delta lost
 		// (a peer's receive queue overflows in a burst, and drops the newest) heals within a
 		// second or two instead of at the next push-pull, before the next burst meets a view
-		// short of it. Cells carry totals, so a repeat changes nothing where nothing was lost.
-		c.resentAt = c.w.Head()
-		c.dirty |= c.sent[0] | c.sent[1]
-		c.ifDue = c.ifDue || c.ifSent[0] || c.ifSent[1]
-		c.sent[1], c.sent[0] = c.sent[0], 0
-		c.ifSent[1], c.ifSent[0] = c.ifSent[0], false
+		// short of it; and what changed lateRepeat buckets before, a last time. Cells carry
+		// totals, so a repeat changes nothing where nothing was lost.
+		c.resentAt = head
+		for _, back := range [...]int64{1, 2, lateRepeat / 2, lateRepeat} {
+			if m := &c.sent[(head-back)%int64(len(c.sent))]; m.bucket == head-back {
+				c.dirty |= m.cells
+				c.ifDue = c.ifDue || m.inFlight
+			}
+		}
 	}
-	c.sent[0] |= changed
-	c.ifSent[0] = c.ifSent[0] || ifChanged
+	if m := &c.sent[head%int64(len(c.sent))]; m.bucket != head {
+		*m = sentMark{bucket: head, cells: changed, inFlight: ifChanged}
+	} else {
+		m.cells |= changed
+		m.inFlight = m.inFlight || ifChanged
+	}
 	if c.relayDue {
 		cells = c.takeRelay(sent, cells, out)
 	}

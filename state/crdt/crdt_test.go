@@ -460,7 +460,8 @@ func TestInFlightLostUpdateHeals(t *testing.T) {
 }
 
 // A delta lost in a burst (the receiver's queue full) heals at the next bucket's flush, or at
-// the one after if that is lost too, without a push-pull; then the cells go quiet again.
+// the one after if that is lost too, without a push-pull; after the late repeats the cells go
+// quiet again.
 func TestLostDeltaRepeatedNextBuckets(t *testing.T) {
 	c := newCluster(t, 2)
 	tk, _ := c.admit("n1", "d", state.Limits{}, state.Reservation{Requests: 3, Tokens: 30})
@@ -478,15 +479,15 @@ func TestLostDeltaRepeatedNextBuckets(t *testing.T) {
 	c.nodes["n1"].Counter("d").Settle(tk, state.Usage{PromptTokens: 20})
 	c.net.flushAll()
 	c.wantSnapshot(names(1, 2), "d", 3, 20, 0)
-	c.clock.Advance(state.BucketWidth)
-	c.net.flushAll()
-	c.clock.Advance(state.BucketWidth)
-	c.net.flushAll()
+	for range lateRepeat {
+		c.clock.Advance(state.BucketWidth)
+		c.net.flushAll()
+	}
 	before := c.net.sent
 	c.clock.Advance(state.BucketWidth)
 	c.net.flushAll()
 	if c.net.sent != before {
-		t.Fatalf("%d messages two buckets after the last change, want none", c.net.sent-before)
+		t.Fatalf("%d messages after the last repeat of the last change, want none", c.net.sent-before)
 	}
 }
 
@@ -615,5 +616,38 @@ func TestStateNews(t *testing.T) {
 	n2.MergeRemoteState(n2.LocalState(true))
 	if got := n2.StateNews(); got != first {
 		t.Fatalf("states n2 already knew counted as news (%d, then %d)", first, got)
+	}
+}
+
+// A change cut off for longer than the first repeats (a short partition, a relay that died
+// unnoticed) still arrives, lateRepeat buckets after it was made, without a push-pull; then
+// the cells go quiet.
+func TestLostDeltaRepeatedLate(t *testing.T) {
+	c := newCluster(t, 2)
+	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 10}, 2)
+	c.net.dropAll = true
+	for range lateRepeat - 1 {
+		c.net.flushAll()
+		c.clock.Advance(state.BucketWidth)
+	}
+	c.net.flushAll()
+	c.net.dropAll = false
+	c.wantSnapshot(names(2), "d", 0, 0, 0)
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll()
+	c.wantSnapshot(names(1, 2), "d", 2, 20, 0)
+	c.net.queue = true
+	for range lateRepeat + 2 {
+		c.clock.Advance(state.BucketWidth)
+		c.net.flushAll()
+	}
+	for _, p := range c.net.pending { // in-flight refreshes only
+		if err := decode(p.msg, maxDeltaIncs, func(_ meta, _ incKey, _ string, _ uint64, _ int64, cells []cell) {
+			if len(cells) > 0 {
+				t.Errorf("cells %v sent again after the last repeat", cells)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/window"
 	"github.com/herd-proxy/herd/state/statetest"
 )
 
@@ -27,30 +28,41 @@ func TestFullStateSizeAtScale(t *testing.T) {
 		ids[i] = fmt.Sprintf("azure-gpt-4o-eastus-%03d", i) // IDs as long as real ones
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	bs := make([]*Backend, nodes)
-	for i := range bs {
-		bs[i] = New(Options{Node: fmt.Sprintf("herd-%02d.herd.svc.cluster.local", i), Now: clock.Now, FlushEvery: -1, Deployments: ids})
-	}
-	// A window's worth of seconds, each node admitting and settling on every deployment.
+	all := New(Options{Node: "herd-00.herd.svc.cluster.local", Now: clock.Now, FlushEvery: -1, Deployments: ids})
+	// A window's worth of seconds of this node admitting and settling on every deployment.
 	for range ringSize {
-		for _, b := range bs {
-			for _, id := range ids {
-				c := b.Counter(id)
-				for range 1 + rng.IntN(8) {
-					tk, err := c.Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 1000})
-					if err != nil {
-						t.Fatal(err)
-					}
-					c.Settle(tk, state.Usage{PromptTokens: int64(200 + rng.IntN(2000)), CompletionTokens: int64(rng.IntN(800))})
+		for _, id := range ids {
+			c := all.Counter(id)
+			for range 1 + rng.IntN(8) {
+				tk, err := c.Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 1000})
+				if err != nil {
+					t.Fatal(err)
 				}
+				c.Settle(tk, state.Usage{PromptTokens: int64(200 + rng.IntN(2000)), CompletionTokens: int64(rng.IntN(800))})
 			}
 		}
 		clock.Advance(time.Second)
 	}
-	// One node learns everyone's counts, as push-pull spreads them.
-	all := bs[0]
-	for _, b := range bs[1:] {
-		all.MergeRemoteState(b.LocalState(true))
+	// And the same of every other node, as their full states bring it.
+	now := window.BucketOf(clock.Now().UnixNano())
+	for i := 1; i < nodes; i++ {
+		k := incKey{node: fmt.Sprintf("herd-%02d.herd.svc.cluster.local", i), epoch: uint64(i)}
+		var recs []record
+		for _, id := range ids {
+			cells := make([]cell, 0, ringSize)
+			for b := now - ringSize + 1; b <= now; b++ {
+				cl := cell{bucket: b}
+				for range 1 + rng.IntN(8) { // requests reserving 1000 tokens, settled as above
+					used := int64(200+rng.IntN(2000)) + int64(rng.IntN(800))
+					cl.reqP++
+					cl.tokP += 1000 + max(used-1000, 0)
+					cl.tokN += max(1000-used, 0)
+				}
+				cells = append(cells, cl)
+			}
+			recs = append(recs, record{k: k, id: id, cells: cells})
+		}
+		all.MergeRemoteState(compressState(forge(recs...)))
 	}
 	raw := all.fullState(false)
 	sent := all.LocalState(true)
