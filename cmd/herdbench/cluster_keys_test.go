@@ -45,7 +45,6 @@ func TestParseKeysFlags(t *testing.T) {
 		{"--keys", "off,on", "--warmup", "-1s"},
 		{"--rate", "1000"}, // --keys flags are refused without --keys
 		{"--rounds", "3"},
-		{"--profile-dir", "/tmp/p"},
 		{"stray"},
 	} {
 		var uerr usageError
@@ -200,5 +199,13 @@ func TestSummariseKeys(t *testing.T) {
 	sums = summariseKeys([]keysRun{run(3, keysOn, 1, 250, 10, 10)})
 	if len(sums) != 1 || len(sums[0].Ratios) != 0 || len(keysChecks(sums)) != 1 {
 		t.Errorf("one mode: %+v, checks %+v", sums, keysChecks(sums))
+	}
+}
+
+// The accuracy runs take --profile-dir too: each node's CPU profile of each measured load.
+func TestAccuracyTakesProfileDir(t *testing.T) {
+	o, err := parseClusterFlags([]string{"--nodes", "9", "--profile-dir", "/tmp/p"}, io.Discard)
+	if err != nil || o.profileDir != "/tmp/p" || len(o.nodes) != 1 {
+		t.Fatalf("%+v, %v", o, err)
 	}
 }
