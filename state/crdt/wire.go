@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"sync"
 )
 
 // Wire format, version 1. Integers are encoding/binary varints: uv = Uvarint, sv = Varint.
@@ -60,14 +61,22 @@ var errBadMessage = errors.New("crdt: malformed message")
 // An uncompressed full state (an older sender) is still accepted.
 const wireFlate = 0x80 | wireVersion
 
+// flateWriters keeps compressors for reuse: a new one allocates about a megabyte of tables.
+var flateWriters = sync.Pool{New: func() any {
+	w, _ := flate.NewWriter(nil, flate.BestSpeed) // the level is valid
+	return w
+}}
+
 // compressState compresses a full-state message.
 func compressState(msg []byte) []byte {
 	var buf bytes.Buffer
 	buf.Grow(len(msg)/4 + 64)
 	buf.WriteByte(wireFlate)
-	w, _ := flate.NewWriter(&buf, flate.BestSpeed) // the level is valid
-	_, _ = w.Write(msg)                            // a bytes.Buffer does not fail
+	w := flateWriters.Get().(*flate.Writer)
+	w.Reset(&buf)
+	_, _ = w.Write(msg) // a bytes.Buffer does not fail
 	_ = w.Close()
+	flateWriters.Put(w)
 	return buf.Bytes()
 }
 
