@@ -89,6 +89,7 @@ type Node struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 
+	alivePeers   atomic.Int64 // other members alive, as setMember last counted (heartbeatInterval)
 	leaving      atomic.Bool
 	joinAttempts atomic.Uint64 // seed joins tried, for tests
 
@@ -200,7 +201,7 @@ func (n *Node) Addr() string { return n.addr }
 // sorted by name. An alive member not heard from lately shows as suspect (see heartbeat.go).
 func (n *Node) Members() []Member {
 	served := n.raftGossip.servedVersions(n.cfg.NodeName)
-	beat := n.heartbeatInterval() // before n.mu: see statusLocked
+	beat := n.heartbeatInterval()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := n.snapshotLocked(false)
@@ -388,6 +389,13 @@ func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
 	}
 	m.Status = status
 	addr := m.Addr
+	peers := 0
+	for _, o := range n.members {
+		if o.Status == StatusAlive && o.Name != n.cfg.NodeName {
+			peers++
+		}
+	}
+	n.alivePeers.Store(int64(peers))
 	n.mu.Unlock()
 	if back && name != n.cfg.NodeName {
 		n.resync(addr)

@@ -50,10 +50,7 @@ const heartbeatsPerBeat = 8
 // and resyncs after a silence take longer in a large cluster; memberlist still declares a
 // node dead as fast as before. Every node derives it from the members it sees, alike.
 func (n *Node) heartbeatInterval() time.Duration {
-	peers := 0
-	if n.ml != nil {
-		peers = n.ml.NumMembers() - 1
-	}
+	peers := int(n.alivePeers.Load())
 	return n.cfg.heartbeat * time.Duration(max(1, (peers+heartbeatsPerBeat-1)/heartbeatsPerBeat))
 }
 
@@ -86,7 +83,7 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 		name, sent = msg[10:], int64(binary.BigEndian.Uint64(msg[2:]))
 	}
 	now := time.Now()
-	beat := n.heartbeatInterval() // before n.mu: see statusLocked
+	beat := n.heartbeatInterval()
 	n.mu.Lock()
 	m := n.members[string(name)] // the conversion in a map index does not allocate
 	var warn bool
@@ -151,8 +148,7 @@ func (n *Node) ClockOffset(name string) (time.Duration, bool) {
 
 // statusLocked is m's status as /cluster/status shows it: alive members this node has not
 // heard from lately are suspect.
-// beat is heartbeatInterval, read before n.mu is taken: memberlist calls setMember, which
-// takes n.mu, under its node lock, which NumMembers takes too.
+// beat is heartbeatInterval().
 func (n *Node) statusLocked(m *memberState, now time.Time, beat time.Duration) string {
 	if m.Status != StatusAlive || m.Name == n.cfg.NodeName {
 		return m.Status
