@@ -1,11 +1,15 @@
 package crdt
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/herd-proxy/herd/state"
+	"github.com/herd-proxy/herd/state/internal/window"
+	"github.com/herd-proxy/herd/state/statetest"
 )
 
 var sink state.Load
@@ -92,5 +96,41 @@ func BenchmarkHandleMessage(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		be.HandleMessage(msg)
+	}
+}
+
+// BenchmarkFullStateSparse encodes the full state of a node of 50 that merged every peer's
+// counts on 500 deployments, each peer busy on each deployment in a few seconds of the window
+// only: what a joining or resyncing node gets in a cluster whose deployments are not all busy
+// all the time (cluster's simulation).
+func BenchmarkFullStateSparse(b *testing.B) {
+	const nodes, deployments, busySeconds = 50, 500, 3
+	ids := make([]string, deployments)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("deployment-%03d", i)
+	}
+	clock := statetest.NewClock(t0)
+	be := New(Options{Node: "node00", Now: clock.Now, FlushEvery: -1, Deployments: ids})
+	b.Cleanup(be.Close)
+	now := window.BucketOf(clock.Now().UnixNano())
+	for i := 1; i < nodes; i++ {
+		k := incKey{node: fmt.Sprintf("node%02d", i), epoch: uint64(i)}
+		var recs []record
+		for d, id := range ids {
+			var cells []cell
+			for s := range busySeconds {
+				cells = append(cells, cell{bucket: now - int64((d+i+s*17)%int(ringSize)), reqP: 2, tokP: 200})
+			}
+			slices.SortFunc(cells, func(a, b cell) int { return cmp.Compare(a.bucket, b.bucket) })
+			cells = slices.CompactFunc(cells, func(a, b cell) bool { return a.bucket == b.bucket })
+			recs = append(recs, record{k: k, id: id, cells: cells})
+		}
+		be.MergeRemoteState(compressState(forge(recs...)))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if len(be.fullState(false)) == 0 {
+			b.Fatal("empty state")
+		}
 	}
 }

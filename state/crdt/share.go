@@ -221,9 +221,8 @@ func (c *counter) shareOf(n, h int64) (num, den uint64) {
 	var own, all int64
 	for _, inc := range c.incs {
 		var sum int64
-		for b := inc.newest - ringSize + 1; b <= inc.newest; b++ {
-			cl := &inc.cells[window.Slot(b)]
-			if x := b - inc.shift; cl.bucket == b && x <= last && c.w.Holds(x) {
+		for b, cl := range inc.held() {
+			if x := b - inc.shift; x <= last && c.w.Holds(x) {
 				sum += max(cl.requests(), 0)
 			}
 		}
