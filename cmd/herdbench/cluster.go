@@ -49,6 +49,10 @@ type clusterOptions struct {
 	warmup time.Duration
 	// profileDir, when set, gets a CPU profile of every node over every measured load.
 	profileDir string
+	// unclustered, in accuracy mode, also measures n lone herd processes (no cluster, each
+	// with 1/n of the limit) under each cluster's load: what the same processes cost when
+	// they share nothing, so the cluster's own cost can be told from n processes' cost.
+	unclustered bool
 
 	modeOptions // --modes, --limit-wait and --tpm (cluster_modes.go)
 }
@@ -81,6 +85,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	fs.IntVar(&o.rate, "rate", 1000, "--keys: requests per second across the cluster")
 	fs.IntVar(&o.rounds, "rounds", 3, "--keys: measure each cluster this many times, alternating which goes first")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "--keys: discarded load before each measurement")
+	fs.BoolVar(&o.unclustered, "unclustered", false, "accuracy: after each cluster of n > 1 nodes, also measure n lone herd processes (no cluster; each 1/n of the limit) under the same load, and report the CPU per request of both side by side")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
 	modes := fs.String("modes", "", "fast,strict: measure clusters with each router_settings.cluster_limit_mode in turn and report them side by side; with --rate, herd's latency and CPU per request instead of accuracy")
 	spread := fs.String("spread", spreadBalanced, "balanced (requests round-robin over the nodes), hot (all demand on one node), or both: balanced,hot")
@@ -100,6 +105,9 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	var err error
 	if o.spreads, err = parseList("--spread", *spread, spreadBalanced, spreadHot); err != nil {
 		return o, err
+	}
+	if o.unclustered && (*modes != "" || *keys != "") {
+		return o, usageError{"--unclustered applies to the accuracy mode, not with --modes or --keys"}
 	}
 	if *modes != "" || set["limit-wait"] || set["tpm"] {
 		if o.modeOptions, err = parseModes(*modes, *limitWait, *tpm, set); err != nil {
@@ -165,6 +173,12 @@ type clusterRun struct {
 	// CPUPerRequest is the herd processes' CPU time over the run, summed over nodes, per
 	// request offered (admitted or refused).
 	CPUPerRequest float64 `json:"herd_cpu_us_per_request"`
+	// NodeCPUPerRequest is each node's CPU time over the run per request sent to it (0 for a
+	// node that was sent none: the hot spread's others).
+	NodeCPUPerRequest []float64 `json:"node_cpu_us_per_request"`
+	// UnclusteredCPUPerRequest is CPUPerRequest of as many lone herd processes under the same
+	// load (--unclustered; 0 when not measured).
+	UnclusteredCPUPerRequest float64 `json:"unclustered_cpu_us_per_request,omitempty"`
 	// PacketsPerNode is the gossip datagrams a node sent per second over the run (probes,
 	// gossip and usage deltas; herd_gossip_sent_packets_total), averaged over the nodes.
 	PacketsPerNode float64 `json:"gossip_packets_per_node_per_s"`
@@ -247,6 +261,8 @@ type clusterSpec struct {
 	// nil leave herd's defaults.
 	mode      string
 	limitWait *time.Duration
+	// lone starts n herd processes that do not join each other, each with 1/n of the limit.
+	lone bool
 }
 
 func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, groups []string, spec clusterSpec) (_ *clusterEnv, err error) {
@@ -268,8 +284,13 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 	if spec.name != "" {
 		prefix += spec.name + "-"
 	}
+	limit := o.limit
+	if spec.lone {
+		prefix += "lone-"
+		limit = max(limit/int64(n), 1)
+	}
 	cfg := filepath.Join(tmpDir, fmt.Sprintf("%scluster-%d.yaml", prefix, n))
-	if err := os.WriteFile(cfg, []byte(clusterConfig(ln.Addr().String(), groups, o.limit, spec.tpm, spec.key)+modeSettings(spec.mode, spec.limitWait)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(clusterConfig(ln.Addr().String(), groups, limit, spec.tpm, spec.key)+modeSettings(spec.mode, spec.limitWait)), 0o600); err != nil {
 		return nil, err
 	}
 	var seed string
@@ -300,7 +321,7 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 			}
 			env.pprof = append(env.pprof, m[1])
 		}
-		if i == 0 {
+		if i == 0 && !spec.lone {
 			m := gossipAddrRE.FindStringSubmatch(c.log.Tail())
 			if m == nil {
 				return nil, fmt.Errorf("%s logged no gossip address; its output:\n%s", c.name, c.log.Tail())
@@ -311,6 +332,9 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 	voters := 0
 	if spec.raft {
 		voters = n
+	}
+	if spec.lone {
+		return env, env.waitJoined(ctx, 1, 0)
 	}
 	return env, env.waitJoined(ctx, n, voters)
 }
@@ -404,17 +428,19 @@ func (env *clusterEnv) stop() {
 	}
 }
 
-// cpu is the herd processes' CPU time so far, summed.
-func (env *clusterEnv) cpu() (time.Duration, error) {
+// cpu is the herd processes' CPU time so far, summed, and each node's.
+func (env *clusterEnv) cpu() (time.Duration, []time.Duration, error) {
 	var sum time.Duration
-	for _, c := range env.nodes {
+	each := make([]time.Duration, len(env.nodes))
+	for i, c := range env.nodes {
 		d, err := readProcCPU(c.pid())
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		sum += d
+		each[i] = d
 	}
-	return sum, nil
+	return sum, each, nil
 }
 
 // propagation sums every node's herd_cluster_propagation_delay_seconds histogram, and its
@@ -605,6 +631,7 @@ func schedule(pattern string, perMinute int, d, burstGap time.Duration) []time.D
 type outcome struct {
 	sent   time.Time
 	status int // 0: transport error
+	node   int // index of the node it was sent to, in the nodes load was given
 }
 
 // load sends the scheduled requests for model, round-robin over nodes (a "hot" node takes all
@@ -631,7 +658,7 @@ func (env *clusterEnv) load(ctx context.Context, model string, at []time.Duratio
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i].sent = time.Now()
+			out[i].sent, out[i].node = time.Now(), i%len(nodes)
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+node.addr+"/v1/chat/completions", bytes.NewReader(body))
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := env.client.Do(req)
@@ -687,7 +714,7 @@ func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, s
 	}
 	perMinute := demand * int(o.limit)
 	at := schedule(pattern, perMinute, o.duration, o.burstGap)
-	cpuBefore, err := env.cpu()
+	cpuBefore, nodeBefore, err := env.cpu()
 	if err != nil {
 		return r, nil, err
 	}
@@ -706,7 +733,7 @@ func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, s
 	if err := ctx.Err(); err != nil {
 		return r, nil, err
 	}
-	cpuAfter, err := env.cpu()
+	cpuAfter, nodeAfter, err := env.cpu()
 	if err != nil {
 		return r, nil, err
 	}
@@ -723,6 +750,7 @@ func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, s
 	if r.Offered > 0 {
 		r.CPUPerRequest = float64((cpuAfter - cpuBefore).Microseconds()) / float64(r.Offered)
 	}
+	r.NodeCPUPerRequest = perNodeCPU(nodeBefore, nodeAfter, out)
 	for _, x := range out {
 		switch {
 		case x.status == http.StatusTooManyRequests:
@@ -767,7 +795,11 @@ func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Write
 	if len(o.modes) > 0 {
 		return runModesBench(ctx, o, args, stdout, stderr)
 	}
-	s := accuracySuite[clusterRun](o, "herdbench-cluster-", 1, time.Minute)
+	clusters := 1
+	if o.unclustered {
+		clusters = 2 // the cluster, then the same number of lone processes
+	}
+	s := accuracySuite[clusterRun](o, "herdbench-cluster-", clusters, time.Minute)
 	s.plan = fmt.Sprintf("%d measurements of %s each", s.measurements, o.duration)
 	s.measure, s.report = measureAccuracy, reportAccuracy
 	return runSuite(ctx, o, args, s, stdout, stderr)
@@ -807,13 +839,29 @@ func accuracySuite[R any](o clusterOptions, tmpPrefix string, clusters int, setu
 }
 
 // measureAccuracy starts one n-node cluster and runs every accuracy measurement on it, each
-// on its own model group.
+// on its own model group; with --unclustered, then n lone processes under the same loads.
 func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]clusterRun, error) {
+	runs, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{pprof: o.profileDir != ""}, progress)
+	if err != nil || !o.unclustered || n == 1 {
+		return runs, err
+	}
+	lone, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{lone: true}, progress)
+	if err != nil {
+		return nil, err
+	}
+	for i := range runs {
+		runs[i].UnclusteredCPUPerRequest = lone[i].CPUPerRequest
+	}
+	return runs, nil
+}
+
+// measureCases starts n nodes as spec says and runs every accuracy case on them.
+func measureCases(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, spec clusterSpec, progress io.Writer) ([]clusterRun, error) {
 	var groups []string
 	for _, c := range accuracyCases(o) {
 		groups = append(groups, groupName(c.spread, c.pattern, c.demand))
 	}
-	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, clusterSpec{pprof: o.profileDir != ""})
+	env, err := startCluster(ctx, o, n, herdPath, tmpDir, groups, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -825,11 +873,50 @@ func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmp
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(progress, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
-			n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
+		if spec.lone {
+			fmt.Fprintf(progress, "herdbench: %d lone nodes %s %s %dx: offered %d, herd CPU %.0f µs per request\n",
+				n, sp, p, d, r.Offered, r.CPUPerRequest)
+		} else {
+			fmt.Fprintf(progress, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
+				n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
+		}
 		runs = append(runs, r)
 	}
 	return runs, nil
+}
+
+// perNodeCPU is each node's CPU time between before and after per request out sent to it
+// (0 for a node sent none), in µs.
+func perNodeCPU(before, after []time.Duration, out []outcome) []float64 {
+	sent := make([]int, len(before))
+	for _, x := range out {
+		if x.node < len(sent) {
+			sent[x.node]++
+		}
+	}
+	each := make([]float64, len(before))
+	for i := range each {
+		if sent[i] > 0 {
+			each[i] = float64((after[i] - before[i]).Microseconds()) / float64(sent[i])
+		}
+	}
+	return each
+}
+
+// nodeCPUSummary is the mean and largest of the per-node CPU per request over the nodes that
+// were sent requests, as "mean / max µs".
+func nodeCPUSummary(each []float64) string {
+	var sum, most float64
+	n := 0
+	for _, x := range each {
+		if x > 0 {
+			sum, most, n = sum+x, max(most, x), n+1
+		}
+	}
+	if n == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f / %.0f µs", sum/float64(n), most)
 }
 
 // reportAccuracy judges every run (clusterSuite.report); this report names only the targets
@@ -880,8 +967,8 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One deployment, rpm %d; %s of load per row, round-robin over the nodes (hot: all to one node); fake upstream latency %s; bursts every %s.\n\n",
 		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date, o.limit, o.duration, o.upLatency, o.burstGap)
-	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request | gossip packets/s per node |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request | per node, per request it served: mean / max | same processes unclustered (ratio) | gossip packets/s per node |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
 		util := "n/a (demand = limit; " + fmt.Sprintf("%.1f%% admitted", r.AdmittedPct) + ")"
 		if r.Demand > 1 {
@@ -891,9 +978,13 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 		if r.Deltas == 0 {
 			prop = "n/a (no deltas)" // one node: nothing to propagate
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %s | %.0f/s | %.1f | %.0f µs | %.0f |\n",
+		lone := "–"
+		if r.UnclusteredCPUPerRequest > 0 {
+			lone = fmt.Sprintf("%.0f µs (%.2f×)", r.UnclusteredCPUPerRequest, r.CPUPerRequest/r.UnclusteredCPUPerRequest)
+		}
+		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %s | %.0f/s | %.1f | %.0f µs | %s | %s | %.0f |\n",
 			r.Nodes, r.Spread, r.Pattern, r.Demand, r.Offered, r.Admitted, r.MaxIn60s, r.Overshoot, r.OvershootPct, util,
-			prop, r.PeakRate, r.Bound, r.CPUPerRequest, r.PacketsPerNode)
+			prop, r.PeakRate, r.Bound, r.CPUPerRequest, nodeCPUSummary(r.NodeCPUPerRequest), lone, r.PacketsPerNode)
 	}
 	if failed := clusterChecks(runs); len(failed) > 0 {
 		fmt.Fprintf(w, "\nTargets missed: %s\n", strings.Join(failed, "; "))

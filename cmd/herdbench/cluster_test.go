@@ -188,12 +188,44 @@ func TestClusterMarkdownShowsPackets(t *testing.T) {
 	var b strings.Builder
 	writeClusterMarkdown(&b, "herdbench cluster", machineInfo{}, clusterOptions{limit: 600},
 		[]clusterRun{
-			{Nodes: 3, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 300, PacketsPerNode: 412.4, Deltas: 10, PropP50: 1, PropP99: 9.5},
-			{Nodes: 1, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 200},
+			{Nodes: 3, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 300, PacketsPerNode: 412.4, Deltas: 10, PropP50: 1, PropP99: 9.5,
+				NodeCPUPerRequest: []float64{800, 900, 1000}, UnclusteredCPUPerRequest: 400},
+			{Nodes: 1, Spread: "balanced", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 200, NodeCPUPerRequest: []float64{200}},
+			{Nodes: 3, Spread: "hot", Pattern: "steady", Demand: 1, Limit: 600, CPUPerRequest: 250, NodeCPUPerRequest: []float64{600, 0, 0}},
 		})
-	for _, want := range []string{"| 1.00 / 9.50 ms | 0/s | 0.0 | 300 µs | 412 |", "| n/a (no deltas) | 0/s | 0.0 | 200 µs | 0 |"} {
+	for _, want := range []string{
+		"| 1.00 / 9.50 ms | 0/s | 0.0 | 300 µs | 900 / 1000 µs | 400 µs (0.75×) | 412 |",
+		"| n/a (no deltas) | 0/s | 0.0 | 200 µs | 200 / 200 µs | – | 0 |",
+		"| 250 µs | 600 / 600 µs | – | 0 |", // the idle nodes of the hot spread are not averaged in
+	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("no %q in:\n%s", want, b.String())
 		}
+	}
+}
+
+// Each node's CPU is divided by the requests sent to that node, as the load recorded them.
+func TestPerNodeCPU(t *testing.T) {
+	before := []time.Duration{time.Second, 2 * time.Second, 0}
+	after := []time.Duration{time.Second + 3*time.Millisecond, 2*time.Second + 8*time.Millisecond, time.Millisecond}
+	out := []outcome{{node: 0}, {node: 1}, {node: 0}, {node: 1}, {node: 1}, {node: 1}, {node: 0}}
+	got := perNodeCPU(before, after, out)
+	if want := []float64{1000, 2000, 0}; !slices.Equal(got, want) {
+		t.Errorf("perNodeCPU = %v, want %v", got, want)
+	}
+}
+
+// --unclustered is taken by the accuracy mode and refused with --modes, which measures
+// something else.
+func TestUnclusteredFlag(t *testing.T) {
+	o, err := parseClusterFlags([]string{"--nodes", "1,9", "--unclustered"}, io.Discard)
+	if err != nil || !o.unclustered {
+		t.Fatalf("%+v, %v", o, err)
+	}
+	if _, err := parseClusterFlags([]string{"--modes", "fast,strict", "--unclustered"}, io.Discard); err == nil {
+		t.Error("--unclustered with --modes was accepted")
+	}
+	if s := accuracySuite[clusterRun](o, "x", 2, time.Minute); s.measurements != 2*2*len(accuracyCases(o)) {
+		t.Errorf("an unclustered run plans %d measurements", s.measurements)
 	}
 }
