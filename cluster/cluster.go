@@ -98,6 +98,7 @@ type Node struct {
 	resyncWait map[string]struct{}
 	resyncKick chan struct{} // cap 1: wakes maintain
 	resyncs    atomic.Uint64 // push-pulls run by resync, for tests
+	resendFrom time.Time     // the earliest silence start the next resend covers (zero: none due)
 	stopOnce   sync.Once
 	lifeMu     sync.Mutex // serialises Leave and Shutdown
 	shutdown   bool
@@ -384,6 +385,10 @@ func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
 	m.Addr = net.JoinHostPort(ip.String(), fmt.Sprint(port))
 	changed := m.Status != status
 	back := changed && status == StatusAlive && m.Status != "" // it was dead or had left
+	silentSince := m.since                                     // when it was declared so
+	if !m.heard.IsZero() && m.heard.Before(silentSince) {
+		silentSince = m.heard // or its last heartbeat, if that came before
+	}
 	if changed {
 		m.since = time.Now()
 	}
@@ -398,7 +403,7 @@ func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
 	n.alivePeers.Store(int64(peers))
 	n.mu.Unlock()
 	if back && name != n.cfg.NodeName {
-		n.resync(addr)
+		n.resync(addr, silentSince)
 	}
 	if changed && name != n.cfg.NodeName {
 		switch status {

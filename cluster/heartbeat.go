@@ -88,9 +88,10 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	m := n.members[string(name)] // the conversion in a map index does not allocate
 	var warn bool
 	var back string
+	var silentSince time.Time
 	if m != nil {
 		if !m.heard.IsZero() && now.Sub(m.heard) > resyncAfterBeats*beat {
-			back = m.Addr // a partition that healed, or a node that woke
+			back, silentSince = m.Addr, m.heard // a partition that healed, or a node that woke
 		}
 		m.heard = now
 		if sent != 0 {
@@ -103,7 +104,7 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	}
 	n.mu.Unlock()
 	if back != "" {
-		n.resync(back)
+		n.resync(back, silentSince)
 	}
 	if warn {
 		n.log.Warn("a peer's clock is off: limits shared with it are counted in the wrong seconds; run NTP on every node",

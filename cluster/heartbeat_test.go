@@ -3,6 +3,8 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,5 +121,93 @@ func TestHealedPartitionResyncs(t *testing.T) {
 	})
 	if r := nodes[0].resyncs.Load() + nodes[1].resyncs.Load() + nodes[2].resyncs.Load(); r == 0 {
 		t.Fatal("the state moved, but not by a resync")
+	}
+}
+
+// resendSync is a fakeSync that can resend its own counts (as state/crdt's Backend can), and
+// records since when it was asked to.
+type resendSync struct {
+	fakeSync
+	resendMu sync.Mutex
+	resends  []time.Time
+}
+
+func (r *resendSync) Resend(since time.Time) {
+	r.resendMu.Lock()
+	defer r.resendMu.Unlock()
+	r.resends = append(r.resends, since)
+}
+
+func (r *resendSync) resentSince() []time.Time {
+	r.resendMu.Lock()
+	defer r.resendMu.Unlock()
+	return slices.Clone(r.resends)
+}
+
+// With a StateSync that resends, a member coming back after a partition has both sides resend
+// their own counts since before the partition at once, and no full-state exchange runs while
+// nobody is gone: each origin repairs its own.
+func TestHealedPartitionResends(t *testing.T) {
+	c := newTestCluster(t)
+	syncs := []*resendSync{{fakeSync: fakeSync{state: []byte("state0")}}, {fakeSync: fakeSync{state: []byte("state1")}}, {fakeSync: fakeSync{state: []byte("state2")}}}
+	var nodes []*Node
+	for i, s := range syncs {
+		nodes = append(nodes, c.start(i, s, func(cfg *Config) {
+			cfg.tune = func(mc *memberlist.Config) { fastGossip(mc); mc.PushPullInterval = 0 }
+			if i > 0 {
+				cfg.Join = []string{memAddrOf(0)}
+			}
+		}))
+	}
+	waitFor(t, 10*time.Second, func() error { return allSee(nodes, names(nodes), StatusAlive) })
+	cut := time.Now()
+	c.net.Partition([]string{memAddrOf(0), memAddrOf(1)}, []string{memAddrOf(2)})
+	waitFor(t, 10*time.Second, func() error {
+		if st := statuses(nodes[0])["node2"]; st != StatusDead {
+			return fmt.Errorf("node0 sees node2 %s", st)
+		}
+		return nil
+	})
+	if len(syncs[0].resentSince()) != 0 || len(syncs[2].resentSince()) != 0 {
+		t.Fatal("a resend before anything came back")
+	}
+	c.net.Heal()
+	waitFor(t, 10*time.Second, func() error {
+		for _, i := range []int{0, 2} {
+			r := syncs[i].resentSince()
+			if len(r) == 0 {
+				return fmt.Errorf("node%d has not resent", i)
+			}
+			if r[0].After(cut) {
+				return fmt.Errorf("node%d resent since %v, after the partition began at %v", i, r[0], cut)
+			}
+		}
+		return nil
+	})
+	if r := nodes[0].resyncs.Load() + nodes[1].resyncs.Load() + nodes[2].resyncs.Load(); r != 0 {
+		t.Errorf("%d full-state exchanges ran before the backstop's time", r)
+	}
+}
+
+// The backstop exchange runs only while a member that died or left lately may hold counts
+// nobody else can resend.
+func TestOriginGone(t *testing.T) {
+	n := &Node{members: map[string]*memberState{}}
+	set := func(status string, since time.Time) {
+		n.members["m"] = &memberState{Member: Member{Name: "m", Status: status}, since: since}
+	}
+	set(StatusAlive, time.Now())
+	if n.originGone() {
+		t.Error("an alive member counts as gone")
+	}
+	for _, st := range []string{StatusDead, StatusLeft} {
+		set(st, time.Now().Add(-time.Second))
+		if !n.originGone() {
+			t.Errorf("a member %s a second ago does not count as gone", st)
+		}
+		set(st, time.Now().Add(-goneWithin-time.Second))
+		if n.originGone() {
+			t.Errorf("a member %s beyond the window counts as gone", st)
+		}
 	}
 }

@@ -100,6 +100,17 @@ func (n *Node) maintain(retry bool) {
 	cooldown := time.NewTimer(0)
 	defer cooldown.Stop()
 	var resting bool // a resync brought news lately: wait for cooldown before the next
+	// With a StateSync that resends (resend), the full-state exchange is a backstop run
+	// resyncBackstop after a member came back, and a resend waits resendGap after the last.
+	_, resends := n.sync.(stateResend)
+	backstop := time.NewTimer(resyncBackstop)
+	backstop.Stop()
+	defer backstop.Stop()
+	resendT := time.NewTimer(resendGap)
+	resendT.Stop()
+	defer resendT.Stop()
+	var backstopDue, resendDue bool
+	var lastResend time.Time
 	for {
 		select {
 		case <-n.stop:
@@ -118,10 +129,35 @@ func (n *Node) maintain(retry bool) {
 			resting = false
 			n.kickResync()
 		case <-n.resyncKick:
-			if !resting && n.resyncOne() {
-				resting = true
-				cooldown.Reset(resyncEvery)
+			if !resends {
+				if !resting && n.resyncOne(maxResyncWaiting) {
+					resting = true
+					cooldown.Reset(resyncEvery)
+				}
+				continue
 			}
+			if wait := resendGap - time.Since(lastResend); wait <= 0 {
+				lastResend = time.Now()
+				n.resend()
+			} else if !resendDue {
+				resendDue = true
+				resendT.Reset(wait)
+			}
+			if !backstopDue && n.resyncWaiting() {
+				backstopDue = true
+				backstop.Reset(resyncBackstop)
+			}
+		case <-resendT.C:
+			resendDue, lastResend = false, time.Now()
+			n.resend()
+		case <-backstop.C:
+			backstopDue = false
+			if n.originGone() {
+				n.resyncOne(backstopTries)
+			}
+			n.resyncMu.Lock()
+			clear(n.resyncWait)
+			n.resyncMu.Unlock()
 		}
 	}
 }
@@ -134,18 +170,79 @@ const resyncEvery = 2 * time.Second
 // maxResyncWaiting bounds the members waiting for a resync.
 const maxResyncWaiting = 64
 
-// resync asks for a full-state exchange (memberlist's push-pull, by joining it) with the member
-// at addr, which came back after a silence: a partition healed, or a paused node woke. The usage
-// deltas sent meanwhile were lost, and the origins repeat only what changed in the last two
-// seconds, so without it their counts would wait for a periodic push-pull, which carries only
-// its sender's own (state/crdt). It never blocks the caller.
-func (n *Node) resync(addr string) {
+// resync handles the member at addr coming back after a silence that began at since: a
+// partition healed, or a paused node woke. The usage deltas sent meanwhile were lost, and the
+// origins repeat what changed only up to ten seconds later.
+//
+// With a StateSync that can resend (state/crdt), this node sends its own counts since then
+// again at once, as every node that saw a member come back does: each origin repairs its own,
+// through the same relays as its deltas. A full-state exchange (memberlist's push-pull, by
+// joining a member that came back) follows resyncBackstop later only if a member went dead or
+// left within the window, whose counts only its side may hold and which cannot resend them.
+// After a heal every node hears many members come back, and exchanging full states, each
+// carrying every node's cells, cost a 50-node simulation's heal most of its CPU (issue 17).
+//
+// Without one, it exchanges full state at once (resyncOne). It never blocks the caller.
+func (n *Node) resync(addr string, since time.Time) {
 	n.resyncMu.Lock()
 	if len(n.resyncWait) < maxResyncWaiting {
 		n.resyncWait[addr] = struct{}{}
 	}
+	if n.resendFrom.IsZero() || since.Before(n.resendFrom) {
+		n.resendFrom = since
+	}
 	n.resyncMu.Unlock()
 	n.kickResync()
+}
+
+const (
+	// resendGap is the least time between two resends: a healed partition brings many
+	// members back within a second, and each would have this node resend.
+	resendGap = 500 * time.Millisecond
+	// resyncBackstop is how long after a member came back the backstop exchange may run:
+	// after memberlist's refutations, so members still dead then are likely gone.
+	resyncBackstop = 10 * time.Second
+	// backstopTries bounds the backstop's exchanges: the first member tried may be on this
+	// node's own side of what healed, and bring nothing.
+	backstopTries = 2
+	// goneWithin is how recently a member must have died or left for the backstop to run:
+	// counts older than the window no longer matter.
+	goneWithin = 70 * time.Second
+)
+
+// resend has the StateSync send its own counts again since the earliest silence that ended
+// since the last resend, a second before it for the heartbeat that was on its way.
+func (n *Node) resend() {
+	n.resyncMu.Lock()
+	since := n.resendFrom
+	n.resendFrom = time.Time{}
+	n.resyncMu.Unlock()
+	if r, ok := n.sync.(stateResend); ok && !since.IsZero() {
+		r.Resend(since.Add(-time.Second))
+	}
+}
+
+// stateResend is a StateSync that can send its own counts since a time again (state/crdt's
+// Backend can).
+type stateResend interface{ Resend(since time.Time) }
+
+// resyncWaiting reports whether members wait for a full-state exchange.
+func (n *Node) resyncWaiting() bool {
+	n.resyncMu.Lock()
+	defer n.resyncMu.Unlock()
+	return len(n.resyncWait) > 0
+}
+
+// originGone reports whether a member died or left within goneWithin.
+func (n *Node) originGone() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.members {
+		if (m.Status == StatusDead || m.Status == StatusLeft) && time.Since(m.since) < goneWithin {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) kickResync() {
@@ -156,13 +253,13 @@ func (n *Node) kickResync() {
 }
 
 // resyncOne exchanges full state with the waiting members one after another until one
-// brings news, and reports whether one did. A member that brought news was on the other side
-// of what healed, and so, most likely, are the others waiting: they are dropped, and whoever
-// comes back later asks again. One that brought nothing was on this side (memberlist's
-// suspicion reaches a node's own side too when a partition heals) and costs one exchange.
-// Without a StateSync that tells news (StateNews), the first exchange counts as news.
-func (n *Node) resyncOne() bool {
-	for {
+// brings news, at most tries of them, and reports whether one did. A member that brought news
+// was on the other side of what healed, and so, most likely, are the others waiting: they are
+// dropped, and whoever comes back later asks again. One that brought nothing was on this side
+// (memberlist's suspicion reaches a node's own side too when a partition heals) and costs one
+// exchange. Without a StateSync that tells news (StateNews), the first exchange counts as news.
+func (n *Node) resyncOne(tries int) bool {
+	for range tries {
 		n.resyncMu.Lock()
 		var addr string
 		for a := range n.resyncWait {
@@ -191,6 +288,7 @@ func (n *Node) resyncOne() bool {
 			return true
 		}
 	}
+	return false
 }
 
 // stateNews is a StateSync that counts the full states it merged that changed its state

@@ -105,6 +105,7 @@ func (s simSync) LocalState(join bool) []byte {
 }
 func (s simSync) MergeRemoteState(buf []byte) { s.b.MergeRemoteState(buf) }
 func (s simSync) StateNews() uint64           { return s.b.StateNews() }
+func (s simSync) Resend(since time.Time)      { s.b.Resend(since) }
 
 // delays collects propagation delays from every node.
 type delays struct {

@@ -199,6 +199,7 @@ func (g gossipSync) HandleMessage(msg []byte) {
 func (g gossipSync) LocalState(join bool) []byte { return g.cb.LocalState(join) }
 func (g gossipSync) MergeRemoteState(buf []byte) { g.cb.MergeRemoteState(buf) }
 func (g gossipSync) StateNews() uint64           { return g.cb.StateNews() }
+func (g gossipSync) Resend(since time.Time)      { g.cb.Resend(since) }
 
 // rightsSync is what memberlist carries in Redis mode: strict mode's messages only (usage
 // itself is in Redis). Anything else a peer sends is dropped.

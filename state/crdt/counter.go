@@ -438,6 +438,22 @@ func (c *counter) housekeep(now int64) {
 	}
 }
 
+// resend marks this node's own cells from bucket from on, and its in-flight count once it has
+// one, as changed (Backend.Resend).
+func (c *counter) resend(from int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for x := range c.own.held() {
+		if x >= from {
+			c.dirty |= 1 << uint(window.Slot(x))
+		}
+	}
+	c.ifDue = c.ifDue || c.own.ifVer != 0
+	if c.dirty != 0 || c.ifDue {
+		c.b.changed()
+	}
+}
+
 // takeDelta puts in out this node's cells changed since the last call, and its in-flight
 // count if it changed or is due for a refresh, stamped sent, and what it has to relay; then it
 // forgets them. Once per bucket it repeats what changed in the two buckets before. cells is

@@ -601,6 +601,20 @@ func (b *Backend) MergeRemoteState(buf []byte) {
 	b.merge(msg, false)
 }
 
+// Resend has the next flush send again every cell of this node's own from the bucket of since
+// on, and its in-flight counts, as if they had just changed: members that come back after a
+// silence (a partition healed, a node woke) missed what it sent meanwhile (cluster calls it).
+// Like any change they are repeated one, two, lateRepeat/2 and lateRepeat buckets later, so a
+// member whose view of the cluster still lagged when they first went out gets them too. Each
+// origin repairing its own makes a heal cost the cluster about one full state's worth of
+// deltas; a full-state exchange per node, which carries every node's cells, cost N of them.
+func (b *Backend) Resend(since time.Time) {
+	from := window.BucketOf(since.UnixNano())
+	for _, c := range b.all(nil) {
+		c.resend(from)
+	}
+}
+
 // StateNews counts the records of merged full states (MergeRemoteState) that changed a count
 // here: cluster's resync tells by it whether an exchange brought what this node lacked.
 func (b *Backend) StateNews() uint64 { return b.news.Load() }

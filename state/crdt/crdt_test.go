@@ -651,3 +651,29 @@ func TestLostDeltaRepeatedLate(t *testing.T) {
 		}
 	}
 }
+
+// Resend has the next flush carry again this node's own cells from a bucket on, after every
+// repeat of theirs was lost: what a member that was cut off for longer missed. Cells before
+// that bucket are not sent again.
+func TestResendSince(t *testing.T) {
+	c := newCluster(t, 2)
+	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 10}, 1)
+	c.net.dropAll = true
+	c.net.flushAll()
+	c.clock.Advance(3 * state.BucketWidth)
+	since := c.clock.Now()
+	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 10}, 2)
+	for range lateRepeat + 2 { // every repeat of both is lost
+		c.clock.Advance(state.BucketWidth)
+		c.net.flushAll()
+	}
+	c.net.dropAll = false
+	c.clock.Advance(state.BucketWidth)
+	c.net.flushAll()
+	c.wantSnapshot(names(2), "d", 0, 0, 0)
+
+	c.nodes["n1"].Resend(since)
+	c.net.flushAll()
+	c.wantSnapshot(names(2), "d", 2, 20, 0)
+	c.wantSnapshot(names(1), "d", 3, 30, 0)
+}
