@@ -99,9 +99,11 @@ type Node struct {
 	resyncKick chan struct{} // cap 1: wakes maintain
 	resyncs    atomic.Uint64 // push-pulls run by resync, for tests
 	resendFrom time.Time     // the earliest silence start the next resend covers (zero: none due)
-	stopOnce   sync.Once
-	lifeMu     sync.Mutex // serialises Leave and Shutdown
-	shutdown   bool
+	// strangerHeard is set by a heartbeat from a name that is not a member (repairView).
+	strangerHeard atomic.Bool
+	stopOnce      sync.Once
+	lifeMu        sync.Mutex // serialises Leave and Shutdown
+	shutdown      bool
 
 	raftGossip gossipRaft // raft addresses in gossip metadata (raft_gossip.go)
 

@@ -97,6 +97,8 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 		if sent != 0 {
 			warn = m.observeOffset(time.Duration(sent-n.cfg.Now().UnixNano()), now)
 		}
+	} else if string(name) != n.cfg.NodeName {
+		n.strangerHeard.Store(true) // a member that knows us, whom we do not know (repairView)
 	}
 	var offset time.Duration
 	if warn {

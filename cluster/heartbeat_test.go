@@ -211,3 +211,19 @@ func TestOriginGone(t *testing.T) {
 		}
 	}
 }
+
+// A heartbeat from a node this one does not know as a member marks its view for repair; one
+// from a member, or an echo of its own name, does not.
+func TestHeartbeatFromAStrangerAsksForRepair(t *testing.T) {
+	n := &Node{cfg: Config{NodeName: "me", heartbeat: heartbeatEvery, Now: time.Now},
+		members: map[string]*memberState{"a": {Member: Member{Name: "a", Status: StatusAlive}, since: time.Now()}}}
+	beat := func(name string) []byte { return append([]byte{msgHeartbeat}, name...) }
+	for _, name := range []string{"a", "me"} {
+		if !n.handleHeartbeat(beat(name)) || n.strangerHeard.Load() {
+			t.Fatalf("a heartbeat from %q: stranger %v", name, n.strangerHeard.Load())
+		}
+	}
+	if !n.handleHeartbeat(beat("b")) || !n.strangerHeard.Load() {
+		t.Fatal("a heartbeat from a node that is not a member did not ask for a repair")
+	}
+}

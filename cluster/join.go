@@ -124,6 +124,7 @@ func (n *Node) maintain(retry bool) {
 			seedTimer.Reset(wait)
 		case <-reconnect.C:
 			n.reconnectOne()
+			n.repairView()
 			n.forgetOld()
 		case <-cooldown.C:
 			resting = false
@@ -294,6 +295,31 @@ func (n *Node) resyncOne(tries int) bool {
 // stateNews is a StateSync that counts the full states it merged that changed its state
 // (state/crdt's Backend does).
 type stateNews interface{ StateNews() uint64 }
+
+// repairView, after a heartbeat came from a node this one does not know as a member, joins a
+// random alive member: a push-pull with it brings every member it knows. A member that joined
+// while a burst of joins filled the broadcast queues can miss some nodes' views for good until
+// memberlist's own push-pull (a minute at 50 nodes) while it, knowing them, heartbeats them.
+func (n *Node) repairView() {
+	if !n.strangerHeard.CompareAndSwap(true, false) {
+		return
+	}
+	n.mu.Lock()
+	var alive []string
+	for _, m := range n.members {
+		if m.Status == StatusAlive && m.Name != n.cfg.NodeName {
+			alive = append(alive, m.Addr)
+		}
+	}
+	n.mu.Unlock()
+	if len(alive) == 0 {
+		return
+	}
+	a := alive[rand.IntN(len(alive))]
+	if _, err := n.ml.Join([]string{a}); err != nil {
+		n.log.Debug("view repair: push-pull failed", "addr", a, "err", err)
+	}
+}
 
 func (n *Node) reconnectOne() {
 	n.mu.Lock()
