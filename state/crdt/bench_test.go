@@ -84,6 +84,26 @@ func BenchmarkFlush(b *testing.B) {
 	}
 }
 
+// BenchmarkFlushOneOf500 is a busy node's flush under a config of 500 deployments of which
+// one changed since the last flush: the common case between two requests.
+func BenchmarkFlushOneOf500(b *testing.B) {
+	be := New(Options{Node: "bench", FlushEvery: -1})
+	be.SetNetwork(captureNet(func([]byte) {}))
+	cs := make([]state.Counter, 500)
+	for i := range cs {
+		cs[i] = be.Counter(fmt.Sprint("deployment-", i))
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		c := cs[i%len(cs)]
+		i++
+		tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1, Tokens: 10})
+		c.Settle(tk, state.Usage{PromptTokens: 5})
+		be.Flush()
+	}
+}
+
 // BenchmarkHandleMessage is a receiver merging a peer's typical delta: one deployment, the
 // current bucket and one call in flight.
 func BenchmarkHandleMessage(b *testing.B) {

@@ -140,6 +140,8 @@ type counter struct {
 	// (Backend.Counter); 0 if only peers' counts made it. See Backend.wanted. Last, so the
 	// request path's fields keep their cache lines.
 	used atomic.Uint64
+
+	queued bool // in Backend.pending: the next flush visits it (queue); guarded by mu
 }
 
 func newCounter(b *Backend, id string) *counter {
@@ -279,7 +281,7 @@ func (c *counter) addOwn(x, requests, tokens int64) {
 	cl.tokP, cl.tokN = ownAdd(cl.tokP, cl.tokN, tokens, maxCellTokens)
 	c.w.Count(x, cl.requests()-r0, cl.tokens()-t0)
 	c.dirty |= 1 << uint(window.Slot(x))
-	c.b.changed()
+	c.changed()
 }
 
 // ownAdd adds d to a P/N pair with 0 <= n <= p <= bound: a gain to P up to bound, a loss to N
@@ -296,7 +298,7 @@ func (c *counter) setOwnInFlight(n int64) {
 	c.own.inFlight = n
 	c.own.ifVer++
 	c.ifDue = true
-	c.b.changed()
+	c.changed()
 }
 
 func (c *counter) load() state.Load {
@@ -450,8 +452,26 @@ func (c *counter) resend(from int64) {
 	}
 	c.ifDue = c.ifDue || c.own.ifVer != 0
 	if c.dirty != 0 || c.ifDue {
-		c.b.changed()
+		c.changed()
 	}
+}
+
+// changed notes a change of this node's own counts: the counter is queued for the next flush,
+// which the backend arms (Backend.changed). Called under c.mu.
+func (c *counter) changed() {
+	c.queue()
+	c.b.changed()
+}
+
+// queue has the next flush visit c (Backend.pending), once. Called under c.mu.
+func (c *counter) queue() {
+	if c.queued {
+		return
+	}
+	c.queued = true
+	c.b.pendMu.Lock()
+	c.b.pending = append(c.b.pending, c)
+	c.b.pendMu.Unlock()
 }
 
 // takeDelta puts in out this node's cells changed since the last call, and its in-flight
@@ -461,6 +481,7 @@ func (c *counter) resend(from int64) {
 func (c *counter) takeDelta(now, sent int64, cells []cell, out *outbox) []cell {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.queued = false
 	c.housekeep(now)
 	if c.own.ifVer != 0 && c.w.Head()-c.ifAt >= inFlightRefresh {
 		c.own.ifVer++ // a refresh: peers count a grown version as fresh
@@ -642,6 +663,7 @@ func (c *counter) merge(now, ns, sent int64, k incKey, a alignment, ifVer uint64
 		if !relaying {
 			c.relaying = append(c.relaying, inc)
 		}
+		c.queue()
 		c.b.relayed()
 	}
 	if inc.ifVer == 0 && !c.live(inc) {

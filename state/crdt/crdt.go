@@ -211,7 +211,13 @@ type Backend struct {
 	out     outbox
 	cells   []cell
 	visit   []*counter
-	gcAt    int64 // bucket of the last collection of incarnations and counters
+	gcAt    int64 // bucket of the last collection of incarnations and counters, and visit of all
+	// pending are the counters changed, or given records to relay, since the flush that last
+	// visited them (counter.queue). A flush visits only these, and every counter once per
+	// bucket (repeats, in-flight refreshes, housekeeping): with 500 deployments, visiting all
+	// of them in each of 30 flushes a second was most of a relaying node's flush CPU.
+	pendMu  sync.Mutex
+	pending []*counter
 	offAt   int64 // bucket of the last refresh of clock offsets
 
 	// armed is set by the first change after a flush, which then wakes the loop (nil without a
@@ -520,11 +526,20 @@ func (b *Backend) Flush() {
 		b.offsets.refresh(b.incs.nodeNames(), now)
 	}
 	b.out.reset()
-	b.visit = b.all(b.visit[:0])
+	b.pendMu.Lock()
+	every := now != b.gcAt
+	if every {
+		b.visit = b.all(b.visit[:0])
+	} else {
+		b.visit = append(b.visit[:0], b.pending...)
+	}
+	clear(b.pending)
+	b.pending = b.pending[:0]
+	b.pendMu.Unlock()
 	for _, c := range b.visit {
 		b.cells = c.takeDelta(now, stamp, b.cells[:0], &b.out)
 	}
-	if now != b.gcAt {
+	if every {
 		b.gcAt = now
 		b.collect(now, b.visit)
 	}
