@@ -304,39 +304,40 @@ func (n *Node) repairView() {
 	if !n.strangerHeard.CompareAndSwap(true, false) {
 		return
 	}
-	n.mu.Lock()
-	var alive []string
-	for _, m := range n.members {
-		if m.Status == StatusAlive && m.Name != n.cfg.NodeName {
-			alive = append(alive, m.Addr)
-		}
-	}
-	n.mu.Unlock()
-	if len(alive) == 0 {
+	a := n.randomMember(func(m *memberState) bool { return m.Status == StatusAlive && m.Name != n.cfg.NodeName })
+	if a == "" {
 		return
 	}
-	a := alive[rand.IntN(len(alive))]
 	if _, err := n.ml.Join([]string{a}); err != nil {
 		n.log.Debug("view repair: push-pull failed", "addr", a, "err", err)
 	}
 }
 
 func (n *Node) reconnectOne() {
-	n.mu.Lock()
-	var dead []string
-	for _, m := range n.members {
-		if m.Status == StatusDead {
-			dead = append(dead, m.Addr)
-		}
-	}
-	n.mu.Unlock()
-	if len(dead) == 0 {
+	a := n.randomMember(func(m *memberState) bool { return m.Status == StatusDead })
+	if a == "" {
 		return
 	}
-	a := dead[rand.IntN(len(dead))]
 	if _, err := n.ml.Join([]string{a}); err == nil {
 		n.log.Info("reconnected to failed member", "addr", a)
 	}
+}
+
+// randomMember returns the address of a member picked at random among those ok accepts, or ""
+// if there is none.
+func (n *Node) randomMember(ok func(*memberState) bool) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var addrs []string
+	for _, m := range n.members {
+		if ok(m) {
+			addrs = append(addrs, m.Addr)
+		}
+	}
+	if len(addrs) == 0 {
+		return ""
+	}
+	return addrs[rand.IntN(len(addrs))]
 }
 
 func (n *Node) forgetOld() {

@@ -62,8 +62,9 @@ func (inc *incState) held() iter.Seq2[int64, *cell] {
 		lo := inc.newest - ringSize + 1
 		start := window.Slot(lo)
 		// Slots start..ringSize-1 hold buckets lo.., then slots 0..start-1 the rest.
-		for _, part := range [2]struct{ mask uint64 }{{inc.occ &^ (1<<uint(start) - 1)}, {inc.occ & (1<<uint(start) - 1)}} {
-			for m := part.mask; m != 0; m &= m - 1 {
+		below := uint64(1)<<uint(start) - 1
+		for _, mask := range [2]uint64{inc.occ &^ below, inc.occ & below} {
+			for m := mask; m != 0; m &= m - 1 {
 				s := int64(bits.TrailingZeros64(m))
 				b := lo + (s-start+ringSize)%ringSize
 				cl := &inc.cells[s]
