@@ -27,11 +27,12 @@
 //
 // Each node sends only its own changed cells, batched, as best-effort packets, each under
 // maxMessage (1200) bytes so it fits one UDP datagram: to every peer itself up to directMax
-// peers (Network.SendToAll), over a ring of fingers beyond (relay.go). Flushes follow changes,
-// not a clock: the first change after a flush arms a timer, and the flush runs FlushEvery
-// (1 ms) later, but no sooner than FlushGap (10 ms) after the last flush, with every change
-// made meanwhile; so a quiet node's delta waits FlushEvery, a busy node sends at most every
-// FlushGap, and an idle node does not wake. Only the in-flight re-announcement, the repeats
+// peers (Network.SendToAll), over a ring of fingers beyond (relay.go), compressed there
+// (wire.go). Flushes follow changes, not a clock: the first change after a flush arms a timer,
+// and the flush runs FlushEvery (1 ms) later, but no sooner than FlushGap (10 ms) after the
+// last flush, with every change made meanwhile; so a quiet node's delta waits FlushEvery, a
+// busy node sends at most every FlushGap, and an idle node does not wake. A node that relays
+// waits RelayWait (50 ms) instead of FlushEvery, for everything to ride one flush (loop). Only the in-flight re-announcement, the repeats
 // below and garbage collection run periodically, once per bucket (1 s, see housekeepEvery).
 // Gossip piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of
 // 200 ms, and the admission overshoot grows with that delay.
@@ -208,6 +209,7 @@ type Backend struct {
 	flushMu sync.Mutex // serialises Flush; guards its scratch space below
 	enc     encoder    // direct sending; fingers' encoders for relaying
 	fingers []encoder
+	packed  [][]byte // relayed messages compressed (sendFinger)
 	out     outbox
 	cells   []cell
 	visit   []*counter
@@ -350,12 +352,6 @@ func (b *Backend) changed() {
 	}
 }
 
-// relayGapFactor stretches FlushGap for a node that relays (relay.go): each of its flushes
-// sends a packet to each of up to log2 N fingers, not one to each of up to directMax peers,
-// and batching three times longer keeps its packets a second within about twice what a node of
-// a small cluster sends at the same load (cluster/sim_test.go), for 20 ms more per hop.
-const relayGapFactor = 3
-
 // relayed is called (under a counter's mutex) when a peer's record to relay arrived: the first
 // one after a flush wakes the loop to flush within RelayWait. It does not block or allocate.
 func (b *Backend) relayed() {
@@ -368,15 +364,19 @@ func (b *Backend) relayed() {
 	}
 }
 
-// loop flushes every FlushEvery after the first change since the last flush, or relayWait
-// after the first record to relay, whichever is sooner, but no sooner than gap after the last
-// flush; and every housekeep regardless. An idle backend sleeps until housekeep.
+// loop flushes FlushEvery after the first change since the last flush, or relayWait after the
+// first record to relay, whichever is sooner, but no sooner than gap after the last flush; and
+// every housekeep regardless. An idle backend sleeps until housekeep. A node that relays
+// (relay.go) flushes relayWait after the first of either.
 //
 // Records to relay wait for this node's own changes because a relay's packets per flush grow
 // with the ring (one per finger): flushing for every record relayed would have a node of a
 // large cluster flush as often as the whole cluster changes, and send log2 N packets each
-// time. Riding on its own flushes, a node sends about as many packets as its own load calls
-// for, and a hop adds at most relayWait.
+// time. Its own changes wait for the records to relay for the same reason: in a large cluster
+// records to relay arrive all the time, and a flush for each change besides would have a node
+// at 25 requests a second flush 26 times a second, not 15 (cluster/sim_test.go, 50 nodes). So
+// a relaying node sends at most log2 N packets (more if they overflow; see sendFinger) every
+// relayWait, and a hop adds at most relayWait, the origin's own wait included.
 func (b *Backend) loop(every, gap, relayWait, housekeep time.Duration) {
 	defer close(b.done)
 	flush := time.NewTimer(every)
@@ -400,14 +400,10 @@ func (b *Backend) loop(every, gap, relayWait, housekeep time.Duration) {
 			return
 		case <-b.wake:
 			wait := relayWait
-			if b.armed.Load() {
+			if b.armed.Load() && b.ring.Load().direct() {
 				wait = every
 			}
-			g := gap
-			if !b.ring.Load().direct() {
-				g *= relayGapFactor
-			}
-			at := time.Now().Add(max(wait, g-time.Since(last)))
+			at := time.Now().Add(max(wait, gap-time.Since(last)))
 			if due.IsZero() || at.Before(due) {
 				due = at
 				flush.Reset(time.Until(at))
@@ -561,14 +557,42 @@ func (b *Backend) Flush() {
 	n := len(r.names)
 	for i, d := 0, 1; d < n; i, d = i+1, d*2 {
 		if i == len(b.fingers) {
-			b.fingers = append(b.fingers, encoder{limit: maxMessage})
+			b.fingers = append(b.fingers, encoder{})
 		}
-		enc := &b.fingers[i]
+		b.sendFinger(box.n, &b.fingers[i], n, d, r.finger(d))
+	}
+}
+
+// sendFinger sends to the finger d places on what b.out holds for it, in messages of up to
+// packLimit bytes, compressed (wireFlate) from packMin; if one of them compresses to more than
+// maxMessage, in messages of up to maxMessage bytes instead.
+func (b *Backend) sendFinger(n Network, enc *encoder, ring, d int, name string) {
+	for _, limit := range [...]int{packLimit, maxMessage} {
+		enc.limit = limit
 		enc.reset(false, 0)
-		b.out.encode(enc, n, d)
-		for _, msg := range enc.messages() {
-			box.n.SendTo(r.finger(d), msg)
+		b.out.encode(enc, ring, d)
+		msgs := enc.messages()
+		for len(b.packed) < len(msgs) {
+			b.packed = append(b.packed, nil)
 		}
+		fits := true
+		for j, msg := range msgs {
+			b.packed[j] = b.packed[j][:0]
+			if len(msg) >= packMin {
+				b.packed[j] = compress(b.packed[j], msg)
+				fits = fits && len(b.packed[j]) <= maxMessage
+			}
+		}
+		if !fits && limit != maxMessage {
+			continue
+		}
+		for j, msg := range msgs {
+			if len(b.packed[j]) > 0 && len(b.packed[j]) < len(msg) {
+				msg = b.packed[j]
+			}
+			n.SendTo(name, msg)
+		}
+		return
 	}
 }
 
@@ -636,7 +660,24 @@ func (b *Backend) StateNews() uint64 { return b.news.Load() }
 
 // HandleMessage merges a peer's delta packet and reports its delay to Options.OnDelay. Garbage
 // is ignored as a whole, records that fail a check one by one (see check.go).
-func (b *Backend) HandleMessage(msg []byte) { b.merge(msg, true) }
+func (b *Backend) HandleMessage(msg []byte) {
+	if len(msg) == 0 || msg[0] != wireFlate {
+		b.merge(msg, true)
+		return
+	}
+	p := deltaBufs.Get().(*[]byte)
+	defer deltaBufs.Put(p)
+	full, err := expand(*p, msg, maxDelta)
+	if err != nil {
+		b.reject(1 << reasonMalformed)
+		return
+	}
+	*p = full
+	b.merge(full, true)
+}
+
+// deltaBufs keeps buffers for compressed deltas to expand into (HandleMessage).
+var deltaBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2*packLimit); return &b }}
 
 // merge validates buf's structure completely before applying any of it, so a corrupt packet
 // changes nothing, then merges each record that passes its checks.

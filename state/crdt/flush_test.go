@@ -247,3 +247,23 @@ func TestOnDelayIncludesBatchingWait(t *testing.T) {
 		t.Fatalf("delays %v, want [6ms 1ms]", delays)
 	}
 }
+
+// A node that relays holds its own changes for RelayWait, as it holds records to relay, so
+// that both ride one flush: in a large cluster records to relay arrive all the time.
+func TestRelayingNodeHoldsItsOwnChanges(t *testing.T) {
+	const wait = 150 * time.Millisecond
+	n := &countNet{}
+	b := New(Options{Node: "n1", Network: n, FlushEvery: time.Millisecond, RelayWait: wait, housekeepEvery: time.Hour})
+	t.Cleanup(b.Close)
+	b.SetMembers(allNames(directMax + 2))
+	start := time.Now()
+	tk, _ := b.Counter("d").Admit(state.Limits{}, state.Reservation{Requests: 1})
+	b.Counter("d").Release(tk)
+	waitFor(t, "the flush", func() bool { return b.loops.Load() > 0 })
+	if got := time.Since(start); got < wait {
+		t.Fatalf("flushed %v after the change, want RelayWait (%v)", got, wait)
+	}
+	if n.sent.Load() == 0 {
+		t.Fatal("the flush sent nothing")
+	}
+}

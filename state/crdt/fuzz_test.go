@@ -50,7 +50,11 @@ func fuzzSeeds(clock *statetest.Clock) (deltas, states [][]byte) {
 		forge(record{k: p, id: "d1", ifVer: 3, inFlight: 2, cells: []cell{{bucket: now - 2, reqP: 5, reqN: 1, tokP: 50, tokN: 10}, {bucket: now, reqP: 1}}}),
 		forge(record{k: p, id: "unknown", cells: []cell{{bucket: now, reqP: 1}}}),
 	}
-	// Full states compressed, as LocalState sends them, and not, as older nodes did.
+	// Deltas compressed too, as relays send them (sendFinger), and full states compressed,
+	// as LocalState sends them, and not, as older nodes did.
+	for _, m := range sent {
+		forged = append(forged, compress(nil, m))
+	}
 	return append(sent, forged...), append([][]byte{src.LocalState(true), old.LocalState(true), src.fullState(false)}, forged...)
 }
 

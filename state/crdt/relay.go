@@ -20,9 +20,12 @@ import (
 //
 // Every node's fingers are the same few members whatever the origin, so a node batches
 // everything it forwards, its own records and every origin's, into one packet per finger and
-// flush: at most ceil(log2 N) packets per flush (6 at 50 nodes), and since flushes are at most
-// FlushGap apart under load (crdt.go), a node's packets per second are bounded whatever the
-// cluster's size. A record keeps its origin's send time through every hop, so receivers
+// flush: ceil(log2 N) packets per flush (6 at 50 nodes), and since a relaying node flushes at
+// most every RelayWait (crdt.go's loop), a node's packets per second are bounded whatever the
+// cluster's size. The records themselves are not: every node receives every origin's changes,
+// N-1 origins' worth, and the nearest fingers forward most of them. So a relay packs a packet
+// to twice maxMessage and compresses it (wire.go), and a finger that still gets more than fits
+// gets more packets. A record keeps its origin's send time through every hop, so receivers
 // measure the delay from the origin and place its counts in the share check by when the origin
 // made them. Relays forward the merged cells, which carry totals, so forwarding the newest
 // value of a cell is always right, and a record that arrives twice changes nothing.

@@ -1,8 +1,10 @@
 package crdt
 
 import (
+	"encoding/base64"
 	"fmt"
 	"math/bits"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -43,7 +45,14 @@ func (c *cluster) hop() []packet {
 // records decodes p and returns its records' origins, send times and spans.
 func records(t *testing.T, p packet) (origins []string, metas []meta) {
 	t.Helper()
-	err := decode(p.msg, maxDeltaIncs, func(m meta, k incKey, _ string, _ uint64, _ int64, _ []cell) {
+	msg := p.msg
+	if msg[0] == wireFlate {
+		var err error
+		if msg, err = expand(nil, msg, maxDelta); err != nil {
+			t.Fatalf("%s -> %s: %v", p.from, p.to, err)
+		}
+	}
+	err := decode(msg, maxDeltaIncs, func(m meta, k incKey, _ string, _ uint64, _ int64, _ []cell) {
 		origins = append(origins, k.node)
 		metas = append(metas, m)
 	})
@@ -144,4 +153,87 @@ func TestRelayKeepsTheOriginsSendTime(t *testing.T) {
 		t.Fatalf("n1's fingers and their spans %v cover %d members, want 15", spans, covered)
 	}
 	c.wantSnapshot(allNames(16), "d", 3, 3, 0)
+}
+
+// relayAll admits, on each of n relaying nodes, perNode requests spread over deployments
+// named by id(node, j), and delivers hop by hop until no node has anything left to send. It
+// returns every packet sent and the requests each deployment took.
+func relayAll(t *testing.T, n, perNode int, id func(node, j int) string) (*cluster, []packet, map[string]int64) {
+	t.Helper()
+	c := relayCluster(t, n)
+	want := map[string]int64{}
+	for i, name := range allNames(n) {
+		for j := range perNode {
+			d := id(i, j)
+			c.admitN(name, d, state.Limits{}, state.Reservation{Requests: 1, Tokens: 1}, 1)
+			want[d]++
+		}
+	}
+	var sent []packet
+	for ps := c.hop(); len(ps) > 0; ps = c.hop() {
+		sent = append(sent, ps...)
+	}
+	return c, sent, want
+}
+
+// A relay packs what it forwards to a finger into messages of up to packLimit bytes and
+// compresses them: every packet stays within maxMessage, some hold more than maxMessage of
+// records, and every count arrives everywhere.
+func TestRelayPacksAndCompresses(t *testing.T) {
+	const n = 50
+	c, sent, want := relayAll(t, n, 20, func(node, j int) string { return fmt.Sprintf("deployment-%02d", (node+j)%40) })
+	packed, bytes := 0, 0
+	for _, p := range sent {
+		bytes += len(p.msg)
+		if len(p.msg) > maxMessage {
+			t.Fatalf("%s -> %s: a %d-byte packet, want at most %d", p.from, p.to, len(p.msg), maxMessage)
+		}
+		if p.msg[0] != wireFlate {
+			continue
+		}
+		full, err := expand(nil, p.msg, maxDelta)
+		if err != nil {
+			t.Fatalf("%s -> %s: %v", p.from, p.to, err)
+		}
+		if len(full) > maxMessage {
+			packed++
+		}
+	}
+	if packed == 0 {
+		t.Fatalf("none of %d packets held more than %d bytes of records", len(sent), maxMessage)
+	}
+	for id, w := range want {
+		c.wantSnapshot(allNames(n), id, w, w, 0)
+	}
+	t.Logf("%d packets, %d of them packed beyond %d bytes; %d bytes in all", len(sent), packed, maxMessage, bytes)
+}
+
+// Records that do not compress to half go in messages of maxMessage instead (compressed as
+// far as they do): no packet is larger, and every count arrives everywhere.
+func TestRelayIncompressibleFallsBack(t *testing.T) {
+	const n, perNode = 20, 30
+	rng := rand.New(rand.NewPCG(1, 2))
+	ids := make([]string, n*perNode) // one each: a deployment ID repeated would compress
+	for i := range ids {
+		raw := make([]byte, 90)
+		for j := range raw {
+			raw[j] = byte(rng.Uint32())
+		}
+		ids[i] = base64.RawStdEncoding.EncodeToString(raw)
+	}
+	c, sent, want := relayAll(t, n, perNode, func(node, j int) string { return ids[node*perNode+j] })
+	for _, p := range sent {
+		if len(p.msg) > maxMessage {
+			t.Fatalf("%s -> %s: a %d-byte packet, want at most %d", p.from, p.to, len(p.msg), maxMessage)
+		}
+		if p.msg[0] != wireFlate {
+			continue
+		}
+		if full, err := expand(nil, p.msg, maxDelta); err != nil || len(full) > maxMessage {
+			t.Fatalf("%s -> %s: %d bytes of records (%v), want at most %d", p.from, p.to, len(full), err, maxMessage)
+		}
+	}
+	for id, w := range want {
+		c.wantSnapshot(allNames(n), id, w, w, 0)
+	}
 }
