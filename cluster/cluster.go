@@ -99,6 +99,8 @@ type Node struct {
 	resyncKick chan struct{} // cap 1: wakes maintain
 	resyncs    atomic.Uint64 // push-pulls run by resync, for tests
 	resendFrom time.Time     // the earliest silence start the next resend covers (zero: none due)
+	resentFrom time.Time     // what the last resend covered from, at resentAt
+	resentAt   time.Time
 	// strangerHeard is set by a heartbeat from a name that is not a member (repairView).
 	strangerHeard atomic.Bool
 	stopOnce      sync.Once

@@ -14,10 +14,12 @@ import (
 const (
 	heartbeatEvery    = time.Second
 	suspectAfterBeats = 3
-	// resyncAfterBeats is the silence after which a member that is heard again gets a
-	// full-state exchange (resync, join.go): longer than the two seconds of changes that
-	// state/crdt's origins repeat by themselves.
-	resyncAfterBeats = 2
+	// resyncAfterHalfBeats is the silence, in half heartbeat intervals, after which a member
+	// that is heard again has this node resend its own counts since (resync, join.go): one
+	// heartbeat missed. A partition too short for memberlist to declare anyone dead (7 s at 50
+	// nodes) leaves no other trace, and what it cut off would otherwise wait for the repeats
+	// five and ten seconds on (state/crdt).
+	resyncAfterHalfBeats = 3
 )
 
 // msgHeartbeat starts a cluster-internal message; the state backend's messages start with
@@ -90,7 +92,7 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	var back string
 	var silentSince time.Time
 	if m != nil {
-		if !m.heard.IsZero() && now.Sub(m.heard) > resyncAfterBeats*beat {
+		if !m.heard.IsZero() && now.Sub(m.heard) > resyncAfterHalfBeats*beat/2 {
 			back, silentSince = m.Addr, m.heard // a partition that healed, or a node that woke
 		}
 		m.heard = now

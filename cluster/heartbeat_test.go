@@ -227,3 +227,43 @@ func TestHeartbeatFromAStrangerAsksForRepair(t *testing.T) {
 		t.Fatal("a heartbeat from a node that is not a member did not ask for a repair")
 	}
 }
+
+// resendLog is a StateSync that records its resends.
+type resendLog struct {
+	StateSync
+	since []time.Time
+}
+
+func (r *resendLog) Resend(since time.Time) { r.since = append(r.since, since) }
+
+// A healed partition brings its members back one by one as their heartbeats fall due: one
+// resend stands for all whose silence began with it (within a heartbeat), but not for a
+// silence that began earlier, nor for one that began after it.
+func TestOneResendCoversTheSilenceItEnded(t *testing.T) {
+	log := &resendLog{}
+	n := &Node{cfg: Config{heartbeat: heartbeatEvery}, sync: log,
+		resyncWait: map[string]struct{}{}, resyncKick: make(chan struct{}, 1)}
+	now := time.Now()
+	resends := func(since time.Time) int {
+		before := len(log.since)
+		n.resync("a:1", since)
+		n.resend()
+		return len(log.since) - before
+	}
+	if got := resends(now.Add(-10 * time.Second)); got != 1 {
+		t.Fatalf("the first member back: %d resends, want 1", got)
+	}
+	if got := resends(now.Add(-10*time.Second - heartbeatEvery/2)); got != 0 {
+		t.Fatalf("a member silent since half a beat earlier: %d resends, want 0", got)
+	}
+	if got := resends(now.Add(-10*time.Second - 2*heartbeatEvery)); got != 1 {
+		t.Fatalf("a member silent since two beats earlier: %d resends, want 1", got)
+	}
+	if got := resends(time.Now().Add(time.Millisecond)); got != 1 {
+		t.Fatalf("a member silent since after the resend: %d resends, want 1", got)
+	}
+	n.resentAt = n.resentAt.Add(-resendCovers) // long ago
+	if got := resends(now.Add(-10 * time.Second)); got != 1 {
+		t.Fatalf("a member back after the resend stopped covering: %d resends, want 1", got)
+	}
+}

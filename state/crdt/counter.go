@@ -127,7 +127,14 @@ type counter struct {
 	// and lateRepeat buckets later. resentAt is the bucket it last did.
 	sent     [lateRepeat + 1]sentMark
 	resentAt int64
-	relaying []*incState // the incarnations with something to relay (incState.fwd), each once
+	// resendCells is the own cells' slots Backend.Resend marked, for the next flush; once sent
+	// they go once more in the bucket after (again), not on the repeats' whole schedule: a
+	// resend follows a silence that ended, and only a view of the cluster that still lagged
+	// then misses it.
+	resendCells uint64
+	resendIf    bool // and the in-flight count
+	again       sentMark
+	relaying    []*incState // the incarnations with something to relay (incState.fwd), each once
 
 	recent    recent    // own and peers' admissions of the last horizon (share.go)
 	refusedAt int64     // Unix ns of this node's last refusal; 0 for none (share.go)
@@ -448,11 +455,11 @@ func (c *counter) resend(from int64) {
 	defer c.mu.Unlock()
 	for x := range c.own.held() {
 		if x >= from {
-			c.dirty |= 1 << uint(window.Slot(x))
+			c.resendCells |= 1 << uint(window.Slot(x))
 		}
 	}
-	c.ifDue = c.ifDue || c.own.ifVer != 0
-	if c.dirty != 0 || c.ifDue {
+	c.resendIf = c.resendIf || c.own.ifVer != 0
+	if c.resendCells != 0 || c.resendIf {
 		c.changed()
 	}
 }
@@ -503,12 +510,26 @@ func (c *counter) takeDelta(now, sent int64, cells []cell, out *outbox) []cell {
 				c.ifDue = c.ifDue || m.inFlight
 			}
 		}
+		if c.again.bucket == head-1 {
+			c.dirty |= c.again.cells
+			c.ifDue = c.ifDue || c.again.inFlight
+		}
 	}
 	if m := &c.sent[head%int64(len(c.sent))]; m.bucket != head {
 		*m = sentMark{bucket: head, cells: changed, inFlight: ifChanged}
 	} else {
 		m.cells |= changed
 		m.inFlight = m.inFlight || ifChanged
+	}
+	if c.resendCells != 0 || c.resendIf {
+		c.dirty |= c.resendCells
+		c.ifDue = c.ifDue || c.resendIf
+		if c.again.bucket != head {
+			c.again = sentMark{bucket: head}
+		}
+		c.again.cells |= c.resendCells
+		c.again.inFlight = c.again.inFlight || c.resendIf
+		c.resendCells, c.resendIf = 0, false
 	}
 	if len(c.relaying) > 0 {
 		cells = c.takeRelay(sent, cells, out)

@@ -677,3 +677,45 @@ func TestResendSince(t *testing.T) {
 	c.wantSnapshot(names(2), "d", 2, 20, 0)
 	c.wantSnapshot(names(1), "d", 3, 30, 0)
 }
+
+// What a resend sent goes once more a bucket later, for a member whose view still lagged,
+// and not again after that: resends follow every healed silence, and the repeats' whole
+// schedule would have each one cost five times over.
+func TestResendGoesTwice(t *testing.T) {
+	c := newCluster(t, 2)
+	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 10}, 1)
+	for range lateRepeat + 2 { // the change and all its repeats are out of the way
+		c.clock.Advance(state.BucketWidth)
+		c.net.flushAll()
+	}
+	c.wantSnapshot(names(2), "d", 1, 10, 0)
+
+	c.net.queue = true
+	c.nodes["n1"].Resend(c.clock.Now().Add(-time.Minute))
+	var sends []int // messages with cells, per bucket
+	for range lateRepeat + 2 {
+		n := 0
+		for _, p := range c.hop() {
+			if cellsIn(t, p) > 0 {
+				n++
+			}
+		}
+		sends = append(sends, n)
+		c.clock.Advance(state.BucketWidth)
+	}
+	want := make([]int, lateRepeat+2)
+	want[0], want[1] = 1, 1
+	if !slices.Equal(sends, want) {
+		t.Fatalf("n1 sent cells in %v message(s) in the buckets from its resend on, want %v", sends, want)
+	}
+}
+
+// cellsIn counts the cells p carries.
+func cellsIn(t *testing.T, p packet) int {
+	t.Helper()
+	n := 0
+	if err := decode(p.msg, maxDeltaIncs, func(_ meta, _ incKey, _ string, _ uint64, _ int64, cells []cell) { n += len(cells) }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
