@@ -643,8 +643,9 @@ func (b *Backend) MergeRemoteState(buf []byte) {
 // Resend has the next flush send again every cell of this node's own from the bucket of since
 // on, and its in-flight counts, as if they had just changed: members that come back after a
 // silence (a partition healed, a node woke) missed what it sent meanwhile (cluster calls it).
-// Like any change they are repeated one, two, lateRepeat/2 and lateRepeat buckets later, so a
-// member whose view of the cluster still lagged when they first went out gets them too. Each
+// They go once more a bucket later, so a member whose view of the cluster still lagged when
+// they first went out gets them too, but not on the repeats' whole schedule: a heal calls for
+// resends from every node, and five rounds of each cost five times the repair. Each
 // origin repairing its own makes a heal cost the cluster about one full state's worth of
 // deltas; a full-state exchange per node, which carries every node's cells, cost N of them.
 func (b *Backend) Resend(since time.Time) {
