@@ -108,7 +108,7 @@ func (n *Node) handleHeartbeat(msg []byte) bool {
 	}
 	n.mu.Unlock()
 	if back != "" {
-		n.resync(back, silentSince)
+		n.resync(back, n.silenceBegan(string(name), silentSince))
 	}
 	if warn {
 		n.log.Warn("a peer's clock is off: limits shared with it are counted in the wrong seconds; run NTP on every node",
@@ -166,4 +166,28 @@ func (n *Node) statusLocked(m *memberState, now time.Time, beat time.Duration) s
 		return StatusSuspect
 	}
 	return StatusAlive
+}
+
+// pauseLog is a StateSync that knows when each origin's deltas last paused (state/crdt's
+// Backend does).
+type pauseLog interface {
+	LastPause(node string) (began time.Duration, ok bool)
+}
+
+// silenceBegan is when member name most likely fell silent, last heard at heard: the start of
+// the latest pause in its deltas, if that came later. Heartbeats come every few seconds (7 s
+// at 50 nodes), a busy member's deltas every few tens of milliseconds, so a silence measured
+// from the last heartbeat seems to begin up to a heartbeat interval before the partition did,
+// and the resend from there carried twice what was missed. No delta can arrive while the
+// sides are apart, so a pause that began later began when they parted, or before.
+func (n *Node) silenceBegan(name string, heard time.Time) time.Time {
+	p, ok := n.sync.(pauseLog)
+	if !ok {
+		return heard
+	}
+	began, ok := p.LastPause(name)
+	if at := time.Now().Add(-began); ok && at.After(heard) {
+		return at
+	}
+	return heard
 }

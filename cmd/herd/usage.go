@@ -196,10 +196,11 @@ func (g gossipSync) HandleMessage(msg []byte) {
 	g.cb.HandleMessage(msg)
 }
 
-func (g gossipSync) LocalState(join bool) []byte { return g.cb.LocalState(join) }
-func (g gossipSync) MergeRemoteState(buf []byte) { g.cb.MergeRemoteState(buf) }
-func (g gossipSync) StateNews() uint64           { return g.cb.StateNews() }
-func (g gossipSync) Resend(since time.Time)      { g.cb.Resend(since) }
+func (g gossipSync) LocalState(join bool) []byte                 { return g.cb.LocalState(join) }
+func (g gossipSync) MergeRemoteState(buf []byte)                 { g.cb.MergeRemoteState(buf) }
+func (g gossipSync) StateNews() uint64                           { return g.cb.StateNews() }
+func (g gossipSync) Resend(since time.Time)                      { g.cb.Resend(since) }
+func (g gossipSync) LastPause(node string) (time.Duration, bool) { return g.cb.LastPause(node) }
 
 // rightsSync is what memberlist carries in Redis mode: strict mode's messages only (usage
 // itself is in Redis). Anything else a peer sends is dropped.

@@ -195,6 +195,7 @@ type Backend struct {
 	incs *incTable
 	// offsets aligns peers' buckets by their clock offsets.
 	offsets offsets
+	pauses  pauses // in each origin's deltas (LastPause)
 	// horizon is how long an admission counts as recent for the share check (ns), and a slot
 	// of the time grid it is counted in is 2^slotShift ns (share.go).
 	horizon   int64
@@ -303,6 +304,7 @@ func New(opts Options) *Backend {
 		maxCounters: opts.maxCounters,
 		incs:        newIncTable(opts.maxNodes),
 		offsets:     offsets{fn: opts.Offset, m: map[string]alignment{}},
+		pauses:      pauses{max: opts.maxNodes},
 		slotShift:   slotShift,
 		enc:         encoder{limit: maxMessage},
 		stop:        make(chan struct{}),
@@ -538,6 +540,7 @@ func (b *Backend) Flush() {
 	if every {
 		b.gcAt = now
 		b.collect(now, b.visit)
+		b.pauses.forget(ns - int64(pauseForget))
 	}
 	clear(b.visit)
 	box := b.net.Load()
@@ -700,6 +703,7 @@ func (b *Backend) merge(buf []byte, delta bool) {
 	deps := b.deps.Load()
 	var bad reasons
 	var reported int64 // the send time last reported to onDelay
+	var origin string  // of the last record merged, for pauses: a message groups records by origin
 	_ = decode(buf, maxIncs, func(m meta, k incKey, id string, ifVer uint64, inFlight int64, cells []cell) {
 		var a alignment
 		if k != b.self {
@@ -721,8 +725,12 @@ func (b *Backend) merge(buf []byte, delta bool) {
 				}
 			}
 		}
-		if r, ok := b.mergeRecord(now, ns, at, deps, k, a, id, ifVer, inFlight, cells, m.sent, span); !ok {
+		r, ok := b.mergeRecord(now, ns, at, deps, k, a, id, ifVer, inFlight, cells, m.sent, span)
+		if !ok {
 			bad.add(r)
+		} else if delta && k.node != origin && k != b.self {
+			origin = k.node
+			b.pauses.heard(origin, ns)
 		}
 	})
 	b.reject(bad)
