@@ -186,7 +186,10 @@ func (n *Node) silenceBegan(name string, heard time.Time) time.Time {
 		return heard
 	}
 	began, ok := p.LastPause(name)
-	if at := time.Now().Add(-began); ok && at.After(heard) {
+	if !ok {
+		return heard
+	}
+	if at := time.Now().Add(-began); at.After(heard) {
 		return at
 	}
 	return heard

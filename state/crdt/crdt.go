@@ -32,8 +32,9 @@
 // and the flush runs FlushEvery (1 ms) later, but no sooner than FlushGap (10 ms) after the
 // last flush, with every change made meanwhile; so a quiet node's delta waits FlushEvery, a
 // busy node sends at most every FlushGap, and an idle node does not wake. A node that relays
-// waits RelayWait (50 ms) instead of FlushEvery, for everything to ride one flush (loop). Only the in-flight re-announcement, the repeats
-// below and garbage collection run periodically, once per bucket (1 s, see housekeepEvery).
+// waits RelayWait (50 ms) instead of FlushEvery, for everything to ride one flush (loop). Only
+// the in-flight re-announcement, the repeats below and garbage collection run periodically,
+// once per bucket (1 s, see housekeepEvery).
 // Gossip piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of
 // 200 ms, and the admission overshoot grows with that delay.
 //

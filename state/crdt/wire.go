@@ -64,15 +64,15 @@ var errBadMessage = errors.New("crdt: malformed message")
 // records, each origin's behind its node name, incarnation, send time and span, and their
 // deployment IDs recur; it compresses to under half (43 % in the 50-node simulation). Every
 // packet a relay sends to a finger may then hold about twice the records, so a relay encodes
-// up to packLimit bytes a message and compresses those over packMin (Flush). Receivers older
-// than compressed deltas reject them as malformed and learn those counts at the next
-// push-pull, as they did relayed deltas (wire version 1 otherwise unchanged).
+// up to packLimit bytes a message and compresses those over packMin (Backend.sendFinger).
+// Receivers older than compressed deltas reject them as malformed and learn those counts at
+// the next push-pull, as they did relayed deltas (wire version 1 otherwise unchanged).
 const wireFlate = 0x80 | wireVersion
 
 const (
 	// packLimit is how much of a relayed delta a message holds before compression: twice
 	// maxMessage, which compressed is about 0.9 maxMessage for the simulation's records. A
-	// message that compresses to more than maxMessage is sent again unpacked (Flush). It
+	// message that compresses to more than maxMessage is sent again unpacked (sendFinger). It
 	// defines fewer incarnations than a receiver takes (maxDeltaIncs): each definition and its
 	// record take at least 11 bytes.
 	packLimit = 2 * maxMessage
