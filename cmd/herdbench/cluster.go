@@ -53,6 +53,11 @@ type clusterOptions struct {
 	// with 1/n of the limit) under each cluster's load: what the same processes cost when
 	// they share nothing, so the cluster's own cost can be told from n processes' cost.
 	unclustered bool
+	// floor, in accuracy mode, also measures n bare reverse proxies (httputil.ReverseProxy,
+	// herdbench reverseproxy) under each load: what any Go proxy's CPU per request becomes
+	// when the same load is split over n processes, so herd's n-node cost has a floor to be
+	// read against.
+	floor bool
 
 	modeOptions // --modes, --limit-wait and --tpm (cluster_modes.go)
 }
@@ -86,6 +91,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	fs.IntVar(&o.rounds, "rounds", 3, "--keys: measure each cluster this many times, alternating which goes first")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "--keys: discarded load before each measurement")
 	fs.BoolVar(&o.unclustered, "unclustered", false, "accuracy: after each cluster of n > 1 nodes, also measure n lone herd processes (no cluster; each 1/n of the limit) under the same load, and report the CPU per request of both side by side")
+	fs.BoolVar(&o.floor, "floor", false, "accuracy: at every n, also measure n bare reverse proxies (httputil.ReverseProxy, forwarding every request) under the same load, and report how each one's CPU per request grows from 1 to n processes")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
 	modes := fs.String("modes", "", "fast,strict: measure clusters with each router_settings.cluster_limit_mode in turn and report them side by side; with --rate, herd's latency and CPU per request instead of accuracy")
 	spread := fs.String("spread", spreadBalanced, "balanced (requests round-robin over the nodes), hot (all demand on one node), or both: balanced,hot")
@@ -108,6 +114,9 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	}
 	if o.unclustered && (*modes != "" || *keys != "") {
 		return o, usageError{"--unclustered applies to the accuracy mode, not with --modes or --keys"}
+	}
+	if o.floor && (*modes != "" || *keys != "") {
+		return o, usageError{"--floor applies to the accuracy mode, not with --modes or --keys"}
 	}
 	if *modes != "" || set["limit-wait"] || set["tpm"] {
 		if o.modeOptions, err = parseModes(*modes, *limitWait, *tpm, set); err != nil {
@@ -179,6 +188,9 @@ type clusterRun struct {
 	// UnclusteredCPUPerRequest is CPUPerRequest of as many lone herd processes under the same
 	// load (--unclustered; 0 when not measured).
 	UnclusteredCPUPerRequest float64 `json:"unclustered_cpu_us_per_request,omitempty"`
+	// FloorCPUPerRequest is CPUPerRequest of as many bare reverse proxies under the same load
+	// (--floor; 0 when not measured). They forward every request, refused ones included.
+	FloorCPUPerRequest float64 `json:"floor_cpu_us_per_request,omitempty"`
 	// PacketsPerNode is the gossip datagrams a node sent per second over the run (probes,
 	// gossip and usage deltas; herd_gossip_sent_packets_total), averaged over the nodes.
 	PacketsPerNode float64 `json:"gossip_packets_per_node_per_s"`
@@ -191,6 +203,7 @@ type clusterEnv struct {
 	upstream *arrivals
 	server   *http.Server
 	client   *http.Client
+	floor    bool // the nodes are bare reverse proxies: no metrics, no gossip
 }
 
 // arrivals wraps the fake upstream and timestamps every request per model.
@@ -263,6 +276,8 @@ type clusterSpec struct {
 	limitWait *time.Duration
 	// lone starts n herd processes that do not join each other, each with 1/n of the limit.
 	lone bool
+	// floor starts n bare reverse proxies (herdbench reverseproxy) instead of herd.
+	floor bool
 }
 
 func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, groups []string, spec clusterSpec) (_ *clusterEnv, err error) {
@@ -279,6 +294,9 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 	env.server = &http.Server{Handler: env.upstream, ReadHeaderTimeout: 10 * time.Second}
 	go env.server.Serve(ln)
 	env.client = newLoadClient()
+	if spec.floor {
+		return env, env.startFloor(ctx, n, "http://"+ln.Addr().String())
+	}
 
 	prefix := "herd-"
 	if spec.name != "" {
@@ -337,6 +355,25 @@ func startCluster(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 		return env, env.waitJoined(ctx, 1, 0)
 	}
 	return env, env.waitJoined(ctx, n, voters)
+}
+
+// startFloor starts n bare reverse proxies in front of upstream, as the nodes.
+func (env *clusterEnv) startFloor(ctx context.Context, n int, upstream string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	env.floor = true
+	for i := range n {
+		c, err := startChild(ctx, fmt.Sprintf("reverseproxy-%d", i), self,
+			[]string{"reverseproxy", "--listen", "127.0.0.1:0", "--target", upstream},
+			readyPrefix("listening on "), readyTimeout)
+		if err != nil {
+			return err
+		}
+		env.nodes = append(env.nodes, c)
+	}
+	return nil
 }
 
 var pprofAddrRE = regexp.MustCompile(`msg="pprof listening" addr=(\S+)`)
@@ -444,10 +481,13 @@ func (env *clusterEnv) cpu() (time.Duration, []time.Duration, error) {
 }
 
 // propagation sums every node's herd_cluster_propagation_delay_seconds histogram, and its
-// herd_gossip_sent_packets_total.
+// herd_gossip_sent_packets_total (nothing for the floor's reverse proxies).
 func (env *clusterEnv) propagation(ctx context.Context) (promHist, float64, error) {
 	var sum promHist
 	var packets float64
+	if env.floor {
+		return sum, 0, nil
+	}
 	for _, c := range env.nodes {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.addr+"/metrics", nil)
 		resp, err := env.client.Do(req)
@@ -797,7 +837,10 @@ func runClusterBench(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	clusters := 1
 	if o.unclustered {
-		clusters = 2 // the cluster, then the same number of lone processes
+		clusters++ // the cluster, then the same number of lone processes
+	}
+	if o.floor {
+		clusters++ // and as many bare reverse proxies
 	}
 	s := accuracySuite[clusterRun](o, "herdbench-cluster-", clusters, time.Minute)
 	s.plan = fmt.Sprintf("%d measurements of %s each", s.measurements, o.duration)
@@ -842,15 +885,26 @@ func accuracySuite[R any](o clusterOptions, tmpPrefix string, clusters int, setu
 // on its own model group; with --unclustered, then n lone processes under the same loads.
 func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]clusterRun, error) {
 	runs, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{pprof: o.profileDir != ""}, progress)
-	if err != nil || !o.unclustered || n == 1 {
-		return runs, err
-	}
-	lone, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{lone: true}, progress)
 	if err != nil {
 		return nil, err
 	}
-	for i := range runs {
-		runs[i].UnclusteredCPUPerRequest = lone[i].CPUPerRequest
+	if o.unclustered && n > 1 {
+		lone, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{lone: true}, progress)
+		if err != nil {
+			return nil, err
+		}
+		for i := range runs {
+			runs[i].UnclusteredCPUPerRequest = lone[i].CPUPerRequest
+		}
+	}
+	if o.floor {
+		floor, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{floor: true}, progress)
+		if err != nil {
+			return nil, err
+		}
+		for i := range runs {
+			runs[i].FloorCPUPerRequest = floor[i].CPUPerRequest
+		}
 	}
 	return runs, nil
 }
@@ -873,16 +927,56 @@ func measureCases(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir
 		if err != nil {
 			return nil, err
 		}
-		if spec.lone {
+		switch {
+		case spec.floor:
+			fmt.Fprintf(progress, "herdbench: %d bare reverse proxies %s %s %dx: offered %d, CPU %.0f µs per request\n",
+				n, sp, p, d, r.Offered, r.CPUPerRequest)
+		case spec.lone:
 			fmt.Fprintf(progress, "herdbench: %d lone nodes %s %s %dx: offered %d, herd CPU %.0f µs per request\n",
 				n, sp, p, d, r.Offered, r.CPUPerRequest)
-		} else {
+		default:
 			fmt.Fprintf(progress, "herdbench: %d nodes %s %s %dx: offered %d, upstream saw %d (max %d in any 60s, limit %d), propagation p50 %.2f ms p99 %.2f ms\n",
 				n, sp, p, d, r.Offered, r.Admitted, r.MaxIn60s, o.limit, r.PropP50, r.PropP99)
 		}
 		runs = append(runs, r)
 	}
 	return runs, nil
+}
+
+// writeGrowth compares, for every load measured on one node too, the CPU per request at n
+// nodes with one node's: herd's cluster, the lone herds and the bare reverse proxies, each
+// against its own single process. The reverse proxies show what splitting the same load over
+// n Go processes costs any proxy: each process idles between requests, and a request that
+// wakes an idle process pays the runtime's wake-ups (threads, netpoller) alone.
+func writeGrowth(w io.Writer, runs []clusterRun) {
+	type key struct {
+		spread, pattern string
+		demand          int
+	}
+	single := map[key]clusterRun{}
+	for _, r := range runs {
+		if r.Nodes == 1 {
+			single[key{r.Spread, r.Pattern, r.Demand}] = r
+		}
+	}
+	var lines []string
+	for _, r := range runs {
+		one, ok := single[key{r.Spread, r.Pattern, r.Demand}]
+		if r.Nodes == 1 || !ok || one.CPUPerRequest <= 0 {
+			continue
+		}
+		line := fmt.Sprintf("- %d nodes, %s %s %d×: herd cluster %.2f×", r.Nodes, r.Spread, r.Pattern, r.Demand, r.CPUPerRequest/one.CPUPerRequest)
+		if r.UnclusteredCPUPerRequest > 0 {
+			line += fmt.Sprintf(", lone herds %.2f×", r.UnclusteredCPUPerRequest/one.CPUPerRequest)
+		}
+		if r.FloorCPUPerRequest > 0 && one.FloorCPUPerRequest > 0 {
+			line += fmt.Sprintf(", bare reverse proxies %.2f× (%.0f µs against %.0f µs)", r.FloorCPUPerRequest/one.FloorCPUPerRequest, r.FloorCPUPerRequest, one.FloorCPUPerRequest)
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) > 0 {
+		fmt.Fprintf(w, "\nCPU per request at n nodes ÷ at one node, each kind of process against one of its own kind under the same load:\n%s\n", strings.Join(lines, "\n"))
+	}
 }
 
 // perNodeCPU is each node's CPU time between before and after per request out sent to it
@@ -967,8 +1061,8 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One deployment, rpm %d; %s of load per row, round-robin over the nodes (hot: all to one node); fake upstream latency %s; bursts every %s.\n\n",
 		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date, o.limit, o.duration, o.upLatency, o.burstGap)
-	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request | per node, per request it served: mean / max | same processes unclustered (ratio) | gossip packets/s per node |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request | per node, per request it served: mean / max | same processes unclustered (ratio) | gossip packets/s per node | as many bare reverse proxies, CPU per request |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
 		util := "n/a (demand = limit; " + fmt.Sprintf("%.1f%% admitted", r.AdmittedPct) + ")"
 		if r.Demand > 1 {
@@ -982,10 +1076,15 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 		if r.UnclusteredCPUPerRequest > 0 {
 			lone = fmt.Sprintf("%.0f µs (%.2f×)", r.UnclusteredCPUPerRequest, r.CPUPerRequest/r.UnclusteredCPUPerRequest)
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %s | %.0f/s | %.1f | %.0f µs | %s | %s | %.0f |\n",
+		floor := "–"
+		if r.FloorCPUPerRequest > 0 {
+			floor = fmt.Sprintf("%.0f µs", r.FloorCPUPerRequest)
+		}
+		fmt.Fprintf(w, "| %d | %s | %s | %d× | %d | %d | %d | %d (%.2f%%) | %s | %s | %.0f/s | %.1f | %.0f µs | %s | %s | %.0f | %s |\n",
 			r.Nodes, r.Spread, r.Pattern, r.Demand, r.Offered, r.Admitted, r.MaxIn60s, r.Overshoot, r.OvershootPct, util,
-			prop, r.PeakRate, r.Bound, r.CPUPerRequest, nodeCPUSummary(r.NodeCPUPerRequest), lone, r.PacketsPerNode)
+			prop, r.PeakRate, r.Bound, r.CPUPerRequest, nodeCPUSummary(r.NodeCPUPerRequest), lone, r.PacketsPerNode, floor)
 	}
+	writeGrowth(w, runs)
 	if failed := clusterChecks(runs); len(failed) > 0 {
 		fmt.Fprintf(w, "\nTargets missed: %s\n", strings.Join(failed, "; "))
 	} else {

@@ -204,6 +204,30 @@ func TestClusterMarkdownShowsPackets(t *testing.T) {
 	}
 }
 
+// With --unclustered and --floor, each n-node load is read against the same load on one node:
+// herd's cluster and lone herds against one herd, the reverse proxies against one reverse proxy.
+func TestClusterMarkdownShowsGrowth(t *testing.T) {
+	var b strings.Builder
+	writeClusterMarkdown(&b, "herdbench cluster", machineInfo{}, clusterOptions{limit: 600},
+		[]clusterRun{
+			{Nodes: 1, Spread: "balanced", Pattern: "steady", Demand: 10, CPUPerRequest: 200, FloorCPUPerRequest: 300},
+			{Nodes: 9, Spread: "balanced", Pattern: "steady", Demand: 10, CPUPerRequest: 400, UnclusteredCPUPerRequest: 350, FloorCPUPerRequest: 600},
+			{Nodes: 9, Spread: "balanced", Pattern: "bursty", Demand: 10, CPUPerRequest: 500}, // no one-node row to read it against
+		})
+	out := b.String()
+	for _, want := range []string{
+		"| 400 µs | n/a | 350 µs (1.14×) | 0 | 600 µs |",
+		"- 9 nodes, balanced steady 10×: herd cluster 2.00×, lone herds 1.75×, bare reverse proxies 2.00× (600 µs against 300 µs)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "bursty 10×: herd") {
+		t.Errorf("a load without a one-node row got a ratio:\n%s", out)
+	}
+}
+
 // Each node's CPU is divided by the requests sent to that node, as the load recorded them.
 func TestPerNodeCPU(t *testing.T) {
 	before := []time.Duration{time.Second, 2 * time.Second, 0}
@@ -227,5 +251,11 @@ func TestUnclusteredFlag(t *testing.T) {
 	}
 	if s := accuracySuite[clusterRun](o, "x", 2, time.Minute); s.measurements != 2*2*len(accuracyCases(o)) {
 		t.Errorf("an unclustered run plans %d measurements", s.measurements)
+	}
+	if o, err := parseClusterFlags([]string{"--nodes", "1,9", "--floor"}, io.Discard); err != nil || !o.floor {
+		t.Errorf("--floor: %+v, %v", o, err)
+	}
+	if _, err := parseClusterFlags([]string{"--keys", "off,on", "--floor"}, io.Discard); err == nil {
+		t.Error("--floor with --keys was accepted")
 	}
 }
