@@ -87,7 +87,9 @@ func TestStreamTimings(t *testing.T) {
 // runStreams counts only what ends inside the window, keeps c streams in flight, and calls at
 // at both edges.
 func TestRunStreamsWindow(t *testing.T) {
-	ts := sseServer(t, 20*time.Millisecond, 5*time.Millisecond, 4, false) // 40ms streams
+	// A stream lasts 35 ms: the first event at 20 ms, three more 5 ms apart, then [DONE].
+	const streamLen = 20*time.Millisecond + 3*5*time.Millisecond
+	ts := sseServer(t, 20*time.Millisecond, 5*time.Millisecond, 4, false)
 	tg := &streamTarget{name: "x", url: ts.URL, body: []byte(`{}`), client: newStreamClient(8)}
 	l := newStreamLoad()
 	var edges []bool
@@ -99,9 +101,9 @@ func TestRunStreamsWindow(t *testing.T) {
 	if !slices.Equal(edges, []bool{false, true}) {
 		t.Errorf("edges %v, want open then close", edges)
 	}
-	// 8 workers × 400ms / ~40ms a stream: about 80; far fewer means streams were lost, more
-	// means the warm-up's were counted.
-	if n := l.completed.Load(); n < 20 || n > 8*400/40+8 {
+	// 8 workers × 400ms / 35ms a stream, and one each that began before the window: at most
+	// 99; far fewer means streams were lost, more means the warm-up's were counted.
+	if n := l.completed.Load(); n < 20 || n > int64(8*400*time.Millisecond/streamLen)+8 {
 		t.Errorf("%d streams completed in the window", n)
 	}
 	if l.failed.Load() != 0 || l.events.Load() != 5*l.completed.Load() {
