@@ -101,6 +101,10 @@ type Node struct {
 	resendFrom time.Time     // the earliest silence start the next resend covers (zero: none due)
 	resentFrom time.Time     // what the last resend covered from, at resentAt
 	resentAt   time.Time
+	// Full-state exchanges owed to members back from dead, this node being the next member
+	// after them (exchangeWith, join.go): their addresses, and when each is due.
+	exchangeWait map[string]exchangeDue
+	exchanges    atomic.Uint64 // exchanges run, for tests
 	// strangerHeard is set by a heartbeat from a name that is not a member (repairView).
 	strangerHeard atomic.Bool
 	stopOnce      sync.Once
@@ -145,6 +149,8 @@ func New(cfg Config, sync StateSync) (*Node, error) {
 		stop:       make(chan struct{}),
 		resyncWait: map[string]struct{}{},
 		resyncKick: make(chan struct{}, 1),
+
+		exchangeWait: map[string]exchangeDue{},
 
 		tlsServer: tlsServer,
 		tlsClient: tlsClient,
@@ -405,9 +411,13 @@ func (n *Node) setMember(name string, ip net.IP, port uint16, status string) {
 		}
 	}
 	n.alivePeers.Store(int64(peers))
+	next := back && name != n.cfg.NodeName && n.nextAfterLocked(name) == n.cfg.NodeName
 	n.mu.Unlock()
 	if back && name != n.cfg.NodeName {
 		n.resync(addr, silentSince)
+	}
+	if next {
+		n.exchangeWith(addr)
 	}
 	if changed && name != n.cfg.NodeName {
 		switch status {

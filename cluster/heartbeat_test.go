@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -145,8 +146,8 @@ func (r *resendSync) resentSince() []time.Time {
 }
 
 // With a StateSync that resends, a member coming back after a partition has both sides resend
-// their own counts since before the partition at once, and no full-state exchange runs while
-// nobody is gone: each origin repairs its own.
+// their own counts since before the partition at once, and the backstop's full-state exchange
+// does not run while nobody is gone: each origin repairs its own.
 func TestHealedPartitionResends(t *testing.T) {
 	c := newTestCluster(t)
 	syncs := []*resendSync{{fakeSync: fakeSync{state: []byte("state0")}}, {fakeSync: fakeSync{state: []byte("state1")}}, {fakeSync: fakeSync{state: []byte("state2")}}}
@@ -188,6 +189,102 @@ func TestHealedPartitionResends(t *testing.T) {
 	})
 	if r := nodes[0].resyncs.Load() + nodes[1].resyncs.Load() + nodes[2].resyncs.Load(); r != 0 {
 		t.Errorf("%d full-state exchanges ran before the backstop's time", r)
+	}
+}
+
+// A member back from dead exchanges full state with the member after it in name order, once at
+// once and once exchangeAfter later, and with no other: what it missed while dead to some nodes
+// is not resent to it.
+func TestMemberBackFromDeadExchangesWithTheNext(t *testing.T) {
+	c := newTestCluster(t)
+	var nodes []*Node
+	for i := range 3 {
+		s := &resendSync{fakeSync: fakeSync{state: fmt.Appendf(nil, "state%d", i)}}
+		nodes = append(nodes, c.start(i, s, func(cfg *Config) {
+			cfg.tune = func(mc *memberlist.Config) { fastGossip(mc); mc.PushPullInterval = 0 }
+			if i > 0 {
+				cfg.Join = []string{memAddrOf(0)}
+			}
+		}))
+	}
+	waitFor(t, 10*time.Second, func() error { return allSee(nodes, names(nodes), StatusAlive) })
+	c.net.Partition([]string{memAddrOf(0), memAddrOf(1)}, []string{memAddrOf(2)})
+	waitFor(t, 10*time.Second, func() error {
+		for _, n := range nodes[:2] {
+			if st := statuses(n)["node2"]; st != StatusDead {
+				return fmt.Errorf("%s sees node2 %s", n.Name(), st)
+			}
+		}
+		return nil
+	})
+	c.net.Heal()
+	// node2 came back to node0 and node1; node0 is the next after it (wrapping around).
+	var first time.Time
+	waitFor(t, 10*time.Second, func() error {
+		if got := nodes[0].exchanges.Load(); got == 0 {
+			return errors.New("node0 has not exchanged with node2")
+		}
+		return nil
+	})
+	first = time.Now()
+	waitFor(t, 10*time.Second, func() error {
+		if got := nodes[0].exchanges.Load(); got < 2 {
+			return fmt.Errorf("node0 exchanged %d times, want a second exchange", got)
+		}
+		return nil
+	})
+	if gap := time.Since(first); gap < exchangeAfter/2 {
+		t.Errorf("the second exchange came %v after the first was seen, want about %v", gap, exchangeAfter)
+	}
+}
+
+// Of the nodes that see a member come back from dead, only the next after it owes the member an
+// exchange (node1 in the test above may also see node0 come back, when node2's old verdict on
+// node0 reaches it after the heal, so that is checked here).
+func TestBackFromDeadOwedByTheNextOnly(t *testing.T) {
+	for _, tt := range []struct {
+		self string
+		owes bool
+	}{{"a", true}, {"b", false}} {
+		n := &Node{
+			cfg:          Config{NodeName: tt.self, heartbeat: heartbeatEvery},
+			log:          testLogger(t),
+			sync:         &resendSync{},
+			members:      map[string]*memberState{},
+			changed:      make(chan struct{}, 1),
+			resyncWait:   map[string]struct{}{},
+			resyncKick:   make(chan struct{}, 1),
+			exchangeWait: map[string]exchangeDue{},
+		}
+		for i, name := range []string{"a", "b", "c"} {
+			n.setMember(name, net.IPv4(127, 0, 0, byte(i+1)), 7946, StatusAlive)
+		}
+		n.setMember("c", net.IPv4(127, 0, 0, 3), 7946, StatusDead)
+		if len(n.exchangeWait) != 0 {
+			t.Fatalf("%s owes an exchange before anyone came back: %v", tt.self, n.exchangeWait)
+		}
+		n.setMember("c", net.IPv4(127, 0, 0, 3), 7946, StatusAlive)
+		_, owes := n.exchangeWait["127.0.0.3:7946"]
+		if owes != tt.owes {
+			t.Errorf("%s owes c an exchange: %v, want %v (a follows c)", tt.self, owes, tt.owes)
+		}
+	}
+}
+
+// The member after another in name order wraps around, and skips members not alive.
+func TestNextAfter(t *testing.T) {
+	n := &Node{members: map[string]*memberState{}}
+	for name, status := range map[string]string{"a": StatusAlive, "b": StatusDead, "c": StatusAlive, "d": StatusAlive} {
+		n.members[name] = &memberState{Member: Member{Name: name, Status: status}}
+	}
+	for name, want := range map[string]string{"a": "c", "b": "c", "c": "d", "d": "a", "e": "a"} {
+		if got := n.nextAfterLocked(name); got != want {
+			t.Errorf("next after %s = %q, want %q", name, got, want)
+		}
+	}
+	n.members = map[string]*memberState{"a": {Member: Member{Name: "a", Status: StatusAlive}}}
+	if got := n.nextAfterLocked("a"); got != "" {
+		t.Errorf("next after the only member = %q, want none", got)
 	}
 }
 
