@@ -173,8 +173,8 @@ func (n *Node) maintain(retry bool) {
 	}
 }
 
-// exchangeWith has maintain exchange full states, exchangeAfter from now, with the member at
-// addr, back from dead, for which this node is the next alive member in name order
+// exchangeWith has maintain exchange full states, at once and exchangeAfter from now, with the
+// member at addr, back from dead, for which this node is the next alive member in name order
 // (nextAfterLocked). It never blocks the caller.
 //
 // While the member was dead to some nodes, they and the relays among them sent it nothing:
@@ -182,7 +182,7 @@ func (n *Node) maintain(retry bool) {
 // relays follow each node's own view of who is alive). Those resends do not come again, and
 // what an origin resends when it sees the member back starts when that origin declared it dead.
 // After a 6.7 s partition of the 50-node simulation memberlist declared a few members dead just
-// after the heal, and in one run of six a view stayed short of an origin's counts for over 45 s.
+// after the heal, and in 2 runs of 12 a view stayed short of an origin's counts for over 45 s.
 // One exchange with one member that saw it come back brings it what everyone resent; every node
 // choosing the member after it keeps that to about one full state per return, not one per
 // node. The exchange runs at once, and again when what was resent around the return has reached
