@@ -61,6 +61,9 @@ type simResult struct {
 	maxState          int     // largest full state sent (compressed)
 	cores             float64 // CPU the whole simulation used during the load, in cores
 	admitted, offered int64
+	// asks and repairs are the anti-entropy repairs asked for and sent (state/crdt), from
+	// the start of the load until every view agreed: in a cluster whose deltas arrive, none.
+	asks, repairs uint64
 }
 
 type simNode struct {
@@ -225,6 +228,14 @@ func runSim(t *testing.T, cfg simConfig) simResult {
 		sentBefore += n.PacketsSent()
 		bytesBefore += n.BytesSent()
 	}
+	repairs := func() (asks, repairs uint64) {
+		for _, sn := range nodes {
+			_, a, r := sn.b.AntiEntropy()
+			asks, repairs = asks+a, repairs+r
+		}
+		return asks, repairs
+	}
+	asksBefore, repairsBefore := repairs()
 	cpuBefore := processCPU()
 	start := time.Now()
 	end := start.Add(cfg.duration)
@@ -331,6 +342,8 @@ func runSim(t *testing.T, cfg simConfig) simResult {
 		res.lastApart = last.apart.Sub(from)
 	}
 	res.maxState = int(maxState.Load())
+	asks, repaired := repairs()
+	res.asks, res.repairs = asks-asksBefore, repaired-repairsBefore
 	return res
 }
 
@@ -358,13 +371,13 @@ func (r simResult) row() string {
 	if r.cfg.partition {
 		pattern += ", split"
 	}
-	return fmt.Sprintf("| %d | %d | %.0f/s | %s | %.0f | %.1f KB | %.1f / %.1f ms | %d | %.2f%% | %.2f s (short at %.2f s) | %d KB | %.2f |",
+	return fmt.Sprintf("| %d | %d | %.0f/s | %s | %.0f | %.1f KB | %.1f / %.1f ms | %d | %.2f%% | %.2f s (short at %.2f s) | %d (%d) | %d KB | %.2f |",
 		r.cfg.nodes, r.cfg.deployments, r.cfg.perNode, pattern, r.packetsPerNode, r.bytesPerNode/1000,
 		float64(r.delayP50.Microseconds())/1000, float64(r.delayP99.Microseconds())/1000,
-		r.limit, 100*r.overshoot, r.converged.Seconds(), r.lastApart.Seconds(), r.maxState/1000, r.cores)
+		r.limit, 100*r.overshoot, r.converged.Seconds(), r.lastApart.Seconds(), r.repairs, r.asks, r.maxState/1000, r.cores)
 }
 
-const simHeader = "| nodes | deployments | per node | load | packets/s per node | bytes/s per node | propagation p50 / p99 | hot limit | overshoot | agree after (the last view to agree last seen short at) | largest full state | simulation CPU (cores of 2) |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+const simHeader = "| nodes | deployments | per node | load | packets/s per node | bytes/s per node | propagation p50 / p99 | hot limit | overshoot | agree after (the last view to agree last seen short at) | repairs (asked) | largest full state | simulation CPU (cores of 2) |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 
 func TestSimulation(t *testing.T) {
 	if testing.Short() {

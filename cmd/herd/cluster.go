@@ -172,6 +172,25 @@ func newPropagationHistogram(reg prometheus.Registerer) prometheus.Histogram {
 	return h
 }
 
+// registerRepairMetrics exports the anti-entropy repairs of usage counts (state/crdt): those
+// this node asked peers for because its view of their counts fell short of their digests,
+// and those it sent. In a healthy cluster both stay flat; they climb while packets are lost.
+func registerRepairMetrics(reg prometheus.Registerer, b *crdt.Backend) {
+	for _, dir := range []string{"asked", "sent"} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "herd_cluster_usage_repairs_total",
+			Help:        "Repairs of usage counts between peers: asked (this node's view of a peer's counts was short of the peer's digest) and sent.",
+			ConstLabels: prometheus.Labels{"direction": dir},
+		}, func() float64 {
+			_, asks, repairs := b.AntiEntropy()
+			if dir == "asked" {
+				return float64(asks)
+			}
+			return float64(repairs)
+		}))
+	}
+}
+
 // registerClusterMetrics exports membership and gossip traffic.
 func registerClusterMetrics(reg prometheus.Registerer, n *cluster.Node) {
 	reg.MustRegister(

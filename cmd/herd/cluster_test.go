@@ -168,7 +168,8 @@ func TestTwoNodesShareLimits(t *testing.T) {
 			}
 		}
 		for _, name := range []string{"herd_cluster_members 2", "herd_gossip_sent_bytes_total", "herd_gossip_received_bytes_total",
-			"herd_gossip_sent_packets_total", "herd_gossip_received_packets_total"} {
+			"herd_gossip_sent_packets_total", "herd_gossip_received_packets_total",
+			`herd_cluster_usage_repairs_total{direction="asked"}`, `herd_cluster_usage_repairs_total{direction="sent"}`} {
 			if !strings.Contains(string(body), name) {
 				t.Errorf("%s: /metrics lacks %s", addr, name)
 			}

@@ -67,6 +67,7 @@ func newSharedUsage(cfg *config.Config, node string, epoch uint64, now func() ti
 	cb := crdt.New(crdt.Options{Node: node, LatencyTTL: latencyTTL(cfg), Now: now,
 		Deployments: deploymentIDs(cfg), OnReject: onReject, Offset: offset,
 		OnDelay: func(d time.Duration) { delay.Observe(d.Seconds()) }})
+	registerRepairMetrics(reg, cb)
 	sb, u := withRights(cfg, node, epoch, cb, false, onReject)
 	u.name, u.sync = "gossip", gossipSync{cb, sb}
 	u.mode = sb.Mode

@@ -74,6 +74,7 @@ var cmdHerdMetrics = map[string]struct {
 	"herd_cluster_clock_offset_seconds":      {file: "cmd/herd/cluster.go"},
 	"herd_cluster_rejected_messages_total":   {file: "cmd/herd/cluster.go"},
 	"herd_cluster_propagation_delay_seconds": {file: "cmd/herd/cluster.go", histogram: true},
+	"herd_cluster_usage_repairs_total":       {file: "cmd/herd/cluster.go"},
 	"herd_config_version":                    {file: "cmd/herd/raft.go"},
 	"herd_config_unservable":                 {file: "cmd/herd/raft.go"},
 	"herd_state_backend_degraded":            {file: "cmd/herd/redis.go"},

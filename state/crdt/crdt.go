@@ -203,6 +203,7 @@ type Backend struct {
 	slotShift uint
 
 	news atomic.Uint64 // full-state records that changed a cell (StateNews)
+	ae   antiEntropy   // peers' views of this node's counts checked (antientropy.go)
 	net  atomic.Pointer[netBox]
 	ring atomic.Pointer[ring] // the members as membership last said (SetMembers); nil before
 
@@ -415,6 +416,7 @@ func (b *Backend) loop(every, gap, relayWait, housekeep time.Duration) {
 			doFlush()
 		case <-tick.C:
 			doFlush()
+			b.antiEntropyTick(b.now().UnixNano())
 		}
 	}
 }
@@ -567,32 +569,52 @@ func (b *Backend) Flush() {
 	}
 }
 
-// sendFinger sends to the finger d places on what b.out holds for it, in messages of up to
-// packLimit bytes, compressed (wireFlate) from packMin; if one of them compresses to more than
-// maxMessage, in messages of up to maxMessage bytes instead.
+// sendFinger sends to the finger d places on what b.out holds for it (sendPacked).
 func (b *Backend) sendFinger(n Network, enc *encoder, ring, d int, name string) {
+	sendPacked(n, name, 0, enc, &b.packed, func(enc *encoder) { b.out.encode(enc, ring, d) })
+}
+
+// sendPacked sends to member name what fill encodes, in messages of up to packLimit bytes,
+// compressed (wireFlate) from packMin; if one of them compresses to more than maxMessage, in
+// messages of up to maxMessage bytes instead. A non-zero kind goes before each message (a
+// repair, antientropy.go). packed is scratch space for the compressed messages.
+func sendPacked(n Network, name string, kind byte, enc *encoder, packed *[][]byte, fill func(*encoder)) {
+	frame := 0
+	if kind != 0 {
+		frame = 1
+	}
 	for _, limit := range [...]int{packLimit, maxMessage} {
-		enc.limit = limit
+		enc.limit = limit - frame
 		enc.reset(false, 0)
-		b.out.encode(enc, ring, d)
+		fill(enc)
 		msgs := enc.messages()
-		for len(b.packed) < len(msgs) {
-			b.packed = append(b.packed, nil)
+		for len(*packed) < len(msgs) {
+			*packed = append(*packed, nil)
 		}
 		fits := true
 		for j, msg := range msgs {
-			b.packed[j] = b.packed[j][:0]
+			p := &(*packed)[j]
+			*p = (*p)[:0]
+			if kind != 0 {
+				*p = append(*p, kind)
+			}
 			if len(msg) >= packMin {
-				b.packed[j] = compress(b.packed[j], msg)
-				fits = fits && len(b.packed[j]) <= maxMessage
+				*p = compress(*p, msg)
+				fits = fits && len(*p) <= maxMessage
 			}
 		}
 		if !fits && limit != maxMessage {
 			continue
 		}
 		for j, msg := range msgs {
-			if len(b.packed[j]) > 0 && len(b.packed[j]) < len(msg) {
-				msg = b.packed[j]
+			p := (*packed)[j]
+			switch {
+			case len(p) > frame && len(p) < len(msg)+frame:
+				msg = p // compressed, and smaller
+			case kind != 0:
+				msg = append(p[:0], kind)
+				msg = append(msg, enc.messages()[j]...)
+				(*packed)[j] = msg
 			}
 			n.SendTo(name, msg)
 		}
@@ -641,7 +663,7 @@ func (b *Backend) MergeRemoteState(buf []byte) {
 		b.reject(1 << reasonMalformed)
 		return
 	}
-	b.merge(msg, false)
+	b.merge(msg, kindState)
 }
 
 // Resend has the next flush send again every cell of this node's own from the bucket of since
@@ -663,11 +685,32 @@ func (b *Backend) Resend(since time.Time) {
 // here: cluster's resync tells by it whether an exchange brought what this node lacked.
 func (b *Backend) StateNews() uint64 { return b.news.Load() }
 
-// HandleMessage merges a peer's delta packet and reports its delay to Options.OnDelay. Garbage
-// is ignored as a whole, records that fail a check one by one (see check.go).
+// HandleMessage takes a peer's packet: a delta, which it merges and reports the delay of to
+// Options.OnDelay, or an anti-entropy message (antientropy.go). Garbage is ignored as a whole,
+// records that fail a check one by one (see check.go).
 func (b *Backend) HandleMessage(msg []byte) {
+	ok := len(msg) > 0
+	if ok {
+		switch msg[0] {
+		case msgDigest:
+			ok = b.takeDigest(msg)
+		case msgAsk:
+			ok = b.takeAsk(msg)
+		case msgRepair:
+			b.mergePacket(msg[1:], kindRepair)
+		default:
+			b.mergePacket(msg, kindDelta)
+		}
+	}
+	if !ok {
+		b.reject(1 << reasonMalformed)
+	}
+}
+
+// mergePacket merges a packet's message, expanding it first if it is compressed (wireFlate).
+func (b *Backend) mergePacket(msg []byte, kind mergeKind) {
 	if len(msg) == 0 || msg[0] != wireFlate {
-		b.merge(msg, true)
+		b.merge(msg, kind)
 		return
 	}
 	p := deltaBufs.Get().(*[]byte)
@@ -678,17 +721,28 @@ func (b *Backend) HandleMessage(msg []byte) {
 		return
 	}
 	*p = full
-	b.merge(full, true)
+	b.merge(full, kind)
 }
 
-// deltaBufs keeps buffers for compressed deltas to expand into (HandleMessage).
+// deltaBufs keeps buffers for compressed packets to expand into (mergePacket).
 var deltaBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2*packLimit); return &b }}
+
+// mergeKind is what a merged message is: its limits, and whether its counts are recent and
+// relayed.
+type mergeKind uint8
+
+const (
+	kindDelta  mergeKind = iota // a delta packet: recent, relayed as its span asks
+	kindState                   // a push-pull state (MergeRemoteState): large
+	kindRepair                  // an origin's repair (antientropy.go): a packet merged as a state
+)
 
 // merge validates buf's structure completely before applying any of it, so a corrupt packet
 // changes nothing, then merges each record that passes its checks.
-func (b *Backend) merge(buf []byte, delta bool) {
+func (b *Backend) merge(buf []byte, kind mergeKind) {
+	delta := kind == kindDelta
 	limit, maxIncs := maxState, maxMessageIncs
-	if delta {
+	if kind != kindState {
 		limit, maxIncs = maxDelta, maxDeltaIncs
 	}
 	if len(buf) > limit {

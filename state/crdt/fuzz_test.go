@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"testing"
@@ -55,6 +56,14 @@ func fuzzSeeds(clock *statetest.Clock) (deltas, states [][]byte) {
 	for _, m := range sent {
 		forged = append(forged, compress(nil, m))
 	}
+	// Anti-entropy: a digest, an ask for a repair, and the repair it brings (in sent).
+	digest := src.digest(clock.Now().UnixNano())
+	ask := appendString([]byte{msgAsk}, "peer")
+	ask = binary.AppendUvarint(ask, src.self.epoch)
+	ask = binary.AppendVarint(ask, now)
+	ask = binary.AppendUvarint(ask, 1<<digestGroups-1)
+	src.HandleMessage(ask)
+	forged = append(forged, digest, ask)
 	return append(sent, forged...), append([][]byte{src.LocalState(true), old.LocalState(true), src.fullState(false)}, forged...)
 }
 

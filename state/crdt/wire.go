@@ -22,9 +22,11 @@ import (
 //	cell    = bucket reqP:uv reqN:uv tokP:uv tokN:uv      bucket: the first sv absolute, then uv gaps (> 0)
 //	str     = len:uv bytes
 //
-// Deltas and full states share it. An encoder with a limit splits records (at cell boundaries)
-// so every message stays under it, repeating the incarnation definition, send time and span in
-// each message: every message decodes on its own.
+// Deltas and full states share it. A packet's first byte tells what it holds: wireVersion a
+// message, wireFlate a compressed one, 0x02-0x04 anti-entropy's (antientropy.go). An encoder
+// with a limit splits records (at cell boundaries) so every message stays under it, repeating
+// the incarnation definition, send time and span in each message: every message decodes on
+// its own.
 //
 // Every delta record is stamped with the time its origin flushed it (item 0x03, the origin's
 // Unix nanoseconds, kept as it is by relays), from which the receiver measures the propagation
