@@ -512,6 +512,56 @@ func TestPausedLeaderDoesNotTrustItsOwnWord(t *testing.T) {
 	}
 }
 
+// Strict mode turned on after a long spell of fast mode, in which the fence was not refreshed,
+// finds the fence open at once: the spell is not a pause.
+func TestStrictAfterFastModeHasItsShare(t *testing.T) {
+	clock := statetest.NewClock(simStart)
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+		LeaderContact: clock.Now, noLoop: true})
+	b.SetHomes(1, []Home{{Name: "n", Epoch: 1}})
+	b.Strict(false)
+	for range 3 {
+		clock.Advance(defaultFence)
+		b.Tick()
+	}
+	b.Strict(true)
+	if s := b.share(60, b.mono()); s != 60 {
+		t.Fatalf("share %d right after strict mode came on; want 60", s)
+	}
+}
+
+// In fast mode the loop ticks every fastTick, not every tick; turning strict mode on ticks at
+// once and every tick from then.
+func TestLoopSlowsInFastMode(t *testing.T) {
+	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{})})
+	t.Cleanup(b.Close)
+	if b.period() != tick {
+		t.Fatalf("strict period %v, want %v", b.period(), tick)
+	}
+	b.Strict(false)
+	if b.period() != fastTick {
+		t.Fatalf("fast period %v, want %v", b.period(), fastTick)
+	}
+	// The tick already due comes; the loop then waits fastTick.
+	n := b.ticks.Load()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.ticks.Load() == n {
+		if time.Now().After(deadline) {
+			t.Fatal("the loop stopped ticking")
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+	n = b.ticks.Load()
+	b.Strict(true)
+	deadline = time.Now().Add(fastTick / 2)
+	for b.ticks.Load() < n+3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d ticks within %v of strict mode coming on, want 3 (every %v)", b.ticks.Load()-n, fastTick/2, tick)
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+}
+
 // A request admitted on the own share, then held up past a cooldown (a pause), must find a
 // free unit when it finally leaves: its own came free meanwhile and was spent again.
 func TestConfirmAfterALongPauseNeedsAFreeUnit(t *testing.T) {
