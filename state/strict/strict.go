@@ -172,8 +172,8 @@ type Backend struct {
 	kick  chan struct{} // strict mode came on: the loop ticks at once, and every tick from then
 	ticks atomic.Int64  // the loop's, for tests
 	stop  chan struct{}
-	done chan struct{}
-	once sync.Once
+	done  chan struct{}
+	once  sync.Once
 }
 
 // peerDemand is a node's announced demand for one deployment, in units per second.
