@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -249,5 +250,42 @@ func TestAntiEntropyLateCheckSkipsWhatLeftTheWindow(t *testing.T) {
 	c.tick("n2")
 	if _, asks, _ := c.nodes["n2"].AntiEntropy(); asks != 0 {
 		t.Fatalf("n2 asked for %d repairs of counts that left its window", asks)
+	}
+}
+
+// A repair of many deployments goes in compressed packets under maxMessage, and merges whole.
+func TestAntiEntropyLargeRepairIsCompressed(t *testing.T) {
+	c := newCluster(t, 2)
+	var ids []string
+	c.net.dropAll = true
+	for i := range 200 {
+		id := fmt.Sprintf("deployment-%03d", i)
+		ids = append(ids, id)
+		c.admitN("n1", id, state.Limits{}, state.Reservation{Requests: 1, Tokens: 100}, 1+i%3)
+	}
+	c.net.flushAll() // all lost
+	c.net.dropAll = false
+	c.net.queue = true
+	c.tick("n1", "n2")
+	c.net.Deliver()
+	c.clock.Advance(checkAfter)
+	c.tick("n2")
+	c.net.Deliver() // the ask; the repair is queued
+	var compressed int
+	for _, p := range c.net.pending {
+		if p.msg[0] != msgRepair || len(p.msg) > maxMessage {
+			t.Fatalf("a %d-byte packet of kind %#x in the repair", len(p.msg), p.msg[0])
+		}
+		if p.msg[1] == wireFlate {
+			compressed++
+		}
+	}
+	if compressed == 0 {
+		t.Fatalf("none of the repair's %d packets is compressed", len(c.net.pending))
+	}
+	c.net.Deliver()
+	for _, id := range ids {
+		r, tok, _ := c.nodes["n1"].Snapshot(id)
+		c.wantSnapshot([]string{"n2"}, id, r, tok, 0)
 	}
 }
