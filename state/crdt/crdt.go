@@ -42,8 +42,9 @@
 // newest message once 1024 wait, and since a cell carries totals, the newest is the one that
 // matters. So once per bucket a node sends again the cells (and in-flight count) it changed in
 // the two buckets before: a lost delta heals within one or two seconds, before the next burst
-// meets a view short of it. memberlist's push-pull (LocalState / MergeRemoteState) repairs
-// the rest and seeds a joining node.
+// meets a view short of it. Each origin's digests (antientropy.go) find and repair, pair by
+// pair, whatever a view still lacks; memberlist's push-pull (LocalState / MergeRemoteState)
+// seeds a joining node and repairs the counts of nodes that are gone.
 //
 // # Overshoot
 //

@@ -33,7 +33,7 @@ import (
 // Membership views differ for a moment after a change: a node may then reach a member twice
 // or not at all. A relay that failed without the ring knowing yet loses what it would have
 // forwarded. Both heal as direct sending does: the origin repeats what it changed in the two
-// buckets before (counter.takeDelta), and push-pull repairs the rest.
+// buckets before (counter.takeDelta), and its digests (antientropy.go) repair the rest.
 
 // directMax is how many peers a node sends its deltas to itself before relaying over the ring.
 const directMax = 8
