@@ -30,8 +30,9 @@ import (
 //     the digest's exactly when it lacks something the origin had counted when it sent it; a
 //     change made since (a stream settling in an old bucket) only raises the view.
 //   - For the groups short, it asks the origin (msgAsk), which sends its cells in them to the
-//     asker alone (msgRepair) within repairGap of its last repair for it. A repair merges as a
-//     full state does: nothing in it counts as recent (share.go), and nothing is relayed.
+//     asker alone (msgRepair), at most once per repairGap per asker and repairsPerGap in all.
+//     A repair merges as a full state does: nothing in it counts as recent (share.go), and
+//     nothing is relayed.
 //
 // A view short of an origin is therefore whole within a digest interval plus checkAfter of
 // losing the counts (7-10 s at 50 nodes), whatever path lost them. In a cluster whose deltas
@@ -61,8 +62,12 @@ const (
 	// costs a needless repair.
 	checkAfter = 2 * time.Second
 	// repairGap is the least time between two repairs for one asker: a peer that asks again
-	// and again (or a forged asker) costs at most one repair a second.
+	// and again costs at most one repair a second.
 	repairGap = time.Second
+	// repairsPerGap bounds the repairs a node sends within repairGap, whoever asks: asks
+	// naming many askers (a peer holding the cluster key can write any name) cost at most
+	// this many. A heal's asks beyond it wait for the next digest.
+	repairsPerGap = 8
 )
 
 // antiEntropy is a Backend's side of the checks.
@@ -71,6 +76,8 @@ type antiEntropy struct {
 	ticks  int64             // housekeeping ticks since the last digest sent
 	checks map[string]digest // per origin: the digest waiting to be checked
 	served map[string]int64  // per asker: when this node last repaired it (ns)
+	gapAt  int64             // when the current repairGap of repairs began (ns)
+	inGap  int               // repairs sent since gapAt
 	packed [][]byte          // scratch for repairs (sendPacked), under mu
 	enc    encoder
 
@@ -308,6 +315,13 @@ func (b *Backend) takeAsk(msg []byte) bool {
 	if last, ok := b.ae.served[string(asker)]; ok && ns-last < int64(repairGap) {
 		return true
 	}
+	if ns-b.ae.gapAt >= int64(repairGap) {
+		b.ae.gapAt, b.ae.inGap = ns, 0
+	}
+	if b.ae.inGap >= repairsPerGap {
+		return true
+	}
+	b.ae.inGap++
 	if b.ae.served == nil || len(b.ae.served) >= b.maxNodes {
 		b.ae.served = map[string]int64{} // the entries that matter are under repairGap old
 	}

@@ -123,7 +123,8 @@ func TestAntiEntropyAsksForTheShortGroupsOnly(t *testing.T) {
 }
 
 // A node repairs only an alive member, only for its own incarnation's digest while that
-// is in the window, and at most once per repairGap per asker, whatever it is asked.
+// is in the window, at most once per repairGap per asker and repairsPerGap in all, whatever
+// it is asked.
 func TestAntiEntropyRepairsAreBounded(t *testing.T) {
 	c := newCluster(t, 2)
 	c.admitN("n1", "d", state.Limits{}, state.Reservation{Requests: 1, Tokens: 100}, 1)
@@ -160,6 +161,20 @@ func TestAntiEntropyRepairsAreBounded(t *testing.T) {
 	n1.HandleMessage(ask("n2", n1.self.epoch, hi))
 	if got := repairs(); got != 2 {
 		t.Fatalf("%d repairs after repairGap, want 2", got)
+	}
+
+	// Asks naming many askers within repairGap get repairsPerGap repairs in all.
+	c.clock.Advance(repairGap)
+	var names []string
+	for i := range 3 * repairsPerGap {
+		names = append(names, fmt.Sprintf("m%02d", i))
+	}
+	n1.SetMembers(append(names, "n1", "n2"))
+	for _, name := range names {
+		n1.HandleMessage(ask(name, n1.self.epoch, hi))
+	}
+	if got := repairs() - 2; got != repairsPerGap {
+		t.Fatalf("%d repairs for %d askers within repairGap, want %d", got, len(names), repairsPerGap)
 	}
 	if got := c.rejects.get(); len(got) > 0 {
 		t.Fatalf("well-formed asks rejected: %v", got)
