@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"encoding/binary"
+	"iter"
 	"math"
 	"slices"
 	"sync"
@@ -114,6 +115,37 @@ func group(hi, x int64) (int, bool) {
 	return int((hi - x) / digestGroup), true
 }
 
+// grouped yields the cells inc holds in the groups of a digest up to bucket hi, with their
+// group. Callers hold the counter's mutex.
+func (inc *incState) grouped(hi int64) iter.Seq2[int, *cell] {
+	return func(yield func(int, *cell) bool) {
+		for x, cl := range inc.held() {
+			if g, ok := group(hi, x); ok && !yield(g, cl) {
+				return
+			}
+		}
+	}
+}
+
+// checked yields the counters of the deployments in the config, each locked while the loop
+// body runs: what the digests sum, the checks compare and the repairs send.
+func (b *Backend) checked() iter.Seq[*counter] {
+	return func(yield func(*counter) bool) {
+		deps := b.deps.Load()
+		for _, c := range b.all(nil) {
+			if !deps.accepts(c.id) {
+				continue
+			}
+			c.mu.Lock()
+			more := yield(c)
+			c.mu.Unlock()
+			if !more {
+				return
+			}
+		}
+	}
+}
+
 // AntiEntropy counts the digests this node sent, the asks for a repair it sent, and the
 // repairs it sent.
 func (b *Backend) AntiEntropy() (digests, asks, repairs uint64) {
@@ -147,21 +179,13 @@ func (b *Backend) antiEntropyTick(ns int64) {
 // digest returns this node's digest as of ns, or nil while it has no count to check.
 func (b *Backend) digest(ns int64) []byte {
 	hi := window.BucketOf(ns)
-	deps := b.deps.Load()
 	var sums [digestGroups]uint64
 	var any bool
-	for _, c := range b.all(nil) {
-		if !deps.accepts(c.id) {
-			continue
+	for c := range b.checked() {
+		for g, cl := range c.own.grouped(hi) {
+			sums[g] = sumAdd(sums[g], cl.weight())
+			any = true
 		}
-		c.mu.Lock()
-		for x, cl := range c.own.held() {
-			if g, ok := group(hi, x); ok {
-				sums[g] = sumAdd(sums[g], cl.weight())
-				any = true
-			}
-		}
-		c.mu.Unlock()
 	}
 	if !any {
 		return nil
@@ -243,24 +267,14 @@ func (b *Backend) check(n Network, ns int64) {
 	if len(due) == 0 {
 		return
 	}
-	deps := b.deps.Load()
-	for _, c := range b.all(nil) {
-		if !deps.accepts(c.id) {
-			continue
-		}
-		c.mu.Lock()
+	for c := range b.checked() {
 		for i := range due {
-			inc := c.incs[due[i].k]
-			if inc == nil {
-				continue
-			}
-			for x, cl := range inc.held() {
-				if g, ok := group(due[i].d.hi, x); ok {
+			if inc := c.incs[due[i].k]; inc != nil {
+				for g, cl := range inc.grouped(due[i].d.hi) {
 					due[i].view[g] = sumAdd(due[i].view[g], cl.weight())
 				}
 			}
 		}
-		c.mu.Unlock()
 	}
 	head := window.BucketOf(ns)
 	for i := range due {
@@ -326,24 +340,17 @@ func (b *Backend) takeAsk(msg []byte) bool {
 		b.ae.served = map[string]int64{} // the entries that matter are under repairGap old
 	}
 	b.ae.served[string(asker)] = ns
-	deps := b.deps.Load()
 	var cells []cell
 	sendPacked(box.n, string(asker), msgRepair, &b.ae.enc, &b.ae.packed, func(enc *encoder) {
-		for _, c := range b.all(nil) {
-			if !deps.accepts(c.id) {
-				continue
-			}
-			c.mu.Lock()
+		for c := range b.checked() {
 			cells = cells[:0]
-			for x, cl := range c.own.held() {
-				if g, ok := group(hi, x); ok && groups&(1<<g) != 0 {
+			for g, cl := range c.own.grouped(hi) {
+				if groups&(1<<g) != 0 {
 					cells = append(cells, *cl)
 				}
 			}
-			ifVer, inFlight := c.own.ifVer, c.own.inFlight
-			c.mu.Unlock()
 			if len(cells) > 0 {
-				enc.record(b.self, c.id, ifVer, inFlight, cells)
+				enc.record(b.self, c.id, c.own.ifVer, c.own.inFlight, cells)
 			}
 		}
 	})
