@@ -29,9 +29,10 @@
 // maxMessage (1200) bytes so it fits one UDP datagram: to every peer itself up to directMax
 // peers (Network.SendToAll), over a ring of fingers beyond (relay.go), compressed there
 // (wire.go). Flushes follow changes, not a clock: the first change after a flush arms a timer,
-// and the flush runs FlushEvery (1 ms) later, but no sooner than FlushGap (10 ms) after the
-// last flush, with every change made meanwhile; so a quiet node's delta waits FlushEvery, a
-// busy node sends at most every FlushGap, and an idle node does not wake. A node that relays
+// and the flush runs FlushEvery (1 ms) later, but no sooner than FlushGap (10 ms, or 2.5 ms per
+// peer sent to, whichever is longer) after the last flush, with every change made meanwhile;
+// so a quiet node's delta waits FlushEvery, a busy node sends at most 400 packets a second,
+// and an idle node does not wake. A node that relays
 // waits RelayWait (50 ms) instead of FlushEvery, for everything to ride one flush (loop). Only
 // the in-flight re-announcement, the repeats below and garbage collection run periodically,
 // once per bucket (1 s, see housekeepEvery).
@@ -127,7 +128,7 @@ type Options struct {
 	Now        func() time.Time // clock every counter reads; nil means time.Now
 	Network    Network          // where deltas go; nil means not connected yet (see SetNetwork)
 	FlushEvery time.Duration    // delay from a change to its flush; 0 means 1ms, negative means no background loop (tests call Flush)
-	FlushGap   time.Duration    // least time from one flush to the next, so changes batch under load; 0 means defaultFlushGap, negative none
+	FlushGap   time.Duration    // least time from one flush to the next, so changes batch under load, and at least gapPerPeer per peer sent to (flushGap); 0 means defaultFlushGap, negative none
 	RelayWait  time.Duration    // longest a record to relay waits for a flush of this node's own changes to ride with (relay.go); 0 means defaultRelayWait
 	LatencyTTL time.Duration    // latency samples older than this are ignored; 0 means 1h, as state/local
 
@@ -169,6 +170,14 @@ const (
 	// on a quiet node still leaves after FlushEvery. A change waits at most FlushGap, far inside
 	// the share check's horizon (share.go), so overshoot does not grow with it.
 	defaultFlushGap = 10 * time.Millisecond
+	// gapPerPeer lengthens the gap of a node that sends to every peer itself by this much per
+	// peer, beyond 4 peers (flushGap): a busy node then sends, and each node receives, at most
+	// 400 delta packets a second whatever the cluster's size, where a 10 ms gap had each node
+	// of 9 send and receive 800, and packets were most of a busy node's cost of sharing. At 9
+	// nodes and 1,000 admitted requests a second (herdbench cluster --modes strict --rate
+	// 1000) CPU per request fell 11-15 % and propagation p99 rose from 15 to 30 ms
+	// (docs/architecture.md, "Batching sized to load and to the peers").
+	gapPerPeer = 2500 * time.Microsecond
 	// defaultRelayWait bounds what a relay hop adds to a delta's delay (relay.go).
 	defaultRelayWait  = 50 * time.Millisecond
 	defaultLatencyTTL = state.DefaultLatencyTTL
@@ -370,8 +379,8 @@ func (b *Backend) relayed() {
 }
 
 // loop flushes FlushEvery after the first change since the last flush, or relayWait after the
-// first record to relay, whichever is sooner, but no sooner than gap after the last flush; and
-// every housekeep regardless. An idle backend sleeps until housekeep. A node that relays
+// first record to relay, whichever is sooner, but no sooner than flushGap(gap) after the last
+// flush; and every housekeep regardless. An idle backend sleeps until housekeep. A node that relays
 // (relay.go) flushes relayWait after the first of either.
 //
 // Records to relay wait for this node's own changes because a relay's packets per flush grow
@@ -408,7 +417,7 @@ func (b *Backend) loop(every, gap, relayWait, housekeep time.Duration) {
 			if b.armed.Load() && b.ring.Load().direct() {
 				wait = every
 			}
-			at := time.Now().Add(max(wait, gap-time.Since(last)))
+			at := time.Now().Add(max(wait, b.flushGap(gap)-time.Since(last)))
 			if due.IsZero() || at.Before(due) {
 				due = at
 				flush.Reset(time.Until(at))
@@ -420,6 +429,16 @@ func (b *Backend) loop(every, gap, relayWait, housekeep time.Duration) {
 			b.antiEntropyTick(b.now().UnixNano())
 		}
 	}
+}
+
+// flushGap is the least time from one flush to the next: gap, or while this node sends to
+// every peer itself, gapPerPeer for each peer if that is longer. A relaying node's packets per
+// flush do not grow with the peers (relay.go), and it waits RelayWait anyway.
+func (b *Backend) flushGap(gap time.Duration) time.Duration {
+	if gap <= 0 || !b.ring.Load().direct() {
+		return gap
+	}
+	return max(gap, time.Duration(b.peers.Load())*gapPerPeer)
 }
 
 // SetMembers tells the backend the names of the alive members, this node's among them

@@ -95,6 +95,54 @@ func TestFlushGapBatchesUnderLoad(t *testing.T) {
 	t.Logf("%d changes in %v went out in %d flushes", changes, elapsed, flushes)
 }
 
+// A node that sends to every peer itself waits gapPerPeer per peer between flushes, so its
+// packets per second stay bounded as the cluster grows; one that relays keeps its gap.
+func TestFlushGapGrowsWithPeers(t *testing.T) {
+	b := New(Options{Node: "a", FlushEvery: -1})
+	const gap = 10 * time.Millisecond
+	if got := b.flushGap(gap); got != gap {
+		t.Errorf("before membership said anything: gap %v, want %v", got, gap)
+	}
+	for _, c := range []struct {
+		members int
+		want    time.Duration
+	}{
+		{1, gap}, {3, gap}, {5, gap}, {6, 5 * gapPerPeer}, {9, 8 * gapPerPeer},
+		{directMax + 2, gap}, // relays: a flush goes to its fingers, not to every peer
+	} {
+		names := make([]string, c.members)
+		for i := range names {
+			names[i] = string(rune('a' + i))
+		}
+		b.SetMembers(names)
+		if got := b.flushGap(gap); got != c.want {
+			t.Errorf("%d members: gap %v, want %v", c.members, got, c.want)
+		}
+		if got := b.flushGap(-1); got != -1 {
+			t.Errorf("%d members: no gap asked, got %v", c.members, got)
+		}
+	}
+
+	// The loop honours it: under constant change, a node of 9 flushes at most once per
+	// 8 x gapPerPeer although its FlushGap is 1 ms.
+	n := &countNet{}
+	l := New(Options{Node: "a", Network: n, FlushEvery: time.Millisecond, FlushGap: time.Millisecond, housekeepEvery: time.Hour})
+	t.Cleanup(l.Close)
+	l.SetMembers([]string{"a", "b", "c", "d", "e", "f", "g", "h", "i"})
+	want := 8 * gapPerPeer
+	c := l.Counter("d")
+	start := time.Now()
+	for time.Since(start) < 10*want {
+		tk, _ := c.Admit(state.Limits{}, state.Reservation{Requests: 1})
+		c.Release(tk)
+	}
+	elapsed := time.Since(start)
+	waitFor(t, "the last flush", func() bool { return !l.armed.Load() })
+	if flushes, limit := l.loops.Load(), int64(elapsed/want)+2; flushes > limit {
+		t.Fatalf("%d flushes in %v of constant change at 8 peers, want at most %d (one per %v)", flushes, elapsed, limit, want)
+	}
+}
+
 // The housekeeping flush still re-announces in-flight counts without any change.
 func TestHousekeepingFlush(t *testing.T) {
 	n := &countNet{}
