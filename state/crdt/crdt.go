@@ -31,11 +31,11 @@
 // (wire.go). Flushes follow changes, not a clock: the first change after a flush arms a timer,
 // and the flush runs FlushEvery (1 ms) later, but no sooner than FlushGap (10 ms, or 2.5 ms per
 // peer sent to, whichever is longer) after the last flush, with every change made meanwhile;
-// so a quiet node's delta waits FlushEvery, a busy node sends at most 400 packets a second,
-// and an idle node does not wake. A node that relays
-// waits RelayWait (50 ms) instead of FlushEvery, for everything to ride one flush (loop). Only
-// the in-flight re-announcement, the repeats below and garbage collection run periodically,
-// once per bucket (1 s, see housekeepEvery).
+// so a quiet node's delta waits FlushEvery, a busy node sends at most 400 delta packets a
+// second, and an idle node does not wake. A node that relays waits RelayWait (50 ms) instead
+// of FlushEvery, for everything to ride one flush (loop). Only the in-flight re-announcement,
+// the repeats below and garbage collection run periodically, once per bucket (1 s, see
+// housekeepEvery).
 // Gossip piggybacking would cut the fan-out but spread a delta in O(log n) gossip rounds of
 // 200 ms, and the admission overshoot grows with that delay.
 //
@@ -380,8 +380,8 @@ func (b *Backend) relayed() {
 
 // loop flushes FlushEvery after the first change since the last flush, or relayWait after the
 // first record to relay, whichever is sooner, but no sooner than flushGap(gap) after the last
-// flush; and every housekeep regardless. An idle backend sleeps until housekeep. A node that relays
-// (relay.go) flushes relayWait after the first of either.
+// flush; and every housekeep regardless. An idle backend sleeps until housekeep. A node that
+// relays (relay.go) flushes relayWait after the first of either.
 //
 // Records to relay wait for this node's own changes because a relay's packets per flush grow
 // with the ring (one per finger): flushing for every record relayed would have a node of a
