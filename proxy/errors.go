@@ -21,24 +21,60 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message }
 
-// MarshalJSON writes the error in OpenAI's field order.
+// MarshalJSON writes the error in OpenAI's field order. Strings that JSON writes as they are
+// (herd's own messages, configured model names: the usual case, and every 429 a full group
+// sends) are copied in; any other goes through encoding/json, which escapes as before.
 func (e *apiError) MarshalJSON() ([]byte, error) {
+	code := e.Code
+	if code == "" {
+		code = strconv.Itoa(e.Status)
+	}
+	if !plainJSON(e.Message) || !plainJSON(e.Type) || !plainJSON(e.Param) || !plainJSON(code) {
+		return e.marshalEscaped(code)
+	}
+	b := make([]byte, 0, len(`{"error":{"message":"","type":"","param":null,"code":""}}`)+len(e.Message)+len(e.Type)+len(e.Param)+len(code))
+	b = append(b, `{"error":{"message":"`...)
+	b = append(b, e.Message...)
+	b = append(b, `","type":"`...)
+	b = append(b, e.Type...)
+	if e.Param == "" {
+		b = append(b, `","param":null,"code":"`...)
+	} else {
+		b = append(b, `","param":"`...)
+		b = append(b, e.Param...)
+		b = append(b, `","code":"`...)
+	}
+	b = append(b, code...)
+	return append(b, `"}}`...), nil
+}
+
+// marshalEscaped is MarshalJSON through encoding/json, for strings that need escaping.
+func (e *apiError) marshalEscaped(code string) ([]byte, error) {
 	type body struct {
 		Message string  `json:"message"`
 		Type    string  `json:"type"`
 		Param   *string `json:"param"`
 		Code    string  `json:"code"`
 	}
-	b := body{Message: e.Message, Type: e.Type, Code: e.Code}
-	if b.Code == "" {
-		b.Code = strconv.Itoa(e.Status)
-	}
+	b := body{Message: e.Message, Type: e.Type, Code: code}
 	if e.Param != "" {
 		b.Param = &e.Param
 	}
 	return json.Marshal(struct {
 		Error body `json:"error"`
 	}{b})
+}
+
+// plainJSON reports whether encoding/json writes s inside a string byte for byte: printable
+// ASCII other than the quote, the backslash and the characters it escapes for HTML.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 // body is the error's JSON.

@@ -22,6 +22,16 @@ type metrics struct {
 	mu     sync.Mutex
 	deps   map[string]*depMetrics // by model group and deployment ID; survives config changes
 	groups sync.Map               // model group -> *atomic.Int64: herd's own 429s (no deployment had room)
+	// unrouted holds the requests series of requests that failed before a deployment was
+	// chosen, by unroutedKey: a full group answers every request so, and a label lookup each
+	// time cost as much as the rest of its bookkeeping. Groups come from the config.
+	unrouted sync.Map
+}
+
+// unroutedKey is a series of metrics.unrouted.
+type unroutedKey struct {
+	group  string
+	status int
 }
 
 // depMetrics are one deployment's series, resolved once so the hot path does no label lookups.
@@ -125,5 +135,10 @@ func (m *metrics) countUnrouted(group string, status int) {
 		}
 		n.(*atomic.Int64).Add(1)
 	}
-	m.requests.WithLabelValues(group, "", strconv.Itoa(status)).Inc()
+	k := unroutedKey{group, status}
+	c, ok := m.unrouted.Load(k)
+	if !ok {
+		c, _ = m.unrouted.LoadOrStore(k, m.requests.WithLabelValues(group, "", strconv.Itoa(status)))
+	}
+	c.(prometheus.Counter).Inc()
 }
