@@ -231,7 +231,8 @@ func TestMemberBackFromDeadExchangesWithTheNext(t *testing.T) {
 	// checked is that one comes after half that time has passed.
 	var atHalf atomic.Int64
 	atHalf.Store(-1)
-	time.AfterFunc(exchangeAfter/2, func() { atHalf.Store(int64(nodes[0].exchanges.Load())) })
+	half := time.AfterFunc(exchangeAfter/2, func() { atHalf.Store(int64(nodes[0].exchanges.Load())) })
+	t.Cleanup(func() { half.Stop() })
 	waitFor(t, 10*time.Second, func() error {
 		h := atHalf.Load()
 		if h < 0 {
