@@ -52,6 +52,7 @@ type simNode struct {
 	paused  bool
 	queue   [][]byte
 	contact time.Time
+	next    time.Time // when its loop's timer fires next: Backend.loop's schedule, on the test clock
 }
 
 func newCluster(t *testing.T, n int, seed uint64, tune func(*Options)) *cluster {
@@ -100,7 +101,7 @@ func (cl *cluster) start(name string, tune func(*Options)) {
 	}
 	old := sn.b
 	sn.b = New(o)
-	sn.paused, sn.queue = false, nil
+	sn.paused, sn.queue, sn.next = false, nil, time.Time{}
 	if old != nil {
 		v := old.homes.Load()
 		var homes []Home
@@ -242,8 +243,9 @@ func (cl *cluster) resume(name string) {
 	}
 }
 
-// advance moves time by d in tick steps, running every live node's background work and
-// refreshing raft contact for the nodes on the leader's side (when it has a majority).
+// advance moves time by d in tick steps, running every live node's background work when its
+// loop would (its period over, or kicked) and refreshing raft contact for the nodes on the
+// leader's side (when it has a majority).
 func (cl *cluster) advance(d time.Duration) {
 	for d > 0 {
 		step := min(d, tick)
@@ -257,7 +259,7 @@ func (cl *cluster) advance(d time.Duration) {
 				count++
 			}
 		}
-		var live []*Backend
+		var live []*simNode
 		for _, n := range cl.names {
 			sn := cl.nodes[n]
 			if sn.paused {
@@ -267,11 +269,21 @@ func (cl *cluster) advance(d time.Duration) {
 				sn.contact = cl.clock.Now()
 				sn.b.SetHomes(cl.tver, cl.table) // raft replicates the table to whom it reaches
 			}
-			live = append(live, sn.b)
+			live = append(live, sn)
 		}
 		cl.mu.Unlock()
-		for _, b := range live {
-			b.Tick()
+		now := cl.clock.Now()
+		for _, sn := range live {
+			kicked := false
+			select {
+			case <-sn.b.kick:
+				kicked = true
+			default:
+			}
+			if kicked || !now.Before(sn.next) {
+				sn.b.Tick()
+				sn.next = now.Add(sn.b.period())
+			}
 		}
 	}
 }

@@ -530,13 +530,12 @@ func TestStrictAfterFastModeHasItsShare(t *testing.T) {
 	}
 }
 
-// In fast mode the loop ticks every fastTick, not every tick; turning strict mode on ticks at
-// once and every tick from then.
+// In fast mode the loop ticks every fastTick; turning strict mode on ticks at once.
 func TestLoopSlowsInFastMode(t *testing.T) {
 	b := New(Options{Node: "n", Epoch: 1, Inner: local.New(local.Options{})})
 	t.Cleanup(b.Close)
-	if b.period() != tick {
-		t.Fatalf("strict period %v, want %v", b.period(), tick)
+	if b.period() != quietTick {
+		t.Fatalf("strict period without work %v, want %v", b.period(), quietTick)
 	}
 	b.Strict(false)
 	if b.period() != fastTick {
@@ -554,12 +553,105 @@ func TestLoopSlowsInFastMode(t *testing.T) {
 	n = b.ticks.Load()
 	b.Strict(true)
 	deadline = time.Now().Add(fastTick / 2)
-	for b.ticks.Load() < n+3 {
+	for b.ticks.Load() == n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d ticks within %v of strict mode coming on, want 3 (every %v)", b.ticks.Load()-n, fastTick/2, tick)
+			t.Fatalf("no tick within %v of strict mode coming on", fastTick/2)
 		}
 		time.Sleep(time.Millisecond) // poll interval
 	}
+}
+
+// A strict-mode loop with nothing to do waits quietTick, and work stirs it back to every tick:
+// an admission whose demand another home must hear of, a peer's demand, a unit lent out. The
+// only home's own admissions do not: it has nobody to ask, lend to or tell.
+func TestLoopQuietsWithoutWork(t *testing.T) {
+	clock := statetest.NewClock(simStart)
+	newBackend := func(loan time.Duration, homes ...string) *Backend {
+		b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+			LeaderContact: clock.Now, Loan: loan, noLoop: true})
+		t.Cleanup(b.Close)
+		var table []Home
+		for _, h := range homes {
+			table = append(table, Home{Name: h, Epoch: 1})
+		}
+		b.SetHomes(1, table)
+		select {
+		case <-b.kick: // New's, from strict mode coming on
+		default:
+		}
+		return b
+	}
+	stirred := func(b *Backend) bool {
+		select {
+		case <-b.kick:
+			return true
+		default:
+			return false
+		}
+	}
+	admit := func(b *Backend) {
+		t.Helper()
+		if _, err := b.Counter("d").Admit(rpm60, state.Reservation{Requests: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ticks := func(b *Backend, d, every time.Duration) {
+		for range d / every {
+			clock.Advance(every)
+			b.Tick()
+		}
+	}
+	want := func(b *Backend, p time.Duration, when string) {
+		t.Helper()
+		if got := b.period(); got != p {
+			t.Fatalf("%s: period %v, want %v", when, got, p)
+		}
+	}
+
+	alone := newBackend(0, "self")
+	want(alone, quietTick, "the only home, idle")
+	for range 10 {
+		admit(alone)
+	}
+	if stirred(alone) {
+		t.Fatal("the only home's own admissions stirred its loop")
+	}
+	want(alone, quietTick, "the only home, busy")
+	// Quiet ticks are not taken for a pause: the fence keeps trusting raft.
+	ticks(alone, 5*time.Second, quietTick)
+	alone.fenceMu.Lock()
+	distrust := alone.distrustUntil
+	alone.fenceMu.Unlock()
+	if distrust != 0 {
+		t.Fatal("ticks quietTick apart were taken for a pause")
+	}
+
+	b := newBackend(5*time.Second, "peer", "self")
+	want(b, quietTick, "idle")
+	admit(b)
+	if !stirred(b) {
+		t.Fatal("an admission did not stir the quiet loop")
+	}
+	want(b, tick, "after an admission")
+	ticks(b, 10*time.Second, tick) // its demand decays
+	want(b, quietTick, "10 s after the admission")
+
+	b.HandleMessage(encodeOne("peer", record{kind: kindDemand, dep: "d", dReq: 5}))
+	if !stirred(b) {
+		t.Fatal("a peer's demand did not stir the quiet loop")
+	}
+	want(b, tick, "with a peer's demand")
+	ticks(b, demandTTL+tick, tick)
+	want(b, quietTick, "once the peer's demand expired")
+
+	b.HandleMessage(encodeOne("peer", record{kind: kindWant, dep: "d", id: 7, req: 2, dReq: 2, rpm: 60}))
+	if !stirred(b) {
+		t.Fatal("a want did not stir the quiet loop")
+	}
+	ticks(b, demandTTL+tick, tick)
+	want(b, tick, "with units lent out, the want's demand expired")
+	ticks(b, 3*time.Second, tick)
+	want(b, quietTick, "once the loan ended")
 }
 
 // A request admitted on the own share, then held up past a cooldown (a pause), must find a
