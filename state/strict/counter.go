@@ -183,12 +183,8 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 		rights, ok := c.take(now, need)
 		if ok {
 			c.prefetch(now, need, &out)
-			stir := c.stirs(now)
 			c.mu.Unlock()
 			out.send(c.b)
-			if stir {
-				c.b.stir()
-			}
 			innerLim := state.Limits{MaxParallel: lim.MaxParallel}
 			if c.b.o.CheckInner {
 				innerLim = lim
@@ -213,12 +209,8 @@ func (c *counter) Admit(lim state.Limits, r state.Reservation) (state.Ticket, er
 			c.waiters++
 		}
 		ch := c.arrived
-		stir := c.stirs(now)
 		c.mu.Unlock()
 		out.send(c.b)
-		if stir {
-			c.b.stir()
-		}
 		if !waiting || wait <= 0 {
 			break
 		}

@@ -388,34 +388,20 @@ func (c *counter) prune(now int64) {
 	})
 }
 
-// hasWork reports whether the loop must tick every tick for this counter (Backend.hasWork);
-// alone: this node is the only home.
-func (c *counter) hasWork(now int64, alone bool) bool {
+// hasWork reports whether the loop must tick every tick for this counter: a want may time out,
+// a loan end or be spent, an admission wait, a borrower close or be asked back.
+func (c *counter) hasWork(now int64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.hasWorkLocked(now, alone)
-}
-
-// stirs reports, under c.mu, whether the loop is quiet while this counter has work for it: the
-// caller then stirs it once the lock is released.
-func (c *counter) stirs(now int64) bool {
-	return c.b.quiet.Load() && c.hasWorkLocked(now, len(c.b.homes.Load().names) <= 1)
-}
-
-func (c *counter) hasWorkLocked(now int64, alone bool) bool {
 	if len(c.wants) > 0 || len(c.loans) > 0 || c.waiters > 0 {
 		return true
 	}
 	for _, l := range c.lent {
 		if !l.closed && now < l.at+int64(c.b.o.Loan) {
-			return true // its borrower may close it, or be asked for it back
+			return true
 		}
 	}
-	if alone {
-		return false
-	}
-	dReq, dTok := c.dem.rate(now)
-	return dReq >= 0.01 || dTok >= 0.01
+	return false
 }
 
 // housekeep runs every tick: lent loans pruned, wants timed out, spent or expired loans closed,

@@ -87,14 +87,15 @@ const (
 	// confirmSlack is how long after a loan's deadline a request admitted on it may still be
 	// written upstream: the time from admission to the first byte of the request.
 	confirmSlack = 500 * time.Millisecond
-	// tick is the background loop's period while it has work: loans are closed, wants timed
-	// out, demand aged and announced, rights asked for ahead of demand.
+	// tick is the background loop's period while a loan, a want or a waiting admission needs
+	// it (see hasWork): loans are closed, wants timed out.
 	tick = 50 * time.Millisecond
-	// quietTick is its period in strict mode while it has none (see hasWork): it then only
-	// refreshes the fence, which needs a tick well within gapAfter. Ticking every 50 ms
-	// regardless woke every idle node 20 times a second: an idle lone herd spent 7.7 ms of
-	// CPU a second, 2.5 ms with the loop at fastTick. An admission, a peer's message or a new
-	// homes table stirs a quiet loop at once.
+	// quietTick is its period in strict mode otherwise: demand is aged and announced (every
+	// announceEvery), fairness recomputed, rights asked for ahead of demand, the fence
+	// refreshed (well within gapAfter). Ticking every 50 ms regardless woke every idle node 20
+	// times a second: an idle lone herd spent 7.0-7.7 ms of CPU a second, 2.5 ms with the loop
+	// at fastTick. Work that begins between two quiet ticks waits at most quietTick for the
+	// loop, no longer than a want waits for its answer (wantTimeout) anyway.
 	quietTick = 250 * time.Millisecond
 	// fastTick is its period while strict mode is off: no right is used then, and ticking
 	// every 50 ms woke every node of a fast-mode cluster 20 times a second for nothing (an
@@ -176,8 +177,7 @@ type Backend struct {
 	demandMu sync.Mutex
 	demand   map[string]map[string]peerDemand // deployment -> node -> its last announced demand
 
-	kick  chan struct{} // strict mode came on, or work for a quiet loop: it ticks at once
-	quiet atomic.Bool   // the loop waits quietTick; stir kicks it
+	kick  chan struct{} // strict mode came on: the loop ticks at once
 	ticks atomic.Int64  // the loop's, for tests
 	// lastTick is the mono ns of Tick's last run: demand is announced when a tick crosses a
 	// multiple of announceEvery since it.
@@ -395,52 +395,19 @@ func (b *Backend) loop() {
 	}
 }
 
-// period is the loop's next wait: fastTick while strict mode is off, tick while the loop has
-// work, quietTick while it has none.
+// period is the loop's next wait: fastTick while strict mode is off, tick while a counter has
+// work for it, quietTick otherwise.
 func (b *Backend) period() time.Duration {
 	if !b.strict.Load() {
 		return fastTick
 	}
-	// Set before looking: an admission or a message that the look misses comes after it, and
-	// finds quiet set when it stirs.
-	b.quiet.Store(true)
-	if b.hasWork() {
-		b.quiet.Store(false)
-		return tick
-	}
-	return quietTick
-}
-
-// stir ends a quiet loop's wait: something it must tick for began. It is called after the work
-// is recorded, so period either saw the work or set quiet before it.
-func (b *Backend) stir() {
-	if b.quiet.Load() && b.quiet.CompareAndSwap(true, false) {
-		select {
-		case b.kick <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// hasWork reports whether the loop must tick every tick: a peer's demand is known (fairness
-// follows it), or a counter has loans, wants, waiters, units lent out, or demand of its own
-// that other homes would be told of and asked to cover. A node that is the only home and
-// quiet towards its peers needs no tick however busy it is: nobody to ask, lend to or tell.
-func (b *Backend) hasWork() bool {
-	b.demandMu.Lock()
-	peers := len(b.demand) > 0
-	b.demandMu.Unlock()
-	if peers {
-		return true
-	}
-	alone := len(b.homes.Load().names) <= 1
 	now := b.mono()
 	for _, c := range b.counters.Append(nil) {
-		if c.hasWork(now, alone) {
-			return true
+		if c.hasWork(now) {
+			return tick
 		}
 	}
-	return false
+	return quietTick
 }
 
 // Tick does the background work once: fence (in strict mode), loans, demand. The loop calls it
@@ -586,7 +553,6 @@ func (b *Backend) SetHomes(version uint64, homes []Home) {
 	if len(v.names) > 0 {
 		b.tableOne.Do(func() { close(b.tabled) })
 	}
-	b.stir() // a node no longer the only home has demand to tell
 }
 
 // startWait bounds how long a request waits for the first homes table, at a node's start:

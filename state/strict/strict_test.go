@@ -561,97 +561,79 @@ func TestLoopSlowsInFastMode(t *testing.T) {
 	}
 }
 
-// A strict-mode loop with nothing to do waits quietTick, and work stirs it back to every tick:
-// an admission whose demand another home must hear of, a peer's demand, a unit lent out. The
-// only home's own admissions do not: it has nobody to ask, lend to or tell.
+// The loop ticks every tick only while a loan, a want or a waiting admission needs it, and
+// every quietTick otherwise, demand included: a busy node that holds its own rights, tells its
+// demand and lends nothing wakes four times a second. Quiet ticks still announce demand, and
+// are not taken for a pause.
 func TestLoopQuietsWithoutWork(t *testing.T) {
 	clock := statetest.NewClock(simStart)
-	newBackend := func(loan time.Duration, homes ...string) *Backend {
-		b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
-			LeaderContact: clock.Now, Loan: loan, noLoop: true})
-		t.Cleanup(b.Close)
-		var table []Home
-		for _, h := range homes {
-			table = append(table, Home{Name: h, Epoch: 1})
-		}
-		b.SetHomes(1, table)
-		select {
-		case <-b.kick: // New's, from strict mode coming on
-		default:
-		}
-		return b
-	}
-	stirred := func(b *Backend) bool {
-		select {
-		case <-b.kick:
-			return true
-		default:
-			return false
-		}
-	}
-	admit := func(b *Backend) {
-		t.Helper()
-		if _, err := b.Counter("d").Admit(rpm60, state.Reservation{Requests: 1}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ticks := func(b *Backend, d, every time.Duration) {
-		for range d / every {
-			clock.Advance(every)
-			b.Tick()
-		}
-	}
-	want := func(b *Backend, p time.Duration, when string) {
+	var announced int
+	b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+		LeaderContact: clock.Now, Loan: 5 * time.Second, Wait: -1, noLoop: true,
+		Network: netFuncs{to: func(string, []byte) bool { return true }, all: func(m []byte) {
+			_ = decode(m, func(_ string, r *record) {
+				if r.kind == kindDemand {
+					announced++
+				}
+			})
+		}}})
+	t.Cleanup(b.Close)
+	b.SetHomes(1, []Home{{Name: "peer", Epoch: 1}, {Name: "self", Epoch: 1}})
+	want := func(p time.Duration, when string) {
 		t.Helper()
 		if got := b.period(); got != p {
 			t.Fatalf("%s: period %v, want %v", when, got, p)
 		}
 	}
+	// run ticks the loop as it would for d: every period.
+	run := func(d time.Duration, each func()) {
+		for end := clock.Now().Add(d); clock.Now().Before(end); {
+			clock.Advance(b.period())
+			if each != nil {
+				each()
+			}
+			b.Tick()
+		}
+	}
+	admit := func(rpm int64) error {
+		_, err := b.Counter("d").Admit(state.Limits{RPM: rpm}, state.Reservation{Requests: 1})
+		return err
+	}
 
-	alone := newBackend(0, "self")
-	want(alone, quietTick, "the only home, idle")
-	for range 10 {
-		admit(alone)
+	want(quietTick, "idle")
+	// Units lent out: every tick until the loan ends.
+	b.HandleMessage(encodeOne("peer", record{kind: kindWant, dep: "d", id: 7, req: 2, dReq: 2, rpm: 600}))
+	want(tick, "with units lent out")
+	run(5*time.Second, nil)
+	want(quietTick, "once the loan ended")
+
+	// 4 requests a second on the own share (30 of rpm 60), with a peer's demand known.
+	b.HandleMessage(encodeOne("peer", record{kind: kindDemand, dep: "d", dReq: 1}))
+	run(3*time.Second, func() {
+		if err := admit(600); err != nil {
+			t.Fatal(err)
+		}
+		if b.period() != quietTick {
+			t.Fatalf("own demand and a peer's: period %v, want %v", b.period(), quietTick)
+		}
+	})
+	if announced < 2 {
+		t.Fatalf("3 s of quiet ticks with steady demand announced it %d times; want at least 2", announced)
 	}
-	if stirred(alone) {
-		t.Fatal("the only home's own admissions stirred its loop")
-	}
-	want(alone, quietTick, "the only home, busy")
-	// Quiet ticks are not taken for a pause: the fence keeps trusting raft.
-	ticks(alone, 5*time.Second, quietTick)
-	alone.fenceMu.Lock()
-	distrust := alone.distrustUntil
-	alone.fenceMu.Unlock()
+	b.fenceMu.Lock()
+	distrust := b.distrustUntil
+	b.fenceMu.Unlock()
 	if distrust != 0 {
 		t.Fatal("ticks quietTick apart were taken for a pause")
 	}
 
-	b := newBackend(5*time.Second, "peer", "self")
-	want(b, quietTick, "idle")
-	admit(b)
-	if !stirred(b) {
-		t.Fatal("an admission did not stir the quiet loop")
+	// A want out: every tick until it is answered or times out.
+	run(61*time.Second, nil) // the own share's units cool
+	for admit(60) == nil {
 	}
-	want(b, tick, "after an admission")
-	ticks(b, 10*time.Second, tick) // its demand decays
-	want(b, quietTick, "10 s after the admission")
-
-	b.HandleMessage(encodeOne("peer", record{kind: kindDemand, dep: "d", dReq: 5}))
-	if !stirred(b) {
-		t.Fatal("a peer's demand did not stir the quiet loop")
-	}
-	want(b, tick, "with a peer's demand")
-	ticks(b, demandTTL+tick, tick)
-	want(b, quietTick, "once the peer's demand expired")
-
-	b.HandleMessage(encodeOne("peer", record{kind: kindWant, dep: "d", id: 7, req: 2, dReq: 2, rpm: 60}))
-	if !stirred(b) {
-		t.Fatal("a want did not stir the quiet loop")
-	}
-	ticks(b, demandTTL+tick, tick)
-	want(b, tick, "with units lent out, the want's demand expired")
-	ticks(b, 3*time.Second, tick)
-	want(b, quietTick, "once the loan ended")
+	want(tick, "with a want out")
+	run(10*time.Second, nil) // unanswered wants time out; the demand that asks again decays
+	want(quietTick, "once its demand decayed and its last want timed out")
 }
 
 // A request admitted on the own share, then held up past a cooldown (a pause), must find a

@@ -290,7 +290,6 @@ func (b *Backend) HandleMessage(msg []byte) {
 		return
 	}
 	out.send(b)
-	b.stir()
 }
 
 // maxCounters bounds the deployments peers can make this node keep rights for.
