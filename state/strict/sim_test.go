@@ -259,7 +259,7 @@ func (cl *cluster) advance(d time.Duration) {
 				count++
 			}
 		}
-		var live []*simNode
+		var live, reached []*simNode
 		for _, n := range cl.names {
 			sn := cl.nodes[n]
 			if sn.paused {
@@ -267,11 +267,15 @@ func (cl *cluster) advance(d time.Duration) {
 			}
 			if count*2 > len(cl.names) && cl.linked(n, cl.leader) {
 				sn.contact = cl.clock.Now()
-				sn.b.SetHomes(cl.tver, cl.table) // raft replicates the table to whom it reaches
+				reached = append(reached, sn)
 			}
 			live = append(live, sn)
 		}
+		tver, table := cl.tver, cl.table
 		cl.mu.Unlock()
+		for _, sn := range reached {
+			sn.b.SetHomes(tver, table) // raft replicates the table to whom it reaches (SetHomes reads the contact)
+		}
 		now := cl.clock.Now()
 		for _, sn := range live {
 			kicked := false

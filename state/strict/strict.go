@@ -395,13 +395,16 @@ func (b *Backend) loop() {
 	}
 }
 
-// period is the loop's next wait: fastTick while strict mode is off, tick while a counter has
-// work for it, quietTick otherwise.
+// period is the loop's next wait: fastTick while strict mode is off, tick while the fence is
+// closed (waiting for raft contact) or a counter has work for it, quietTick otherwise.
 func (b *Backend) period() time.Duration {
 	if !b.strict.Load() {
 		return fastTick
 	}
 	now := b.mono()
+	if now >= b.fenceEnd.Load() {
+		return tick
+	}
 	for _, c := range b.counters.Append(nil) {
 		if c.hasWork(now) {
 			return tick
@@ -517,7 +520,8 @@ type Home struct {
 }
 
 // SetHomes applies a new homes table (cmd calls it from cluster.ConfigStore.OnHomes, in log
-// order). homes must be sorted by name.
+// order). homes must be sorted by name. It reads the leader contact (the fence opens with the
+// table), so its caller must not hold what LeaderContact needs.
 func (b *Backend) SetHomes(version uint64, homes []Home) {
 	now := b.mono()
 	old := b.homes.Load()
@@ -548,6 +552,12 @@ func (b *Backend) SetHomes(version uint64, homes []Home) {
 	}
 	if old.usableAt > v.usableAt {
 		v.usableAt = old.usableAt
+	}
+	if b.strict.Load() {
+		// The table comes through raft: the fence opens with it, not a tick later (a node's
+		// first contact and first table often come together, and its first requests wait
+		// for the table).
+		b.refreshFence()
 	}
 	b.homes.Store(v)
 	if len(v.names) > 0 {

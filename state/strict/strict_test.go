@@ -636,6 +636,28 @@ func TestLoopQuietsWithoutWork(t *testing.T) {
 	want(quietTick, "once its demand decayed and its last want timed out")
 }
 
+// A node whose first raft contact comes with its first homes table admits at once: the table
+// refreshes the fence, and while the fence is closed the loop ticks every tick, not quietly.
+func TestFenceOpensWithTheTable(t *testing.T) {
+	clock := statetest.NewClock(simStart)
+	var contact time.Time // no leader yet
+	b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
+		LeaderContact: func() time.Time { return contact }, noLoop: true})
+	t.Cleanup(b.Close)
+	if p := b.period(); p != tick {
+		t.Fatalf("period with the fence closed %v, want %v", p, tick)
+	}
+	clock.Advance(time.Second)
+	contact = clock.Now()
+	b.SetHomes(1, []Home{{Name: "self", Epoch: 1}})
+	if _, err := b.Counter("d").Admit(rpm60, state.Reservation{Requests: 1}); err != nil {
+		t.Fatalf("a request right after the first table and contact: %v", err)
+	}
+	if p := b.period(); p != quietTick {
+		t.Fatalf("period with the fence open and no work %v, want %v", p, quietTick)
+	}
+}
+
 // A request admitted on the own share, then held up past a cooldown (a pause), must find a
 // free unit when it finally leaves: its own came free meanwhile and was spent again.
 func TestConfirmAfterALongPauseNeedsAFreeUnit(t *testing.T) {
