@@ -87,8 +87,9 @@ const (
 	// confirmSlack is how long after a loan's deadline a request admitted on it may still be
 	// written upstream: the time from admission to the first byte of the request.
 	confirmSlack = 500 * time.Millisecond
-	// tick is the background loop's period while a loan, a want or a waiting admission needs
-	// it (see hasWork): loans are closed, wants timed out.
+	// tick is the background loop's period while the fence is closed (it opens on the first
+	// refresh after raft contact) or a counter has loans, wants, waiting admissions or units
+	// lent out (see period): loans are closed, wants timed out, lent units counted back.
 	tick = 50 * time.Millisecond
 	// quietTick is its period in strict mode otherwise: demand is aged and announced (every
 	// announceEvery), fairness recomputed, rights asked for ahead of demand, the fence
