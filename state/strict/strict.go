@@ -372,9 +372,9 @@ func (b *Backend) refreshFence() {
 }
 
 const (
-	// gapAfter is a gap between fence refreshes (every tick) that means this process stood
-	// still, and distrustFor how long raft's word is not taken after one: more than two leader
-	// leases (500 ms each).
+	// gapAfter is a gap between fence refreshes (every tick, at most quietTick apart) that
+	// means this process stood still, and distrustFor how long raft's word is not taken after
+	// one: more than two leader leases (500 ms each).
 	gapAfter    = time.Second
 	distrustFor = 3 * time.Second
 )
