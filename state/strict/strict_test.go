@@ -568,9 +568,17 @@ func TestLoopSlowsInFastMode(t *testing.T) {
 func TestLoopQuietsWithoutWork(t *testing.T) {
 	clock := statetest.NewClock(simStart)
 	var announced int
+	var wantID uint64 // the last want sent
 	b := New(Options{Node: "self", Epoch: 1, Inner: local.New(local.Options{Now: clock.Now}), Now: clock.Now,
 		LeaderContact: clock.Now, Loan: 5 * time.Second, Wait: -1, noLoop: true,
-		Network: netFuncs{to: func(string, []byte) bool { return true }, all: func(m []byte) {
+		Network: netFuncs{to: func(_ string, m []byte) bool {
+			_ = decode(m, func(_ string, r *record) {
+				if r.kind == kindWant {
+					wantID = r.id
+				}
+			})
+			return true
+		}, all: func(m []byte) {
 			_ = decode(m, func(_ string, r *record) {
 				if r.kind == kindDemand {
 					announced++
@@ -632,8 +640,18 @@ func TestLoopQuietsWithoutWork(t *testing.T) {
 	for admit(60) == nil {
 	}
 	want(tick, "with a want out")
-	run(10*time.Second, nil) // unanswered wants time out; the demand that asks again decays
-	want(quietTick, "once its demand decayed and its last want timed out")
+	// Answered with a loan: every tick while it is held.
+	b.HandleMessage(encodeOne("peer", record{kind: kindGrant, dep: "d", id: wantID, loan: 99, req: 5}))
+	c := b.counter("d")
+	c.mu.Lock()
+	left, held := len(c.wants), len(c.loans)
+	c.mu.Unlock()
+	if left != 0 || held != 1 {
+		t.Fatalf("after the grant: %d wants out, %d loans held; want 0 and 1", left, held)
+	}
+	want(tick, "with a loan held")
+	run(10*time.Second, nil) // the loan ends; the demand that asks again decays, its wants time out
+	want(quietTick, "once the loan ended and the demand decayed")
 }
 
 // A node whose first raft contact comes with its first homes table admits at once: the table
