@@ -231,6 +231,50 @@ func TestStreamEndLeavesInOneWrite(t *testing.T) {
 	}
 }
 
+// An upstream whose events end in a later write than their data line (the blank line comes
+// after a pause): each event still leaves herd whole, in one write, and never before its end.
+func TestStreamEventEndingInALaterRead(t *testing.T) {
+	needsServers(t)
+	const n = 3
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range n {
+			ev := chunk(i)
+			fmt.Fprint(w, ev[:len(ev)-1]) // the data line
+			w.(http.Flusher).Flush()
+			<-time.After(10 * time.Millisecond) // the upstream's pause, so that herd reads it alone
+			fmt.Fprint(w, "\n") // the blank line that ends the event
+			w.(http.Flusher).Flush()
+		}
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer up.Close()
+	_, addr, cl := startCounted(t, strings.ReplaceAll(streamModel, "{{UP}}", up.URL))
+
+	resp, err := http.Post("http://"+addr+"/v1/chat/completions", "application/json", strings.NewReader(streamRequest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for i := range n {
+		want.WriteString(strings.Replace(chunk(i), `,"usage":null`, "", 1))
+	}
+	want.WriteString("data: [DONE]\n\n")
+	if string(body) != want.String() {
+		t.Errorf("client got\n%s\nwant\n%s", body, want.String())
+	}
+	for _, w := range cl.allWrites() {
+		if strings.Contains(w, "data: {") && !strings.Contains(w, "\n\n") {
+			t.Errorf("a write to the client carries an event without its end: %q", w)
+		}
+	}
+}
+
 // An upstream that sends [DONE] and then keeps its body open does not keep [DONE] from the
 // client for longer than endHoldMax.
 func TestStreamEndIsFlushedWhenTheUpstreamLingers(t *testing.T) {
