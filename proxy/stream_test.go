@@ -243,7 +243,7 @@ func TestStreamEventEndingInALaterRead(t *testing.T) {
 			fmt.Fprint(w, ev[:len(ev)-1]) // the data line
 			w.(http.Flusher).Flush()
 			<-time.After(10 * time.Millisecond) // the upstream's pause, so that herd reads it alone
-			fmt.Fprint(w, "\n") // the blank line that ends the event
+			fmt.Fprint(w, "\n")                 // the blank line that ends the event
 			w.(http.Flusher).Flush()
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
