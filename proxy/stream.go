@@ -10,7 +10,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/labstack/echo/v4"
 	"github.com/tidwall/gjson"
 
 	"github.com/herd-proxy/herd/proxy/provider"
@@ -26,8 +25,9 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, str
 const streamReaderSize = 4 << 10
 
 var (
-	usageKey  = []byte(`"usage"`)
-	nullUsage = []byte(`"usage":null`)
+	usageKey      = []byte(`"usage"`)
+	nullUsage     = []byte(`"usage":null`)
+	nullUsageLast = []byte(`"usage":null}`)
 )
 
 // relayStream passes an SSE stream through event by event. An event is flushed to the client
@@ -48,6 +48,10 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	// The head leaves with the first event, in one write, as from a plain reverse proxy: a
 	// client can do nothing with a stream's head before its first event.
 	w.WriteHeader(http.StatusOK)
+	// Events are written to net/http's writer itself, past echo's wrapper, and flushed through
+	// one controller made here.
+	out := w.Writer
+	flusher := http.NewResponseController(out)
 
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(resp.Body)
@@ -77,6 +81,7 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 	if x.ep == provider.Completions {
 		contentKey, contentPath = textField, "choices.0.text"
 	}
+	native, nativeEP := x.native, x.nativeEP // read for every event: kept in locals, not loaded through x
 	for {
 		line, err := br.ReadSlice('\n')
 		if hold != nil {
@@ -112,8 +117,8 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 					ttft = time.Since(x.upStart)
 				}
 				cutFrom, cutTo := 0, 0
-				if x.native {
-					if bytes.Contains(data, usageKey) && provider.StreamEventUsage(x.nativeEP, data, &usage) {
+				if native {
+					if bytes.Contains(data, usageKey) && provider.StreamEventUsage(nativeEP, data, &usage) {
 						gotUsage = true
 					}
 					break
@@ -142,7 +147,9 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 				if !gotUsage {
 					if n := plainFieldLen(data, contentKey); n >= 0 {
 						contentBytes += n
-					} else {
+					} else if bytes.Contains(data, contentKey[:len(contentKey)-2]) {
+						// The member is there but not written plainly (escapes, spaces): parse.
+						// Without it (a finish or tool chunk) there is no text to count.
 						contentBytes += len(gjson.Get(text, contentPath).Str)
 					}
 				}
@@ -156,11 +163,11 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 				if conv != nil && !done {
 					// The client reads another API's events: each chunk becomes those.
 					converted = conv.Chunk(converted[:0], data)
-					if _, werr := w.Write(converted); werr != nil {
+					if _, werr := out.Write(converted); werr != nil {
 						status = statusClientClosed // the loop ends below
 					}
 					if !eventWaiting(br) {
-						w.Flush()
+						_ = flusher.Flush()
 					}
 				}
 			}
@@ -171,15 +178,26 @@ func (x *exchange) relayStream(resp *http.Response, addedUsage bool) error {
 				forward = false
 			}
 			if forward {
-				if _, werr := w.Write(line); werr != nil {
+				end := isBlankLine(line)
+				if !end && br.Buffered() > 0 {
+					// The blank line that ends an event has almost always come with it: it
+					// leaves in the same write. line's array is the reader's (or long's), and
+					// the byte after it is that '\n' or, after a cut, a byte already consumed.
+					if next, _ := br.Peek(1); next[0] == '\n' {
+						line = append(line, '\n')
+						_, _ = br.Discard(1)
+						end = true
+					}
+				}
+				if _, werr := out.Write(line); werr != nil {
 					status = statusClientClosed
 					break
 				}
-				if isBlankLine(line) && !eventWaiting(br) {
+				if end && !eventWaiting(br) {
 					if done {
-						hold = holdEnd(w, endHoldMax)
+						hold = holdEnd(flusher, endHoldMax)
 					} else {
-						w.Flush()
+						_ = flusher.Flush()
 					}
 				}
 			}
@@ -226,12 +244,12 @@ var endHoldMax = 5 * time.Millisecond
 // touch the response; release ends that.
 type endHold struct {
 	mu    sync.Mutex
-	w     *echo.Response
+	w     *http.ResponseController
 	held  bool
 	timer *time.Timer
 }
 
-func holdEnd(w *echo.Response, d time.Duration) *endHold {
+func holdEnd(w *http.ResponseController, d time.Duration) *endHold {
 	h := &endHold{w: w, held: true}
 	h.timer = time.AfterFunc(d, h.flush)
 	return h
@@ -242,7 +260,7 @@ func (h *endHold) flush() {
 	defer h.mu.Unlock()
 	if h.held {
 		h.held = false
-		h.w.Flush()
+		_ = h.w.Flush()
 	}
 }
 
@@ -318,6 +336,10 @@ func eventWaiting(br *bufio.Reader) bool {
 // more bracket than it opens: a scan of the rest of the chunk, a few bytes where usage comes
 // last, as in OpenAI's chunks.
 func nullUsageAt(data []byte) int {
+	if bytes.HasSuffix(data, nullUsageLast) {
+		// Where OpenAI puts it, last: the brace after it closes the chunk, so it is top-level.
+		return len(data) - len("null}")
+	}
 	for off := 0; ; {
 		i := bytes.Index(data[off:], nullUsage)
 		if i < 0 {

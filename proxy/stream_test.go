@@ -275,6 +275,39 @@ func TestStreamEventEndingInALaterRead(t *testing.T) {
 	}
 }
 
+// A stream that ends without usage is estimated from the text its chunks carry, however a
+// chunk writes it: plainly, with spaces around the colon or with escapes (parsed), or not at
+// all (a finish chunk, counted as nothing). Both streams carry 28 bytes of text.
+func TestStreamEstimateReadsEveryWayTextIsWritten(t *testing.T) {
+	needsServers(t)
+	ev := func(delta string) string {
+		return `data: {"id":"c","choices":[{"index":0,"delta":` + delta + `}],"usage":null}` + "\n\n"
+	}
+	finish := `data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}` + "\n\n"
+	streams := map[string]string{
+		"plain": ev(`{"content":"abcdefghijklmnopqrstuvwxyz12"}`) + finish,
+		"mixed": ev(`{"content":"abcd"}`) + ev(`{"content" : "efghijklmnopqrstuvwx"}`) + ev(`{"content":"y\"z1"}`) + finish,
+	}
+	tokens := map[string]int64{}
+	for name, stream := range streams {
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, stream+"data: [DONE]\n\n")
+		}))
+		h := startHerd(t, streamModel, up.URL, nil)
+		resp, out := post(t, h.URL+"/v1/chat/completions", streamRequest)
+		up.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d: %s", name, resp.StatusCode, out)
+		}
+		h.settled(t)
+		tokens[name] = h.tokens(0)
+	}
+	if tokens["mixed"] != tokens["plain"] || tokens["plain"] == 0 {
+		t.Errorf("tokens counted: %v; want the same for both, not 0", tokens)
+	}
+}
+
 // An upstream that sends [DONE] and then keeps its body open does not keep [DONE] from the
 // client for longer than endHoldMax.
 func TestStreamEndIsFlushedWhenTheUpstreamLingers(t *testing.T) {
