@@ -50,6 +50,7 @@ type streamOptions struct {
 	events             int           // content events per stream
 	jsonPath           string
 	reportFrom         string // render this saved JSON run instead of measuring
+	together           bool   // load every proxy target of a round at the same time
 }
 
 func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
@@ -70,6 +71,7 @@ func parseStreamFlags(args []string, stderr io.Writer) (streamOptions, error) {
 	fs.IntVar(&o.events, "events", 50, "content events per stream")
 	fs.StringVar(&o.jsonPath, "json", "", "also write all raw numbers to this JSON file")
 	fs.StringVar(&o.reportFrom, "report", "", "print the report of a run saved with --json, measuring nothing")
+	fs.BoolVar(&o.together, "together", false, "load the proxy targets of a round at the same time, each with its own C streams, so that all meet the same host conditions (direct is still measured alone): for comparing CPU per stream on a noisy machine; the machine is busier, and added figures compare with direct measured alone")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -421,6 +423,44 @@ func measureStream(ctx context.Context, t *streamTarget, c int, ramp, warmup, d 
 	return s, nil
 }
 
+// loadGroups splits a round's targets, in order, into the loads measured one after another:
+// one target each, or with together direct alone and then every proxy at once.
+func loadGroups(order []*streamTarget, together bool) [][]*streamTarget {
+	var groups [][]*streamTarget
+	var proxies []*streamTarget
+	for _, t := range order {
+		if together && t.name != streamDirect {
+			proxies = append(proxies, t)
+			continue
+		}
+		groups = append(groups, []*streamTarget{t})
+	}
+	if len(proxies) > 0 {
+		groups = append(groups, proxies)
+	}
+	return groups
+}
+
+// measureStreams measures the targets of one load at the same time, each under its own c
+// streams, and returns their samples in the order given.
+func measureStreams(ctx context.Context, group []*streamTarget, c int, ramp, warmup, d time.Duration) ([]streamSample, error) {
+	got := make([]streamSample, len(group))
+	errs := make([]error, len(group))
+	var wg sync.WaitGroup
+	for i, t := range group {
+		wg.Go(func() {
+			got[i], errs[i] = measureStream(ctx, t, c, ramp, warmup, d)
+			// Every target's idle connections would add up past the file limit at C=5000.
+			t.client.CloseIdleConnections()
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("%s at C=%d: %w", t.name, c, errs[i])
+			}
+		})
+	}
+	wg.Wait()
+	return got, errors.Join(errs...)
+}
+
 // runStreamBench is `herdbench streams`.
 func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseStreamFlags(args, stderr)
@@ -458,27 +498,31 @@ func runStreamBench(ctx context.Context, args []string, stdout, stderr io.Writer
 	var samples []streamSample
 	for _, c := range o.concurrency {
 		for round := 1; round <= o.rounds; round++ {
+			order := make([]*streamTarget, len(targets))
 			for pos := range targets {
-				t := targets[(pos+round-1)%len(targets)]
+				order[pos] = targets[(pos+round-1)%len(targets)]
+			}
+			for _, group := range loadGroups(order, o.together) {
 				for _, ch := range children {
 					if err := ch.exited(); err != nil {
 						return err
 					}
 				}
-				s, err := measureStream(ctx, t, c, min(o.streamLength(), o.warmup), o.warmup, o.duration)
-				// Every target's idle connections would add up past the file limit at C=5000.
-				t.client.CloseIdleConnections()
+				got, err := measureStreams(ctx, group, c, min(o.streamLength(), o.warmup), o.warmup, o.duration)
 				if err != nil {
-					return fmt.Errorf("%s at C=%d: %w", t.name, c, err)
+					return err
 				}
 				if err := ctx.Err(); err != nil {
 					return fmt.Errorf("interrupted: %w", err)
 				}
-				s.Round, s.Position = round, pos
-				samples = append(samples, s)
-				fmt.Fprintf(stderr, "C=%d round %d/%d %-11s %7.1f streams/s  ok %d failed %d  ttft p50 %s p99 %s  gap p99 %s  cpu %.3f s/1000  %.1f KiB/stream  %.2f writes/event  machine %.0f%%\n",
-					c, round, o.rounds, t.name, s.PerSecond, s.Completed, s.Failed, fmtMs(s.TTFT.P50), fmtMs(s.TTFT.P99), fmtMs(s.Gap.P99),
-					s.CPUPer1000, s.KiBPerStream, s.WritesPerEvent, s.MachineBusy)
+				for i, s := range got {
+					t := group[i]
+					s.Round, s.Position = round, slices.Index(order, t)
+					samples = append(samples, s)
+					fmt.Fprintf(stderr, "C=%d round %d/%d %-11s %7.1f streams/s  ok %d failed %d  ttft p50 %s p99 %s  gap p99 %s  cpu %.3f s/1000  %.1f KiB/stream  %.2f writes/event  machine %.0f%%\n",
+						c, round, o.rounds, t.name, s.PerSecond, s.Completed, s.Failed, fmtMs(s.TTFT.P50), fmtMs(s.TTFT.P99), fmtMs(s.Gap.P99),
+						s.CPUPer1000, s.KiBPerStream, s.WritesPerEvent, s.MachineBusy)
+				}
 			}
 		}
 	}

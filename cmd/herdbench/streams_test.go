@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,12 @@ func TestParseStreamFlags(t *testing.T) {
 	}
 	if !slices.Equal(o.concurrency, []int{10, 20}) || !slices.Equal(o.targets, []string{"herd", "direct"}) || o.rounds != 2 || o.events != 5 {
 		t.Errorf("options = %+v", o)
+	}
+	if o.together {
+		t.Error("together without --together")
+	}
+	if o, err := parseStreamFlags([]string{"--together"}, io.Discard); err != nil || !o.together {
+		t.Errorf("--together: %+v, %v", o, err)
 	}
 	if got, want := o.streamLength(), 200*time.Millisecond+5*20*time.Millisecond; got != want {
 		t.Errorf("stream length %v, want %v", got, want)
@@ -111,6 +118,66 @@ func TestRunStreamsWindow(t *testing.T) {
 	}
 	if l.ttft.n == 0 || l.ttft.n > uint64(l.completed.Load()) {
 		t.Errorf("%d TTFT samples for %d completed streams", l.ttft.n, l.completed.Load())
+	}
+}
+
+func TestLoadGroups(t *testing.T) {
+	floor, direct, herd := &streamTarget{name: streamFloor}, &streamTarget{name: streamDirect}, &streamTarget{name: streamHerd}
+	order := []*streamTarget{floor, direct, herd}
+	names := func(groups [][]*streamTarget) (out [][]string) {
+		for _, g := range groups {
+			var n []string
+			for _, t := range g {
+				n = append(n, t.name)
+			}
+			out = append(out, n)
+		}
+		return out
+	}
+	if got := names(loadGroups(order, false)); !reflect.DeepEqual(got, [][]string{{"floor"}, {"direct"}, {"herd"}}) {
+		t.Errorf("one at a time: %v", got)
+	}
+	if got := names(loadGroups(order, true)); !reflect.DeepEqual(got, [][]string{{"direct"}, {"floor", "herd"}}) {
+		t.Errorf("together: %v", got)
+	}
+}
+
+// Targets measured together are under load at the same time: each one's streams begin before
+// the other's window has ended, and each gets its own sample.
+func TestMeasureStreamsTogether(t *testing.T) {
+	var mu sync.Mutex
+	arrivals := map[string][]time.Time{}
+	target := func(name string) *streamTarget {
+		ts := sseServer(t, 5*time.Millisecond, 5*time.Millisecond, 3, false)
+		front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			arrivals[name] = append(arrivals[name], time.Now())
+			mu.Unlock()
+			resp, err := http.Post(ts.URL, "application/json", r.Body)
+			if err != nil {
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.Copy(w, resp.Body)
+		}))
+		t.Cleanup(front.Close)
+		return &streamTarget{name: name, url: front.URL, body: []byte(`{}`), client: newStreamClient(4)}
+	}
+	group := []*streamTarget{target("a"), target("b")}
+	got, err := measureStreams(context.Background(), group, 4, 10*time.Millisecond, 50*time.Millisecond, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Target != "a" || got[1].Target != "b" || got[0].Completed == 0 || got[1].Completed == 0 {
+		t.Fatalf("samples %+v", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	a, b := arrivals["a"], arrivals["b"]
+	if b[0].After(a[len(a)-1]) || a[0].After(b[len(b)-1]) {
+		t.Errorf("loads did not overlap: a %v-%v, b %v-%v", a[0], a[len(a)-1], b[0], b[len(b)-1])
 	}
 }
 
