@@ -58,6 +58,12 @@ type clusterOptions struct {
 	// when the same load is split over n processes, so herd's n-node cost has a floor to be
 	// read against.
 	floor bool
+	// together, in accuracy mode, measures every node count at the same time: each loads its
+	// own processes in the same seconds as the others (gate), so that the ratios to one node
+	// compare processes that met the same host conditions. With --unclustered, one node is
+	// then also measured as one lone process, against which the n lone ones are read.
+	together bool
+	gate     *loadGate // --together: each load starts with every other node count's (runSuite)
 
 	modeOptions // --modes, --limit-wait and --tpm (cluster_modes.go)
 }
@@ -91,6 +97,7 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	fs.IntVar(&o.rounds, "rounds", 3, "--keys: measure each cluster this many times, alternating which goes first")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "--keys: discarded load before each measurement")
 	fs.BoolVar(&o.unclustered, "unclustered", false, "accuracy: after each cluster of n > 1 nodes, also measure n lone herd processes (no cluster; each 1/n of the limit) under the same load, and report the CPU per request of both side by side")
+	fs.BoolVar(&o.together, "together", false, "accuracy: load every node count of --nodes at the same time, each its own processes with its own load (then, with --unclustered and --floor, their lone herds and bare reverse proxies at the same time), so that the ratios to one node are not moved by the machine's drift between loads; the machine is busier than one load makes it")
 	fs.BoolVar(&o.floor, "floor", false, "accuracy: at every n, also measure n bare reverse proxies (httputil.ReverseProxy, forwarding every request) under the same load, and report how each one's CPU per request grows from 1 to n processes")
 	fs.StringVar(&o.profileDir, "profile-dir", "", "start nodes with --pprof-addr and save each node's CPU profile of each measured load here (profiling costs CPU: publish figures from runs without it)")
 	modes := fs.String("modes", "", "fast,strict: measure clusters with each router_settings.cluster_limit_mode in turn and report them side by side; with --rate, herd's latency and CPU per request instead of accuracy")
@@ -118,6 +125,9 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	if o.floor && (*modes != "" || *keys != "") {
 		return o, usageError{"--floor applies to the accuracy mode, not with --modes or --keys"}
 	}
+	if o.together && (*modes != "" || *keys != "") {
+		return o, usageError{"--together applies to the accuracy mode, not with --modes or --keys"}
+	}
 	if *modes != "" || set["limit-wait"] || set["tpm"] {
 		if o.modeOptions, err = parseModes(*modes, *limitWait, *tpm, set); err != nil {
 			return o, err
@@ -136,6 +146,9 @@ func parseClusterFlags(args []string, stderr io.Writer) (clusterOptions, error) 
 	}
 	if o.nodes, err = parseRates(*nodes); err != nil {
 		return o, usageError{"--nodes: " + err.Error()}
+	}
+	if o.together && len(o.nodes) < 2 {
+		return o, usageError{"--together needs at least two node counts in --nodes, e.g. 1,9"}
 	}
 	if o.demands, err = parseRates(*demands); err != nil {
 		return o, usageError{"--demands: " + err.Error()}
@@ -748,6 +761,9 @@ func (env *clusterEnv) measure(ctx context.Context, o clusterOptions, n int, spr
 // measureOn is measure that also returns what was sent.
 func (env *clusterEnv) measureOn(ctx context.Context, o clusterOptions, n int, spread, pattern string, demand int, model string) (clusterRun, []outcome, error) {
 	r := clusterRun{Nodes: n, Pattern: pattern, Spread: spread, Demand: demand, Limit: o.limit}
+	if err := o.gate.wait(ctx); err != nil {
+		return r, nil, err
+	}
 	before, packetsBefore, err := env.propagation(ctx)
 	if err != nil {
 		return r, nil, err
@@ -882,13 +898,14 @@ func accuracySuite[R any](o clusterOptions, tmpPrefix string, clusters int, setu
 }
 
 // measureAccuracy starts one n-node cluster and runs every accuracy measurement on it, each
-// on its own model group; with --unclustered, then n lone processes under the same loads.
+// on its own model group; with --unclustered, then n lone processes under the same loads (one
+// lone process too with --together, whose loads every node count makes alike).
 func measureAccuracy(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]clusterRun, error) {
 	runs, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{pprof: o.profileDir != ""}, progress)
 	if err != nil {
 		return nil, err
 	}
-	if o.unclustered && n > 1 {
+	if o.unclustered && (n > 1 || o.together) {
 		lone, err := measureCases(ctx, o, n, herdPath, tmpDir, clusterSpec{lone: true}, progress)
 		if err != nil {
 			return nil, err
@@ -967,7 +984,12 @@ func writeGrowth(w io.Writer, runs []clusterRun) {
 		}
 		line := fmt.Sprintf("- %d nodes, %s %s %d×: herd cluster %.2f×", r.Nodes, r.Spread, r.Pattern, r.Demand, r.CPUPerRequest/one.CPUPerRequest)
 		if r.UnclusteredCPUPerRequest > 0 {
-			line += fmt.Sprintf(", lone herds %.2f×", r.UnclusteredCPUPerRequest/one.CPUPerRequest)
+			// Against one lone process when it was measured (--together), else one node.
+			lone := one.CPUPerRequest
+			if one.UnclusteredCPUPerRequest > 0 {
+				lone = one.UnclusteredCPUPerRequest
+			}
+			line += fmt.Sprintf(", lone herds %.2f× (%.0f µs against %.0f µs)", r.UnclusteredCPUPerRequest/lone, r.UnclusteredCPUPerRequest, lone)
 		}
 		if r.FloorCPUPerRequest > 0 && one.FloorCPUPerRequest > 0 {
 			line += fmt.Sprintf(", bare reverse proxies %.2f× (%.0f µs against %.0f µs)", r.FloorCPUPerRequest/one.FloorCPUPerRequest, r.FloorCPUPerRequest, one.FloorCPUPerRequest)
@@ -1061,6 +1083,9 @@ func writeClusterMarkdown(w io.Writer, cmd string, m machineInfo, o clusterOptio
 	fmt.Fprintf(w, "Command: `%s`\n\n", cmd)
 	fmt.Fprintf(w, "Machine: %s, %d CPUs, load average %s at start, %s; herd revision %s; %s. One deployment, rpm %d; %s of load per row, round-robin over the nodes (hot: all to one node); fake upstream latency %s; bursts every %s.\n\n",
 		m.CPUModel, m.NumCPU, m.LoadAvg, m.GoVersion, m.HerdRevision, m.Date, o.limit, o.duration, o.upLatency, o.burstGap)
+	if o.together {
+		fmt.Fprintf(w, "Together: every node count was loaded at the same time, each with its own load of the row's rate (so the machine served %d loads at once); read the ratios between node counts, not the absolute figures.\n\n", len(o.nodes))
+	}
 	fmt.Fprintln(w, "| nodes | spread | pattern | demand | offered | upstream saw | max in any 60 s | overshoot | utilisation | propagation p50 / p99 | peak rate | bound rate×p99 | herd CPU per request | per node, per request it served: mean / max | same processes unclustered (ratio) | gossip packets/s per node | as many bare reverse proxies, CPU per request |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {

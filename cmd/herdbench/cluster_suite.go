@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -65,12 +67,20 @@ func runSuite[R, S any](ctx context.Context, o clusterOptions, args []string, s 
 	}
 	fmt.Fprintf(stderr, "herdbench: %s; every child is stopped within %s\n", s.plan, budget)
 
-	for _, n := range o.nodes {
-		runs, err := s.measure(ctx, o, n, herdPath, tmpDir, stderr)
+	if o.together {
+		runs, err := measureTogether(ctx, o, s.measure, herdPath, tmpDir, stderr)
 		if err != nil {
 			return err
 		}
-		rep.Runs = append(rep.Runs, runs...)
+		rep.Runs = runs
+	} else {
+		for _, n := range o.nodes {
+			runs, err := s.measure(ctx, o, n, herdPath, tmpDir, stderr)
+			if err != nil {
+				return err
+			}
+			rep.Runs = append(rep.Runs, runs...)
+		}
 	}
 
 	rep.Command = commandLine("herdbench cluster", args)
@@ -81,6 +91,61 @@ func runSuite[R, S any](ctx context.Context, o clusterOptions, args []string, s 
 		}
 	}
 	return missed
+}
+
+// measureTogether makes every node count's measurements at the same time (--together), each
+// load starting with the others' (o.gate), and returns their runs in the order of o.nodes.
+// The first to fail stops the others.
+func measureTogether[R any](ctx context.Context, o clusterOptions, measure func(context.Context, clusterOptions, int, string, string, io.Writer) ([]R, error), herdPath, tmpDir string, progress io.Writer) ([]R, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	o.gate = newLoadGate(len(o.nodes))
+	runs := make([][]R, len(o.nodes))
+	var wg sync.WaitGroup
+	for i, n := range o.nodes {
+		wg.Go(func() {
+			var err error
+			if runs[i], err = measure(ctx, o, n, herdPath, tmpDir, progress); err != nil {
+				cancel(fmt.Errorf("%d nodes: %w", n, err))
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return slices.Concat(runs...), nil
+}
+
+// loadGate starts loads together: each waits until all n have arrived, and then all go, as
+// often as there are loads.
+type loadGate struct {
+	mu      sync.Mutex
+	n, in   int
+	release chan struct{} // closed when the last of the current round arrives
+}
+
+func newLoadGate(n int) *loadGate { return &loadGate{n: n, release: make(chan struct{})} }
+
+// wait returns once all n have called it in this round, or with ctx's error. A nil gate does
+// not wait: loads that run in turn.
+func (g *loadGate) wait(ctx context.Context) error {
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	release := g.release
+	if g.in++; g.in == g.n {
+		g.in, g.release = 0, make(chan struct{})
+		close(release)
+	}
+	g.mu.Unlock()
+	select {
+	case <-release:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
 }
 
 // costSuite is the part of a CPU-per-request suite (--keys, or --modes with --rate) that

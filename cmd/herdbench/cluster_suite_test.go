@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -144,5 +145,121 @@ func TestFmtMachine(t *testing.T) {
 	m.HerdRevision = ""
 	if got := fmtMachine(m); !strings.Contains(got, "herd revision unknown (the binary carries no VCS stamp);") {
 		t.Errorf("no revision: %s", got)
+	}
+}
+
+// TestRunSuiteTogether: with --together every node count is measured at the same time, each
+// load starting with the other's (a run that measured them in turn would leave the first at
+// its gate until the context ends), and the runs are reported in the order of --nodes. The
+// first failure stops the other measurement and is the run's error.
+func TestRunSuiteTogether(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	o := clusterOptions{herd: exe, nodes: []int{1, 9}, together: true}
+	started := map[int]chan struct{}{1: make(chan struct{}), 9: make(chan struct{})}
+	suite := clusterSuite[suiteRun, string]{
+		tmpPrefix: "herdbench-suite-test-", measurements: 4, each: time.Minute, setup: time.Minute,
+		measure: func(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]suiteRun, error) {
+			close(started[n])
+			select {
+			case <-started[10-n]: // the other node count's measurement is under way too
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%d nodes measured alone", n)
+			}
+			if o.gate == nil {
+				return nil, errors.New("no gate to start the loads together")
+			}
+			var runs []suiteRun
+			for range 2 { // two loads, as a cluster and then its lone processes
+				if err := o.gate.wait(ctx); err != nil {
+					return nil, err
+				}
+				runs = append(runs, suiteRun{Nodes: n})
+			}
+			return runs, nil
+		},
+	}
+	var got []suiteRun
+	suite.report = func(w io.Writer, o clusterOptions, rep *clusterReport[suiteRun, string]) error {
+		got = rep.Runs
+		return nil
+	}
+	if err := runSuite(ctx, o, nil, suite, io.Discard, io.Discard); err != nil {
+		t.Fatalf("runSuite = %v: the node counts were not measured at the same time", err)
+	}
+	if want := []suiteRun{{1}, {1}, {9}, {9}}; !slices.Equal(got, want) {
+		t.Errorf("runs %v, want %v", got, want)
+	}
+
+	suite.measure = func(ctx context.Context, o clusterOptions, n int, herdPath, tmpDir string, progress io.Writer) ([]suiteRun, error) {
+		if err := o.gate.wait(ctx); err != nil {
+			return nil, err
+		}
+		if n == 9 {
+			return nil, errors.New("a node died")
+		}
+		return nil, o.gate.wait(ctx) // the second load never gets its partner
+	}
+	err = runSuite(ctx, o, nil, suite, io.Discard, io.Discard)
+	if err == nil || err.Error() != "9 nodes: a node died" {
+		t.Errorf("runSuite = %v, want the failed measurement's error", err)
+	}
+	if ctx.Err() != nil {
+		t.Error("the other measurement was left waiting until the test's deadline")
+	}
+}
+
+// A loadGate lets no one through before all have arrived, then all, round after round; a
+// waiter whose context ends gets its cause.
+func TestLoadGate(t *testing.T) {
+	g := newLoadGate(3)
+	for round := range 2 {
+		passed := make(chan int, 3)
+		for i := range 2 {
+			go func() {
+				if err := g.wait(context.Background()); err == nil {
+					passed <- i
+				}
+			}()
+		}
+		// Both are in once the gate counts them; none may be through then.
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			g.mu.Lock()
+			in := g.in
+			g.mu.Unlock()
+			if in == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d of 2 waiters arrived", round, in)
+			}
+			runtime.Gosched()
+		}
+		if len(passed) > 0 {
+			t.Fatalf("round %d: a waiter passed with 2 of 3 arrived", round)
+		}
+		if err := g.wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			select {
+			case <-passed:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: a waiter was not let through once all arrived", round)
+			}
+		}
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("stopped"))
+	if err := g.wait(ctx); err == nil || err.Error() != "stopped" {
+		t.Errorf("wait with an ended context = %v", err)
+	}
+	var none *loadGate
+	if err := none.wait(ctx); err != nil {
+		t.Errorf("a nil gate waited: %v", err)
 	}
 }

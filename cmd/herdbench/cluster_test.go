@@ -217,7 +217,7 @@ func TestClusterMarkdownShowsGrowth(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"| 400 µs | n/a | 350 µs (1.14×) | 0 | 600 µs |",
-		"- 9 nodes, balanced steady 10×: herd cluster 2.00×, lone herds 1.75×, bare reverse proxies 2.00× (600 µs against 300 µs)",
+		"- 9 nodes, balanced steady 10×: herd cluster 2.00×, lone herds 1.75× (350 µs against 200 µs), bare reverse proxies 2.00× (600 µs against 300 µs)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in:\n%s", want, out)
@@ -225,6 +225,28 @@ func TestClusterMarkdownShowsGrowth(t *testing.T) {
 	}
 	if strings.Contains(out, "bursty 10×: herd") {
 		t.Errorf("a load without a one-node row got a ratio:\n%s", out)
+	}
+	if strings.Contains(out, "Together") {
+		t.Errorf("loads in turn reported as together:\n%s", out)
+	}
+
+	// --together: one node was measured as a lone process too, and the lone herds are read
+	// against it; the report says the loads ran at once.
+	b.Reset()
+	writeClusterMarkdown(&b, "herdbench cluster", machineInfo{}, clusterOptions{limit: 600, nodes: []int{1, 9}, together: true},
+		[]clusterRun{
+			{Nodes: 1, Spread: "balanced", Pattern: "steady", Demand: 10, CPUPerRequest: 200, UnclusteredCPUPerRequest: 175},
+			{Nodes: 9, Spread: "balanced", Pattern: "steady", Demand: 10, CPUPerRequest: 400, UnclusteredCPUPerRequest: 350},
+		})
+	out = b.String()
+	for _, want := range []string{
+		"Together: every node count was loaded at the same time, each with its own load of the row's rate (so the machine served 2 loads at once)",
+		"| 200 µs | n/a | 175 µs (1.14×) |",
+		"- 9 nodes, balanced steady 10×: herd cluster 2.00×, lone herds 2.00× (350 µs against 175 µs)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
 	}
 }
 
@@ -257,5 +279,13 @@ func TestUnclusteredFlag(t *testing.T) {
 	}
 	if _, err := parseClusterFlags([]string{"--keys", "off,on", "--floor"}, io.Discard); err == nil {
 		t.Error("--floor with --keys was accepted")
+	}
+	if o, err := parseClusterFlags([]string{"--nodes", "1,9", "--together"}, io.Discard); err != nil || !o.together {
+		t.Errorf("--together: %+v, %v", o, err)
+	}
+	for _, args := range [][]string{{"--nodes", "9", "--together"}, {"--modes", "fast,strict", "--together"}, {"--keys", "off,on", "--together"}} {
+		if _, err := parseClusterFlags(args, io.Discard); err == nil {
+			t.Errorf("%q was accepted", args)
+		}
 	}
 }
