@@ -96,7 +96,9 @@ func (p *Pool) CloseIdle() {
 
 // httpUpstream is an OpenAI-compatible or Azure deployment reached over HTTP.
 type httpUpstream struct {
-	client        *http.Client
+	// transport sends each call itself: redirects from an LLM API are not expected and go to
+	// the client as they are, so an http.Client around it would add only its per-call work.
+	transport     *http.Transport
 	urls          [numEndpoints]*url.URL
 	header        http.Header // shared, never modified after construction
 	timeout       time.Duration
@@ -121,11 +123,7 @@ func newHTTP(d *config.Deployment, pool *Pool, urlFor func(*config.Deployment, E
 		}
 		u.urls[e] = parsed
 	}
-	u.client = &http.Client{
-		Transport: pool.transport(u.urls[0]),
-		// Redirects from an LLM API are not expected; pass them to the client as they are.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	u.transport = pool.transport(u.urls[0])
 	return u, nil
 }
 
@@ -189,7 +187,7 @@ func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, heade
 			}
 		}
 	}
-	resp, err := u.client.Do(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))
+	resp, err := u.transport.RoundTrip(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))
 	if err != nil {
 		if idle != nil {
 			idle.stop()

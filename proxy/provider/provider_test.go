@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,6 +216,34 @@ func TestConfirmGatesTheRequest(t *testing.T) {
 		t.Fatalf("err = %v after %d confirms; want a response after one", err, calls)
 	}
 	resp.Body.Close()
+}
+
+// A redirect from the upstream is not followed: it is the upstream's answer, passed on as it
+// is, and nothing is sent where it points.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	var followed atomic.Int32
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		followed.Add(1)
+		_, _ = io.WriteString(w, `{}`)
+	}))
+	defer elsewhere.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	up, _ := New(httpDeployment(srv.URL, time.Minute, time.Minute), NewPool(nil))
+	resp, err := up.Do(context.Background(), &Call{Endpoint: ChatCompletions, Body: []byte(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(resp.Header.Get("Location"), elsewhere.URL) {
+		t.Errorf("got %d to %q, want the upstream's 307 as it is", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if n := followed.Load(); n != 0 {
+		t.Errorf("the redirect was followed: %d requests where it pointed", n)
+	}
 }
 
 func TestStreamEventUsage(t *testing.T) {

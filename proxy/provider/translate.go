@@ -256,10 +256,7 @@ func newHTTPClient(d *config.Deployment, pool *Pool, base string) (*httpUpstream
 		timeout:       d.Timeout,
 		streamTimeout: d.StreamTimeout,
 		streamUsage:   true,
-		client: &http.Client{
-			Transport:     pool.transport(parsed),
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		transport:     pool.transport(parsed),
 	}, nil
 }
 
