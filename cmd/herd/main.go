@@ -14,6 +14,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -32,6 +33,14 @@ import (
 var version = "dev"
 
 func main() {
+	// Before anything starts, as it may execute herd again (the same process, the same
+	// arguments); bad flags are left for run to report.
+	if o, err := parseFlags(os.Args[1:], os.Getenv, io.Discard); err == nil && !o.showVersion {
+		if err := applyTimerSlack(o.timerSlack); err != nil && (runtime.GOOS == "linux" || o.timerSlackSet) {
+			slog.New(slog.NewTextHandler(os.Stderr, nil)).Warn("timer slack not set: the Go runtime's idle polling costs more CPU",
+				"key", "--timer-slack", "want", o.timerSlack, "err", err)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
@@ -44,14 +53,16 @@ func main() {
 
 // options are herd's command-line settings.
 type options struct {
-	configPath   string
-	host         string
-	port         int
-	drainTimeout time.Duration
-	pprofAddr    string
-	showVersion  bool
-	cluster      clusterFlags
-	raft         raftFlags
+	configPath    string
+	host          string
+	port          int
+	drainTimeout  time.Duration
+	pprofAddr     string
+	timerSlack    time.Duration // every thread's timer slack (timerslack_linux.go); 0 keeps the inherited
+	timerSlackSet bool          // by --timer-slack or HERD_TIMER_SLACK, not by default
+	showVersion   bool
+	cluster       clusterFlags
+	raft          raftFlags
 }
 
 const usage = `herd: an LLM load-balancing proxy that reads LiteLLM's config.yaml and speaks the OpenAI API.
@@ -66,9 +77,14 @@ demo-model on two mock deployments, so you can try it with no upstream.
 Flags:
 `
 
+// defaultTimerSlack is --timer-slack's default: timers (flushes, timeouts) may end up to 1 ms
+// late, and the runtime's monitor wakes about a thousand times a second at most, not over ten
+// thousand (docs/architecture.md, "Timer slack").
+const defaultTimerSlack = time.Millisecond
+
 // parseFlags reads args, with env (HERD_CONFIG, PORT, HOST, HERD_DRAIN_TIMEOUT) as defaults.
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (options, error) {
-	o := options{host: "0.0.0.0", port: 4000, drainTimeout: 30 * time.Second, configPath: getenv("HERD_CONFIG")}
+	o := options{host: "0.0.0.0", port: 4000, drainTimeout: 30 * time.Second, timerSlack: defaultTimerSlack, configPath: getenv("HERD_CONFIG")}
 	o.raft.bootstrapExpect = -1
 	if h := getenv("HOST"); h != "" {
 		o.host = h
@@ -86,6 +102,13 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 			return o, fmt.Errorf("HERD_DRAIN_TIMEOUT=%q: %v", d, err)
 		}
 		o.drainTimeout = v
+	}
+	if d := getenv("HERD_TIMER_SLACK"); d != "" {
+		v, err := time.ParseDuration(d)
+		if err != nil || v < 0 {
+			return o, fmt.Errorf("HERD_TIMER_SLACK=%q: want a duration of 0 or more, such as 1ms", d)
+		}
+		o.timerSlack, o.timerSlackSet = v, true
 	}
 	fs := flag.NewFlagSet("herd", flag.ContinueOnError)
 	fs.SetOutput(out)
@@ -106,12 +129,17 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.StringVar(&o.raft.dataDir, "data-dir", "", "directory for the raft log and snapshots (default: cluster_settings.data_dir; none = config changes are kept in memory only)")
 	fs.IntVar(&o.raft.bootstrapExpect, "bootstrap-expect", -1, "how many nodes bootstrap raft together once gossip shows them all (default: cluster_settings.bootstrap_expect; 0 = a node without seeds starts alone)")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", getenv("HERD_PPROF_ADDR"), "serve Go's net/http/pprof on this loopback HOST:PORT (env HERD_PPROF_ADDR); off when empty")
+	fs.DurationVar(&o.timerSlack, "timer-slack", o.timerSlack, "how late the kernel may wake herd's threads from a timed sleep, to batch wake-ups: cuts the Go runtime's idle polling (Linux; herd executes itself once at start to apply it); 0 keeps the inherited slack (env HERD_TIMER_SLACK)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	fs.Visit(func(f *flag.Flag) { o.timerSlackSet = o.timerSlackSet || f.Name == "timer-slack" })
+	if o.timerSlack < 0 {
+		return o, fmt.Errorf("--timer-slack %s: must not be negative", o.timerSlack)
 	}
 	if o.pprofAddr != "" {
 		// Profiles expose internals and cost CPU: never on a routable address.
@@ -275,8 +303,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			demoCurl(ln.Addr(), cfg.GeneralSettings.MasterKey != ""))
 	}
 
+	slack := "unknown"
+	if d, err := currentTimerSlack(); err == nil {
+		slack = d.String()
+	}
 	log.Info("herd listening", "addr", ln.Addr().String(), "node", ccfg.NodeName, "version", version,
-		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", shared.name)
+		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", shared.name, "timer_slack", slack)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	select {
