@@ -14,7 +14,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -36,7 +35,7 @@ func main() {
 	// Before anything starts, as it may execute herd again (the same process, the same
 	// arguments); bad flags are left for run to report.
 	if o, err := parseFlags(os.Args[1:], os.Getenv, io.Discard); err == nil && !o.showVersion {
-		if err := applyTimerSlack(o.timerSlack); err != nil && (runtime.GOOS == "linux" || o.timerSlackSet) {
+		if err := applyTimerSlack(o.timerSlack); err != nil {
 			slog.New(slog.NewTextHandler(os.Stderr, nil)).Warn("timer slack not set: the Go runtime's idle polling costs more CPU",
 				"key", "--timer-slack", "want", o.timerSlack, "err", err)
 		}
@@ -53,16 +52,15 @@ func main() {
 
 // options are herd's command-line settings.
 type options struct {
-	configPath    string
-	host          string
-	port          int
-	drainTimeout  time.Duration
-	pprofAddr     string
-	timerSlack    time.Duration // every thread's timer slack (timerslack_linux.go); 0 keeps the inherited
-	timerSlackSet bool          // by --timer-slack or HERD_TIMER_SLACK, not by default
-	showVersion   bool
-	cluster       clusterFlags
-	raft          raftFlags
+	configPath   string
+	host         string
+	port         int
+	drainTimeout time.Duration
+	pprofAddr    string
+	timerSlack   time.Duration // every thread's timer slack (timerslack_linux.go); 0 keeps the inherited
+	showVersion  bool
+	cluster      clusterFlags
+	raft         raftFlags
 }
 
 const usage = `herd: an LLM load-balancing proxy that reads LiteLLM's config.yaml and speaks the OpenAI API.
@@ -108,7 +106,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 		if err != nil || v < 0 {
 			return o, fmt.Errorf("HERD_TIMER_SLACK=%q: want a duration of 0 or more, such as 1ms", d)
 		}
-		o.timerSlack, o.timerSlackSet = v, true
+		o.timerSlack = v
 	}
 	fs := flag.NewFlagSet("herd", flag.ContinueOnError)
 	fs.SetOutput(out)
@@ -137,7 +135,6 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	fs.Visit(func(f *flag.Flag) { o.timerSlackSet = o.timerSlackSet || f.Name == "timer-slack" })
 	if o.timerSlack < 0 {
 		return o, fmt.Errorf("--timer-slack %s: must not be negative", o.timerSlack)
 	}

@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// applyTimerSlack: timer slack is Linux's (timerslack_linux.go); elsewhere a non-zero
-// --timer-slack is reported as not applied.
+// applyTimerSlack: timer slack is Linux's (timerslack_linux.go); elsewhere a --timer-slack
+// above 0 (the default is 0) is reported as not applied.
 func applyTimerSlack(slack time.Duration) error {
 	if slack <= 0 {
 		return nil
