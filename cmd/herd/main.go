@@ -25,6 +25,7 @@ import (
 
 	"github.com/herd-proxy/herd/cluster"
 	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/internal/rawconn"
 	"github.com/herd-proxy/herd/proxy"
 )
 
@@ -307,7 +308,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log.Info("herd listening", "addr", ln.Addr().String(), "node", ccfg.NodeName, "version", version,
 		"config", o.configPath, "deployments", len(cfg.ModelList), "state_backend", shared.name, "timer_slack", slack)
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- hs.Serve(rawconn.Listen(ln)) }()
 	select {
 	case err := <-served:
 		return err

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/herd-proxy/herd/config"
+	"github.com/herd-proxy/herd/internal/rawconn"
 )
 
 // Pool holds one pooled transport per upstream host, shared by every deployment on that host.
@@ -81,6 +82,7 @@ func (p *Pool) transport(u *url.URL) *http.Transport {
 		t.TLSClientConfig = p.tls.Clone() // each transport sets its own ALPN protocols on it
 	}
 	guardTransport(t, u, p.guard, dialer)
+	t.DialContext = rawconn.Dial(t.DialContext) // under TLS, when there is TLS
 	p.transports[key] = t
 	return t
 }
