@@ -54,6 +54,9 @@ type Options struct {
 	// Upstream decides which addresses deployments may reach (the admin API's api_base check
 	// and every upstream connection); nil = built from Config with no fallback variables.
 	Upstream *config.UpstreamPolicy
+	// RawSockets makes upstream connections read and write with raw system calls
+	// (internal/rawconn); the listener's are the caller's to wrap.
+	RawSockets bool
 }
 
 // Server serves the OpenAI-compatible API for the current config.
@@ -117,7 +120,7 @@ func New(opts Options) (*Server, error) {
 		state:     opts.State,
 		pool: provider.NewPool(upstreamTLS(&opts.Config.LiteLLMSettings)).WithDialGuard(opts.Upstream).
 			WithSettings(provider.Settings{MaxResponse: megabytes(gs.MaxResponseSizeMB, config.DefaultMaxResponseSizeMB),
-				DropParams: opts.Config.LiteLLMSettings.DropParams}),
+				DropParams: opts.Config.LiteLLMSettings.DropParams}).WithRawSockets(opts.RawSockets),
 		metrics:       newMetrics(opts.Registry),
 		key:           newKeyChecker(gs.MasterKey.Reveal()),
 		maxBody:       megabytes(gs.MaxRequestSizeMB, config.DefaultMaxRequestSizeMB),

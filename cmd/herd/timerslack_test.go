@@ -99,3 +99,35 @@ func TestTimerSlackFlag(t *testing.T) {
 		t.Errorf("--timer-slack 1ms: %s", o.timerSlack)
 	}
 }
+
+// TestRawSocketsFlag: raw socket calls are on unless --raw-sockets=false or HERD_RAW_SOCKETS
+// says otherwise; a value that is not a boolean stops startup naming the variable.
+func TestRawSocketsFlag(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "HERD_RAW_SOCKETS" {
+				return v
+			}
+			return ""
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		env  string
+		want bool
+	}{
+		{nil, "", true},
+		{[]string{"--raw-sockets=false"}, "", false},
+		{nil, "false", false},
+		{nil, "0", false},
+		{[]string{"--raw-sockets"}, "false", true}, // the flag over the environment
+	} {
+		o, err := parseFlags(c.args, env(c.env), &strings.Builder{})
+		if err != nil || o.rawSockets != c.want {
+			t.Errorf("%v with HERD_RAW_SOCKETS=%q: raw %v, %v; want %v", c.args, c.env, o.rawSockets, err, c.want)
+		}
+	}
+	if _, err := parseFlags(nil, env("sometimes"), &strings.Builder{}); err == nil || !strings.Contains(err.Error(), "HERD_RAW_SOCKETS") {
+		t.Errorf("HERD_RAW_SOCKETS=sometimes: %v", err)
+	}
+}

@@ -27,6 +27,7 @@ type Pool struct {
 	tls        *tls.Config // nil = Go's defaults
 	guard      DialGuard   // nil = connect anywhere (see WithDialGuard)
 	settings   Settings
+	raw        bool // connections read and write with raw system calls (WithRawSockets)
 }
 
 // Settings are the node-wide settings translating providers honour.
@@ -46,6 +47,13 @@ func (p *Pool) maxResponse() int64 {
 		return p.settings.MaxResponse
 	}
 	return 32 << 20
+}
+
+// WithRawSockets makes the connections of every transport p creates read and write with raw
+// system calls (internal/rawconn), and returns p. Call before the first use.
+func (p *Pool) WithRawSockets(on bool) *Pool {
+	p.raw = on
+	return p
 }
 
 // NewPool returns an empty pool whose transports use tlsConfig for https upstreams (nil: Go's
@@ -82,7 +90,9 @@ func (p *Pool) transport(u *url.URL) *http.Transport {
 		t.TLSClientConfig = p.tls.Clone() // each transport sets its own ALPN protocols on it
 	}
 	guardTransport(t, u, p.guard, dialer)
-	t.DialContext = rawconn.Dial(t.DialContext) // under TLS, when there is TLS
+	if p.raw {
+		t.DialContext = rawconn.Dial(t.DialContext) // under TLS, when there is TLS
+	}
 	p.transports[key] = t
 	return t
 }
