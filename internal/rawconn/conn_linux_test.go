@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -321,5 +322,39 @@ func TestHTTPStreamThroughRawConnections(t *testing.T) {
 	idle.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := idle.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("silent client: read %d bytes, %v; want the server to close it", n, err)
+	}
+}
+
+// TestTLSOverRawConnections: TLS runs over wrapped connections on both sides (herd's
+// upstream transports wrap the connection under TLS).
+func TestTLSOverRawConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("event "), 100000) // more than one TLS record and socket buffer
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body)
+	}))
+	srv.Listener = Listen(ln)
+	srv.StartTLS()
+	defer srv.Close()
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	var d net.Dialer
+	raw := false
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := Dial(d.DialContext)(ctx, network, addr)
+		_, raw = c.(*conn)
+		return c, err
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(got, body) || resp.TLS == nil || !raw {
+		t.Fatalf("read %d of %d bytes (%v), TLS %v, raw %v", len(got), len(body), err, resp.TLS != nil, raw)
 	}
 }
