@@ -164,14 +164,14 @@ func (u *httpUpstream) Do(ctx context.Context, c *Call) (*http.Response, error) 
 // send posts c to target with header (never modified: it may be shared), enforcing the
 // deployment's timeouts on the call and on the body it returns.
 func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, header http.Header) (*http.Response, error) {
-	var (
-		cancel context.CancelCauseFunc
-		idle   *idleWatch
-	)
+	var cancel context.CancelCauseFunc
+	// The body is made before the call so that a stream's idle watch lives in it: a read
+	// touches one object, not two.
+	body := &timedBody{}
 	if c.Stream {
 		// stream_timeout bounds the wait for headers and each silence between events.
 		ctx, cancel = context.WithCancelCause(ctx)
-		idle = watchIdle(u.streamTimeout, cancel)
+		body.idle.watch(u.streamTimeout, cancel)
 	} else {
 		var cancelTimeout context.CancelFunc
 		ctx, cancelTimeout = context.WithTimeoutCause(ctx, u.timeout, context.DeadlineExceeded)
@@ -201,19 +201,16 @@ func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, heade
 	}
 	resp, err := u.transport.RoundTrip(req.WithContext(httptrace.WithClientTrace(ctx, &sent.trace)))
 	if err != nil {
-		if idle != nil {
-			idle.stop()
-		}
+		body.idle.stop()
 		// The transport closes the connection before a failed round trip returns, so a head
 		// whose bytes went out was marked before this reads it.
 		e := classify(ctx, err, sent.Load()) // before cancel, which would make every failure look canceled
 		cancel(nil)
 		return nil, e
 	}
-	resp.Body = &timedBody{rc: resp.Body, ctx: ctx, cancel: cancel, idle: idle}
-	if idle != nil {
-		idle.heard()
-	}
+	body.rc, body.ctx, body.cancel = resp.Body, ctx, cancel
+	resp.Body = body
+	body.idle.heard()
 	return resp, nil
 }
 
@@ -278,31 +275,39 @@ func classify(ctx context.Context, err error, sent bool) *Error {
 	return &Error{Kind: Unreachable, Err: err, Sent: sent}
 }
 
+// clockBase is what idle watches measure time from: one shared, often-read value, where a
+// start time of each watch's own would be one more line of memory to load per read.
+var clockBase = time.Now()
+
 // idleWatch cancels a streaming call once stream_timeout passes with nothing from the
 // upstream. A read that returns bytes only notes the time (heard); the timer, when it fires,
 // re-arms itself for what is left of the timeout since then, so a stream's reads cost no
-// timer operation each.
+// timer operation each. The zero idleWatch watches nothing (a call that does not stream).
 type idleWatch struct {
+	last    atomic.Int64 // when the upstream was last heard from: nanoseconds since clockBase
+	stopped atomic.Bool
 	timeout time.Duration
 	cancel  context.CancelCauseFunc
-	start   time.Time
-	last    atomic.Int64 // when the upstream was last heard from: nanoseconds since start
-	stopped atomic.Bool
-	timer   *time.Timer
+	timer   *time.Timer // nil: not watching
 }
 
-func watchIdle(timeout time.Duration, cancel context.CancelCauseFunc) *idleWatch {
-	w := &idleWatch{timeout: timeout, cancel: cancel, start: time.Now()}
+// watch starts w: after timeout of silence it calls cancel.
+func (w *idleWatch) watch(timeout time.Duration, cancel context.CancelCauseFunc) {
+	w.timeout, w.cancel = timeout, cancel
+	w.last.Store(int64(time.Since(clockBase)))
 	// Armed only once w.timer is set, which fire reads.
 	w.timer = time.AfterFunc(time.Duration(math.MaxInt64), w.fire)
 	w.timer.Reset(timeout)
-	return w
 }
 
-func (w *idleWatch) heard() { w.last.Store(int64(time.Since(w.start))) }
+func (w *idleWatch) heard() {
+	if w.timer != nil {
+		w.last.Store(int64(time.Since(clockBase)))
+	}
+}
 
 func (w *idleWatch) fire() {
-	quiet := time.Since(w.start) - time.Duration(w.last.Load())
+	quiet := time.Since(clockBase) - time.Duration(w.last.Load())
 	if quiet < w.timeout {
 		if !w.stopped.Load() {
 			w.timer.Reset(w.timeout - quiet)
@@ -313,23 +318,25 @@ func (w *idleWatch) fire() {
 }
 
 func (w *idleWatch) stop() {
-	w.stopped.Store(true)
-	w.timer.Stop()
+	if w.timer != nil {
+		w.stopped.Store(true)
+		w.timer.Stop()
+	}
 }
 
 // timedBody keeps the call's context alive while the body is read, notes every read that
-// brings bytes for the stream idle watch, types read failures, and releases the context on
-// Close.
+// brings bytes for a stream's idle watch, types read failures, and releases the context on
+// Close. What every read touches comes first.
 type timedBody struct {
 	rc     io.ReadCloser
+	idle   idleWatch // watching only for a stream
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	idle   *idleWatch // nil for non-streaming calls
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
-	if b.idle != nil && n > 0 {
+	if n > 0 {
 		b.idle.heard()
 	}
 	if err != nil && err != io.EOF {
@@ -339,9 +346,7 @@ func (b *timedBody) Read(p []byte) (int, error) {
 }
 
 func (b *timedBody) Close() error {
-	if b.idle != nil {
-		b.idle.stop()
-	}
+	b.idle.stop()
 	err := b.rc.Close()
 	b.cancel(nil)
 	return err

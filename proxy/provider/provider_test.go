@@ -313,7 +313,8 @@ func TestIdleWatchCutsOnlySilence(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
-	w := watchIdle(timeout, cancel)
+	var w idleWatch
+	w.watch(timeout, cancel)
 	defer w.stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
