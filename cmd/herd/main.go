@@ -138,7 +138,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.IntVar(&o.raft.bootstrapExpect, "bootstrap-expect", -1, "how many nodes bootstrap raft together once gossip shows them all (default: cluster_settings.bootstrap_expect; 0 = a node without seeds starts alone)")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", getenv("HERD_PPROF_ADDR"), "serve Go's net/http/pprof on this loopback HOST:PORT (env HERD_PPROF_ADDR); off when empty")
 	fs.DurationVar(&o.timerSlack, "timer-slack", o.timerSlack, "how late the kernel may wake herd's threads from a timed sleep, to batch wake-ups: 1ms cuts the Go runtime's idle polling, and herd's CPU while it has CPU to spare (Linux; herd executes itself once at start to apply it); 0 keeps the inherited slack (env HERD_TIMER_SLACK)")
-	fs.BoolVar(&o.rawSockets, "raw-sockets", o.rawSockets, "client and upstream connections read and write with raw system calls, which the Go scheduler does not track: less CPU per stream; false gives the scheduler back its hand-offs, for a slightly earlier first event on a saturated node (env HERD_RAW_SOCKETS)")
+	fs.BoolVar(&o.rawSockets, "raw-sockets", o.rawSockets, "client and upstream connections read and write with raw system calls, which the Go scheduler does not track: less CPU per stream; false gives the scheduler back its hand-offs, which may bring a saturated node's first event slightly earlier, for more CPU (env HERD_RAW_SOCKETS)")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
