@@ -46,7 +46,7 @@ func streamOptionsJSON(o streamOptions) map[string]any {
 	return map[string]any{
 		"concurrency": o.concurrency, "duration": o.duration.String(), "warmup": o.warmup.String(), "rounds": o.rounds,
 		"targets": o.targets, "upstream_ttft": o.ttft.String(), "upstream_gap": o.gap.String(), "events": o.events,
-		"together": o.together,
+		"together": o.together, "fresh": o.fresh,
 	}
 }
 
@@ -147,6 +147,9 @@ func writeStreamMarkdown(out io.Writer, r streamReport) error {
 		r.Options["upstream_ttft"], r.Options["events"], r.Options["upstream_gap"])
 	fmt.Fprintf(w, "- Each cell: the median over %v rounds, the range in parentheses. Added = the target's figure minus direct's in the same round. The C clients start spread over the first stream's length. CPU is the proxy process's per 1,000 completed streams; peak RSS is its VmHWM over the load (warm-up included), and KiB per stream that peak above its RSS at start, divided by C; writes per event are its write syscalls (/proc/PID/io syscw) per event the client received.\n\n",
 		r.Options["rounds"])
+	if fresh, _ := r.Options["fresh"].(bool); fresh {
+		fmt.Fprintf(w, "- Fresh: the fake upstream and every proxy were started anew for each round, so no process's state carried from one round to the next.\n\n")
+	}
 	if together, _ := r.Options["together"].(bool); together {
 		fmt.Fprintf(w, "- Together: in each round the proxy targets were loaded at the same time, each with its own C streams (direct alone, before them), so the machine was busier than C alone makes it; compare the proxies with each other, round by round.\n\n")
 	}

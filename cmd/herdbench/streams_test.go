@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -26,6 +28,12 @@ func TestParseStreamFlags(t *testing.T) {
 	}
 	if o.together {
 		t.Error("together without --together")
+	}
+	if !o.fresh {
+		t.Error("fresh processes per round are the default")
+	}
+	if o, err := parseStreamFlags([]string{"--fresh=false"}, io.Discard); err != nil || o.fresh {
+		t.Errorf("--fresh=false: %+v, %v", o, err)
 	}
 	if o, err := parseStreamFlags([]string{"--together"}, io.Discard); err != nil || !o.together {
 		t.Errorf("--together: %+v, %v", o, err)
@@ -282,6 +290,66 @@ func TestRunStreamsSpreadsStarts(t *testing.T) {
 	for i := 1; i < c; i++ {
 		if gap := arrived[i].Sub(arrived[i-1]); gap < ramp/c/2 {
 			t.Errorf("worker %d started %v after worker %d; want about %v (ramp/c)", i, gap, i-1, ramp/c)
+		}
+	}
+}
+
+// A run with fresh processes starts the fake upstream again for every round, and every round
+// measures; without, one upstream serves the whole run.
+func TestStreamBenchFreshRounds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the fake upstream")
+	}
+	dir := t.TempDir()
+	fu := filepath.Join(dir, "fakeupstream")
+	cmd := exec.Command("go", "build", "-o", fu, "./cmd/fakeupstream")
+	cmd.Dir = "../.."
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/fakeupstream: %v\n%s", err, msg)
+	}
+	// The upstream, through a script that notes each start.
+	starts := filepath.Join(dir, "starts")
+	wrapper := filepath.Join(dir, "upstream.sh")
+	script := fmt.Sprintf("#!/bin/sh\necho start >> %q\nexec %q \"$@\"\n", starts, fu)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		fresh      string
+		wantStarts int
+		wantNote   bool
+	}{{"--fresh", 2, true}, {"--fresh=false", 1, false}} {
+		_ = os.Remove(starts)
+		jsonPath := filepath.Join(dir, "run.json")
+		var out, errs bytes.Buffer
+		args := []string{"--fakeupstream", wrapper, "--targets", "direct", "--concurrency", "3", "--rounds", "2", tt.fresh,
+			"--duration", "1s", "--warmup", "0s", "--events", "2", "--upstream-ttft", "10ms", "--upstream-gap", "5ms", "--json", jsonPath}
+		if err := runStreamBench(context.Background(), args, &out, &errs); err != nil {
+			t.Fatalf("%s: %v\n%s", tt.fresh, err, errs.String())
+		}
+		rep, err := readStreamReport(jsonPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rounds []int
+		for _, s := range rep.Samples {
+			if s.Completed == 0 || s.Failed != 0 {
+				t.Errorf("%s: round %d: %d completed, %d failed", tt.fresh, s.Round, s.Completed, s.Failed)
+			}
+			rounds = append(rounds, s.Round)
+		}
+		if !slices.Equal(rounds, []int{1, 2}) {
+			t.Errorf("%s: rounds measured: %v; want 1 and 2", tt.fresh, rounds)
+		}
+		b, err := os.ReadFile(starts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(b), "start"); n != tt.wantStarts {
+			t.Errorf("%s: the upstream started %d times over 2 rounds; want %d", tt.fresh, n, tt.wantStarts)
+		}
+		if got := strings.Contains(out.String(), "started anew for each round"); got != tt.wantNote {
+			t.Errorf("%s: the report says fresh: %v; want %v:\n%s", tt.fresh, got, tt.wantNote, out.String())
 		}
 	}
 }
