@@ -133,6 +133,105 @@ func streamCells(samples []streamSample) map[int]map[string]*streamCell {
 	return out
 }
 
+// figure is one of the five figures compared with the floor, in vsFloor's order: CPU, KiB per
+// stream, added TTFT p99, streams/s, writes per event.
+func (c *streamCell) figure(i int) []float64 {
+	return [...][]float64{c.cpu, c.kib, c.addedP99, c.perSecond, c.writes}[i]
+}
+
+// streamCriterion is one of issue 16's criteria ("Done when"): a herd target's figure, as the
+// median over rounds, against the floor's at the concurrencies named (all when none).
+type streamCriterion struct {
+	what   string
+	figure int    // streamCell.figure's index
+	at     []int  // the concurrencies it applies to; nil: every one
+	atMost bool   // herd's must be at most the floor's (else at least)
+	format string // how one value prints
+}
+
+var streamCriteria = []streamCriterion{
+	{what: "CPU per stream", figure: 0, at: []int{500}, atMost: true, format: "%.3f s per 1000 streams"},
+	{what: "KiB per stream", figure: 1, at: []int{500}, atMost: true, format: "%.0f KiB"},
+	{what: "added TTFT p99", figure: 2, at: []int{2000, 5000}, atMost: true, format: "%+.2f ms"},
+	{what: "streams/s", figure: 3, at: []int{2000, 5000}, format: "%.0f"},
+	{what: "writes per event", figure: 4, atMost: true, format: "%.2f"},
+}
+
+// streamChecks evaluates issue 16's criteria for one herd target at every concurrency
+// measured: the verdict on the medians over rounds, as the issue asks, and round by round in
+// the detail, to show how steady it is on this machine.
+func streamChecks(cells map[int]map[string]*streamCell, concs []int, target string) []check {
+	var checks []check
+	for _, cr := range streamCriteria {
+		for _, c := range concs {
+			h, f := cells[c][target], cells[c][streamFloor]
+			if h == nil || f == nil || (cr.at != nil && !slices.Contains(cr.at, c)) {
+				continue
+			}
+			cmp := "≥"
+			if cr.atMost {
+				cmp = "≤"
+			}
+			ch := check{What: fmt.Sprintf("%s %s at C=%d %s the floor's", target, cr.what, c, cmp)}
+			hv, fv := median(h.figure(cr.figure)), median(f.figure(cr.figure))
+			switch {
+			case math.IsNaN(hv) || math.IsNaN(fv):
+				continue
+			case fv <= 0:
+				ch.Verdict = "INCONCLUSIVE"
+				ch.Detail = fmt.Sprintf("the floor's is "+cr.format+", so no ratio; %s's is "+cr.format, fv, target, hv)
+			default:
+				r := hv / fv
+				ch.Verdict = verdict(r <= 1 && cr.atMost || r >= 1 && !cr.atMost)
+				ch.Detail = fmt.Sprintf(cr.format+" against "+cr.format+": %.3f×", hv, fv, r)
+			}
+			if rs := h.vsFloor[cr.figure]; len(rs) > 1 {
+				held := 0
+				for _, r := range rs {
+					if r <= 1 && cr.atMost || r >= 1 && !cr.atMost {
+						held++
+					}
+				}
+				ch.Detail += fmt.Sprintf("; round by round %s, holding in %d of %d", fmtRounds(roundsOf(rs), "%.2f×"), held, len(rs))
+			}
+			checks = append(checks, ch)
+		}
+	}
+	return checks
+}
+
+// writeStreamChecks prints the checks of each herd target (herd-baseline is a reference, not
+// judged) and a line that says whether all of them hold.
+func writeStreamChecks(w io.Writer, cells map[int]map[string]*streamCell, concs []int, targets []string, rounds int) {
+	for _, t := range targets {
+		if t != streamHerd && t != streamHerdLimits {
+			continue
+		}
+		checks := streamChecks(cells, concs, t)
+		if len(checks) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "### Checks for %s (issue 16)\n\n", t)
+		var failed []string
+		for _, c := range checks {
+			fmt.Fprintf(w, "- **%s** %s: %s\n", c.Verdict, c.What, c.Detail)
+			if c.Verdict != "PASS" {
+				failed = append(failed, c.What)
+			}
+		}
+		switch {
+		case len(failed) > 0:
+			fmt.Fprintf(w, "\n%d of %d checks do not pass.", len(failed), len(checks))
+		default:
+			fmt.Fprintf(w, "\nAll %d checks pass.", len(checks))
+		}
+		if rounds < 3 {
+			fmt.Fprintf(w, " The issue asks for medians of at least 3 rounds; this run had %d.", rounds)
+		}
+		fmt.Fprintf(w, "\n\n")
+	}
+}
+
 // medianRatio is a's median over b's, "n/a" when either is missing or b's is not positive.
 func medianRatio(a, b []float64) string { return fmtRatio(ratio(median(a), median(b))) }
 
@@ -195,5 +294,10 @@ func writeStreamMarkdown(out io.Writer, r streamReport) error {
 		}
 		fmt.Fprintln(w)
 	}
+	rounds := 0
+	for _, s := range r.Samples {
+		rounds = max(rounds, s.Round)
+	}
+	writeStreamChecks(w, cells, concs, targets, rounds)
 	return w.Flush()
 }

@@ -353,3 +353,87 @@ func TestStreamBenchFreshRounds(t *testing.T) {
 		}
 	}
 }
+
+// The report judges issue 16's criteria on the medians over rounds and says how many rounds
+// each held in; a criterion herd misses fails, and the floor's added TTFT at or below direct's
+// leaves no ratio to judge.
+func TestStreamChecks(t *testing.T) {
+	type fig struct{ perSecond, ttftP99, cpu, kib, writes float64 }
+	sample := func(c, round int, target string, f fig) streamSample {
+		return streamSample{Concurrency: c, Round: round, Target: target, Completed: 1000, PerSecond: f.perSecond,
+			TTFT: latencyUS{P50: 200_000, P99: f.ttftP99}, CPUPer1000: f.cpu, KiBPerStream: f.kib, WritesPerEvent: f.writes}
+	}
+	var samples []streamSample
+	for round := 1; round <= 3; round++ {
+		r := float64(round)
+		samples = append(samples,
+			// C=500: herd's CPU is above the floor's in rounds 1 and 2 (1.1 and 1.05 against 1.0),
+			// below in round 3 (0.9 against 1.0): its median, 1.05, fails. Its memory holds.
+			sample(500, round, streamDirect, fig{perSecond: 400, ttftP99: 204_000}),
+			sample(500, round, streamFloor, fig{400, 210_000, 1.0, 150, 1.04}),
+			sample(500, round, streamHerd, fig{400, 209_000, []float64{1.1, 1.05, 0.9}[round-1], 120, 1.02}),
+			// C=2000: herd completes more streams and adds less to the first event in every round,
+			// but writes more per event (0.7 against 0.6).
+			sample(2000, round, streamDirect, fig{perSecond: 1500, ttftP99: 220_000}),
+			sample(2000, round, streamFloor, fig{1200, 320_000 + 1000*r, 0.7, 140, 0.6}),
+			sample(2000, round, streamHerd, fig{1250, 300_000, 0.65, 110, 0.7}),
+			// C=5000: the floor adds nothing to the first event (its p99 is direct's), so no
+			// ratio can be taken.
+			sample(5000, round, streamDirect, fig{perSecond: 1800, ttftP99: 600_000}),
+			sample(5000, round, streamFloor, fig{1200, 600_000, 0.6, 110, 0.55}),
+			sample(5000, round, streamHerd, fig{1300, 650_000, 0.55, 100, 0.5}),
+		)
+	}
+	var b strings.Builder
+	rep := streamReport{Options: map[string]any{"targets": []string{streamDirect, streamFloor, streamHerd}, "rounds": 3}, Samples: samples}
+	if err := writeStreamMarkdown(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"### Checks for herd (issue 16)",
+		"- **FAIL** herd CPU per stream at C=500 ≤ the floor's: 1.050 s per 1000 streams against 1.000 s per 1000 streams: 1.050×; round by round 1.05× (0.90×–1.10×), holding in 1 of 3",
+		"- **PASS** herd KiB per stream at C=500 ≤ the floor's: 120 KiB against 150 KiB: 0.800×",
+		"- **PASS** herd added TTFT p99 at C=2000 ≤ the floor's: +80.00 ms against +102.00 ms: 0.784×; round by round 0.78× (0.78×–0.79×), holding in 3 of 3",
+		"- **INCONCLUSIVE** herd added TTFT p99 at C=5000 ≤ the floor's: the floor's is +0.00 ms, so no ratio; herd's is +50.00 ms",
+		"- **PASS** herd streams/s at C=2000 ≥ the floor's: 1250 against 1200: 1.042×",
+		"- **PASS** herd streams/s at C=5000 ≥ the floor's",
+		"- **FAIL** herd writes per event at C=2000 ≤ the floor's: 0.70 against 0.60: 1.167×; round by round 1.17×, holding in 0 of 3",
+		"- **PASS** herd writes per event at C=500 ≤ the floor's",
+		"- **PASS** herd writes per event at C=5000 ≤ the floor's",
+		"3 of 9 checks do not pass.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	// Criteria apply only where the issue sets them: no CPU check at C=2000, no streams/s at 500.
+	// And only herd's targets are judged: the floor is the yardstick.
+	for _, unwanted := range []string{"CPU per stream at C=2000", "streams/s at C=500 ", "KiB per stream at C=5000", "Checks for floor", "Checks for direct"} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("report judges %q, which the issue does not ask:\n%s", unwanted, out)
+		}
+	}
+
+	// Where herd meets every criterion, the report says so.
+	var good []streamSample
+	for _, s := range samples {
+		if s.Concurrency == 2000 && s.Target == streamHerd {
+			s.WritesPerEvent = 0.5
+		}
+		if s.Concurrency == 500 && s.Target == streamHerd {
+			s.CPUPer1000 = 0.95
+		}
+		if s.Concurrency != 5000 {
+			good = append(good, s)
+		}
+	}
+	b.Reset()
+	rep.Samples = good
+	if err := writeStreamMarkdown(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "All 6 checks pass.") || strings.Contains(b.String(), "FAIL") {
+		t.Errorf("a run meeting every criterion is not reported as such:\n%s", b.String())
+	}
+}
