@@ -433,7 +433,18 @@ func TestStreamChecks(t *testing.T) {
 	if err := writeStreamMarkdown(&b, rep); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(b.String(), "All 6 checks pass.") || strings.Contains(b.String(), "FAIL") {
+	if !strings.Contains(b.String(), "All 6 checks pass.") || strings.Contains(b.String(), "FAIL") ||
+		strings.Contains(b.String(), "at least 3 rounds") {
 		t.Errorf("a run meeting every criterion is not reported as such:\n%s", b.String())
+	}
+
+	// With fewer rounds than the issue asks for, the report says so.
+	b.Reset()
+	rep.Samples = slices.DeleteFunc(slices.Clone(good), func(s streamSample) bool { return s.Round > 2 })
+	if err := writeStreamMarkdown(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "All 6 checks pass. The issue asks for medians of at least 3 rounds; this run had 2.") {
+		t.Errorf("a two-round run is not flagged:\n%s", b.String())
 	}
 }
