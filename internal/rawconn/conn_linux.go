@@ -139,6 +139,28 @@ func (c *conn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom copies r to the connection through Write. Without it the *net.TCPConn's own
+// ReadFrom, which io.Copy prefers, would write with plain system calls, each one waking the
+// scheduler's monitor again: net/http's transport writes a request body it cannot see into
+// (one that is not a bytes or strings reader) that way, once per upstream call. What is lost
+// is splice and sendfile, for sources that are sockets or files, which herd never copies
+// to a connection.
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(writerOnly{c}, r)
+}
+
+// WriteTo copies the connection to w through Read, for the same reason.
+func (c *conn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, readerOnly{c})
+}
+
+// writerOnly and readerOnly hide every method but Write and Read, so that io.Copy does not
+// come back to ReadFrom or WriteTo.
+type (
+	writerOnly struct{ io.Writer }
+	readerOnly struct{ io.Reader }
+)
+
 // opError shapes err as net's Read and Write do. RawConn wraps the descriptor's own errors
 // (a deadline, a closed connection) as a "raw-read" or "raw-write" *net.OpError: its Err is
 // what net would have wrapped.

@@ -358,3 +358,50 @@ func TestTLSOverRawConnections(t *testing.T) {
 		t.Fatalf("read %d of %d bytes (%v), TLS %v, raw %v", len(got), len(body), err, resp.TLS != nil, raw)
 	}
 }
+
+// endless reads zeros forever and is nothing but a Reader, so io.Copy cannot skip past the
+// destination's ReadFrom.
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// TestCopiesGoThroughRawCalls: ReadFrom and WriteTo, which io.Copy prefers (net/http's
+// transport writes a request body with ReadFrom), are the connection's own Write and Read,
+// not the *net.TCPConn's, which make plain calls: their data arrives whole, and their
+// failures are a write's and a read's ("readfrom" and "writeto" would be the TCPConn's).
+func TestCopiesGoThroughRawCalls(t *testing.T) {
+	a, b := pair(t, true)
+	data := make([]byte, 1<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 1)
+	go func() {
+		_, err := a.(io.ReaderFrom).ReadFrom(io.LimitReader(bytes.NewReader(data), int64(len(data))))
+		if err == nil {
+			err = a.(*conn).CloseWrite()
+		}
+		errs <- err
+	}()
+	var got bytes.Buffer
+	if n, err := b.(io.WriterTo).WriteTo(&got); err != nil || n != int64(len(data)) || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("WriteTo: %d bytes, err %v, equal %v; want the %d bytes ReadFrom sent", n, err, bytes.Equal(got.Bytes(), data), len(data))
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("ReadFrom: %v", err)
+	}
+
+	// b resets the connection: a's ReadFrom fails in a write, its WriteTo in a read.
+	a, b = pair(t, true)
+	if err := b.(*conn).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	var oe *net.OpError
+	if _, err := a.(io.WriterTo).WriteTo(io.Discard); !errors.As(err, &oe) || oe.Op != "read" {
+		t.Errorf("WriteTo from a reset connection: %v; want a read's *net.OpError", err)
+	}
+	if _, err := a.(io.ReaderFrom).ReadFrom(endless{}); !errors.As(err, &oe) || oe.Op != "write" {
+		t.Errorf("ReadFrom to a reset connection: %v; want a write's *net.OpError", err)
+	}
+}
