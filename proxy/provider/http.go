@@ -214,9 +214,11 @@ func (u *httpUpstream) send(ctx context.Context, c *Call, target *url.URL, heade
 	return resp, nil
 }
 
-// callBody is c's body for the transport. With c.Confirm, the first read confirms the call:
-// net/http reads the body before it flushes the request head (the head waits in the
-// connection's write buffer), so a refusal there means nothing of the request left.
+// callBody is c's body for the transport. With c.Confirm, the first read confirms the call.
+// net/http flushes the request head to the connection before it reads a body it cannot see
+// into (anything but a bytes or strings reader), so the head has left by then, but a refusal
+// there means no byte of the body has: the upstream never gets a whole request. The price is
+// a write of its own for the head.
 func callBody(c *Call) io.ReadCloser {
 	if c.Confirm == nil {
 		return io.NopCloser(bytes.NewReader(c.Body))

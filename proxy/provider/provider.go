@@ -69,8 +69,8 @@ type Call struct {
 	Body     []byte // the request body as sent upstream; must not change until the response is read
 	Stream   bool   // the client asked for an SSE stream
 	// Confirm, if not nil, is called just before the request leaves for the upstream (when
-	// the transport first reads the body, before any byte of the request is sent). An error
-	// aborts the call, which then fails as unreachable.
+	// the transport first reads the body: its head has been flushed, no byte of its body has
+	// left). An error aborts the call, which then fails as unreachable.
 	Confirm func() error
 	// Sent, if not nil, is called once the whole request, head and body, has been written to
 	// the upstream's connection, from the transport's goroutine. A call whose response has
